@@ -1,0 +1,158 @@
+//! The command line: `serve`, `check`, `token`. The interface is a contract other tools rely on.
+use crate::config;
+use crate::identity::mint;
+use crate::state::Snapshot;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(name = "fhir-fence", version, about = "Tenant isolation in front of an unmodified FHIR R4 server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the public and admin listeners.
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Validate a config file; names the bad key and why (exit 1).
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Print a JWT signed by an issuer with a signing key in the config (development aid).
+    Token {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, default_value = "dev-user")]
+        sub: String,
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+        /// The issuer's name in the config; defaults to the only issuer allowed to assert the tenant.
+        #[arg(long)]
+        issuer: Option<String>,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => match config::load(&config).and_then(Snapshot::build) {
+            Ok(_) => {
+                println!("{}: ok", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: invalid: {e}", config.display());
+                ExitCode::FAILURE
+            }
+        },
+        Command::Token { config, tenant, sub, ttl, issuer } => {
+            match token(&config, &tenant, &sub, ttl, issuer.as_deref()) {
+                Ok(t) => {
+                    println!("{t}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("fhir-fence token: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Serve { config } => serve(&config),
+    }
+}
+
+fn token(path: &std::path::Path, tenant: &str, sub: &str, ttl: u64, issuer: Option<&str>) -> Result<String, String> {
+    let loaded = config::load(path).map_err(|e| e.to_string())?;
+    let snap = Snapshot::build(loaded).map_err(|e| e.to_string())?;
+    let issuers = &snap.loaded.config.issuers;
+    let name = match issuer {
+        Some(n) => n.to_owned(),
+        None => {
+            let candidates: Vec<&String> =
+                issuers.iter().filter(|(_, i)| i.tenants.iter().any(|t| t == tenant)).map(|(n, _)| n).collect();
+            match candidates.as_slice() {
+                [one] => (*one).clone(),
+                [] => return Err(format!("no issuer may assert tenant {tenant:?}")),
+                _ => return Err(format!("several issuers may assert {tenant:?}; choose one with --issuer")),
+            }
+        }
+    };
+    let cfg = issuers.get(&name).ok_or_else(|| format!("no issuer named {name:?}"))?;
+    if !cfg.tenants.iter().any(|t| t == tenant) {
+        return Err(format!("issuer {name:?} may not assert tenant {tenant:?}"));
+    }
+    let keys = snap.verifier.issuer_keys(&name).ok_or_else(|| format!("no issuer named {name:?}"))?;
+    mint(cfg, keys, tenant, sub, ttl).map_err(|e| e.to_string())
+}
+
+fn serve(path: &std::path::Path) -> ExitCode {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FHIR_FENCE_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let snap = match config::load(path).and_then(Snapshot::build) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            eprintln!("{}: invalid: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    rt.block_on(async move {
+        let cfg = &snap.loaded.config;
+        let public = match tokio::net::TcpListener::bind(&cfg.server.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("cannot listen on {}: {e}", cfg.server.listen);
+                return ExitCode::FAILURE;
+            }
+        };
+        let admin = match tokio::net::TcpListener::bind(&cfg.admin.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("cannot listen on {}: {e}", cfg.admin.listen);
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!(public = %cfg.server.listen, admin = %cfg.admin.listen, base = %snap.public_base, "fhir-fence listening");
+        tokio::spawn(preload_capabilities(snap.clone()));
+        crate::server::run(snap, public, admin, crate::server::shutdown_signal()).await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// Reads every upstream's CapabilityStatement, retrying until each answers (requests that need
+/// it meanwhile get a 503). Runs in the background so fhir-fence can start before its upstream.
+pub async fn preload_capabilities(snap: Arc<Snapshot>) {
+    for name in snap.upstreams.keys() {
+        let mut delay = std::time::Duration::from_millis(200);
+        loop {
+            match snap.fetch_capabilities(name).await {
+                Ok(caps) => {
+                    if let Some(slot) = snap.capabilities.get(name) {
+                        slot.store(Some(Arc::new(caps)));
+                    }
+                    tracing::info!(upstream = %name, "upstream capabilities loaded");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(upstream = %name, error = %e, "upstream capabilities not loaded yet");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(std::time::Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}

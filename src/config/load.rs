@@ -1,0 +1,177 @@
+//! Reading and validating a config file. Every error names the offending key and says why.
+use super::schema::*;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use url::Url;
+
+/// A config that passed validation, with the directory its relative file paths are resolved against.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub dir: PathBuf,
+    pub public_base: Url,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+impl ConfigError {
+    pub fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid { key: key.into(), reason: reason.into() }
+    }
+}
+
+impl Loaded {
+    /// Resolves a path from the config relative to the config file's directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.dir.join(path)
+        }
+    }
+
+    /// Reads a file named by the config, naming the key on failure.
+    pub fn read_file(&self, key: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+        let full = self.resolve(path);
+        std::fs::read(&full).map_err(|e| ConfigError::invalid(key, format!("cannot read {}: {e}", full.display())))
+    }
+}
+
+/// Reads and validates the config at `path`.
+pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+    let config: Config =
+        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+    let public_base = validate(&config)?;
+    Ok(Loaded { config, dir, public_base })
+}
+
+fn validate(c: &Config) -> Result<Url, ConfigError> {
+    socket("server.listen", &c.server.listen)?;
+    socket("admin.listen", &c.admin.listen)?;
+    let public_base = http_url("server.public_base", &c.server.public_base)?;
+    if c.server.max_body_bytes == 0 {
+        return Err(ConfigError::invalid("server.max_body_bytes", "must be greater than 0"));
+    }
+    absolute_uri("tenancy.system", &c.tenancy.system)?;
+    for (i, b) in c.tenancy.allowed_external_bases.iter().enumerate() {
+        http_url(&format!("tenancy.allowed_external_bases[{i}]"), b)?;
+    }
+    if c.upstreams.is_empty() {
+        return Err(ConfigError::invalid("upstreams", "at least one upstream is needed"));
+    }
+    for (name, u) in &c.upstreams {
+        let url = http_url(&format!("upstreams.{name}.base_url"), &u.base_url)?;
+        if url.scheme() != "http" {
+            return Err(ConfigError::invalid(
+                format!("upstreams.{name}.base_url"),
+                "only http:// upstreams are supported (a sidecar on a trusted link); TLS to the upstream is not built yet",
+            ));
+        }
+        if u.request_timeout_ms == 0 || u.connect_timeout_ms == 0 {
+            return Err(ConfigError::invalid(format!("upstreams.{name}"), "timeouts must be greater than 0"));
+        }
+    }
+    let mut prefixes = HashSet::new();
+    for (name, t) in &c.tenants {
+        let key = format!("tenants.{name}");
+        if !valid_tenant_name(name) {
+            return Err(ConfigError::invalid(key, "tenant names are 1-64 characters of [A-Za-z0-9.-]"));
+        }
+        if !valid_prefix(&t.prefix) {
+            return Err(ConfigError::invalid(format!("{key}.prefix"), "must match [a-z0-9]{1,12}"));
+        }
+        if !prefixes.insert(t.prefix.as_str()) {
+            return Err(ConfigError::invalid(
+                format!("{key}.prefix"),
+                format!("prefix {:?} is used by another tenant", t.prefix),
+            ));
+        }
+        if !c.upstreams.contains_key(&t.upstream) {
+            return Err(ConfigError::invalid(format!("{key}.upstream"), format!("no upstream named {:?}", t.upstream)));
+        }
+    }
+    let mut isses = HashSet::new();
+    for (name, i) in &c.issuers {
+        let key = format!("issuers.{name}");
+        if !isses.insert(i.iss.as_str()) {
+            return Err(ConfigError::invalid(format!("{key}.iss"), "another issuer has the same iss"));
+        }
+        if i.audience.is_empty() {
+            return Err(ConfigError::invalid(format!("{key}.audience"), "at least one audience is needed"));
+        }
+        if i.tenants.is_empty() {
+            return Err(ConfigError::invalid(
+                format!("{key}.tenants"),
+                "an issuer must be allowed at least one tenant",
+            ));
+        }
+        for t in &i.tenants {
+            if !c.tenants.contains_key(t) {
+                return Err(ConfigError::invalid(format!("{key}.tenants"), format!("no tenant named {t:?}")));
+            }
+        }
+        // Algorithms and key material are checked where the keys are built (identity::keys).
+    }
+    if c.paging.token_ttl_secs == 0 {
+        return Err(ConfigError::invalid("paging.token_ttl_secs", "must be greater than 0"));
+    }
+    Ok(public_base)
+}
+
+fn socket(key: &str, v: &str) -> Result<(), ConfigError> {
+    v.parse::<std::net::SocketAddr>()
+        .map(|_| ())
+        .map_err(|e| ConfigError::invalid(key, format!("not an IP:port socket address ({e})")))
+}
+
+fn http_url(key: &str, v: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(v).map_err(|e| ConfigError::invalid(key, format!("not a URL ({e})")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(ConfigError::invalid(key, "must be an absolute http(s) URL"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(ConfigError::invalid(key, "must not have a query or fragment"));
+    }
+    Ok(url)
+}
+
+fn absolute_uri(key: &str, v: &str) -> Result<(), ConfigError> {
+    match Url::parse(v) {
+        Ok(u) if !u.cannot_be_a_base() || u.scheme() == "urn" => Ok(()),
+        _ => Err(ConfigError::invalid(key, "must be an absolute URI")),
+    }
+}
+
+pub(crate) fn valid_prefix(p: &str) -> bool {
+    (1..=12).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+}
+
+fn valid_tenant_name(n: &str) -> bool {
+    (1..=64).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes() {
+        assert!(valid_prefix("acme"));
+        assert!(valid_prefix("a1"));
+        assert!(!valid_prefix(""));
+        assert!(!valid_prefix("Acme"));
+        assert!(!valid_prefix("ac-me"));
+        assert!(!valid_prefix("abcdefghijklm"));
+    }
+}

@@ -1,0 +1,152 @@
+//! The config file's shape, as serde structs. Every struct denies unknown keys so a typo fails loudly.
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: Server,
+    pub admin: Admin,
+    pub tenancy: Tenancy,
+    #[serde(default)]
+    pub paging: Paging,
+    pub upstreams: BTreeMap<String, Upstream>,
+    pub issuers: BTreeMap<String, Issuer>,
+    pub tenants: BTreeMap<String, Tenant>,
+}
+
+/// The public listener: where FHIR clients connect.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    pub listen: String,
+    /// The FHIR base URL clients use (`http://host:port/fhir`); every URL leaving fhir-fence is built on it.
+    pub public_base: String,
+    /// Request bodies above this are refused with 413.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Upstream answers above this are refused with 502 (fail closed, nothing partial leaves).
+    #[serde(default = "default_max_upstream_body")]
+    pub max_upstream_body_bytes: usize,
+}
+
+/// The admin listener: health, readiness (and later metrics). Never exposes FHIR data.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Marker {
+    /// The tenant coding goes into `meta.tag`; searches are scoped with `_tag`.
+    Tag,
+    /// The tenant coding goes into `meta.security`; searches are scoped with `_security`.
+    Security,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tenancy {
+    pub marker: Marker,
+    /// The coding system of the tenant marker (an absolute URI).
+    pub system: String,
+    /// Absolute reference bases, other than fhir-fence's own, that resources may point at.
+    #[serde(default)]
+    pub allowed_external_bases: Vec<String>,
+    /// How long a successful reference look-up is trusted.
+    #[serde(default = "default_ref_ttl")]
+    pub reference_cache_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Paging {
+    /// 32 random bytes, base64, shared by every replica so any of them can open a page token.
+    /// Without it, a random key is made at start-up (tokens then die with the process).
+    pub key_file: Option<PathBuf>,
+    #[serde(default = "default_page_ttl")]
+    pub token_ttl_secs: u64,
+}
+
+impl Default for Paging {
+    fn default() -> Self {
+        Paging { key_file: None, token_ttl_secs: default_page_ttl() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// The upstream FHIR base, e.g. `http://127.0.0.1:8090/fhir` (plain HTTP on a trusted link for now).
+    pub base_url: String,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_ms: u64,
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_ms: u64,
+    /// Idle keep-alive connections kept per upstream.
+    #[serde(default = "default_pool")]
+    pub pool_size: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Issuer {
+    /// The exact `iss` claim value.
+    pub iss: String,
+    /// Accepted `aud` values (at least one must be in the token).
+    pub audience: Vec<String>,
+    /// Allowed `alg` values, e.g. `["RS256"]`. `none` can never be listed.
+    pub algorithms: Vec<String>,
+    /// JWKS file with the issuer's public keys (RS*, PS*, ES*, EdDSA).
+    pub jwks_file: Option<PathBuf>,
+    /// Shared secret file (HS*; development only).
+    pub secret_file: Option<PathBuf>,
+    /// PEM private key for `fhir-fence token` with an asymmetric issuer (development aid).
+    pub signing_key_file: Option<PathBuf>,
+    /// JSONPath (RFC 9535) to the tenant claim, e.g. `$.tenant` or `$.org.id`.
+    pub tenant_claim: String,
+    /// The tenants this issuer may assert.
+    pub tenants: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TenantStatus {
+    Active,
+    Suspended,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tenant {
+    /// The id-prefix key, `[a-z0-9]{1,12}`: upstream ids are `{prefix}-{local}`.
+    pub prefix: String,
+    /// The name of the upstream (in `[upstreams]`) holding this tenant's data.
+    pub upstream: String,
+    pub status: TenantStatus,
+}
+
+fn default_max_body() -> usize {
+    16 * 1024 * 1024
+}
+fn default_max_upstream_body() -> usize {
+    64 * 1024 * 1024
+}
+fn default_ref_ttl() -> u64 {
+    30
+}
+fn default_page_ttl() -> u64 {
+    3600
+}
+fn default_connect_timeout() -> u64 {
+    2_000
+}
+fn default_request_timeout() -> u64 {
+    30_000
+}
+fn default_pool() -> usize {
+    32
+}

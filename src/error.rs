@@ -1,0 +1,127 @@
+//! The one place where errors become HTTP responses: a FHIR `OperationOutcome` with a status.
+//!
+//! Each module has its own error type; this module decides, in one `match`, what the client
+//! learns from each. Anything about the upstream is reduced to a generic message plus the
+//! correlation id; the original detail goes to the log only.
+use crate::fhir::outcome::operation_outcome;
+use crate::identity::AuthError;
+use crate::pipeline::RequestError;
+use crate::route::RouteError;
+use crate::scope::ScopeError;
+use crate::upstream::UpstreamError;
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error(transparent)]
+    Scope(#[from] ScopeError),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+}
+
+impl Error {
+    /// Status, FHIR issue code, and the diagnostics the client may see.
+    fn classify(&self, correlation: &str) -> (StatusCode, &'static str, String) {
+        use StatusCode as S;
+        let shown = || self.to_string();
+        match self {
+            Error::Auth(AuthError::Suspended) => (S::FORBIDDEN, "suspended", shown()),
+            Error::Auth(_) => (S::UNAUTHORIZED, "login", shown()),
+            Error::Route(RouteError::NotFhir(_)) => (S::NOT_FOUND, "not-found", shown()),
+            Error::Route(RouteError::Method(_)) => (S::METHOD_NOT_ALLOWED, "not-supported", shown()),
+            Error::Route(RouteError::NotSupported(_)) => (S::NOT_IMPLEMENTED, "not-supported", shown()),
+            Error::Route(RouteError::Param { .. }) => (S::BAD_REQUEST, "not-supported", shown()),
+            Error::Route(_) => (S::BAD_REQUEST, "invalid", shown()),
+            Error::Request(e) => {
+                let (status, code) = match e {
+                    RequestError::TooLarge(_) => (S::PAYLOAD_TOO_LARGE, "too-long"),
+                    RequestError::MediaType(_) | RequestError::Encoded => (S::UNSUPPORTED_MEDIA_TYPE, "not-supported"),
+                    RequestError::NotAcceptable => (S::NOT_ACCEPTABLE, "not-supported"),
+                    RequestError::Json(_) | RequestError::UnexpectedBody | RequestError::Header(_) => {
+                        (S::BAD_REQUEST, "invalid")
+                    }
+                    RequestError::Read => (S::BAD_REQUEST, "invalid"),
+                };
+                (status, code, shown())
+            }
+            Error::Scope(e) => match e {
+                ScopeError::NotFound(_) | ScopeError::PageToken => (S::NOT_FOUND, "not-found", shown()),
+                ScopeError::UnknownType(_) | ScopeError::Body(_) | ScopeError::Id(_) => {
+                    (S::BAD_REQUEST, "invalid", shown())
+                }
+                ScopeError::Param(_) => (S::BAD_REQUEST, "invalid", shown()),
+                ScopeError::ParamNotSupported(_) => (S::BAD_REQUEST, "not-supported", shown()),
+                ScopeError::ForeignMarker | ScopeError::Reference(_) | ScopeError::ReferenceForm(..) => {
+                    (S::UNPROCESSABLE_ENTITY, "processing", shown())
+                }
+                ScopeError::Refused(status) => {
+                    let status = S::from_u16(*status).unwrap_or(S::BAD_GATEWAY);
+                    let code = match status {
+                        S::CONFLICT | S::PRECONDITION_FAILED => "conflict",
+                        S::NOT_FOUND | S::GONE => "not-found",
+                        _ => "processing",
+                    };
+                    let msg = format!(
+                        "the upstream server refused the request (HTTP {}); details are withheld, correlation id {correlation}",
+                        status.as_u16()
+                    );
+                    (status, code, msg)
+                }
+                ScopeError::Unprovable => (
+                    S::BAD_GATEWAY,
+                    "exception",
+                    format!("the upstream answer could not be verified as the caller's; correlation id {correlation}"),
+                ),
+                ScopeError::CapabilitiesUnavailable => (
+                    S::SERVICE_UNAVAILABLE,
+                    "transient",
+                    "the upstream's CapabilityStatement is not loaded yet; retry shortly".into(),
+                ),
+            },
+            Error::Upstream(UpstreamError::Timeout(_)) => (
+                S::GATEWAY_TIMEOUT,
+                "timeout",
+                format!("the upstream server did not answer in time; correlation id {correlation}"),
+            ),
+            Error::Upstream(_) => (
+                S::BAD_GATEWAY,
+                "exception",
+                format!("the upstream server's answer was unusable; correlation id {correlation}"),
+            ),
+        }
+    }
+
+    /// The HTTP response for this error.
+    pub fn into_response(self, correlation: &str) -> Response<Full<Bytes>> {
+        let (status, code, diagnostics) = self.classify(correlation);
+        if status.is_server_error() {
+            tracing::warn!(correlation, error = %self, status = status.as_u16(), "request failed");
+        } else {
+            tracing::info!(correlation, error = %self, status = status.as_u16(), "request refused");
+        }
+        let body = serde_json::to_vec(&operation_outcome(code, &diagnostics)).expect("serialisable");
+        let mut resp = Response::new(Full::new(Bytes::from(body)));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/fhir+json; charset=utf-8"));
+        if let Ok(v) = HeaderValue::from_str(correlation) {
+            h.insert("x-request-id", v);
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            let challenge = match self {
+                Error::Auth(AuthError::Missing) => "Bearer",
+                _ => "Bearer error=\"invalid_token\"",
+            };
+            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+        }
+        resp
+    }
+}

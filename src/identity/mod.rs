@@ -1,0 +1,11 @@
+//! Who is calling: verified bearer JWTs (RFC 8725) → a [`Caller`] bound to one tenant.
+//!
+//! `keys` turns the config's key sources into decoding keys, `verify` checks a token and
+//! resolves the tenant, `mint` signs development tokens for `fhir-fence token`.
+mod keys;
+mod mint;
+mod verify;
+
+pub use keys::IssuerKeys;
+pub use mint::{mint, MintError};
+pub use verify::{AuthError, Caller, Verifier};

@@ -1,0 +1,169 @@
+//! Bearer JWT verification per RFC 8725, ending in the caller's tenant.
+//!
+//! Order: find the issuer by `iss` (unverified, only to pick keys) → `alg` must be on that
+//! issuer's allow-list → key by `kid` → signature, `iss`, `aud`, `exp`, `nbf`, `iat` →
+//! tenant claim (JSONPath) → the issuer may assert that tenant → tenant must be active.
+use super::keys::IssuerKeys;
+use crate::config::{ConfigError, Loaded, TenantStatus};
+use crate::tenancy::Tenant;
+use jsonpath_rust::parser::model::JpQuery;
+use jsonpath_rust::parser::parse_json_path;
+use jsonpath_rust::query::js_path_process;
+use jsonwebtoken::{decode, decode_header, Validation};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Clock skew tolerated on `exp`, `nbf` and `iat` (RFC 8725 suggests minutes at most; we allow 60 s).
+pub const LEEWAY_SECS: u64 = 60;
+
+/// A verified caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub tenant: Arc<Tenant>,
+    pub subject: Option<String>,
+    pub client_id: Option<String>,
+    pub issuer: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("a bearer token is required")]
+    Missing,
+    #[error("the bearer token is malformed")]
+    Malformed,
+    #[error("the token's issuer is not trusted")]
+    UnknownIssuer,
+    #[error("the token's algorithm is not allowed for its issuer")]
+    AlgorithmNotAllowed,
+    #[error("no key of the issuer matches the token's kid")]
+    NoKey,
+    #[error("the token is not valid: {0}")]
+    Invalid(String),
+    #[error("the token carries no usable tenant claim")]
+    NoTenantClaim,
+    #[error("the token's issuer may not assert this tenant, or the tenant is unknown")]
+    TenantNotAllowed,
+    #[error("the tenant is suspended")]
+    Suspended,
+}
+
+struct TrustedIssuer {
+    iss: String,
+    audience: Vec<String>,
+    keys: IssuerKeys,
+    tenant_claim: JpQuery,
+    tenants: Vec<String>,
+}
+
+pub struct Verifier {
+    issuers: Vec<TrustedIssuer>,
+    tenants: HashMap<String, Arc<Tenant>>,
+}
+
+impl Verifier {
+    pub fn build(loaded: &Loaded, tenants: &HashMap<String, Arc<Tenant>>) -> Result<Self, ConfigError> {
+        let mut issuers = Vec::new();
+        for (name, i) in &loaded.config.issuers {
+            let keys = IssuerKeys::build(loaded, name, i)?;
+            let tenant_claim = compile_claim_path(&i.tenant_claim)
+                .map_err(|e| ConfigError::invalid(format!("issuers.{name}.tenant_claim"), e))?;
+            issuers.push(TrustedIssuer {
+                iss: i.iss.clone(),
+                audience: i.audience.clone(),
+                keys,
+                tenant_claim,
+                tenants: i.tenants.clone(),
+            });
+        }
+        Ok(Verifier { issuers, tenants: tenants.clone() })
+    }
+
+    /// The issuer's keys by config name (for `fhir-fence token`).
+    pub fn issuer_keys(&self, name: &str) -> Option<&IssuerKeys> {
+        self.issuers.iter().map(|i| &i.keys).find(|k| k.name == name)
+    }
+
+    /// Verifies the value of an `Authorization` header.
+    pub fn verify_header(&self, authorization: Option<&str>) -> Result<Caller, AuthError> {
+        let value = authorization.ok_or(AuthError::Missing)?;
+        let (scheme, token) = value.split_once(' ').ok_or(AuthError::Malformed)?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(AuthError::Missing);
+        }
+        self.verify(token.trim())
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Caller, AuthError> {
+        let header = decode_header(token).map_err(|_| AuthError::Malformed)?;
+        let unverified: Value =
+            jsonwebtoken::dangerous::insecure_decode_claims(token).map_err(|_| AuthError::Malformed)?;
+        let iss = unverified.get("iss").and_then(Value::as_str).ok_or(AuthError::UnknownIssuer)?;
+        let issuer = self.issuers.iter().find(|i| i.iss == iss).ok_or(AuthError::UnknownIssuer)?;
+        if !issuer.keys.algorithms.contains(&header.alg) {
+            return Err(AuthError::AlgorithmNotAllowed);
+        }
+        let key = issuer.keys.key_for(header.alg, header.kid.as_deref()).ok_or(AuthError::NoKey)?;
+
+        let mut validation = Validation::new(header.alg);
+        validation.leeway = LEEWAY_SECS;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.set_issuer(&[&issuer.iss]);
+        validation.set_audience(&issuer.audience);
+        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        let claims = decode::<Value>(token, key, &validation).map_err(|e| AuthError::Invalid(e.to_string()))?.claims;
+        if let Some(iat) = claims.get("iat") {
+            let iat = iat.as_u64().ok_or_else(|| AuthError::Invalid("iat is not a number".into()))?;
+            if iat > jsonwebtoken::get_current_timestamp() + LEEWAY_SECS {
+                return Err(AuthError::Invalid("iat is in the future".into()));
+            }
+        }
+
+        let tenant_name = claim_string(&issuer.tenant_claim, &claims).ok_or(AuthError::NoTenantClaim)?;
+        if !issuer.tenants.contains(&tenant_name) {
+            return Err(AuthError::TenantNotAllowed);
+        }
+        let tenant = self.tenants.get(&tenant_name).ok_or(AuthError::TenantNotAllowed)?;
+        if tenant.status == TenantStatus::Suspended {
+            return Err(AuthError::Suspended);
+        }
+        let text = |k: &str| claims.get(k).and_then(Value::as_str).map(str::to_owned);
+        Ok(Caller {
+            tenant: tenant.clone(),
+            subject: text("sub"),
+            client_id: text("client_id").or_else(|| text("azp")),
+            issuer: issuer.keys.name.clone(),
+        })
+    }
+}
+
+pub(crate) fn compile_claim_path(path: &str) -> Result<JpQuery, String> {
+    parse_json_path(path).map_err(|e| format!("not a JSONPath expression: {e}"))
+}
+
+/// The claim at `path` when it is exactly one string.
+fn claim_string(path: &JpQuery, claims: &Value) -> Option<String> {
+    let found = js_path_process(path, claims).ok()?;
+    match found.as_slice() {
+        [one] => one.clone().val().as_str().map(str::to_owned),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn claim_paths() {
+        let p = compile_claim_path("$.org.id").unwrap();
+        assert_eq!(claim_string(&p, &json!({"org": {"id": "acme"}})), Some("acme".into()));
+        assert_eq!(claim_string(&p, &json!({"org": {"id": 3}})), None);
+        assert_eq!(claim_string(&p, &json!({})), None);
+        let many = compile_claim_path("$.t[*]").unwrap();
+        assert_eq!(claim_string(&many, &json!({"t": ["a", "b"]})), None);
+        assert!(compile_claim_path("not a path").is_err());
+    }
+}

@@ -1,0 +1,20 @@
+//! fhir-fence: a sidecar proxy that enforces tenant isolation in front of an unmodified FHIR R4 server.
+//!
+//! Start with `docs/ARCHITECTURE.md`; the request's path is `server` → `pipeline` → `route` →
+//! `identity` → `scope::*` → `upstream` → `scope::respond` → `error` (for refusals).
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod fhir;
+pub mod identity;
+pub mod pipeline;
+pub mod route;
+pub mod scope;
+pub mod seal;
+pub mod server;
+pub mod state;
+pub mod tenancy;
+pub mod upstream;

@@ -1,0 +1,341 @@
+//! THE request pipeline: the one function that orders every step a FHIR request goes through.
+//!
+//! ```text
+//! correlation id → identity → request hygiene → route → scope (per interaction) → upstream
+//!               → outbound check (inside scope::respond) → response   | any error → error.rs
+//! ```
+//! Each step's reason for its position is written next to it in [`handle`].
+use crate::error::Error;
+use crate::fhir::json::{parse_strict, JsonError};
+use crate::identity::Caller;
+use crate::route::{self, Interaction};
+use crate::scope::{read, search, write, Ctx, ScopeError};
+use crate::state::Snapshot;
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Problems with the client's request itself (before any FHIR meaning is considered).
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("the request body exceeds {0} bytes")]
+    TooLarge(usize),
+    #[error("content type {0:?} is not accepted; send application/fhir+json")]
+    MediaType(String),
+    #[error("compressed or otherwise encoded request bodies are not accepted")]
+    Encoded,
+    #[error("this server answers only in FHIR JSON (application/fhir+json)")]
+    NotAcceptable,
+    #[error("the request body is not acceptable JSON: {0}")]
+    Json(JsonError),
+    #[error("this request must not carry a body")]
+    UnexpectedBody,
+    #[error("header {0} is not accepted")]
+    Header(&'static str),
+    #[error("the request body could not be read")]
+    Read,
+}
+
+/// Headers that would make the upstream (or a middlebox) reinterpret the request.
+const REFUSED_HEADERS: &[&str] = &["x-http-method-override", "x-http-method", "x-method-override"];
+
+/// Handles one public request. Never panics on client input; every failure becomes an
+/// OperationOutcome in `error.rs`.
+pub async fn handle(snap: Arc<Snapshot>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let started = Instant::now();
+    // Correlation id first: every log line and every error body below can then name it.
+    let correlation = correlation_id(req.headers());
+    let method = req.method().clone();
+    let result = run(&snap, req, &correlation).await;
+    let (response, tenant, interaction, dropped) = match result {
+        Ok(done) => (done.response, done.tenant, done.interaction, done.dropped),
+        Err((e, tenant, interaction)) => (e.into_response(&correlation), tenant, interaction, 0),
+    };
+    tracing::info!(
+        target: "fhir_fence::access",
+        correlation = %correlation,
+        tenant = tenant.as_deref().unwrap_or("-"),
+        interaction = interaction.unwrap_or("-"),
+        method = %method,
+        status = response.status().as_u16(),
+        dropped,
+        micros = started.elapsed().as_micros() as u64,
+    );
+    if method == Method::HEAD {
+        let (parts, _) = response.into_parts();
+        return Response::from_parts(parts, Full::new(Bytes::new()));
+    }
+    response
+}
+
+struct Done {
+    response: Response<Full<Bytes>>,
+    tenant: Option<String>,
+    interaction: Option<&'static str>,
+    dropped: usize,
+}
+
+type Failed = (Error, Option<String>, Option<&'static str>);
+
+async fn run(snap: &Snapshot, req: Request<Incoming>, correlation: &str) -> Result<Done, Failed> {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_owned();
+    let fail = |e: Error| (e, None, None);
+
+    // `metadata` is answered before identity: clients discover the server before they log in.
+    // It is served from the CapabilityStatement read at start-up, so it costs no upstream call.
+    if (parts.method == Method::GET || parts.method == Method::HEAD) && path == format!("{}/metadata", snap.base_path) {
+        let response = metadata(snap).await.map_err(fail)?;
+        return Ok(Done { response, tenant: None, interaction: Some("metadata"), dropped: 0 });
+    }
+
+    // Identity before routing: an unauthenticated client learns nothing about what exists.
+    let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let caller = snap.verifier.verify_header(authorization).map_err(|e| fail(e.into()))?;
+    let tenant_name = Some(caller.tenant.name.clone());
+    let with_tenant = |e: Error| (e, tenant_name.clone(), None);
+
+    // Request hygiene: refuse what the proxy cannot inspect or that changes the request's meaning.
+    for h in REFUSED_HEADERS {
+        if parts.headers.contains_key(*h) {
+            return Err(with_tenant(RequestError::Header(h).into()));
+        }
+    }
+    if !accepts_fhir_json(&parts.headers) {
+        return Err(with_tenant(RequestError::NotAcceptable.into()));
+    }
+
+    // Routing: the allow-list of interactions; everything else ends here with a precise refusal.
+    let params = route::parse_query(parts.uri.query()).map_err(|e| with_tenant(e.into()))?;
+    let interaction =
+        route::classify(&parts.method, &snap.base_path, &path, &params).map_err(|e| with_tenant(e.into()))?;
+    let name = interaction.name();
+    let with_both = |e: Error| (e, tenant_name.clone(), Some(name));
+
+    // Bodies are read only for writes, bounded, and parsed strictly; other requests must not have one.
+    let body = match interaction {
+        Interaction::Create { .. } | Interaction::Update { .. } => Some(
+            read_json_body(&parts.headers, body, snap.loaded.config.server.max_body_bytes).await.map_err(with_both)?,
+        ),
+        _ => {
+            ensure_no_body(&parts.headers).map_err(with_both)?;
+            None
+        }
+    };
+
+    // Scope, upstream, and the outbound check, per interaction.
+    let self_url = match parts.uri.query() {
+        Some(q) => format!("{}{}?{}", public_origin(snap), path, q),
+        None => format!("{}{}", public_origin(snap), path),
+    };
+    let upstream = snap
+        .upstreams
+        .get(&caller.tenant.upstream)
+        .ok_or_else(|| with_both(ScopeError::CapabilitiesUnavailable.into()))?;
+    let ctx = Ctx { snap, tenant: &caller.tenant, upstream, correlation };
+    let (response, dropped) =
+        dispatch(&ctx, &caller, interaction, &params, body, &parts.headers, &self_url).await.map_err(with_both)?;
+    Ok(Done { response, tenant: tenant_name.clone(), interaction: Some(name), dropped })
+}
+
+async fn dispatch(
+    ctx: &Ctx<'_>,
+    caller: &Caller,
+    interaction: Interaction,
+    params: &route::Params,
+    body: Option<Value>,
+    headers: &HeaderMap,
+    self_url: &str,
+) -> Result<(Response<Full<Bytes>>, usize), Error> {
+    let caps = || async {
+        ctx.snap.capabilities(&caller.tenant.upstream).await.ok_or(Error::from(ScopeError::CapabilitiesUnavailable))
+    };
+    let result = match interaction {
+        Interaction::Read { rtype, id } => read::read(ctx, &rtype, &id, None).await?,
+        Interaction::Vread { rtype, id, version } => read::read(ctx, &rtype, &id, Some(&version)).await?,
+        Interaction::InstanceHistory { rtype, id } => read::history(ctx, &rtype, &id, params, self_url).await?,
+        Interaction::Search { rtype } => search::search(ctx, &*caps().await?, &rtype, params, self_url).await?,
+        Interaction::Page { token } => search::page(ctx, &token, self_url).await?,
+        Interaction::Create { rtype } => {
+            let done =
+                write::create_or_update(ctx, &*caps().await?, &rtype, None, body.unwrap_or_default(), None).await?;
+            return Ok((written(ctx, &rtype, done, headers), 0));
+        }
+        Interaction::Update { rtype, id } => {
+            let if_match = headers.get(header::IF_MATCH);
+            let done =
+                write::create_or_update(ctx, &*caps().await?, &rtype, Some(&id), body.unwrap_or_default(), if_match)
+                    .await?;
+            return Ok((written(ctx, &rtype, done, headers), 0));
+        }
+        Interaction::Delete { rtype, id } => {
+            let done = write::delete(ctx, &rtype, &id).await?;
+            let outcome = crate::fhir::outcome::information(&format!("deleted {rtype}/{}", done.local_id));
+            return Ok((json_response(StatusCode::OK, &outcome, done.headers, ctx.correlation), 0));
+        }
+        Interaction::Metadata => unreachable!("answered before identity"),
+    };
+    Ok((json_response(StatusCode::OK, &result.body, result.headers, ctx.correlation), result.dropped))
+}
+
+/// The answer to a create or update, honouring `Prefer: return=…`.
+fn written(ctx: &Ctx, rtype: &str, done: write::WriteResult, request_headers: &HeaderMap) -> Response<Full<Bytes>> {
+    let mut headers = done.headers;
+    let location = match &done.version {
+        Some(v) => format!("{}/{}/{}/_history/{}", ctx.snap.public_base, rtype, done.local_id, v),
+        None => format!("{}/{}/{}", ctx.snap.public_base, rtype, done.local_id),
+    };
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        headers.insert(header::LOCATION, v.clone());
+        headers.insert(header::CONTENT_LOCATION, v);
+    }
+    let prefer = request_headers.get("prefer").and_then(|v| v.to_str().ok()).unwrap_or("");
+    if prefer.split([',', ';']).any(|p| p.trim() == "return=minimal") {
+        let mut resp = Response::new(Full::new(Bytes::new()));
+        *resp.status_mut() = done.status;
+        resp.headers_mut().extend(headers);
+        set_correlation(resp.headers_mut(), ctx.correlation);
+        return resp;
+    }
+    json_response(done.status, done.body.as_ref().unwrap_or(&Value::Null), headers, ctx.correlation)
+}
+
+/// `GET metadata`: the upstream's CapabilityStatement, reduced to what fhir-fence lets through.
+async fn metadata(snap: &Snapshot) -> Result<Response<Full<Bytes>>, Error> {
+    let first = snap.loaded.config.upstreams.keys().next().cloned().unwrap_or_default();
+    let caps = snap.capabilities(&first).await.ok_or(ScopeError::CapabilitiesUnavailable)?;
+    let mut cs = caps.statement.clone();
+    const OFFERED: &[&str] = &["read", "vread", "update", "delete", "history-instance", "create", "search-type"];
+    if let Some(Value::Object(imp)) = cs.get_mut("implementation") {
+        imp.insert("url".into(), Value::String(snap.public_base.clone()));
+        imp.insert("description".into(), Value::String("FHIR server behind fhir-fence (tenant-isolated)".into()));
+    }
+    for rest in cs.get_mut("rest").and_then(Value::as_array_mut).into_iter().flatten() {
+        let Some(rest) = rest.as_object_mut() else { continue };
+        rest.remove("operation");
+        rest.remove("interaction");
+        for res in rest.get_mut("resource").and_then(Value::as_array_mut).into_iter().flatten() {
+            let Some(res) = res.as_object_mut() else { continue };
+            res.remove("operation");
+            res.remove("searchInclude");
+            res.remove("searchRevInclude");
+            res.remove("conditionalCreate");
+            res.remove("conditionalUpdate");
+            res.remove("conditionalDelete");
+            if let Some(Value::Array(i)) = res.get_mut("interaction") {
+                i.retain(|x| x.get("code").and_then(Value::as_str).is_some_and(|c| OFFERED.contains(&c)));
+            }
+        }
+    }
+    Ok(json_response(StatusCode::OK, &cs, HeaderMap::new(), ""))
+}
+
+fn json_response(status: StatusCode, body: &Value, extra: HeaderMap, correlation: &str) -> Response<Full<Bytes>> {
+    let bytes = serde_json::to_vec(body).expect("serialisable");
+    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.extend(extra);
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/fhir+json; charset=utf-8"));
+    set_correlation(h, correlation);
+    resp
+}
+
+fn set_correlation(h: &mut HeaderMap, correlation: &str) {
+    if let Ok(v) = HeaderValue::from_str(correlation) {
+        if !correlation.is_empty() {
+            h.insert("x-request-id", v);
+        }
+    }
+}
+
+/// The scheme://host:port of the public base (request paths already carry the base path).
+fn public_origin(snap: &Snapshot) -> String {
+    let url = &snap.loaded.public_base;
+    url.origin().ascii_serialization()
+}
+
+/// A client-supplied `X-Request-Id` if it is a short plain token, else a fresh UUID.
+fn correlation_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            (1..=64).contains(&v.len())
+                && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+fn accepts_fhir_json(headers: &HeaderMap) -> bool {
+    let Some(accept) = headers.get(header::ACCEPT) else { return true };
+    let Ok(accept) = accept.to_str() else { return false };
+    accept.split(',').any(|range| {
+        let mime = range.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        matches!(mime.as_str(), "*/*" | "application/*" | "application/json" | "application/fhir+json" | "")
+    })
+}
+
+fn ensure_no_body(headers: &HeaderMap) -> Result<(), Error> {
+    let length = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).unwrap_or("0");
+    if length != "0" || headers.contains_key(header::TRANSFER_ENCODING) {
+        return Err(RequestError::UnexpectedBody.into());
+    }
+    Ok(())
+}
+
+async fn read_json_body(headers: &HeaderMap, body: Incoming, limit: usize) -> Result<Value, Error> {
+    if let Some(enc) = headers.get(header::CONTENT_ENCODING) {
+        if enc.as_bytes() != b"identity" {
+            return Err(RequestError::Encoded.into());
+        }
+    }
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mut parts = ct.split(';');
+    let mime = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+    let charset_ok = parts.all(|p| {
+        let p = p.trim().to_ascii_lowercase();
+        !p.starts_with("charset=") || p == "charset=utf-8" || p == "charset=\"utf-8\""
+    });
+    if !(mime == "application/fhir+json" || mime == "application/json") || !charset_ok {
+        return Err(RequestError::MediaType(ct.to_owned()).into());
+    }
+    let bytes = Limited::new(body, limit).collect().await.map_err(|e| {
+        if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            Error::from(RequestError::TooLarge(limit))
+        } else {
+            Error::from(RequestError::Read)
+        }
+    })?;
+    parse_strict(&bytes.to_bytes()).map_err(|e| RequestError::Json(e).into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_header() {
+        let mut h = HeaderMap::new();
+        assert!(accepts_fhir_json(&h));
+        h.insert(header::ACCEPT, HeaderValue::from_static("application/fhir+xml"));
+        assert!(!accepts_fhir_json(&h));
+        h.insert(header::ACCEPT, HeaderValue::from_static("application/fhir+xml, application/fhir+json;q=0.5"));
+        assert!(accepts_fhir_json(&h));
+    }
+
+    #[test]
+    fn correlation_ids() {
+        let mut h = HeaderMap::new();
+        h.insert("x-request-id", HeaderValue::from_static("abc-123"));
+        assert_eq!(correlation_id(&h), "abc-123");
+        h.insert("x-request-id", HeaderValue::from_static("bad value with spaces"));
+        assert_ne!(correlation_id(&h), "bad value with spaces");
+    }
+}

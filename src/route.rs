@@ -1,0 +1,298 @@
+//! Classifying a request into one FHIR interaction fhir-fence supports, or refusing it.
+//!
+//! This is the allow-list: anything not matched here never reaches the upstream. Paths are
+//! matched on raw segments (no `%`-escapes, no empty or dot segments), so `//`, `%2F`, `..`
+//! and `;jsessionid` tricks fail here instead of being normalised differently upstream.
+use crate::fhir::reference::{is_id, is_resource_type};
+use http::Method;
+
+/// What the client asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Interaction {
+    Metadata,
+    Read {
+        rtype: String,
+        id: String,
+    },
+    Vread {
+        rtype: String,
+        id: String,
+        version: String,
+    },
+    InstanceHistory {
+        rtype: String,
+        id: String,
+    },
+    Search {
+        rtype: String,
+    },
+    Create {
+        rtype: String,
+    },
+    Update {
+        rtype: String,
+        id: String,
+    },
+    Delete {
+        rtype: String,
+        id: String,
+    },
+    /// A page of an earlier search, by fhir-fence's sealed token.
+    Page {
+        token: String,
+    },
+}
+
+impl Interaction {
+    /// A short name for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Interaction::Metadata => "metadata",
+            Interaction::Read { .. } => "read",
+            Interaction::Vread { .. } => "vread",
+            Interaction::InstanceHistory { .. } => "history-instance",
+            Interaction::Search { .. } => "search-type",
+            Interaction::Create { .. } => "create",
+            Interaction::Update { .. } => "update",
+            Interaction::Delete { .. } => "delete",
+            Interaction::Page { .. } => "page",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RouteError {
+    #[error("{0} is not a FHIR endpoint of this server")]
+    NotFhir(String),
+    #[error("malformed request path: {0}")]
+    BadPath(String),
+    #[error("malformed query string: {0}")]
+    BadQuery(String),
+    #[error("method {0} is not allowed here")]
+    Method(String),
+    #[error("{0} is not supported by fhir-fence yet")]
+    NotSupported(String),
+    #[error("parameter {param:?} is not allowed on {interaction}")]
+    Param { param: String, interaction: &'static str },
+}
+
+/// Decoded query parameters, in order. Built only by [`parse_query`], which is strict.
+pub type Params = Vec<(String, String)>;
+
+/// Classifies `method path?query` under the public base path (e.g. `/fhir`).
+pub fn classify(method: &Method, base_path: &str, path: &str, params: &Params) -> Result<Interaction, RouteError> {
+    let rest = path
+        .strip_prefix(base_path)
+        .filter(|r| r.is_empty() || r.starts_with('/'))
+        .ok_or_else(|| RouteError::NotFhir(path.to_owned()))?;
+    let rest = rest.strip_prefix('/').unwrap_or(rest);
+    let segments: Vec<&str> = if rest.is_empty() { vec![] } else { rest.split('/').collect() };
+    for s in &segments {
+        if s.is_empty() || *s == "." || *s == ".." || s.contains(['%', ';', '\\']) {
+            return Err(RouteError::BadPath(path.to_owned()));
+        }
+    }
+    let is_get = *method == Method::GET || *method == Method::HEAD;
+    if let Some(op) = segments.iter().find(|s| s.starts_with('$')) {
+        return Err(RouteError::NotSupported(format!("operation {op}")));
+    }
+    let ty = |s: &str| -> Result<String, RouteError> {
+        if is_resource_type(s) {
+            Ok(s.to_owned())
+        } else {
+            Err(RouteError::BadPath(format!("{s:?} is not a resource type")))
+        }
+    };
+    let id = |s: &str| -> Result<String, RouteError> {
+        if is_id(s) {
+            Ok(s.to_owned())
+        } else {
+            Err(RouteError::BadPath(format!("{s:?} is not a valid id")))
+        }
+    };
+    let interaction = match segments.as_slice() {
+        [] if is_get => match params.as_slice() {
+            [(k, v)] if k == "_page" => Interaction::Page { token: v.clone() },
+            [] => return Err(RouteError::NotSupported("system-level search without _type".into())),
+            _ => return Err(RouteError::NotSupported("system-level search".into())),
+        },
+        [] if *method == Method::POST => return Err(RouteError::NotSupported("transaction and batch Bundles".into())),
+        ["metadata"] if is_get => Interaction::Metadata,
+        ["_history"] => return Err(RouteError::NotSupported("system history".into())),
+        ["_search"] => return Err(RouteError::NotSupported("system search".into())),
+        [t] if is_get => Interaction::Search { rtype: ty(t)? },
+        [t] if *method == Method::POST => Interaction::Create { rtype: ty(t)? },
+        [t] if *method == Method::PUT || *method == Method::DELETE || *method == Method::PATCH => {
+            ty(t)?;
+            return Err(RouteError::NotSupported(format!("conditional {method} ({method} [type]?criteria)")));
+        }
+        [t, "_history"] => {
+            ty(t)?;
+            return Err(RouteError::NotSupported("type history".into()));
+        }
+        [t, "_search"] => {
+            ty(t)?;
+            return Err(RouteError::NotSupported("POST [type]/_search".into()));
+        }
+        [t, i] if is_get => Interaction::Read { rtype: ty(t)?, id: id(i)? },
+        [t, i] if *method == Method::PUT => Interaction::Update { rtype: ty(t)?, id: id(i)? },
+        [t, i] if *method == Method::DELETE => Interaction::Delete { rtype: ty(t)?, id: id(i)? },
+        [t, i] if *method == Method::PATCH => {
+            ty(t)?;
+            id(i)?;
+            return Err(RouteError::NotSupported("PATCH".into()));
+        }
+        [t, i, "_history"] if is_get => Interaction::InstanceHistory { rtype: ty(t)?, id: id(i)? },
+        [t, i, "_history", v] if is_get => Interaction::Vread { rtype: ty(t)?, id: id(i)?, version: id(v)? },
+        [t, i, c] if is_resource_type(c) || *c == "*" => {
+            ty(t)?;
+            id(i)?;
+            return Err(RouteError::NotSupported("compartment search".into()));
+        }
+        [..] if !matches!(
+            *method,
+            Method::GET | Method::HEAD | Method::POST | Method::PUT | Method::DELETE | Method::PATCH
+        ) =>
+        {
+            return Err(RouteError::Method(method.to_string()))
+        }
+        [..] => return Err(RouteError::Method(format!("{method} on {path}"))),
+    };
+    check_params(&interaction, params)?;
+    Ok(interaction)
+}
+
+/// Which query parameters each non-search interaction accepts (search parameters are scoped
+/// in `scope::search`). `_pretty` is accepted everywhere and dropped.
+fn check_params(interaction: &Interaction, params: &Params) -> Result<(), RouteError> {
+    let allowed: &[&str] = match interaction {
+        Interaction::Search { .. } | Interaction::Page { .. } => return Ok(()),
+        Interaction::InstanceHistory { .. } => &["_count", "_since", "_at", "_pretty"],
+        _ => &["_pretty"],
+    };
+    match params.iter().find(|(k, _)| !allowed.contains(&k.as_str())) {
+        Some((k, _)) => Err(RouteError::Param { param: k.clone(), interaction: interaction.name() }),
+        None => Ok(()),
+    }
+}
+
+/// Parses a raw query string strictly: `&`-separated `name=value` pairs, `+` as space,
+/// `%XX` escapes only (a stray `%` is an error), UTF-8 only.
+pub fn parse_query(raw: Option<&str>) -> Result<Params, RouteError> {
+    let Some(raw) = raw else { return Ok(vec![]) };
+    let mut out = Vec::new();
+    for pair in raw.split('&') {
+        if pair.is_empty() {
+            continue;
+        }
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let k = decode_component(k)?;
+        if k.is_empty() {
+            return Err(RouteError::BadQuery("empty parameter name".into()));
+        }
+        out.push((k, decode_component(v)?));
+    }
+    Ok(out)
+}
+
+fn decode_component(s: &str) -> Result<String, RouteError> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex =
+                    bytes.get(i + 1..i + 3).ok_or_else(|| RouteError::BadQuery(format!("bad %-escape in {s:?}")))?;
+                let hex = std::str::from_utf8(hex).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                out.push(hex.ok_or_else(|| RouteError::BadQuery(format!("bad %-escape in {s:?}")))?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| RouteError::BadQuery("parameters must be UTF-8".into()))
+}
+
+/// Encodes a query component for the upstream: RFC 3986 unreserved characters, `,` and `:` stay;
+/// everything else (`|` too: Tomcat refuses it raw) is %-escaped.
+pub fn encode_component(s: &str) -> String {
+    const SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~')
+        .remove(b',')
+        .remove(b':');
+    percent_encoding::utf8_percent_encode(s, SET).to_string()
+}
+
+/// Builds `a=b&c=d` from decoded parameters.
+pub fn encode_query(params: &[(String, String)]) -> String {
+    params.iter().map(|(k, v)| format!("{}={}", encode_component(k), encode_component(v))).collect::<Vec<_>>().join("&")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(m: Method, p: &str, q: Option<&str>) -> Result<Interaction, RouteError> {
+        classify(&m, "/fhir", p, &parse_query(q).unwrap())
+    }
+
+    #[test]
+    fn crud_routes() {
+        assert_eq!(
+            c(Method::GET, "/fhir/Patient/p1", None),
+            Ok(Interaction::Read { rtype: "Patient".into(), id: "p1".into() })
+        );
+        assert_eq!(
+            c(Method::GET, "/fhir/Patient/p1/_history/2", None),
+            Ok(Interaction::Vread { rtype: "Patient".into(), id: "p1".into(), version: "2".into() })
+        );
+        assert_eq!(c(Method::POST, "/fhir/Patient", None), Ok(Interaction::Create { rtype: "Patient".into() }));
+        assert_eq!(
+            c(Method::GET, "/fhir/Patient", Some("name=x")),
+            Ok(Interaction::Search { rtype: "Patient".into() })
+        );
+        assert_eq!(c(Method::GET, "/fhir/metadata", None), Ok(Interaction::Metadata));
+        assert_eq!(c(Method::GET, "/fhir", Some("_page=abc")), Ok(Interaction::Page { token: "abc".into() }));
+    }
+
+    #[test]
+    fn refusals() {
+        assert!(matches!(c(Method::GET, "/other/Patient", None), Err(RouteError::NotFhir(_))));
+        assert!(matches!(c(Method::GET, "/fhirx/Patient", None), Err(RouteError::NotFhir(_))));
+        assert!(matches!(c(Method::GET, "/fhir//Patient", None), Err(RouteError::BadPath(_))));
+        assert!(matches!(c(Method::GET, "/fhir/Patient/a%2Fb", None), Err(RouteError::BadPath(_))));
+        assert!(matches!(c(Method::GET, "/fhir/Patient/..", None), Err(RouteError::BadPath(_))));
+        assert!(matches!(c(Method::GET, "/fhir/Patient/p1;jsessionid=x", None), Err(RouteError::BadPath(_))));
+        assert!(matches!(c(Method::GET, "/fhir/patient/p1", None), Err(RouteError::BadPath(_))));
+        assert!(matches!(c(Method::POST, "/fhir", None), Err(RouteError::NotSupported(_))));
+        assert!(matches!(c(Method::GET, "/fhir/Patient/$everything", None), Err(RouteError::NotSupported(_))));
+        assert!(matches!(c(Method::GET, "/fhir/Patient/_history", None), Err(RouteError::NotSupported(_))));
+        assert!(matches!(c(Method::PATCH, "/fhir/Patient/p1", None), Err(RouteError::NotSupported(_))));
+        assert!(matches!(c(Method::PUT, "/fhir/Patient", Some("identifier=x")), Err(RouteError::NotSupported(_))));
+        assert!(matches!(c(Method::GET, "/fhir/Patient/p1/Observation", None), Err(RouteError::NotSupported(_))));
+        assert!(matches!(c(Method::OPTIONS, "/fhir/Patient", None), Err(RouteError::Method(_))));
+        assert!(matches!(
+            c(Method::DELETE, "/fhir/Patient/p1", Some("_cascade=delete")),
+            Err(RouteError::Param { .. })
+        ));
+        assert!(matches!(c(Method::GET, "/fhir/Patient/p1", Some("_format=xml")), Err(RouteError::Param { .. })));
+    }
+
+    #[test]
+    fn strict_query_decoding() {
+        assert_eq!(
+            parse_query(Some("a=b+c&d=%7C")).unwrap(),
+            vec![("a".into(), "b c".into()), ("d".into(), "|".into())]
+        );
+        assert!(parse_query(Some("a=%zz")).is_err());
+        assert!(parse_query(Some("a=%4")).is_err());
+        assert!(parse_query(Some("a=%ff")).is_err());
+        assert_eq!(encode_query(&[("_tag".into(), "urn:x|a b".into())]), "_tag=urn:x%7Ca%20b");
+    }
+}

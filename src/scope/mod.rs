@@ -1,0 +1,70 @@
+//! Scoping: one module per interaction family turns a client request into an upstream request
+//! that can only touch the caller's tenant, and `respond` checks every answer on the way out.
+//!
+//! - `read`     — read, vread, instance history (the id prefix makes foreign ids unreachable)
+//! - `search`   — type-level search: tenant parameter added, ids and references prefixed
+//! - `write`    — create, update, delete: stamp the marker, prefix ids, rewrite references
+//! - `refcheck` — every reference in a write must exist in the caller's tenant
+//! - `paging`   — sealed page tokens instead of upstream `_getpages` links
+//! - `respond`  — the fail-closed outbound check every answer passes
+pub mod paging;
+pub mod read;
+pub mod refcheck;
+pub mod respond;
+pub mod search;
+pub mod write;
+
+use crate::state::Snapshot;
+use crate::tenancy::{TenancyError, Tenant};
+use crate::upstream::Upstream;
+
+/// Everything a scope module needs to know about the request it is scoping.
+pub struct Ctx<'a> {
+    pub snap: &'a Snapshot,
+    pub tenant: &'a Tenant,
+    pub upstream: &'a Upstream,
+    pub correlation: &'a str,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScopeError {
+    /// One answer for "missing", "deleted" and "another tenant's".
+    #[error("resource {0} is not known")]
+    NotFound(String),
+    #[error("unknown resource type {0:?}")]
+    UnknownType(String),
+    #[error("invalid search parameter: {0}")]
+    Param(String),
+    #[error("{0} is not supported by fhir-fence yet")]
+    ParamNotSupported(String),
+    #[error("invalid resource body: {0}")]
+    Body(String),
+    #[error(transparent)]
+    Id(TenancyError),
+    #[error("meta carries a tenant coding of another tenant")]
+    ForeignMarker,
+    /// One answer for "missing" and "another tenant's".
+    #[error("reference {0:?} does not resolve to a resource this tenant can use")]
+    Reference(String),
+    #[error("reference {0:?} is not allowed: {1}")]
+    ReferenceForm(String, &'static str),
+    /// The upstream refused; the status is passed on, its diagnostics are not.
+    #[error("the upstream refused with status {0}")]
+    Refused(u16),
+    /// The upstream's answer could not be proven to belong to the caller.
+    #[error("the upstream answer could not be verified as the caller's")]
+    Unprovable,
+    #[error("page token is not valid")]
+    PageToken,
+    #[error("the upstream's capabilities are not loaded yet")]
+    CapabilitiesUnavailable,
+}
+
+impl From<TenancyError> for ScopeError {
+    fn from(e: TenancyError) -> Self {
+        match e {
+            TenancyError::ForeignMarker => ScopeError::ForeignMarker,
+            other => ScopeError::Id(other),
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! Paging links as sealed tokens bound to the tenant.
+//!
+//! HAPI's `_getpages=<uuid>` links replay a cached search for anyone who has the uuid
+//! (hapi-fhir#7888). fhir-fence never shows them: each `next`/`previous` link becomes
+//! `{public_base}?_page=<token>`, where the token is the upstream query sealed (AEAD) together
+//! with the tenant and upstream names. Another tenant's, a tampered or an expired token → 404.
+use super::{Ctx, ScopeError};
+use crate::route::encode_component;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::time::Duration;
+
+const PURPOSE: &str = "fhir-fence/page/v1";
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PageToken {
+    /// Tenant name.
+    pub t: String,
+    /// Upstream name.
+    pub u: String,
+    /// The upstream's query string for this page (`_getpages=…&_getpagesoffset=…`).
+    pub q: String,
+}
+
+/// Opens a token for `ctx.tenant`; any mismatch is the same 404 as a forged token.
+pub fn open(ctx: &Ctx, token: &str) -> Result<PageToken, ScopeError> {
+    let page: PageToken = ctx.snap.sealer.open(PURPOSE, token).map_err(|_| ScopeError::PageToken)?;
+    if page.t != ctx.tenant.name || page.u != ctx.upstream.name {
+        return Err(ScopeError::PageToken);
+    }
+    Ok(page)
+}
+
+fn seal(ctx: &Ctx, query: &str) -> String {
+    let token = PageToken { t: ctx.tenant.name.clone(), u: ctx.upstream.name.clone(), q: query.to_owned() };
+    ctx.snap.sealer.seal(PURPOSE, &token, Duration::from_secs(ctx.snap.page_ttl_secs))
+}
+
+/// Rewrites `Bundle.link`: `self` → the client's URL; paging relations → sealed tokens;
+/// anything else (or any link fhir-fence cannot read) is dropped.
+pub fn rewrite_links(ctx: &Ctx, bundle: &mut Map<String, Value>, self_url: &str) -> Result<(), ScopeError> {
+    let links = match bundle.remove("link") {
+        None => return Ok(()),
+        Some(Value::Array(l)) => l,
+        Some(_) => return Err(ScopeError::Unprovable),
+    };
+    let mut out = Vec::new();
+    for link in links {
+        let relation = link.get("relation").and_then(Value::as_str).unwrap_or_default();
+        let url = link.get("url").and_then(Value::as_str).unwrap_or_default();
+        let new_url = match relation {
+            "self" => self_url.to_owned(),
+            "next" | "previous" | "prev" | "first" | "last" => match upstream_page_query(ctx, url) {
+                Some(q) => format!("{}?_page={}", ctx.snap.public_base, encode_component(&seal(ctx, q))),
+                None => continue,
+            },
+            _ => continue,
+        };
+        let mut l = Map::new();
+        l.insert("relation".into(), Value::String(relation.to_owned()));
+        l.insert("url".into(), Value::String(new_url));
+        out.push(Value::Object(l));
+    }
+    if !out.is_empty() {
+        bundle.insert("link".into(), Value::Array(out));
+    }
+    Ok(())
+}
+
+/// The query of an upstream paging link (`{upstream base}?_getpages=…`), if it is one.
+fn upstream_page_query<'u>(ctx: &Ctx, url: &'u str) -> Option<&'u str> {
+    let query = url.strip_prefix(ctx.upstream.base.as_str())?.strip_prefix('?')?;
+    query.split('&').any(|p| p.starts_with("_getpages=")).then_some(query)
+}

@@ -1,0 +1,42 @@
+//! Every literal reference in a write must point at a resource that exists in the caller's
+//! tenant. Missing and foreign targets get the same 422. Positive answers are cached briefly
+//! (moka, TTL from `tenancy.reference_cache_ttl_secs`): a target deleted within that window
+//! may still be referenced, which is no cross-tenant risk (the id is in the caller's namespace).
+use super::read::base_headers;
+use super::{Ctx, ScopeError};
+use crate::upstream::UpstreamError;
+use http::{Method, StatusCode};
+use serde_json::Value;
+
+/// A reference target in upstream form: `Type/{prefix}-{id}[/_history/v]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Target {
+    pub path: String,
+    pub rtype: String,
+    /// What the client wrote, for the error message.
+    pub original: String,
+}
+
+/// Checks each target exists and carries the caller's markers.
+pub async fn check_all(ctx: &Ctx<'_>, targets: &[Target]) -> Result<(), crate::error::Error> {
+    for t in targets {
+        let key = (ctx.tenant.name.clone(), t.path.clone());
+        if ctx.snap.ref_cache.get(&key).await.is_some() {
+            continue;
+        }
+        let answer = ctx.upstream.send(Method::GET, &t.path, base_headers(ctx), None).await?;
+        let owned = match answer.status {
+            StatusCode::OK => answer.body.as_ref().and_then(Value::as_object).is_some_and(|r| {
+                r.get("resourceType").and_then(Value::as_str) == Some(t.rtype.as_str())
+                    && ctx.snap.marking.owns(r, ctx.tenant)
+            }),
+            StatusCode::NOT_FOUND | StatusCode::GONE | StatusCode::BAD_REQUEST => false,
+            other => return Err(UpstreamError::Request(format!("reference look-up answered {other}")).into()),
+        };
+        if !owned {
+            return Err(ScopeError::Reference(t.original.clone()).into());
+        }
+        ctx.snap.ref_cache.insert(key, ()).await;
+    }
+    Ok(())
+}

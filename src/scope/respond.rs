@@ -1,0 +1,142 @@
+//! The fail-closed outbound check. Every resource that leaves fhir-fence passes [`Outbound::resource`]:
+//! it must carry the caller's marker coding *and* id prefix, and every reference in it must
+//! stay inside the tenant; then the markers are stripped and references turned back into
+//! local ids. Bundles are filtered entry by entry; a dropped entry removes `Bundle.total`.
+use super::paging;
+use super::{Ctx, ScopeError};
+use crate::fhir::reference::{self, Target};
+use serde_json::{Map, Value};
+
+/// The outcome of filtering a Bundle.
+pub struct Filtered {
+    pub bundle: Value,
+    /// Entries removed because they could not be proven the caller's (each one a blocked leak).
+    pub dropped: usize,
+}
+
+/// Checks one resource and converts it to the client's view, or refuses it.
+pub fn resource(ctx: &Ctx, value: Value) -> Result<Value, ScopeError> {
+    let Value::Object(mut map) = value else { return Err(ScopeError::Unprovable) };
+    if !ctx.snap.marking.owns(&map, ctx.tenant) {
+        return Err(ScopeError::Unprovable);
+    }
+    ctx.snap.marking.strip(&mut map, ctx.tenant);
+    let mut value = Value::Object(map);
+    reference::for_each_mut(&mut value, &mut |r: &mut String| outbound_reference(ctx, r))?;
+    Ok(value)
+}
+
+/// Rewrites one reference for the client, or fails when it points outside the tenant.
+fn outbound_reference(ctx: &Ctx, r: &mut String) -> Result<(), ScopeError> {
+    let rewritten = match reference::parse(r) {
+        Target::Contained => return Ok(()),
+        Target::Relative(l) => l.with_id(ctx.tenant.local_id(l.id).ok_or(ScopeError::Unprovable)?),
+        Target::Absolute { base, literal } if base == ctx.upstream.base => {
+            literal.with_id(ctx.tenant.local_id(literal.id).ok_or(ScopeError::Unprovable)?)
+        }
+        Target::Absolute { base, .. } if ctx.snap.external_bases.iter().any(|b| b == base) => return Ok(()),
+        _ => return Err(ScopeError::Unprovable),
+    };
+    *r = rewritten;
+    Ok(())
+}
+
+/// The public URL of a resource: `{public_base}/{type}/{local id}`.
+pub fn public_url(ctx: &Ctx, rtype: &str, local: &str) -> String {
+    format!("{}/{}/{}", ctx.snap.public_base, rtype, local)
+}
+
+/// Filters a searchset or history Bundle for the caller. `self_url` is the client's own URL
+/// for this page (it replaces the upstream's `self` link, which shows the injected tenant filter).
+pub fn bundle(ctx: &Ctx, value: Value, self_url: &str) -> Result<Filtered, ScopeError> {
+    let Value::Object(mut b) = value else { return Err(ScopeError::Unprovable) };
+    if b.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
+        return Err(ScopeError::Unprovable);
+    }
+    let history = match b.get("type").and_then(Value::as_str) {
+        Some("searchset") => false,
+        Some("history") => true,
+        _ => return Err(ScopeError::Unprovable),
+    };
+    let mut dropped = 0;
+    let entries = match b.remove("entry") {
+        None => vec![],
+        Some(Value::Array(e)) => e,
+        Some(_) => return Err(ScopeError::Unprovable),
+    };
+    let mut kept = Vec::with_capacity(entries.len());
+    for entry in entries {
+        match bundle_entry(ctx, entry, history) {
+            Some(e) => kept.push(e),
+            None => dropped += 1,
+        }
+    }
+    if !kept.is_empty() {
+        b.insert("entry".into(), Value::Array(kept));
+    }
+    if dropped > 0 {
+        b.remove("total");
+        tracing::warn!(
+            correlation = ctx.correlation,
+            tenant = %ctx.tenant.name,
+            dropped,
+            "blocked Bundle entries that could not be proven the caller's"
+        );
+    }
+    // The upstream's Bundle id names its cached search; never show it.
+    b.insert("id".into(), Value::String(uuid::Uuid::new_v4().to_string()));
+    paging::rewrite_links(ctx, &mut b, self_url)?;
+    Ok(Filtered { bundle: Value::Object(b), dropped })
+}
+
+fn bundle_entry(ctx: &Ctx, entry: Value, history: bool) -> Option<Value> {
+    let Value::Object(mut e) = entry else { return None };
+    let mut out = Map::new();
+    // History entries carry the request that made the version; for deletes it is the only
+    // evidence of ownership (there is no resource body).
+    let request = match e.remove("request") {
+        Some(Value::Object(req)) if history => Some(history_request(ctx, req)?),
+        Some(_) => return None,
+        None if history => return None,
+        None => None,
+    };
+    let (rtype, local) = match e.remove("resource") {
+        Some(res) => {
+            let res = resource(ctx, res).ok()?;
+            let rtype = res.get("resourceType")?.as_str()?.to_owned();
+            let local = res.get("id")?.as_str()?.to_owned();
+            out.insert("resource".into(), res);
+            (rtype, local)
+        }
+        None if history => {
+            let url = request.as_ref()?.get("url")?.as_str()?;
+            let l = reference::literal(url)?;
+            (l.rtype.to_owned(), l.id.to_owned())
+        }
+        None => return None,
+    };
+    out.insert("fullUrl".into(), Value::String(public_url(ctx, &rtype, &local)));
+    if let Some(search) = e.remove("search") {
+        out.insert("search".into(), search);
+    }
+    if let Some(req) = request {
+        out.insert("request".into(), Value::Object(req));
+    }
+    if let Some(Value::Object(mut resp)) = e.remove("response") {
+        // Keep only fields that describe this version; `location` and `outcome` are rebuilt or dropped.
+        resp.retain(|k, _| matches!(k.as_str(), "status" | "etag" | "lastModified"));
+        out.insert("response".into(), Value::Object(resp));
+    }
+    Some(Value::Object(out))
+}
+
+/// A history entry's `request`: its `url` must address the caller's namespace; it is rewritten to local ids.
+fn history_request(ctx: &Ctx, mut req: Map<String, Value>) -> Option<Map<String, Value>> {
+    let url = req.get("url")?.as_str()?;
+    let l = reference::literal(url)?;
+    let local = ctx.tenant.local_id(l.id)?;
+    let new_url = l.with_id(local);
+    req.retain(|k, _| matches!(k.as_str(), "method" | "url"));
+    req.insert("url".into(), Value::String(new_url));
+    Some(req)
+}

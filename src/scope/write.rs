@@ -1,0 +1,129 @@
+//! Create, update and delete. A body is checked and rewritten before the upstream sees it:
+//! `resourceType` must match the URL, the tenant coding is stamped (another tenant's → 422),
+//! the id is moved into the tenant's namespace, and every reference is rewritten to upstream
+//! ids and collected for [`refcheck`](super::refcheck). POST becomes a PUT with an id
+//! fhir-fence assigns, so ids never come from the upstream's shared sequence.
+use super::read::{base_headers, version_headers};
+use super::refcheck::{self, Target as RefTarget};
+use super::{respond, Ctx, ScopeError};
+use crate::fhir::capabilities::Capabilities;
+use crate::fhir::reference::{self, Target};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use serde_json::Value;
+
+/// What a write returns to the pipeline.
+pub struct WriteResult {
+    pub status: StatusCode,
+    /// The stored resource in the client's view (`None` after a delete).
+    pub body: Option<Value>,
+    pub local_id: String,
+    pub version: Option<String>,
+    pub headers: HeaderMap,
+}
+
+/// `POST [type]` (`id` is `None`) and `PUT [type]/[id]`.
+pub async fn create_or_update(
+    ctx: &Ctx<'_>,
+    caps: &Capabilities,
+    rtype: &str,
+    id: Option<&str>,
+    body: Value,
+    if_match: Option<&HeaderValue>,
+) -> Result<WriteResult, crate::error::Error> {
+    if !caps.has_type(rtype) {
+        return Err(ScopeError::UnknownType(rtype.to_owned()).into());
+    }
+    let Value::Object(mut resource) = body else {
+        return Err(ScopeError::Body("the body must be a JSON object".into()).into());
+    };
+    if resource.get("resourceType").and_then(Value::as_str) != Some(rtype) {
+        return Err(ScopeError::Body(format!("resourceType must be {rtype}")).into());
+    }
+    let local = match id {
+        Some(url_id) => {
+            match resource.get("id").and_then(Value::as_str) {
+                Some(body_id) if body_id == url_id => {}
+                Some(_) => {
+                    return Err(ScopeError::Body("the id in the body differs from the id in the URL".into()).into())
+                }
+                None => return Err(ScopeError::Body("an update needs the resource id in the body".into()).into()),
+            }
+            url_id.to_owned()
+        }
+        None => uuid::Uuid::new_v4().to_string(),
+    };
+    let upstream_id = ctx.tenant.upstream_id(&local).map_err(ScopeError::from)?;
+    resource.insert("id".into(), Value::String(upstream_id.clone()));
+    ctx.snap.marking.stamp(&mut resource, ctx.tenant).map_err(ScopeError::from)?;
+    let mut body = Value::Object(resource);
+    let mut targets = Vec::new();
+    reference::for_each_mut(&mut body, &mut |r: &mut String| inbound_reference(ctx, r, &mut targets))?;
+    targets.dedup();
+    refcheck::check_all(ctx, &targets).await?;
+
+    let mut headers = base_headers(ctx);
+    headers.insert("prefer", HeaderValue::from_static("return=representation"));
+    if let Some(v) = if_match {
+        headers.insert(http::header::IF_MATCH, v.clone());
+    }
+    let answer = ctx.upstream.send(Method::PUT, &format!("{rtype}/{upstream_id}"), headers, Some(&body)).await?;
+    let status = answer.status;
+    let headers = version_headers(&answer);
+    if status != StatusCode::OK && status != StatusCode::CREATED {
+        return Err(ScopeError::Refused(status.as_u16()).into());
+    }
+    let stored = respond::resource(ctx, answer.body.ok_or(ScopeError::Unprovable)?)?;
+    if stored.get("id").and_then(Value::as_str) != Some(local.as_str()) {
+        return Err(ScopeError::Unprovable.into());
+    }
+    let version = stored.pointer("/meta/versionId").and_then(Value::as_str).map(str::to_owned);
+    // A POST always answers 201, whatever the upstream PUT reported.
+    let status = if id.is_none() { StatusCode::CREATED } else { status };
+    Ok(WriteResult { status, body: Some(stored), local_id: local, version, headers })
+}
+
+/// `DELETE [type]/[id]`.
+pub async fn delete(ctx: &Ctx<'_>, rtype: &str, id: &str) -> Result<WriteResult, crate::error::Error> {
+    let upstream_id = ctx.tenant.upstream_id(id).map_err(|_| ScopeError::NotFound(format!("{rtype}/{id}")))?;
+    let answer = ctx.upstream.send(Method::DELETE, &format!("{rtype}/{upstream_id}"), base_headers(ctx), None).await?;
+    match answer.status {
+        StatusCode::OK | StatusCode::NO_CONTENT | StatusCode::ACCEPTED => {}
+        StatusCode::NOT_FOUND | StatusCode::GONE => return Err(ScopeError::NotFound(format!("{rtype}/{id}")).into()),
+        other => return Err(ScopeError::Refused(other.as_u16()).into()),
+    }
+    ctx.snap.ref_cache.invalidate(&(ctx.tenant.name.clone(), format!("{rtype}/{upstream_id}"))).await;
+    Ok(WriteResult {
+        status: StatusCode::OK,
+        body: None,
+        local_id: id.to_owned(),
+        version: None,
+        headers: version_headers(&answer),
+    })
+}
+
+/// Rewrites one reference in a body to upstream form and records what must exist.
+fn inbound_reference(ctx: &Ctx, r: &mut String, targets: &mut Vec<RefTarget>) -> Result<(), ScopeError> {
+    let literal = match reference::parse(r) {
+        Target::Contained => return Ok(()),
+        Target::Relative(l) => l,
+        Target::Absolute { base, literal } if base == ctx.snap.public_base => literal,
+        Target::Absolute { base, .. } if ctx.snap.external_bases.iter().any(|b| b == base) => return Ok(()),
+        Target::Absolute { .. } | Target::Other => {
+            return Err(ScopeError::ReferenceForm(
+                r.clone(),
+                "absolute references must be under this server's base or an allow-listed one",
+            ))
+        }
+        Target::Urn => {
+            return Err(ScopeError::ReferenceForm(r.clone(), "urn references are only meaningful inside a transaction"))
+        }
+        Target::Conditional => {
+            return Err(ScopeError::ReferenceForm(r.clone(), "conditional references are not supported yet"))
+        }
+    };
+    let upstream_id = ctx.tenant.upstream_id(literal.id).map_err(|_| ScopeError::Reference(r.clone()))?;
+    let path = literal.with_id(&upstream_id);
+    targets.push(RefTarget { path: path.clone(), rtype: literal.rtype.to_owned(), original: r.clone() });
+    *r = path;
+    Ok(())
+}

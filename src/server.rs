@@ -1,0 +1,86 @@
+//! Listeners: the public FHIR listener and the admin listener, HTTP/1.1, with graceful shutdown.
+use crate::{admin, pipeline, state::Snapshot};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Slow clients may not hold a connection open without sending their headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves both listeners until `shutdown` resolves, then drains in-flight requests (30 s at most).
+pub async fn run(
+    snap: Arc<Snapshot>,
+    public: TcpListener,
+    admin_listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) {
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = public.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let snap = snap.clone();
+                let service = service_fn(move |req| {
+                    let snap = snap.clone();
+                    async move { Ok::<_, Infallible>(pipeline::handle(snap, req).await) }
+                });
+                let conn = builder().serve_connection(TokioIo::new(stream), service);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "public connection ended with an error");
+                    }
+                });
+            }
+            accepted = admin_listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let snap = snap.clone();
+                let service = service_fn(move |req| {
+                    let snap = snap.clone();
+                    async move { Ok::<_, Infallible>(admin::handle(snap, req).await) }
+                });
+                let conn = graceful.watch(builder().serve_connection(TokioIo::new(stream), service));
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    tracing::info!("shutting down: draining in-flight requests");
+    if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await.is_err() {
+        tracing::warn!("drain timed out; closing remaining connections");
+    }
+}
+
+fn builder() -> http1::Builder {
+    let mut b = http1::Builder::new();
+    b.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
+    b
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

@@ -1,0 +1,126 @@
+//! The connection to an upstream FHIR server: pooled HTTP/1.1, JSON only, bounded, timed.
+//!
+//! Requests are built here from scratch (method, path, an explicit header set), never copied
+//! from the client, so nothing the client sent reaches the upstream unless a scope module
+//! put it there deliberately.
+use crate::config::Upstream as UpstreamConfig;
+use crate::fhir::json::{parse_strict, JsonError};
+use bytes::Bytes;
+use http::header::{ACCEPT, CONTENT_TYPE};
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use std::time::Duration;
+
+pub const FHIR_JSON: &str = "application/fhir+json";
+
+pub struct Upstream {
+    pub name: String,
+    /// The base URL without a trailing slash, e.g. `http://127.0.0.1:8090/fhir`.
+    pub base: String,
+    client: Client<HttpConnector, Full<Bytes>>,
+    request_timeout: Duration,
+    max_body: usize,
+}
+
+/// An upstream answer whose body, if any, is strictly parsed JSON.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Option<Value>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream {0} could not be reached: {1}")]
+    Connect(String, String),
+    #[error("upstream {0} did not answer in time")]
+    Timeout(String),
+    #[error("upstream {0} sent a body larger than the configured limit")]
+    TooLarge(String),
+    #[error("upstream {0} answered with content type {1:?}, not FHIR JSON")]
+    NotJson(String, String),
+    #[error("upstream {0} sent JSON fhir-fence cannot accept: {1}")]
+    BadJson(String, JsonError),
+    #[error("bad upstream request: {0}")]
+    Request(String),
+}
+
+impl Upstream {
+    pub fn new(name: &str, cfg: &UpstreamConfig, max_body: usize) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_millis(cfg.connect_timeout_ms)));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(cfg.pool_size)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Upstream {
+            name: name.to_owned(),
+            base: cfg.base_url.trim_end_matches('/').to_owned(),
+            client,
+            request_timeout: Duration::from_millis(cfg.request_timeout_ms),
+            max_body,
+        }
+    }
+
+    /// Sends `method base/path` with only the given headers (plus `Accept: application/fhir+json`),
+    /// and parses the answer as FHIR JSON. An empty body is `None`.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        mut headers: HeaderMap,
+        body: Option<&Value>,
+    ) -> Result<Answer, UpstreamError> {
+        let uri =
+            if path.starts_with('?') { format!("{}{}", self.base, path) } else { format!("{}/{}", self.base, path) };
+        headers.insert(ACCEPT, HeaderValue::from_static(FHIR_JSON));
+        let bytes = match body {
+            Some(b) => {
+                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/fhir+json; charset=utf-8"));
+                Bytes::from(serde_json::to_vec(b).map_err(|e| UpstreamError::Request(e.to_string()))?)
+            }
+            None => Bytes::new(),
+        };
+        let mut req = Request::builder()
+            .method(method)
+            .uri(&uri)
+            .body(Full::new(bytes))
+            .map_err(|e| UpstreamError::Request(e.to_string()))?;
+        *req.headers_mut() = headers;
+
+        let exchange = async {
+            let resp =
+                self.client.request(req).await.map_err(|e| UpstreamError::Connect(self.name.clone(), e.to_string()))?;
+            let (parts, body) = resp.into_parts();
+            let collected = Limited::new(body, self.max_body).collect().await.map_err(|e| {
+                if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                    UpstreamError::TooLarge(self.name.clone())
+                } else {
+                    UpstreamError::Connect(self.name.clone(), e.to_string())
+                }
+            })?;
+            Ok::<_, UpstreamError>((parts, collected.to_bytes()))
+        };
+        let (parts, bytes) = tokio::time::timeout(self.request_timeout, exchange)
+            .await
+            .map_err(|_| UpstreamError::Timeout(self.name.clone()))??;
+
+        let body = if bytes.is_empty() {
+            None
+        } else {
+            let ct = parts.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+            let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            if mime != FHIR_JSON && mime != "application/json" {
+                return Err(UpstreamError::NotJson(self.name.clone(), ct.to_owned()));
+            }
+            Some(parse_strict(&bytes).map_err(|e| UpstreamError::BadJson(self.name.clone(), e))?)
+        };
+        Ok(Answer { status: parts.status, headers: parts.headers, body })
+    }
+}

@@ -1,0 +1,300 @@
+//! Edge cases against an in-process fake upstream: what fhir-fence does with answers a real
+//! server rarely gives (malformed or duplicate-key JSON, foreign entries, hangs) and what it
+//! sends upstream for scoped requests.
+use crate::support::client::{get, post, put, request};
+use crate::support::fake::{self, searchset, stored, Answer};
+use crate::support::{self, tenants, Options, SYSTEM};
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn malformed_duplicate_key_and_non_json_answers_are_502() {
+    let ts = tenants(1);
+    let p = ts[0].prefix.clone();
+    let (broken, dup) = (format!("/fhir/Patient/{p}-broken"), format!("/fhir/Patient/{p}-dup"));
+    let up = fake::start(move |s| {
+        if s.path == broken {
+            Answer::Raw(200, "application/fhir+json", "{\"resourceType\": \"Patient\"")
+        } else if s.path == dup {
+            Answer::Raw(200, "application/fhir+json", r#"{"resourceType":"Patient","id":"x","meta":{},"meta":{}}"#)
+        } else {
+            Answer::Raw(200, "text/html", "<html>not FHIR</html>")
+        }
+    })
+    .await;
+    let fence = support::start(Options::new(&up.base, &ts)).await;
+    let tok = fence.token(&ts[0].name);
+    for id in ["broken", "dup", "html"] {
+        let r = get(&fence.url(&format!("Patient/{id}"))).bearer(&tok).send().await;
+        assert_eq!(r.status, 502, "{id}");
+        assert_eq!(r.body["issue"][0]["code"], "exception");
+    }
+}
+
+#[tokio::test]
+async fn foreign_and_unmarked_bundle_entries_are_dropped_and_total_removed() {
+    let ts = tenants(2);
+    let (a, b) = (ts[0].clone(), ts[1].clone());
+    let up = fake::start(move |s| {
+        let base = format!("http://{}/fhir", s.headers["host"].to_str().unwrap());
+        let mut untagged = stored("Patient", &a.prefix, &a.name, "untagged");
+        untagged["meta"].as_object_mut().unwrap().remove("tag");
+        let mut wrong_prefix = stored("Patient", &b.prefix, &a.name, "wrongprefix");
+        wrong_prefix["name"] = json!([{"family": "sneaky"}]);
+        let mut foreign_ref = stored("Observation", &a.prefix, &a.name, "o1");
+        foreign_ref["subject"] = json!({"reference": format!("Patient/{}-p9", b.prefix)});
+        Answer::Json(
+            200,
+            searchset(
+                &base,
+                vec![
+                    stored("Patient", &a.prefix, &a.name, "mine"),
+                    stored("Patient", &b.prefix, &b.name, "theirs"),
+                    untagged,
+                    wrong_prefix,
+                    foreign_ref,
+                ],
+                None,
+            ),
+        )
+    })
+    .await;
+    let fence = support::start(Options::new(&up.base, &ts)).await;
+    let r = get(&fence.url("Patient?name=x")).bearer(&fence.token(&ts[0].name)).send().await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let entries = r.body["entry"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{}", r.body);
+    assert_eq!(entries[0]["resource"]["id"], "mine");
+    assert_eq!(entries[0]["resource"]["meta"].get("tag"), None, "the tenant tag is stripped");
+    assert_eq!(entries[0]["fullUrl"], fence.url("Patient/mine"));
+    assert_eq!(r.body.get("total"), None, "total must go when entries were dropped");
+    assert_ne!(r.body["id"], "upstream-search-uuid");
+    assert_eq!(
+        r.body["link"][0]["url"],
+        fence.url("Patient?name=x"),
+        "self link is the client's URL, without the tenant filter"
+    );
+    assert!(!r.raw.windows(ts[1].name.len()).any(|w| w == ts[1].name.as_bytes()), "nothing of the other tenant leaves");
+}
+
+#[tokio::test]
+async fn a_read_answer_without_the_callers_markers_is_404() {
+    let ts = tenants(2);
+    let (a, b) = (ts[0].clone(), ts[1].clone());
+    let up = fake::start(move |s| {
+        if s.path.ends_with("-tagged-for-b") {
+            Answer::Json(200, stored("Patient", &a.prefix, &b.name, "tagged-for-b"))
+        } else {
+            let mut r = stored("Patient", &a.prefix, &a.name, "no-tag");
+            r["meta"].as_object_mut().unwrap().remove("tag");
+            Answer::Json(200, r)
+        }
+    })
+    .await;
+    let fence = support::start(Options::new(&up.base, &ts)).await;
+    let tok = fence.token(&ts[0].name);
+    for id in ["tagged-for-b", "no-tag"] {
+        let r = get(&fence.url(&format!("Patient/{id}"))).bearer(&tok).send().await;
+        assert_eq!(r.status, 404, "{id}");
+        assert_eq!(r.diagnostics(), format!("resource Patient/{id} is not known"));
+    }
+}
+
+#[tokio::test]
+async fn search_is_scoped_before_the_upstream_sees_it() {
+    let ts = tenants(1);
+    let up = fake::start(|s| {
+        Answer::Json(200, searchset(&format!("http://{}/fhir", s.headers["host"].to_str().unwrap()), vec![], None))
+    })
+    .await;
+    let fence = support::start(Options::new(&up.base, &ts)).await;
+    let tok = fence.token(&ts[0].name);
+    let r = get(&fence.url("Observation?_id=o1,o2&subject=Patient/p1&patient=p2&_count=5&_pretty=true"))
+        .bearer(&tok)
+        .send()
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let s = up.last();
+    let p = &ts[0].prefix;
+    assert_eq!(s.param("_id"), vec![format!("{p}-o1,{p}-o2")]);
+    assert_eq!(s.param("subject"), vec![format!("Patient/{p}-p1")]);
+    assert_eq!(s.param("patient"), vec![format!("{p}-p2")]);
+    assert_eq!(s.param("_tag"), vec![format!("{SYSTEM}|{}", ts[0].name)]);
+    assert_eq!(s.param("_count"), vec!["5"]);
+    assert!(s.param("_pretty").is_empty());
+    assert_eq!(s.headers["prefer"], "handling=strict");
+
+    // An absolute reference under the public base is accepted; anything else is refused.
+    let r = get(&fence.url(&format!("Observation?subject={}", fence.url("Patient/p1")))).bearer(&tok).send().await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().param("subject"), vec![format!("Patient/{p}-p1")]);
+    let before = up.seen().len();
+    for q in [
+        "Observation?subject=http://elsewhere/fhir/Patient/p1",
+        "Patient?unknown=1",
+        "Patient?_include=Patient:organization",
+        "Patient?_revinclude=Provenance:target",
+        "Patient?_has:Observation:subject:code=x",
+        "Patient?name:exact=x",
+        "Patient?subject.name=x",
+        "Patient?_elements=name",
+        "Patient?_summary=true",
+        "Patient?_filter=name%20eq%20x",
+        "Patient?_format=xml",
+        "Patient?_contained=true",
+        "Patient?_count=abc",
+        "Unknowntype?name=x",
+    ] {
+        let r = get(&fence.url(q)).bearer(&tok).send().await;
+        assert_eq!(r.status, 400, "{q}: {}", r.body);
+        assert_eq!(r.body["resourceType"], "OperationOutcome");
+    }
+    let r = get(&fence.url(&format!("Patient?_tag={SYSTEM}%7C{}", ts[0].name))).bearer(&tok).send().await;
+    assert_eq!(r.status, 400, "client-supplied tenant codings are refused");
+    assert_eq!(up.seen().len(), before, "no refused search reached the upstream");
+}
+
+#[tokio::test]
+async fn paging_tokens_are_bound_to_the_tenant() {
+    let ts = tenants(2);
+    let a = ts[0].clone();
+    let up = fake::start(move |s| {
+        let base = format!("http://{}/fhir", s.headers["host"].to_str().unwrap());
+        let next = format!("{base}?_getpages=abc-uuid&_getpagesoffset=1&_count=1&_bundletype=searchset");
+        Answer::Json(200, searchset(&base, vec![stored("Patient", &a.prefix, &a.name, "p1")], Some(&next)))
+    })
+    .await;
+    let fence = support::start(Options::new(&up.base, &ts)).await;
+    let tok_a = fence.token(&ts[0].name);
+    let r = get(&fence.url("Patient?name=x")).bearer(&tok_a).send().await;
+    let next = r.body["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(next.starts_with(&format!("{}?_page=", fence.base)), "{next}");
+    assert!(!next.contains("_getpages") && !next.contains("abc-uuid"), "the upstream handle never shows: {next}");
+
+    let r = get(&next).bearer(&tok_a).send().await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().param("_getpages"), vec!["abc-uuid"]);
+
+    let before = up.seen().len();
+    let r = get(&next).bearer(&fence.token(&ts[1].name)).send().await;
+    assert_eq!(r.status, 404, "another tenant's token");
+    let tampered = format!("{}x", next);
+    let r = get(&tampered).bearer(&tok_a).send().await;
+    assert_eq!(r.status, 404, "tampered token");
+    let r = get(&fence.url("?_getpages=abc-uuid")).bearer(&tok_a).send().await;
+    assert_eq!(r.status, 501, "raw upstream paging is not a route");
+    assert_eq!(up.seen().len(), before);
+}
+
+#[tokio::test]
+async fn upstream_diagnostics_never_reach_the_client() {
+    let ts = tenants(2);
+    let other = ts[1].prefix.clone();
+    let up = fake::start(move |_| {
+        Answer::Json(
+            409,
+            json!({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "conflict",
+            "diagnostics": format!("Unable to delete: referenced by Observation/{other}-999")}]}),
+        )
+    })
+    .await;
+    let fence = support::start(Options::new(&up.base, &ts)).await;
+    let r = request("DELETE", &fence.url("Patient/p1")).bearer(&fence.token(&ts[0].name)).send().await;
+    assert_eq!(r.status, 409);
+    let d = r.diagnostics();
+    assert!(!d.contains(&ts[1].prefix) && d.contains("correlation id"), "{d}");
+}
+
+#[tokio::test]
+async fn request_hygiene() {
+    let ts = tenants(1);
+    let up = fake::start(|_| Answer::Json(500, json!({}))).await;
+    let fence = support::start(Options::new(&up.base, &ts)).await;
+    let tok = fence.token(&ts[0].name);
+    let patient = json!({"resourceType": "Patient"});
+
+    let r =
+        post(&fence.url("Patient"), &patient).bearer(&tok).header("content-type", "application/fhir+xml").send().await;
+    assert_eq!(r.status, 415);
+    let r = post(&fence.url("Patient"), &patient).bearer(&tok).header("content-encoding", "gzip").send().await;
+    assert_eq!(r.status, 415);
+    let big = json!({"resourceType": "Patient", "text": {"div": "x".repeat(70_000)}});
+    let r = post(&fence.url("Patient"), &big).bearer(&tok).send().await;
+    assert_eq!(r.status, 413);
+    let r = post(&fence.url("Patient"), &Value::Null)
+        .bearer(&tok)
+        .raw_body(r#"{"resourceType":"Patient","meta":{},"meta":{}}"#)
+        .send()
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(r.diagnostics().contains("duplicate key"));
+    let r = get(&fence.url("Patient/p1")).bearer(&tok).header("accept", "application/fhir+xml").send().await;
+    assert_eq!(r.status, 406);
+    let r = get(&fence.url("Patient/p1")).bearer(&tok).header("x-http-method-override", "DELETE").send().await;
+    assert_eq!(r.status, 400);
+    let r = post(&fence.url("Observation"), &patient).bearer(&tok).send().await;
+    assert_eq!(r.status, 400, "resourceType must match the URL");
+    let r = put(&fence.url("Patient/p1"), &json!({"resourceType": "Patient", "id": "p2"})).bearer(&tok).send().await;
+    assert_eq!(r.status, 400, "body id must match the URL id");
+    let long = "a".repeat(64 - ts[0].prefix.len());
+    let r = put(&fence.url(&format!("Patient/{long}")), &json!({"resourceType": "Patient", "id": long}))
+        .bearer(&tok)
+        .send()
+        .await;
+    assert_eq!(r.status, 400, "ids too long once prefixed");
+    assert!(r.diagnostics().contains("too long"));
+
+    for (method, path, status) in [
+        ("POST", "", 501),
+        ("GET", "Patient/_history", 501),
+        ("GET", "_history", 501),
+        ("GET", "Patient/$everything", 501),
+        ("GET", "Patient/p1/$everything", 501),
+        ("POST", "Patient/$validate", 501),
+        ("PATCH", "Patient/p1", 501),
+        ("DELETE", "Patient?name=x", 501),
+        ("GET", "Patient/p1/Observation", 501),
+        ("POST", "Patient/_search", 501),
+        ("GET", "Subscription/../Patient", 400),
+        ("OPTIONS", "Patient", 405),
+        ("GET", "Patient/p1?_summary=true", 400),
+        ("DELETE", "Patient/p1?_cascade=delete", 400),
+    ] {
+        let r = request(method, &fence.url(path)).bearer(&tok).send().await;
+        assert_eq!(r.status, status, "{method} {path}: {}", r.body);
+        assert_eq!(r.body["resourceType"], "OperationOutcome", "{method} {path}");
+    }
+    assert!(up.seen().is_empty(), "no refused request reached the upstream");
+}
+
+#[tokio::test]
+async fn upstream_timeout_is_504() {
+    let ts = tenants(1);
+    let up = fake::start(|_| Answer::Hang).await;
+    let mut o = Options::new(&up.base, &ts);
+    o.request_timeout_ms = 300;
+    let fence = support::start(o).await;
+    let r = get(&fence.url("Patient/p1")).bearer(&fence.token(&ts[0].name)).send().await;
+    assert_eq!(r.status, 504);
+    assert_eq!(r.body["issue"][0]["code"], "timeout");
+}
+
+#[tokio::test]
+async fn metadata_is_public_and_trimmed() {
+    let ts = tenants(1);
+    let up = fake::start(|_| Answer::Json(500, json!({}))).await;
+    let fence = support::start(Options::new(&up.base, &ts)).await;
+    let r = get(&fence.url("metadata")).send().await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["implementation"]["url"], fence.base);
+    assert_eq!(r.body["rest"][0].get("operation"), None);
+    let codes: Vec<&str> = r.body["rest"][0]["resource"][0]["interaction"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes, vec!["read", "search-type"], "patch is not offered");
+}

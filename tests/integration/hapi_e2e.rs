@@ -1,0 +1,224 @@
+//! End to end against the real, unmodified HAPI FHIR JPA server from `scripts/hapi start`
+//! (`HAPI_URL`, default `http://127.0.0.1:8090/fhir`). Each test uses tenants with fresh
+//! names and prefixes, so tests share one HAPI without seeing each other's data.
+use crate::support::client::{delete, get, post, put, Reply};
+use crate::support::{self, tenants, Fence, Options, SYSTEM};
+use serde_json::{json, Value};
+
+fn hapi() -> String {
+    std::env::var("HAPI_URL").unwrap_or_else(|_| "http://127.0.0.1:8090/fhir".into())
+}
+
+async fn fence(n: usize) -> (Fence, Vec<support::T>) {
+    let ts = tenants(n);
+    let f = support::start(Options::new(&hapi(), &ts)).await;
+    (f, ts)
+}
+
+fn patient(id: &str, family: &str) -> Value {
+    json!({"resourceType": "Patient", "id": id, "name": [{"family": family}]})
+}
+
+fn ids(bundle: &Value) -> Vec<String> {
+    let mut v: Vec<String> = bundle["entry"]
+        .as_array()
+        .map(|e| e.iter().map(|e| e["resource"]["id"].as_str().unwrap().to_owned()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn link(r: &Reply, relation: &str) -> Option<String> {
+    r.body["link"].as_array()?.iter().find(|l| l["relation"] == relation).map(|l| l["url"].as_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn two_tenants_own_the_same_id_and_read_their_own() {
+    let (f, ts) = fence(2).await;
+    let (a, b) = (f.token(&ts[0].name), f.token(&ts[1].name));
+    let r = put(&f.url("Patient/p1"), &patient("p1", "Alpha")).bearer(&a).send().await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = put(&f.url("Patient/p1"), &patient("p1", "Beta")).bearer(&b).send().await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["id"], "p1");
+    assert_eq!(r.header("location").unwrap(), f.url("Patient/p1/_history/1"));
+
+    let r = get(&f.url("Patient/p1")).bearer(&a).send().await;
+    assert_eq!((r.status, r.body["name"][0]["family"].as_str()), (200, Some("Alpha")));
+    assert_eq!(r.body["meta"].get("tag"), None, "the tenant tag is not shown");
+    let r = get(&f.url("Patient/p1")).bearer(&b).send().await;
+    assert_eq!((r.status, r.body["name"][0]["family"].as_str()), (200, Some("Beta")));
+
+    // Upstream, both carry the prefix and the tag: the isolation lives in the data.
+    let raw = get(&format!("{}/Patient/{}-p1", hapi(), ts[0].prefix)).send().await;
+    assert_eq!(raw.body["meta"]["tag"], json!([{"system": SYSTEM, "code": ts[0].name}]));
+}
+
+#[tokio::test]
+async fn each_tenants_search_sees_only_its_own() {
+    let (f, ts) = fence(2).await;
+    let (a, b) = (f.token(&ts[0].name), f.token(&ts[1].name));
+    for i in 0..3 {
+        assert_eq!(put(&f.url(&format!("Patient/a{i}")), &patient(&format!("a{i}"), "Shared")).bearer(&a).send().await.status, 201);
+    }
+    assert_eq!(put(&f.url("Patient/b0"), &patient("b0", "Shared")).bearer(&b).send().await.status, 201);
+
+    let r = get(&f.url("Patient?family=Shared")).bearer(&a).send().await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(ids(&r.body), vec!["a0", "a1", "a2"]);
+    assert_eq!(r.body["total"], 3);
+    let r = get(&f.url("Patient")).bearer(&b).send().await;
+    assert_eq!(ids(&r.body), vec!["b0"]);
+
+    // Searching by the other tenant's id finds nothing.
+    let r = get(&f.url("Patient?_id=a0")).bearer(&b).send().await;
+    assert_eq!((r.status, ids(&r.body).len()), (200, 0));
+}
+
+#[tokio::test]
+async fn cross_tenant_read_update_delete_fail() {
+    let (f, ts) = fence(2).await;
+    let (a, b) = (f.token(&ts[0].name), f.token(&ts[1].name));
+    assert_eq!(put(&f.url("Patient/only-a"), &patient("only-a", "Alpha")).bearer(&a).send().await.status, 201);
+
+    let r = get(&f.url("Patient/only-a")).bearer(&b).send().await;
+    assert_eq!(r.status, 404);
+    let missing = get(&f.url("Patient/never-existed")).bearer(&b).send().await;
+    assert_eq!(r.diagnostics().replace("only-a", "X"), missing.diagnostics().replace("never-existed", "X"), "foreign and missing look the same");
+    assert_eq!(get(&f.url("Patient/only-a/_history/1")).bearer(&b).send().await.status, 404);
+    assert_eq!(get(&f.url("Patient/only-a/_history")).bearer(&b).send().await.status, 404);
+
+    let r = delete(&f.url("Patient/only-a")).bearer(&b).send().await;
+    assert!(r.status == 404 || r.status == 200, "{}", r.status);
+
+    // B's PUT lands in B's own namespace; A's resource is untouched.
+    let r = put(&f.url("Patient/only-a"), &patient("only-a", "Hijack")).bearer(&b).send().await;
+    assert_eq!(r.status, 201, "update-as-create in B's namespace: {}", r.body);
+    let r = get(&f.url("Patient/only-a")).bearer(&a).send().await;
+    assert_eq!((r.status, r.body["name"][0]["family"].as_str(), r.body["meta"]["versionId"].as_str()), (200, Some("Alpha"), Some("1")));
+}
+
+#[tokio::test]
+async fn references_must_stay_inside_the_tenant() {
+    let (f, ts) = fence(2).await;
+    let (a, b) = (f.token(&ts[0].name), f.token(&ts[1].name));
+    assert_eq!(put(&f.url("Patient/pa"), &patient("pa", "Alpha")).bearer(&a).send().await.status, 201);
+    assert_eq!(put(&f.url("Patient/pb"), &patient("pb", "Beta")).bearer(&b).send().await.status, 201);
+    let obs = |subject: &str| json!({"resourceType": "Observation", "status": "final", "code": {"text": "t"}, "subject": {"reference": subject}});
+
+    let r = post(&f.url("Observation"), &obs("Patient/pa")).bearer(&a).send().await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["subject"]["reference"], "Patient/pa");
+    let location = r.header("location").unwrap().to_owned();
+    let r = get(&location).bearer(&a).send().await;
+    assert_eq!(r.status, 200, "POST's Location reads back");
+
+    let absolute = obs(&f.url("Patient/pa"));
+    let r = post(&f.url("Observation"), &absolute).bearer(&a).send().await;
+    assert_eq!((r.status, r.body["subject"]["reference"].as_str()), (201, Some("Patient/pa")));
+
+    let foreign = post(&f.url("Observation"), &obs("Patient/pb")).bearer(&a).send().await;
+    let missing = post(&f.url("Observation"), &obs("Patient/nobody")).bearer(&a).send().await;
+    assert_eq!((foreign.status, missing.status), (422, 422));
+    assert_eq!(foreign.diagnostics().replace("pb", "X"), missing.diagnostics().replace("nobody", "X"));
+
+    let nested = json!({"resourceType": "Observation", "status": "final", "code": {"text": "t"},
+        "extension": [{"url": "http://example.org/x", "valueReference": {"reference": "Patient/pb"}}]});
+    assert_eq!(post(&f.url("Observation"), &nested).bearer(&a).send().await.status, 422, "references inside extensions are checked");
+    assert_eq!(post(&f.url("Observation"), &obs("http://evil.example/fhir/Patient/pa")).bearer(&a).send().await.status, 422);
+    assert_eq!(post(&f.url("Observation"), &obs("urn:uuid:8c0e0bd6-6c3e-4c7e-8a55-1c1c4e0c1f22")).bearer(&a).send().await.status, 422);
+
+    let r = get(&f.url("Observation?subject=Patient/pa")).bearer(&a).send().await;
+    assert_eq!(ids(&r.body).len(), 2);
+    let r = get(&f.url("Observation?subject=Patient/pa")).bearer(&b).send().await;
+    assert_eq!(ids(&r.body).len(), 0, "a reference search by another tenant finds nothing");
+}
+
+#[tokio::test]
+async fn tenant_codings_in_bodies() {
+    let (f, ts) = fence(2).await;
+    let a = f.token(&ts[0].name);
+    let mut p = patient("tagged", "Alpha");
+    p["meta"] = json!({"tag": [{"system": SYSTEM, "code": ts[1].name}]});
+    let r = put(&f.url("Patient/tagged"), &p).bearer(&a).send().await;
+    assert_eq!(r.status, 422, "planting data in another tenant is refused");
+
+    p["meta"] = json!({"tag": [{"system": SYSTEM, "code": ts[0].name}, {"system": "http://example.org/tags", "code": "keep"}]});
+    let r = put(&f.url("Patient/tagged"), &p).bearer(&a).send().await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["meta"]["tag"], json!([{"system": "http://example.org/tags", "code": "keep"}]));
+    let raw = get(&format!("{}/Patient/{}-tagged", hapi(), ts[0].prefix)).send().await;
+    let tags = raw.body["meta"]["tag"].as_array().unwrap();
+    assert_eq!(tags.iter().filter(|t| t["system"] == SYSTEM).count(), 1, "exactly one tenant coding upstream");
+}
+
+#[tokio::test]
+async fn paging_through_three_pages_and_token_reuse() {
+    let (f, ts) = fence(2).await;
+    let (a, b) = (f.token(&ts[0].name), f.token(&ts[1].name));
+    for i in 0..5 {
+        assert_eq!(put(&f.url(&format!("Patient/pg{i}")), &patient(&format!("pg{i}"), "Pager")).bearer(&a).send().await.status, 201);
+    }
+    let mut seen = vec![];
+    let mut r = get(&f.url("Patient?family=Pager&_count=2")).bearer(&a).send().await;
+    let mut pages = 1;
+    let first_next = link(&r, "next").expect("a next link");
+    assert!(!first_next.contains("_getpages"));
+    let stolen = get(&first_next).bearer(&b).send().await;
+    assert_eq!(stolen.status, 404, "another tenant cannot use the page token");
+    loop {
+        assert_eq!(r.status, 200, "{}", r.body);
+        seen.extend(ids(&r.body));
+        match link(&r, "next") {
+            Some(next) => {
+                r = get(&next).bearer(&a).send().await;
+                pages += 1;
+            }
+            None => break,
+        }
+    }
+    seen.sort();
+    assert_eq!(pages, 3);
+    assert_eq!(seen, vec!["pg0", "pg1", "pg2", "pg3", "pg4"]);
+}
+
+#[tokio::test]
+async fn create_history_vread_delete() {
+    let (f, ts) = fence(1).await;
+    let a = f.token(&ts[0].name);
+    let r = post(&f.url("Patient"), &json!({"resourceType": "Patient", "id": "ignored", "name": [{"family": "One"}]})).bearer(&a).send().await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    assert_ne!(id, "ignored");
+    assert!(uuid::Uuid::parse_str(&id).is_ok(), "fhir-fence assigns UUIDs");
+    let mut p = r.body.clone();
+    p["name"][0]["family"] = json!("Two");
+    let r = put(&f.url(&format!("Patient/{id}")), &p).bearer(&a).header("if-match", "W/\"1\"").send().await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["meta"]["versionId"], "2");
+
+    let r = get(&f.url(&format!("Patient/{id}/_history/1"))).bearer(&a).send().await;
+    assert_eq!((r.status, r.body["name"][0]["family"].as_str()), (200, Some("One")));
+
+    let r = delete(&f.url(&format!("Patient/{id}"))).bearer(&a).send().await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(get(&f.url(&format!("Patient/{id}"))).bearer(&a).send().await.status, 404);
+    let r = get(&f.url(&format!("Patient/{id}/_history"))).bearer(&a).send().await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let entries = r.body["entry"].as_array().unwrap();
+    assert_eq!(entries.len(), 3, "the delete shows in history, judged by its request.url: {}", r.body);
+    assert!(entries[2]["request"]["url"].as_str().unwrap().starts_with(&format!("Patient/{id}")));
+    assert_eq!(entries[0]["request"]["method"], "DELETE");
+    assert_eq!(entries[0]["request"]["url"], format!("Patient/{id}/_history/3"));
+    assert_eq!(entries[0].get("resource"), None);
+    assert_eq!(r.body["total"], 3, "nothing was dropped");
+}
+
+#[tokio::test]
+async fn ready_when_hapi_supports_the_tenant_parameter() {
+    let (f, _) = fence(1).await;
+    let r = get(&format!("{}/readyz", f.admin)).send().await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = get(&format!("{}/healthz", f.admin)).send().await;
+    assert_eq!(r.status, 200);
+}

@@ -1,0 +1,8 @@
+//! All integration tests in one binary (one link step): fhir-fence runs in-process on
+//! loopback ports bound to 0, in front of either an in-process fake upstream (edge cases)
+//! or the real HAPI server started by `scripts/hapi` (end to end).
+mod support;
+
+mod fake_upstream;
+mod hapi_e2e;
+mod identity;

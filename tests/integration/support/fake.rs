@@ -1,0 +1,137 @@
+//! An in-process fake FHIR upstream on a loopback port bound to 0: it records every request
+//! it gets and answers from a closure, so edge cases (malformed JSON, foreign entries, hangs)
+//! are deterministic. It serves a small CapabilityStatement by itself.
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use tokio::net::TcpListener;
+
+pub enum Answer {
+    Json(u16, Value),
+    Raw(u16, &'static str, &'static str),
+    /// Never answers (for timeouts).
+    Hang,
+}
+
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub query: Vec<(String, String)>,
+    pub headers: HeaderMap,
+    pub body: Option<Value>,
+}
+
+impl Seen {
+    pub fn param(&self, name: &str) -> Vec<&str> {
+        self.query.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str()).collect()
+    }
+}
+
+pub struct Fake {
+    pub base: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Fake {
+    /// Requests received so far, without the CapabilityStatement fetches.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().iter().filter(|s| s.path != "/fhir/metadata").cloned().collect()
+    }
+    pub fn last(&self) -> Seen {
+        self.seen().pop().expect("the upstream saw no request")
+    }
+}
+
+pub fn capability_statement() -> Value {
+    let params = json!([
+        {"name": "_id", "type": "token"}, {"name": "_tag", "type": "token"}, {"name": "_security", "type": "token"},
+        {"name": "name", "type": "string"}, {"name": "subject", "type": "reference"},
+        {"name": "patient", "type": "reference"}, {"name": "_lastUpdated", "type": "date"}
+    ]);
+    json!({"resourceType": "CapabilityStatement", "status": "active", "kind": "instance", "fhirVersion": "4.0.1",
+        "format": ["json"], "implementation": {"description": "fake", "url": "http://fake/fhir"},
+        "rest": [{"mode": "server", "resource": [
+            {"type": "Patient", "interaction": [{"code": "read"}, {"code": "search-type"}, {"code": "patch"}], "searchParam": params},
+            {"type": "Observation", "interaction": [{"code": "read"}], "searchParam": params}
+        ], "operation": [{"name": "expunge", "definition": "x"}]}]})
+}
+
+pub async fn start(handler: impl Fn(&Seen) -> Answer + Send + Sync + 'static) -> Fake {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://127.0.0.1:{}/fhir", listener.local_addr().unwrap().port());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let handler = Arc::new(handler);
+    let (seen2, h2) = (seen.clone(), handler.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let (seen, handler) = (seen2.clone(), h2.clone());
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let (seen, handler) = (seen.clone(), handler.clone());
+                    async move {
+                        let (parts, body) = req.into_parts();
+                        let bytes = body.collect().await.unwrap().to_bytes();
+                        let s = Seen {
+                            method: parts.method.to_string(),
+                            path: parts.uri.path().to_owned(),
+                            query: form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
+                                .into_owned()
+                                .collect(),
+                            headers: parts.headers.clone(),
+                            body: if bytes.is_empty() { None } else { serde_json::from_slice(&bytes).ok() },
+                        };
+                        seen.lock().unwrap().push(s.clone());
+                        let answer = if s.path == "/fhir/metadata" {
+                            Answer::Json(200, capability_statement())
+                        } else {
+                            handler(&s)
+                        };
+                        let (status, ct, body) = match answer {
+                            Answer::Json(st, v) => {
+                                (st, "application/fhir+json;charset=utf-8", Bytes::from(v.to_string()))
+                            }
+                            Answer::Raw(st, ct, b) => (st, ct, Bytes::from_static(b.as_bytes())),
+                            Answer::Hang => {
+                                std::future::pending::<()>().await;
+                                unreachable!()
+                            }
+                        };
+                        let mut resp = Response::new(Full::new(body));
+                        *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                        resp.headers_mut().insert("content-type", ct.parse().unwrap());
+                        Ok::<_, Infallible>(resp)
+                    }
+                });
+                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    Fake { base, seen }
+}
+
+/// A resource as the upstream would store it for `tenant` (prefixed id, tenant tag).
+pub fn stored(rtype: &str, prefix: &str, tenant: &str, local: &str) -> Value {
+    json!({"resourceType": rtype, "id": format!("{prefix}-{local}"),
+        "meta": {"versionId": "1", "tag": [{"system": super::SYSTEM, "code": tenant}]}})
+}
+
+pub fn searchset(base: &str, resources: Vec<Value>, next: Option<&str>) -> Value {
+    let entries: Vec<Value> = resources
+        .into_iter()
+        .map(|r| json!({"fullUrl": format!("{base}/{}/{}", r["resourceType"].as_str().unwrap(), r["id"].as_str().unwrap()), "resource": r, "search": {"mode": "match"}}))
+        .collect();
+    let mut links = vec![json!({"relation": "self", "url": format!("{base}/Patient?_tag=secret")})];
+    if let Some(n) = next {
+        links.push(json!({"relation": "next", "url": n}));
+    }
+    json!({"resourceType": "Bundle", "id": "upstream-search-uuid", "type": "searchset", "total": entries.len(), "link": links, "entry": entries})
+}

@@ -1,0 +1,192 @@
+//! Test harness: a config per test, fhir-fence in-process, a fake upstream, an HTTP client.
+#![allow(dead_code)]
+pub mod client;
+pub mod fake;
+
+use fhir_fence::config;
+use fhir_fence::state::Snapshot;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+pub const SYSTEM: &str = "https://fhir-fence.dev/CodeSystem/tenant";
+
+pub fn fixture(name: &str) -> String {
+    format!("{}/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A tenant in a test config.
+#[derive(Clone)]
+pub struct T {
+    pub name: String,
+    pub prefix: String,
+    pub suspended: bool,
+}
+
+/// Tenant names and prefixes unique to this test, so tests sharing one HAPI never see each other.
+pub fn tenants(n: usize) -> Vec<T> {
+    let run = &uuid::Uuid::new_v4().simple().to_string()[..7];
+    (0..n)
+        .map(|i| {
+            let letter = (b'a' + i as u8) as char;
+            T { name: format!("t{run}{letter}"), prefix: format!("t{run}{letter}"), suspended: false }
+        })
+        .collect()
+}
+
+pub struct Options {
+    pub upstream: String,
+    pub tenants: Vec<T>,
+    pub max_body_bytes: usize,
+    pub request_timeout_ms: u64,
+}
+
+impl Options {
+    pub fn new(upstream: &str, tenants: &[T]) -> Self {
+        Options {
+            upstream: upstream.to_owned(),
+            tenants: tenants.to_vec(),
+            max_body_bytes: 65536,
+            request_timeout_ms: 20_000,
+        }
+    }
+}
+
+/// A running fhir-fence.
+pub struct Fence {
+    pub base: String,
+    pub admin: String,
+    pub snap: Arc<Snapshot>,
+    pub config_path: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for Fence {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// The test config. Issuers: `dev` (HS256, every tenant), `rs` (RS256, JWKS, claim `$.org.id`,
+/// only the first tenant), `es` (ES256, only the first tenant).
+pub fn config_text(o: &Options, public_port: u16, admin_port: u16) -> String {
+    let all: Vec<String> = o.tenants.iter().map(|t| format!("{:?}", t.name)).collect();
+    let first = format!("{:?}", o.tenants[0].name);
+    let mut s = format!(
+        r#"
+[server]
+listen = "127.0.0.1:{public_port}"
+public_base = "http://127.0.0.1:{public_port}/fhir"
+max_body_bytes = {max_body}
+
+[admin]
+listen = "127.0.0.1:{admin_port}"
+
+[tenancy]
+marker = "tag"
+system = "{SYSTEM}"
+allowed_external_bases = ["https://terminology.example.org/fhir"]
+
+[upstreams.main]
+base_url = "{upstream}"
+request_timeout_ms = {timeout}
+
+[issuers.dev]
+iss = "https://issuer.test/dev"
+audience = ["http://127.0.0.1:{public_port}/fhir"]
+algorithms = ["HS256"]
+secret_file = "{secret}"
+tenant_claim = "$.tenant"
+tenants = [{all}]
+
+[issuers.rs]
+iss = "https://issuer.test/rs"
+audience = ["fhir-fence-tests"]
+algorithms = ["RS256"]
+jwks_file = "{rs_jwks}"
+signing_key_file = "{rs_key}"
+tenant_claim = "$.org.id"
+tenants = [{first}]
+
+[issuers.es]
+iss = "https://issuer.test/es"
+audience = ["fhir-fence-tests"]
+algorithms = ["ES256"]
+jwks_file = "{es_jwks}"
+signing_key_file = "{es_key}"
+tenant_claim = "$.tenant"
+tenants = [{first}]
+"#,
+        max_body = o.max_body_bytes,
+        upstream = o.upstream,
+        timeout = o.request_timeout_ms,
+        secret = fixture("dev-hs256.secret"),
+        rs_jwks = fixture("keys/rs256-jwks.json"),
+        rs_key = fixture("keys/rs256-private.pem"),
+        es_jwks = fixture("keys/es256-jwks.json"),
+        es_key = fixture("keys/es256-private.pem"),
+        all = all.join(", "),
+    );
+    for t in &o.tenants {
+        s.push_str(&format!(
+            "\n[tenants.{name}]\nprefix = \"{prefix}\"\nupstream = \"main\"\nstatus = \"{status}\"\n",
+            name = t.name,
+            prefix = t.prefix,
+            status = if t.suspended { "suspended" } else { "active" }
+        ));
+    }
+    s
+}
+
+pub fn write_config(text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("fhir-fence-test-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Starts fhir-fence in-process and waits until it has read the upstream's CapabilityStatement.
+pub async fn start(o: Options) -> Fence {
+    let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (pp, ap) = (public.local_addr().unwrap().port(), admin.local_addr().unwrap().port());
+    let path = write_config(&config_text(&o, pp, ap));
+    let snap = Arc::new(Snapshot::build(config::load(&path).unwrap()).unwrap());
+    assert!(
+        snap.capabilities("main").await.is_some(),
+        "the upstream at {} did not serve its CapabilityStatement",
+        o.upstream
+    );
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(fhir_fence::server::run(snap.clone(), public, admin, async {
+        let _ = stopped.await;
+    }));
+    Fence {
+        base: format!("http://127.0.0.1:{pp}/fhir"),
+        admin: format!("http://127.0.0.1:{ap}"),
+        snap,
+        config_path: path,
+        stop: Some(stop),
+    }
+}
+
+impl Fence {
+    /// A valid token for `tenant` from the HS256 `dev` issuer.
+    pub fn token(&self, tenant: &str) -> String {
+        self.token_from("dev", tenant)
+    }
+
+    pub fn token_from(&self, issuer: &str, tenant: &str) -> String {
+        let cfg = &self.snap.loaded.config.issuers[issuer];
+        let keys = self.snap.verifier.issuer_keys(issuer).unwrap();
+        fhir_fence::identity::mint(cfg, keys, tenant, "tester", 300).unwrap()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/{}", self.base, path)
+    }
+}
