@@ -59,7 +59,10 @@ async fn each_tenants_search_sees_only_its_own() {
     let (f, ts) = fence(2).await;
     let (a, b) = (f.token(&ts[0].name), f.token(&ts[1].name));
     for i in 0..3 {
-        assert_eq!(put(&f.url(&format!("Patient/a{i}")), &patient(&format!("a{i}"), "Shared")).bearer(&a).send().await.status, 201);
+        assert_eq!(
+            put(&f.url(&format!("Patient/a{i}")), &patient(&format!("a{i}"), "Shared")).bearer(&a).send().await.status,
+            201
+        );
     }
     assert_eq!(put(&f.url("Patient/b0"), &patient("b0", "Shared")).bearer(&b).send().await.status, 201);
 
@@ -84,7 +87,11 @@ async fn cross_tenant_read_update_delete_fail() {
     let r = get(&f.url("Patient/only-a")).bearer(&b).send().await;
     assert_eq!(r.status, 404);
     let missing = get(&f.url("Patient/never-existed")).bearer(&b).send().await;
-    assert_eq!(r.diagnostics().replace("only-a", "X"), missing.diagnostics().replace("never-existed", "X"), "foreign and missing look the same");
+    assert_eq!(
+        r.diagnostics().replace("only-a", "X"),
+        missing.diagnostics().replace("never-existed", "X"),
+        "foreign and missing look the same"
+    );
     assert_eq!(get(&f.url("Patient/only-a/_history/1")).bearer(&b).send().await.status, 404);
     assert_eq!(get(&f.url("Patient/only-a/_history")).bearer(&b).send().await.status, 404);
 
@@ -95,7 +102,10 @@ async fn cross_tenant_read_update_delete_fail() {
     let r = put(&f.url("Patient/only-a"), &patient("only-a", "Hijack")).bearer(&b).send().await;
     assert_eq!(r.status, 201, "update-as-create in B's namespace: {}", r.body);
     let r = get(&f.url("Patient/only-a")).bearer(&a).send().await;
-    assert_eq!((r.status, r.body["name"][0]["family"].as_str(), r.body["meta"]["versionId"].as_str()), (200, Some("Alpha"), Some("1")));
+    assert_eq!(
+        (r.status, r.body["name"][0]["family"].as_str(), r.body["meta"]["versionId"].as_str()),
+        (200, Some("Alpha"), Some("1"))
+    );
 }
 
 #[tokio::test]
@@ -124,9 +134,23 @@ async fn references_must_stay_inside_the_tenant() {
 
     let nested = json!({"resourceType": "Observation", "status": "final", "code": {"text": "t"},
         "extension": [{"url": "http://example.org/x", "valueReference": {"reference": "Patient/pb"}}]});
-    assert_eq!(post(&f.url("Observation"), &nested).bearer(&a).send().await.status, 422, "references inside extensions are checked");
-    assert_eq!(post(&f.url("Observation"), &obs("http://evil.example/fhir/Patient/pa")).bearer(&a).send().await.status, 422);
-    assert_eq!(post(&f.url("Observation"), &obs("urn:uuid:8c0e0bd6-6c3e-4c7e-8a55-1c1c4e0c1f22")).bearer(&a).send().await.status, 422);
+    assert_eq!(
+        post(&f.url("Observation"), &nested).bearer(&a).send().await.status,
+        422,
+        "references inside extensions are checked"
+    );
+    assert_eq!(
+        post(&f.url("Observation"), &obs("http://evil.example/fhir/Patient/pa")).bearer(&a).send().await.status,
+        422
+    );
+    assert_eq!(
+        post(&f.url("Observation"), &obs("urn:uuid:8c0e0bd6-6c3e-4c7e-8a55-1c1c4e0c1f22"))
+            .bearer(&a)
+            .send()
+            .await
+            .status,
+        422
+    );
 
     let r = get(&f.url("Observation?subject=Patient/pa")).bearer(&a).send().await;
     assert_eq!(ids(&r.body).len(), 2);
@@ -143,7 +167,8 @@ async fn tenant_codings_in_bodies() {
     let r = put(&f.url("Patient/tagged"), &p).bearer(&a).send().await;
     assert_eq!(r.status, 422, "planting data in another tenant is refused");
 
-    p["meta"] = json!({"tag": [{"system": SYSTEM, "code": ts[0].name}, {"system": "http://example.org/tags", "code": "keep"}]});
+    p["meta"] =
+        json!({"tag": [{"system": SYSTEM, "code": ts[0].name}, {"system": "http://example.org/tags", "code": "keep"}]});
     let r = put(&f.url("Patient/tagged"), &p).bearer(&a).send().await;
     assert_eq!(r.status, 201, "{}", r.body);
     assert_eq!(r.body["meta"]["tag"], json!([{"system": "http://example.org/tags", "code": "keep"}]));
@@ -157,7 +182,10 @@ async fn paging_through_three_pages_and_token_reuse() {
     let (f, ts) = fence(2).await;
     let (a, b) = (f.token(&ts[0].name), f.token(&ts[1].name));
     for i in 0..5 {
-        assert_eq!(put(&f.url(&format!("Patient/pg{i}")), &patient(&format!("pg{i}"), "Pager")).bearer(&a).send().await.status, 201);
+        assert_eq!(
+            put(&f.url(&format!("Patient/pg{i}")), &patient(&format!("pg{i}"), "Pager")).bearer(&a).send().await.status,
+            201
+        );
     }
     let mut seen = vec![];
     let mut r = get(&f.url("Patient?family=Pager&_count=2")).bearer(&a).send().await;
@@ -186,7 +214,10 @@ async fn paging_through_three_pages_and_token_reuse() {
 async fn create_history_vread_delete() {
     let (f, ts) = fence(1).await;
     let a = f.token(&ts[0].name);
-    let r = post(&f.url("Patient"), &json!({"resourceType": "Patient", "id": "ignored", "name": [{"family": "One"}]})).bearer(&a).send().await;
+    let r = post(&f.url("Patient"), &json!({"resourceType": "Patient", "id": "ignored", "name": [{"family": "One"}]}))
+        .bearer(&a)
+        .send()
+        .await;
     assert_eq!(r.status, 201, "{}", r.body);
     let id = r.body["id"].as_str().unwrap().to_owned();
     assert_ne!(id, "ignored");
@@ -221,4 +252,18 @@ async fn ready_when_hapi_supports_the_tenant_parameter() {
     assert_eq!(r.status, 200, "{}", r.body);
     let r = get(&format!("{}/healthz", f.admin)).send().await;
     assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn identity_refusals_against_hapi() {
+    let mut ts = tenants(3);
+    ts[2].suspended = true;
+    let f = support::start(Options::new(&hapi(), &ts)).await;
+    assert_eq!(get(&f.url("Patient")).send().await.status, 401, "no token");
+    for (label, token) in crate::identity::bad_tokens(&f, &ts[0].name, &ts[1].name) {
+        let r = get(&f.url("Patient")).bearer(&token).send().await;
+        assert_eq!(r.status, 401, "{label}");
+    }
+    assert_eq!(get(&f.url("Patient")).bearer(&f.token(&ts[2].name)).send().await.status, 403, "suspended");
+    assert_eq!(get(&f.url("Patient")).bearer(&f.token_from("rs", &ts[0].name)).send().await.status, 200);
 }

@@ -14,10 +14,9 @@ async fn setup() -> (Fence, fake::Fake, Vec<support::T>) {
     (fence, upstream, ts)
 }
 
-fn hs_token(fence: &Fence, claims: Value) -> String {
+fn hs_token(_fence: &Fence, claims: Value) -> String {
     let secret = std::fs::read(fixture("dev-hs256.secret")).unwrap();
     let secret: Vec<u8> = secret.into_iter().filter(|b| *b != b'\n').collect();
-    let _ = fence;
     encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(&secret)).unwrap()
 }
 
@@ -54,56 +53,64 @@ async fn missing_token_is_401_with_challenge_and_outcome() {
     assert!(up.seen().is_empty(), "nothing may reach the upstream before identity is proven");
 }
 
-#[tokio::test]
-async fn bad_tokens_are_401() {
-    let (fence, up, ts) = setup().await;
-    let a = &ts[0].name;
+/// Tokens that must all be refused with 401, each with a label: expired, not yet valid, issued
+/// in the future, wrong audience, unknown issuer, no tenant claim, unknown tenant, bad signature,
+/// garbage, `alg: none`, HS256 signed with the RS issuer's public key, an issuer asserting a
+/// tenant it may not, and an unknown `kid`. `a` may be asserted by every issuer, `b` only by `dev`.
+pub fn bad_tokens(fence: &Fence, a: &str, b: &str) -> Vec<(&'static str, String)> {
+    use base64::Engine;
     let now = get_current_timestamp();
-
-    let mut c = dev_claims(&fence, a);
-    c["exp"] = json!(now - 120);
-    assert_eq!(status_with(&fence, &hs_token(&fence, c)).await.0, 401, "expired");
-
-    let mut c = dev_claims(&fence, a);
-    c["nbf"] = json!(now + 600);
-    assert_eq!(status_with(&fence, &hs_token(&fence, c)).await.0, 401, "not yet valid");
-
-    let mut c = dev_claims(&fence, a);
-    c["iat"] = json!(now + 600);
-    assert_eq!(status_with(&fence, &hs_token(&fence, c)).await.0, 401, "issued in the future");
-
-    let mut c = dev_claims(&fence, a);
-    c["aud"] = json!("https://someone-else/fhir");
-    assert_eq!(status_with(&fence, &hs_token(&fence, c)).await.0, 401, "wrong audience");
-
-    let mut c = dev_claims(&fence, a);
-    c["iss"] = json!("https://issuer.test/unknown");
-    assert_eq!(status_with(&fence, &hs_token(&fence, c)).await.0, 401, "unknown issuer");
-
-    let mut c = dev_claims(&fence, a);
-    c.as_object_mut().unwrap().remove("tenant");
-    assert_eq!(status_with(&fence, &hs_token(&fence, c)).await.0, 401, "no tenant claim");
-
-    let c = dev_claims(&fence, "nobody");
-    assert_eq!(status_with(&fence, &hs_token(&fence, c)).await.0, 401, "unknown tenant");
-
-    // Signed with another secret.
-    let forged =
-        encode(&Header::new(Algorithm::HS256), &dev_claims(&fence, a), &EncodingKey::from_secret(&[7u8; 48])).unwrap();
-    assert_eq!(status_with(&fence, &forged).await.0, 401, "bad signature");
-
-    assert_eq!(status_with(&fence, "not.a.jwt").await.0, 401, "garbage");
-    assert!(up.seen().is_empty(), "no rejected token may cause upstream traffic");
+    let with = |k: &str, v: Value| {
+        let mut c = dev_claims(fence, a);
+        c[k] = v;
+        hs_token(fence, c)
+    };
+    let mut no_tenant = dev_claims(fence, a);
+    no_tenant.as_object_mut().unwrap().remove("tenant");
+    let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let rs_claims = |tenant: &str| json!({"iss": "https://issuer.test/rs", "aud": "fhir-fence-tests", "iat": now, "exp": now + 300, "org": {"id": tenant}});
+    let mut hs_header = Header::new(Algorithm::HS256);
+    hs_header.kid = Some("test-rs-1".into());
+    let public_pem = std::fs::read(fixture("keys/rs256-public.pem")).unwrap();
+    let rs_pem = std::fs::read(fixture("keys/rs256-private.pem")).unwrap();
+    let mut unknown_kid = Header::new(Algorithm::RS256);
+    unknown_kid.kid = Some("rotated-away".into());
+    let rs_cfg = &fence.snap.loaded.config.issuers["rs"];
+    let rs_keys = fence.snap.verifier.issuer_keys("rs").unwrap();
+    vec![
+        ("expired", with("exp", json!(now - 120))),
+        ("not yet valid", with("nbf", json!(now + 600))),
+        ("issued in the future", with("iat", json!(now + 600))),
+        ("wrong audience", with("aud", json!("https://someone-else/fhir"))),
+        ("unknown issuer", with("iss", json!("https://issuer.test/unknown"))),
+        ("no tenant claim", hs_token(fence, no_tenant)),
+        ("unknown tenant", hs_token(fence, dev_claims(fence, "nobody"))),
+        (
+            "bad signature",
+            encode(&Header::new(Algorithm::HS256), &dev_claims(fence, a), &EncodingKey::from_secret(&[7u8; 48]))
+                .unwrap(),
+        ),
+        ("garbage", "not.a.jwt".to_owned()),
+        ("alg none", format!("{}.{}.", b64(&json!({"alg": "none", "typ": "JWT"})), b64(&dev_claims(fence, a)))),
+        (
+            "HS256 with the RS public key",
+            encode(&hs_header, &rs_claims(a), &EncodingKey::from_secret(&public_pem)).unwrap(),
+        ),
+        ("issuer asserting a tenant it may not", fhir_fence::identity::mint(rs_cfg, rs_keys, b, "u", 300).unwrap()),
+        ("unknown kid", encode(&unknown_kid, &rs_claims(a), &EncodingKey::from_rsa_pem(&rs_pem).unwrap()).unwrap()),
+    ]
 }
 
 #[tokio::test]
-async fn alg_none_is_refused() {
-    let (fence, _up, ts) = setup().await;
-    use base64::Engine;
-    let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
-    let token = format!("{}.{}.", b64(&json!({"alg": "none", "typ": "JWT"})), b64(&dev_claims(&fence, &ts[0].name)));
-    let (status, _) = status_with(&fence, &token).await;
-    assert_eq!(status, 401);
+async fn bad_tokens_are_401() {
+    let (fence, up, ts) = setup().await;
+    for (label, token) in bad_tokens(&fence, &ts[0].name, &ts[1].name) {
+        let r = get(&fence.url("Patient/p1")).bearer(&token).send().await;
+        assert_eq!(r.status, 401, "{label}");
+        assert_eq!(r.header("www-authenticate"), Some("Bearer error=\"invalid_token\""), "{label}");
+        assert_eq!(r.body["issue"][0]["code"], "login", "{label}");
+    }
+    assert!(up.seen().is_empty(), "no rejected token may cause upstream traffic");
 }
 
 #[tokio::test]
@@ -118,30 +125,6 @@ async fn hs256_signed_with_the_rsa_public_key_is_refused() {
     let (status, diag) = status_with(&fence, &token).await;
     assert_eq!(status, 401);
     assert!(diag.contains("algorithm"), "{diag}");
-}
-
-#[tokio::test]
-async fn unknown_kid_is_refused() {
-    let (fence, _up, ts) = setup().await;
-    let pem = std::fs::read(fixture("keys/rs256-private.pem")).unwrap();
-    let now = get_current_timestamp();
-    let claims = json!({"iss": "https://issuer.test/rs", "aud": "fhir-fence-tests", "iat": now, "exp": now + 300, "org": {"id": ts[0].name}});
-    let mut header = Header::new(Algorithm::RS256);
-    header.kid = Some("rotated-away".into());
-    let token = encode(&header, &claims, &EncodingKey::from_rsa_pem(&pem).unwrap()).unwrap();
-    assert_eq!(status_with(&fence, &token).await.0, 401);
-}
-
-#[tokio::test]
-async fn an_issuer_may_only_assert_its_own_tenants() {
-    let (fence, _up, ts) = setup().await;
-    // `rs` may assert only the first tenant; a correctly signed token for the second is refused.
-    let cfg = &fence.snap.loaded.config.issuers["rs"];
-    let keys = fence.snap.verifier.issuer_keys("rs").unwrap();
-    let token = fhir_fence::identity::mint(cfg, keys, &ts[1].name, "u", 300).unwrap();
-    let (status, diag) = status_with(&fence, &token).await;
-    assert_eq!(status, 401);
-    assert!(diag.contains("may not assert"), "{diag}");
 }
 
 #[tokio::test]
