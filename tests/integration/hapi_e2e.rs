@@ -1,7 +1,7 @@
 //! End to end against the real, unmodified HAPI FHIR JPA server from `scripts/hapi start`
 //! (`HAPI_URL`, default `http://127.0.0.1:8090/fhir`). Each test uses tenants with fresh
 //! names and prefixes, so tests share one HAPI without seeing each other's data.
-use crate::support::client::{delete, get, post, put, Reply};
+use crate::support::client::{delete, get, post, put, request, Reply};
 use crate::support::{self, tenants, Fence, Options, SYSTEM};
 use serde_json::{json, Value};
 
@@ -266,4 +266,24 @@ async fn identity_refusals_against_hapi() {
     }
     assert_eq!(get(&f.url("Patient")).bearer(&f.token(&ts[2].name)).send().await.status, 403, "suspended");
     assert_eq!(get(&f.url("Patient")).bearer(&f.token_from("rs", &ts[0].name)).send().await.status, 200);
+}
+
+#[tokio::test]
+async fn the_security_label_marker_isolates_the_same_way() {
+    let ts = tenants(2);
+    let mut o = Options::new(&hapi(), &ts);
+    o.marker = "security";
+    let f = support::start(o).await;
+    let (a, b) = (f.token(&ts[0].name), f.token(&ts[1].name));
+    assert_eq!(put(&f.url("Patient/s1"), &patient("s1", "Alpha")).bearer(&a).send().await.status, 201);
+    assert_eq!(put(&f.url("Patient/s1"), &patient("s1", "Beta")).bearer(&b).send().await.status, 201);
+    let raw = get(&format!("{}/Patient/{}-s1", hapi(), ts[0].prefix)).send().await;
+    assert_eq!(raw.body["meta"]["security"], json!([{"system": SYSTEM, "code": ts[0].name}]));
+    assert_eq!(raw.body["meta"].get("tag"), None);
+    let r = get(&f.url("Patient")).bearer(&a).send().await;
+    assert_eq!(ids(&r.body), vec!["s1"]);
+    assert_eq!(r.body["entry"][0]["resource"]["name"][0]["family"], "Alpha");
+    assert_eq!(r.body["entry"][0]["resource"]["meta"].get("security"), None);
+    let r = request("HEAD", &f.url("Patient/s1")).bearer(&b).send().await;
+    assert_eq!((r.status, r.raw.len()), (200, 0), "HEAD answers like GET, without a body");
 }

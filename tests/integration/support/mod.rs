@@ -40,6 +40,8 @@ pub struct Options {
     pub tenants: Vec<T>,
     pub max_body_bytes: usize,
     pub request_timeout_ms: u64,
+    /// `tag` or `security`.
+    pub marker: &'static str,
 }
 
 impl Options {
@@ -49,6 +51,7 @@ impl Options {
             tenants: tenants.to_vec(),
             max_body_bytes: 65536,
             request_timeout_ms: 20_000,
+            marker: "tag",
         }
     }
 }
@@ -86,7 +89,7 @@ max_body_bytes = {max_body}
 listen = "127.0.0.1:{admin_port}"
 
 [tenancy]
-marker = "tag"
+marker = "{marker}"
 system = "{SYSTEM}"
 allowed_external_bases = ["https://terminology.example.org/fhir"]
 
@@ -123,6 +126,7 @@ tenants = [{first}]
         max_body = o.max_body_bytes,
         upstream = o.upstream,
         timeout = o.request_timeout_ms,
+        marker = o.marker,
         secret = fixture("dev-hs256.secret"),
         rs_jwks = fixture("keys/rs256-jwks.json"),
         rs_key = fixture("keys/rs256-private.pem"),
