@@ -43,7 +43,9 @@ impl Error {
             Error::Request(e) => {
                 let (status, code) = match e {
                     RequestError::TooLarge(_) => (S::PAYLOAD_TOO_LARGE, "too-long"),
-                    RequestError::MediaType(_) | RequestError::Encoded => (S::UNSUPPORTED_MEDIA_TYPE, "not-supported"),
+                    RequestError::MediaType(_) | RequestError::PatchFormat(_) | RequestError::Encoded => {
+                        (S::UNSUPPORTED_MEDIA_TYPE, "not-supported")
+                    }
                     RequestError::NotAcceptable => (S::NOT_ACCEPTABLE, "not-supported"),
                     RequestError::Json(_) | RequestError::UnexpectedBody | RequestError::Header(_) => {
                         (S::BAD_REQUEST, "invalid")
@@ -54,16 +56,19 @@ impl Error {
             }
             Error::Scope(e) => match e {
                 ScopeError::NotFound(_) | ScopeError::PageToken => (S::NOT_FOUND, "not-found", shown()),
+                ScopeError::UpstreamUnsupported(_) => (S::NOT_IMPLEMENTED, "not-supported", shown()),
                 ScopeError::UnknownType(_) | ScopeError::Body(_) | ScopeError::Id(_) => {
                     (S::BAD_REQUEST, "invalid", shown())
                 }
                 ScopeError::Param(_) => (S::BAD_REQUEST, "invalid", shown()),
                 ScopeError::ParamNotSupported(_) => (S::BAD_REQUEST, "not-supported", shown()),
-                ScopeError::ForeignMarker | ScopeError::Reference(_) | ScopeError::ReferenceForm(..) => {
-                    (S::UNPROCESSABLE_ENTITY, "processing", shown())
-                }
+                ScopeError::ForeignMarker
+                | ScopeError::Reference(_)
+                | ScopeError::ReferenceForm(..)
+                | ScopeError::Patch(_) => (S::UNPROCESSABLE_ENTITY, "processing", shown()),
                 ScopeError::Refused(status) => {
-                    let status = S::from_u16(*status).unwrap_or(S::BAD_GATEWAY);
+                    // An upstream server error is a bad gateway to the client; 4xx pass on as they are.
+                    let status = S::from_u16(*status).ok().filter(|s| s.is_client_error()).unwrap_or(S::BAD_GATEWAY);
                     let code = match status {
                         S::CONFLICT | S::PRECONDITION_FAILED => "conflict",
                         S::NOT_FOUND | S::GONE => "not-found",

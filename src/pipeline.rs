@@ -25,8 +25,10 @@ use std::time::Instant;
 pub enum RequestError {
     #[error("the request body exceeds {0} bytes")]
     TooLarge(usize),
-    #[error("content type {0:?} is not accepted; send application/fhir+json")]
+    #[error("content type {0:?} is not accepted here")]
     MediaType(String),
+    #[error("{0}")]
+    PatchFormat(&'static str),
     #[error("compressed or otherwise encoded request bodies are not accepted")]
     Encoded,
     #[error("this server answers only in FHIR JSON (application/fhir+json)")]
@@ -112,16 +114,29 @@ async fn run(snap: &Snapshot, req: Request<Incoming>, correlation: &str) -> Resu
 
     // Routing: the allow-list of interactions; everything else ends here with a precise refusal.
     let params = route::parse_query(parts.uri.query()).map_err(|e| with_tenant(e.into()))?;
+
     let interaction =
         route::classify(&parts.method, &snap.base_path, &path, &params).map_err(|e| with_tenant(e.into()))?;
     let name = interaction.name();
     let with_both = |e: Error| (e, tenant_name.clone(), Some(name));
 
-    // Bodies are read only for writes, bounded, and parsed strictly; other requests must not have one.
-    let body = match interaction {
-        Interaction::Create { .. } | Interaction::Update { .. } => Some(
-            read_json_body(&parts.headers, body, snap.loaded.config.server.max_body_bytes).await.map_err(with_both)?,
-        ),
+    // Bodies are read only where an interaction has one, bounded, of the expected media type,
+    // and parsed strictly; other requests must not have one. Form searches merge URL and body
+    // parameters here, so everything after sees one parameter list, validated once.
+    let limit = snap.loaded.config.server.max_body_bytes;
+    let mut params = params;
+    let body = match &interaction {
+        Interaction::Create { .. } | Interaction::Update { .. } => {
+            Some(read_body(&parts.headers, body, limit, BodyKind::Resource).await.map_err(with_both)?)
+        }
+        Interaction::Patch { .. } => {
+            Some(read_body(&parts.headers, body, limit, BodyKind::JsonPatch).await.map_err(with_both)?)
+        }
+        Interaction::Search { form: true, .. } | Interaction::SystemSearch { form: true } => {
+            let form = read_form(&parts.headers, body, limit).await.map_err(with_both)?;
+            params.extend(form);
+            None
+        }
         _ => {
             ensure_no_body(&parts.headers).map_err(with_both)?;
             None
@@ -129,9 +144,16 @@ async fn run(snap: &Snapshot, req: Request<Incoming>, correlation: &str) -> Resu
     };
 
     // Scope, upstream, and the outbound check, per interaction.
-    let self_url = match parts.uri.query() {
-        Some(q) => format!("{}{}?{}", public_origin(snap), path, q),
-        None => format!("{}{}", public_origin(snap), path),
+    // The client's own URL for this answer; a form search is shown as the equivalent GET.
+    let self_url = match (&interaction, parts.uri.query()) {
+        (Interaction::Search { rtype, form: true }, _) => {
+            format!("{}/{}?{}", snap.public_base, rtype, route::encode_query(&params))
+        }
+        (Interaction::SystemSearch { form: true }, _) => {
+            format!("{}?{}", snap.public_base, route::encode_query(&params))
+        }
+        (_, Some(q)) => format!("{}{}?{}", public_origin(snap), path, q),
+        (_, None) => format!("{}{}", public_origin(snap), path),
     };
     let upstream = snap
         .upstreams
@@ -159,7 +181,14 @@ async fn dispatch(
         Interaction::Read { rtype, id } => read::read(ctx, &rtype, &id, None).await?,
         Interaction::Vread { rtype, id, version } => read::read(ctx, &rtype, &id, Some(&version)).await?,
         Interaction::InstanceHistory { rtype, id } => read::history(ctx, &rtype, &id, params, self_url).await?,
-        Interaction::Search { rtype } => search::search(ctx, &*caps().await?, &rtype, params, self_url).await?,
+        Interaction::Search { rtype, .. } => search::search(ctx, &*caps().await?, &rtype, params, self_url).await?,
+        Interaction::SystemSearch { .. } => search::system(ctx, &*caps().await?, params, self_url).await?,
+        Interaction::Compartment { ctype, id, rtype } => {
+            search::compartment(ctx, &*caps().await?, (&ctype, &id, &rtype), params, self_url).await?
+        }
+        Interaction::History { rtype } => {
+            search::history(ctx, &*caps().await?, rtype.as_deref(), params, self_url).await?
+        }
         Interaction::Page { token } => search::page(ctx, &token, self_url).await?,
         Interaction::Create { rtype } => {
             let done =
@@ -171,6 +200,11 @@ async fn dispatch(
             let done =
                 write::create_or_update(ctx, &*caps().await?, &rtype, Some(&id), body.unwrap_or_default(), if_match)
                     .await?;
+            return Ok((written(ctx, &rtype, done, headers), 0));
+        }
+        Interaction::Patch { rtype, id } => {
+            let if_match = headers.get(header::IF_MATCH);
+            let done = write::patch(ctx, &*caps().await?, &rtype, &id, body.unwrap_or_default(), if_match).await?;
             return Ok((written(ctx, &rtype, done, headers), 0));
         }
         Interaction::Delete { rtype, id } => {
@@ -210,7 +244,9 @@ async fn metadata(snap: &Snapshot) -> Result<Response<Full<Bytes>>, Error> {
     let first = snap.loaded.config.upstreams.keys().next().cloned().unwrap_or_default();
     let caps = snap.capabilities(&first).await.ok_or(ScopeError::CapabilitiesUnavailable)?;
     let mut cs = caps.statement.clone();
-    const OFFERED: &[&str] = &["read", "vread", "update", "delete", "history-instance", "create", "search-type"];
+    const OFFERED: &[&str] =
+        &["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create", "search-type"];
+    const OFFERED_SYSTEM: &[&str] = &["history-system", "search-system"];
     if let Some(Value::Object(imp)) = cs.get_mut("implementation") {
         imp.insert("url".into(), Value::String(snap.public_base.clone()));
         imp.insert("description".into(), Value::String("FHIR server behind fhir-fence (tenant-isolated)".into()));
@@ -218,7 +254,9 @@ async fn metadata(snap: &Snapshot) -> Result<Response<Full<Bytes>>, Error> {
     for rest in cs.get_mut("rest").and_then(Value::as_array_mut).into_iter().flatten() {
         let Some(rest) = rest.as_object_mut() else { continue };
         rest.remove("operation");
-        rest.remove("interaction");
+        if let Some(Value::Array(i)) = rest.get_mut("interaction") {
+            i.retain(|x| x.get("code").and_then(Value::as_str).is_some_and(|c| OFFERED_SYSTEM.contains(&c)));
+        }
         for res in rest.get_mut("resource").and_then(Value::as_array_mut).into_iter().flatten() {
             let Some(res) = res.as_object_mut() else { continue };
             res.remove("operation");
@@ -290,7 +328,17 @@ fn ensure_no_body(headers: &HeaderMap) -> Result<(), Error> {
     Ok(())
 }
 
-async fn read_json_body(headers: &HeaderMap, body: Incoming, limit: usize) -> Result<Value, Error> {
+/// What a request body must be.
+#[derive(Clone, Copy)]
+enum BodyKind {
+    /// A FHIR resource in JSON.
+    Resource,
+    /// An RFC 6902 JSON Patch document.
+    JsonPatch,
+}
+
+/// The media type of the body (lower case, without parameters), refusing encodings and non-UTF-8 charsets.
+fn media_type(headers: &HeaderMap) -> Result<String, Error> {
     if let Some(enc) = headers.get(header::CONTENT_ENCODING) {
         if enc.as_bytes() != b"identity" {
             return Err(RequestError::Encoded.into());
@@ -303,17 +351,53 @@ async fn read_json_body(headers: &HeaderMap, body: Incoming, limit: usize) -> Re
         let p = p.trim().to_ascii_lowercase();
         !p.starts_with("charset=") || p == "charset=utf-8" || p == "charset=\"utf-8\""
     });
-    if !(mime == "application/fhir+json" || mime == "application/json") || !charset_ok {
+    if !charset_ok {
         return Err(RequestError::MediaType(ct.to_owned()).into());
     }
-    let bytes = Limited::new(body, limit).collect().await.map_err(|e| {
+    Ok(mime)
+}
+
+async fn collect(body: Incoming, limit: usize) -> Result<Bytes, Error> {
+    let collected = Limited::new(body, limit).collect().await.map_err(|e| {
         if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
             Error::from(RequestError::TooLarge(limit))
         } else {
             Error::from(RequestError::Read)
         }
     })?;
-    parse_strict(&bytes.to_bytes()).map_err(|e| RequestError::Json(e).into())
+    Ok(collected.to_bytes())
+}
+
+async fn read_body(headers: &HeaderMap, body: Incoming, limit: usize, kind: BodyKind) -> Result<Value, Error> {
+    let mime = media_type(headers)?;
+    match (kind, mime.as_str()) {
+        (BodyKind::Resource, "application/fhir+json" | "application/json") => {}
+        (BodyKind::JsonPatch, "application/json-patch+json") => {}
+        (BodyKind::JsonPatch, "application/fhir+json" | "application/json") => return Err(RequestError::PatchFormat(
+            "FHIRPath Patch (a Parameters body) is not supported yet; send JSON Patch as application/json-patch+json",
+        )
+        .into()),
+        (BodyKind::JsonPatch, _) => {
+            return Err(RequestError::PatchFormat(
+                "only JSON Patch (application/json-patch+json) is accepted; XML Patch and other formats are not",
+            )
+            .into())
+        }
+        _ => return Err(RequestError::MediaType(mime).into()),
+    }
+    let bytes = collect(body, limit).await?;
+    parse_strict(&bytes).map_err(|e| RequestError::Json(e).into())
+}
+
+/// A form-encoded search body (`POST …/_search`), decoded as strictly as a query string.
+async fn read_form(headers: &HeaderMap, body: Incoming, limit: usize) -> Result<route::Params, Error> {
+    let mime = media_type(headers)?;
+    if mime != "application/x-www-form-urlencoded" {
+        return Err(RequestError::MediaType(mime).into());
+    }
+    let bytes = collect(body, limit).await?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| RequestError::MediaType("non-UTF-8 form".into()))?;
+    Ok(route::parse_query(Some(text.trim_end_matches(['\r', '\n'])))?)
 }
 
 #[cfg(test)]

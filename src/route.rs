@@ -23,13 +23,34 @@ pub enum Interaction {
         rtype: String,
         id: String,
     },
+    /// `GET [type]/_history` (`rtype: Some`) or `GET [base]/_history` (`None`).
+    History {
+        rtype: Option<String>,
+    },
+    /// `GET [type]?…` or `POST [type]/_search` (`form`: parameters also in the body).
     Search {
+        rtype: String,
+        form: bool,
+    },
+    /// `GET [base]?…` or `POST [base]/_search`.
+    SystemSearch {
+        form: bool,
+    },
+    /// `GET [compartment type]/[id]/[type]?…`
+    Compartment {
+        ctype: String,
+        id: String,
         rtype: String,
     },
     Create {
         rtype: String,
     },
     Update {
+        rtype: String,
+        id: String,
+    },
+    /// `PATCH [type]/[id]` with a JSON Patch body.
+    Patch {
         rtype: String,
         id: String,
     },
@@ -51,9 +72,14 @@ impl Interaction {
             Interaction::Read { .. } => "read",
             Interaction::Vread { .. } => "vread",
             Interaction::InstanceHistory { .. } => "history-instance",
+            Interaction::History { rtype: Some(_) } => "history-type",
+            Interaction::History { rtype: None } => "history-system",
             Interaction::Search { .. } => "search-type",
+            Interaction::SystemSearch { .. } => "search-system",
+            Interaction::Compartment { .. } => "search-compartment",
             Interaction::Create { .. } => "create",
             Interaction::Update { .. } => "update",
+            Interaction::Patch { .. } => "patch",
             Interaction::Delete { .. } => "delete",
             Interaction::Page { .. } => "page",
         }
@@ -113,41 +139,33 @@ pub fn classify(method: &Method, base_path: &str, path: &str, params: &Params) -
     let interaction = match segments.as_slice() {
         [] if is_get => match params.as_slice() {
             [(k, v)] if k == "_page" => Interaction::Page { token: v.clone() },
-            [] => return Err(RouteError::NotSupported("system-level search without _type".into())),
-            _ => return Err(RouteError::NotSupported("system-level search".into())),
+            _ => Interaction::SystemSearch { form: false },
         },
         [] if *method == Method::POST => return Err(RouteError::NotSupported("transaction and batch Bundles".into())),
         ["metadata"] if is_get => Interaction::Metadata,
-        ["_history"] => return Err(RouteError::NotSupported("system history".into())),
-        ["_search"] => return Err(RouteError::NotSupported("system search".into())),
-        [t] if is_get => Interaction::Search { rtype: ty(t)? },
+        ["_history"] if is_get => Interaction::History { rtype: None },
+        ["_search"] if *method == Method::POST => Interaction::SystemSearch { form: true },
+        [t] if is_get => Interaction::Search { rtype: ty(t)?, form: false },
         [t] if *method == Method::POST => Interaction::Create { rtype: ty(t)? },
         [t] if *method == Method::PUT || *method == Method::DELETE || *method == Method::PATCH => {
             ty(t)?;
             return Err(RouteError::NotSupported(format!("conditional {method} ({method} [type]?criteria)")));
         }
-        [t, "_history"] => {
-            ty(t)?;
-            return Err(RouteError::NotSupported("type history".into()));
-        }
-        [t, "_search"] => {
-            ty(t)?;
-            return Err(RouteError::NotSupported("POST [type]/_search".into()));
-        }
+        [t, "_history"] if is_get => Interaction::History { rtype: Some(ty(t)?) },
+        [t, "_search"] if *method == Method::POST => Interaction::Search { rtype: ty(t)?, form: true },
         [t, i] if is_get => Interaction::Read { rtype: ty(t)?, id: id(i)? },
         [t, i] if *method == Method::PUT => Interaction::Update { rtype: ty(t)?, id: id(i)? },
         [t, i] if *method == Method::DELETE => Interaction::Delete { rtype: ty(t)?, id: id(i)? },
-        [t, i] if *method == Method::PATCH => {
-            ty(t)?;
-            id(i)?;
-            return Err(RouteError::NotSupported("PATCH".into()));
-        }
+        [t, i] if *method == Method::PATCH => Interaction::Patch { rtype: ty(t)?, id: id(i)? },
         [t, i, "_history"] if is_get => Interaction::InstanceHistory { rtype: ty(t)?, id: id(i)? },
         [t, i, "_history", v] if is_get => Interaction::Vread { rtype: ty(t)?, id: id(i)?, version: id(v)? },
-        [t, i, c] if is_resource_type(c) || *c == "*" => {
+        [t, i, c] if is_get && is_resource_type(c) => {
+            Interaction::Compartment { ctype: ty(t)?, id: id(i)?, rtype: ty(c)? }
+        }
+        [t, i, "*"] => {
             ty(t)?;
             id(i)?;
-            return Err(RouteError::NotSupported("compartment search".into()));
+            return Err(RouteError::NotSupported("compartment search across all types (/*)".into()));
         }
         [..] if !matches!(
             *method,
@@ -166,8 +184,11 @@ pub fn classify(method: &Method, base_path: &str, path: &str, params: &Params) -
 /// in `scope::search`). `_pretty` is accepted everywhere and dropped.
 fn check_params(interaction: &Interaction, params: &Params) -> Result<(), RouteError> {
     let allowed: &[&str] = match interaction {
-        Interaction::Search { .. } | Interaction::Page { .. } => return Ok(()),
-        Interaction::InstanceHistory { .. } => &["_count", "_since", "_at", "_pretty"],
+        Interaction::Search { .. }
+        | Interaction::SystemSearch { .. }
+        | Interaction::Compartment { .. }
+        | Interaction::Page { .. } => return Ok(()),
+        Interaction::InstanceHistory { .. } | Interaction::History { .. } => &["_count", "_since", "_at", "_pretty"],
         _ => &["_pretty"],
     };
     match params.iter().find(|(k, _)| !allowed.contains(&k.as_str())) {
@@ -255,7 +276,26 @@ mod tests {
         assert_eq!(c(Method::POST, "/fhir/Patient", None), Ok(Interaction::Create { rtype: "Patient".into() }));
         assert_eq!(
             c(Method::GET, "/fhir/Patient", Some("name=x")),
-            Ok(Interaction::Search { rtype: "Patient".into() })
+            Ok(Interaction::Search { rtype: "Patient".into(), form: false })
+        );
+        assert_eq!(
+            c(Method::POST, "/fhir/Patient/_search", None),
+            Ok(Interaction::Search { rtype: "Patient".into(), form: true })
+        );
+        assert_eq!(c(Method::GET, "/fhir", Some("_type=Patient")), Ok(Interaction::SystemSearch { form: false }));
+        assert_eq!(c(Method::POST, "/fhir/_search", None), Ok(Interaction::SystemSearch { form: true }));
+        assert_eq!(
+            c(Method::GET, "/fhir/Patient/_history", None),
+            Ok(Interaction::History { rtype: Some("Patient".into()) })
+        );
+        assert_eq!(c(Method::GET, "/fhir/_history", Some("_count=2")), Ok(Interaction::History { rtype: None }));
+        assert_eq!(
+            c(Method::PATCH, "/fhir/Patient/p1", None),
+            Ok(Interaction::Patch { rtype: "Patient".into(), id: "p1".into() })
+        );
+        assert_eq!(
+            c(Method::GET, "/fhir/Patient/p1/Observation", None),
+            Ok(Interaction::Compartment { ctype: "Patient".into(), id: "p1".into(), rtype: "Observation".into() })
         );
         assert_eq!(c(Method::GET, "/fhir/metadata", None), Ok(Interaction::Metadata));
         assert_eq!(c(Method::GET, "/fhir", Some("_page=abc")), Ok(Interaction::Page { token: "abc".into() }));
@@ -272,10 +312,9 @@ mod tests {
         assert!(matches!(c(Method::GET, "/fhir/patient/p1", None), Err(RouteError::BadPath(_))));
         assert!(matches!(c(Method::POST, "/fhir", None), Err(RouteError::NotSupported(_))));
         assert!(matches!(c(Method::GET, "/fhir/Patient/$everything", None), Err(RouteError::NotSupported(_))));
-        assert!(matches!(c(Method::GET, "/fhir/Patient/_history", None), Err(RouteError::NotSupported(_))));
-        assert!(matches!(c(Method::PATCH, "/fhir/Patient/p1", None), Err(RouteError::NotSupported(_))));
+        assert!(matches!(c(Method::GET, "/fhir/Patient/_history", Some("_type=x")), Err(RouteError::Param { .. })));
         assert!(matches!(c(Method::PUT, "/fhir/Patient", Some("identifier=x")), Err(RouteError::NotSupported(_))));
-        assert!(matches!(c(Method::GET, "/fhir/Patient/p1/Observation", None), Err(RouteError::NotSupported(_))));
+        assert!(matches!(c(Method::GET, "/fhir/Patient/p1/*", None), Err(RouteError::NotSupported(_))));
         assert!(matches!(c(Method::OPTIONS, "/fhir/Patient", None), Err(RouteError::Method(_))));
         assert!(matches!(
             c(Method::DELETE, "/fhir/Patient/p1", Some("_cascade=delete")),

@@ -36,6 +36,12 @@ impl ParamType {
 #[derive(Debug, Clone, Default)]
 pub struct Capabilities {
     types: HashMap<String, HashMap<String, ParamType>>,
+    /// Per type, the interactions the upstream declares (`rest.resource.interaction.code`).
+    type_interactions: HashMap<String, Vec<String>>,
+    /// System-level interactions the upstream declares (`rest.interaction.code`).
+    system_interactions: Vec<String>,
+    /// Compartments the upstream declares it can search (`rest.compartment`), by their type, e.g. `Patient`.
+    compartments: Vec<String>,
     /// The upstream's CapabilityStatement as served (fhir-fence's `metadata` answer is built from it).
     pub statement: Value,
 }
@@ -55,6 +61,7 @@ impl Capabilities {
             .and_then(|r| r.iter().find(|r| r.get("mode").and_then(Value::as_str) == Some("server")))
             .ok_or_else(|| CapabilitiesError("no rest entry in server mode".into()))?;
         let mut types = HashMap::new();
+        let mut type_interactions = HashMap::new();
         for res in rest.get("resource").and_then(Value::as_array).into_iter().flatten() {
             let Some(t) = res.get("type").and_then(Value::as_str) else { continue };
             let mut params = HashMap::new();
@@ -68,11 +75,51 @@ impl Capabilities {
                 params.insert(name.to_owned(), ty);
             }
             types.insert(t.to_owned(), params);
+            let codes = res.get("interaction").and_then(Value::as_array).into_iter().flatten();
+            let codes = codes.filter_map(|i| i.get("code").and_then(Value::as_str).map(str::to_owned)).collect();
+            type_interactions.insert(t.to_owned(), codes);
         }
         if types.is_empty() {
             return Err(CapabilitiesError("no resource types".into()));
         }
-        Ok(Capabilities { types, statement: cs })
+        let codes = |key: &str| -> Vec<String> {
+            rest.get(key)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i.get("code").and_then(Value::as_str).map(str::to_owned))
+                .collect()
+        };
+        let system_interactions = codes("interaction");
+        // CompartmentDefinition canonicals end in the compartment code (`…/patient`).
+        let compartments = rest
+            .get("compartment")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .filter_map(|url| url.rsplit('/').next())
+            .map(|code| {
+                let mut c = code.chars();
+                c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
+            })
+            .collect();
+        Ok(Capabilities { types, type_interactions, system_interactions, compartments, statement: cs })
+    }
+
+    /// Whether the upstream declares a system-level interaction (`search-system`, `history-system`, …).
+    pub fn system_interaction(&self, code: &str) -> bool {
+        self.system_interactions.iter().any(|c| c == code)
+    }
+
+    /// Whether the upstream declares interaction `code` (e.g. `history-type`) on `rtype`.
+    pub fn type_interaction(&self, rtype: &str, code: &str) -> bool {
+        self.type_interactions.get(rtype).is_some_and(|c| c.iter().any(|x| x == code))
+    }
+
+    /// Whether the upstream declares the compartment of `rtype` (e.g. `Patient`).
+    pub fn compartment(&self, rtype: &str) -> bool {
+        self.compartments.iter().any(|c| c == rtype)
     }
 
     pub fn has_type(&self, rtype: &str) -> bool {
@@ -82,6 +129,27 @@ impl Capabilities {
     /// The type of search parameter `name` on `rtype`, if the upstream lists it.
     pub fn param(&self, rtype: &str, name: &str) -> Option<ParamType> {
         self.types.get(rtype)?.get(name).copied()
+    }
+
+    /// Every resource type the upstream serves, sorted.
+    pub fn types(&self) -> Vec<String> {
+        let mut t: Vec<String> = self.types.keys().cloned().collect();
+        t.sort();
+        t
+    }
+
+    /// The type of parameter `name` where it exists, if it has the same type on every type that has it.
+    pub fn param_anywhere(&self, name: &str) -> Option<ParamType> {
+        let mut found = None;
+        for params in self.types.values() {
+            if let Some(ty) = params.get(name) {
+                if found.is_some_and(|f| f != *ty) {
+                    return None;
+                }
+                found = Some(*ty);
+            }
+        }
+        found
     }
 
     /// True when every resource type lists `name` as a token parameter (the tenant scope needs it everywhere).
@@ -97,7 +165,9 @@ mod tests {
 
     #[test]
     fn reads_search_params() {
-        let cs = json!({"resourceType": "CapabilityStatement", "rest": [{"mode": "server", "resource": [
+        let cs = json!({"resourceType": "CapabilityStatement", "rest": [{"mode": "server",
+            "interaction": [{"code": "search-system"}], "compartment": ["http://hl7.org/fhir/CompartmentDefinition/patient"],
+            "resource": [
             {"type": "Patient", "searchParam": [{"name": "_tag", "type": "token"}, {"name": "organization", "type": "reference"}]},
             {"type": "Observation", "searchParam": [{"name": "_tag", "type": "token"}]}
         ]}]});
@@ -107,6 +177,8 @@ mod tests {
         assert!(c.has_type("Observation"));
         assert!(c.supports_everywhere("_tag"));
         assert!(!c.supports_everywhere("_security"));
+        assert!(c.system_interaction("search-system") && !c.system_interaction("history-system"));
+        assert!(c.compartment("Patient") && !c.compartment("Encounter"));
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub enum ScopeError {
     Body(String),
     #[error(transparent)]
     Id(TenancyError),
+    #[error("the patch cannot be applied: {0}")]
+    Patch(String),
     #[error("meta carries a tenant coding of another tenant")]
     ForeignMarker,
     /// One answer for "missing" and "another tenant's".
@@ -54,6 +56,9 @@ pub enum ScopeError {
     /// The upstream's answer could not be proven to belong to the caller.
     #[error("the upstream answer could not be verified as the caller's")]
     Unprovable,
+    /// The upstream does not declare this capability; fhir-fence will not guess.
+    #[error("{0} is not supported by the upstream server (its CapabilityStatement does not declare it)")]
+    UpstreamUnsupported(&'static str),
     #[error("page token is not valid")]
     PageToken,
     #[error("the upstream's capabilities are not loaded yet")]

@@ -20,6 +20,9 @@ pub struct PageToken {
     pub u: String,
     /// The upstream's query string for this page (`_getpages=…&_getpagesoffset=…`).
     pub q: String,
+    /// The search could not be scoped upstream (type/system history): `total` is always removed.
+    #[serde(default)]
+    pub h: bool,
 }
 
 /// Opens a token for `ctx.tenant`; any mismatch is the same 404 as a forged token.
@@ -31,14 +34,20 @@ pub fn open(ctx: &Ctx, token: &str) -> Result<PageToken, ScopeError> {
     Ok(page)
 }
 
-fn seal(ctx: &Ctx, query: &str) -> String {
-    let token = PageToken { t: ctx.tenant.name.clone(), u: ctx.upstream.name.clone(), q: query.to_owned() };
+fn seal(ctx: &Ctx, query: &str, unscoped: bool) -> String {
+    let token =
+        PageToken { t: ctx.tenant.name.clone(), u: ctx.upstream.name.clone(), q: query.to_owned(), h: unscoped };
     ctx.snap.sealer.seal(PURPOSE, &token, Duration::from_secs(ctx.snap.page_ttl_secs))
 }
 
 /// Rewrites `Bundle.link`: `self` → the client's URL; paging relations → sealed tokens;
 /// anything else (or any link fhir-fence cannot read) is dropped.
-pub fn rewrite_links(ctx: &Ctx, bundle: &mut Map<String, Value>, self_url: &str) -> Result<(), ScopeError> {
+pub fn rewrite_links(
+    ctx: &Ctx,
+    bundle: &mut Map<String, Value>,
+    self_url: &str,
+    unscoped: bool,
+) -> Result<(), ScopeError> {
     let links = match bundle.remove("link") {
         None => return Ok(()),
         Some(Value::Array(l)) => l,
@@ -51,7 +60,7 @@ pub fn rewrite_links(ctx: &Ctx, bundle: &mut Map<String, Value>, self_url: &str)
         let new_url = match relation {
             "self" => self_url.to_owned(),
             "next" | "previous" | "prev" | "first" | "last" => match upstream_page_query(ctx, url) {
-                Some(q) => format!("{}?_page={}", ctx.snap.public_base, encode_component(&seal(ctx, q))),
+                Some(q) => format!("{}?_page={}", ctx.snap.public_base, encode_component(&seal(ctx, q, unscoped))),
                 None => continue,
             },
             _ => continue,

@@ -70,7 +70,7 @@ pub async fn history(
         StatusCode::NOT_FOUND | StatusCode::GONE => return Err(not_found(rtype, id).into()),
         other => return Err(ScopeError::Refused(other.as_u16()).into()),
     }
-    let filtered = respond::bundle(ctx, answer.body.ok_or(ScopeError::Unprovable)?, self_url)?;
+    let filtered = respond::bundle(ctx, answer.body.ok_or(ScopeError::Unprovable)?, self_url, false)?;
     Ok(ReadResult { body: filtered.bundle, headers: HeaderMap::new(), dropped: filtered.dropped })
 }
 

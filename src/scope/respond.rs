@@ -48,7 +48,9 @@ pub fn public_url(ctx: &Ctx, rtype: &str, local: &str) -> String {
 
 /// Filters a searchset or history Bundle for the caller. `self_url` is the client's own URL
 /// for this page (it replaces the upstream's `self` link, which shows the injected tenant filter).
-pub fn bundle(ctx: &Ctx, value: Value, self_url: &str) -> Result<Filtered, ScopeError> {
+/// `unscoped` marks answers the upstream could not scope (type/system history); their paging
+/// tokens remember it.
+pub fn bundle(ctx: &Ctx, value: Value, self_url: &str, unscoped: bool) -> Result<Filtered, ScopeError> {
     let Value::Object(mut b) = value else { return Err(ScopeError::Unprovable) };
     if b.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
         return Err(ScopeError::Unprovable);
@@ -85,7 +87,7 @@ pub fn bundle(ctx: &Ctx, value: Value, self_url: &str) -> Result<Filtered, Scope
     }
     // The upstream's Bundle id names its cached search; never show it.
     b.insert("id".into(), Value::String(uuid::Uuid::new_v4().to_string()));
-    paging::rewrite_links(ctx, &mut b, self_url)?;
+    paging::rewrite_links(ctx, &mut b, self_url, unscoped)?;
     Ok(Filtered { bundle: Value::Object(b), dropped })
 }
 

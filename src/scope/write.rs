@@ -82,6 +82,33 @@ pub async fn create_or_update(
     Ok(WriteResult { status, body: Some(stored), local_id: local, version, headers })
 }
 
+/// `PATCH [type]/[id]` with JSON Patch: read-modify-write. The caller's own resource is read
+/// (in the client's view), the patch applied here, and the result written back through
+/// [`create_or_update`] — so it is stamped, its references checked, and `If-Match` pins the
+/// version that was patched. A patch can therefore never move a resource or its references
+/// out of the tenant, whatever paths it touches.
+pub async fn patch(
+    ctx: &Ctx<'_>,
+    caps: &Capabilities,
+    rtype: &str,
+    id: &str,
+    patch: Value,
+    if_match: Option<&HeaderValue>,
+) -> Result<WriteResult, crate::error::Error> {
+    let patch: json_patch::Patch =
+        serde_json::from_value(patch).map_err(|e| ScopeError::Body(format!("not a JSON Patch document: {e}")))?;
+    let current = super::read::read(ctx, rtype, id, None).await?;
+    let version = current.body.pointer("/meta/versionId").and_then(Value::as_str).map(str::to_owned);
+    let mut doc = current.body;
+    json_patch::patch(&mut doc, &patch).map_err(|e| ScopeError::Patch(e.to_string()))?;
+    let pinned = match (if_match, version) {
+        (Some(v), _) => Some(v.clone()),
+        (None, Some(v)) => HeaderValue::from_str(&format!("W/\"{v}\"")).ok(),
+        (None, None) => None,
+    };
+    create_or_update(ctx, caps, rtype, Some(id), doc, pinned.as_ref()).await
+}
+
 /// `DELETE [type]/[id]`.
 pub async fn delete(ctx: &Ctx<'_>, rtype: &str, id: &str) -> Result<WriteResult, crate::error::Error> {
     let upstream_id = ctx.tenant.upstream_id(id).map_err(|_| ScopeError::NotFound(format!("{rtype}/{id}")))?;

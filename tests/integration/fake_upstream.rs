@@ -131,16 +131,21 @@ async fn search_is_scoped_before_the_upstream_sees_it() {
     for q in [
         "Observation?subject=http://elsewhere/fhir/Patient/p1",
         "Patient?unknown=1",
-        "Patient?_include=Patient:organization",
+        "Patient?_include=*",
+        "Patient?_include=Patient:*",
+        "Observation?_include=Patient:subject",
         "Patient?_revinclude=Provenance:target",
-        "Patient?_has:Observation:subject:code=x",
-        "Patient?name:exact=x",
-        "Patient?subject.name=x",
-        "Patient?_elements=name",
-        "Patient?_summary=true",
+        "Patient?_include:iterate=Patient:subject,Observation:subject,Observation:patient",
+        "Patient?_has:Observation:subject:_has:Observation:subject:name=x",
+        "Patient?name:in=x",
+        "Patient?name:below=x",
+        "Patient?subject.subject.subject.name=x",
+        "Patient?_elements:exclude=meta",
+        "Patient?_summary=nonsense",
         "Patient?_filter=name%20eq%20x",
         "Patient?_format=xml",
         "Patient?_contained=true",
+        "Patient?_list=l1",
         "Patient?_count=abc",
         "Unknowntype?name=x",
     ] {
@@ -249,14 +254,14 @@ async fn request_hygiene() {
     for (method, path, status) in [
         ("POST", "", 501),
         ("GET", "Patient/_history", 501),
-        ("GET", "_history", 501),
+        ("GET", "?_type=Patient", 501),
+        ("GET", "Patient/p1/Observation", 501),
         ("GET", "Patient/$everything", 501),
         ("GET", "Patient/p1/$everything", 501),
         ("POST", "Patient/$validate", 501),
-        ("PATCH", "Patient/p1", 501),
+        ("PATCH", "Patient/p1", 415),
         ("DELETE", "Patient?name=x", 501),
-        ("GET", "Patient/p1/Observation", 501),
-        ("POST", "Patient/_search", 501),
+        ("POST", "Patient/_search", 415),
         ("GET", "Subscription/../Patient", 400),
         ("OPTIONS", "Patient", 405),
         ("GET", "Patient/p1?_summary=true", 400),
@@ -290,11 +295,12 @@ async fn metadata_is_public_and_trimmed() {
     assert_eq!(r.status, 200);
     assert_eq!(r.body["implementation"]["url"], fence.base);
     assert_eq!(r.body["rest"][0].get("operation"), None);
+    assert_eq!(r.body["rest"][0]["interaction"], json!([{"code": "history-system"}]), "transaction is not offered");
     let codes: Vec<&str> = r.body["rest"][0]["resource"][0]["interaction"]
         .as_array()
         .unwrap()
         .iter()
         .map(|i| i["code"].as_str().unwrap())
         .collect();
-    assert_eq!(codes, vec!["read", "search-type"], "patch is not offered");
+    assert_eq!(codes, vec!["read", "search-type", "patch"]);
 }

@@ -61,7 +61,8 @@ pub fn capability_statement() -> Value {
         "rest": [{"mode": "server", "resource": [
             {"type": "Patient", "interaction": [{"code": "read"}, {"code": "search-type"}, {"code": "patch"}], "searchParam": params},
             {"type": "Observation", "interaction": [{"code": "read"}], "searchParam": params}
-        ], "operation": [{"name": "expunge", "definition": "x"}]}]})
+        ], "interaction": [{"code": "transaction"}, {"code": "history-system"}],
+        "operation": [{"name": "expunge", "definition": "x"}]}]})
 }
 
 pub async fn start(handler: impl Fn(&Seen) -> Answer + Send + Sync + 'static) -> Fake {
