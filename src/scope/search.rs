@@ -362,7 +362,7 @@ impl Scoper<'_, '_> {
         if REFUSED.contains(&param)
             || param.starts_with('_') && !matches!(param, "_id" | "_lastUpdated" | "_tag" | "_security" | "_profile")
         {
-            return Err(ScopeError::ParamNotSupported(format!("{name}")));
+            return Err(ScopeError::ParamNotSupported(name.to_string()));
         }
         let ty = self.param_type(&[rtype.to_owned()], param)?;
         Ok((self.value(param, ty, modifier, value)?, format!("_has:{rtype}:{refp}:")))
