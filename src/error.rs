@@ -66,7 +66,7 @@ impl Error {
                 | ScopeError::Reference(_)
                 | ScopeError::ReferenceForm(..)
                 | ScopeError::Patch(_) => (S::UNPROCESSABLE_ENTITY, "processing", shown()),
-                ScopeError::Refused(status) => {
+                ScopeError::Refused(status, _) => {
                     // An upstream server error is a bad gateway to the client; 4xx pass on as they are.
                     let status = S::from_u16(*status).ok().filter(|s| s.is_client_error()).unwrap_or(S::BAD_GATEWAY);
                     let code = match status {

@@ -50,9 +50,10 @@ pub enum ScopeError {
     Reference(String),
     #[error("reference {0:?} is not allowed: {1}")]
     ReferenceForm(String, &'static str),
-    /// The upstream refused; the status is passed on, its diagnostics are not.
-    #[error("the upstream refused with status {0}")]
-    Refused(u16),
+    /// The upstream refused; the status is passed on, its diagnostics (the `String`, which may
+    /// name other tenants' resources) only reach the log.
+    #[error("the upstream refused with status {0}: {1}")]
+    Refused(u16, String),
     /// The upstream's answer could not be proven to belong to the caller.
     #[error("the upstream answer could not be verified as the caller's")]
     Unprovable,
@@ -63,6 +64,19 @@ pub enum ScopeError {
     PageToken,
     #[error("the upstream's capabilities are not loaded yet")]
     CapabilitiesUnavailable,
+}
+
+/// The refusal for an upstream answer with an unexpected status, keeping its diagnostics for the log.
+pub fn refused(answer: &crate::upstream::Answer) -> ScopeError {
+    let detail = answer
+        .body
+        .as_ref()
+        .and_then(|b| b.get("issue"))
+        .and_then(|i| i.get(0))
+        .and_then(|i| i.get("diagnostics"))
+        .and_then(|d| d.as_str())
+        .unwrap_or("(no diagnostics)");
+    ScopeError::Refused(answer.status.as_u16(), detail.to_owned())
 }
 
 impl From<TenancyError> for ScopeError {

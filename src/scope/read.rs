@@ -35,7 +35,7 @@ pub async fn read(
     match answer.status {
         StatusCode::OK => {}
         StatusCode::NOT_FOUND | StatusCode::GONE => return Err(not_found(rtype, id).into()),
-        other => return Err(ScopeError::Refused(other.as_u16()).into()),
+        _ => return Err(super::refused(&answer).into()),
     }
     let headers = version_headers(&answer);
     let body = answer.body.ok_or(ScopeError::Unprovable)?;
@@ -68,7 +68,7 @@ pub async fn history(
     match answer.status {
         StatusCode::OK => {}
         StatusCode::NOT_FOUND | StatusCode::GONE => return Err(not_found(rtype, id).into()),
-        other => return Err(ScopeError::Refused(other.as_u16()).into()),
+        _ => return Err(super::refused(&answer).into()),
     }
     let filtered = respond::bundle(ctx, answer.body.ok_or(ScopeError::Unprovable)?, self_url, false)?;
     Ok(ReadResult { body: filtered.bundle, headers: HeaderMap::new(), dropped: filtered.dropped })

@@ -147,7 +147,7 @@ async fn fetch(ctx: &Ctx<'_>, path: &str, self_url: &str, unscoped: bool) -> Res
         StatusCode::NOT_FOUND | StatusCode::GONE if path.starts_with("?_getpages") => {
             return Err(ScopeError::PageToken.into())
         }
-        other => return Err(ScopeError::Refused(other.as_u16()).into()),
+        _ => return Err(super::refused(&answer).into()),
     }
     let mut filtered = respond::bundle(ctx, answer.body.ok_or(ScopeError::Unprovable)?, self_url, unscoped)?;
     if unscoped {
@@ -352,8 +352,10 @@ impl Scoper<'_, '_> {
     fn has(&self, name: &str, value: &str) -> Result<(String, String), ScopeError> {
         let parts: Vec<&str> = name.split(':').collect();
         let (rtype, refp, param, modifier) = match parts.as_slice() {
-            ["_has", t, r, p] => (*t, *r, *p, None),
-            ["_has", t, r, p, m] if *p != "_has" => (*t, *r, *p, Some(*m)),
+            ["_has", t, r, p] => (*t, *r, *p, None::<&str>),
+            ["_has", _, _, p, _] if *p != "_has" => {
+                return Err(ScopeError::ParamNotSupported(format!("{name} (modifiers inside _has)")))
+            }
             _ => return Err(ScopeError::ParamNotSupported(format!("{name} (only one level of _has)"))),
         };
         if !self.caps.has_type(rtype) || self.caps.param(rtype, refp) != Some(ParamType::Reference) {

@@ -70,7 +70,7 @@ pub async fn create_or_update(
     let status = answer.status;
     let headers = version_headers(&answer);
     if status != StatusCode::OK && status != StatusCode::CREATED {
-        return Err(ScopeError::Refused(status.as_u16()).into());
+        return Err(super::refused(&answer).into());
     }
     let stored = respond::resource(ctx, answer.body.ok_or(ScopeError::Unprovable)?)?;
     if stored.get("id").and_then(Value::as_str) != Some(local.as_str()) {
@@ -116,7 +116,7 @@ pub async fn delete(ctx: &Ctx<'_>, rtype: &str, id: &str) -> Result<WriteResult,
     match answer.status {
         StatusCode::OK | StatusCode::NO_CONTENT | StatusCode::ACCEPTED => {}
         StatusCode::NOT_FOUND | StatusCode::GONE => return Err(ScopeError::NotFound(format!("{rtype}/{id}")).into()),
-        other => return Err(ScopeError::Refused(other.as_u16()).into()),
+        _ => return Err(super::refused(&answer).into()),
     }
     ctx.snap.ref_cache.invalidate(&(ctx.tenant.name.clone(), format!("{rtype}/{upstream_id}"))).await;
     Ok(WriteResult {

@@ -287,3 +287,148 @@ async fn the_security_label_marker_isolates_the_same_way() {
     let r = request("HEAD", &f.url("Patient/s1")).bearer(&b).send().await;
     assert_eq!((r.status, r.raw.len()), (200, 0), "HEAD answers like GET, without a body");
 }
+
+/// Loads the same ids, names and codes for two tenants; `given` carries a marker per tenant.
+async fn load_overlapping(f: &Fence, token: &str, marker: &str) {
+    let org = json!({"resourceType": "Organization", "id": "o1", "name": "SharedOrg"});
+    let pat = json!({"resourceType": "Patient", "id": "p1", "name": [{"family": "Same", "given": [marker]}],
+        "birthDate": "1970-01-01", "managingOrganization": {"reference": "Organization/o1"}});
+    let obs = json!({"resourceType": "Observation", "id": "ob1", "status": "final", "code": {"text": "glucose"},
+        "subject": {"reference": "Patient/p1"}, "note": [{"text": marker}]});
+    for (path, body) in [("Organization/o1", org), ("Patient/p1", pat), ("Observation/ob1", obs)] {
+        let r = put(&f.url(path), &body).bearer(token).send().await;
+        assert!(r.status == 201 || r.status == 200, "{path}: {}", r.body);
+    }
+}
+
+fn entries(b: &Value) -> Vec<(String, String, String)> {
+    b["entry"]
+        .as_array()
+        .map(|e| {
+            e.iter()
+                .map(|e| {
+                    let r = &e["resource"];
+                    let mode = e["search"]["mode"].as_str().unwrap_or("").to_owned();
+                    (r["resourceType"].as_str().unwrap().to_owned(), r["id"].as_str().unwrap().to_owned(), mode)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn joins_and_shapes_stay_inside_the_tenant() {
+    let (f, ts) = fence(2).await;
+    let (a, b) = (f.token(&ts[0].name), f.token(&ts[1].name));
+    load_overlapping(&f, &a, "marker-alpha").await;
+    load_overlapping(&f, &b, "marker-beta").await;
+    let e = |t: &str, id: &str, m: &str| (t.to_owned(), id.to_owned(), m.to_owned());
+    let cases: Vec<(&str, Vec<(String, String, String)>)> = vec![
+        ("Observation?subject.name=Same", vec![e("Observation", "ob1", "match")]),
+        ("Observation?subject:Patient.organization.name=SharedOrg", vec![e("Observation", "ob1", "match")]),
+        ("Patient?organization.name:exact=SharedOrg", vec![e("Patient", "p1", "match")]),
+        ("Patient?_has:Observation:subject:status=final", vec![e("Patient", "p1", "match")]),
+        ("Patient?organization:Organization=o1", vec![e("Patient", "p1", "match")]),
+        (
+            "Observation?_include=Observation:subject&_include:iterate=Patient:organization",
+            vec![e("Observation", "ob1", "match"), e("Patient", "p1", "include"), e("Organization", "o1", "include")],
+        ),
+        (
+            "Patient?_revinclude=Observation:subject",
+            vec![e("Patient", "p1", "match"), e("Observation", "ob1", "include")],
+        ),
+        ("Patient?_id=p1&_summary=data", vec![e("Patient", "p1", "match")]),
+    ];
+    for (q, want) in cases {
+        let r = get(&f.url(q)).bearer(&a).send().await;
+        assert_eq!(r.status, 200, "{q}: {}", r.body);
+        let mut got = entries(&r.body);
+        got.sort();
+        let mut want = want;
+        want.sort();
+        assert_eq!(got, want, "{q}");
+        assert!(!String::from_utf8_lossy(&r.raw).contains("marker-beta"), "{q} leaked the other tenant");
+        assert!(!String::from_utf8_lossy(&r.raw).contains(&ts[1].prefix), "{q} leaked the other tenant's prefix");
+    }
+
+    let r = get(&f.url("Patient?_elements=name")).bearer(&a).send().await;
+    let p = &r.body["entry"][0]["resource"];
+    assert_eq!((p["id"].as_str(), p.get("birthDate")), (Some("p1"), None), "{}", r.body);
+    assert_eq!(p["name"][0]["given"][0], "marker-alpha");
+
+    let r = get(&f.url("Patient?_summary=count")).bearer(&a).send().await;
+    assert_eq!((r.body["total"].as_u64(), r.body.get("entry")), (Some(1), None));
+
+    let r = crate::support::client::request("POST", &f.url("Patient/_search"))
+        .bearer(&a)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .raw_body("family=Same&_include=Patient:organization")
+        .send()
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(entries(&r.body).len(), 2);
+    assert_eq!(link(&r, "self").unwrap(), f.url("Patient?family=Same&_include=Patient:organization"));
+
+    for q in ["Patient/_history", "_history?_count=100"] {
+        let r = get(&f.url(q)).bearer(&a).send().await;
+        assert_eq!(r.status, 200, "{q}: {}", r.body);
+        assert_eq!(r.body.get("total"), None, "{q}: a count over every tenant is never shown");
+        assert!(!entries(&r.body).is_empty(), "{q}");
+        assert!(!String::from_utf8_lossy(&r.raw).contains("marker-beta"), "{q}");
+    }
+}
+
+#[tokio::test]
+async fn json_patch_is_read_modify_write_inside_the_tenant() {
+    let (f, ts) = fence(2).await;
+    let (a, b) = (f.token(&ts[0].name), f.token(&ts[1].name));
+    load_overlapping(&f, &a, "marker-alpha").await;
+    load_overlapping(&f, &b, "marker-beta").await;
+    assert_eq!(
+        put(&f.url("Organization/b-only"), &json!({"resourceType": "Organization", "id": "b-only"}))
+            .bearer(&b)
+            .send()
+            .await
+            .status,
+        201
+    );
+    let patch = |ops: Value| {
+        crate::support::client::request("PATCH", &f.url("Patient/p1"))
+            .header("content-type", "application/json-patch+json")
+            .raw_body(ops.to_string())
+    };
+
+    let r = patch(json!([{"op": "replace", "path": "/name/0/family", "value": "Patched"}])).bearer(&a).send().await;
+    assert_eq!((r.status, r.body["name"][0]["family"].as_str()), (200, Some("Patched")), "{}", r.body);
+    let r = get(&f.url("Patient/p1")).bearer(&b).send().await;
+    assert_eq!(r.body["name"][0]["family"], "Same", "the other tenant's p1 is untouched");
+
+    let steal = json!([{"op": "add", "path": "/meta/tag/-", "value": {"system": SYSTEM, "code": ts[1].name}}]);
+    let r = patch(json!([{"op": "add", "path": "/meta/tag", "value": []}])).bearer(&a).send().await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(patch(steal).bearer(&a).send().await.status, 422, "a patch cannot move the resource to another tenant");
+    let foreign = json!([{"op": "replace", "path": "/managingOrganization/reference", "value": "Organization/b-only"}]);
+    assert_eq!(patch(foreign).bearer(&a).send().await.status, 422, "nor point it at another tenant's resource");
+    assert_eq!(patch(json!([{"op": "remove", "path": "/nope"}])).bearer(&a).send().await.status, 422);
+    let r = patch(json!([{"op": "replace", "path": "/name/0/family", "value": "X"}]))
+        .bearer(&a)
+        .header("if-match", "W/\"1\"")
+        .send()
+        .await;
+    assert_eq!(r.status, 409, "a stale If-Match is refused by the upstream: {}", r.body);
+    let fhirpath = crate::support::client::request("PATCH", &f.url("Patient/p1"))
+        .header("content-type", "application/fhir+json")
+        .raw_body(r#"{"resourceType":"Parameters"}"#)
+        .bearer(&a)
+        .send()
+        .await;
+    assert_eq!(fhirpath.status, 415);
+    assert!(fhirpath.diagnostics().contains("FHIRPath Patch"));
+    let r = crate::support::client::request("PATCH", &f.url("Patient/nobody"))
+        .header("content-type", "application/json-patch+json")
+        .raw_body("[]")
+        .bearer(&a)
+        .send()
+        .await;
+    assert_eq!(r.status, 404);
+}
