@@ -301,7 +301,10 @@ async fn load_overlapping(f: &Fence, token: &str, marker: &str) {
     }
 }
 
-fn entries(b: &Value) -> Vec<(String, String, String)> {
+/// (resourceType, id, search mode) of each entry.
+type Entry = (String, String, String);
+
+fn entries(b: &Value) -> Vec<Entry> {
     b["entry"]
         .as_array()
         .map(|e| {
@@ -323,7 +326,7 @@ async fn joins_and_shapes_stay_inside_the_tenant() {
     load_overlapping(&f, &a, "marker-alpha").await;
     load_overlapping(&f, &b, "marker-beta").await;
     let e = |t: &str, id: &str, m: &str| (t.to_owned(), id.to_owned(), m.to_owned());
-    let cases: Vec<(&str, Vec<(String, String, String)>)> = vec![
+    let cases: Vec<(&str, Vec<Entry>)> = vec![
         ("Observation?subject.name=Same", vec![e("Observation", "ob1", "match")]),
         ("Observation?subject:Patient.organization.name=SharedOrg", vec![e("Observation", "ob1", "match")]),
         ("Patient?organization.name:exact=SharedOrg", vec![e("Patient", "p1", "match")]),
