@@ -56,6 +56,7 @@ impl Error {
             }
             Error::Scope(e) => match e {
                 ScopeError::NotFound(_) | ScopeError::PageToken => (S::NOT_FOUND, "not-found", shown()),
+                ScopeError::MultipleMatches => (S::PRECONDITION_FAILED, "multiple-matches", shown()),
                 ScopeError::UpstreamUnsupported(_) => (S::NOT_IMPLEMENTED, "not-supported", shown()),
                 ScopeError::UnknownType(_) | ScopeError::Body(_) | ScopeError::Id(_) => {
                     (S::BAD_REQUEST, "invalid", shown())

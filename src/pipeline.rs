@@ -9,7 +9,7 @@ use crate::error::Error;
 use crate::fhir::json::{parse_strict, JsonError};
 use crate::identity::Caller;
 use crate::route::{self, Interaction};
-use crate::scope::{read, search, write, Ctx, ScopeError};
+use crate::scope::{conditional, read, search, write, Ctx, ScopeError};
 use crate::state::Snapshot;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -126,10 +126,10 @@ async fn run(snap: &Snapshot, req: Request<Incoming>, correlation: &str) -> Resu
     let limit = snap.loaded.config.server.max_body_bytes;
     let mut params = params;
     let body = match &interaction {
-        Interaction::Create { .. } | Interaction::Update { .. } => {
+        Interaction::Create { .. } | Interaction::Update { .. } | Interaction::ConditionalUpdate { .. } => {
             Some(read_body(&parts.headers, body, limit, BodyKind::Resource).await.map_err(with_both)?)
         }
-        Interaction::Patch { .. } => {
+        Interaction::Patch { .. } | Interaction::ConditionalPatch { .. } => {
             Some(read_body(&parts.headers, body, limit, BodyKind::JsonPatch).await.map_err(with_both)?)
         }
         Interaction::Search { form: true, .. } | Interaction::SystemSearch { form: true } => {
@@ -178,8 +178,14 @@ async fn dispatch(
         ctx.snap.capabilities(&caller.tenant.upstream).await.ok_or(Error::from(ScopeError::CapabilitiesUnavailable))
     };
     let result = match interaction {
-        Interaction::Read { rtype, id } => read::read(ctx, &rtype, &id, None).await?,
-        Interaction::Vread { rtype, id, version } => read::read(ctx, &rtype, &id, Some(&version)).await?,
+        Interaction::Read { rtype, id } => {
+            let result = read::read(ctx, &rtype, &id, None).await?;
+            return Ok((read_response(ctx, result, headers), 0));
+        }
+        Interaction::Vread { rtype, id, version } => {
+            let result = read::read(ctx, &rtype, &id, Some(&version)).await?;
+            return Ok((read_response(ctx, result, headers), 0));
+        }
         Interaction::InstanceHistory { rtype, id } => read::history(ctx, &rtype, &id, params, self_url).await?,
         Interaction::Search { rtype, .. } => search::search(ctx, &*caps().await?, &rtype, params, self_url).await?,
         Interaction::SystemSearch { .. } => search::system(ctx, &*caps().await?, params, self_url).await?,
@@ -191,9 +197,29 @@ async fn dispatch(
         }
         Interaction::Page { token } => search::page(ctx, &token, self_url).await?,
         Interaction::Create { rtype } => {
-            let done =
-                write::create_or_update(ctx, &*caps().await?, &rtype, None, body.unwrap_or_default(), None).await?;
+            let caps = caps().await?;
+            let body = body.unwrap_or_default();
+            let done = match headers.get("if-none-exist").map(|v| v.to_str()) {
+                Some(Ok(criteria)) => conditional::create(ctx, &caps, &rtype, criteria, body).await?,
+                Some(Err(_)) => return Err(RequestError::Header("if-none-exist").into()),
+                None => write::create_or_update(ctx, &caps, &rtype, None, body, None).await?,
+            };
             return Ok((written(ctx, &rtype, done, headers), 0));
+        }
+        Interaction::ConditionalUpdate { rtype } => {
+            let done = conditional::update(ctx, &*caps().await?, &rtype, params, body.unwrap_or_default()).await?;
+            return Ok((written(ctx, &rtype, done, headers), 0));
+        }
+        Interaction::ConditionalPatch { rtype } => {
+            let if_match = headers.get(header::IF_MATCH);
+            let done =
+                conditional::patch(ctx, &*caps().await?, &rtype, params, body.unwrap_or_default(), if_match).await?;
+            return Ok((written(ctx, &rtype, done, headers), 0));
+        }
+        Interaction::ConditionalDelete { rtype } => {
+            let status = conditional::delete(ctx, &*caps().await?, &rtype, params).await?;
+            let outcome = crate::fhir::outcome::information(&format!("conditional delete on {rtype} done"));
+            return Ok((json_response(status, &outcome, HeaderMap::new(), ctx.correlation), 0));
         }
         Interaction::Update { rtype, id } => {
             let if_match = headers.get(header::IF_MATCH);
@@ -215,6 +241,18 @@ async fn dispatch(
         Interaction::Metadata => unreachable!("answered before identity"),
     };
     Ok((json_response(StatusCode::OK, &result.body, result.headers, ctx.correlation), result.dropped))
+}
+
+/// The answer to a read or vread: 304 for an unchanged resource the caller already has.
+fn read_response(ctx: &Ctx, result: read::ReadResult, request_headers: &HeaderMap) -> Response<Full<Bytes>> {
+    if conditional::not_modified(request_headers, &result) {
+        let mut resp = Response::new(Full::new(Bytes::new()));
+        *resp.status_mut() = StatusCode::NOT_MODIFIED;
+        resp.headers_mut().extend(result.headers);
+        set_correlation(resp.headers_mut(), ctx.correlation);
+        return resp;
+    }
+    json_response(StatusCode::OK, &result.body, result.headers, ctx.correlation)
 }
 
 /// The answer to a create or update, honouring `Prefer: return=…`.

@@ -54,6 +54,18 @@ pub enum Interaction {
         rtype: String,
         id: String,
     },
+    /// `PUT [type]?criteria`
+    ConditionalUpdate {
+        rtype: String,
+    },
+    /// `PATCH [type]?criteria`
+    ConditionalPatch {
+        rtype: String,
+    },
+    /// `DELETE [type]?criteria`
+    ConditionalDelete {
+        rtype: String,
+    },
     Delete {
         rtype: String,
         id: String,
@@ -80,6 +92,9 @@ impl Interaction {
             Interaction::Create { .. } => "create",
             Interaction::Update { .. } => "update",
             Interaction::Patch { .. } => "patch",
+            Interaction::ConditionalUpdate { .. } => "update-conditional",
+            Interaction::ConditionalPatch { .. } => "patch-conditional",
+            Interaction::ConditionalDelete { .. } => "delete-conditional",
             Interaction::Delete { .. } => "delete",
             Interaction::Page { .. } => "page",
         }
@@ -147,10 +162,9 @@ pub fn classify(method: &Method, base_path: &str, path: &str, params: &Params) -
         ["_search"] if *method == Method::POST => Interaction::SystemSearch { form: true },
         [t] if is_get => Interaction::Search { rtype: ty(t)?, form: false },
         [t] if *method == Method::POST => Interaction::Create { rtype: ty(t)? },
-        [t] if *method == Method::PUT || *method == Method::DELETE || *method == Method::PATCH => {
-            ty(t)?;
-            return Err(RouteError::NotSupported(format!("conditional {method} ({method} [type]?criteria)")));
-        }
+        [t] if *method == Method::PUT => Interaction::ConditionalUpdate { rtype: ty(t)? },
+        [t] if *method == Method::PATCH => Interaction::ConditionalPatch { rtype: ty(t)? },
+        [t] if *method == Method::DELETE => Interaction::ConditionalDelete { rtype: ty(t)? },
         [t, "_history"] if is_get => Interaction::History { rtype: Some(ty(t)?) },
         [t, "_search"] if *method == Method::POST => Interaction::Search { rtype: ty(t)?, form: true },
         [t, i] if is_get => Interaction::Read { rtype: ty(t)?, id: id(i)? },
@@ -185,6 +199,9 @@ pub fn classify(method: &Method, base_path: &str, path: &str, params: &Params) -
 fn check_params(interaction: &Interaction, params: &Params) -> Result<(), RouteError> {
     let allowed: &[&str] = match interaction {
         Interaction::Search { .. }
+        | Interaction::ConditionalUpdate { .. }
+        | Interaction::ConditionalPatch { .. }
+        | Interaction::ConditionalDelete { .. }
         | Interaction::SystemSearch { .. }
         | Interaction::Compartment { .. }
         | Interaction::Page { .. } => return Ok(()),
@@ -313,7 +330,10 @@ mod tests {
         assert!(matches!(c(Method::POST, "/fhir", None), Err(RouteError::NotSupported(_))));
         assert!(matches!(c(Method::GET, "/fhir/Patient/$everything", None), Err(RouteError::NotSupported(_))));
         assert!(matches!(c(Method::GET, "/fhir/Patient/_history", Some("_type=x")), Err(RouteError::Param { .. })));
-        assert!(matches!(c(Method::PUT, "/fhir/Patient", Some("identifier=x")), Err(RouteError::NotSupported(_))));
+        assert_eq!(
+            c(Method::PUT, "/fhir/Patient", Some("identifier=x")),
+            Ok(Interaction::ConditionalUpdate { rtype: "Patient".into() })
+        );
         assert!(matches!(c(Method::GET, "/fhir/Patient/p1/*", None), Err(RouteError::NotSupported(_))));
         assert!(matches!(c(Method::OPTIONS, "/fhir/Patient", None), Err(RouteError::Method(_))));
         assert!(matches!(

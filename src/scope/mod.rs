@@ -5,8 +5,10 @@
 //! - `search`   — type-level search: tenant parameter added, ids and references prefixed
 //! - `write`    — create, update, delete: stamp the marker, prefix ids, rewrite references
 //! - `refcheck` — every reference in a write must exist in the caller's tenant
+//! - `conditional` — `If-None-Exist`, `[type]?criteria` writes, conditional reads
 //! - `paging`   — sealed page tokens instead of upstream `_getpages` links
 //! - `respond`  — the fail-closed outbound check every answer passes
+pub mod conditional;
 pub mod paging;
 pub mod read;
 pub mod refcheck;
@@ -60,6 +62,8 @@ pub enum ScopeError {
     /// The upstream does not declare this capability; fhir-fence will not guess.
     #[error("{0} is not supported by the upstream server (its CapabilityStatement does not declare it)")]
     UpstreamUnsupported(&'static str),
+    #[error("the criteria match more than one resource")]
+    MultipleMatches,
     #[error("page token is not valid")]
     PageToken,
     #[error("the upstream's capabilities are not loaded yet")]

@@ -131,6 +131,47 @@ pub async fn history(
     fetch(ctx, &path, self_url, true).await
 }
 
+/// The caller's resources of `rtype` matching `criteria` (client view), for conditional
+/// interactions: at most two are fetched (enough to tell "one" from "several"), and the
+/// upstream's search cache is bypassed so just-written resources count.
+pub async fn matching(
+    ctx: &Ctx<'_>,
+    caps: &Capabilities,
+    rtype: &str,
+    criteria: &Params,
+) -> Result<Vec<serde_json::Value>, crate::error::Error> {
+    if criteria.is_empty() {
+        return Err(ScopeError::Param("conditional interactions need criteria".into()).into());
+    }
+    if let Some((k, _)) = criteria.iter().find(|(k, _)| {
+        let base = k.split(':').next().unwrap_or(k);
+        matches!(base, "_include" | "_revinclude" | "_summary" | "_elements" | "_sort" | "_count" | "_total")
+    }) {
+        return Err(ScopeError::Param(format!("{k} has no meaning in conditional criteria")).into());
+    }
+    let mut criteria = criteria.clone();
+    criteria.push(("_count".into(), "2".into()));
+    let scoped = scope_params(ctx, caps, &[rtype.to_owned()], &criteria)?;
+    let mut headers = base_headers(ctx);
+    headers.insert("prefer", HeaderValue::from_static("handling=strict"));
+    headers.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    let answer = ctx.upstream.send(Method::GET, &format!("{rtype}?{}", encode_query(&scoped)), headers, None).await?;
+    if answer.status != StatusCode::OK {
+        return Err(super::refused(&answer).into());
+    }
+    let filtered = respond::bundle(ctx, answer.body.ok_or(ScopeError::Unprovable)?, "", false)?;
+    if filtered.dropped > 0 {
+        // A match fhir-fence cannot prove is the caller's makes the decision unsafe either way.
+        return Err(ScopeError::Unprovable.into());
+    }
+    let entries = filtered.bundle.get("entry").and_then(serde_json::Value::as_array).cloned().unwrap_or_default();
+    Ok(entries
+        .into_iter()
+        .filter(|e| e.pointer("/search/mode").and_then(serde_json::Value::as_str).is_none_or(|m| m == "match"))
+        .filter_map(|mut e| e.get_mut("resource").map(serde_json::Value::take))
+        .collect())
+}
+
 /// `GET [base]?_page=token`: a later page of a search this tenant made.
 pub async fn page(ctx: &Ctx<'_>, token: &str, self_url: &str) -> Result<ReadResult, crate::error::Error> {
     let page = paging::open(ctx, token)?;

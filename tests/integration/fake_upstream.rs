@@ -260,7 +260,7 @@ async fn request_hygiene() {
         ("GET", "Patient/p1/$everything", 501),
         ("POST", "Patient/$validate", 501),
         ("PATCH", "Patient/p1", 415),
-        ("DELETE", "Patient?name=x", 501),
+        ("DELETE", "Patient?_cascade=delete", 400),
         ("POST", "Patient/_search", 415),
         ("GET", "Subscription/../Patient", 400),
         ("OPTIONS", "Patient", 405),

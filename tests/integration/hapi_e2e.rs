@@ -435,3 +435,82 @@ async fn json_patch_is_read_modify_write_inside_the_tenant() {
         .await;
     assert_eq!(r.status, 404);
 }
+
+#[tokio::test]
+async fn conditional_interactions_only_see_the_callers_resources() {
+    let (f, ts) = fence(2).await;
+    let (a, b) = (f.token(&ts[0].name), f.token(&ts[1].name));
+    let with_identifier =
+        |v: &str| json!({"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": v}]});
+
+    // If-None-Exist: the second create finds the first; the other tenant's identical create does not.
+    let first = post(&f.url("Patient"), &with_identifier("123"))
+        .bearer(&a)
+        .header("if-none-exist", "identifier=urn:mrn|123")
+        .send()
+        .await;
+    assert_eq!(first.status, 201, "{}", first.body);
+    let again = post(&f.url("Patient"), &with_identifier("123"))
+        .bearer(&a)
+        .header("if-none-exist", "identifier=urn:mrn|123")
+        .send()
+        .await;
+    assert_eq!((again.status, &again.body["id"]), (200, &first.body["id"]));
+    let theirs = post(&f.url("Patient"), &with_identifier("123"))
+        .bearer(&b)
+        .header("if-none-exist", "identifier=urn:mrn|123")
+        .send()
+        .await;
+    assert_eq!(theirs.status, 201, "another tenant's match is invisible: {}", theirs.body);
+    assert_ne!(theirs.body["id"], first.body["id"]);
+
+    // Conditional update: creates, then updates the same resource; never the other tenant's.
+    let c1 = put(&f.url("Patient?identifier=urn:mrn|456"), &with_identifier("456")).bearer(&a).send().await;
+    assert_eq!(c1.status, 201, "{}", c1.body);
+    let mut changed = with_identifier("456");
+    changed["active"] = json!(false);
+    let c2 = put(&f.url("Patient?identifier=urn:mrn|456"), &changed).bearer(&a).send().await;
+    assert_eq!((c2.status, &c2.body["id"], c2.body["meta"]["versionId"].as_str()), (200, &c1.body["id"], Some("2")));
+    let cb = put(&f.url("Patient?identifier=urn:mrn|456"), &with_identifier("456")).bearer(&b).send().await;
+    assert_eq!(cb.status, 201, "{}", cb.body);
+
+    // Several matches → 412, for update and patch.
+    for id in ["dup1", "dup2"] {
+        let mut p = with_identifier("dup");
+        p["id"] = json!(id);
+        assert_eq!(put(&f.url(&format!("Patient/{id}")), &p).bearer(&a).send().await.status, 201);
+    }
+    let r = put(&f.url("Patient?identifier=urn:mrn|dup"), &with_identifier("dup")).bearer(&a).send().await;
+    assert_eq!((r.status, r.body["issue"][0]["code"].as_str()), (412, Some("multiple-matches")));
+
+    // Conditional patch on exactly one match.
+    let r = crate::support::client::request("PATCH", &f.url("Patient?identifier=urn:mrn|123"))
+        .header("content-type", "application/json-patch+json")
+        .raw_body(r#"[{"op":"add","path":"/active","value":true}]"#)
+        .bearer(&a)
+        .send()
+        .await;
+    assert_eq!((r.status, r.body["active"].as_bool()), (200, Some(true)), "{}", r.body);
+
+    // Conditional delete by B removes only B's match.
+    let r = delete(&f.url("Patient?identifier=urn:mrn|123")).bearer(&b).send().await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let first_id = first.body["id"].as_str().unwrap();
+    assert_eq!(get(&f.url(&format!("Patient/{first_id}"))).bearer(&a).send().await.status, 200);
+    assert_eq!(
+        get(&f.url(&format!("Patient/{}", theirs.body["id"].as_str().unwrap()))).bearer(&b).send().await.status,
+        404
+    );
+    let r = delete(&f.url("Patient?identifier=urn:mrn|dup")).bearer(&a).send().await;
+    assert_eq!(r.status, 412, "a conditional delete matching several is refused: {}", r.body);
+
+    // Conditional reads: 304 for the caller's unchanged resource; no oracle for anyone else.
+    let r = get(&f.url(&format!("Patient/{first_id}"))).bearer(&a).send().await;
+    let etag = r.header("etag").unwrap().to_owned();
+    let r = get(&f.url(&format!("Patient/{first_id}"))).bearer(&a).header("if-none-match", &etag).send().await;
+    assert_eq!((r.status, r.raw.len()), (304, 0));
+    let r = get(&f.url(&format!("Patient/{first_id}"))).bearer(&b).header("if-none-match", &etag).send().await;
+    assert_eq!(r.status, 404);
+    let r = get(&f.url(&format!("Patient/{first_id}"))).bearer(&a).header("if-none-match", "W/\"99\"").send().await;
+    assert_eq!(r.status, 200);
+}

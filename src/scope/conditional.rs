@@ -1,0 +1,187 @@
+//! Conditional interactions: `If-None-Exist` create, conditional update / patch / delete
+//! (`[type]?criteria`), and conditional reads (`If-None-Match`, `If-Modified-Since`).
+//!
+//! Criteria are scoped exactly like a search (tenant parameter added, ids prefixed) before the
+//! upstream sees them, so a condition can only ever match the caller's own resources; fhir-fence
+//! then acts on the match by id. Resolution searches bypass the upstream's search cache
+//! (`Cache-Control: no-cache`) so a resource created a moment ago is seen.
+//! Limit: resolution and write are two upstream calls, so two concurrent conditional creates
+//! with the same criteria may both create (the upstream's own conditional create is atomic,
+//! but it would assign an id outside the tenant namespace).
+use super::read::ReadResult;
+use super::search::{matching, scope_params};
+use super::write::{self, WriteResult};
+use super::{Ctx, ScopeError};
+use crate::fhir::capabilities::Capabilities;
+use crate::route::{encode_query, parse_query, Params};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use serde_json::Value;
+
+/// `POST [type]` with `If-None-Exist`: 0 matches → create; 1 → that resource (200); more → 412.
+pub async fn create(
+    ctx: &Ctx<'_>,
+    caps: &Capabilities,
+    rtype: &str,
+    criteria: &str,
+    body: Value,
+) -> Result<WriteResult, crate::error::Error> {
+    let criteria = criteria_params(rtype, criteria)?;
+    let found = matching(ctx, caps, rtype, &criteria).await?;
+    match found.as_slice() {
+        [] => write::create_or_update(ctx, caps, rtype, None, body, None).await,
+        [existing] => Ok(WriteResult {
+            status: StatusCode::OK,
+            local_id: existing.get("id").and_then(Value::as_str).unwrap_or_default().to_owned(),
+            version: existing.pointer("/meta/versionId").and_then(Value::as_str).map(str::to_owned),
+            body: Some(existing.clone()),
+            headers: HeaderMap::new(),
+        }),
+        _ => Err(ScopeError::MultipleMatches.into()),
+    }
+}
+
+/// `PUT [type]?criteria`: 0 matches → create (with the body's id, if any); 1 → update it; more → 412.
+pub async fn update(
+    ctx: &Ctx<'_>,
+    caps: &Capabilities,
+    rtype: &str,
+    criteria: &Params,
+    body: Value,
+) -> Result<WriteResult, crate::error::Error> {
+    let found = matching(ctx, caps, rtype, criteria).await?;
+    let body_id = body.get("id").and_then(Value::as_str).map(str::to_owned);
+    match found.as_slice() {
+        [] => match body_id {
+            Some(id) => write::create_or_update(ctx, caps, rtype, Some(&id), body, None).await,
+            None => write::create_or_update(ctx, caps, rtype, None, body, None).await,
+        },
+        [existing] => {
+            let id = existing.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
+            if body_id.as_deref().is_some_and(|b| b != id) {
+                return Err(
+                    ScopeError::Body("the id in the body differs from the resource the criteria match".into()).into()
+                );
+            }
+            let mut body = body;
+            if let Some(o) = body.as_object_mut() {
+                o.insert("id".into(), Value::String(id.clone()));
+            }
+            write::create_or_update(ctx, caps, rtype, Some(&id), body, None).await
+        }
+        _ => Err(ScopeError::MultipleMatches.into()),
+    }
+}
+
+/// `PATCH [type]?criteria`: exactly one match is patched; none → 404; more → 412.
+pub async fn patch(
+    ctx: &Ctx<'_>,
+    caps: &Capabilities,
+    rtype: &str,
+    criteria: &Params,
+    patch: Value,
+    if_match: Option<&HeaderValue>,
+) -> Result<WriteResult, crate::error::Error> {
+    let found = matching(ctx, caps, rtype, criteria).await?;
+    match found.as_slice() {
+        [] => Err(ScopeError::NotFound(format!("{rtype}?{}", encode_query(criteria))).into()),
+        [existing] => {
+            let id = existing.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
+            write::patch(ctx, caps, rtype, &id, patch, if_match).await
+        }
+        _ => Err(ScopeError::MultipleMatches.into()),
+    }
+}
+
+/// `DELETE [type]?criteria`: forwarded with the criteria scoped, so the upstream's own (atomic)
+/// conditional delete can only see the caller's resources. Several matches → 412 from the upstream.
+pub async fn delete(
+    ctx: &Ctx<'_>,
+    caps: &Capabilities,
+    rtype: &str,
+    criteria: &Params,
+) -> Result<StatusCode, crate::error::Error> {
+    if criteria.is_empty() {
+        return Err(ScopeError::Param("a conditional delete needs criteria".into()).into());
+    }
+    let scoped = scope_params(ctx, caps, &[rtype.to_owned()], criteria)?;
+    let mut headers = super::read::base_headers(ctx);
+    headers.insert("prefer", HeaderValue::from_static("handling=strict"));
+    let answer =
+        ctx.upstream.send(Method::DELETE, &format!("{rtype}?{}", encode_query(&scoped)), headers, None).await?;
+    match answer.status {
+        StatusCode::OK | StatusCode::NO_CONTENT | StatusCode::ACCEPTED => {
+            ctx.snap.ref_cache.invalidate_all();
+            Ok(StatusCode::OK)
+        }
+        StatusCode::PRECONDITION_FAILED => Err(ScopeError::MultipleMatches.into()),
+        StatusCode::NOT_FOUND => Ok(StatusCode::OK),
+        _ => Err(super::refused(&answer).into()),
+    }
+}
+
+/// The criteria of `If-None-Exist` (`a=b&c=d`, optionally as `?a=b` or `Type?a=b`).
+fn criteria_params(rtype: &str, header: &str) -> Result<Params, ScopeError> {
+    let q = header.strip_prefix(rtype).unwrap_or(header);
+    let q = q.strip_prefix('?').unwrap_or(q);
+    let params = parse_query(Some(q)).map_err(|e| ScopeError::Param(format!("If-None-Exist: {e}")))?;
+    if params.is_empty() {
+        return Err(ScopeError::Param("If-None-Exist has no criteria".into()));
+    }
+    Ok(params)
+}
+
+/// Answers a conditional read with 304 when the caller's own resource is unchanged. Runs only
+/// after ownership is proven, so it says nothing about resources of other tenants.
+pub fn not_modified(request: &HeaderMap, result: &ReadResult) -> bool {
+    let etag = result.headers.get(http::header::ETAG).and_then(|v| v.to_str().ok());
+    if let (Some(inm), Some(etag)) = (request.get(http::header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()), etag) {
+        let strip = |t: &str| t.trim().trim_start_matches("W/").to_owned();
+        return inm.split(',').any(|t| t.trim() == "*" || strip(t) == strip(etag));
+    }
+    let since = request
+        .get(http::header::IF_MODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok());
+    let modified = result
+        .headers
+        .get(http::header::LAST_MODIFIED)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok());
+    matches!((since, modified), (Some(s), Some(m)) if m <= s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(etag: &str, modified: &str) -> ReadResult {
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::ETAG, etag.parse().unwrap());
+        headers.insert(http::header::LAST_MODIFIED, modified.parse().unwrap());
+        ReadResult { body: Value::Null, headers, dropped: 0 }
+    }
+
+    #[test]
+    fn conditional_reads() {
+        let r = result("W/\"2\"", "Thu, 26 Nov 2026 10:00:00 GMT");
+        let mut h = HeaderMap::new();
+        h.insert(http::header::IF_NONE_MATCH, "W/\"2\"".parse().unwrap());
+        assert!(not_modified(&h, &r));
+        h.insert(http::header::IF_NONE_MATCH, "W/\"1\"".parse().unwrap());
+        assert!(!not_modified(&h, &r));
+        let mut h = HeaderMap::new();
+        h.insert(http::header::IF_MODIFIED_SINCE, "Thu, 26 Nov 2026 11:00:00 GMT".parse().unwrap());
+        assert!(not_modified(&h, &r));
+        h.insert(http::header::IF_MODIFIED_SINCE, "Thu, 26 Nov 2026 09:00:00 GMT".parse().unwrap());
+        assert!(!not_modified(&h, &r));
+        assert!(!not_modified(&HeaderMap::new(), &r));
+    }
+
+    #[test]
+    fn if_none_exist_forms() {
+        assert_eq!(criteria_params("Patient", "identifier=a|b").unwrap(), vec![("identifier".into(), "a|b".into())]);
+        assert_eq!(criteria_params("Patient", "Patient?identifier=x").unwrap().len(), 1);
+        assert_eq!(criteria_params("Patient", "?identifier=x").unwrap().len(), 1);
+        assert!(criteria_params("Patient", "").is_err());
+    }
+}
