@@ -37,6 +37,7 @@ impl Error {
             Error::Auth(_) => (S::UNAUTHORIZED, "login", shown()),
             Error::Route(RouteError::NotFhir(_)) => (S::NOT_FOUND, "not-found", shown()),
             Error::Route(RouteError::Method(_)) => (S::METHOD_NOT_ALLOWED, "not-supported", shown()),
+            Error::Route(RouteError::OperationRefused(..)) => (S::FORBIDDEN, "forbidden", shown()),
             Error::Route(RouteError::NotSupported(_)) => (S::NOT_IMPLEMENTED, "not-supported", shown()),
             Error::Route(RouteError::Param { .. }) => (S::BAD_REQUEST, "not-supported", shown()),
             Error::Route(_) => (S::BAD_REQUEST, "invalid", shown()),
@@ -56,6 +57,7 @@ impl Error {
             }
             Error::Scope(e) => match e {
                 ScopeError::NotFound(_) | ScopeError::PageToken => (S::NOT_FOUND, "not-found", shown()),
+                ScopeError::OperationDisabled(_) => (S::FORBIDDEN, "forbidden", shown()),
                 ScopeError::MultipleMatches => (S::PRECONDITION_FAILED, "multiple-matches", shown()),
                 ScopeError::UpstreamUnsupported(_) => (S::NOT_IMPLEMENTED, "not-supported", shown()),
                 ScopeError::UnknownType(_) | ScopeError::Body(_) | ScopeError::Id(_) => {

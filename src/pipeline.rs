@@ -129,6 +129,9 @@ async fn run(snap: &Snapshot, req: Request<Incoming>, correlation: &str) -> Resu
         Interaction::Create { .. } | Interaction::Update { .. } | Interaction::ConditionalUpdate { .. } => {
             Some(read_body(&parts.headers, body, limit, BodyKind::Resource).await.map_err(with_both)?)
         }
+        Interaction::Operation { op: route::Op::MetaAdd | route::Op::MetaDelete, .. } => {
+            Some(read_body(&parts.headers, body, limit, BodyKind::Resource).await.map_err(with_both)?)
+        }
         Interaction::Patch { .. } | Interaction::ConditionalPatch { .. } => {
             Some(read_body(&parts.headers, body, limit, BodyKind::JsonPatch).await.map_err(with_both)?)
         }
@@ -237,6 +240,9 @@ async fn dispatch(
             let done = write::delete(ctx, &rtype, &id).await?;
             let outcome = crate::fhir::outcome::information(&format!("deleted {rtype}/{}", done.local_id));
             return Ok((json_response(StatusCode::OK, &outcome, done.headers, ctx.correlation), 0));
+        }
+        Interaction::Operation { rtype, id, op } => {
+            crate::scope::operation::run(ctx, &rtype, &id, op, params, body, self_url).await?
         }
         Interaction::Metadata => unreachable!("answered before identity"),
     };

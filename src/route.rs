@@ -66,6 +66,12 @@ pub enum Interaction {
     ConditionalDelete {
         rtype: String,
     },
+    /// An allow-listed instance-level operation, `[type]/[id]/$op`.
+    Operation {
+        rtype: String,
+        id: String,
+        op: Op,
+    },
     Delete {
         rtype: String,
         id: String,
@@ -95,14 +101,68 @@ impl Interaction {
             Interaction::ConditionalUpdate { .. } => "update-conditional",
             Interaction::ConditionalPatch { .. } => "patch-conditional",
             Interaction::ConditionalDelete { .. } => "delete-conditional",
+            Interaction::Operation { op, .. } => op.name(),
             Interaction::Delete { .. } => "delete",
             Interaction::Page { .. } => "page",
         }
     }
 }
 
+/// The operations fhir-fence knows how to scope (each must also be enabled per tenant).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// `Patient/[id]/$everything`: the patient's record, every entry checked.
+    Everything,
+    /// `[type]/[id]/$meta`: the resource's meta, tenant coding removed.
+    Meta,
+    /// `[type]/[id]/$meta-add`, codings outside the tenant system only.
+    MetaAdd,
+    /// `[type]/[id]/$meta-delete`, codings outside the tenant system only.
+    MetaDelete,
+}
+
+impl Op {
+    /// Names that `tenants.NAME.operations` may list.
+    pub const ALLOWABLE: &'static [&'static str] = &["everything", "meta", "meta-add", "meta-delete"];
+
+    /// The config name (without `$`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Everything => "everything",
+            Op::Meta => "meta",
+            Op::MetaAdd => "meta-add",
+            Op::MetaDelete => "meta-delete",
+        }
+    }
+}
+
+/// Operations refused whatever the config says, with the reason the client is told.
+const REFUSED_OPERATIONS: &[(&str, &str)] = &[
+    ("$expunge", "it erases history across tenants"),
+    ("$graphql", "it follows references server-wide"),
+    ("$import", "the server would fetch URLs and write unmarked data"),
+    ("$replace-references", "it rewrites references server-wide"),
+    ("$hapi.fhir.replace-references", "it rewrites references server-wide"),
+    ("$hapi.fhir.undo-replace-references", "it rewrites references server-wide"),
+    ("$get-resource-counts", "it counts every tenant's resources"),
+    ("$trigger-subscription", "subscriptions are not scoped yet"),
+    ("$reindex", "it is an administrative operation"),
+    ("$reindex-terminology", "it is an administrative operation"),
+    ("$perform-reindexing-pass", "it is an administrative operation"),
+    ("$mark-all-resources-for-reindexing", "it is an administrative operation"),
+    ("$diff", "it compares versions without a tenant check"),
+    ("$binary-access-read", "Binary content is not scoped yet"),
+    ("$binary-access-write", "Binary content is not scoped yet"),
+    ("$export", "Bulk Data export is not scoped yet"),
+    ("$export-poll-status", "Bulk Data export is not scoped yet"),
+    ("$validate", "validation is not scoped yet"),
+    ("$merge", "it rewrites references server-wide"),
+];
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RouteError {
+    #[error("operation {0} is refused: {1}")]
+    OperationRefused(String, &'static str),
     #[error("{0} is not a FHIR endpoint of this server")]
     NotFhir(String),
     #[error("malformed request path: {0}")]
@@ -135,7 +195,7 @@ pub fn classify(method: &Method, base_path: &str, path: &str, params: &Params) -
     }
     let is_get = *method == Method::GET || *method == Method::HEAD;
     if let Some(op) = segments.iter().find(|s| s.starts_with('$')) {
-        return Err(RouteError::NotSupported(format!("operation {op}")));
+        return operation(method, &segments, op, params);
     }
     let ty = |s: &str| -> Result<String, RouteError> {
         if is_resource_type(s) {
@@ -192,6 +252,57 @@ pub fn classify(method: &Method, base_path: &str, path: &str, params: &Params) -
     };
     check_params(&interaction, params)?;
     Ok(interaction)
+}
+
+/// Operations: only instance-level ones fhir-fence scopes; the rest refused with a reason.
+fn operation(method: &Method, segments: &[&str], op: &str, params: &Params) -> Result<Interaction, RouteError> {
+    if let Some((_, why)) = REFUSED_OPERATIONS.iter().find(|(name, _)| *name == op) {
+        return Err(RouteError::OperationRefused(op.to_owned(), why));
+    }
+    if op.starts_with("$mdm-") {
+        return Err(RouteError::OperationRefused(op.to_owned(), "MDM links resources across the server"));
+    }
+    let instance = match segments {
+        [t, i, o] if o == &op && is_resource_type(t) && is_id(i) => Some((t.to_string(), i.to_string())),
+        _ => None,
+    };
+    let level = if instance.is_some() { "instance" } else { "type or system" };
+    let get = *method == Method::GET || *method == Method::HEAD;
+    let post = *method == Method::POST;
+    let found = match (op, &instance) {
+        ("$everything", Some((t, _))) if t == "Patient" && get => Op::Everything,
+        ("$everything", Some((t, _))) if t == "Patient" => {
+            return Err(RouteError::Method(format!("{method} for {op}")))
+        }
+        ("$everything", _) => {
+            return Err(RouteError::OperationRefused(
+                op.to_owned(),
+                "only Patient/[id]/$everything is scoped (type level would return every patient)",
+            ))
+        }
+        ("$meta", Some(_)) if get || post => Op::Meta,
+        ("$meta-add", Some(_)) if post => Op::MetaAdd,
+        ("$meta-delete", Some(_)) if post => Op::MetaDelete,
+        ("$meta" | "$meta-add" | "$meta-delete", None) => {
+            return Err(RouteError::OperationRefused(
+                op.to_owned(),
+                "at type or system level it lists every tenant's codes",
+            ))
+        }
+        ("$meta" | "$meta-add" | "$meta-delete", Some(_)) => {
+            return Err(RouteError::Method(format!("{method} for {op}")))
+        }
+        _ => return Err(RouteError::NotSupported(format!("operation {op} at {level} level"))),
+    };
+    let allowed: &[&str] = match found {
+        Op::Everything => &["_count", "_since", "_type", "_pretty"],
+        _ => &["_pretty"],
+    };
+    if let Some((k, _)) = params.iter().find(|(k, _)| !allowed.contains(&k.as_str())) {
+        return Err(RouteError::Param { param: k.clone(), interaction: found.name() });
+    }
+    let (rtype, id) = instance.expect("matched above");
+    Ok(Interaction::Operation { rtype, id, op: found })
 }
 
 /// Which query parameters each non-search interaction accepts (search parameters are scoped
@@ -328,7 +439,19 @@ mod tests {
         assert!(matches!(c(Method::GET, "/fhir/Patient/p1;jsessionid=x", None), Err(RouteError::BadPath(_))));
         assert!(matches!(c(Method::GET, "/fhir/patient/p1", None), Err(RouteError::BadPath(_))));
         assert!(matches!(c(Method::POST, "/fhir", None), Err(RouteError::NotSupported(_))));
-        assert!(matches!(c(Method::GET, "/fhir/Patient/$everything", None), Err(RouteError::NotSupported(_))));
+        assert!(matches!(c(Method::GET, "/fhir/Patient/$everything", None), Err(RouteError::OperationRefused(..))));
+        assert!(matches!(
+            c(Method::GET, "/fhir/Patient/p1/$everything", None),
+            Ok(Interaction::Operation { op: Op::Everything, .. })
+        ));
+        assert!(matches!(
+            c(Method::POST, "/fhir/Patient/p1/$meta-add", None),
+            Ok(Interaction::Operation { op: Op::MetaAdd, .. })
+        ));
+        assert!(matches!(
+            c(Method::GET, "/fhir/Patient/p1/$everything", Some("_elements=x")),
+            Err(RouteError::Param { .. })
+        ));
         assert!(matches!(c(Method::GET, "/fhir/Patient/_history", Some("_type=x")), Err(RouteError::Param { .. })));
         assert_eq!(
             c(Method::PUT, "/fhir/Patient", Some("identifier=x")),

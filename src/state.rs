@@ -43,6 +43,7 @@ impl Snapshot {
                     prefix: t.prefix.clone(),
                     upstream: t.upstream.clone(),
                     status: t.status,
+                    operations: t.operations.clone(),
                 };
                 (name.clone(), Arc::new(tenant))
             })

@@ -15,6 +15,8 @@ pub struct Tenant {
     pub prefix: String,
     pub upstream: String,
     pub status: TenantStatus,
+    /// Operations this tenant may call (names without `$`).
+    pub operations: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -164,10 +166,22 @@ mod tests {
     use super::*;
 
     fn acme() -> Tenant {
-        Tenant { name: "acme".into(), prefix: "acme".into(), upstream: "u".into(), status: TenantStatus::Active }
+        Tenant {
+            name: "acme".into(),
+            prefix: "acme".into(),
+            upstream: "u".into(),
+            status: TenantStatus::Active,
+            operations: vec![],
+        }
     }
     fn globex() -> Tenant {
-        Tenant { name: "globex".into(), prefix: "glx".into(), upstream: "u".into(), status: TenantStatus::Active }
+        Tenant {
+            name: "globex".into(),
+            prefix: "glx".into(),
+            upstream: "u".into(),
+            status: TenantStatus::Active,
+            operations: vec![],
+        }
     }
     fn marking() -> Marking {
         Marking { marker: Marker::Tag, system: "urn:t".into() }

@@ -97,6 +97,17 @@ fn validate(c: &Config) -> Result<Url, ConfigError> {
                 format!("prefix {:?} is used by another tenant", t.prefix),
             ));
         }
+        for op in &t.operations {
+            if !crate::route::Op::ALLOWABLE.contains(&op.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.operations"),
+                    format!(
+                        "{op:?} is not an operation fhir-fence can allow (known: {})",
+                        crate::route::Op::ALLOWABLE.join(", ")
+                    ),
+                ));
+            }
+        }
         if !c.upstreams.contains_key(&t.upstream) {
             return Err(ConfigError::invalid(format!("{key}.upstream"), format!("no upstream named {:?}", t.upstream)));
         }

@@ -127,6 +127,10 @@ pub struct Tenant {
     /// The name of the upstream (in `[upstreams]`) holding this tenant's data.
     pub upstream: String,
     pub status: TenantStatus,
+    /// FHIR operations this tenant may call (without `$`): `everything`, `meta`, `meta-add`,
+    /// `meta-delete`. Default: none.
+    #[serde(default)]
+    pub operations: Vec<String>,
 }
 
 fn default_max_body() -> usize {

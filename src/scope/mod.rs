@@ -9,6 +9,7 @@
 //! - `paging`   — sealed page tokens instead of upstream `_getpages` links
 //! - `respond`  — the fail-closed outbound check every answer passes
 pub mod conditional;
+pub mod operation;
 pub mod paging;
 pub mod read;
 pub mod refcheck;
@@ -62,6 +63,8 @@ pub enum ScopeError {
     /// The upstream does not declare this capability; fhir-fence will not guess.
     #[error("{0} is not supported by the upstream server (its CapabilityStatement does not declare it)")]
     UpstreamUnsupported(&'static str),
+    #[error("operation ${0} is not enabled for this tenant")]
+    OperationDisabled(&'static str),
     #[error("the criteria match more than one resource")]
     MultipleMatches,
     #[error("page token is not valid")]

@@ -514,3 +514,53 @@ async fn conditional_interactions_only_see_the_callers_resources() {
     let r = get(&f.url(&format!("Patient/{first_id}"))).bearer(&a).header("if-none-match", "W/\"99\"").send().await;
     assert_eq!(r.status, 200);
 }
+
+#[tokio::test]
+async fn instance_operations_are_scoped_and_allow_listed() {
+    let mut ts = tenants(2);
+    ts[1].operations = vec![];
+    let f = support::start(Options::new(&hapi(), &ts)).await;
+    let (a, b) = (f.token(&ts[0].name), f.token(&ts[1].name));
+    load_overlapping(&f, &a, "marker-alpha").await;
+    load_overlapping(&f, &b, "marker-beta").await;
+
+    let r = get(&f.url("Patient/p1/$everything")).bearer(&a).send().await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let mut got: Vec<(String, String)> = entries(&r.body).into_iter().map(|(t, id, _)| (t, id)).collect();
+    got.sort();
+    assert!(
+        got.contains(&("Patient".into(), "p1".into())) && got.contains(&("Observation".into(), "ob1".into())),
+        "{got:?}"
+    );
+    let text = String::from_utf8_lossy(&r.raw);
+    assert!(!text.contains("marker-beta") && !text.contains(&ts[1].prefix), "{text}");
+    assert_eq!(get(&f.url("Patient/nobody/$everything")).bearer(&a).send().await.status, 404);
+    let r = get(&f.url("Patient/p1/$everything")).bearer(&b).send().await;
+    assert_eq!(
+        (r.status, r.body["issue"][0]["code"].as_str()),
+        (403, Some("forbidden")),
+        "not enabled for this tenant"
+    );
+
+    let meta_body = |system: &str, code: &str| json!({"resourceType": "Parameters", "parameter": [{"name": "meta", "valueMeta": {"tag": [{"system": system, "code": code}]}}]});
+    let r =
+        post(&f.url("Patient/p1/$meta-add"), &meta_body("http://example.org/labels", "vip")).bearer(&a).send().await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = get(&f.url("Patient/p1/$meta")).bearer(&a).send().await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let tags = r.body["parameter"][0]["valueMeta"]["tag"].as_array().unwrap();
+    assert_eq!(
+        tags,
+        &vec![json!({"system": "http://example.org/labels", "code": "vip"})],
+        "the tenant coding is not shown"
+    );
+    let r = get(&f.url("Patient/p1")).bearer(&a).send().await;
+    assert_eq!(r.status, 200, "still the caller's after $meta-add");
+    for op in ["$meta-add", "$meta-delete"] {
+        let r = post(&f.url(&format!("Patient/p1/{op}")), &meta_body(SYSTEM, &ts[1].name)).bearer(&a).send().await;
+        assert_eq!(r.status, 422, "{op} may not touch the tenant coding: {}", r.body);
+    }
+    let r = post(&f.url("Patient/p1/$meta-delete"), &meta_body(SYSTEM, &ts[0].name)).bearer(&a).send().await;
+    assert_eq!(r.status, 422, "not even to remove the caller's own");
+    assert_eq!(get(&f.url("Patient/p1")).bearer(&a).send().await.status, 200);
+}

@@ -22,6 +22,8 @@ pub struct T {
     pub name: String,
     pub prefix: String,
     pub suspended: bool,
+    /// Operations enabled for the tenant (all scoped ones by default).
+    pub operations: Vec<&'static str>,
 }
 
 /// Tenant names and prefixes unique to this test, so tests sharing one HAPI never see each other.
@@ -30,7 +32,12 @@ pub fn tenants(n: usize) -> Vec<T> {
     (0..n)
         .map(|i| {
             let letter = (b'a' + i as u8) as char;
-            T { name: format!("t{run}{letter}"), prefix: format!("t{run}{letter}"), suspended: false }
+            T {
+                name: format!("t{run}{letter}"),
+                prefix: format!("t{run}{letter}"),
+                suspended: false,
+                operations: vec!["everything", "meta", "meta-add", "meta-delete"],
+            }
         })
         .collect()
 }
@@ -136,10 +143,11 @@ tenants = [{first}]
     );
     for t in &o.tenants {
         s.push_str(&format!(
-            "\n[tenants.{name}]\nprefix = \"{prefix}\"\nupstream = \"main\"\nstatus = \"{status}\"\n",
+            "\n[tenants.{name}]\nprefix = \"{prefix}\"\nupstream = \"main\"\nstatus = \"{status}\"\noperations = {ops:?}\n",
             name = t.name,
             prefix = t.prefix,
-            status = if t.suspended { "suspended" } else { "active" }
+            status = if t.suspended { "suspended" } else { "active" },
+            ops = t.operations
         ));
     }
     s

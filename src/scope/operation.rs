@@ -1,0 +1,122 @@
+//! Instance-level operations fhir-fence can scope, each enabled per tenant in the config.
+//!
+//! The instance is proven the caller's before the upstream runs the operation; every answer is
+//! then checked like any other (`$everything` entry by entry, `$meta` with the tenant coding
+//! removed). `$meta-add` / `$meta-delete` may not touch the tenant coding system.
+use super::read::{base_headers, ReadResult};
+use super::{refcheck, respond, Ctx, ScopeError};
+use crate::route::{encode_query, Op, Params};
+use http::{HeaderValue, Method, StatusCode};
+use serde_json::Value;
+
+pub async fn run(
+    ctx: &Ctx<'_>,
+    rtype: &str,
+    id: &str,
+    op: Op,
+    params: &Params,
+    body: Option<Value>,
+    self_url: &str,
+) -> Result<ReadResult, crate::error::Error> {
+    if !ctx.tenant.operations.iter().any(|o| o == op.name()) {
+        return Err(ScopeError::OperationDisabled(op.name()).into());
+    }
+    let not_found = || ScopeError::NotFound(format!("{rtype}/{id}"));
+    let upstream_id = ctx.tenant.upstream_id(id).map_err(|_| not_found())?;
+    let target =
+        refcheck::Target { path: format!("{rtype}/{upstream_id}"), rtype: rtype.to_owned(), original: String::new() };
+    refcheck::check_all(ctx, &[target]).await.map_err(|e| match e {
+        crate::error::Error::Scope(ScopeError::Reference(_)) => not_found().into(),
+        other => other,
+    })?;
+    let base = format!("{rtype}/{upstream_id}/${}", op.name());
+    let kept: Vec<(String, String)> = params.iter().filter(|(k, _)| k != "_pretty").cloned().collect();
+    let path = if kept.is_empty() { base } else { format!("{base}?{}", encode_query(&kept)) };
+    let mut headers = base_headers(ctx);
+    headers.insert("prefer", HeaderValue::from_static("handling=strict"));
+    let (method, body) = match op {
+        Op::Everything | Op::Meta => (Method::GET, None),
+        Op::MetaAdd | Op::MetaDelete => (Method::POST, Some(meta_parameters(ctx, body)?)),
+    };
+    let answer = ctx.upstream.send(method, &path, headers, body.as_ref()).await?;
+    match answer.status {
+        StatusCode::OK => {}
+        StatusCode::NOT_FOUND | StatusCode::GONE => return Err(not_found().into()),
+        _ => return Err(super::refused(&answer).into()),
+    }
+    let answer_body = answer.body.ok_or(ScopeError::Unprovable)?;
+    match op {
+        Op::Everything => {
+            let filtered = respond::bundle(ctx, answer_body, self_url, false)?;
+            Ok(ReadResult { body: filtered.bundle, headers: http::HeaderMap::new(), dropped: filtered.dropped })
+        }
+        Op::Meta | Op::MetaAdd | Op::MetaDelete => Ok(ReadResult {
+            body: strip_meta_parameters(ctx, answer_body)?,
+            headers: http::HeaderMap::new(),
+            dropped: 0,
+        }),
+    }
+}
+
+/// The `Parameters` body of `$meta-add` / `$meta-delete`: one `meta` parameter, no tenant codings.
+fn meta_parameters(ctx: &Ctx, body: Option<Value>) -> Result<Value, ScopeError> {
+    let body = body.ok_or_else(|| ScopeError::Body("a Parameters body with a meta parameter is needed".into()))?;
+    if body.get("resourceType").and_then(Value::as_str) != Some("Parameters") {
+        return Err(ScopeError::Body("the body must be a Parameters resource".into()));
+    }
+    let params =
+        body.get("parameter").and_then(Value::as_array).ok_or_else(|| ScopeError::Body("no parameter".into()))?;
+    let [p] = params.as_slice() else { return Err(ScopeError::Body("exactly one meta parameter is expected".into())) };
+    if p.get("name").and_then(Value::as_str) != Some("meta") || p.as_object().is_some_and(|o| o.len() != 2) {
+        return Err(ScopeError::Body("exactly one meta parameter (name + valueMeta) is expected".into()));
+    }
+    let meta =
+        p.get("valueMeta").and_then(Value::as_object).ok_or_else(|| ScopeError::Body("valueMeta is missing".into()))?;
+    for (k, v) in meta {
+        match k.as_str() {
+            "tag" | "security" | "profile" => {}
+            _ => return Err(ScopeError::Body(format!("meta.{k} cannot be changed this way"))),
+        }
+        if k != "profile" && has_tenant_coding(ctx, v) {
+            return Err(ScopeError::ForeignMarker);
+        }
+    }
+    Ok(body)
+}
+
+fn has_tenant_coding(ctx: &Ctx, codings: &Value) -> bool {
+    codings
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c.get("system").and_then(Value::as_str) == Some(ctx.snap.marking.system.as_str()))
+}
+
+/// `Parameters { return: valueMeta }` with the tenant coding removed; anything else is refused.
+fn strip_meta_parameters(ctx: &Ctx, mut body: Value) -> Result<Value, ScopeError> {
+    if body.get("resourceType").and_then(Value::as_str) != Some("Parameters") {
+        return Err(ScopeError::Unprovable);
+    }
+    let system = ctx.snap.marking.system.clone();
+    for p in body.get_mut("parameter").and_then(Value::as_array_mut).into_iter().flatten() {
+        let Some(meta) = p.get_mut("valueMeta").and_then(Value::as_object_mut) else {
+            return Err(ScopeError::Unprovable);
+        };
+        for field in ["tag", "security"] {
+            if let Some(Value::Array(codings)) = meta.get_mut(field) {
+                let foreign = codings.iter().any(|c| {
+                    c.get("system").and_then(Value::as_str) == Some(system.as_str())
+                        && c.get("code").and_then(Value::as_str) != Some(ctx.tenant.name.as_str())
+                });
+                if foreign {
+                    return Err(ScopeError::Unprovable);
+                }
+                codings.retain(|c| c.get("system").and_then(Value::as_str) != Some(system.as_str()));
+                if codings.is_empty() {
+                    meta.remove(field);
+                }
+            }
+        }
+    }
+    Ok(body)
+}
