@@ -66,6 +66,8 @@ pub enum Interaction {
     ConditionalDelete {
         rtype: String,
     },
+    /// `POST [base]` with a transaction or batch Bundle.
+    Bundle,
     /// An allow-listed instance-level operation, `[type]/[id]/$op`.
     Operation {
         rtype: String,
@@ -102,6 +104,7 @@ impl Interaction {
             Interaction::ConditionalPatch { .. } => "patch-conditional",
             Interaction::ConditionalDelete { .. } => "delete-conditional",
             Interaction::Operation { op, .. } => op.name(),
+            Interaction::Bundle => "bundle",
             Interaction::Delete { .. } => "delete",
             Interaction::Page { .. } => "page",
         }
@@ -216,7 +219,7 @@ pub fn classify(method: &Method, base_path: &str, path: &str, params: &Params) -
             [(k, v)] if k == "_page" => Interaction::Page { token: v.clone() },
             _ => Interaction::SystemSearch { form: false },
         },
-        [] if *method == Method::POST => return Err(RouteError::NotSupported("transaction and batch Bundles".into())),
+        [] if *method == Method::POST => Interaction::Bundle,
         ["metadata"] if is_get => Interaction::Metadata,
         ["_history"] if is_get => Interaction::History { rtype: None },
         ["_search"] if *method == Method::POST => Interaction::SystemSearch { form: true },
@@ -438,7 +441,7 @@ mod tests {
         assert!(matches!(c(Method::GET, "/fhir/Patient/..", None), Err(RouteError::BadPath(_))));
         assert!(matches!(c(Method::GET, "/fhir/Patient/p1;jsessionid=x", None), Err(RouteError::BadPath(_))));
         assert!(matches!(c(Method::GET, "/fhir/patient/p1", None), Err(RouteError::BadPath(_))));
-        assert!(matches!(c(Method::POST, "/fhir", None), Err(RouteError::NotSupported(_))));
+        assert!(matches!(c(Method::POST, "/fhir", Some("_format=xml")), Err(RouteError::Param { .. })));
         assert!(matches!(c(Method::GET, "/fhir/Patient/$everything", None), Err(RouteError::OperationRefused(..))));
         assert!(matches!(
             c(Method::GET, "/fhir/Patient/p1/$everything", None),

@@ -77,8 +77,12 @@ impl Upstream {
         mut headers: HeaderMap,
         body: Option<&Value>,
     ) -> Result<Answer, UpstreamError> {
-        let uri =
-            if path.starts_with('?') { format!("{}{}", self.base, path) } else { format!("{}/{}", self.base, path) };
+        // `path` is relative to the base: "" is the base itself (transactions), "?…" a query on it.
+        let uri = if path.is_empty() || path.starts_with('?') {
+            format!("{}{}", self.base, path)
+        } else {
+            format!("{}/{}", self.base, path)
+        };
         headers.insert(ACCEPT, HeaderValue::from_static(FHIR_JSON));
         let bytes = match body {
             Some(b) => {

@@ -26,6 +26,9 @@ pub struct Server {
     /// Request bodies above this are refused with 413.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// Transaction and batch Bundles with more entries are refused (400).
+    #[serde(default = "default_max_bundle_entries")]
+    pub max_bundle_entries: usize,
     /// Upstream answers above this are refused with 502 (fail closed, nothing partial leaves).
     #[serde(default = "default_max_upstream_body")]
     pub max_upstream_body_bytes: usize,
@@ -135,6 +138,9 @@ pub struct Tenant {
 
 fn default_max_body() -> usize {
     16 * 1024 * 1024
+}
+fn default_max_bundle_entries() -> usize {
+    500
 }
 fn default_max_upstream_body() -> usize {
     64 * 1024 * 1024

@@ -6,6 +6,7 @@
 //! - `write`    — create, update, delete: stamp the marker, prefix ids, rewrite references
 //! - `refcheck` — every reference in a write must exist in the caller's tenant
 //! - `conditional` — `If-None-Exist`, `[type]?criteria` writes, conditional reads
+//! - `transaction` — transaction Bundles: every entry scoped, one atomic upstream transaction
 //! - `paging`   — sealed page tokens instead of upstream `_getpages` links
 //! - `respond`  — the fail-closed outbound check every answer passes
 pub mod conditional;
@@ -15,6 +16,7 @@ pub mod read;
 pub mod refcheck;
 pub mod respond;
 pub mod search;
+pub mod transaction;
 pub mod write;
 
 use crate::state::Snapshot;

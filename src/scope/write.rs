@@ -10,6 +10,7 @@ use crate::fhir::capabilities::Capabilities;
 use crate::fhir::reference::{self, Target};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use serde_json::Value;
+use std::collections::{HashMap, HashSet};
 
 /// What a write returns to the pipeline.
 pub struct WriteResult {
@@ -33,7 +34,7 @@ pub async fn create_or_update(
     if !caps.has_type(rtype) {
         return Err(ScopeError::UnknownType(rtype.to_owned()).into());
     }
-    let Value::Object(mut resource) = body else {
+    let Value::Object(resource) = body else {
         return Err(ScopeError::Body("the body must be a JSON object".into()).into());
     };
     if resource.get("resourceType").and_then(Value::as_str) != Some(rtype) {
@@ -52,13 +53,8 @@ pub async fn create_or_update(
         }
         None => uuid::Uuid::new_v4().to_string(),
     };
+    let (body, targets) = prepare(ctx, Value::Object(resource), &local, &InBundle::default())?;
     let upstream_id = ctx.tenant.upstream_id(&local).map_err(ScopeError::from)?;
-    resource.insert("id".into(), Value::String(upstream_id.clone()));
-    ctx.snap.marking.stamp(&mut resource, ctx.tenant).map_err(ScopeError::from)?;
-    let mut body = Value::Object(resource);
-    let mut targets = Vec::new();
-    reference::for_each_mut(&mut body, &mut |r: &mut String| inbound_reference(ctx, r, &mut targets))?;
-    targets.dedup();
     refcheck::check_all(ctx, &targets).await?;
 
     let mut headers = base_headers(ctx);
@@ -128,12 +124,55 @@ pub async fn delete(ctx: &Ctx<'_>, rtype: &str, id: &str) -> Result<WriteResult,
     })
 }
 
+/// What a transaction Bundle itself defines: `fullUrl`s (`urn:uuid:…` or absolute) mapped to
+/// the upstream references fhir-fence assigned, and the upstream paths the Bundle writes (no
+/// existence check for those: they exist once the transaction commits).
+#[derive(Default)]
+pub struct InBundle<'a> {
+    pub full_urls: HashMap<String, String>,
+    pub written: HashSet<String>,
+    /// Set inside transactions: conditional references (`Type?criteria`) are then allowed,
+    /// scoped like a search with these capabilities, and resolved by the upstream.
+    pub conditional_refs: Option<&'a Capabilities>,
+}
+
+/// Checks and rewrites a resource body for the upstream: the id moved into the tenant namespace,
+/// the tenant coding stamped, every reference rewritten. Returns the body and the references
+/// that must exist in the caller's tenant (for [`refcheck`]).
+pub fn prepare(ctx: &Ctx, body: Value, local: &str, bundle: &InBundle) -> Result<(Value, Vec<RefTarget>), ScopeError> {
+    let Value::Object(mut resource) = body else {
+        return Err(ScopeError::Body("the body must be a JSON object".into()));
+    };
+    let upstream_id = ctx.tenant.upstream_id(local)?;
+    resource.insert("id".into(), Value::String(upstream_id));
+    ctx.snap.marking.stamp(&mut resource, ctx.tenant)?;
+    let mut body = Value::Object(resource);
+    let mut targets = Vec::new();
+    reference::for_each_mut(&mut body, &mut |r: &mut String| inbound_reference(ctx, r, bundle, &mut targets))?;
+    targets.dedup();
+    Ok((body, targets))
+}
+
 /// Rewrites one reference in a body to upstream form and records what must exist.
-fn inbound_reference(ctx: &Ctx, r: &mut String, targets: &mut Vec<RefTarget>) -> Result<(), ScopeError> {
+fn inbound_reference(
+    ctx: &Ctx,
+    r: &mut String,
+    bundle: &InBundle,
+    targets: &mut Vec<RefTarget>,
+) -> Result<(), ScopeError> {
+    if let Some(mapped) = bundle.full_urls.get(r.as_str()) {
+        *r = mapped.clone();
+        return Ok(());
+    }
     let literal = match reference::parse(r) {
         Target::Contained => return Ok(()),
         Target::Relative(l) => l,
         Target::Absolute { base, literal } if base == ctx.snap.public_base => literal,
+        Target::Conditional if bundle.conditional_refs.is_some() => {
+            let caps = bundle.conditional_refs.expect("checked");
+            *r = super::transaction::scoped_conditional_reference(ctx, caps, r)?;
+            return Ok(());
+        }
         Target::Absolute { base, .. } if ctx.snap.external_bases.iter().any(|b| b == base) => return Ok(()),
         Target::Absolute { .. } | Target::Other => {
             return Err(ScopeError::ReferenceForm(
@@ -150,7 +189,10 @@ fn inbound_reference(ctx: &Ctx, r: &mut String, targets: &mut Vec<RefTarget>) ->
     };
     let upstream_id = ctx.tenant.upstream_id(literal.id).map_err(|_| ScopeError::Reference(r.clone()))?;
     let path = literal.with_id(&upstream_id);
-    targets.push(RefTarget { path: path.clone(), rtype: literal.rtype.to_owned(), original: r.clone() });
+    let unversioned = format!("{}/{}", literal.rtype, upstream_id);
+    if !bundle.written.contains(&unversioned) {
+        targets.push(RefTarget { path: path.clone(), rtype: literal.rtype.to_owned(), original: r.clone() });
+    }
     *r = path;
     Ok(())
 }

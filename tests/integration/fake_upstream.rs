@@ -252,7 +252,7 @@ async fn request_hygiene() {
     assert!(r.diagnostics().contains("too long"));
 
     for (method, path, status) in [
-        ("POST", "", 501),
+        ("POST", "", 415),
         ("GET", "Patient/_history", 501),
         ("GET", "?_type=Patient", 501),
         ("GET", "Patient/p1/Observation", 501),

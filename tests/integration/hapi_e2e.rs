@@ -564,3 +564,103 @@ async fn instance_operations_are_scoped_and_allow_listed() {
     assert_eq!(r.status, 422, "not even to remove the caller's own");
     assert_eq!(get(&f.url("Patient/p1")).bearer(&a).send().await.status, 200);
 }
+
+#[tokio::test]
+async fn transactions_resolve_urns_and_fail_whole() {
+    let (f, ts) = fence(2).await;
+    let (a, b) = (f.token(&ts[0].name), f.token(&ts[1].name));
+    assert_eq!(
+        put(&f.url("Organization/org-a"), &json!({"resourceType": "Organization", "id": "org-a"}))
+            .bearer(&a)
+            .send()
+            .await
+            .status,
+        201
+    );
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:11111111-1111-4111-8111-111111111111",
+         "resource": {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "tx1"}],
+                      "managingOrganization": {"reference": "Organization/org-a"}},
+         "request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=urn:mrn|tx1"}},
+        {"fullUrl": "urn:uuid:22222222-2222-4222-8222-222222222222",
+         "resource": {"resourceType": "Observation", "status": "final", "code": {"text": "bp"},
+                      "subject": {"reference": "urn:uuid:11111111-1111-4111-8111-111111111111"}},
+         "request": {"method": "POST", "url": "Observation"}},
+        {"resource": {"resourceType": "Practitioner", "id": "dr1", "name": [{"family": "Who"}]},
+         "request": {"method": "PUT", "url": "Practitioner/dr1"}},
+        {"request": {"method": "GET", "url": "Organization/org-a"}}
+    ]});
+    let r = post(&f.base, &tx).bearer(&a).send().await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["type"], "transaction-response");
+    let e = r.body["entry"].as_array().unwrap();
+    assert_eq!(e.len(), 4);
+    let patient_url = e[0]["fullUrl"].as_str().unwrap().to_owned();
+    let patient_id = patient_url.rsplit('/').next().unwrap().to_owned();
+    assert!(e[0]["response"]["status"].as_str().unwrap().starts_with("201"), "{}", e[0]);
+    assert_eq!(
+        e[1]["resource"]["subject"]["reference"],
+        format!("Patient/{patient_id}"),
+        "urn resolved to the local id"
+    );
+    assert!(e[2]["response"]["location"].as_str().unwrap().starts_with(&f.url("Practitioner/dr1/_history/")));
+    assert_eq!(e[3]["resource"]["id"], "org-a");
+    assert!(!String::from_utf8_lossy(&r.raw).contains(&format!("{}-", ts[0].prefix)), "no prefixed id leaves");
+    let r = get(&f.url(&format!("Patient/{patient_id}"))).bearer(&a).send().await;
+    assert_eq!(r.status, 200);
+
+    // Replayed: the conditional create matches instead of creating again; a conditional
+    // reference resolves to the caller's patient.
+    let encounter = json!({"resource": {"resourceType": "Encounter", "status": "finished", "class": {"code": "AMB"},
+        "subject": {"reference": "Patient?identifier=urn:mrn|tx1"}}, "request": {"method": "POST", "url": "Encounter"}});
+    let replay = json!({"resourceType": "Bundle", "type": "transaction", "entry": [tx["entry"][0].clone(), encounter]});
+    let r = post(&f.base, &replay).bearer(&a).send().await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["entry"][0]["fullUrl"], patient_url);
+    assert!(r.body["entry"][0]["response"]["status"].as_str().unwrap().starts_with("200"));
+    assert_eq!(r.body["entry"][1]["resource"]["subject"]["reference"], format!("Patient/{patient_id}"));
+
+    // B referencing A's resource: the whole transaction fails before anything is written.
+    let bad = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Patient", "id": "b-new"}, "request": {"method": "PUT", "url": "Patient/b-new"}},
+        {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": format!("Patient/{patient_id}")}},
+         "request": {"method": "POST", "url": "Observation"}}
+    ]});
+    let r = post(&f.base, &bad).bearer(&b).send().await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(
+        get(&f.url("Patient/b-new")).bearer(&b).send().await.status,
+        404,
+        "nothing of a failed transaction is written"
+    );
+    // B's conditional reference cannot reach A's patient either.
+    let cond = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Encounter", "status": "finished", "class": {"code": "AMB"},
+                      "subject": {"reference": "Patient?identifier=urn:mrn|tx1"}}, "request": {"method": "POST", "url": "Encounter"}}
+    ]});
+    let r = post(&f.base, &cond).bearer(&b).send().await;
+    assert!(r.status >= 400, "the conditional reference finds nothing in B: {}", r.body);
+    assert!(!String::from_utf8_lossy(&r.raw).contains(&patient_id));
+}
+
+#[tokio::test]
+async fn batch_entries_run_like_single_requests() {
+    let (f, ts) = fence(2).await;
+    let (a, b) = (f.token(&ts[0].name), f.token(&ts[1].name));
+    assert_eq!(put(&f.url("Patient/only-a"), &patient("only-a", "Alpha")).bearer(&a).send().await.status, 201);
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": "Patient/only-a"}},
+        {"resource": {"resourceType": "Patient", "id": "bp1"}, "request": {"method": "PUT", "url": "Patient/bp1"}},
+        {"request": {"method": "GET", "url": "Patient?_id=only-a"}},
+        {"request": {"method": "DELETE", "url": "Patient/only-a"}},
+        {"request": {"method": "GET", "url": "Patient/$everything"}}
+    ]});
+    let r = post(&f.base, &batch).bearer(&b).send().await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let e = r.body["entry"].as_array().unwrap();
+    assert!(e[0]["response"]["status"].as_str().unwrap().starts_with("404"), "{}", e[0]);
+    assert!(e[1]["response"]["status"].as_str().unwrap().starts_with("201"), "{}", e[1]);
+    assert_eq!(e[2]["resource"].get("entry"), None, "B's search by A's id finds nothing");
+    assert!(e[4]["response"]["status"].as_str().unwrap().starts_with("403"));
+    assert_eq!(get(&f.url("Patient/only-a")).bearer(&a).send().await.status, 200, "B's batch delete did not touch A");
+}
