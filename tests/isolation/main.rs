@@ -1,0 +1,374 @@
+//! The isolation probe suite: two tenants share the real HAPI with overlapping data (same
+//! local ids, same identifiers, references between their own resources, a marker string in
+//! every resource). Then the probes: every row of the threat catalogue that fhir-fence covers
+//! today, each asserting the documented status *and* that nothing of the other tenant (its
+//! marker, its id prefix) appears anywhere in the answer, body or headers.
+#[path = "../integration/support/mod.rs"]
+mod support;
+
+use serde_json::{json, Value};
+use support::client::{self, Reply};
+use support::{tenants, Fence, Options, SYSTEM};
+
+const ALPHA: &str = "ALPHA-SECRET";
+const BRAVO: &str = "BRAVO-SECRET";
+
+fn hapi() -> String {
+    std::env::var("HAPI_URL").unwrap_or_else(|_| "http://127.0.0.1:8090/fhir".into())
+}
+
+/// The same ids and identifiers for both tenants; `marker` in every resource.
+fn dataset(marker: &str) -> Vec<(String, Value)> {
+    let mut v = vec![
+        (
+            "Organization/o1".into(),
+            json!({"resourceType": "Organization", "id": "o1", "name": "Shared Org", "alias": [marker]}),
+        ),
+        (
+            "Practitioner/dr1".into(),
+            json!({"resourceType": "Practitioner", "id": "dr1", "name": [{"family": "Same", "given": [marker]}]}),
+        ),
+        (
+            "Patient/p1".into(),
+            json!({"resourceType": "Patient", "id": "p1", "name": [{"family": "Same", "given": [marker]}],
+            "identifier": [{"system": "urn:mrn", "value": "same"}], "managingOrganization": {"reference": "Organization/o1"},
+            "generalPractitioner": [{"reference": "Practitioner/dr1"}]}),
+        ),
+        (
+            "Patient/p2".into(),
+            json!({"resourceType": "Patient", "id": "p2", "name": [{"family": "Other", "given": [marker]}],
+            "identifier": [{"system": "urn:mrn", "value": "same-2"}]}),
+        ),
+        (
+            "Encounter/e1".into(),
+            json!({"resourceType": "Encounter", "id": "e1", "status": "finished", "class": {"code": "AMB"},
+            "subject": {"reference": "Patient/p1"}, "serviceProvider": {"reference": "Organization/o1"}}),
+        ),
+        (
+            "Observation/ob1".into(),
+            json!({"resourceType": "Observation", "id": "ob1", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "2339-0"}], "text": "glucose"},
+            "subject": {"reference": "Patient/p1"}, "encounter": {"reference": "Encounter/e1"}, "note": [{"text": marker}]}),
+        ),
+    ];
+    if marker == BRAVO {
+        // Resources only the other tenant has.
+        for (id, mrn) in
+            [("b-ref", "b-unique"), ("b-two", "b-unique2"), ("b-three", "b-unique3"), ("b-four", "b-unique4")]
+        {
+            v.push((
+                format!("Patient/{id}"),
+                json!({"resourceType": "Patient", "id": id, "name": [{"family": "Bravo", "given": [marker]}],
+                "identifier": [{"system": "urn:mrn", "value": mrn}]}),
+            ));
+        }
+        v.push((
+            "Organization/b-org".into(),
+            json!({"resourceType": "Organization", "id": "b-org", "name": "Bravo Org", "alias": [marker]}),
+        ));
+        v.push((
+            "Observation/b-obs".into(),
+            json!({"resourceType": "Observation", "id": "b-obs", "status": "final",
+            "code": {"text": "bravo only"}, "subject": {"reference": "Patient/b-ref"}, "note": [{"text": marker}]}),
+        ));
+    }
+    v
+}
+
+struct Probe {
+    name: &'static str,
+    method: &'static str,
+    path: String,
+    headers: Vec<(&'static str, String)>,
+    body: Option<String>,
+    /// Acceptable statuses.
+    expect: Vec<u16>,
+    /// `true` when the other tenant (B) sends it.
+    as_b: bool,
+}
+
+fn probe(name: &'static str, method: &'static str, path: impl Into<String>, expect: &[u16]) -> Probe {
+    Probe { name, method, path: path.into(), headers: vec![], body: None, expect: expect.to_vec(), as_b: false }
+}
+
+impl Probe {
+    fn json(mut self, body: Value) -> Self {
+        self.headers.push(("content-type", "application/fhir+json".into()));
+        self.body = Some(body.to_string());
+        self
+    }
+    fn raw(mut self, content_type: &str, body: &str) -> Self {
+        self.headers.push(("content-type", content_type.to_owned()));
+        self.body = Some(body.to_owned());
+        self
+    }
+    fn header(mut self, k: &'static str, v: impl Into<String>) -> Self {
+        self.headers.push((k, v.into()));
+        self
+    }
+    fn by_b(mut self) -> Self {
+        self.as_b = true;
+        self
+    }
+}
+
+async fn send(f: &Fence, token: &str, p: &Probe) -> Reply {
+    let url = if p.path.starts_with("http") { p.path.clone() } else { format!("{}{}", f.base, p.path) };
+    let mut call = client::request(p.method, &url).bearer(token);
+    for (k, v) in &p.headers {
+        call = call.header(k, v);
+    }
+    if let Some(b) = &p.body {
+        call = call.raw_body(b.clone());
+    }
+    call.send().await
+}
+
+#[tokio::test]
+async fn isolation_probes() {
+    let ts = tenants(2);
+    let f = support::start(Options::new(&hapi(), &ts)).await;
+    let (a, b) = (f.token(&ts[0].name), f.token(&ts[1].name));
+    for (token, marker) in [(&a, ALPHA), (&b, BRAVO)] {
+        for (path, body) in dataset(marker) {
+            let r = client::put(&f.url(&path), &body).bearer(token).send().await;
+            assert!(r.status == 201 || r.status == 200, "loading {path}: {}", r.body);
+        }
+    }
+    // A paging token of A's, for B to try.
+    let page = client::get(&f.url("Patient?_count=1")).bearer(&a).send().await;
+    let a_next = page.body["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (ta, tb, pb) = (ts[0].name.clone(), ts[1].name.clone(), ts[1].prefix.clone());
+    let obs = |subject: &str| json!({"resourceType": "Observation", "status": "final", "code": {"text": "t"}, "subject": {"reference": subject}});
+    let patch_ops = |ops: Value| ops.to_string();
+    let meta_param = |code: &str| json!({"resourceType": "Parameters", "parameter": [{"name": "meta", "valueMeta": {"tag": [{"system": SYSTEM, "code": code}]}}]});
+    let tx = |entries: Value| json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+    let batch = |entries: Value| json!({"resourceType": "Bundle", "type": "batch", "entry": entries});
+
+    let probes = vec![
+        // 1 read / vread / HEAD / conditional read
+        probe("read foreign", "GET", "/Patient/b-ref", &[404]),
+        probe("read foreign observation", "GET", "/Observation/b-obs", &[404]),
+        probe("vread foreign", "GET", "/Patient/b-ref/_history/1", &[404]),
+        probe("head foreign", "HEAD", "/Patient/b-ref", &[404]),
+        probe("read own shared id", "GET", "/Patient/p1", &[200]),
+        probe("vread own", "GET", "/Patient/p1/_history/1", &[200]),
+        probe("read guessed upstream id", "GET", format!("/Patient/{pb}-b-ref"), &[404]),
+        probe("conditional read foreign", "GET", "/Patient/b-ref", &[404]).header("if-none-match", "W/\"1\""),
+        probe("conditional read own", "GET", "/Patient/p1", &[200, 304]).header("if-none-match", "W/\"1\""),
+        probe("modified-since foreign", "GET", "/Patient/b-ref", &[404]).header("if-modified-since", "Thu, 01 Jan 2026 00:00:00 GMT"),
+        // 2 history
+        probe("instance history foreign", "GET", "/Patient/b-ref/_history", &[404]),
+        probe("instance history own", "GET", "/Patient/p1/_history", &[200]),
+        probe("type history", "GET", "/Patient/_history", &[200]),
+        probe("type history paged", "GET", "/Observation/_history?_count=1", &[200]),
+        probe("system history", "GET", "/_history?_count=100", &[200]),
+        probe("history since", "GET", "/Patient/_history?_since=2020-01-01T00:00:00Z", &[200]),
+        // 3 system and compartment search
+        probe("system search", "GET", "?_type=Patient", &[501]),
+        probe("system search POST", "POST", "/_search", &[501]).raw("application/x-www-form-urlencoded", "_type=Patient"),
+        probe("compartment of foreign", "GET", "/Patient/b-ref/Observation", &[404, 501]),
+        probe("compartment wildcard", "GET", "/Patient/p1/*", &[501]),
+        // 4 POST _search
+        probe("form search", "POST", "/Patient/_search", &[200]).raw("application/x-www-form-urlencoded", "family=Same"),
+        probe("form search include", "POST", "/Observation/_search", &[200]).raw("application/x-www-form-urlencoded", "_include=Observation:subject"),
+        probe("form search tag smuggle", "POST", "/Patient/_search", &[400]).raw("application/x-www-form-urlencoded", &format!("_tag={SYSTEM}%7C{tb}")),
+        probe("form search format smuggle", "POST", "/Patient/_search", &[400]).raw("application/x-www-form-urlencoded", "_format=xml"),
+        probe("form search json body", "POST", "/Patient/_search", &[415]).json(json!({"family": "Same"})),
+        // 5 includes
+        probe("include", "GET", "/Observation?_include=Observation:subject", &[200]),
+        probe("include iterate", "GET", "/Observation?_include=Observation:subject&_include:iterate=Patient:organization", &[200]),
+        probe("revinclude", "GET", "/Patient?_revinclude=Observation:subject", &[200]),
+        probe("revinclude encounter", "GET", "/Patient?_revinclude=Encounter:subject", &[200]),
+        probe("include wildcard", "GET", "/Patient?_include=*", &[400]),
+        probe("include too deep", "GET", "/Patient?_include:iterate=Patient:organization,Patient:general-practitioner,Observation:subject", &[400]),
+        // 6 chains, _has, _filter, _list, _query
+        probe("chain", "GET", "/Observation?subject.family=Bravo", &[200]),
+        probe("typed chain", "GET", "/Observation?subject:Patient.identifier=urn:mrn%7Cb-unique", &[200]),
+        probe("two-hop chain", "GET", "/Encounter?subject:Patient.organization.name=Bravo%20Org", &[200]),
+        probe("has", "GET", "/Patient?_has:Observation:subject:code=http://loinc.org%7C2339-0", &[200]),
+        probe("has by foreign id", "GET", "/Patient?_has:Observation:subject:_id=b-obs", &[200]),
+        probe("nested has", "GET", "/Patient?_has:Observation:subject:_has:Encounter:subject:status=finished", &[400]),
+        probe("filter", "GET", "/Patient?_filter=family%20eq%20Bravo", &[400]),
+        probe("list", "GET", "/Patient?_list=l1", &[400]),
+        probe("query", "GET", "/Patient?_query=everything", &[400]),
+        probe("source", "GET", "/Patient?_source=x", &[400]),
+        // 7 contained
+        probe("contained", "GET", "/Patient?_contained=true", &[400]),
+        probe("contained type", "GET", "/Patient?_containedType=contained", &[400]),
+        // 8 _summary / _elements
+        probe("elements", "GET", "/Patient?_elements=name", &[200]),
+        probe("elements exclude", "GET", "/Patient?_elements:exclude=meta", &[400]),
+        probe("summary true", "GET", "/Patient?_summary=true", &[200]),
+        probe("summary text", "GET", "/Patient?_summary=text", &[200]),
+        probe("summary data", "GET", "/Patient?_summary=data", &[200]),
+        // 8a counts
+        probe("summary count", "GET", "/Patient?_summary=count", &[200]),
+        probe("count zero", "GET", "/Patient?_count=0", &[200]),
+        probe("total accurate", "GET", "/Patient?_total=accurate", &[200]),
+        // search values that name the other tenant
+        probe("search by foreign id", "GET", "/Patient?_id=b-ref", &[200]),
+        probe("search by guessed upstream id", "GET", format!("/Patient?_id={pb}-b-ref"), &[200]),
+        probe("search by identifier", "GET", "/Patient?identifier=urn:mrn%7Cb-unique", &[200]),
+        probe("search shared identifier", "GET", "/Patient?identifier=urn:mrn%7Csame", &[200]),
+        probe("reference search foreign", "GET", "/Observation?subject=Patient/b-ref", &[200]),
+        probe("reference search typed", "GET", "/Patient?organization:Organization=b-org", &[200]),
+        probe("reference search absolute upstream", "GET", format!("/Observation?subject={}/Patient/{pb}-b-ref", hapi()), &[400]),
+        probe("tag smuggle", "GET", format!("/Patient?_tag={SYSTEM}%7C{tb}"), &[400]),
+        probe("security smuggle", "GET", format!("/Patient?_security={SYSTEM}%7C{tb}"), &[400]),
+        probe("tag not", "GET", format!("/Patient?_tag:not={SYSTEM}%7C{ta}"), &[400]),
+        probe("token not", "GET", "/Patient?_id:not=p1", &[200]),
+        probe("missing", "GET", "/Patient?organization:missing=true", &[200]),
+        probe("sort", "GET", "/Patient?_sort=-_lastUpdated", &[200]),
+        probe("unknown parameter", "GET", "/Patient?nonsense=1", &[400]),
+        // 9 paging
+        probe("page token of another tenant", "GET", a_next.clone(), &[404]).by_b(),
+        probe("page token tampered", "GET", format!("{a_next}A"), &[404]),
+        probe("raw upstream paging", "GET", "?_getpages=00000000-0000-0000-0000-000000000000", &[400, 404, 501]),
+        probe("own page token", "GET", a_next.clone(), &[200]),
+        // 10 formats
+        probe("xml accept", "GET", "/Patient/p1", &[406]).header("accept", "application/fhir+xml"),
+        probe("format param", "GET", "/Patient/p1?_format=xml", &[400]),
+        probe("html format", "GET", "/Patient?_format=html", &[400]),
+        probe("xml body", "POST", "/Patient", &[415]).raw("application/fhir+xml", "<Patient xmlns=\"http://hl7.org/fhir\"/>"),
+        probe("gzip body", "POST", "/Patient", &[415]).json(json!({"resourceType": "Patient"})).header("content-encoding", "gzip"),
+        probe("duplicate keys", "POST", "/Patient", &[400]).raw("application/fhir+json", &format!("{{\"resourceType\":\"Patient\",\"meta\":{{\"tag\":[{{\"system\":\"{SYSTEM}\",\"code\":\"{tb}\"}}]}},\"meta\":{{}}}}")),
+        // 11 error text
+        probe("delete referenced own", "DELETE", "/Organization/o1", &[200, 409]),
+        // 12 create
+        probe("create with foreign tag", "POST", "/Patient", &[422]).json(json!({"resourceType": "Patient", "meta": {"tag": [{"system": SYSTEM, "code": tb}]}})),
+        probe("create with foreign security", "POST", "/Patient", &[422]).json(json!({"resourceType": "Patient", "meta": {"security": [{"system": SYSTEM, "code": tb}]}})),
+        probe("create minimal", "POST", "/Patient", &[201]).json(json!({"resourceType": "Patient"})).header("prefer", "return=minimal"),
+        // 13 update
+        probe("update foreign id lands in own namespace", "PUT", "/Patient/b-two", &[201, 200]).json(json!({"resourceType": "Patient", "id": "b-two"})),
+        probe("update with guessed upstream id", "PUT", format!("/Patient/{pb}-b-two"), &[201, 200, 400]).json(json!({"resourceType": "Patient", "id": format!("{pb}-b-two")})),
+        probe("snapshot header", "PUT", "/Patient/p2", &[200]).json(json!({"resourceType": "Patient", "id": "p2", "name": [{"family": "Other", "given": [ALPHA]}], "identifier": [{"system": "urn:mrn", "value": "same-2"}]})).header("x-meta-snapshot-mode", "TAG"),
+        // 14 conditional
+        probe("conditional create on foreign identifier", "POST", "/Patient", &[201]).json(json!({"resourceType": "Patient"})).header("if-none-exist", "identifier=urn:mrn|b-unique"),
+        probe("conditional update on foreign identifier", "PUT", "/Patient?identifier=urn:mrn%7Cb-unique3", &[201]).json(json!({"resourceType": "Patient"})),
+        probe("conditional patch on foreign identifier", "PATCH", "/Patient?identifier=urn:mrn%7Cb-unique4", &[404]).raw("application/json-patch+json", "[]"),
+        probe("conditional delete on foreign identifier", "DELETE", "/Patient?identifier=urn:mrn%7Cb-unique2", &[200]),
+        probe("conditional delete everything", "DELETE", "/Patient?_lastUpdated=gt2000-01-01", &[412, 200]),
+        // 15 delete
+        probe("delete foreign", "DELETE", "/Observation/b-obs", &[404, 200]),
+        probe("delete cascade", "DELETE", "/Patient/p2?_cascade=delete", &[400]),
+        probe("delete with x-cascade", "DELETE", "/Practitioner/none", &[404, 200]).header("x-cascade", "delete"),
+        // 16 patch
+        probe("patch foreign", "PATCH", "/Patient/b-ref", &[404]).raw("application/json-patch+json", "[]"),
+        probe("patch adds foreign tag", "PATCH", "/Patient/p1", &[422]).raw("application/json-patch+json", &patch_ops(json!([{"op": "add", "path": "/meta/tag", "value": [{"system": SYSTEM, "code": tb}]}]))),
+        probe("patch points at foreign", "PATCH", "/Patient/p1", &[422]).raw("application/json-patch+json", &patch_ops(json!([{"op": "replace", "path": "/managingOrganization/reference", "value": "Organization/b-org"}]))),
+        probe("patch moves id", "PATCH", "/Patient/p1", &[400]).raw("application/json-patch+json", &patch_ops(json!([{"op": "replace", "path": "/id", "value": "b-ref"}]))),
+        probe("fhirpath patch", "PATCH", "/Patient/p1", &[415]).json(json!({"resourceType": "Parameters"})),
+        probe("xml patch", "PATCH", "/Patient/p1", &[415]).raw("application/xml-patch+xml", "<diff/>"),
+        // 17 references
+        probe("reference foreign", "POST", "/Observation", &[422]).json(obs("Patient/b-ref")),
+        probe("reference guessed upstream id", "POST", "/Observation", &[422]).json(obs(&format!("Patient/{pb}-b-ref"))),
+        probe("reference absolute upstream", "POST", "/Observation", &[422]).json(obs(&format!("{}/Patient/{pb}-b-ref", hapi()))),
+        probe("reference versioned foreign", "POST", "/Observation", &[422]).json(obs("Patient/b-ref/_history/1")),
+        probe("reference conditional", "POST", "/Observation", &[422]).json(obs("Patient?identifier=urn:mrn|b-unique")),
+        probe("reference urn outside bundle", "POST", "/Observation", &[422]).json(obs("urn:uuid:9a0e3f4e-1b0d-4a44-9e62-7f2c3d1b9c11")),
+        probe("reference in extension", "POST", "/Patient", &[422]).json(json!({"resourceType": "Patient", "extension": [{"url": "http://x", "valueReference": {"reference": "Organization/b-org"}}]})),
+        probe("reference in contained", "POST", "/Patient", &[422]).json(json!({"resourceType": "Patient", "contained": [{"resourceType": "Observation", "id": "c", "status": "final", "code": {"text": "x"}, "subject": {"reference": "Patient/b-ref"}}]})),
+        probe("reference in Parameters-like nesting", "POST", "/Basic", &[422]).json(json!({"resourceType": "Basic", "code": {"text": "x"}, "subject": {"reference": "Patient/b-ref"}})),
+        // 18 transactions and batches
+        probe("transaction with foreign reference", "POST", "", &[422]).json(tx(json!([
+            {"resource": {"resourceType": "Patient", "id": "tx-p"}, "request": {"method": "PUT", "url": "Patient/tx-p"}},
+            {"resource": obs("Patient/b-ref"), "request": {"method": "POST", "url": "Observation"}}]))),
+        probe("transaction reading foreign", "POST", "", &[200, 404, 400]).json(tx(json!([{"request": {"method": "GET", "url": "Patient/b-ref"}}]))),
+        probe("transaction conditional reference to foreign", "POST", "", &[400, 404, 412, 422]).json(tx(json!([
+            {"resource": obs("Patient?identifier=urn:mrn|b-unique"), "request": {"method": "POST", "url": "Observation"}}]))),
+        probe("transaction search", "POST", "", &[200]).json(tx(json!([{"request": {"method": "GET", "url": "Patient?identifier=urn:mrn|same"}}]))),
+        probe("transaction ifNoneExist foreign", "POST", "", &[200]).json(tx(json!([
+            {"resource": {"resourceType": "Patient"}, "request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=urn:mrn|b-unique4"}}]))),
+        probe("transaction foreign tag", "POST", "", &[422]).json(tx(json!([
+            {"resource": {"resourceType": "Patient", "meta": {"tag": [{"system": SYSTEM, "code": tb}]}}, "request": {"method": "POST", "url": "Patient"}}]))),
+        probe("transaction operation entry", "POST", "", &[400]).json(tx(json!([{"request": {"method": "POST", "url": "Patient/$expunge"}}]))),
+        probe("batch reading foreign", "POST", "", &[200]).json(batch(json!([
+            {"request": {"method": "GET", "url": "Patient/b-ref"}}, {"request": {"method": "GET", "url": "Observation?subject=Patient/b-ref"}}]))),
+        probe("batch nested bundle", "POST", "", &[200]).json(batch(json!([{"request": {"method": "POST", "url": ""}}]))),
+        // operations
+        probe("everything foreign", "GET", "/Patient/b-ref/$everything", &[404]),
+        probe("everything own", "GET", "/Patient/p1/$everything", &[200]),
+        probe("everything type level", "GET", "/Patient/$everything", &[403]),
+        probe("meta foreign", "GET", "/Patient/b-ref/$meta", &[404]),
+        probe("meta type level", "GET", "/Patient/$meta", &[403]),
+        probe("meta-add tenant coding", "POST", "/Patient/p1/$meta-add", &[422]).json(meta_param(&tb)),
+        probe("meta-delete tenant coding", "POST", "/Patient/p1/$meta-delete", &[422]).json(meta_param(&ta)),
+        probe("expunge", "POST", "/Patient/p1/$expunge", &[403]),
+        probe("graphql", "GET", "/$graphql?query=%7BPatientList%7Bid%7D%7D", &[403]),
+        probe("resource counts", "GET", "/$get-resource-counts", &[403]),
+        probe("export", "GET", "/$export", &[403]),
+        probe("validate", "POST", "/Patient/$validate", &[403]),
+        probe("unknown operation", "GET", "/Patient/p1/$frobnicate", &[501]),
+        // path and header tricks
+        probe("double slash", "GET", "//Patient/b-ref", &[400]),
+        probe("encoded slash", "GET", "/Patient/b-ref%2F_history", &[400]),
+        probe("dot segment", "GET", "/Patient/./b-ref", &[400]),
+        probe("dot dot", "GET", "/Patient/x/../b-ref", &[400]),
+        probe("matrix param", "GET", "/Patient/b-ref;jsessionid=1", &[400]),
+        probe("lower-case type", "GET", "/patient/b-ref", &[400]),
+        probe("method override", "GET", "/Patient/b-ref", &[400]).header("x-http-method-override", "DELETE"),
+        probe("tenant header ignored", "GET", "/Patient?family=Bravo", &[200]).header("x-tenant-id", tb.clone()),
+        probe("no body on GET", "GET", "/Patient/p1", &[400]).raw("application/fhir+json", "{}"),
+    ];
+    assert!(probes.len() >= 80, "{} probes", probes.len());
+
+    let forbidden = [BRAVO.to_owned(), format!("{pb}-"), tb.clone()];
+    let mut failures = vec![];
+    for p in &probes {
+        let (token, other_markers): (&str, Vec<String>) =
+            if p.as_b { (&b, vec![ALPHA.to_owned(), format!("{}-", ts[0].prefix)]) } else { (&a, forbidden.to_vec()) };
+        let r = send(&f, token, p).await;
+        if !p.expect.contains(&r.status) {
+            failures.push(format!(
+                "{}: {} {} → {} (expected {:?}): {}",
+                p.name,
+                p.method,
+                p.path,
+                r.status,
+                p.expect,
+                String::from_utf8_lossy(&r.raw)
+            ));
+        }
+        let request_text = format!("{}{}", p.path, p.body.clone().unwrap_or_default());
+        let headers_text: String =
+            r.headers.iter().map(|(k, v)| format!("{k}: {}\n", v.to_str().unwrap_or(""))).collect();
+        let answer = format!("{headers_text}{}", String::from_utf8_lossy(&r.raw));
+        for m in &other_markers {
+            // A marker the probe itself sent may be echoed (e.g. in a self link); only data markers count then.
+            if request_text.contains(m.as_str()) && m != BRAVO && m != ALPHA {
+                continue;
+            }
+            if answer.contains(m.as_str()) {
+                failures.push(format!("{}: the answer shows the other tenant's {m:?}: {answer}", p.name));
+            }
+        }
+        // Every refusal is an OperationOutcome (HEAD answers have no body at all).
+        if r.status >= 400 && p.method != "HEAD" && r.body["resourceType"] != "OperationOutcome" {
+            failures.push(format!("{}: a {} without an OperationOutcome", p.name, r.status));
+        }
+    }
+    // The other tenant's data is untouched by everything A did.
+    for path in [
+        "Patient/b-ref",
+        "Patient/b-two",
+        "Patient/b-three",
+        "Patient/b-four",
+        "Observation/b-obs",
+        "Organization/b-org",
+        "Patient/p1",
+        "Patient/p2",
+    ] {
+        let r = client::get(&f.url(path)).bearer(&b).send().await;
+        if r.status != 200 || !String::from_utf8_lossy(&r.raw).contains(BRAVO) {
+            failures.push(format!("B's {path} changed or vanished: {} {}", r.status, r.body));
+        }
+    }
+    let r = client::get(&f.url("Patient/b-two")).bearer(&a).send().await;
+    assert_eq!(r.status, 200, "A's own b-two exists separately");
+    assert!(failures.is_empty(), "{} of {} probes failed:\n{}", failures.len(), probes.len(), failures.join("\n"));
+    eprintln!("{} isolation probes passed", probes.len());
+}
