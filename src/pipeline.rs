@@ -108,9 +108,6 @@ async fn run(snap: &Snapshot, req: Request<Incoming>, correlation: &str) -> Resu
             return Err(with_tenant(RequestError::Header(h).into()));
         }
     }
-    if !accepts_fhir_json(&parts.headers) {
-        return Err(with_tenant(RequestError::NotAcceptable.into()));
-    }
 
     // Routing: the allow-list of interactions; everything else ends here with a precise refusal.
     let params = route::parse_query(parts.uri.query()).map_err(|e| with_tenant(e.into()))?;
@@ -119,6 +116,12 @@ async fn run(snap: &Snapshot, req: Request<Incoming>, correlation: &str) -> Resu
         route::classify(&parts.method, &snap.base_path, &path, &params).map_err(|e| with_tenant(e.into()))?;
     let name = interaction.name();
     let with_both = |e: Error| (e, tenant_name.clone(), Some(name));
+    // Answers are FHIR JSON; the one exception is a Binary read asking for its own content type.
+    let binary_read =
+        matches!(&interaction, Interaction::Read { rtype, .. } | Interaction::Vread { rtype, .. } if rtype == "Binary");
+    if !accepts_fhir_json(&parts.headers) && !binary_read {
+        return Err(with_both(RequestError::NotAcceptable.into()));
+    }
 
     // Bodies are read only where an interaction has one, bounded, of the expected media type,
     // and parsed strictly; other requests must not have one. Form searches merge URL and body
@@ -186,11 +189,11 @@ async fn dispatch(
     let result = match interaction {
         Interaction::Read { rtype, id } => {
             let result = read::read(ctx, &rtype, &id, None).await?;
-            return Ok((read_response(ctx, result, headers), 0));
+            return Ok((read_response(ctx, result, headers)?, 0));
         }
         Interaction::Vread { rtype, id, version } => {
             let result = read::read(ctx, &rtype, &id, Some(&version)).await?;
-            return Ok((read_response(ctx, result, headers), 0));
+            return Ok((read_response(ctx, result, headers)?, 0));
         }
         Interaction::InstanceHistory { rtype, id } => read::history(ctx, &rtype, &id, params, self_url).await?,
         Interaction::Search { rtype, .. } => search::search(ctx, &*caps().await?, &rtype, params, self_url).await?,
@@ -352,16 +355,39 @@ async fn batch_entry(ctx: &Ctx<'_>, caller: &Caller, entry: Value) -> Value {
     Value::Object(out)
 }
 
-/// The answer to a read or vread: 304 for an unchanged resource the caller already has.
-fn read_response(ctx: &Ctx, result: read::ReadResult, request_headers: &HeaderMap) -> Response<Full<Bytes>> {
+/// The answer to a read or vread: 304 for an unchanged resource the caller already has; a
+/// Binary's own bytes when the client does not accept FHIR JSON (checked as JSON first).
+fn read_response(
+    ctx: &Ctx,
+    result: read::ReadResult,
+    request_headers: &HeaderMap,
+) -> Result<Response<Full<Bytes>>, Error> {
     if conditional::not_modified(request_headers, &result) {
         let mut resp = Response::new(Full::new(Bytes::new()));
         *resp.status_mut() = StatusCode::NOT_MODIFIED;
         resp.headers_mut().extend(result.headers);
         set_correlation(resp.headers_mut(), ctx.correlation);
-        return resp;
+        return Ok(resp);
     }
-    json_response(StatusCode::OK, &result.body, result.headers, ctx.correlation)
+    if result.body.get("resourceType").and_then(Value::as_str) == Some("Binary") && !accepts_fhir_json(request_headers)
+    {
+        return binary_content(ctx, result);
+    }
+    Ok(json_response(StatusCode::OK, &result.body, result.headers, ctx.correlation))
+}
+
+/// The raw content of a Binary the caller owns, with its own content type.
+fn binary_content(ctx: &Ctx, result: read::ReadResult) -> Result<Response<Full<Bytes>>, Error> {
+    use base64::Engine;
+    let content_type = result.body.get("contentType").and_then(Value::as_str).unwrap_or("application/octet-stream");
+    let content_type = HeaderValue::from_str(content_type).map_err(|_| ScopeError::Unprovable)?;
+    let data = result.body.get("data").and_then(Value::as_str).unwrap_or("");
+    let bytes = base64::engine::general_purpose::STANDARD.decode(data).map_err(|_| ScopeError::Unprovable)?;
+    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+    resp.headers_mut().extend(result.headers);
+    resp.headers_mut().insert(header::CONTENT_TYPE, content_type);
+    set_correlation(resp.headers_mut(), ctx.correlation);
+    Ok(resp)
 }
 
 /// The answer to a create or update, honouring `Prefer: return=…`.

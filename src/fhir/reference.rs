@@ -136,6 +136,35 @@ pub fn for_each_mut<E>(value: &mut Value, f: &mut impl FnMut(&mut String) -> Res
     }
 }
 
+/// Elements that mark an object as a FHIR `Attachment` (besides `url`).
+const ATTACHMENT_KEYS: &[&str] = &["contentType", "data", "size", "hash", "title", "creation", "language"];
+
+/// Calls `f` on the `url` of every object that looks like an `Attachment`: a string `url`
+/// next to one of the Attachment elements, and no `value[x]` (which would make it an Extension).
+pub fn for_each_attachment_url_mut<E>(
+    value: &mut Value,
+    f: &mut impl FnMut(&mut String) -> Result<(), E>,
+) -> Result<(), E> {
+    match value {
+        Value::Object(map) => {
+            let attachment = map.get("url").is_some_and(Value::is_string)
+                && ATTACHMENT_KEYS.iter().any(|k| map.contains_key(*k))
+                && !map.keys().any(|k| k.starts_with("value"));
+            if attachment {
+                if let Some(Value::String(url)) = map.get_mut("url") {
+                    f(url)?;
+                }
+            }
+            for (_, v) in map.iter_mut() {
+                for_each_attachment_url_mut(v, f)?;
+            }
+            Ok(())
+        }
+        Value::Array(items) => items.iter_mut().try_for_each(|v| for_each_attachment_url_mut(v, f)),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,6 +199,23 @@ mod tests {
         assert_eq!(parse("Patient/../x"), Target::Other);
         assert_eq!(parse("ftp://h/Patient/p1"), Target::Other);
         assert_eq!(parse("Patient/"), Target::Other);
+    }
+
+    #[test]
+    fn finds_attachment_urls_only() {
+        let mut v = json!({
+            "content": [{"attachment": {"contentType": "application/pdf", "url": "Binary/b1"}}],
+            "extension": [{"url": "http://example.org/ext", "valueString": "x"}],
+            "photo": [{"url": "http://example.org/p.png", "title": "p"}],
+            "url": "http://example.org/canonical"
+        });
+        let mut seen = vec![];
+        for_each_attachment_url_mut(&mut v, &mut |u: &mut String| -> Result<(), ()> {
+            seen.push(u.clone());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, ["Binary/b1", "http://example.org/p.png"]);
     }
 
     #[test]

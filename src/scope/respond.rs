@@ -23,6 +23,14 @@ pub fn resource(ctx: &Ctx, value: Value) -> Result<Value, ScopeError> {
     ctx.snap.marking.strip(&mut map, ctx.tenant);
     let mut value = Value::Object(map);
     reference::for_each_mut(&mut value, &mut |r: &mut String| outbound_reference(ctx, r))?;
+    // Attachment URLs were stored in the client's form; one naming the upstream is never shown.
+    reference::for_each_attachment_url_mut(&mut value, &mut |u: &mut String| {
+        if u.starts_with(&ctx.upstream.base) {
+            Err(ScopeError::Unprovable)
+        } else {
+            Ok(())
+        }
+    })?;
     Ok(value)
 }
 

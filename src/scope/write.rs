@@ -149,8 +149,32 @@ pub fn prepare(ctx: &Ctx, body: Value, local: &str, bundle: &InBundle) -> Result
     let mut body = Value::Object(resource);
     let mut targets = Vec::new();
     reference::for_each_mut(&mut body, &mut |r: &mut String| inbound_reference(ctx, r, bundle, &mut targets))?;
+    reference::for_each_attachment_url_mut(&mut body, &mut |u: &mut String| attachment_url(ctx, u, &mut targets))?;
     targets.dedup();
     Ok((body, targets))
+}
+
+/// `Attachment.url` is treated as a reference: a `Binary` of the caller's (relative, or under the
+/// public base, kept as written) or an allow-listed base; anything else is refused.
+fn attachment_url(ctx: &Ctx, url: &str, targets: &mut Vec<RefTarget>) -> Result<(), ScopeError> {
+    let literal = match reference::parse(url) {
+        Target::Relative(l) => l,
+        Target::Absolute { base, literal } if base == ctx.snap.public_base => literal,
+        Target::Absolute { base, .. } if ctx.snap.external_bases.iter().any(|b| b == base) => return Ok(()),
+        _ if ctx.snap.external_bases.iter().any(|b| url.starts_with(&format!("{b}/"))) => return Ok(()),
+        _ => {
+            return Err(ScopeError::ReferenceForm(
+                url.to_owned(),
+                "Attachment.url must name a Binary of this tenant or a URL under an allow-listed base",
+            ))
+        }
+    };
+    if literal.rtype != "Binary" {
+        return Err(ScopeError::ReferenceForm(url.to_owned(), "Attachment.url on this server must name a Binary"));
+    }
+    let upstream_id = ctx.tenant.upstream_id(literal.id).map_err(|_| ScopeError::Reference(url.to_owned()))?;
+    targets.push(RefTarget { path: literal.with_id(&upstream_id), rtype: "Binary".into(), original: url.to_owned() });
+    Ok(())
 }
 
 /// Rewrites one reference in a body to upstream form and records what must exist.

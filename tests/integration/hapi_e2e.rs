@@ -664,3 +664,58 @@ async fn batch_entries_run_like_single_requests() {
     assert!(e[4]["response"]["status"].as_str().unwrap().starts_with("403"));
     assert_eq!(get(&f.url("Patient/only-a")).bearer(&a).send().await.status, 200, "B's batch delete did not touch A");
 }
+
+#[tokio::test]
+async fn binary_content_and_attachments_stay_inside_the_tenant() {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let (f, ts) = fence(2).await;
+    let (a, b) = (f.token(&ts[0].name), f.token(&ts[1].name));
+    assert_eq!(put(&f.url("Patient/p1"), &patient("p1", "Alpha")).bearer(&a).send().await.status, 201);
+    let bin =
+        |data: &str| json!({"resourceType": "Binary", "id": "bin1", "contentType": "text/plain", "data": b64(data)});
+    assert_eq!(put(&f.url("Binary/bin1"), &bin("hello alpha")).bearer(&a).send().await.status, 201);
+    assert_eq!(put(&f.url("Binary/bin1"), &bin("hello bravo")).bearer(&b).send().await.status, 201);
+    let only_b =
+        json!({"resourceType": "Binary", "id": "bin-b", "contentType": "text/plain", "data": b64("bravo only")});
+    assert_eq!(put(&f.url("Binary/bin-b"), &only_b).bearer(&b).send().await.status, 201);
+
+    let r = get(&f.url("Binary/bin1")).bearer(&a).header("accept", "text/plain").send().await;
+    assert_eq!((r.status, r.header("content-type"), &r.raw[..]), (200, Some("text/plain"), &b"hello alpha"[..]));
+    let r = get(&f.url("Binary/bin1")).bearer(&b).header("accept", "text/plain").send().await;
+    assert_eq!(&r.raw[..], b"hello bravo");
+    let r = get(&f.url("Binary/bin-b")).bearer(&a).header("accept", "text/plain").send().await;
+    assert_eq!(r.status, 404);
+    assert!(!String::from_utf8_lossy(&r.raw).contains("bravo"));
+    let r = get(&f.url("Binary/bin1")).bearer(&a).send().await;
+    assert_eq!((r.status, r.body["resourceType"].as_str()), (200, Some("Binary")), "FHIR JSON when asked for it");
+    assert_eq!(get(&f.url("Patient/p1")).bearer(&a).header("accept", "text/plain").send().await.status, 406);
+
+    let mut guarded = bin("guarded");
+    guarded["id"] = json!("bin2");
+    guarded["securityContext"] = json!({"reference": "Patient/p1"});
+    assert_eq!(put(&f.url("Binary/bin2"), &guarded).bearer(&a).send().await.status, 201);
+    let mut stolen = guarded.clone();
+    stolen["securityContext"] = json!({"reference": "Patient/p1"});
+    assert_eq!(put(&f.url("Binary/bin2"), &stolen).bearer(&b).send().await.status, 422, "B has no Patient/p1");
+
+    let doc = |url: &str| {
+        json!({"resourceType": "DocumentReference", "status": "current",
+            "content": [{"attachment": {"contentType": "text/plain", "url": url}}]})
+    };
+    let own = f.url("Binary/bin1");
+    for (url, status) in [
+        (own.as_str(), 201),
+        ("Binary/bin1", 201),
+        ("https://terminology.example.org/fhir/Binary/x", 201),
+        ("Binary/bin-b", 422),
+        ("http://evil.example/x.pdf", 422),
+        ("Patient/p1", 422),
+    ] {
+        let r = post(&f.url("DocumentReference"), &doc(url)).bearer(&a).send().await;
+        assert_eq!(r.status, status, "{url}: {}", r.body);
+        if status == 201 {
+            assert_eq!(r.body["content"][0]["attachment"]["url"], url, "stored and shown as written");
+        }
+    }
+}
