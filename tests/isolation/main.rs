@@ -289,6 +289,12 @@ async fn isolation_probes() {
         probe("batch reading foreign", "POST", "", &[200]).json(batch(json!([
             {"request": {"method": "GET", "url": "Patient/b-ref"}}, {"request": {"method": "GET", "url": "Observation?subject=Patient/b-ref"}}]))),
         probe("batch nested bundle", "POST", "", &[200]).json(batch(json!([{"request": {"method": "POST", "url": ""}}]))),
+        // Binary and attachments
+        probe("binary raw foreign", "GET", "/Binary/b-bin", &[404]).header("accept", "text/plain"),
+        probe("binary json foreign", "GET", "/Binary/b-bin", &[404]),
+        probe("binary security context foreign", "POST", "/Binary", &[422]).json(json!({"resourceType": "Binary", "contentType": "text/plain", "securityContext": {"reference": "Patient/b-ref"}})),
+        probe("attachment to foreign binary", "POST", "/DocumentReference", &[422]).json(json!({"resourceType": "DocumentReference", "status": "current", "content": [{"attachment": {"contentType": "text/plain", "url": "Binary/b-bin"}}]})),
+        probe("attachment to upstream", "POST", "/DocumentReference", &[422]).json(json!({"resourceType": "DocumentReference", "status": "current", "content": [{"attachment": {"contentType": "text/plain", "url": format!("{}/Binary/{pb}-b-bin", hapi())}}]})),
         // operations
         probe("everything foreign", "GET", "/Patient/b-ref/$everything", &[404]),
         probe("everything own", "GET", "/Patient/p1/$everything", &[200]),
