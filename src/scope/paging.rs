@@ -18,7 +18,11 @@ pub struct PageToken {
     pub t: String,
     /// Upstream name.
     pub u: String,
-    /// The upstream's query string for this page (`_getpages=…&_getpagesoffset=…`).
+    /// The upstream path of this page, relative to its base: `""` for `_getpages` links,
+    /// `…/_history` for history pages (HAPI pages history by `_offset`).
+    #[serde(default)]
+    pub p: String,
+    /// The upstream's query string for this page (`_getpages=…&_getpagesoffset=…`, or `_count=…&_offset=…`).
     pub q: String,
     /// The search could not be scoped upstream (type/system history): `total` is always removed.
     #[serde(default)]
@@ -34,9 +38,14 @@ pub fn open(ctx: &Ctx, token: &str) -> Result<PageToken, ScopeError> {
     Ok(page)
 }
 
-fn seal(ctx: &Ctx, query: &str, unscoped: bool) -> String {
-    let token =
-        PageToken { t: ctx.tenant.name.clone(), u: ctx.upstream.name.clone(), q: query.to_owned(), h: unscoped };
+fn seal(ctx: &Ctx, (path, query): (&str, &str), unscoped: bool) -> String {
+    let token = PageToken {
+        t: ctx.tenant.name.clone(),
+        u: ctx.upstream.name.clone(),
+        p: path.to_owned(),
+        q: query.to_owned(),
+        h: unscoped,
+    };
     ctx.snap.sealer.seal(PURPOSE, &token, Duration::from_secs(ctx.snap.page_ttl_secs))
 }
 
@@ -59,7 +68,7 @@ pub fn rewrite_links(
         let url = link.get("url").and_then(Value::as_str).unwrap_or_default();
         let new_url = match relation {
             "self" => self_url.to_owned(),
-            "next" | "previous" | "prev" | "first" | "last" => match upstream_page_query(ctx, url) {
+            "next" | "previous" | "prev" | "first" | "last" => match upstream_page(ctx, url) {
                 Some(q) => format!("{}?_page={}", ctx.snap.public_base, encode_component(&seal(ctx, q, unscoped))),
                 None => continue,
             },
@@ -76,8 +85,20 @@ pub fn rewrite_links(
     Ok(())
 }
 
-/// The query of an upstream paging link (`{upstream base}?_getpages=…`), if it is one.
-fn upstream_page_query<'u>(ctx: &Ctx, url: &'u str) -> Option<&'u str> {
-    let query = url.strip_prefix(ctx.upstream.base.as_str())?.strip_prefix('?')?;
-    query.split('&').any(|p| p.starts_with("_getpages=")).then_some(query)
+/// The (path, query) of an upstream paging link, if it is one fhir-fence knows how to replay:
+/// `{base}?_getpages=…` (search results cached upstream) or `{base}/…/_history?_count=…&_offset=…`.
+fn upstream_page<'u>(ctx: &Ctx, url: &'u str) -> Option<(&'u str, &'u str)> {
+    let rest = url.strip_prefix(ctx.upstream.base.as_str())?;
+    let (path, query) = rest.split_once('?')?;
+    let path = path.strip_prefix('/').unwrap_or(path);
+    let keys = || query.split('&').map(|p| p.split('=').next().unwrap_or(""));
+    if path.is_empty() {
+        return keys().any(|k| k == "_getpages").then_some((path, query));
+    }
+    let history_path = path == "_history" || path.ends_with("/_history");
+    let safe_segments = path
+        .split('/')
+        .all(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_'));
+    let paging_keys = keys().all(|k| matches!(k, "_count" | "_offset" | "_since" | "_at"));
+    (history_path && safe_segments && paging_keys && !path.contains("..")).then_some((path, query))
 }

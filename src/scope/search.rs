@@ -175,19 +175,37 @@ pub async fn matching(
 /// `GET [base]?_page=token`: a later page of a search this tenant made.
 pub async fn page(ctx: &Ctx<'_>, token: &str, self_url: &str) -> Result<ReadResult, crate::error::Error> {
     let page = paging::open(ctx, token)?;
-    fetch(ctx, &format!("?{}", page.q), self_url, page.h).await
+    fetch_page(ctx, &format!("{}?{}", page.p, page.q), self_url, page.h).await
 }
 
 async fn fetch(ctx: &Ctx<'_>, path: &str, self_url: &str, unscoped: bool) -> Result<ReadResult, crate::error::Error> {
+    fetch_inner(ctx, path, self_url, unscoped, false).await
+}
+
+/// A page behind a page token: an upstream page that is gone is as gone as a forged token.
+async fn fetch_page(
+    ctx: &Ctx<'_>,
+    path: &str,
+    self_url: &str,
+    unscoped: bool,
+) -> Result<ReadResult, crate::error::Error> {
+    fetch_inner(ctx, path, self_url, unscoped, true).await
+}
+
+async fn fetch_inner(
+    ctx: &Ctx<'_>,
+    path: &str,
+    self_url: &str,
+    unscoped: bool,
+    page: bool,
+) -> Result<ReadResult, crate::error::Error> {
     let mut headers = base_headers(ctx);
     headers.insert("prefer", HeaderValue::from_static("handling=strict"));
     let answer = ctx.upstream.send(Method::GET, path, headers, None).await?;
     match answer.status {
         StatusCode::OK => {}
         // An expired upstream page is as gone as a forged token.
-        StatusCode::NOT_FOUND | StatusCode::GONE if path.starts_with("?_getpages") => {
-            return Err(ScopeError::PageToken.into())
-        }
+        StatusCode::NOT_FOUND | StatusCode::GONE if page => return Err(ScopeError::PageToken.into()),
         _ => return Err(super::refused(&answer).into()),
     }
     let mut filtered = respond::bundle(ctx, answer.body.ok_or(ScopeError::Unprovable)?, self_url, unscoped)?;

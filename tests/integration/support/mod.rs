@@ -163,6 +163,11 @@ pub fn write_config(text: &str) -> PathBuf {
 
 /// Starts fhir-fence in-process and waits until it has read the upstream's CapabilityStatement.
 pub async fn start(o: Options) -> Fence {
+    // `FHIR_FENCE_TEST_LOG=info cargo test … -- --nocapture` shows fhir-fence's own log (with
+    // the upstream diagnostics it withholds from clients).
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("FHIR_FENCE_TEST_LOG") {
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    }
     let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (pp, ap) = (public.local_addr().unwrap().port(), admin.local_addr().unwrap().port());
