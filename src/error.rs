@@ -5,7 +5,7 @@
 //! correlation id; the original detail goes to the log only.
 use crate::fhir::outcome::operation_outcome;
 use crate::identity::AuthError;
-use crate::pipeline::RequestError;
+use crate::request::RequestError;
 use crate::route::RouteError;
 use crate::scope::ScopeError;
 use crate::upstream::UpstreamError;

@@ -5,12 +5,16 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod answer;
+pub mod bundle;
 pub mod cli;
 pub mod config;
 pub mod error;
 pub mod fhir;
 pub mod identity;
+pub mod metadata;
 pub mod pipeline;
+pub mod request;
 pub mod route;
 pub mod scope;
 pub mod seal;

@@ -5,46 +5,25 @@
 //!               → outbound check (inside scope::respond) → response   | any error → error.rs
 //! ```
 //! Each step's reason for its position is written next to it in [`handle`].
+use crate::answer::{json_response, read_response, written};
+use crate::bundle::bundle;
 use crate::error::Error;
-use crate::fhir::json::{parse_strict, JsonError};
 use crate::identity::Caller;
+use crate::metadata::metadata;
+use crate::request::{
+    accepts_fhir_json, check_headers, correlation_id, ensure_no_body, read_body, read_form, BodyKind, RequestError,
+};
 use crate::route::{self, Interaction};
 use crate::scope::{conditional, read, search, write, Ctx, ScopeError};
 use crate::state::Snapshot;
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Instant;
-
-/// Problems with the client's request itself (before any FHIR meaning is considered).
-#[derive(Debug, thiserror::Error)]
-pub enum RequestError {
-    #[error("the request body exceeds {0} bytes")]
-    TooLarge(usize),
-    #[error("content type {0:?} is not accepted here")]
-    MediaType(String),
-    #[error("{0}")]
-    PatchFormat(&'static str),
-    #[error("compressed or otherwise encoded request bodies are not accepted")]
-    Encoded,
-    #[error("this server answers only in FHIR JSON (application/fhir+json)")]
-    NotAcceptable,
-    #[error("the request body is not acceptable JSON: {0}")]
-    Json(JsonError),
-    #[error("this request must not carry a body")]
-    UnexpectedBody,
-    #[error("header {0} is not accepted")]
-    Header(&'static str),
-    #[error("the request body could not be read")]
-    Read,
-}
-
-/// Headers that would make the upstream (or a middlebox) reinterpret the request.
-const REFUSED_HEADERS: &[&str] = &["x-http-method-override", "x-http-method", "x-method-override"];
 
 /// Handles one public request. Never panics on client input; every failure becomes an
 /// OperationOutcome in `error.rs`.
@@ -103,11 +82,7 @@ async fn run(snap: &Snapshot, req: Request<Incoming>, correlation: &str) -> Resu
     let with_tenant = |e: Error| (e, tenant_name.clone(), None);
 
     // Request hygiene: refuse what the proxy cannot inspect or that changes the request's meaning.
-    for h in REFUSED_HEADERS {
-        if parts.headers.contains_key(*h) {
-            return Err(with_tenant(RequestError::Header(h).into()));
-        }
-    }
+    check_headers(&parts.headers).map_err(|e| with_tenant(e.into()))?;
 
     // Routing: the allow-list of interactions; everything else ends here with a precise refusal.
     let params = route::parse_query(parts.uri.query()).map_err(|e| with_tenant(e.into()))?;
@@ -174,7 +149,7 @@ async fn run(snap: &Snapshot, req: Request<Incoming>, correlation: &str) -> Resu
     Ok(Done { response, tenant: tenant_name.clone(), interaction: Some(name), dropped })
 }
 
-async fn dispatch(
+pub(crate) async fn dispatch(
     ctx: &Ctx<'_>,
     caller: &Caller,
     interaction: Interaction,
@@ -259,340 +234,8 @@ async fn dispatch(
     Ok((json_response(StatusCode::OK, &result.body, result.headers, ctx.correlation), result.dropped))
 }
 
-/// `POST [base]` with a Bundle: transactions go to `scope::transaction` (one atomic upstream
-/// transaction); each batch entry runs through [`dispatch`] exactly like a single request.
-async fn bundle(ctx: &Ctx<'_>, caller: &Caller, body: Value) -> Result<Value, Error> {
-    let kind = body.get("type").and_then(Value::as_str).unwrap_or_default().to_owned();
-    if body.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
-        return Err(ScopeError::Body("POST to the base takes a transaction or batch Bundle".into()).into());
-    }
-    let entries = match body.get("entry") {
-        None => vec![],
-        Some(Value::Array(e)) => e.clone(),
-        Some(_) => return Err(ScopeError::Body("Bundle.entry must be a list".into()).into()),
-    };
-    let max = ctx.snap.loaded.config.server.max_bundle_entries;
-    if entries.len() > max {
-        return Err(ScopeError::Body(format!("at most {max} entries per Bundle")).into());
-    }
-    let caps = ctx.snap.capabilities(&caller.tenant.upstream).await.ok_or(ScopeError::CapabilitiesUnavailable)?;
-    match kind.as_str() {
-        "transaction" => crate::scope::transaction::run(ctx, &caps, entries).await,
-        "batch" => {
-            let mut out = Vec::with_capacity(entries.len());
-            for entry in entries {
-                out.push(batch_entry(ctx, caller, entry).await);
-            }
-            Ok(serde_json::json!({"resourceType": "Bundle", "id": uuid::Uuid::new_v4().to_string(),
-                "type": "batch-response", "entry": out}))
-        }
-        other => {
-            Err(ScopeError::Body(format!("Bundle.type {other:?} cannot be posted; use transaction or batch")).into())
-        }
-    }
-}
-
-/// One batch entry as a request of its own: routed, scoped and checked like any other; its
-/// answer (or its OperationOutcome) becomes the entry's response.
-async fn batch_entry(ctx: &Ctx<'_>, caller: &Caller, entry: Value) -> Value {
-    let result = async {
-        let request =
-            entry.get("request").ok_or_else(|| Error::from(ScopeError::Body("entry without request".into())))?;
-        let method: Method = request
-            .get("method")
-            .and_then(Value::as_str)
-            .and_then(|m| m.parse().ok())
-            .ok_or_else(|| Error::from(ScopeError::Body("entry without a valid request.method".into())))?;
-        let url = request.get("url").and_then(Value::as_str).unwrap_or_default();
-        let url = url.strip_prefix(&format!("{}/", ctx.snap.public_base)).unwrap_or(url);
-        let (path, query) = match url.split_once('?') {
-            Some((p, q)) => (format!("{}/{p}", ctx.snap.base_path), Some(q)),
-            None => (format!("{}/{url}", ctx.snap.base_path), None),
-        };
-        let params = route::parse_query(query)?;
-        let interaction = route::classify(&method, &ctx.snap.base_path, &path, &params)?;
-        if matches!(interaction, Interaction::Bundle | Interaction::Page { .. } | Interaction::Metadata) {
-            return Err(ScopeError::Body("this request cannot be a batch entry".into()).into());
-        }
-        let mut headers = HeaderMap::new();
-        for (field, name) in [
-            ("ifMatch", header::IF_MATCH),
-            ("ifNoneMatch", header::IF_NONE_MATCH),
-            ("ifModifiedSince", header::IF_MODIFIED_SINCE),
-            ("ifNoneExist", header::HeaderName::from_static("if-none-exist")),
-        ] {
-            if let Some(v) = request.get(field).and_then(Value::as_str).and_then(|v| HeaderValue::from_str(v).ok()) {
-                headers.insert(name, v);
-            }
-        }
-        let self_url = format!("{}/{url}", ctx.snap.public_base);
-        let body = entry.get("resource").cloned();
-        Box::pin(dispatch(ctx, caller, interaction, &params, body, &headers, &self_url)).await
-    }
-    .await;
-    let response = match result {
-        Ok((r, _)) => r,
-        Err(e) => e.into_response(ctx.correlation),
-    };
-    let (parts, body) = response.into_parts();
-    let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-    let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    let mut resp = serde_json::Map::new();
-    let reason = parts.status.canonical_reason().unwrap_or("");
-    resp.insert("status".into(), format!("{} {reason}", parts.status.as_u16()).trim().to_owned().into());
-    for (name, field) in [(header::LOCATION, "location"), (header::ETAG, "etag")] {
-        if let Some(v) = parts.headers.get(name).and_then(|v| v.to_str().ok()) {
-            resp.insert(field.into(), v.into());
-        }
-    }
-    let mut out = serde_json::Map::new();
-    if parts.status.is_success() && !value.is_null() {
-        out.insert("resource".into(), value);
-    } else if !value.is_null() {
-        resp.insert("outcome".into(), value);
-    }
-    out.insert("response".into(), Value::Object(resp));
-    Value::Object(out)
-}
-
-/// The answer to a read or vread: 304 for an unchanged resource the caller already has; a
-/// Binary's own bytes when the client does not accept FHIR JSON (checked as JSON first).
-fn read_response(
-    ctx: &Ctx,
-    result: read::ReadResult,
-    request_headers: &HeaderMap,
-) -> Result<Response<Full<Bytes>>, Error> {
-    if conditional::not_modified(request_headers, &result) {
-        let mut resp = Response::new(Full::new(Bytes::new()));
-        *resp.status_mut() = StatusCode::NOT_MODIFIED;
-        resp.headers_mut().extend(result.headers);
-        set_correlation(resp.headers_mut(), ctx.correlation);
-        return Ok(resp);
-    }
-    if result.body.get("resourceType").and_then(Value::as_str) == Some("Binary") && !accepts_fhir_json(request_headers)
-    {
-        return binary_content(ctx, result);
-    }
-    Ok(json_response(StatusCode::OK, &result.body, result.headers, ctx.correlation))
-}
-
-/// The raw content of a Binary the caller owns, with its own content type.
-fn binary_content(ctx: &Ctx, result: read::ReadResult) -> Result<Response<Full<Bytes>>, Error> {
-    use base64::Engine;
-    let content_type = result.body.get("contentType").and_then(Value::as_str).unwrap_or("application/octet-stream");
-    let content_type = HeaderValue::from_str(content_type).map_err(|_| ScopeError::Unprovable)?;
-    let data = result.body.get("data").and_then(Value::as_str).unwrap_or("");
-    let bytes = base64::engine::general_purpose::STANDARD.decode(data).map_err(|_| ScopeError::Unprovable)?;
-    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
-    resp.headers_mut().extend(result.headers);
-    resp.headers_mut().insert(header::CONTENT_TYPE, content_type);
-    set_correlation(resp.headers_mut(), ctx.correlation);
-    Ok(resp)
-}
-
-/// The answer to a create or update, honouring `Prefer: return=…`.
-fn written(ctx: &Ctx, rtype: &str, done: write::WriteResult, request_headers: &HeaderMap) -> Response<Full<Bytes>> {
-    let mut headers = done.headers;
-    let location = match &done.version {
-        Some(v) => format!("{}/{}/{}/_history/{}", ctx.snap.public_base, rtype, done.local_id, v),
-        None => format!("{}/{}/{}", ctx.snap.public_base, rtype, done.local_id),
-    };
-    if let Ok(v) = HeaderValue::from_str(&location) {
-        headers.insert(header::LOCATION, v.clone());
-        headers.insert(header::CONTENT_LOCATION, v);
-    }
-    let prefer = request_headers.get("prefer").and_then(|v| v.to_str().ok()).unwrap_or("");
-    if prefer.split([',', ';']).any(|p| p.trim() == "return=minimal") {
-        let mut resp = Response::new(Full::new(Bytes::new()));
-        *resp.status_mut() = done.status;
-        resp.headers_mut().extend(headers);
-        set_correlation(resp.headers_mut(), ctx.correlation);
-        return resp;
-    }
-    json_response(done.status, done.body.as_ref().unwrap_or(&Value::Null), headers, ctx.correlation)
-}
-
-/// `GET metadata`: the upstream's CapabilityStatement, reduced to what fhir-fence lets through.
-async fn metadata(snap: &Snapshot) -> Result<Response<Full<Bytes>>, Error> {
-    let first = snap.loaded.config.upstreams.keys().next().cloned().unwrap_or_default();
-    let caps = snap.capabilities(&first).await.ok_or(ScopeError::CapabilitiesUnavailable)?;
-    let mut cs = caps.statement.clone();
-    const OFFERED: &[&str] =
-        &["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create", "search-type"];
-    const OFFERED_SYSTEM: &[&str] = &["history-system", "search-system"];
-    if let Some(Value::Object(imp)) = cs.get_mut("implementation") {
-        imp.insert("url".into(), Value::String(snap.public_base.clone()));
-        imp.insert("description".into(), Value::String("FHIR server behind fhir-fence (tenant-isolated)".into()));
-    }
-    for rest in cs.get_mut("rest").and_then(Value::as_array_mut).into_iter().flatten() {
-        let Some(rest) = rest.as_object_mut() else { continue };
-        rest.remove("operation");
-        if let Some(Value::Array(i)) = rest.get_mut("interaction") {
-            i.retain(|x| x.get("code").and_then(Value::as_str).is_some_and(|c| OFFERED_SYSTEM.contains(&c)));
-        }
-        for res in rest.get_mut("resource").and_then(Value::as_array_mut).into_iter().flatten() {
-            let Some(res) = res.as_object_mut() else { continue };
-            res.remove("operation");
-            res.remove("searchInclude");
-            res.remove("searchRevInclude");
-            res.remove("conditionalCreate");
-            res.remove("conditionalUpdate");
-            res.remove("conditionalDelete");
-            if let Some(Value::Array(i)) = res.get_mut("interaction") {
-                i.retain(|x| x.get("code").and_then(Value::as_str).is_some_and(|c| OFFERED.contains(&c)));
-            }
-        }
-    }
-    Ok(json_response(StatusCode::OK, &cs, HeaderMap::new(), ""))
-}
-
-fn json_response(status: StatusCode, body: &Value, extra: HeaderMap, correlation: &str) -> Response<Full<Bytes>> {
-    let bytes = serde_json::to_vec(body).expect("serialisable");
-    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    h.extend(extra);
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/fhir+json; charset=utf-8"));
-    set_correlation(h, correlation);
-    resp
-}
-
-fn set_correlation(h: &mut HeaderMap, correlation: &str) {
-    if let Ok(v) = HeaderValue::from_str(correlation) {
-        if !correlation.is_empty() {
-            h.insert("x-request-id", v);
-        }
-    }
-}
-
 /// The scheme://host:port of the public base (request paths already carry the base path).
 fn public_origin(snap: &Snapshot) -> String {
     let url = &snap.loaded.public_base;
     url.origin().ascii_serialization()
-}
-
-/// A client-supplied `X-Request-Id` if it is a short plain token, else a fresh UUID.
-fn correlation_id(headers: &HeaderMap) -> String {
-    headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            (1..=64).contains(&v.len())
-                && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-        })
-        .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
-}
-
-fn accepts_fhir_json(headers: &HeaderMap) -> bool {
-    let Some(accept) = headers.get(header::ACCEPT) else { return true };
-    let Ok(accept) = accept.to_str() else { return false };
-    accept.split(',').any(|range| {
-        let mime = range.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-        matches!(mime.as_str(), "*/*" | "application/*" | "application/json" | "application/fhir+json" | "")
-    })
-}
-
-fn ensure_no_body(headers: &HeaderMap) -> Result<(), Error> {
-    let length = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).unwrap_or("0");
-    if length != "0" || headers.contains_key(header::TRANSFER_ENCODING) {
-        return Err(RequestError::UnexpectedBody.into());
-    }
-    Ok(())
-}
-
-/// What a request body must be.
-#[derive(Clone, Copy)]
-enum BodyKind {
-    /// A FHIR resource in JSON.
-    Resource,
-    /// An RFC 6902 JSON Patch document.
-    JsonPatch,
-}
-
-/// The media type of the body (lower case, without parameters), refusing encodings and non-UTF-8 charsets.
-fn media_type(headers: &HeaderMap) -> Result<String, Error> {
-    if let Some(enc) = headers.get(header::CONTENT_ENCODING) {
-        if enc.as_bytes() != b"identity" {
-            return Err(RequestError::Encoded.into());
-        }
-    }
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let mut parts = ct.split(';');
-    let mime = parts.next().unwrap_or("").trim().to_ascii_lowercase();
-    let charset_ok = parts.all(|p| {
-        let p = p.trim().to_ascii_lowercase();
-        !p.starts_with("charset=") || p == "charset=utf-8" || p == "charset=\"utf-8\""
-    });
-    if !charset_ok {
-        return Err(RequestError::MediaType(ct.to_owned()).into());
-    }
-    Ok(mime)
-}
-
-async fn collect(body: Incoming, limit: usize) -> Result<Bytes, Error> {
-    let collected = Limited::new(body, limit).collect().await.map_err(|e| {
-        if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-            Error::from(RequestError::TooLarge(limit))
-        } else {
-            Error::from(RequestError::Read)
-        }
-    })?;
-    Ok(collected.to_bytes())
-}
-
-async fn read_body(headers: &HeaderMap, body: Incoming, limit: usize, kind: BodyKind) -> Result<Value, Error> {
-    let mime = media_type(headers)?;
-    match (kind, mime.as_str()) {
-        (BodyKind::Resource, "application/fhir+json" | "application/json") => {}
-        (BodyKind::JsonPatch, "application/json-patch+json") => {}
-        (BodyKind::JsonPatch, "application/fhir+json" | "application/json") => return Err(RequestError::PatchFormat(
-            "FHIRPath Patch (a Parameters body) is not supported yet; send JSON Patch as application/json-patch+json",
-        )
-        .into()),
-        (BodyKind::JsonPatch, _) => {
-            return Err(RequestError::PatchFormat(
-                "only JSON Patch (application/json-patch+json) is accepted; XML Patch and other formats are not",
-            )
-            .into())
-        }
-        _ => return Err(RequestError::MediaType(mime).into()),
-    }
-    let bytes = collect(body, limit).await?;
-    parse_strict(&bytes).map_err(|e| RequestError::Json(e).into())
-}
-
-/// A form-encoded search body (`POST …/_search`), decoded as strictly as a query string.
-async fn read_form(headers: &HeaderMap, body: Incoming, limit: usize) -> Result<route::Params, Error> {
-    let mime = media_type(headers)?;
-    if mime != "application/x-www-form-urlencoded" {
-        return Err(RequestError::MediaType(mime).into());
-    }
-    let bytes = collect(body, limit).await?;
-    let text = std::str::from_utf8(&bytes).map_err(|_| RequestError::MediaType("non-UTF-8 form".into()))?;
-    Ok(route::parse_query(Some(text.trim_end_matches(['\r', '\n'])))?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn accept_header() {
-        let mut h = HeaderMap::new();
-        assert!(accepts_fhir_json(&h));
-        h.insert(header::ACCEPT, HeaderValue::from_static("application/fhir+xml"));
-        assert!(!accepts_fhir_json(&h));
-        h.insert(header::ACCEPT, HeaderValue::from_static("application/fhir+xml, application/fhir+json;q=0.5"));
-        assert!(accepts_fhir_json(&h));
-    }
-
-    #[test]
-    fn correlation_ids() {
-        let mut h = HeaderMap::new();
-        h.insert("x-request-id", HeaderValue::from_static("abc-123"));
-        assert_eq!(correlation_id(&h), "abc-123");
-        h.insert("x-request-id", HeaderValue::from_static("bad value with spaces"));
-        assert_ne!(correlation_id(&h), "bad value with spaces");
-    }
 }

@@ -104,8 +104,7 @@ pub async fn delete(
         return Err(ScopeError::Param("a conditional delete needs criteria".into()).into());
     }
     let scoped = scope_params(ctx, caps, &[rtype.to_owned()], criteria)?;
-    let mut headers = super::read::base_headers(ctx);
-    headers.insert("prefer", HeaderValue::from_static("handling=strict"));
+    let headers = super::read::strict_headers(ctx);
     let answer =
         ctx.upstream.send(Method::DELETE, &format!("{rtype}?{}", encode_query(&scoped)), headers, None).await?;
     match answer.status {

@@ -3,10 +3,10 @@
 //! The instance is proven the caller's before the upstream runs the operation; every answer is
 //! then checked like any other (`$everything` entry by entry, `$meta` with the tenant coding
 //! removed). `$meta-add` / `$meta-delete` may not touch the tenant coding system.
-use super::read::{base_headers, ReadResult};
+use super::read::{strict_headers, ReadResult};
 use super::{refcheck, respond, Ctx, ScopeError};
 use crate::route::{encode_query, Op, Params};
-use http::{HeaderValue, Method, StatusCode};
+use http::{Method, StatusCode};
 use serde_json::Value;
 
 pub async fn run(
@@ -32,8 +32,7 @@ pub async fn run(
     let base = format!("{rtype}/{upstream_id}/${}", op.name());
     let kept: Vec<(String, String)> = params.iter().filter(|(k, _)| k != "_pretty").cloned().collect();
     let path = if kept.is_empty() { base } else { format!("{base}?{}", encode_query(&kept)) };
-    let mut headers = base_headers(ctx);
-    headers.insert("prefer", HeaderValue::from_static("handling=strict"));
+    let headers = strict_headers(ctx);
     let (method, body) = match op {
         Op::Everything | Op::Meta => (Method::GET, None),
         Op::MetaAdd | Op::MetaDelete => (Method::POST, Some(meta_parameters(ctx, body)?)),

@@ -83,6 +83,14 @@ pub fn base_headers(ctx: &Ctx) -> HeaderMap {
     h
 }
 
+/// Headers for every upstream search-like request: the correlation id and `Prefer:
+/// handling=strict`, so the upstream refuses a parameter it would otherwise silently ignore.
+pub fn strict_headers(ctx: &Ctx) -> HeaderMap {
+    let mut h = base_headers(ctx);
+    h.insert("prefer", http::HeaderValue::from_static("handling=strict"));
+    h
+}
+
 /// `ETag` and `Last-Modified` from an upstream answer.
 pub fn version_headers(answer: &Answer) -> HeaderMap {
     let mut h = HeaderMap::new();

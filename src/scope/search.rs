@@ -6,7 +6,7 @@
 //! CapabilityStatement, modifiers from a per-type allow-list; anything else is refused (and
 //! `Prefer: handling=strict` makes the upstream refuse what it would silently ignore).
 //! Included and matched entries alike pass `respond` on the way out.
-use super::read::{base_headers, ReadResult};
+use super::read::{strict_headers, ReadResult};
 use super::{paging, refcheck, respond, Ctx, ScopeError};
 use crate::fhir::capabilities::{Capabilities, ParamType};
 use crate::fhir::reference::{self, is_id, is_resource_type, Target};
@@ -152,8 +152,7 @@ pub async fn matching(
     let mut criteria = criteria.clone();
     criteria.push(("_count".into(), "2".into()));
     let scoped = scope_params(ctx, caps, &[rtype.to_owned()], &criteria)?;
-    let mut headers = base_headers(ctx);
-    headers.insert("prefer", HeaderValue::from_static("handling=strict"));
+    let mut headers = strict_headers(ctx);
     headers.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     let answer = ctx.upstream.send(Method::GET, &format!("{rtype}?{}", encode_query(&scoped)), headers, None).await?;
     if answer.status != StatusCode::OK {
@@ -199,8 +198,7 @@ async fn fetch_inner(
     unscoped: bool,
     page: bool,
 ) -> Result<ReadResult, crate::error::Error> {
-    let mut headers = base_headers(ctx);
-    headers.insert("prefer", HeaderValue::from_static("handling=strict"));
+    let headers = strict_headers(ctx);
     let answer = ctx.upstream.send(Method::GET, path, headers, None).await?;
     match answer.status {
         StatusCode::OK => {}

@@ -171,14 +171,7 @@ async fn plan_entry(
             }
             let local = uuid::Uuid::new_v4().to_string();
             let url = register(&rtype, &local, in_bundle)?;
-            req.insert("method".into(), "PUT".into());
-            req.insert("url".into(), url.into());
-            up.insert("request".into(), Value::Object(req));
-            return Ok(Planned {
-                step: Step::Upstream { rtype: rtype.clone(), local: Some(local.clone()) },
-                entry: Some(up),
-                write: Some((rtype, local, body)),
-            });
+            return Ok(planned_put(req, url, rtype, local, body));
         }
         ("PUT", [t, id], true) if is_id(id) => {
             let rtype = known(t)?;
@@ -187,14 +180,7 @@ async fn plan_entry(
                 return Err(bad("the resource id must equal the id in request.url".into()).into());
             }
             let url = register(&rtype, id, in_bundle)?;
-            req.insert("method".into(), "PUT".into());
-            req.insert("url".into(), url.into());
-            up.insert("request".into(), Value::Object(req));
-            return Ok(Planned {
-                step: Step::Upstream { rtype: rtype.clone(), local: Some(id.to_string()) },
-                entry: Some(up),
-                write: Some((rtype, id.to_string(), body)),
-            });
+            return Ok(planned_put(req, url, rtype, id.to_string(), body));
         }
         ("PUT", [t], false) => {
             let rtype = known(t)?;
@@ -212,14 +198,7 @@ async fn plan_entry(
                 o.insert("id".into(), Value::String(local.clone()));
             }
             let url = register(&rtype, &local, in_bundle)?;
-            req.insert("method".into(), "PUT".into());
-            req.insert("url".into(), url.into());
-            up.insert("request".into(), Value::Object(req));
-            return Ok(Planned {
-                step: Step::Upstream { rtype: rtype.clone(), local: Some(local.clone()) },
-                entry: Some(up),
-                write: Some((rtype, local, body)),
-            });
+            return Ok(planned_put(req, url, rtype, local, body));
         }
         ("DELETE", [t, id], true) if is_id(id) => {
             req.insert("url".into(), format!("{}/{}", known(t)?, prefixed(id)?).into());
@@ -251,6 +230,20 @@ async fn plan_entry(
     req.insert("method".into(), method.into());
     up.insert("request".into(), Value::Object(req));
     Ok(Planned { step, entry: Some(up), write: None })
+}
+
+/// A write entry: always a `PUT` to the id fhir-fence chose or resolved; the body is prepared
+/// once every `fullUrl` in the Bundle is known.
+fn planned_put(mut req: Map<String, Value>, url: String, rtype: String, local: String, body: Value) -> Planned {
+    req.insert("method".into(), "PUT".into());
+    req.insert("url".into(), url.into());
+    let mut entry = Map::new();
+    entry.insert("request".into(), Value::Object(req));
+    Planned {
+        step: Step::Upstream { rtype: rtype.clone(), local: Some(local.clone()) },
+        entry: Some(entry),
+        write: Some((rtype, local, body)),
+    }
 }
 
 /// One upstream response entry in the client's view. Resources that cannot be proven the

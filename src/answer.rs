@@ -1,0 +1,96 @@
+//! Turning scope results into HTTP responses: FHIR JSON with the headers fhir-fence chooses,
+//! `Prefer: return=minimal`, 304 for conditional reads, and a Binary's own bytes.
+use crate::error::Error;
+use crate::request::accepts_fhir_json;
+use crate::scope::{conditional, read, write, Ctx, ScopeError};
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{HeaderMap, Response, StatusCode};
+use http_body_util::Full;
+use serde_json::Value;
+
+/// The answer to a read or vread: 304 for an unchanged resource the caller already has; a
+/// Binary's own bytes when the client does not accept FHIR JSON (checked as JSON first).
+pub(crate) fn read_response(
+    ctx: &Ctx,
+    result: read::ReadResult,
+    request_headers: &HeaderMap,
+) -> Result<Response<Full<Bytes>>, Error> {
+    if conditional::not_modified(request_headers, &result) {
+        let mut resp = Response::new(Full::new(Bytes::new()));
+        *resp.status_mut() = StatusCode::NOT_MODIFIED;
+        resp.headers_mut().extend(result.headers);
+        set_correlation(resp.headers_mut(), ctx.correlation);
+        return Ok(resp);
+    }
+    if result.body.get("resourceType").and_then(Value::as_str) == Some("Binary") && !accepts_fhir_json(request_headers)
+    {
+        return binary_content(ctx, result);
+    }
+    Ok(json_response(StatusCode::OK, &result.body, result.headers, ctx.correlation))
+}
+
+/// The raw content of a Binary the caller owns, with its own content type.
+fn binary_content(ctx: &Ctx, result: read::ReadResult) -> Result<Response<Full<Bytes>>, Error> {
+    use base64::Engine;
+    let content_type = result.body.get("contentType").and_then(Value::as_str).unwrap_or("application/octet-stream");
+    let content_type = HeaderValue::from_str(content_type).map_err(|_| ScopeError::Unprovable)?;
+    let data = result.body.get("data").and_then(Value::as_str).unwrap_or("");
+    let bytes = base64::engine::general_purpose::STANDARD.decode(data).map_err(|_| ScopeError::Unprovable)?;
+    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+    resp.headers_mut().extend(result.headers);
+    resp.headers_mut().insert(header::CONTENT_TYPE, content_type);
+    set_correlation(resp.headers_mut(), ctx.correlation);
+    Ok(resp)
+}
+
+/// The answer to a create or update, honouring `Prefer: return=…`.
+pub(crate) fn written(
+    ctx: &Ctx,
+    rtype: &str,
+    done: write::WriteResult,
+    request_headers: &HeaderMap,
+) -> Response<Full<Bytes>> {
+    let mut headers = done.headers;
+    let location = match &done.version {
+        Some(v) => format!("{}/{}/{}/_history/{}", ctx.snap.public_base, rtype, done.local_id, v),
+        None => format!("{}/{}/{}", ctx.snap.public_base, rtype, done.local_id),
+    };
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        headers.insert(header::LOCATION, v.clone());
+        headers.insert(header::CONTENT_LOCATION, v);
+    }
+    let prefer = request_headers.get("prefer").and_then(|v| v.to_str().ok()).unwrap_or("");
+    if prefer.split([',', ';']).any(|p| p.trim() == "return=minimal") {
+        let mut resp = Response::new(Full::new(Bytes::new()));
+        *resp.status_mut() = done.status;
+        resp.headers_mut().extend(headers);
+        set_correlation(resp.headers_mut(), ctx.correlation);
+        return resp;
+    }
+    json_response(done.status, done.body.as_ref().unwrap_or(&Value::Null), headers, ctx.correlation)
+}
+
+pub(crate) fn json_response(
+    status: StatusCode,
+    body: &Value,
+    extra: HeaderMap,
+    correlation: &str,
+) -> Response<Full<Bytes>> {
+    let bytes = serde_json::to_vec(body).expect("serialisable");
+    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.extend(extra);
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/fhir+json; charset=utf-8"));
+    set_correlation(h, correlation);
+    resp
+}
+
+pub(crate) fn set_correlation(h: &mut HeaderMap, correlation: &str) {
+    if let Ok(v) = HeaderValue::from_str(correlation) {
+        if !correlation.is_empty() {
+            h.insert("x-request-id", v);
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! Request hygiene: what a client's request must look like before its FHIR meaning is
+//! considered — headers that change a request's meaning, acceptable media types, bounded and
+//! strictly parsed bodies, the correlation id.
+use crate::error::Error;
+use crate::fhir::json::{parse_strict, JsonError};
+use crate::route;
+use bytes::Bytes;
+use http::header;
+use http::HeaderMap;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::Value;
+
+/// Problems with the client's request itself (before any FHIR meaning is considered).
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("the request body exceeds {0} bytes")]
+    TooLarge(usize),
+    #[error("content type {0:?} is not accepted here")]
+    MediaType(String),
+    #[error("{0}")]
+    PatchFormat(&'static str),
+    #[error("compressed or otherwise encoded request bodies are not accepted")]
+    Encoded,
+    #[error("this server answers only in FHIR JSON (application/fhir+json)")]
+    NotAcceptable,
+    #[error("the request body is not acceptable JSON: {0}")]
+    Json(JsonError),
+    #[error("this request must not carry a body")]
+    UnexpectedBody,
+    #[error("header {0} is not accepted")]
+    Header(&'static str),
+    #[error("the request body could not be read")]
+    Read,
+}
+
+pub(crate) fn accepts_fhir_json(headers: &HeaderMap) -> bool {
+    let Some(accept) = headers.get(header::ACCEPT) else { return true };
+    let Ok(accept) = accept.to_str() else { return false };
+    accept.split(',').any(|range| {
+        let mime = range.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        matches!(mime.as_str(), "*/*" | "application/*" | "application/json" | "application/fhir+json" | "")
+    })
+}
+
+pub(crate) fn ensure_no_body(headers: &HeaderMap) -> Result<(), Error> {
+    let length = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).unwrap_or("0");
+    if length != "0" || headers.contains_key(header::TRANSFER_ENCODING) {
+        return Err(RequestError::UnexpectedBody.into());
+    }
+    Ok(())
+}
+
+/// What a request body must be.
+#[derive(Clone, Copy)]
+pub(crate) enum BodyKind {
+    /// A FHIR resource in JSON.
+    Resource,
+    /// An RFC 6902 JSON Patch document.
+    JsonPatch,
+}
+
+/// The media type of the body (lower case, without parameters), refusing encodings and non-UTF-8 charsets.
+fn media_type(headers: &HeaderMap) -> Result<String, Error> {
+    if let Some(enc) = headers.get(header::CONTENT_ENCODING) {
+        if enc.as_bytes() != b"identity" {
+            return Err(RequestError::Encoded.into());
+        }
+    }
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mut parts = ct.split(';');
+    let mime = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+    let charset_ok = parts.all(|p| {
+        let p = p.trim().to_ascii_lowercase();
+        !p.starts_with("charset=") || p == "charset=utf-8" || p == "charset=\"utf-8\""
+    });
+    if !charset_ok {
+        return Err(RequestError::MediaType(ct.to_owned()).into());
+    }
+    Ok(mime)
+}
+
+async fn collect(body: Incoming, limit: usize) -> Result<Bytes, Error> {
+    let collected = Limited::new(body, limit).collect().await.map_err(|e| {
+        if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            Error::from(RequestError::TooLarge(limit))
+        } else {
+            Error::from(RequestError::Read)
+        }
+    })?;
+    Ok(collected.to_bytes())
+}
+
+pub(crate) async fn read_body(
+    headers: &HeaderMap,
+    body: Incoming,
+    limit: usize,
+    kind: BodyKind,
+) -> Result<Value, Error> {
+    let mime = media_type(headers)?;
+    match (kind, mime.as_str()) {
+        (BodyKind::Resource, "application/fhir+json" | "application/json") => {}
+        (BodyKind::JsonPatch, "application/json-patch+json") => {}
+        (BodyKind::JsonPatch, "application/fhir+json" | "application/json") => return Err(RequestError::PatchFormat(
+            "FHIRPath Patch (a Parameters body) is not supported yet; send JSON Patch as application/json-patch+json",
+        )
+        .into()),
+        (BodyKind::JsonPatch, _) => {
+            return Err(RequestError::PatchFormat(
+                "only JSON Patch (application/json-patch+json) is accepted; XML Patch and other formats are not",
+            )
+            .into())
+        }
+        _ => return Err(RequestError::MediaType(mime).into()),
+    }
+    let bytes = collect(body, limit).await?;
+    parse_strict(&bytes).map_err(|e| RequestError::Json(e).into())
+}
+
+/// A form-encoded search body (`POST …/_search`), decoded as strictly as a query string.
+pub(crate) async fn read_form(headers: &HeaderMap, body: Incoming, limit: usize) -> Result<route::Params, Error> {
+    let mime = media_type(headers)?;
+    if mime != "application/x-www-form-urlencoded" {
+        return Err(RequestError::MediaType(mime).into());
+    }
+    let bytes = collect(body, limit).await?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| RequestError::MediaType("non-UTF-8 form".into()))?;
+    Ok(route::parse_query(Some(text.trim_end_matches(['\r', '\n'])))?)
+}
+
+/// Headers that would make the upstream (or a middlebox) reinterpret the request.
+const REFUSED_HEADERS: &[&str] = &["x-http-method-override", "x-http-method", "x-method-override"];
+
+/// Refuses headers that would make the upstream (or a middlebox) reinterpret the request.
+pub(crate) fn check_headers(headers: &HeaderMap) -> Result<(), RequestError> {
+    match REFUSED_HEADERS.iter().find(|h| headers.contains_key(**h)) {
+        Some(h) => Err(RequestError::Header(h)),
+        None => Ok(()),
+    }
+}
+
+/// A client-supplied `X-Request-Id` if it is a short plain token, else a fresh UUID.
+pub(crate) fn correlation_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            (1..=64).contains(&v.len())
+                && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn accept_header() {
+        let mut h = HeaderMap::new();
+        assert!(accepts_fhir_json(&h));
+        h.insert(header::ACCEPT, HeaderValue::from_static("application/fhir+xml"));
+        assert!(!accepts_fhir_json(&h));
+        h.insert(header::ACCEPT, HeaderValue::from_static("application/fhir+xml, application/fhir+json;q=0.5"));
+        assert!(accepts_fhir_json(&h));
+    }
+
+    #[test]
+    fn correlation_ids() {
+        let mut h = HeaderMap::new();
+        h.insert("x-request-id", HeaderValue::from_static("abc-123"));
+        assert_eq!(correlation_id(&h), "abc-123");
+        h.insert("x-request-id", HeaderValue::from_static("bad value with spaces"));
+        assert_ne!(correlation_id(&h), "bad value with spaces");
+    }
+}
