@@ -107,7 +107,8 @@ async fn run(snap: &Snapshot, req: Request<Incoming>, correlation: &str) -> Resu
         Interaction::Create { .. }
         | Interaction::Update { .. }
         | Interaction::ConditionalUpdate { .. }
-        | Interaction::Bundle => {
+        | Interaction::Bundle
+        | Interaction::Validate { id: None, .. } => {
             Some(read_body(&parts.headers, body, limit, BodyKind::Resource).await.map_err(with_both)?)
         }
         Interaction::Operation { op: route::Op::MetaAdd | route::Op::MetaDelete, .. } => {
@@ -225,11 +226,16 @@ pub(crate) async fn dispatch(
         Interaction::Operation { rtype, id, op } => {
             crate::scope::operation::run(ctx, &rtype, &id, op, params, body, self_url).await?
         }
+        Interaction::Validate { rtype, id } => {
+            let (status, outcome) = crate::scope::operation::validate(ctx, &rtype, id.as_deref(), body).await?;
+            return Ok((json_response(status, &outcome, HeaderMap::new(), ctx.correlation), 0));
+        }
         Interaction::Bundle => {
             let answer = bundle(ctx, caller, body.unwrap_or_default()).await?;
             return Ok((json_response(StatusCode::OK, &answer, HeaderMap::new(), ctx.correlation), 0));
         }
-        Interaction::Metadata => unreachable!("answered before identity"),
+        // Answered before identity for top-level requests; only reachable here from elsewhere.
+        Interaction::Metadata => return Ok((metadata(ctx.snap).await?, 0)),
     };
     Ok((json_response(StatusCode::OK, &result.body, result.headers, ctx.correlation), result.dropped))
 }

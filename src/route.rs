@@ -68,6 +68,11 @@ pub enum Interaction {
     },
     /// `POST [base]` with a transaction or batch Bundle.
     Bundle,
+    /// `POST [type]/$validate` (`id: None`) or `[type]/[id]/$validate`.
+    Validate {
+        rtype: String,
+        id: Option<String>,
+    },
     /// An allow-listed instance-level operation, `[type]/[id]/$op`.
     Operation {
         rtype: String,
@@ -105,6 +110,7 @@ impl Interaction {
             Interaction::ConditionalDelete { .. } => "delete-conditional",
             Interaction::Operation { op, .. } => op.name(),
             Interaction::Bundle => "bundle",
+            Interaction::Validate { .. } => "validate",
             Interaction::Delete { .. } => "delete",
             Interaction::Page { .. } => "page",
         }
@@ -122,11 +128,13 @@ pub enum Op {
     MetaAdd,
     /// `[type]/[id]/$meta-delete`, codings outside the tenant system only.
     MetaDelete,
+    /// `[type]/$validate` (the body checked like a write) and `[type]/[id]/$validate` (a read).
+    Validate,
 }
 
 impl Op {
     /// Names that `tenants.NAME.operations` may list.
-    pub const ALLOWABLE: &'static [&'static str] = &["everything", "meta", "meta-add", "meta-delete"];
+    pub const ALLOWABLE: &'static [&'static str] = &["everything", "meta", "meta-add", "meta-delete", "validate"];
 
     /// The config name (without `$`).
     pub fn name(&self) -> &'static str {
@@ -135,6 +143,7 @@ impl Op {
             Op::Meta => "meta",
             Op::MetaAdd => "meta-add",
             Op::MetaDelete => "meta-delete",
+            Op::Validate => "validate",
         }
     }
 }
@@ -158,7 +167,6 @@ const REFUSED_OPERATIONS: &[(&str, &str)] = &[
     ("$binary-access-write", "Binary content is not scoped yet"),
     ("$export", "Bulk Data export is not scoped yet"),
     ("$export-poll-status", "Bulk Data export is not scoped yet"),
-    ("$validate", "validation is not scoped yet"),
     ("$merge", "it rewrites references server-wide"),
 ];
 
@@ -295,6 +303,13 @@ fn operation(method: &Method, segments: &[&str], op: &str, params: &Params) -> R
         ("$meta" | "$meta-add" | "$meta-delete", Some(_)) => {
             return Err(RouteError::Method(format!("{method} for {op}")))
         }
+        ("$validate", None) if post && segments.len() == 2 && is_resource_type(segments[0]) => {
+            if let Some((k, _)) = params.iter().find(|(k, _)| k != "_pretty") {
+                return Err(RouteError::Param { param: k.clone(), interaction: "validate" });
+            }
+            return Ok(Interaction::Validate { rtype: segments[0].to_owned(), id: None });
+        }
+        ("$validate", Some(_)) if get || post => Op::Validate,
         _ => return Err(RouteError::NotSupported(format!("operation {op} at {level} level"))),
     };
     let allowed: &[&str] = match found {
@@ -305,6 +320,9 @@ fn operation(method: &Method, segments: &[&str], op: &str, params: &Params) -> R
         return Err(RouteError::Param { param: k.clone(), interaction: found.name() });
     }
     let (rtype, id) = instance.expect("matched above");
+    if found == Op::Validate {
+        return Ok(Interaction::Validate { rtype, id: Some(id) });
+    }
     Ok(Interaction::Operation { rtype, id, op: found })
 }
 
@@ -312,6 +330,7 @@ fn operation(method: &Method, segments: &[&str], op: &str, params: &Params) -> R
 /// in `scope::search`). `_pretty` is accepted everywhere and dropped.
 fn check_params(interaction: &Interaction, params: &Params) -> Result<(), RouteError> {
     let allowed: &[&str] = match interaction {
+        Interaction::Validate { .. } => return Ok(()),
         Interaction::Search { .. }
         | Interaction::ConditionalUpdate { .. }
         | Interaction::ConditionalPatch { .. }

@@ -34,7 +34,8 @@ pub async fn run(
     let path = if kept.is_empty() { base } else { format!("{base}?{}", encode_query(&kept)) };
     let headers = strict_headers(ctx);
     let (method, body) = match op {
-        Op::Everything | Op::Meta => (Method::GET, None),
+        // `$validate` arrives through `validate()`; were it routed here it would be a read.
+        Op::Everything | Op::Meta | Op::Validate => (Method::GET, None),
         Op::MetaAdd | Op::MetaDelete => (Method::POST, Some(meta_parameters(ctx, body)?)),
     };
     let answer = ctx.upstream.send(method, &path, headers, body.as_ref()).await?;
@@ -49,12 +50,79 @@ pub async fn run(
             let filtered = respond::bundle(ctx, answer_body, self_url, false)?;
             Ok(ReadResult { body: filtered.bundle, headers: http::HeaderMap::new(), dropped: filtered.dropped })
         }
+        Op::Validate => Err(ScopeError::Unprovable.into()),
         Op::Meta | Op::MetaAdd | Op::MetaDelete => Ok(ReadResult {
             body: strip_meta_parameters(ctx, answer_body)?,
             headers: http::HeaderMap::new(),
             dropped: 0,
         }),
     }
+}
+
+/// `$validate`: the type form treats the body as a write (stamped, ids prefixed, every reference
+/// checked in-tenant, nothing stored); the instance form is a read of the caller's own resource.
+/// The upstream's OperationOutcome is the answer; it describes only the caller's content, so its
+/// text is passed on with the caller's id prefix removed.
+pub async fn validate(
+    ctx: &Ctx<'_>,
+    rtype: &str,
+    id: Option<&str>,
+    body: Option<Value>,
+) -> Result<(StatusCode, Value), crate::error::Error> {
+    if !ctx.tenant.operations.iter().any(|o| o == Op::Validate.name()) {
+        return Err(ScopeError::OperationDisabled(Op::Validate.name()).into());
+    }
+    let answer = match id {
+        None => {
+            let mut resource =
+                body.ok_or_else(|| ScopeError::Body("$validate needs the resource to validate".into()))?;
+            if resource.get("resourceType").and_then(Value::as_str) == Some("Parameters") {
+                resource = resource
+                    .get("parameter")
+                    .and_then(Value::as_array)
+                    .and_then(|p| p.iter().find(|p| p.get("name").and_then(Value::as_str) == Some("resource")))
+                    .and_then(|p| p.get("resource").cloned())
+                    .ok_or_else(|| ScopeError::Body("a Parameters body needs a resource parameter".into()))?;
+            }
+            if resource.get("resourceType").and_then(Value::as_str) != Some(rtype) {
+                return Err(ScopeError::Body(format!("resourceType must be {rtype}")).into());
+            }
+            let local = resource.get("id").and_then(Value::as_str).unwrap_or("validate").to_owned();
+            let (prepared, targets) = super::write::prepare(ctx, resource, &local, &Default::default())?;
+            refcheck::check_all(ctx, &targets).await?;
+            ctx.upstream.send(Method::POST, &format!("{rtype}/$validate"), strict_headers(ctx), Some(&prepared)).await?
+        }
+        Some(id) => {
+            let upstream_id = owned(ctx, rtype, id).await?;
+            ctx.upstream
+                .send(Method::GET, &format!("{rtype}/{upstream_id}/$validate"), strict_headers(ctx), None)
+                .await?
+        }
+    };
+    let status = answer.status;
+    if !matches!(status.as_u16(), 200 | 412 | 422) {
+        return Err(super::refused(&answer).into());
+    }
+    let outcome = answer.body.ok_or(ScopeError::Unprovable)?;
+    if outcome.get("resourceType").and_then(Value::as_str) != Some("OperationOutcome") {
+        return Err(ScopeError::Unprovable.into());
+    }
+    let text = outcome.to_string().replace(&format!("{}-", ctx.tenant.prefix), "");
+    let cleaned: Value = serde_json::from_str(&text).map_err(|_| ScopeError::Unprovable)?;
+    Ok((status, cleaned))
+}
+
+/// Proves `rtype/id` is the caller's; returns its upstream id (404 otherwise).
+async fn owned(ctx: &Ctx<'_>, rtype: &str, id: &str) -> Result<String, crate::error::Error> {
+    let not_found = || ScopeError::NotFound(format!("{rtype}/{id}"));
+    let upstream_id = ctx.tenant.upstream_id(id).map_err(|_| not_found())?;
+    let target =
+        refcheck::Target { path: format!("{rtype}/{upstream_id}"), rtype: rtype.to_owned(), original: String::new() };
+    refcheck::check_all(ctx, &[target]).await.map_err(|e| match e {
+        crate::error::Error::Scope(ScopeError::Reference(_)) => not_found().into(),
+        other => other,
+    })?;
+    Ok(upstream_id)
 }
 
 /// The `Parameters` body of `$meta-add` / `$meta-delete`: one `meta` parameter, no tenant codings.

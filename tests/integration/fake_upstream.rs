@@ -258,7 +258,7 @@ async fn request_hygiene() {
         ("GET", "Patient/p1/Observation", 501),
         ("GET", "Patient/$everything", 403),
         ("GET", "Observation/o1/$everything", 403),
-        ("POST", "Patient/$validate", 403),
+        ("GET", "Patient/$validate", 501),
         ("POST", "Patient/p1/$expunge", 403),
         ("GET", "Patient/$meta", 403),
         ("GET", "$get-resource-counts", 403),

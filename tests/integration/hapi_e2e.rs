@@ -719,3 +719,28 @@ async fn binary_content_and_attachments_stay_inside_the_tenant() {
         }
     }
 }
+
+#[tokio::test]
+async fn validate_checks_the_body_like_a_write_and_the_instance_like_a_read() {
+    let (f, ts) = fence(2).await;
+    let (a, b) = (f.token(&ts[0].name), f.token(&ts[1].name));
+    assert_eq!(put(&f.url("Patient/p1"), &patient("p1", "Alpha")).bearer(&a).send().await.status, 201);
+    assert_eq!(put(&f.url("Patient/only-b"), &patient("only-b", "Bravo")).bearer(&b).send().await.status, 201);
+    let obs = |subject: &str| json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": subject}});
+
+    let r = post(&f.url("Observation/$validate"), &obs("Patient/p1")).bearer(&a).send().await;
+    assert_eq!((r.status, r.body["resourceType"].as_str()), (200, Some("OperationOutcome")), "{}", r.body);
+    assert!(
+        !String::from_utf8_lossy(&r.raw).contains(&format!("{}-", ts[0].prefix)),
+        "no upstream id shows: {}",
+        r.body
+    );
+    let r = post(&f.url("Observation/$validate"), &obs("Patient/only-b")).bearer(&a).send().await;
+    assert_eq!(r.status, 422, "references are checked like a write: {}", r.body);
+    let params =
+        json!({"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": obs("Patient/p1")}]});
+    assert_eq!(post(&f.url("Observation/$validate"), &params).bearer(&a).send().await.status, 200);
+    assert_eq!(get(&f.url("Patient/p1/$validate")).bearer(&a).send().await.status, 200);
+    assert_eq!(get(&f.url("Patient/only-b/$validate")).bearer(&a).send().await.status, 404);
+    assert_eq!(get(&f.url("Patient/p1")).bearer(&a).send().await.body["meta"]["versionId"], "1", "nothing was written");
+}

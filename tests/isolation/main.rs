@@ -307,7 +307,9 @@ async fn isolation_probes() {
         probe("graphql", "GET", "/$graphql?query=%7BPatientList%7Bid%7D%7D", &[403]),
         probe("resource counts", "GET", "/$get-resource-counts", &[403]),
         probe("export", "GET", "/$export", &[403]),
-        probe("validate", "POST", "/Patient/$validate", &[403]),
+        probe("validate foreign reference", "POST", "/Observation/$validate", &[422]).json(obs("Patient/b-ref")),
+        probe("validate foreign instance", "GET", "/Patient/b-ref/$validate", &[404]),
+        probe("validate own", "POST", "/Observation/$validate", &[200]).json(obs("Patient/p1")),
         probe("unknown operation", "GET", "/Patient/p1/$frobnicate", &[501]),
         // path and header tricks
         probe("double slash", "GET", "//Patient/b-ref", &[400]),

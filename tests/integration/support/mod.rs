@@ -36,7 +36,7 @@ pub fn tenants(n: usize) -> Vec<T> {
                 name: format!("t{run}{letter}"),
                 prefix: format!("t{run}{letter}"),
                 suspended: false,
-                operations: vec!["everything", "meta", "meta-add", "meta-delete"],
+                operations: vec!["everything", "meta", "meta-add", "meta-delete", "validate"],
             }
         })
         .collect()
