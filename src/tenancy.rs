@@ -143,6 +143,17 @@ impl Marking {
         mine == 1
     }
 
+    /// True when a `meta` element holds any coding in the tenant system (tag or security).
+    pub fn mentions_system(&self, meta: &Value) -> bool {
+        ["tag", "security"].iter().any(|f| {
+            meta.get(*f)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .any(|c| c.get("system").and_then(Value::as_str) == Some(self.system.as_str()))
+        })
+    }
+
     /// Removes the tenant coding and the id prefix (call only after [`owns`](Self::owns)).
     pub fn strip(&self, resource: &mut Map<String, Value>, tenant: &Tenant) {
         if let Some(Value::Object(meta)) = resource.get_mut("meta") {
@@ -231,6 +242,13 @@ mod tests {
         let wrong_list = json!({"id": "acme-1", "meta": {"tag": [{"system": "urn:t", "code": "acme"}],
             "security": [{"system": "urn:t", "code": "acme"}]}});
         assert!(!m.owns(wrong_list.as_object().unwrap(), &acme()));
+    }
+
+    #[test]
+    fn mentions_system() {
+        let m = marking();
+        assert!(m.mentions_system(&json!({"security": [{"system": "urn:t", "code": "x"}]})));
+        assert!(!m.mentions_system(&json!({"tag": [{"system": "urn:other", "code": "x"}]})));
     }
 
     #[test]

@@ -146,6 +146,11 @@ pub fn prepare(ctx: &Ctx, body: Value, local: &str, bundle: &InBundle) -> Result
     let upstream_id = ctx.tenant.upstream_id(local)?;
     resource.insert("id".into(), Value::String(upstream_id));
     ctx.snap.marking.stamp(&mut resource, ctx.tenant)?;
+    // Contained resources cannot carry a tenant marker of their own (only the container is judged).
+    let contained = resource.get("contained").and_then(Value::as_array).into_iter().flatten();
+    if contained.filter_map(|c| c.get("meta")).any(|m| ctx.snap.marking.mentions_system(m)) {
+        return Err(ScopeError::ForeignMarker);
+    }
     let mut body = Value::Object(resource);
     let mut targets = Vec::new();
     reference::for_each_mut(&mut body, &mut |r: &mut String| inbound_reference(ctx, r, bundle, &mut targets))?;

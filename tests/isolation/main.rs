@@ -241,6 +241,7 @@ async fn isolation_probes() {
         // 12 create
         probe("create with foreign tag", "POST", "/Patient", &[422]).json(json!({"resourceType": "Patient", "meta": {"tag": [{"system": SYSTEM, "code": tb}]}})),
         probe("create with foreign security", "POST", "/Patient", &[422]).json(json!({"resourceType": "Patient", "meta": {"security": [{"system": SYSTEM, "code": tb}]}})),
+        probe("contained with tenant coding", "POST", "/Patient", &[422]).json(json!({"resourceType": "Patient", "contained": [{"resourceType": "Organization", "id": "c1", "meta": {"tag": [{"system": SYSTEM, "code": tb}]}}]})),
         probe("create minimal", "POST", "/Patient", &[201]).json(json!({"resourceType": "Patient"})).header("prefer", "return=minimal"),
         // 13 update
         probe("update foreign id lands in own namespace", "PUT", "/Patient/b-two", &[201, 200]).json(json!({"resourceType": "Patient", "id": "b-two"})),
