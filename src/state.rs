@@ -44,6 +44,7 @@ impl Snapshot {
                     upstream: t.upstream.clone(),
                     status: t.status,
                     operations: t.operations.clone(),
+                    destinations: t.subscription_destinations.clone(),
                 };
                 (name.clone(), Arc::new(tenant))
             })

@@ -17,6 +17,8 @@ pub struct Tenant {
     pub status: TenantStatus,
     /// Operations this tenant may call (names without `$`).
     pub operations: Vec<String>,
+    /// Where this tenant's Subscriptions may deliver (prefix rules end in `/`, others are origins).
+    pub destinations: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -183,6 +185,7 @@ mod tests {
             upstream: "u".into(),
             status: TenantStatus::Active,
             operations: vec![],
+            destinations: vec![],
         }
     }
     fn globex() -> Tenant {
@@ -192,6 +195,7 @@ mod tests {
             upstream: "u".into(),
             status: TenantStatus::Active,
             operations: vec![],
+            destinations: vec![],
         }
     }
     fn marking() -> Marking {

@@ -108,6 +108,15 @@ fn validate(c: &Config) -> Result<Url, ConfigError> {
                 ));
             }
         }
+        for (i, d) in t.subscription_destinations.iter().enumerate() {
+            let u = http_url(&format!("{key}.subscription_destinations[{i}]"), d)?;
+            if !d.ends_with('/') && u.path() != "/" {
+                return Err(ConfigError::invalid(
+                    format!("{key}.subscription_destinations[{i}]"),
+                    "a rule is either a URL prefix ending in / or an origin (scheme://host:port)",
+                ));
+            }
+        }
         if !c.upstreams.contains_key(&t.upstream) {
             return Err(ConfigError::invalid(format!("{key}.upstream"), format!("no upstream named {:?}", t.upstream)));
         }

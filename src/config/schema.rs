@@ -134,6 +134,10 @@ pub struct Tenant {
     /// `meta-delete`. Default: none.
     #[serde(default)]
     pub operations: Vec<String>,
+    /// Where this tenant's rest-hook Subscriptions may deliver: a rule ending in `/` is a URL
+    /// prefix, any other rule an exact origin (`scheme://host:port`). Default: nowhere.
+    #[serde(default)]
+    pub subscription_destinations: Vec<String>,
 }
 
 fn default_max_body() -> usize {

@@ -4,6 +4,7 @@
 //! - `read`     — read, vread, instance history (the id prefix makes foreign ids unreachable)
 //! - `search`   — type-level search: tenant parameter added, ids and references prefixed
 //! - `write`    — create, update, delete: stamp the marker, prefix ids, rewrite references
+//! - `subscription` — rest-hook Subscriptions: criteria scoped, destinations allow-listed
 //! - `refcheck` — every reference in a write must exist in the caller's tenant
 //! - `conditional` — `If-None-Exist`, `[type]?criteria` writes, conditional reads
 //! - `transaction` — transaction Bundles: every entry scoped, one atomic upstream transaction
@@ -16,6 +17,7 @@ pub mod read;
 pub mod refcheck;
 pub mod respond;
 pub mod search;
+pub mod subscription;
 pub mod transaction;
 pub mod write;
 
@@ -67,6 +69,10 @@ pub enum ScopeError {
     UpstreamUnsupported(&'static str),
     #[error("operation ${0} is not enabled for this tenant")]
     OperationDisabled(&'static str),
+    #[error("writing {0} through fhir-fence is refused: {1}")]
+    ServerWide(String, &'static str),
+    #[error("Subscription refused: {0}")]
+    Subscription(String),
     #[error("the criteria match more than one resource")]
     MultipleMatches,
     #[error("page token is not valid")]

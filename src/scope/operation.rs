@@ -88,7 +88,8 @@ pub async fn validate(
                 return Err(ScopeError::Body(format!("resourceType must be {rtype}")).into());
             }
             let local = resource.get("id").and_then(Value::as_str).unwrap_or("validate").to_owned();
-            let (prepared, targets) = super::write::prepare(ctx, resource, &local, &Default::default())?;
+            let caps = ctx.snap.capabilities(&ctx.upstream.name).await.ok_or(ScopeError::CapabilitiesUnavailable)?;
+            let (prepared, targets) = super::write::prepare(ctx, &caps, resource, &local, &Default::default())?;
             refcheck::check_all(ctx, &targets).await?;
             ctx.upstream.send(Method::POST, &format!("{rtype}/$validate"), strict_headers(ctx), Some(&prepared)).await?
         }

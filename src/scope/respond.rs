@@ -21,6 +21,9 @@ pub fn resource(ctx: &Ctx, value: Value) -> Result<Value, ScopeError> {
         return Err(ScopeError::Unprovable);
     }
     ctx.snap.marking.strip(&mut map, ctx.tenant);
+    if map.get("resourceType").and_then(Value::as_str) == Some("Subscription") {
+        super::subscription::outbound(&mut map);
+    }
     let mut value = Value::Object(map);
     reference::for_each_mut(&mut value, &mut |r: &mut String| outbound_reference(ctx, r))?;
     // Attachment URLs were stored in the client's form; one naming the upstream is never shown.

@@ -47,7 +47,7 @@ pub async fn run(ctx: &Ctx<'_>, caps: &Capabilities, entries: Vec<Value>) -> Res
     let mut targets = Vec::new();
     for p in &mut plan {
         if let Some((rtype, local, body)) = p.write.take() {
-            let (prepared, refs) = prepare(ctx, body, &local, &in_bundle)?;
+            let (prepared, refs) = prepare(ctx, caps, body, &local, &in_bundle)?;
             if prepared.get("resourceType").and_then(Value::as_str) != Some(rtype.as_str()) {
                 return Err(ScopeError::Body(format!("an entry's resourceType must be {rtype}")).into());
             }

@@ -53,7 +53,7 @@ pub async fn create_or_update(
         }
         None => uuid::Uuid::new_v4().to_string(),
     };
-    let (body, targets) = prepare(ctx, Value::Object(resource), &local, &InBundle::default())?;
+    let (body, targets) = prepare(ctx, caps, Value::Object(resource), &local, &InBundle::default())?;
     let upstream_id = ctx.tenant.upstream_id(&local).map_err(ScopeError::from)?;
     refcheck::check_all(ctx, &targets).await?;
 
@@ -124,6 +124,26 @@ pub async fn delete(ctx: &Ctx<'_>, rtype: &str, id: &str) -> Result<WriteResult,
     })
 }
 
+/// Resource types whose instances change how the server behaves for every tenant; writing them
+/// through fhir-fence is refused, with the reason.
+const SERVER_WIDE: &[(&str, &str)] = &[
+    ("SearchParameter", "it changes indexing and search for every tenant"),
+    ("SubscriptionTopic", "topic-based subscriptions are not scoped yet"),
+    ("StructureDefinition", "profiles are resolved server-wide"),
+    ("CodeSystem", "terminology is resolved server-wide"),
+    ("ValueSet", "terminology is resolved server-wide"),
+    ("ConceptMap", "terminology is resolved server-wide"),
+    ("NamingSystem", "identifier systems are resolved server-wide"),
+    ("OperationDefinition", "operations are defined server-wide"),
+    ("CompartmentDefinition", "compartments are defined server-wide"),
+    ("ImplementationGuide", "implementation guides are installed server-wide"),
+    ("CapabilityStatement", "it describes the whole server"),
+    ("StructureMap", "maps are resolved server-wide"),
+    ("GraphDefinition", "graphs are resolved server-wide"),
+    ("MessageDefinition", "message definitions are resolved server-wide"),
+    ("TerminologyCapabilities", "it describes the whole server"),
+];
+
 /// What a transaction Bundle itself defines: `fullUrl`s (`urn:uuid:…` or absolute) mapped to
 /// the upstream references fhir-fence assigned, and the upstream paths the Bundle writes (no
 /// existence check for those: they exist once the transaction commits).
@@ -139,10 +159,23 @@ pub struct InBundle<'a> {
 /// Checks and rewrites a resource body for the upstream: the id moved into the tenant namespace,
 /// the tenant coding stamped, every reference rewritten. Returns the body and the references
 /// that must exist in the caller's tenant (for [`refcheck`]).
-pub fn prepare(ctx: &Ctx, body: Value, local: &str, bundle: &InBundle) -> Result<(Value, Vec<RefTarget>), ScopeError> {
+pub fn prepare(
+    ctx: &Ctx,
+    caps: &Capabilities,
+    body: Value,
+    local: &str,
+    bundle: &InBundle,
+) -> Result<(Value, Vec<RefTarget>), ScopeError> {
     let Value::Object(mut resource) = body else {
         return Err(ScopeError::Body("the body must be a JSON object".into()));
     };
+    let rtype = resource.get("resourceType").and_then(Value::as_str).unwrap_or_default().to_owned();
+    if let Some((_, why)) = SERVER_WIDE.iter().find(|(t, _)| *t == rtype) {
+        return Err(ScopeError::ServerWide(rtype, why));
+    }
+    if rtype == "Subscription" {
+        super::subscription::inbound(ctx, caps, &mut resource)?;
+    }
     let upstream_id = ctx.tenant.upstream_id(local)?;
     resource.insert("id".into(), Value::String(upstream_id));
     ctx.snap.marking.stamp(&mut resource, ctx.tenant)?;

@@ -744,3 +744,119 @@ async fn validate_checks_the_body_like_a_write_and_the_instance_like_a_read() {
     assert_eq!(get(&f.url("Patient/only-b/$validate")).bearer(&a).send().await.status, 404);
     assert_eq!(get(&f.url("Patient/p1")).bearer(&a).send().await.body["meta"]["versionId"], "1", "nothing was written");
 }
+
+/// A webhook receiver on a loopback port bound to 0: every request's path and body, in order.
+async fn webhook() -> (String, tokio::sync::mpsc::UnboundedReceiver<(String, String)>) {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://127.0.0.1:{}/", listener.local_addr().unwrap().port());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let tx = tx.clone();
+                    async move {
+                        let path = req.uri().path().to_owned();
+                        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                        let _ = tx.send((path, String::from_utf8_lossy(&body).into_owned()));
+                        Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                            bytes::Bytes::new(),
+                        )))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (base, rx)
+}
+
+#[tokio::test]
+async fn subscriptions_are_scoped_and_deliver_only_to_allowed_destinations() {
+    let (hook, mut deliveries) = webhook().await;
+    let mut ts = tenants(3);
+    ts[0].destinations = vec![format!("{hook}a/")];
+    ts[1].destinations = vec![format!("{hook}b/")];
+    let f = support::start(Options::new(&hapi(), &ts)).await;
+    let (a, b, c) = (f.token(&ts[0].name), f.token(&ts[1].name), f.token(&ts[2].name));
+    let code = format!("urn:test:{}|glucose", ts[0].prefix);
+    let sub = |endpoint: String| {
+        json!({"resourceType": "Subscription", "status": "requested", "reason": "test",
+            "criteria": format!("Observation?code={code}"),
+            "channel": {"type": "rest-hook", "endpoint": endpoint, "payload": "application/fhir+json"}})
+    };
+
+    let r = post(&f.url("Subscription"), &sub(format!("{hook}a/hook"))).bearer(&a).send().await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["criteria"], format!("Observation?code={code}"), "the client sees its own criteria");
+    assert_eq!(r.body.get("extension"), None);
+    let sub_a = r.body["id"].as_str().unwrap().to_owned();
+    let raw = get(&format!("{}/Subscription/{}-{sub_a}", hapi(), ts[0].prefix)).send().await;
+    let stored = raw.body["criteria"].as_str().unwrap();
+    assert!(stored.contains("&_tag=") && stored.ends_with(&format!("%7C{}", ts[0].name)), "scoped upstream: {stored}");
+
+    assert_eq!(
+        post(&f.url("Subscription"), &sub(format!("{hook}a/hook"))).bearer(&b).send().await.status,
+        422,
+        "not B's destination"
+    );
+    let r = post(&f.url("Subscription"), &sub(format!("{hook}b/hook"))).bearer(&b).send().await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let sub_b = r.body["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        post(&f.url("Subscription"), &sub(format!("{hook}a/hook"))).bearer(&c).send().await.status,
+        422,
+        "no destinations at all"
+    );
+    let mut with_ext = sub(format!("{hook}a/hook"));
+    with_ext["extension"] = json!([{"url": "http://hapifhir.io/fhir/StructureDefinition/subscription-payload-search-criteria", "valueString": "Observation?"}]);
+    assert_eq!(post(&f.url("Subscription"), &with_ext).bearer(&a).send().await.status, 422);
+    let mut websocket = sub(format!("{hook}a/hook"));
+    websocket["channel"]["type"] = json!("websocket");
+    assert_eq!(post(&f.url("Subscription"), &websocket).bearer(&a).send().await.status, 422);
+    let mut topic = sub(format!("{hook}a/hook"));
+    topic["criteria"] = json!("http://example.org/SubscriptionTopic/encounter-start");
+    assert_eq!(post(&f.url("Subscription"), &topic).bearer(&a).send().await.status, 422);
+    assert_eq!(
+        post(&f.url("SearchParameter"), &json!({"resourceType": "SearchParameter"})).bearer(&a).send().await.status,
+        403
+    );
+
+    // HAPI activates requested subscriptions asynchronously: wait (bounded) until both are active.
+    for (id, token) in [(&sub_a, &a), (&sub_b, &b)] {
+        let mut active = false;
+        for _ in 0..100 {
+            let r = get(&f.url(&format!("Subscription/{id}"))).bearer(token).send().await;
+            if r.body["status"] == "active" {
+                active = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        assert!(active, "Subscription/{id} never became active");
+    }
+
+    let obs = json!({"resourceType": "Observation", "status": "final",
+        "code": {"coding": [{"system": format!("urn:test:{}", ts[0].prefix), "code": "glucose"}]}});
+    assert_eq!(post(&f.url("Observation"), &obs).bearer(&b).send().await.status, 201);
+    assert_eq!(post(&f.url("Observation"), &obs).bearer(&a).send().await.status, 201);
+
+    let mut seen = vec![];
+    while !(seen.iter().any(|(p, _): &(String, String)| p.starts_with("/a/"))
+        && seen.iter().any(|(p, _)| p.starts_with("/b/")))
+    {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(60), deliveries.recv()).await;
+        seen.push(next.expect("no notification within 60 s").expect("receiver alive"));
+    }
+    for (path, body) in &seen {
+        let (mine, theirs) =
+            if path.starts_with("/a/") { (&ts[0].prefix, &ts[1].prefix) } else { (&ts[1].prefix, &ts[0].prefix) };
+        assert!(path.contains(&format!("{mine}-")), "{path}");
+        assert!(!path.contains(&format!("{theirs}-")) && !body.contains(&format!("{theirs}-")), "{path}: {body}");
+    }
+}

@@ -296,6 +296,12 @@ async fn isolation_probes() {
         probe("binary security context foreign", "POST", "/Binary", &[422]).json(json!({"resourceType": "Binary", "contentType": "text/plain", "securityContext": {"reference": "Patient/b-ref"}})),
         probe("attachment to foreign binary", "POST", "/DocumentReference", &[422]).json(json!({"resourceType": "DocumentReference", "status": "current", "content": [{"attachment": {"contentType": "text/plain", "url": "Binary/b-bin"}}]})),
         probe("attachment to upstream", "POST", "/DocumentReference", &[422]).json(json!({"resourceType": "DocumentReference", "status": "current", "content": [{"attachment": {"contentType": "text/plain", "url": format!("{}/Binary/{pb}-b-bin", hapi())}}]})),
+        // subscriptions and server-wide resources
+        probe("subscription without allowed destination", "POST", "/Subscription", &[422]).json(json!({"resourceType": "Subscription", "status": "requested", "reason": "x", "criteria": "Observation?", "channel": {"type": "rest-hook", "endpoint": "http://127.0.0.1:9/x"}})),
+        probe("subscription payload search extension", "POST", "/Subscription", &[422]).json(json!({"resourceType": "Subscription", "status": "requested", "reason": "x", "criteria": "Observation?", "extension": [{"url": "http://hapifhir.io/fhir/StructureDefinition/subscription-payload-search-criteria", "valueString": "Patient?"}], "channel": {"type": "rest-hook", "endpoint": "http://127.0.0.1:9/x"}})),
+        probe("search parameter write", "POST", "/SearchParameter", &[403]).json(json!({"resourceType": "SearchParameter", "status": "active"})),
+        probe("value set write", "PUT", "/ValueSet/vs1", &[403]).json(json!({"resourceType": "ValueSet", "id": "vs1", "status": "active"})),
+        probe("trigger subscription", "POST", "/Subscription/s1/$trigger-subscription", &[403]),
         // operations
         probe("everything foreign", "GET", "/Patient/b-ref/$everything", &[404]),
         probe("everything own", "GET", "/Patient/p1/$everything", &[200]),

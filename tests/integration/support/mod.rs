@@ -24,6 +24,8 @@ pub struct T {
     pub suspended: bool,
     /// Operations enabled for the tenant (all scoped ones by default).
     pub operations: Vec<&'static str>,
+    /// Allowed Subscription destinations (none by default).
+    pub destinations: Vec<String>,
 }
 
 /// Tenant names and prefixes unique to this test, so tests sharing one HAPI never see each other.
@@ -37,6 +39,7 @@ pub fn tenants(n: usize) -> Vec<T> {
                 prefix: format!("t{run}{letter}"),
                 suspended: false,
                 operations: vec!["everything", "meta", "meta-add", "meta-delete", "validate"],
+                destinations: vec![],
             }
         })
         .collect()
@@ -143,11 +146,12 @@ tenants = [{first}]
     );
     for t in &o.tenants {
         s.push_str(&format!(
-            "\n[tenants.{name}]\nprefix = \"{prefix}\"\nupstream = \"main\"\nstatus = \"{status}\"\noperations = {ops:?}\n",
+            "\n[tenants.{name}]\nprefix = \"{prefix}\"\nupstream = \"main\"\nstatus = \"{status}\"\noperations = {ops:?}\nsubscription_destinations = {dest:?}\n",
             name = t.name,
             prefix = t.prefix,
             status = if t.suspended { "suspended" } else { "active" },
-            ops = t.operations
+            ops = t.operations,
+            dest = t.destinations
         ));
     }
     s
