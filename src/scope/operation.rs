@@ -22,13 +22,7 @@ pub async fn run(
         return Err(ScopeError::OperationDisabled(op.name()).into());
     }
     let not_found = || ScopeError::NotFound(format!("{rtype}/{id}"));
-    let upstream_id = ctx.tenant.upstream_id(id).map_err(|_| not_found())?;
-    let target =
-        refcheck::Target { path: format!("{rtype}/{upstream_id}"), rtype: rtype.to_owned(), original: String::new() };
-    refcheck::check_all(ctx, &[target]).await.map_err(|e| match e {
-        crate::error::Error::Scope(ScopeError::Reference(_)) => not_found().into(),
-        other => other,
-    })?;
+    let upstream_id = refcheck::owned(ctx, rtype, id).await?;
     let base = format!("{rtype}/{upstream_id}/${}", op.name());
     let kept: Vec<(String, String)> = params.iter().filter(|(k, _)| k != "_pretty").cloned().collect();
     let path = if kept.is_empty() { base } else { format!("{base}?{}", encode_query(&kept)) };
@@ -94,7 +88,7 @@ pub async fn validate(
             ctx.upstream.send(Method::POST, &format!("{rtype}/$validate"), strict_headers(ctx), Some(&prepared)).await?
         }
         Some(id) => {
-            let upstream_id = owned(ctx, rtype, id).await?;
+            let upstream_id = refcheck::owned(ctx, rtype, id).await?;
             ctx.upstream
                 .send(Method::GET, &format!("{rtype}/{upstream_id}/$validate"), strict_headers(ctx), None)
                 .await?
@@ -111,19 +105,6 @@ pub async fn validate(
     let text = outcome.to_string().replace(&format!("{}-", ctx.tenant.prefix), "");
     let cleaned: Value = serde_json::from_str(&text).map_err(|_| ScopeError::Unprovable)?;
     Ok((status, cleaned))
-}
-
-/// Proves `rtype/id` is the caller's; returns its upstream id (404 otherwise).
-async fn owned(ctx: &Ctx<'_>, rtype: &str, id: &str) -> Result<String, crate::error::Error> {
-    let not_found = || ScopeError::NotFound(format!("{rtype}/{id}"));
-    let upstream_id = ctx.tenant.upstream_id(id).map_err(|_| not_found())?;
-    let target =
-        refcheck::Target { path: format!("{rtype}/{upstream_id}"), rtype: rtype.to_owned(), original: String::new() };
-    refcheck::check_all(ctx, &[target]).await.map_err(|e| match e {
-        crate::error::Error::Scope(ScopeError::Reference(_)) => not_found().into(),
-        other => other,
-    })?;
-    Ok(upstream_id)
 }
 
 /// The `Parameters` body of `$meta-add` / `$meta-delete`: one `meta` parameter, no tenant codings.

@@ -40,3 +40,15 @@ pub async fn check_all(ctx: &Ctx<'_>, targets: &[Target]) -> Result<(), crate::e
     }
     Ok(())
 }
+
+/// Proves `rtype/id` is the caller's; returns its upstream id (404 otherwise).
+pub async fn owned(ctx: &Ctx<'_>, rtype: &str, id: &str) -> Result<String, crate::error::Error> {
+    let not_found = || ScopeError::NotFound(format!("{rtype}/{id}"));
+    let upstream_id = ctx.tenant.upstream_id(id).map_err(|_| not_found())?;
+    let target = Target { path: format!("{rtype}/{upstream_id}"), rtype: rtype.to_owned(), original: String::new() };
+    check_all(ctx, &[target]).await.map_err(|e| match e {
+        crate::error::Error::Scope(ScopeError::Reference(_)) => not_found().into(),
+        other => other,
+    })?;
+    Ok(upstream_id)
+}

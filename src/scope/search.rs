@@ -92,13 +92,7 @@ pub async fn compartment(
     if !caps.compartment(ctype) {
         return Err(ScopeError::UpstreamUnsupported("this compartment search").into());
     }
-    let owner = ctx.tenant.upstream_id(id).map_err(|_| ScopeError::NotFound(format!("{ctype}/{id}")))?;
-    let target =
-        refcheck::Target { path: format!("{ctype}/{owner}"), rtype: ctype.to_owned(), original: String::new() };
-    refcheck::check_all(ctx, &[target]).await.map_err(|e| match e {
-        crate::error::Error::Scope(ScopeError::Reference(_)) => ScopeError::NotFound(format!("{ctype}/{id}")).into(),
-        other => other,
-    })?;
+    let owner = refcheck::owned(ctx, ctype, id).await?;
     let scoped = scope_params(ctx, caps, &[rtype.to_owned()], params)?;
     fetch(ctx, &format!("{ctype}/{owner}/{rtype}?{}", encode_query(&scoped)), self_url, false).await
 }
