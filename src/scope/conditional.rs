@@ -31,7 +31,7 @@ pub async fn create(
         [] => write::create_or_update(ctx, caps, rtype, None, body, None).await,
         [existing] => Ok(WriteResult {
             status: StatusCode::OK,
-            local_id: existing.get("id").and_then(Value::as_str).unwrap_or_default().to_owned(),
+            local_id: id_of(existing),
             version: existing.pointer("/meta/versionId").and_then(Value::as_str).map(str::to_owned),
             body: Some(existing.clone()),
             headers: HeaderMap::new(),
@@ -51,12 +51,9 @@ pub async fn update(
     let found = matching(ctx, caps, rtype, criteria).await?;
     let body_id = body.get("id").and_then(Value::as_str).map(str::to_owned);
     match found.as_slice() {
-        [] => match body_id {
-            Some(id) => write::create_or_update(ctx, caps, rtype, Some(&id), body, None).await,
-            None => write::create_or_update(ctx, caps, rtype, None, body, None).await,
-        },
+        [] => write::create_or_update(ctx, caps, rtype, body_id.as_deref(), body, None).await,
         [existing] => {
-            let id = existing.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
+            let id = id_of(existing);
             if body_id.as_deref().is_some_and(|b| b != id) {
                 return Err(
                     ScopeError::Body("the id in the body differs from the resource the criteria match".into()).into()
@@ -85,7 +82,7 @@ pub async fn patch(
     match found.as_slice() {
         [] => Err(ScopeError::NotFound(format!("{rtype}?{}", encode_query(criteria))).into()),
         [existing] => {
-            let id = existing.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
+            let id = id_of(existing);
             write::patch(ctx, caps, rtype, &id, patch, if_match).await
         }
         _ => Err(ScopeError::MultipleMatches.into()),
@@ -116,6 +113,11 @@ pub async fn delete(
         StatusCode::NOT_FOUND => Ok(StatusCode::OK),
         _ => Err(super::refused(&answer).into()),
     }
+}
+
+/// The (local) id of a matched resource.
+pub fn id_of(resource: &Value) -> String {
+    resource.get("id").and_then(Value::as_str).unwrap_or_default().to_owned()
 }
 
 /// The criteria of `If-None-Exist` (`a=b&c=d`, optionally as `?a=b` or `Type?a=b`).

@@ -191,7 +191,7 @@ async fn plan_entry(
                     .and_then(Value::as_str)
                     .map(str::to_owned)
                     .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
-                [existing] => existing.get("id").and_then(Value::as_str).unwrap_or_default().to_owned(),
+                [existing] => super::conditional::id_of(existing),
                 _ => return Err(ScopeError::MultipleMatches.into()),
             };
             if let Some(o) = body.as_object_mut() {
