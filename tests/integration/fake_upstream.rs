@@ -311,3 +311,49 @@ async fn metadata_is_public_and_trimmed() {
         .collect();
     assert_eq!(codes, vec!["read", "search-type", "patch"]);
 }
+
+#[tokio::test]
+async fn compartment_and_system_search_where_the_upstream_declares_them() {
+    let ts = tenants(2);
+    let mut cs = fake::capability_statement();
+    cs["rest"][0]["interaction"] = json!([{"code": "search-system"}]);
+    cs["rest"][0]["compartment"] = json!(["http://hl7.org/fhir/CompartmentDefinition/patient"]);
+    let a = ts[0].clone();
+    let up = fake::start_with(cs, move |s| {
+        let base = format!("http://{}/fhir", s.headers["host"].to_str().unwrap());
+        if s.path == format!("/fhir/Patient/{}-p1", a.prefix) {
+            Answer::Json(200, stored("Patient", &a.prefix, &a.name, "p1"))
+        } else if s.path.starts_with("/fhir/Patient/") && !s.path.ends_with("/Observation") {
+            Answer::Json(404, json!({"resourceType": "OperationOutcome"}))
+        } else {
+            Answer::Json(200, searchset(&base, vec![stored("Observation", &a.prefix, &a.name, "o1")], None))
+        }
+    })
+    .await;
+    let fence = support::start(Options::new(&up.base, &ts)).await;
+    let tok = fence.token(&ts[0].name);
+    let p = &ts[0].prefix;
+
+    let r = get(&fence.url("Patient/p1/Observation?name=x")).bearer(&tok).send().await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let s = up.last();
+    assert_eq!(s.path, format!("/fhir/Patient/{p}-p1/Observation"));
+    assert_eq!(s.param("_tag"), vec![format!("{SYSTEM}|{}", ts[0].name)]);
+    assert_eq!(s.param("name"), vec!["x"]);
+
+    let before = up.seen().len();
+    let r = get(&fence.url("Patient/p1/Observation")).bearer(&fence.token(&ts[1].name)).send().await;
+    assert_eq!(r.status, 404, "another tenant's compartment owner");
+    assert_eq!(up.seen().len(), before + 1, "only the ownership check reached the upstream");
+
+    let r = get(&fence.url("?_type=Patient,Observation&_id=o1")).bearer(&tok).send().await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let s = up.last();
+    assert_eq!((s.path.as_str(), s.param("_type")), ("/fhir", vec!["Patient,Observation"]));
+    assert_eq!(s.param("_id"), vec![format!("{p}-o1")]);
+    assert_eq!(s.param("_tag"), vec![format!("{SYSTEM}|{}", ts[0].name)]);
+    let r = get(&fence.url("?_type=Patient&name=x")).bearer(&tok).send().await;
+    assert_eq!(r.status, 200, "a parameter every listed type has");
+    let r = get(&fence.url("?_type=Nonexistent")).bearer(&tok).send().await;
+    assert_eq!(r.status, 400);
+}

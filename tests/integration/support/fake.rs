@@ -66,18 +66,24 @@ pub fn capability_statement() -> Value {
 }
 
 pub async fn start(handler: impl Fn(&Seen) -> Answer + Send + Sync + 'static) -> Fake {
+    start_with(capability_statement(), handler).await
+}
+
+/// A fake upstream serving `cs` as its CapabilityStatement.
+pub async fn start_with(cs: Value, handler: impl Fn(&Seen) -> Answer + Send + Sync + 'static) -> Fake {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://127.0.0.1:{}/fhir", listener.local_addr().unwrap().port());
     let seen = Arc::new(Mutex::new(Vec::new()));
     let handler = Arc::new(handler);
     let (seen2, h2) = (seen.clone(), handler.clone());
+    let cs = Arc::new(cs);
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
-            let (seen, handler) = (seen2.clone(), h2.clone());
+            let (seen, handler, cs) = (seen2.clone(), h2.clone(), cs.clone());
             tokio::spawn(async move {
                 let service = service_fn(move |req: Request<Incoming>| {
-                    let (seen, handler) = (seen.clone(), handler.clone());
+                    let (seen, handler, cs) = (seen.clone(), handler.clone(), cs.clone());
                     async move {
                         let (parts, body) = req.into_parts();
                         let bytes = body.collect().await.unwrap().to_bytes();
@@ -91,11 +97,8 @@ pub async fn start(handler: impl Fn(&Seen) -> Answer + Send + Sync + 'static) ->
                             body: if bytes.is_empty() { None } else { serde_json::from_slice(&bytes).ok() },
                         };
                         seen.lock().unwrap().push(s.clone());
-                        let answer = if s.path == "/fhir/metadata" {
-                            Answer::Json(200, capability_statement())
-                        } else {
-                            handler(&s)
-                        };
+                        let answer =
+                            if s.path == "/fhir/metadata" { Answer::Json(200, (*cs).clone()) } else { handler(&s) };
                         let (status, ct, body) = match answer {
                             Answer::Json(st, v) => {
                                 (st, "application/fhir+json;charset=utf-8", Bytes::from(v.to_string()))
