@@ -168,21 +168,12 @@ pub async fn matching(
 /// `GET [base]?_page=token`: a later page of a search this tenant made.
 pub async fn page(ctx: &Ctx<'_>, token: &str, self_url: &str) -> Result<ReadResult, crate::error::Error> {
     let page = paging::open(ctx, token)?;
-    fetch_page(ctx, &format!("{}?{}", page.p, page.q), self_url, page.h).await
+    // An upstream page that is gone is as gone as a forged token (`page: true`).
+    fetch_inner(ctx, &format!("{}?{}", page.p, page.q), self_url, page.h, true).await
 }
 
 async fn fetch(ctx: &Ctx<'_>, path: &str, self_url: &str, unscoped: bool) -> Result<ReadResult, crate::error::Error> {
     fetch_inner(ctx, path, self_url, unscoped, false).await
-}
-
-/// A page behind a page token: an upstream page that is gone is as gone as a forged token.
-async fn fetch_page(
-    ctx: &Ctx<'_>,
-    path: &str,
-    self_url: &str,
-    unscoped: bool,
-) -> Result<ReadResult, crate::error::Error> {
-    fetch_inner(ctx, path, self_url, unscoped, true).await
 }
 
 async fn fetch_inner(

@@ -88,7 +88,7 @@ pub async fn run(ctx: &Ctx<'_>, caps: &Capabilities, entries: Vec<Value>) -> Res
         out.push(match p.step {
             Step::Upstream { rtype, local } => response_entry(ctx, &rtype, local.as_deref(), answers.next().unwrap_or_default()),
             Step::Matched { rtype, resource } => {
-                let local = resource.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
+                let local = super::conditional::id_of(&resource);
                 let version = resource.pointer("/meta/versionId").and_then(Value::as_str).unwrap_or("1").to_owned();
                 json!({"fullUrl": respond::public_url(ctx, &rtype, &local), "resource": resource,
                     "response": {"status": "200 OK", "location": format!("{}/_history/{version}", respond::public_url(ctx, &rtype, &local))}})
@@ -158,8 +158,7 @@ async fn plan_entry(
                 match matching(ctx, caps, &rtype, &criteria).await?.as_slice() {
                     [] => {}
                     [existing] => {
-                        let local = existing.get("id").and_then(Value::as_str).unwrap_or_default();
-                        register(&rtype, local, in_bundle)?;
+                        register(&rtype, &super::conditional::id_of(existing), in_bundle)?;
                         return Ok(Planned {
                             step: Step::Matched { rtype, resource: existing.clone() },
                             entry: None,
