@@ -6,8 +6,20 @@ use crate::scope::{conditional, read, write, Ctx, ScopeError};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
 use serde_json::Value;
+
+/// Errors a streamed response body can end with (the connection is then aborted).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Every public response's body: a whole buffer, or a stream (export files).
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// A buffered response as a [`Body`] response.
+pub(crate) fn boxed(resp: Response<Full<Bytes>>) -> Response<Body> {
+    resp.map(|b| b.map_err(|never| match never {}).boxed())
+}
 
 /// The answer to a read or vread: 304 for an unchanged resource the caller already has; a
 /// Binary's own bytes when the client does not accept FHIR JSON (checked as JSON first).

@@ -3,6 +3,7 @@
 //! Each module has its own error type; this module decides, in one `match`, what the client
 //! learns from each. Anything about the upstream is reduced to a generic message plus the
 //! correlation id; the original detail goes to the log only.
+use crate::bulk::ExportError;
 use crate::fhir::outcome::operation_outcome;
 use crate::identity::AuthError;
 use crate::request::RequestError;
@@ -25,6 +26,8 @@ pub enum Error {
     Scope(#[from] ScopeError),
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    #[error(transparent)]
+    Export(#[from] ExportError),
 }
 
 impl Error {
@@ -94,6 +97,15 @@ impl Error {
                     "transient",
                     "the upstream's CapabilityStatement is not loaded yet; retry shortly".into(),
                 ),
+            },
+            Error::Export(e) => match e {
+                ExportError::UnknownHandle => (S::NOT_FOUND, "not-found", shown()),
+                ExportError::Unsupported(_) | ExportError::OutputFormat(_) => {
+                    (S::BAD_REQUEST, "not-supported", shown())
+                }
+                ExportError::PreferAsync | ExportError::Param(_) | ExportError::NotExportable(..) => {
+                    (S::BAD_REQUEST, "invalid", shown())
+                }
             },
             Error::Upstream(UpstreamError::Timeout(_)) => (
                 S::GATEWAY_TIMEOUT,

@@ -5,13 +5,14 @@
 //!               → outbound check (inside scope::respond) → response   | any error → error.rs
 //! ```
 //! Each step's reason for its position is written next to it in [`handle`].
-use crate::answer::{json_response, read_response, written};
+use crate::answer::{boxed, json_response, read_response, written, Body};
 use crate::bundle::bundle;
 use crate::error::Error;
 use crate::identity::Caller;
 use crate::metadata::metadata;
 use crate::request::{
-    accepts_fhir_json, check_headers, correlation_id, ensure_no_body, read_body, read_form, BodyKind, RequestError,
+    accepts_fhir_json, accepts_ndjson, check_headers, correlation_id, ensure_no_body, read_body, read_form, BodyKind,
+    RequestError,
 };
 use crate::route::{self, Interaction};
 use crate::scope::{conditional, read, search, write, Ctx, ScopeError};
@@ -27,7 +28,7 @@ use std::time::Instant;
 
 /// Handles one public request. Never panics on client input; every failure becomes an
 /// OperationOutcome in `error.rs`.
-pub async fn handle(snap: Arc<Snapshot>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+pub async fn handle(snap: Arc<Snapshot>, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     // Correlation id first: every log line and every error body below can then name it.
     let correlation = correlation_id(req.headers());
@@ -35,7 +36,7 @@ pub async fn handle(snap: Arc<Snapshot>, req: Request<Incoming>) -> Response<Ful
     let result = run(&snap, req, &correlation).await;
     let (response, tenant, interaction, dropped) = match result {
         Ok(done) => (done.response, done.tenant, done.interaction, done.dropped),
-        Err((e, tenant, interaction)) => (e.into_response(&correlation), tenant, interaction, 0),
+        Err((e, tenant, interaction)) => (boxed(e.into_response(&correlation)), tenant, interaction, 0),
     };
     tracing::info!(
         target: "fhir_fence::access",
@@ -49,13 +50,13 @@ pub async fn handle(snap: Arc<Snapshot>, req: Request<Incoming>) -> Response<Ful
     );
     if method == Method::HEAD {
         let (parts, _) = response.into_parts();
-        return Response::from_parts(parts, Full::new(Bytes::new()));
+        return boxed(Response::from_parts(parts, Full::new(Bytes::new())));
     }
     response
 }
 
 struct Done {
-    response: Response<Full<Bytes>>,
+    response: Response<Body>,
     tenant: Option<String>,
     interaction: Option<&'static str>,
     dropped: usize,
@@ -63,7 +64,7 @@ struct Done {
 
 type Failed = (Error, Option<String>, Option<&'static str>);
 
-async fn run(snap: &Snapshot, req: Request<Incoming>, correlation: &str) -> Result<Done, Failed> {
+async fn run(snap: &Arc<Snapshot>, req: Request<Incoming>, correlation: &str) -> Result<Done, Failed> {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_owned();
     let fail = |e: Error| (e, None, None);
@@ -71,7 +72,7 @@ async fn run(snap: &Snapshot, req: Request<Incoming>, correlation: &str) -> Resu
     // `metadata` is answered before identity: clients discover the server before they log in.
     // It is served from the CapabilityStatement read at start-up, so it costs no upstream call.
     if (parts.method == Method::GET || parts.method == Method::HEAD) && path == format!("{}/metadata", snap.base_path) {
-        let response = metadata(snap).await.map_err(fail)?;
+        let response = boxed(metadata(snap).await.map_err(fail)?);
         return Ok(Done { response, tenant: None, interaction: Some("metadata"), dropped: 0 });
     }
 
@@ -91,10 +92,15 @@ async fn run(snap: &Snapshot, req: Request<Incoming>, correlation: &str) -> Resu
         route::classify(&parts.method, &snap.base_path, &path, &params).map_err(|e| with_tenant(e.into()))?;
     let name = interaction.name();
     let with_both = |e: Error| (e, tenant_name.clone(), Some(name));
-    // Answers are FHIR JSON; the one exception is a Binary read asking for its own content type.
+    // Answers are FHIR JSON; the exceptions are a Binary read asking for its own content type
+    // and export files (NDJSON).
     let binary_read =
         matches!(&interaction, Interaction::Read { rtype, .. } | Interaction::Vread { rtype, .. } if rtype == "Binary");
-    if !accepts_fhir_json(&parts.headers) && !binary_read {
+    let acceptable = match &interaction {
+        Interaction::ExportFile { .. } => accepts_ndjson(&parts.headers),
+        _ => accepts_fhir_json(&parts.headers) || binary_read,
+    };
+    if !acceptable {
         return Err(with_both(RequestError::NotAcceptable.into()));
     }
 
@@ -108,6 +114,7 @@ async fn run(snap: &Snapshot, req: Request<Incoming>, correlation: &str) -> Resu
         | Interaction::Update { .. }
         | Interaction::ConditionalUpdate { .. }
         | Interaction::Bundle
+        | Interaction::Export { form: true, .. }
         | Interaction::Validate { id: None, .. } => {
             Some(read_body(&parts.headers, body, limit, BodyKind::Resource).await.map_err(with_both)?)
         }
@@ -144,10 +151,18 @@ async fn run(snap: &Snapshot, req: Request<Incoming>, correlation: &str) -> Resu
         .upstreams
         .get(&caller.tenant.upstream)
         .ok_or_else(|| with_both(ScopeError::CapabilitiesUnavailable.into()))?;
+    // Export files stream (constant memory, filtered line by line): the one answer not built
+    // as a whole, so it is answered here rather than in `dispatch`.
+    if let Interaction::ExportFile { file } = &interaction {
+        let response = crate::bulk::download::download(snap.clone(), &caller, upstream.clone(), file, correlation)
+            .await
+            .map_err(with_both)?;
+        return Ok(Done { response, tenant: tenant_name.clone(), interaction: Some(name), dropped: 0 });
+    }
     let ctx = Ctx { snap, tenant: &caller.tenant, upstream, correlation };
     let (response, dropped) =
         dispatch(&ctx, &caller, interaction, &params, body, &parts.headers, &self_url).await.map_err(with_both)?;
-    Ok(Done { response, tenant: tenant_name.clone(), interaction: Some(name), dropped })
+    Ok(Done { response: boxed(response), tenant: tenant_name.clone(), interaction: Some(name), dropped })
 }
 
 pub(crate) async fn dispatch(
@@ -233,6 +248,24 @@ pub(crate) async fn dispatch(
         Interaction::Bundle => {
             let answer = bundle(ctx, caller, body.unwrap_or_default()).await?;
             return Ok((json_response(StatusCode::OK, &answer, HeaderMap::new(), ctx.correlation), 0));
+        }
+        Interaction::Export { level, .. } => {
+            let caps = caps().await?;
+            let (status, body, h) =
+                crate::bulk::kickoff::kickoff(ctx, &caps, caller, &level, params, body, headers, self_url).await?;
+            return Ok((json_response(status, &body, h, ctx.correlation), 0));
+        }
+        Interaction::ExportStatus { job } => {
+            let (status, body, h) = crate::bulk::status::poll(ctx, caller, &job).await?;
+            return Ok((json_response(status, &body, h, ctx.correlation), 0));
+        }
+        Interaction::ExportCancel { job } => {
+            let (status, body, h) = crate::bulk::status::cancel(ctx, caller, &job).await?;
+            return Ok((json_response(status, &body, h, ctx.correlation), 0));
+        }
+        // Streamed by `run`; a batch entry cannot stream.
+        Interaction::ExportFile { .. } => {
+            return Err(ScopeError::Body("an export file is downloaded on its own, not in a batch".into()).into())
         }
         // Answered before identity for top-level requests; only reachable here from elsewhere.
         Interaction::Metadata => return Ok((metadata(ctx.snap).await?, 0)),

@@ -43,6 +43,16 @@ pub(crate) fn accepts_fhir_json(headers: &HeaderMap) -> bool {
     })
 }
 
+/// For export files: NDJSON, or no preference.
+pub(crate) fn accepts_ndjson(headers: &HeaderMap) -> bool {
+    let Some(accept) = headers.get(header::ACCEPT) else { return true };
+    let Ok(accept) = accept.to_str() else { return false };
+    accept.split(',').any(|range| {
+        let mime = range.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        matches!(mime.as_str(), "*/*" | "application/*" | "application/fhir+ndjson" | "application/ndjson" | "")
+    })
+}
+
 pub(crate) fn ensure_no_body(headers: &HeaderMap) -> Result<(), Error> {
     let length = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).unwrap_or("0");
     if length != "0" || headers.contains_key(header::TRANSFER_ENCODING) {

@@ -87,6 +87,36 @@ pub enum Interaction {
     Page {
         token: String,
     },
+    /// A Bulk Data export kickoff (`form`: POST with a `Parameters` body).
+    Export {
+        level: ExportLevel,
+        form: bool,
+    },
+    /// `GET [base]/_export/[job]`: the status of an export, by fhir-fence's sealed job handle.
+    ExportStatus {
+        job: String,
+    },
+    /// `DELETE [base]/_export/[job]`: cancel an export.
+    ExportCancel {
+        job: String,
+    },
+    /// `GET [base]/_export-file/[file]`: one file of a finished export, filtered as it streams.
+    ExportFile {
+        file: String,
+    },
+}
+
+/// Which data a Bulk Data export covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExportLevel {
+    /// `[base]/$export`
+    System,
+    /// `Patient/$export`: every patient's compartment (the caller's patients only, once scoped).
+    Patients,
+    /// `Patient/[id]/$export`
+    Patient(String),
+    /// `Group/[id]/$export`
+    Group(String),
 }
 
 impl Interaction {
@@ -113,6 +143,10 @@ impl Interaction {
             Interaction::Validate { .. } => "validate",
             Interaction::Delete { .. } => "delete",
             Interaction::Page { .. } => "page",
+            Interaction::Export { .. } => "export",
+            Interaction::ExportStatus { .. } => "export-status",
+            Interaction::ExportCancel { .. } => "export-cancel",
+            Interaction::ExportFile { .. } => "export-file",
         }
     }
 }
@@ -133,8 +167,9 @@ pub enum Op {
 }
 
 impl Op {
-    /// Names that `tenants.NAME.operations` may list.
-    pub const ALLOWABLE: &'static [&'static str] = &["everything", "meta", "meta-add", "meta-delete", "validate"];
+    /// Names that `tenants.NAME.operations` may list (`export` is Bulk Data `$export`, routed on its own).
+    pub const ALLOWABLE: &'static [&'static str] =
+        &["everything", "meta", "meta-add", "meta-delete", "validate", "export"];
 
     /// The config name (without `$`).
     pub fn name(&self) -> &'static str {
@@ -165,8 +200,7 @@ const REFUSED_OPERATIONS: &[(&str, &str)] = &[
     ("$diff", "it compares versions without a tenant check"),
     ("$binary-access-read", "Binary content is not scoped yet"),
     ("$binary-access-write", "Binary content is not scoped yet"),
-    ("$export", "Bulk Data export is not scoped yet"),
-    ("$export-poll-status", "Bulk Data export is not scoped yet"),
+    ("$export-poll-status", "poll the status URL fhir-fence gave at kickoff"),
     ("$merge", "it rewrites references server-wide"),
 ];
 
@@ -231,6 +265,9 @@ pub fn classify(method: &Method, base_path: &str, path: &str, params: &Params) -
         ["metadata"] if is_get => Interaction::Metadata,
         ["_history"] if is_get => Interaction::History { rtype: None },
         ["_search"] if *method == Method::POST => Interaction::SystemSearch { form: true },
+        ["_export", job] if is_get => Interaction::ExportStatus { job: job.to_string() },
+        ["_export", job] if *method == Method::DELETE => Interaction::ExportCancel { job: job.to_string() },
+        ["_export-file", file] if is_get => Interaction::ExportFile { file: file.to_string() },
         [t] if is_get => Interaction::Search { rtype: ty(t)?, form: false },
         [t] if *method == Method::POST => Interaction::Create { rtype: ty(t)? },
         [t] if *method == Method::PUT => Interaction::ConditionalUpdate { rtype: ty(t)? },
@@ -269,6 +306,9 @@ pub fn classify(method: &Method, base_path: &str, path: &str, params: &Params) -
 fn operation(method: &Method, segments: &[&str], op: &str, params: &Params) -> Result<Interaction, RouteError> {
     if let Some((_, why)) = REFUSED_OPERATIONS.iter().find(|(name, _)| *name == op) {
         return Err(RouteError::OperationRefused(op.to_owned(), why));
+    }
+    if op == "$export" {
+        return export(method, segments);
     }
     if op.starts_with("$mdm-") {
         return Err(RouteError::OperationRefused(op.to_owned(), "MDM links resources across the server"));
@@ -326,6 +366,28 @@ fn operation(method: &Method, segments: &[&str], op: &str, params: &Params) -> R
     Ok(Interaction::Operation { rtype, id, op: found })
 }
 
+/// `$export` at system, Patient, Patient instance or Group instance level; GET or POST.
+/// Its parameters are validated by `bulk::kickoff`.
+fn export(method: &Method, segments: &[&str]) -> Result<Interaction, RouteError> {
+    let level = match segments {
+        ["$export"] => ExportLevel::System,
+        ["Patient", "$export"] => ExportLevel::Patients,
+        ["Patient", id, "$export"] if is_id(id) => ExportLevel::Patient(id.to_string()),
+        ["Group", id, "$export"] if is_id(id) => ExportLevel::Group(id.to_string()),
+        _ => {
+            return Err(RouteError::OperationRefused(
+                "$export".into(),
+                "exports exist at system, Patient, Patient/[id] and Group/[id] level only",
+            ))
+        }
+    };
+    match *method {
+        Method::GET | Method::HEAD => Ok(Interaction::Export { level, form: false }),
+        Method::POST => Ok(Interaction::Export { level, form: true }),
+        _ => Err(RouteError::Method(format!("{method} for $export"))),
+    }
+}
+
 /// Which query parameters each non-search interaction accepts (search parameters are scoped
 /// in `scope::search`). `_pretty` is accepted everywhere and dropped.
 fn check_params(interaction: &Interaction, params: &Params) -> Result<(), RouteError> {
@@ -337,7 +399,8 @@ fn check_params(interaction: &Interaction, params: &Params) -> Result<(), RouteE
         | Interaction::ConditionalDelete { .. }
         | Interaction::SystemSearch { .. }
         | Interaction::Compartment { .. }
-        | Interaction::Page { .. } => return Ok(()),
+        | Interaction::Page { .. }
+        | Interaction::Export { .. } => return Ok(()),
         Interaction::InstanceHistory { .. } | Interaction::History { .. } => &["_count", "_since", "_at", "_pretty"],
         _ => &["_pretty"],
     };

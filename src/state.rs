@@ -28,6 +28,8 @@ pub struct Snapshot {
     pub external_bases: Vec<String>,
     /// Positive reference look-ups: (tenant, `Type/upstream-id`).
     pub ref_cache: moka::future::Cache<(String, String), ()>,
+    /// Export jobs cancelled through this process (ids from their sealed handles).
+    pub export_tombstones: moka::future::Cache<String, ()>,
 }
 
 impl Snapshot {
@@ -67,7 +69,12 @@ impl Snapshot {
             .max_capacity(100_000)
             .time_to_live(Duration::from_secs(c.tenancy.reference_cache_ttl_secs))
             .build();
+        let export_tombstones = moka::future::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(Duration::from_secs(c.export.job_ttl_secs))
+            .build();
         Ok(Snapshot {
+            export_tombstones,
             marking: Marking { marker: c.tenancy.marker, system: c.tenancy.system.clone() },
             external_bases: c
                 .tenancy

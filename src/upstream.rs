@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http::header::{ACCEPT, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -66,6 +67,34 @@ impl Upstream {
             request_timeout: Duration::from_millis(cfg.request_timeout_ms),
             max_body,
         }
+    }
+
+    /// `GET base/path` with `Accept: accept`, answering as soon as the head arrives: the body is
+    /// left to the caller to stream (bounded by time per frame there, not by size here).
+    pub async fn stream(
+        &self,
+        path: &str,
+        accept: &'static str,
+        mut headers: HeaderMap,
+    ) -> Result<(StatusCode, HeaderMap, Incoming), UpstreamError> {
+        headers.insert(ACCEPT, HeaderValue::from_static(accept));
+        let mut req = Request::builder()
+            .method(Method::GET)
+            .uri(format!("{}/{}", self.base, path))
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| UpstreamError::Request(e.to_string()))?;
+        *req.headers_mut() = headers;
+        let resp = tokio::time::timeout(self.request_timeout, self.client.request(req))
+            .await
+            .map_err(|_| UpstreamError::Timeout(self.name.clone()))?
+            .map_err(|e| UpstreamError::Connect(self.name.clone(), e.to_string()))?;
+        let (parts, body) = resp.into_parts();
+        Ok((parts.status, parts.headers, body))
+    }
+
+    /// How long a streamed body may stay silent before it counts as a timeout.
+    pub fn idle_timeout(&self) -> Duration {
+        self.request_timeout
     }
 
     /// Sends `method base/path` with only the given headers (plus `Accept: application/fhir+json`),

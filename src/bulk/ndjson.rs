@@ -4,8 +4,13 @@
 //! decides whether it leaves (and in what form). Failing lines are dropped and counted; a line
 //! is only ever emitted whole; a line longer than the limit ends the stream with an error,
 //! without buffering more than the limit.
+//!
+//! An optional *needle* makes the common case cheap: a line that does not contain it (for an
+//! output file, `"{prefix}-`, which every line of the caller's must hold in its `id`) cannot
+//! pass the check, so it is dropped without being parsed.
 use crate::fhir::json::parse_strict;
 use memchr::memchr;
+use memchr::memmem::Finder;
 use serde_json::Value;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -46,8 +51,12 @@ pub struct NdjsonFilter<F> {
     max_line: usize,
     partial: Vec<u8>,
     check: F,
+    needle: Option<Finder<'static>>,
     pub counts: Counts,
 }
+
+/// The per-line check, boxed, for filters chosen at run time.
+pub type Check = Box<dyn FnMut(Value) -> Option<Value> + Send + Sync>;
 
 impl<F: FnMut(Value) -> Option<Value>> NdjsonFilter<F> {
     /// `check` gets each well-formed line of `expected_type` and returns what may leave, or `None`.
@@ -57,8 +66,15 @@ impl<F: FnMut(Value) -> Option<Value>> NdjsonFilter<F> {
             max_line,
             partial: Vec::new(),
             check,
+            needle: None,
             counts: Counts::default(),
         }
+    }
+
+    /// Lines without `needle` are refused unparsed (use only when `check` would refuse them too).
+    pub fn with_needle(mut self, needle: &[u8]) -> Self {
+        self.needle = Some(Finder::new(needle).into_owned());
+        self
     }
 
     /// Feeds one chunk; complete lines that pass are appended to `out`, each ending in `\n`.
@@ -113,6 +129,9 @@ impl<F: FnMut(Value) -> Option<Value>> NdjsonFilter<F> {
     }
 
     fn judge(&mut self, line: &[u8]) -> Result<Value, Dropped> {
+        if self.needle.as_ref().is_some_and(|n| n.find(line).is_none()) {
+            return Err(Dropped::Refused);
+        }
         let value = parse_strict(line).map_err(|_| Dropped::Malformed)?;
         if !value.is_object() {
             return Err(Dropped::Malformed);

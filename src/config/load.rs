@@ -143,6 +143,12 @@ fn validate(c: &Config) -> Result<Url, ConfigError> {
         }
         // Algorithms and key material are checked where the keys are built (identity::keys).
     }
+    if c.export.job_ttl_secs == 0 {
+        return Err(ConfigError::invalid("export.job_ttl_secs", "must be greater than 0"));
+    }
+    if c.export.max_line_bytes < 1024 {
+        return Err(ConfigError::invalid("export.max_line_bytes", "must be at least 1024"));
+    }
     if c.paging.token_ttl_secs == 0 {
         return Err(ConfigError::invalid("paging.token_ttl_secs", "must be greater than 0"));
     }

@@ -11,6 +11,8 @@ pub struct Config {
     pub tenancy: Tenancy,
     #[serde(default)]
     pub paging: Paging,
+    #[serde(default)]
+    pub export: Export,
     pub upstreams: BTreeMap<String, Upstream>,
     pub issuers: BTreeMap<String, Issuer>,
     pub tenants: BTreeMap<String, Tenant>,
@@ -80,6 +82,24 @@ impl Default for Paging {
     }
 }
 
+/// Bulk Data export: job handles are sealed with the paging key (`paging.key_file`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Export {
+    /// How long a job handle (and the file URLs of its manifest) stays valid.
+    #[serde(default = "default_job_ttl")]
+    pub job_ttl_secs: u64,
+    /// An NDJSON line longer than this ends a download with an error (nothing partial is sent).
+    #[serde(default = "default_max_line")]
+    pub max_line_bytes: usize,
+}
+
+impl Default for Export {
+    fn default() -> Self {
+        Export { job_ttl_secs: default_job_ttl(), max_line_bytes: default_max_line() }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
@@ -131,7 +151,7 @@ pub struct Tenant {
     pub upstream: String,
     pub status: TenantStatus,
     /// FHIR operations this tenant may call (without `$`): `everything`, `meta`, `meta-add`,
-    /// `meta-delete`. Default: none.
+    /// `meta-delete`, `validate`, `export`. Default: none.
     #[serde(default)]
     pub operations: Vec<String>,
     /// Where this tenant's rest-hook Subscriptions may deliver: a rule ending in `/` is a URL
@@ -154,6 +174,12 @@ fn default_ref_ttl() -> u64 {
 }
 fn default_page_ttl() -> u64 {
     3600
+}
+fn default_job_ttl() -> u64 {
+    24 * 3600
+}
+fn default_max_line() -> usize {
+    8 * 1024 * 1024
 }
 fn default_connect_timeout() -> u64 {
     2_000

@@ -464,7 +464,7 @@ fn map_list(value: &str, f: impl Fn(&str) -> Result<String, ScopeError>) -> Resu
 }
 
 /// `_elements` with `meta` always among them (the outbound check needs the tenant coding).
-fn elements_with_meta(value: &str) -> Result<String, ScopeError> {
+pub(crate) fn elements_with_meta(value: &str) -> Result<String, ScopeError> {
     let mut names: Vec<&str> = value.split(',').collect();
     if names.iter().any(|n| n.is_empty() || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.')) {
         return Err(ScopeError::Param(format!("_elements={value} is not a list of element names")));

@@ -126,7 +126,7 @@ pub async fn delete(ctx: &Ctx<'_>, rtype: &str, id: &str) -> Result<WriteResult,
 
 /// Resource types whose instances change how the server behaves for every tenant; writing them
 /// through fhir-fence is refused, with the reason.
-const SERVER_WIDE: &[(&str, &str)] = &[
+pub(crate) const SERVER_WIDE: &[(&str, &str)] = &[
     ("SearchParameter", "it changes indexing and search for every tenant"),
     ("SubscriptionTopic", "topic-based subscriptions are not scoped yet"),
     ("StructureDefinition", "profiles are resolved server-wide"),

@@ -1,6 +1,7 @@
 package dev.fhirfence.hapi;
 
 import ca.uhn.fhir.batch2.jobs.config.Batch2JobsConfig;
+import ca.uhn.fhir.batch2.maintenance.JobMaintenanceServiceImpl;
 import ca.uhn.fhir.batch2.jobs.export.BulkDataExportProvider;
 import ca.uhn.fhir.context.FhirContext;
 import ca.uhn.fhir.context.support.IValidationSupport;
@@ -28,6 +29,8 @@ import java.util.Properties;
 import javax.sql.DataSource;
 import org.apache.commons.dbcp2.BasicDataSource;
 import org.hl7.fhir.dstu2.model.Subscription.SubscriptionChannelType;
+import org.springframework.beans.factory.annotation.Value;
+import org.springframework.beans.factory.config.BeanPostProcessor;
 import org.springframework.beans.factory.config.ConfigurableListableBeanFactory;
 import org.springframework.boot.SpringApplication;
 import org.springframework.boot.autoconfigure.SpringBootApplication;
@@ -66,6 +69,24 @@ public class HapiUpstream {
 
   public static void main(String[] args) {
     SpringApplication.run(HapiUpstream.class, args);
+  }
+
+  /**
+   * How often HAPI's batch jobs (bulk export) advance a step. HAPI's default is 60 s, which makes
+   * a one-patient export take about four minutes; scripts/hapi passes a shorter interval.
+   */
+  @Bean
+  public static BeanPostProcessor batchMaintenanceInterval(
+      @Value("${fhirfence.batch-maintenance-ms:60000}") long millis) {
+    return new BeanPostProcessor() {
+      @Override
+      public Object postProcessBeforeInitialization(Object bean, String name) {
+        if (bean instanceof JobMaintenanceServiceImpl maintenance) {
+          maintenance.setScheduledJobFrequencyMillis(millis);
+        }
+        return bean;
+      }
+    };
   }
 
   @Bean

@@ -1,0 +1,257 @@
+//! `GET [base]/_export-file/[file]`: one export file, streamed from the upstream Binary through
+//! the NDJSON filter, in constant memory.
+//!
+//! Output lines pass the same outbound check as every other answer (`scope::respond`): marker
+//! coding and id prefix required, then stripped, references turned back into local ids.
+//! Error files are sanitised (the upstream's diagnostics only reach the log); deleted-files
+//! entries are kept only inside the caller's id namespace. The upstream's `Content-Length` and
+//! `ETag` describe the unfiltered file, so none of its headers are passed on: the answer is
+//! chunked. A failure mid-stream (an over-long line, a stalled or broken upstream) aborts the
+//! response, so a client can never mistake a cut-off file for a whole one.
+use super::handle::{self, File, Kind};
+use super::ndjson::{Check, NdjsonFilter};
+use super::ExportError;
+use crate::answer::{set_correlation, Body, BoxError};
+use crate::error::Error;
+use crate::fhir::reference;
+use crate::identity::Caller;
+use crate::scope::{read::base_headers, respond, Ctx, ScopeError};
+use crate::state::Snapshot;
+use crate::tenancy::Tenant;
+use crate::upstream::Upstream;
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Response, StatusCode};
+use http_body::{Body as HttpBody, Frame};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::{Instant, Sleep};
+
+pub const NDJSON: &str = "application/fhir+ndjson";
+
+/// Opens the file handle, asks the upstream for the Binary's raw content and answers with the
+/// filtered stream.
+pub async fn download(
+    snap: Arc<Snapshot>,
+    caller: &Caller,
+    upstream: Arc<Upstream>,
+    token: &str,
+    correlation: &str,
+) -> Result<Response<Body>, Error> {
+    let file = handle::open_file(&snap, caller, token).await?;
+    let tenant = caller.tenant.clone();
+    let ctx = Ctx { snap: &snap, tenant: &tenant, upstream: &upstream, correlation };
+    let path = format!("Binary/{}", file.binary);
+    let (status, headers, body) = upstream.stream(&path, NDJSON, base_headers(&ctx)).await?;
+    match status {
+        StatusCode::OK => {}
+        StatusCode::NOT_FOUND | StatusCode::GONE => return Err(ExportError::UnknownHandle.into()),
+        other => return Err(ScopeError::Refused(other.as_u16(), "export file download".into()).into()),
+    }
+    let mime = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mime = mime.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if mime != NDJSON && mime != "application/ndjson" {
+        return Err(ScopeError::Unprovable.into());
+    }
+    let max_line = snap.loaded.config.export.max_line_bytes;
+    let filter =
+        NdjsonFilter::new(expected_type(&file), max_line, check(&snap, &tenant, &upstream, &file, correlation));
+    let filter = match file.kind {
+        Kind::Output => filter.with_needle(format!("\"{}-", tenant.prefix).as_bytes()),
+        Kind::Error | Kind::Deleted => filter,
+    };
+    let idle = upstream.idle_timeout();
+    let report = Report { tenant: tenant.name.clone(), correlation: correlation.to_owned(), rtype: file.rtype };
+    let body = Filtered { upstream: body, filter, idle: Box::pin(tokio::time::sleep(idle)), idle_for: idle, report };
+    let mut resp = Response::new(body.boxed());
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(NDJSON));
+    set_correlation(resp.headers_mut(), correlation);
+    Ok(resp)
+}
+
+fn expected_type(file: &File) -> &str {
+    match file.kind {
+        Kind::Output => &file.rtype,
+        Kind::Error => "OperationOutcome",
+        Kind::Deleted => "Bundle",
+    }
+}
+
+/// The per-line check for this file's kind.
+fn check(
+    snap: &Arc<Snapshot>,
+    tenant: &Arc<Tenant>,
+    upstream: &Arc<Upstream>,
+    file: &File,
+    correlation: &str,
+) -> Check {
+    let (snap, tenant, upstream, correlation) =
+        (snap.clone(), tenant.clone(), upstream.clone(), correlation.to_owned());
+    match file.kind {
+        Kind::Output => Box::new(move |v| {
+            let ctx = Ctx { snap: &snap, tenant: &tenant, upstream: &upstream, correlation: &correlation };
+            respond::resource(&ctx, v).ok()
+        }),
+        Kind::Error => Box::new(move |v| Some(sanitised_error(&v, &correlation))),
+        Kind::Deleted => Box::new(move |v| deleted_in_tenant(&tenant, v)),
+    }
+}
+
+/// An error line as the client sees it: severity and code kept, diagnostics withheld.
+fn sanitised_error(v: &Value, correlation: &str) -> Value {
+    tracing::warn!(correlation, upstream_error = %v, "export error file line (withheld from the client)");
+    let issue = v.get("issue").and_then(Value::as_array).and_then(|i| i.first());
+    let token = |k: &str, default: &str| -> String {
+        issue
+            .and_then(|i| i.get(k))
+            .and_then(Value::as_str)
+            .filter(|s| s.len() <= 32 && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'))
+            .unwrap_or(default)
+            .to_owned()
+    };
+    json!({"resourceType": "OperationOutcome", "issue": [{
+        "severity": token("severity", "error"),
+        "code": token("code", "exception"),
+        "diagnostics": format!("the upstream reported an export error; details are withheld, correlation id {correlation}")
+    }]})
+}
+
+/// A deleted-files Bundle: only entries whose `request.url` is in the caller's namespace, as local ids.
+fn deleted_in_tenant(tenant: &Tenant, v: Value) -> Option<Value> {
+    let entries = v.get("entry")?.as_array()?;
+    let mut kept = Vec::new();
+    for e in entries {
+        let url = e.pointer("/request/url").and_then(Value::as_str)?;
+        let method = e.pointer("/request/method").and_then(Value::as_str)?;
+        let Some(l) = reference::literal(url) else { continue };
+        if let Some(local) = tenant.local_id(l.id) {
+            kept.push(json!({"request": {"method": method, "url": l.with_id(local)}}));
+        }
+    }
+    (!kept.is_empty()).then(|| json!({"resourceType": "Bundle", "type": "transaction", "entry": kept}))
+}
+
+/// Who to name when the stream ends.
+struct Report {
+    tenant: String,
+    correlation: String,
+    rtype: String,
+}
+
+/// The response body: upstream frames in, whole filtered lines out.
+struct Filtered {
+    upstream: Incoming,
+    filter: NdjsonFilter<Check>,
+    idle: Pin<Box<Sleep>>,
+    idle_for: Duration,
+    report: Report,
+}
+
+impl Filtered {
+    fn finished(&mut self) -> Result<Option<Bytes>, BoxError> {
+        let mut out = Vec::new();
+        self.filter.finish(&mut out)?;
+        let (c, r) = (self.filter.counts, &self.report);
+        if c.dropped() > 0 {
+            tracing::warn!(target: "fhir_fence::export", correlation = %r.correlation, tenant = %r.tenant, rtype = %r.rtype,
+                kept = c.kept, refused = c.refused, malformed = c.malformed, wrong_type = c.wrong_type,
+                "export file lines blocked (not provably the caller's)");
+        } else {
+            tracing::info!(target: "fhir_fence::export", correlation = %r.correlation, tenant = %r.tenant, rtype = %r.rtype,
+                kept = c.kept, "export file streamed");
+        }
+        Ok((!out.is_empty()).then(|| Bytes::from(out)))
+    }
+
+    fn fail(&self, e: &dyn std::fmt::Display) {
+        let r = &self.report;
+        tracing::warn!(target: "fhir_fence::export", correlation = %r.correlation, tenant = %r.tenant, rtype = %r.rtype,
+            error = %e, "export file stream aborted");
+    }
+}
+
+impl HttpBody for Filtered {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            match Pin::new(&mut this.upstream).poll_frame(cx) {
+                Poll::Pending => {
+                    if this.idle.as_mut().poll(cx).is_ready() {
+                        this.fail(&"the upstream stalled");
+                        return Poll::Ready(Some(Err("the upstream stalled".into())));
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.fail(&e);
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    this.idle.as_mut().reset(Instant::now() + this.idle_for);
+                    let Ok(data) = frame.into_data() else { continue };
+                    let mut out = Vec::new();
+                    if let Err(e) = this.filter.push(&data, &mut out) {
+                        this.fail(&e);
+                        return Poll::Ready(Some(Err(e.into())));
+                    }
+                    if !out.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+                    }
+                }
+                Poll::Ready(None) => {
+                    return match this.finished() {
+                        Ok(Some(bytes)) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
+                        Ok(None) => Poll::Ready(None),
+                        Err(e) => {
+                            this.fail(&e);
+                            Poll::Ready(Some(Err(e)))
+                        }
+                    };
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TenantStatus;
+
+    #[test]
+    fn deleted_entries_only_in_namespace() {
+        let t = Tenant {
+            name: "acme".into(),
+            prefix: "acme".into(),
+            upstream: "u".into(),
+            status: TenantStatus::Active,
+            operations: vec![],
+            destinations: vec![],
+        };
+        let b = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"request": {"method": "DELETE", "url": "Patient/acme-1"}},
+            {"request": {"method": "DELETE", "url": "Patient/glx-2"}}]});
+        let kept = deleted_in_tenant(&t, b).unwrap();
+        assert_eq!(kept["entry"], json!([{"request": {"method": "DELETE", "url": "Patient/1"}}]));
+        let foreign =
+            json!({"resourceType": "Bundle", "entry": [{"request": {"method": "DELETE", "url": "Patient/glx-2"}}]});
+        assert!(deleted_in_tenant(&t, foreign).is_none());
+    }
+
+    #[test]
+    fn error_lines_are_sanitised() {
+        let v = json!({"resourceType": "OperationOutcome", "issue": [
+            {"severity": "error", "code": "processing", "diagnostics": "Patient/glx-2 failed"}]});
+        let s = sanitised_error(&v, "c1").to_string();
+        assert!(!s.contains("glx") && s.contains("processing") && s.contains("c1"));
+    }
+}

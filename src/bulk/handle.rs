@@ -1,0 +1,91 @@
+//! Sealed export handles. The client never sees the upstream's job id or file URLs: it gets
+//! fhir-fence URLs carrying an AEAD-sealed handle bound to the tenant, the client id and the
+//! upstream, with an expiry. Any replica with the same key (`paging.key_file`) opens them.
+//! A cancelled job is remembered (tombstone) until its handles expire, so its status and files
+//! answer 404 from then on.
+use super::ExportError;
+use crate::identity::Caller;
+use crate::state::Snapshot;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+const JOB: &str = "export-job";
+const FILE: &str = "export-file";
+
+/// What a job handle carries.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Job {
+    /// fhir-fence's own random id for this job (the tombstone key).
+    pub id: String,
+    pub tenant: String,
+    pub client: Option<String>,
+    pub upstream: String,
+    /// The upstream's job id (`_jobId` of its polling URL).
+    pub upstream_job: String,
+    /// The kickoff URL as the client sent it (the manifest's `request`).
+    pub request: String,
+    /// The resource types requested; output files of other types are never handed out.
+    pub types: Vec<String>,
+}
+
+/// Which list of the manifest a file came from.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Kind {
+    Output,
+    Error,
+    Deleted,
+}
+
+/// What a file handle carries.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct File {
+    pub job: String,
+    pub tenant: String,
+    pub client: Option<String>,
+    pub upstream: String,
+    /// The upstream Binary id holding the file.
+    pub binary: String,
+    /// The file's resource type (every line must have it).
+    pub rtype: String,
+    pub kind: Kind,
+}
+
+fn ttl(snap: &Snapshot) -> Duration {
+    Duration::from_secs(snap.loaded.config.export.job_ttl_secs)
+}
+
+pub fn seal_job(snap: &Snapshot, job: &Job) -> String {
+    snap.sealer.seal(JOB, job, ttl(snap))
+}
+
+pub fn seal_file(snap: &Snapshot, file: &File) -> String {
+    snap.sealer.seal(FILE, file, ttl(snap))
+}
+
+/// True when the handle was given to this caller (same tenant, client and upstream).
+fn bound_to(caller: &Caller, tenant: &str, client: &Option<String>, upstream: &str) -> bool {
+    caller.tenant.name == tenant && &caller.client_id == client && caller.tenant.upstream == upstream
+}
+
+/// Opens a job handle for `caller`; anything else is the same 404.
+pub async fn open_job(snap: &Snapshot, caller: &Caller, token: &str) -> Result<Job, ExportError> {
+    let job: Job = snap.sealer.open(JOB, token).map_err(|_| ExportError::UnknownHandle)?;
+    if !bound_to(caller, &job.tenant, &job.client, &job.upstream) || snap.export_tombstones.contains_key(&job.id) {
+        return Err(ExportError::UnknownHandle);
+    }
+    Ok(job)
+}
+
+/// Opens a file handle for `caller`; anything else is the same 404.
+pub async fn open_file(snap: &Snapshot, caller: &Caller, token: &str) -> Result<File, ExportError> {
+    let file: File = snap.sealer.open(FILE, token).map_err(|_| ExportError::UnknownHandle)?;
+    if !bound_to(caller, &file.tenant, &file.client, &file.upstream) || snap.export_tombstones.contains_key(&file.job) {
+        return Err(ExportError::UnknownHandle);
+    }
+    Ok(file)
+}
+
+/// Remembers a cancelled job until its handles would have expired anyway.
+pub async fn tombstone(snap: &Snapshot, job: &Job) {
+    snap.export_tombstones.insert(job.id.clone(), ()).await;
+}
