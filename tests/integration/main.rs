@@ -3,6 +3,7 @@
 //! or the real HAPI server started by `scripts/hapi` (end to end).
 mod support;
 
+mod export_fake;
 mod fake_upstream;
 mod hapi_e2e;
 mod identity;

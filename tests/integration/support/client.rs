@@ -73,6 +73,34 @@ impl Call {
         self
     }
 
+    /// Sends and streams the answer's body into `each` (status and headers first); the body's
+    /// error, if the stream is cut, is returned instead of panicking.
+    pub async fn stream(
+        self,
+        mut each: impl FnMut(&[u8]),
+    ) -> (u16, HeaderMap, Result<(), Box<dyn std::error::Error + Send + Sync>>) {
+        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let mut req = Request::builder().method(self.method).uri(&self.url);
+        for (k, v) in &self.headers {
+            req = req.header(k, v);
+        }
+        let req = req.body(Full::new(self.body.unwrap_or_default())).unwrap();
+        let resp = client.request(req).await.expect("request failed");
+        let (parts, mut body) = resp.into_parts();
+        let result = loop {
+            match body.frame().await {
+                None => break Ok(()),
+                Some(Err(e)) => break Err(e.into()),
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        each(data);
+                    }
+                }
+            }
+        };
+        (parts.status.as_u16(), parts.headers, result)
+    }
+
     pub async fn send(self) -> Reply {
         let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
         let mut req = Request::builder().method(self.method).uri(&self.url);

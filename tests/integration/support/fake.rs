@@ -3,6 +3,8 @@
 //! are deterministic. It serves a small CapabilityStatement by itself.
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
+use http_body::Frame;
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -10,7 +12,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use tokio::net::TcpListener;
 
 pub enum Answer {
@@ -18,6 +22,21 @@ pub enum Answer {
     Raw(u16, &'static str, &'static str),
     /// Never answers (for timeouts).
     Hang,
+    /// Status, extra headers, optional JSON body.
+    Headers(u16, Vec<(&'static str, String)>, Option<Value>),
+    /// Status, content type, and a body produced chunk by chunk (for large streams).
+    Chunks(u16, &'static str, Box<dyn Iterator<Item = Bytes> + Send + Sync>),
+}
+
+/// A response body pulled from an iterator, one chunk per frame.
+struct IterBody(Box<dyn Iterator<Item = Bytes> + Send + Sync>);
+
+impl http_body::Body for IterBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.0.next().map(|b| Ok(Frame::data(b))))
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -99,19 +118,30 @@ pub async fn start_with(cs: Value, handler: impl Fn(&Seen) -> Answer + Send + Sy
                         seen.lock().unwrap().push(s.clone());
                         let answer =
                             if s.path == "/fhir/metadata" { Answer::Json(200, (*cs).clone()) } else { handler(&s) };
-                        let (status, ct, body) = match answer {
+                        let full = |b: Bytes| Full::new(b).boxed();
+                        let mut extra = vec![];
+                        let (status, ct, body): (u16, &str, BoxBody<Bytes, Infallible>) = match answer {
                             Answer::Json(st, v) => {
-                                (st, "application/fhir+json;charset=utf-8", Bytes::from(v.to_string()))
+                                (st, "application/fhir+json;charset=utf-8", full(Bytes::from(v.to_string())))
                             }
-                            Answer::Raw(st, ct, b) => (st, ct, Bytes::from_static(b.as_bytes())),
+                            Answer::Raw(st, ct, b) => (st, ct, full(Bytes::from_static(b.as_bytes()))),
+                            Answer::Headers(st, h, v) => {
+                                extra = h;
+                                let b = v.map(|v| Bytes::from(v.to_string())).unwrap_or_default();
+                                (st, "application/fhir+json;charset=utf-8", full(b))
+                            }
+                            Answer::Chunks(st, ct, it) => (st, ct, IterBody(it).boxed()),
                             Answer::Hang => {
                                 std::future::pending::<()>().await;
                                 unreachable!()
                             }
                         };
-                        let mut resp = Response::new(Full::new(body));
+                        let mut resp = Response::new(body);
                         *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
                         resp.headers_mut().insert("content-type", ct.parse().unwrap());
+                        for (k, v) in extra {
+                            resp.headers_mut().insert(k, v.parse().unwrap());
+                        }
                         Ok::<_, Infallible>(resp)
                     }
                 });

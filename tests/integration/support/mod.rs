@@ -38,7 +38,7 @@ pub fn tenants(n: usize) -> Vec<T> {
                 name: format!("t{run}{letter}"),
                 prefix: format!("t{run}{letter}"),
                 suspended: false,
-                operations: vec!["everything", "meta", "meta-add", "meta-delete", "validate"],
+                operations: vec!["everything", "meta", "meta-add", "meta-delete", "validate", "export"],
                 destinations: vec![],
             }
         })
@@ -52,6 +52,8 @@ pub struct Options {
     pub request_timeout_ms: u64,
     /// `tag` or `security`.
     pub marker: &'static str,
+    /// `export.max_line_bytes`.
+    pub max_line_bytes: usize,
 }
 
 impl Options {
@@ -62,6 +64,7 @@ impl Options {
             max_body_bytes: 65536,
             request_timeout_ms: 20_000,
             marker: "tag",
+            max_line_bytes: 1 << 20,
         }
     }
 }
@@ -103,6 +106,9 @@ marker = "{marker}"
 system = "{SYSTEM}"
 allowed_external_bases = ["https://terminology.example.org/fhir"]
 
+[export]
+max_line_bytes = {max_line}
+
 [upstreams.main]
 base_url = "{upstream}"
 request_timeout_ms = {timeout}
@@ -137,6 +143,7 @@ tenants = [{first}]
         upstream = o.upstream,
         timeout = o.request_timeout_ms,
         marker = o.marker,
+        max_line = o.max_line_bytes,
         secret = fixture("dev-hs256.secret"),
         rs_jwks = fixture("keys/rs256-jwks.json"),
         rs_key = fixture("keys/rs256-private.pem"),
