@@ -69,6 +69,51 @@ impl Upstream {
         }
     }
 
+    /// Sends a request whose answer body does not matter (it is read, bounded, and dropped):
+    /// only the status is used, so its content type is not checked.
+    pub async fn status_of(
+        &self,
+        method: Method,
+        path: &str,
+        mut headers: HeaderMap,
+    ) -> Result<StatusCode, UpstreamError> {
+        headers.insert(ACCEPT, HeaderValue::from_static(FHIR_JSON));
+        let uri = format!("{}/{}", self.base, path);
+        Ok(self.exchange(method, &uri, headers, Bytes::new()).await?.0.status)
+    }
+
+    /// One bounded, timed request/response exchange.
+    async fn exchange(
+        &self,
+        method: Method,
+        uri: &str,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<(http::response::Parts, Bytes), UpstreamError> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Full::new(body))
+            .map_err(|e| UpstreamError::Request(e.to_string()))?;
+        *req.headers_mut() = headers;
+        let exchange = async {
+            let resp =
+                self.client.request(req).await.map_err(|e| UpstreamError::Connect(self.name.clone(), e.to_string()))?;
+            let (parts, body) = resp.into_parts();
+            let collected = Limited::new(body, self.max_body).collect().await.map_err(|e| {
+                if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                    UpstreamError::TooLarge(self.name.clone())
+                } else {
+                    UpstreamError::Connect(self.name.clone(), e.to_string())
+                }
+            })?;
+            Ok::<_, UpstreamError>((parts, collected.to_bytes()))
+        };
+        tokio::time::timeout(self.request_timeout, exchange)
+            .await
+            .map_err(|_| UpstreamError::Timeout(self.name.clone()))?
+    }
+
     /// `GET base/path` with `Accept: accept`, answering as soon as the head arrives: the body is
     /// left to the caller to stream (bounded by time per frame there, not by size here).
     pub async fn stream(
@@ -120,30 +165,7 @@ impl Upstream {
             }
             None => Bytes::new(),
         };
-        let mut req = Request::builder()
-            .method(method)
-            .uri(&uri)
-            .body(Full::new(bytes))
-            .map_err(|e| UpstreamError::Request(e.to_string()))?;
-        *req.headers_mut() = headers;
-
-        let exchange = async {
-            let resp =
-                self.client.request(req).await.map_err(|e| UpstreamError::Connect(self.name.clone(), e.to_string()))?;
-            let (parts, body) = resp.into_parts();
-            let collected = Limited::new(body, self.max_body).collect().await.map_err(|e| {
-                if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                    UpstreamError::TooLarge(self.name.clone())
-                } else {
-                    UpstreamError::Connect(self.name.clone(), e.to_string())
-                }
-            })?;
-            Ok::<_, UpstreamError>((parts, collected.to_bytes()))
-        };
-        let (parts, bytes) = tokio::time::timeout(self.request_timeout, exchange)
-            .await
-            .map_err(|_| UpstreamError::Timeout(self.name.clone()))??;
-
+        let (parts, bytes) = self.exchange(method, &uri, headers, bytes).await?;
         let body = if bytes.is_empty() {
             None
         } else {

@@ -4,6 +4,7 @@
 mod support;
 
 mod export_fake;
+mod export_hapi;
 mod fake_upstream;
 mod hapi_e2e;
 mod identity;
