@@ -5,8 +5,10 @@
 //!   and Patient ownership checked, NDJSON only, no job reuse across tenants
 //! - `handle`   — sealed job and file handles: the upstream's polling and file URLs never leave
 //! - `status`   — polling (202 passed on, the 200 manifest rewritten) and cancellation
-//! - `download` — each file streamed through `ndjson`, the constant-memory line filter
+//! - `download` — each file streamed through `ndjson`, the constant-memory line filter, whose
+//!   common case `fastline` checks in one pass over the bytes
 pub mod download;
+pub mod fastline;
 pub mod handle;
 pub mod kickoff;
 pub mod ndjson;

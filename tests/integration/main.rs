@@ -6,5 +6,6 @@ mod support;
 mod export_fake;
 mod export_hapi;
 mod fake_upstream;
+mod fastline_differential;
 mod hapi_e2e;
 mod identity;

@@ -1,0 +1,111 @@
+//! The export fast path (`bulk::fastline`) against the full outbound check
+//! (`scope::respond::resource`) on the same lines: whenever the fast path accepts a line, the
+//! full check must accept it too and produce the same JSON. Lines come from realistic
+//! templates and from every one-byte deletion or replacement and a set of edits of them (broken syntax,
+//! duplicate keys, foreign references, escapes, misplaced codings...).
+use crate::support::fake;
+use crate::support::{self, tenants, Options, SYSTEM};
+use fhir_fence::bulk::download::fast_line;
+use fhir_fence::fhir::json::parse_strict;
+use fhir_fence::scope::{respond, Ctx};
+use serde_json::Value;
+
+fn templates(p: &str, t: &str, base: &str) -> Vec<String> {
+    let tag = format!(r#"{{"system":"{SYSTEM}","code":"{t}"}}"#);
+    vec![
+        format!(
+            r#"{{"resourceType":"Observation","id":"{p}-o1","meta":{{"versionId":"1","tag":[{tag}]}},"status":"final","subject":{{"reference":"Patient/{p}-p1"}},"valueQuantity":{{"value":12.5,"unit":"kg"}}}}"#
+        ),
+        format!(
+            r##"{{"resourceType":"Observation","id":"{p}-o2","meta":{{"tag":[{{"system":"http://x","code":"y"}},{tag},{{"code":"z"}}],"security":[{{"system":"http://s","code":"R"}}]}},"performer":[{{"reference":"{base}/Practitioner/{p}-d1"}},{{"reference":"#c1"}},{{"reference":"https://terminology.example.org/fhir/ValueSet/v1"}}],"contained":[{{"resourceType":"Patient","id":"c1"}}],"note":[{{"text":"café \"quoted\" \\ back/slash\nnew line"}}],"component":[{{"valueInteger":-0}},{{"valueDecimal":0.25}},{{"valueBoolean":true}},{{"x":null}}]}}"##
+        ),
+        format!(
+            r#"{{ "resourceType" : "Observation" , "id" : "{p}-o3" , "meta" : {{ "tag" : [ {tag} ] , "lastUpdated" : "2026-01-01" }} , "derivedFrom" : [ {{ "reference" : "Observation/{p}-o1/_history/2" }} ] , "extension" : [ {{ "url" : "http://e" , "valueAttachment" : {{ "url" : "http://elsewhere/a" , "contentType" : "text/plain" }} }} ] }}"#
+        ),
+        format!(
+            r#"{{"resourceType":"Observation","id":"{p}-o4","meta":{{"tag":[{tag}]}},"presentedForm":[{{"contentType":"text/plain","url":"{base}/Binary/x"}}]}}"#
+        ),
+        format!(
+            r#"{{"resourceType":"Observation","id":"{p}-o5","meta":{{"tag":[{tag}]}},"a":[[[[{{"b":[1,2,{{"c":"d"}}]}}]]]],"e":1e3,"f":"\u0041"}}"#
+        ),
+    ]
+}
+
+/// Edits that turn a good line into a doubtful one.
+fn edits(line: &str, p: &str, other: &str) -> Vec<String> {
+    let mut out = vec![
+        line.replacen(&format!("{p}-p1"), &format!("{other}-p1"), 1),
+        line.replacen(&format!("\"id\":\"{p}-"), &format!("\"id\":\"{other}-"), 1),
+        line.replacen("\"status\"", "\"id\":\"x\",\"status\"", 1),
+        line.replacen("\"versionId\"", "\"tag\":[],\"versionId\"", 1),
+        line.replacen("\"tag\"", "\"security\"", 1),
+        line.replacen("\"resourceType\":\"Observation\"", "\"resourceType\":\"Patient\"", 1),
+        line.replacen("\"meta\"", "\"\\u006deta\"", 1),
+        line.replacen("\"reference\"", "\"refer\\u0065nce\"", 1),
+        line.replacen("\"Patient/", "\"Patient?identifier=", 1),
+        line.replacen("#c1", "urn:uuid:1", 1),
+        line.replacen("12.5", "1.2e1", 1),
+        line.replacen("12.5", "012", 1),
+        line.replacen(",\"status\"", ",\"status\":1,\"status\"", 1),
+        line.replacen("}", "},", 1),
+        format!("{line} x"),
+        format!("[{line}]"),
+        line.replacen("\"final\"", "\"fi\u{1}nal\"", 1),
+    ];
+    out.extend(line.replacen("\"code\":\"", "\"code\":\"other", 1).lines().map(str::to_owned));
+    out
+}
+
+#[tokio::test]
+async fn the_fast_path_never_accepts_what_the_full_check_refuses() {
+    let ts = tenants(2);
+    let up = fake::start(|_| fake::Answer::Hang).await;
+    let fence = support::start(Options::new(&up.base, &ts)).await;
+    let snap = &fence.snap;
+    let tenant = snap.tenants[&ts[0].name].clone();
+    let upstream = snap.upstreams["main"].clone();
+    let ctx = Ctx { snap, tenant: &tenant, upstream: &upstream, correlation: "diff" };
+    let fast = fast_line(snap, &tenant, &upstream, "Observation");
+    let full = |line: &str| -> Option<Value> {
+        let v = parse_strict(line.as_bytes()).ok()?;
+        if v.get("resourceType")?.as_str()? != "Observation" {
+            return None;
+        }
+        respond::resource(&ctx, v).ok()
+    };
+
+    let (p, other) = (ts[0].prefix.as_str(), ts[1].prefix.as_str());
+    let mut lines = vec![];
+    for t in templates(p, &ts[0].name, &up.base) {
+        // Every one-byte deletion, every byte replaced by a quote or a backslash, and the edits.
+        for i in 0..t.len() {
+            if t.is_char_boundary(i) && t.is_char_boundary(i + 1) {
+                lines.push(format!("{}{}", &t[..i], &t[i + 1..]));
+                lines.push(format!("{}\"{}", &t[..i], &t[i + 1..]));
+                lines.push(format!("{}\\{}", &t[..i], &t[i + 1..]));
+            }
+        }
+        lines.extend(edits(&t, p, other));
+        lines.push(t);
+    }
+    let (mut fast_yes, mut checked) = (0, 0);
+    for line in &lines {
+        let mut out = Vec::new();
+        let slow = full(line);
+        if fast.accept(line.as_bytes(), &mut out).is_ok() {
+            fast_yes += 1;
+            let got: Value = serde_json::from_slice(&out).unwrap_or_else(|e| panic!("fast output not JSON ({e}): {line}"));
+            let want = slow.unwrap_or_else(|| panic!("fast path accepted a line the full check refuses: {line}"));
+            assert_eq!(got, want, "different output for {line}");
+        } else {
+            assert!(out.is_empty(), "an unsure line leaves nothing behind");
+        }
+        checked += 1;
+    }
+    // The fast path must actually carry the common lines (otherwise it is no fast path).
+    for (i, t) in templates(p, &ts[0].name, &up.base).iter().enumerate().take(3) {
+        let mut out = Vec::new();
+        assert!(fast.accept(t.as_bytes(), &mut out).is_ok(), "template {i} should take the fast path: {t}");
+    }
+    assert!(fast_yes > 3 && checked > 5000, "{fast_yes} fast of {checked}");
+}
