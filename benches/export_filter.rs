@@ -209,7 +209,8 @@ fn cpu_seconds(pid: u32, ticks: f64) -> f64 {
 
 fn peak_rss_mb(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: f64 = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    let kb: f64 =
+        status.lines().find(|l| l.starts_with("VmHWM:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
     kb / 1024.0
 }
 
@@ -364,9 +365,8 @@ status = "active"
 
     let fport = free_port();
     let me = std::env::current_exe().unwrap();
-    let forwarder = Killed(
-        Command::new(me).args(["forward", &format!("127.0.0.1:{fport}"), &origin_base]).spawn().unwrap(),
-    );
+    let forwarder =
+        Killed(Command::new(me).args(["forward", &format!("127.0.0.1:{fport}"), &origin_base]).spawn().unwrap());
     let forward_url = format!("http://127.0.0.1:{fport}/fhir/Binary/bench");
     wait_port(fport).await;
 

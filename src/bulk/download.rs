@@ -10,10 +10,10 @@
 //! response, so a client can never mistake a cut-off file for a whole one.
 use super::fastline::FastLine;
 use super::handle::{self, File, Kind};
-use crate::config::Marker;
 use super::ndjson::{Check, NdjsonFilter};
 use super::ExportError;
 use crate::answer::{set_correlation, Body, BoxError};
+use crate::config::Marker;
 use crate::error::Error;
 use crate::fhir::reference;
 use crate::identity::Caller;
@@ -67,9 +67,12 @@ pub async fn download(
     let filter = match file.kind {
         // Subscriptions have their criteria restored by the full check; they take the long way.
         Kind::Output if file.rtype == "Subscription" => filter.with_needle(format!("\"{}-", tenant.prefix).as_bytes()),
-        Kind::Output => filter
-            .with_needle(format!("\"{}-", tenant.prefix).as_bytes())
-            .with_fast_path(fast_line(&snap, &tenant, &upstream, &file.rtype)),
+        Kind::Output => filter.with_needle(format!("\"{}-", tenant.prefix).as_bytes()).with_fast_path(fast_line(
+            &snap,
+            &tenant,
+            &upstream,
+            &file.rtype,
+        )),
         Kind::Error | Kind::Deleted => filter,
     };
     let idle = upstream.idle_timeout();

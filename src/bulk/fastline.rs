@@ -3,19 +3,19 @@
 //!
 //! Parsing every line into a `serde_json::Value` and writing it out again costs far more than
 //! the check itself. This scanner validates the line as strict JSON (RFC 8259, duplicate keys
-//! rejected) while copying it to the output, and edits only what the check edits: the `id`
-//! (prefix removed), the caller's tenant coding (removed from `meta`), and `reference` strings
-//! (turned back into local ids). It answers only **Accept** or **Unsure**: anything it does not
+//! rejected) without building anything, and notes the byte ranges the check removes: the id
+//! prefix, the caller's tenant coding in `meta` (with its list when nothing else is left), and
+//! the tenant prefix (and upstream base) inside `reference` strings. The line is then written
+//! out with those ranges cut. It answers only **Accept** or **Unsure**: anything it does not
 //! handle with certainty (escapes in keys or in checked strings, `\u` escapes, exponents,
-//! deep nesting, a line the check would refuse) is Unsure, and the line then goes through the
-//! `Value`-based check, which stays the single definition of what may leave. A differential
-//! test below holds the two to the same answers.
+//! deep nesting, a line the check would refuse) is Unsure, and the line goes through the
+//! `Value`-based check, which stays the single definition of what may leave.
+//! `tests/integration/fastline_differential.rs` holds the two to the same answers.
 use crate::fhir::reference::{self, Target};
 use crate::tenancy::Tenant;
-use memchr::memchr2;
 use std::collections::HashSet;
 
-/// What one line's check needs to know, borrowed for the life of a download.
+/// What one line's check needs to know, fixed for a download.
 pub struct FastLine {
     pub expected_type: String,
     pub tenant: Tenant,
@@ -36,63 +36,108 @@ pub struct Unsure;
 
 type R<T> = Result<T, Unsure>;
 
+/// Byte classes inside a JSON string.
+const PLAIN: u8 = 0;
+const QUOTE: u8 = 1;
+const BACKSLASH: u8 = 2;
+const CONTROL: u8 = 3;
+const HIGH: u8 = 4;
+
+static CLASS: [u8; 256] = {
+    let mut t = [PLAIN; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = if i < 0x20 {
+            CONTROL
+        } else if i == b'"' as usize {
+            QUOTE
+        } else if i == b'\\' as usize {
+            BACKSLASH
+        } else if i >= 0x80 {
+            HIGH
+        } else {
+            PLAIN
+        };
+        i += 1;
+    }
+    t
+};
+
+/// True when any byte of `w` is a quote, a backslash, a control character or non-ASCII
+/// (the classic SWAR tests; exact as a yes/no answer).
+fn has_special(w: u64) -> bool {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let zero = |x: u64| x.wrapping_sub(LO) & !x & HI;
+    let quote = zero(w ^ (LO * b'"' as u64));
+    let backslash = zero(w ^ (LO * b'\\' as u64));
+    let control = w.wrapping_sub(LO * 0x20) & !w & HI;
+    (quote | backslash | control | (w & HI)) != 0
+}
+
 impl FastLine {
-    /// Appends the client's view of `line` to `out` and returns Ok, or returns `Unsure` with
-    /// `out` as it was.
+    /// Appends the client's view of `line` to `out`, or answers `Unsure` leaving `out` alone.
     pub fn accept(&self, line: &[u8], out: &mut Vec<u8>) -> R<()> {
-        let start = out.len();
-        let mut s = Scan { b: line, i: 0, out, f: self, codings: 0, seen_type: false, seen_id: false };
-        let r = s.top().and_then(|_| {
-            s.ws();
-            if s.i == s.b.len() && s.codings == 1 && s.seen_type && s.seen_id {
-                Ok(())
-            } else {
-                Err(Unsure)
-            }
-        });
-        if r.is_err() {
-            s.out.truncate(start);
+        let mut s = Scan { b: line, i: 0, f: self, cuts: Vec::new(), codings: 0, seen_type: false, seen_id: false };
+        s.ws();
+        s.object(1, Place::Top)?;
+        s.ws();
+        if s.i != line.len() || s.codings != 1 || !s.seen_type || !s.seen_id {
+            return Err(Unsure);
         }
-        r
+        // Cuts are found in document order except where a cut waits for the next element.
+        s.cuts.sort_unstable();
+        let mut from = 0;
+        for (start, end) in s.cuts {
+            debug_assert!(start >= from, "cuts overlap");
+            out.extend_from_slice(&line[from..start]);
+            from = end;
+        }
+        out.extend_from_slice(&line[from..]);
+        Ok(())
     }
 }
 
-struct Scan<'a, 'o> {
+struct Scan<'a> {
     b: &'a [u8],
     i: usize,
-    out: &'o mut Vec<u8>,
     f: &'a FastLine,
+    /// Byte ranges left out of the output, in order, not overlapping.
+    cuts: Vec<(usize, usize)>,
     /// Tenant codings seen in `meta` (exactly one, the caller's, is required).
     codings: usize,
     seen_type: bool,
     seen_id: bool,
 }
 
-/// A string as found: its raw content (between the quotes) and whether it holds escapes.
+/// A string as found: where its content starts, the content, and whether it has escapes.
 struct Str<'a> {
+    at: usize,
     raw: &'a [u8],
     escaped: bool,
 }
 
 impl<'a> Str<'a> {
     /// The plain text, when there are no escapes.
-    fn plain(&self) -> Option<&'a str> {
+    fn plain(&self) -> R<&'a str> {
         if self.escaped {
-            return None;
+            return Err(Unsure);
         }
-        std::str::from_utf8(self.raw).ok()
+        std::str::from_utf8(self.raw).map_err(|_| Unsure)
     }
 }
 
-impl<'a> Scan<'a, '_> {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Top,
+    Meta,
+    Any,
+}
+
+impl<'a> Scan<'a> {
     fn ws(&mut self) {
-        while let Some(c) = self.b.get(self.i) {
-            if matches!(c, b' ' | b'\t' | b'\r' | b'\n') {
-                self.out.push(*c);
-                self.i += 1;
-            } else {
-                break;
-            }
+        while matches!(self.b.get(self.i), Some(b' ' | b'\t' | b'\r' | b'\n')) {
+            self.i += 1;
         }
     }
 
@@ -100,63 +145,53 @@ impl<'a> Scan<'a, '_> {
         self.b.get(self.i).copied().ok_or(Unsure)
     }
 
-    fn expect(&mut self, c: u8) -> R<()> {
+    fn eat(&mut self, c: u8) -> R<()> {
         if self.peek()? != c {
             return Err(Unsure);
         }
-        self.out.push(c);
         self.i += 1;
         Ok(())
     }
 
-    /// Reads a string starting at `"` without writing it.
+    /// Reads a string (at its opening quote): content validated, UTF-8 checked.
     fn string(&mut self) -> R<Str<'a>> {
-        if self.peek()? != b'"' {
-            return Err(Unsure);
-        }
-        let start = self.i + 1;
-        let mut j = start;
-        let mut escaped = false;
-        let mut high = 0u8;
+        self.eat(b'"')?;
+        let b = self.b;
+        let at = self.i;
+        let mut j = at;
+        let (mut escaped, mut high) = (false, false);
         loop {
-            let k = memchr2(b'"', b'\\', &self.b[j..]).ok_or(Unsure)? + j;
-            for &c in &self.b[j..k] {
-                if c < 0x20 {
-                    return Err(Unsure);
+            // Eight plain bytes at a time; a word holding anything else is looked at byte by byte.
+            while let Some(word) = b.get(j..j + 8) {
+                if has_special(u64::from_le_bytes(word.try_into().expect("eight bytes"))) {
+                    break;
                 }
-                high |= c;
+                j += 8;
             }
-            if self.b[k] == b'"' {
-                j = k;
-                break;
-            }
-            // Simple escapes are copied as they are; `\u` (and surrogates) go the slow way.
-            match self.b.get(k + 1) {
-                Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => {
-                    escaped = true;
-                    j = k + 2;
+            match CLASS[*b.get(j).ok_or(Unsure)? as usize] {
+                PLAIN => j += 1,
+                QUOTE => break,
+                HIGH => {
+                    high = true;
+                    j += 1;
                 }
+                BACKSLASH => match b.get(j + 1) {
+                    // Simple escapes stay as they are; `\u` (and surrogates) go the long way.
+                    Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => {
+                        escaped = true;
+                        j += 2;
+                    }
+                    _ => return Err(Unsure),
+                },
                 _ => return Err(Unsure),
             }
         }
-        let raw = &self.b[start..j];
-        if high >= 0x80 && std::str::from_utf8(raw).is_err() {
+        let raw = &b[at..j];
+        if high && std::str::from_utf8(raw).is_err() {
             return Err(Unsure);
         }
         self.i = j + 1;
-        Ok(Str { raw, escaped })
-    }
-
-    fn write_str(&mut self, raw: &[u8]) {
-        self.out.push(b'"');
-        self.out.extend_from_slice(raw);
-        self.out.push(b'"');
-    }
-
-    /// The top-level resource.
-    fn top(&mut self) -> R<()> {
-        self.ws();
-        self.object(1, Place::Top)
+        Ok(Str { at, raw, escaped })
     }
 
     /// Any value; `place` says what the surrounding check cares about.
@@ -167,11 +202,7 @@ impl<'a> Scan<'a, '_> {
         match self.peek()? {
             b'{' => self.object(depth, place),
             b'[' => self.array(depth),
-            b'"' => {
-                let s = self.string()?;
-                self.write_str(s.raw);
-                Ok(())
-            }
+            b'"' => self.string().map(drop),
             b't' => self.literal(b"true"),
             b'f' => self.literal(b"false"),
             b'n' => self.literal(b"null"),
@@ -181,7 +212,6 @@ impl<'a> Scan<'a, '_> {
 
     fn literal(&mut self, word: &[u8]) -> R<()> {
         if self.b[self.i..].starts_with(word) {
-            self.out.extend_from_slice(word);
             self.i += word.len();
             Ok(())
         } else {
@@ -189,9 +219,8 @@ impl<'a> Scan<'a, '_> {
         }
     }
 
-    /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?` (exponents go the slow way).
+    /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?` (exponents go the long way).
     fn number(&mut self) -> R<()> {
-        let start = self.i;
         let b = self.b;
         let mut i = self.i;
         if b.get(i) == Some(&b'-') {
@@ -218,51 +247,51 @@ impl<'a> Scan<'a, '_> {
         if matches!(b.get(i), Some(b'e' | b'E')) {
             return Err(Unsure);
         }
-        self.out.extend_from_slice(&b[start..i]);
         self.i = i;
         Ok(())
     }
 
     fn array(&mut self, depth: usize) -> R<()> {
-        self.expect(b'[')?;
+        self.eat(b'[')?;
         self.ws();
         if self.peek()? == b']' {
-            return self.expect(b']');
+            return self.eat(b']');
         }
         loop {
             self.value(depth + 1, Place::Any)?;
             self.ws();
             match self.peek()? {
                 b',' => {
-                    self.expect(b',')?;
+                    self.i += 1;
                     self.ws();
                 }
-                b']' => return self.expect(b']'),
+                b']' => return self.eat(b']'),
                 _ => return Err(Unsure),
             }
         }
     }
 
-    /// `meta.tag` or `meta.security`: Codings copied, except the caller's tenant coding, which
-    /// is counted and left out. Returns how many elements were written.
+    /// `meta.tag` or `meta.security`: the caller's tenant coding is counted and cut (with one
+    /// neighbouring comma). Returns how many elements remain.
     fn meta_list(&mut self, depth: usize, field: &'static str) -> R<usize> {
-        self.expect(b'[')?;
+        self.eat(b'[')?;
         self.ws();
-        let mut kept = 0;
         if self.peek()? == b']' {
-            self.expect(b']')?;
+            self.eat(b']')?;
             return Ok(0);
         }
+        let mut kept = 0;
+        // End of the previous element's value (for cutting ", <coding>") and whether the first
+        // kept element still needs the comma that followed a cut first element removed.
+        let mut prev_end: Option<usize> = None;
+        let mut cut_first: Option<usize> = None;
         loop {
-            let before = self.out.len();
-            if kept > 0 {
-                self.out.push(b',');
-            }
+            let start = self.i;
             let tenant_coding = if self.peek()? == b'{' {
                 let (system, code) = self.coding(depth + 1)?;
-                if system.as_deref() == Some(self.f.system.as_str()) {
+                if system == Some(self.f.system.as_str()) {
                     // Only the caller's, only in the configured list (once: counted by the caller).
-                    if field != self.f.field || code.as_deref() != Some(self.f.tenant.name.as_str()) {
+                    if field != self.f.field || code != Some(self.f.tenant.name.as_str()) {
                         return Err(Unsure);
                     }
                     true
@@ -273,20 +302,35 @@ impl<'a> Scan<'a, '_> {
                 self.value(depth + 1, Place::Any)?;
                 false
             };
+            let end = self.i;
             if tenant_coding {
                 self.codings += 1;
-                self.out.truncate(before);
+                match prev_end {
+                    // `, <coding>`: cut from the end of the previous element.
+                    Some(p) => self.cuts.push((p, end)),
+                    // The first element: cut `<coding>,` once the comma is known (below).
+                    None => cut_first = Some(start),
+                }
             } else {
                 kept += 1;
+                if let Some(s) = cut_first.take() {
+                    // `<coding>, <this>`: cut up to this element's start.
+                    self.cuts.push((s, start));
+                }
+                prev_end = Some(end);
             }
             self.ws();
             match self.peek()? {
                 b',' => {
                     self.i += 1;
-                    self.skip_ws();
+                    self.ws();
                 }
                 b']' => {
-                    self.expect(b']')?;
+                    if let Some(s) = cut_first.take() {
+                        // The coding was the only element: cut it alone (the list goes anyway).
+                        self.cuts.push((s, end));
+                    }
+                    self.eat(b']')?;
                     return Ok(kept);
                 }
                 _ => return Err(Unsure),
@@ -294,35 +338,20 @@ impl<'a> Scan<'a, '_> {
         }
     }
 
-    /// Whitespace consumed without copying (where the separator it followed was not copied).
-    fn skip_ws(&mut self) {
-        while matches!(self.b.get(self.i), Some(b' ' | b'\t' | b'\r' | b'\n')) {
-            self.i += 1;
-        }
-    }
-
-    /// A Coding in `meta.tag`/`meta.security`, copied; its `system` and `code` returned.
+    /// A Coding in `meta.tag`/`meta.security`: its `system` and `code`.
     fn coding(&mut self, depth: usize) -> R<(Option<&'a str>, Option<&'a str>)> {
         let mut found = (None, None);
         self.members(depth, &mut |s, key| {
             match key {
-                b"system" if s.peek()? == b'"' => found.0 = Some(s.string_value()?),
-                b"code" if s.peek()? == b'"' => found.1 = Some(s.string_value()?),
+                b"system" if s.peek()? == b'"' => found.0 = Some(s.string()?.plain()?),
+                b"code" if s.peek()? == b'"' => found.1 = Some(s.string()?.plain()?),
                 b"version" | b"display" | b"userSelected" => s.value(depth + 1, Place::Any)?,
-                // Anything else (an extension, a stray `reference`) goes the full way.
+                // Anything else (an extension, a stray `reference`) goes the long way.
                 _ => return Err(Unsure),
             }
-            Ok(true)
+            Ok(())
         })?;
         Ok(found)
-    }
-
-    /// A string value the check reads: copied, returned as plain text (escapes → Unsure).
-    fn string_value(&mut self) -> R<&'a str> {
-        let s = self.string()?;
-        let text = s.plain().ok_or(Unsure)?;
-        self.write_str(s.raw);
-        Ok(text)
     }
 
     fn object(&mut self, depth: usize, place: Place) -> R<()> {
@@ -330,15 +359,18 @@ impl<'a> Scan<'a, '_> {
         self.members(depth, &mut |s, key| {
             match (place, key) {
                 (Place::Top, b"resourceType") => {
-                    if s.string_value()? != s.f.expected_type {
+                    if s.peek()? != b'"' || s.string()?.plain()? != s.f.expected_type {
                         return Err(Unsure);
                     }
                     s.seen_type = true;
                 }
                 (Place::Top, b"id") => {
+                    if s.peek()? != b'"' {
+                        return Err(Unsure);
+                    }
                     let v = s.string()?;
-                    let local = v.plain().and_then(|id| s.f.tenant.local_id(id)).ok_or(Unsure)?;
-                    s.write_str(local.as_bytes());
+                    s.f.tenant.local_id(v.plain()?).ok_or(Unsure)?;
+                    s.cuts.push((v.at, v.at + s.f.tenant.prefix.len() + 1));
                     s.seen_id = true;
                 }
                 (Place::Top, b"meta") if s.peek()? == b'{' => s.object(depth + 1, Place::Meta)?,
@@ -348,29 +380,26 @@ impl<'a> Scan<'a, '_> {
                         return Err(Unsure);
                     }
                     let field = if key == b"tag" { "tag" } else { "security" };
-                    let before = s.codings;
+                    let (before, cuts_before) = (s.codings, s.cuts.len());
                     let kept = s.meta_list(depth + 1, field)?;
-                    // The list the tenant coding was removed from goes when nothing is left.
-                    return Ok(!(kept == 0 && s.codings > before));
+                    if kept == 0 && s.codings > before {
+                        // Nothing left: the whole member goes (the element cut is inside it).
+                        s.cuts.truncate(cuts_before);
+                        s.cut_member();
+                    }
                 }
                 (_, b"reference") if s.peek()? == b'"' => {
                     let v = s.string()?;
-                    let r = v.plain().ok_or(Unsure)?;
-                    let rewritten = s.reference(r)?;
-                    s.write_str(rewritten.as_deref().unwrap_or(r).as_bytes());
+                    s.reference(v.at, v.plain()?)?;
                 }
-                (_, b"url") if s.peek()? == b'"' => {
-                    let v = s.string()?;
-                    s.write_str(v.raw);
-                    attachment.url = Some(v.plain());
-                }
+                (_, b"url") if s.peek()? == b'"' => attachment.url = Some(s.string()?.plain().ok()),
                 _ => {
                     attachment.marked |= ATTACHMENT_KEYS.contains(&key);
                     attachment.extension |= key.starts_with(b"value");
                     s.value(depth + 1, Place::Any)?
                 }
             }
-            Ok(true)
+            Ok(())
         })?;
         // An Attachment's url naming the upstream is never shown (the full check refuses it).
         if let (Some(url), true, false) = (attachment.url, attachment.marked, attachment.extension) {
@@ -382,68 +411,88 @@ impl<'a> Scan<'a, '_> {
         Ok(())
     }
 
-    /// The members of an object: `{`, key/value pairs through `each` (which answers whether the
-    /// member stays), `}`. A duplicate or escaped key → Unsure.
-    fn members(&mut self, depth: usize, each: &mut dyn FnMut(&mut Self, &'a [u8]) -> R<bool>) -> R<()> {
+    /// Marks the member being read for removal; `members` turns the mark into the cut.
+    fn cut_member(&mut self) {
+        self.cuts.push((usize::MAX, usize::MAX));
+    }
+
+    /// The members of an object: `{`, key/value pairs through `each`, `}`. A duplicate or
+    /// escaped key → Unsure. A member whose handler pushed the `(MAX, MAX)` mark is cut with
+    /// one neighbouring comma.
+    fn members(&mut self, depth: usize, each: &mut dyn FnMut(&mut Self, &'a [u8]) -> R<()>) -> R<()> {
         if depth > MAX_DEPTH {
             return Err(Unsure);
         }
-        self.expect(b'{')?;
+        self.eat(b'{')?;
         self.ws();
         if self.peek()? == b'}' {
-            return self.expect(b'}');
+            return self.eat(b'}');
         }
-        let mut keys: Keys<'a> = Keys::default();
-        let mut written = 0usize;
+        let mut keys = Keys::default();
+        let mut prev_end: Option<usize> = None;
+        let mut cut_first: Option<usize> = None;
         loop {
-            let member_start = self.out.len();
-            if written > 0 {
-                self.out.push(b',');
-            }
+            let start = self.i;
             let key = self.string()?;
             if key.escaped || !keys.insert(key.raw) {
                 return Err(Unsure);
             }
-            self.write_str(key.raw);
             self.ws();
-            self.expect(b':')?;
+            self.eat(b':')?;
             self.ws();
-            if each(self, key.raw)? {
-                written += 1;
+            each(self, key.raw)?;
+            let end = self.i;
+            let cut = self.cuts.last() == Some(&(usize::MAX, usize::MAX));
+            if cut {
+                self.cuts.pop();
+                match prev_end {
+                    Some(p) => self.cuts.push((p, end)),
+                    None => cut_first = Some(start),
+                }
             } else {
-                self.out.truncate(member_start);
+                if let Some(s) = cut_first.take() {
+                    self.cuts.push((s, start));
+                }
+                prev_end = Some(end);
             }
             self.ws();
             match self.peek()? {
                 b',' => {
                     self.i += 1;
-                    self.skip_ws();
+                    self.ws();
                 }
-                b'}' => return self.expect(b'}'),
+                b'}' => {
+                    if let Some(s) = cut_first.take() {
+                        self.cuts.push((s, end));
+                    }
+                    return self.eat(b'}');
+                }
                 _ => return Err(Unsure),
             }
         }
     }
 
-    /// A reference string for the client: `None` to keep it as is.
-    fn reference(&self, r: &str) -> R<Option<String>> {
+    /// Cuts what the full check rewrites in a reference (upstream base, tenant prefix), or
+    /// answers Unsure for any reference it would refuse.
+    fn reference(&mut self, at: usize, r: &'a str) -> R<()> {
+        let offset = |part: &str| at + (part.as_ptr() as usize - r.as_ptr() as usize);
+        let cut_prefix = self.f.tenant.prefix.len() + 1;
         match reference::parse(r) {
-            Target::Contained => Ok(None),
-            Target::Relative(l) => Ok(Some(l.with_id(self.f.tenant.local_id(l.id).ok_or(Unsure)?))),
-            Target::Absolute { base, literal } if base == self.f.upstream_base => {
-                Ok(Some(literal.with_id(self.f.tenant.local_id(literal.id).ok_or(Unsure)?)))
+            Target::Contained => {}
+            Target::Relative(l) => {
+                self.f.tenant.local_id(l.id).ok_or(Unsure)?;
+                self.cuts.push((offset(l.id), offset(l.id) + cut_prefix));
             }
-            Target::Absolute { base, .. } if self.f.external_bases.iter().any(|b| b == base) => Ok(None),
-            _ => Err(Unsure),
+            Target::Absolute { base, literal } if base == self.f.upstream_base => {
+                self.f.tenant.local_id(literal.id).ok_or(Unsure)?;
+                self.cuts.push((at, offset(literal.rtype)));
+                self.cuts.push((offset(literal.id), offset(literal.id) + cut_prefix));
+            }
+            Target::Absolute { base, .. } if self.f.external_bases.iter().any(|b| b == base) => {}
+            _ => return Err(Unsure),
         }
+        Ok(())
     }
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Place {
-    Top,
-    Meta,
-    Any,
 }
 
 /// What an object showed of being an `Attachment`.
@@ -455,11 +504,18 @@ struct Attachment<'a> {
     extension: bool,
 }
 
-/// Keys seen in one object: a short list, a set once objects grow (no quadratic blow-up).
-#[derive(Default)]
+/// Keys seen in one object: a short list on the stack, a set once objects grow (no
+/// quadratic blow-up on hostile lines).
 struct Keys<'a> {
-    few: Vec<&'a [u8]>,
+    few: [&'a [u8]; 16],
+    len: usize,
     many: Option<HashSet<&'a [u8]>>,
+}
+
+impl Default for Keys<'_> {
+    fn default() -> Self {
+        Keys { few: [&[]; 16], len: 0, many: None }
+    }
 }
 
 impl<'a> Keys<'a> {
@@ -467,13 +523,33 @@ impl<'a> Keys<'a> {
         if let Some(set) = &mut self.many {
             return set.insert(k);
         }
-        if self.few.contains(&k) {
+        if self.few[..self.len].contains(&k) {
             return false;
         }
-        self.few.push(k);
-        if self.few.len() > 16 {
-            self.many = Some(self.few.drain(..).collect());
+        if self.len == self.few.len() {
+            let mut set: HashSet<&[u8]> = self.few.iter().copied().collect();
+            set.insert(k);
+            self.many = Some(set);
+        } else {
+            self.few[self.len] = k;
+            self.len += 1;
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_word_test_agrees_with_the_byte_table() {
+        for byte in 0..=255u8 {
+            for pos in 0..8 {
+                let mut w = [b'a'; 8];
+                w[pos] = byte;
+                assert_eq!(has_special(u64::from_le_bytes(w)), CLASS[byte as usize] != PLAIN, "byte {byte} at {pos}");
+            }
+        }
     }
 }

@@ -71,12 +71,14 @@ pub fn parse(reference: &str) -> Target<'_> {
 
 /// Parses exactly `Type/id` or `Type/id/_history/v`.
 pub fn literal(s: &str) -> Option<Literal<'_>> {
-    let parts: Vec<&str> = s.split('/').collect();
-    match parts.as_slice() {
-        [t, id] if is_resource_type(t) && is_id(id) => Some(Literal { rtype: t, id, version: None }),
-        [t, id, "_history", v] if is_resource_type(t) && is_id(id) && is_id(v) => {
-            Some(Literal { rtype: t, id, version: Some(v) })
-        }
+    let mut parts = s.split('/');
+    let (t, id) = (parts.next()?, parts.next()?);
+    if !is_resource_type(t) || !is_id(id) {
+        return None;
+    }
+    match (parts.next(), parts.next(), parts.next()) {
+        (None, _, _) => Some(Literal { rtype: t, id, version: None }),
+        (Some("_history"), Some(v), None) if is_id(v) => Some(Literal { rtype: t, id, version: Some(v) }),
         _ => None,
     }
 }

@@ -28,6 +28,15 @@ fn templates(p: &str, t: &str, base: &str) -> Vec<String> {
         format!(
             r#"{{"resourceType":"Observation","id":"{p}-o5","meta":{{"tag":[{tag}]}},"a":[[[[{{"b":[1,2,{{"c":"d"}}]}}]]]],"e":1e3,"f":"\u0041"}}"#
         ),
+        format!(
+            r#"{{"resourceType":"Observation","id":"{p}-o6","meta":{{"tag":[{tag},{{"system":"http://x","code":"y"}}],"security":[]}},"status":"final"}}"#
+        ),
+        format!(
+            r#"{{"resourceType":"Observation","meta":{{"tag":[ {tag} ] , "source":"s"}},"id":"{p}-o7","x":[{{"tag":[{tag}]}}]}}"#
+        ),
+        format!(
+            r#"{{"resourceType":"Observation","id":"{p}-o8","meta":{{"security":[{{"code":"s"}}],"tag":[ {tag} , [{{"reference":"Patient/{p}-p1"}}] ]}}}}"#
+        ),
     ]
 }
 
@@ -94,7 +103,8 @@ async fn the_fast_path_never_accepts_what_the_full_check_refuses() {
         let slow = full(line);
         if fast.accept(line.as_bytes(), &mut out).is_ok() {
             fast_yes += 1;
-            let got: Value = serde_json::from_slice(&out).unwrap_or_else(|e| panic!("fast output not JSON ({e}): {line}"));
+            let got: Value =
+                serde_json::from_slice(&out).unwrap_or_else(|e| panic!("fast output not JSON ({e}): {line}"));
             let want = slow.unwrap_or_else(|| panic!("fast path accepted a line the full check refuses: {line}"));
             assert_eq!(got, want, "different output for {line}");
         } else {
@@ -103,7 +113,7 @@ async fn the_fast_path_never_accepts_what_the_full_check_refuses() {
         checked += 1;
     }
     // The fast path must actually carry the common lines (otherwise it is no fast path).
-    for (i, t) in templates(p, &ts[0].name, &up.base).iter().enumerate().take(3) {
+    for (i, t) in templates(p, &ts[0].name, &up.base).iter().enumerate().filter(|(i, _)| ![3, 4].contains(i)) {
         let mut out = Vec::new();
         assert!(fast.accept(t.as_bytes(), &mut out).is_ok(), "template {i} should take the fast path: {t}");
     }
