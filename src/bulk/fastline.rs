@@ -27,7 +27,9 @@ pub struct FastLine {
 }
 
 /// Elements that mark an object as an `Attachment` (as in `fhir::reference`).
-const ATTACHMENT_KEYS: &[&[u8]] = &[b"contentType", b"data", b"size", b"hash", b"title", b"creation", b"language"];
+fn is_attachment_key(key: &[u8]) -> bool {
+    matches!(key, b"contentType" | b"data" | b"size" | b"hash" | b"title" | b"creation" | b"language")
+}
 const MAX_DEPTH: usize = 100;
 
 /// Why the fast path gave the line back (it never refuses on its own).
@@ -341,7 +343,7 @@ impl<'a> Scan<'a> {
     /// A Coding in `meta.tag`/`meta.security`: its `system` and `code`.
     fn coding(&mut self, depth: usize) -> R<(Option<&'a str>, Option<&'a str>)> {
         let mut found = (None, None);
-        self.members(depth, &mut |s, key| {
+        self.members(depth, |s, key| {
             match key {
                 b"system" if s.peek()? == b'"' => found.0 = Some(s.string()?.plain()?),
                 b"code" if s.peek()? == b'"' => found.1 = Some(s.string()?.plain()?),
@@ -356,7 +358,7 @@ impl<'a> Scan<'a> {
 
     fn object(&mut self, depth: usize, place: Place) -> R<()> {
         let mut attachment = Attachment::default();
-        self.members(depth, &mut |s, key| {
+        self.members(depth, |s, key| {
             match (place, key) {
                 (Place::Top, b"resourceType") => {
                     if s.peek()? != b'"' || s.string()?.plain()? != s.f.expected_type {
@@ -394,7 +396,7 @@ impl<'a> Scan<'a> {
                 }
                 (_, b"url") if s.peek()? == b'"' => attachment.url = Some(s.string()?.plain().ok()),
                 _ => {
-                    attachment.marked |= ATTACHMENT_KEYS.contains(&key);
+                    attachment.marked |= is_attachment_key(key);
                     attachment.extension |= key.starts_with(b"value");
                     s.value(depth + 1, Place::Any)?
                 }
@@ -419,7 +421,7 @@ impl<'a> Scan<'a> {
     /// The members of an object: `{`, key/value pairs through `each`, `}`. A duplicate or
     /// escaped key → Unsure. A member whose handler pushed the `(MAX, MAX)` mark is cut with
     /// one neighbouring comma.
-    fn members(&mut self, depth: usize, each: &mut dyn FnMut(&mut Self, &'a [u8]) -> R<()>) -> R<()> {
+    fn members(&mut self, depth: usize, mut each: impl FnMut(&mut Self, &'a [u8]) -> R<()>) -> R<()> {
         if depth > MAX_DEPTH {
             return Err(Unsure);
         }
@@ -509,12 +511,14 @@ struct Attachment<'a> {
 struct Keys<'a> {
     few: [&'a [u8]; 16],
     len: usize,
+    /// One bit per (length, last byte) class seen: most new keys are told apart without a compare.
+    seen: u64,
     many: Option<HashSet<&'a [u8]>>,
 }
 
 impl Default for Keys<'_> {
     fn default() -> Self {
-        Keys { few: [&[]; 16], len: 0, many: None }
+        Keys { few: [&[]; 16], len: 0, seen: 0, many: None }
     }
 }
 
@@ -523,7 +527,10 @@ impl<'a> Keys<'a> {
         if let Some(set) = &mut self.many {
             return set.insert(k);
         }
-        if self.few[..self.len].contains(&k) {
+        let bit = 1u64 << ((k.len() as u64 * 31 + k.last().copied().unwrap_or(0) as u64) % 64);
+        let maybe_seen = self.seen & bit != 0;
+        self.seen |= bit;
+        if maybe_seen && self.few[..self.len].contains(&k) {
             return false;
         }
         if self.len == self.few.len() {
