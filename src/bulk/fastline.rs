@@ -65,16 +65,17 @@ static CLASS: [u8; 256] = {
     t
 };
 
-/// True when any byte of `w` is a quote, a backslash, a control character or non-ASCII
-/// (the classic SWAR tests; exact as a yes/no answer).
-fn has_special(w: u64) -> bool {
+/// A mask whose lowest set bit lies in the first byte of `w` (little-endian) that is a quote,
+/// a backslash, a control character or non-ASCII; 0 when there is none. (The classic SWAR
+/// zero-byte test: bits above the first hit may be spurious, the lowest one is exact.)
+fn special_bytes(w: u64) -> u64 {
     const LO: u64 = 0x0101_0101_0101_0101;
     const HI: u64 = 0x8080_8080_8080_8080;
     let zero = |x: u64| x.wrapping_sub(LO) & !x & HI;
     let quote = zero(w ^ (LO * b'"' as u64));
     let backslash = zero(w ^ (LO * b'\\' as u64));
     let control = w.wrapping_sub(LO * 0x20) & !w & HI;
-    (quote | backslash | control | (w & HI)) != 0
+    quote | backslash | control | (w & HI)
 }
 
 impl FastLine {
@@ -163,9 +164,11 @@ impl<'a> Scan<'a> {
         let mut j = at;
         let (mut escaped, mut high) = (false, false);
         loop {
-            // Eight plain bytes at a time; a word holding anything else is looked at byte by byte.
+            // Eight bytes at a time, up to the first byte that is not plain.
             while let Some(word) = b.get(j..j + 8) {
-                if has_special(u64::from_le_bytes(word.try_into().expect("eight bytes"))) {
+                let special = special_bytes(u64::from_le_bytes(word.try_into().expect("eight bytes")));
+                if special != 0 {
+                    j += special.trailing_zeros() as usize / 8;
                     break;
                 }
                 j += 8;
@@ -550,12 +553,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_word_test_agrees_with_the_byte_table() {
+    fn the_word_test_finds_the_first_special_byte() {
         for byte in 0..=255u8 {
             for pos in 0..8 {
                 let mut w = [b'a'; 8];
                 w[pos] = byte;
-                assert_eq!(has_special(u64::from_le_bytes(w)), CLASS[byte as usize] != PLAIN, "byte {byte} at {pos}");
+                let mask = special_bytes(u64::from_le_bytes(w));
+                let special = CLASS[byte as usize] != PLAIN;
+                assert_eq!(mask != 0, special, "byte {byte} at {pos}");
+                if special {
+                    assert_eq!(mask.trailing_zeros() as usize / 8, pos, "byte {byte} at {pos}");
+                }
+                // Whatever follows a special byte, the first one is found.
+                let mut w2 = [0u8; 8];
+                w2[..pos].fill(b'a');
+                if special {
+                    w2[pos] = byte;
+                    assert_eq!(special_bytes(u64::from_le_bytes(w2)).trailing_zeros() as usize / 8, pos);
+                }
             }
         }
     }
