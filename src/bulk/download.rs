@@ -96,6 +96,7 @@ pub fn fast_line(snap: &Snapshot, tenant: &Tenant, upstream: &Upstream, rtype: &
         },
         upstream_base: upstream.base.clone(),
         external_bases: snap.external_bases.clone(),
+        cuts: Vec::new(),
     }
 }
 
@@ -222,7 +223,7 @@ impl HttpBody for Filtered {
                 Poll::Ready(Some(Ok(frame))) => {
                     this.idle.as_mut().reset(Instant::now() + this.idle_for);
                     let Ok(data) = frame.into_data() else { continue };
-                    let mut out = Vec::new();
+                    let mut out = Vec::with_capacity(data.len());
                     if let Err(e) = this.filter.push(&data, &mut out) {
                         this.fail(&e);
                         return Poll::Ready(Some(Err(e.into())));

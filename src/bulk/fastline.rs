@@ -24,6 +24,8 @@ pub struct FastLine {
     pub field: &'static str,
     pub upstream_base: String,
     pub external_bases: Vec<String>,
+    /// Scratch space for one line's cuts, kept between lines.
+    pub cuts: Vec<(usize, usize)>,
 }
 
 /// Elements that mark an object as an `Attachment` (as in `fhir::reference`).
@@ -80,24 +82,31 @@ fn special_bytes(w: u64) -> u64 {
 
 impl FastLine {
     /// Appends the client's view of `line` to `out`, or answers `Unsure` leaving `out` alone.
-    pub fn accept(&self, line: &[u8], out: &mut Vec<u8>) -> R<()> {
-        let mut s = Scan { b: line, i: 0, f: self, cuts: Vec::new(), codings: 0, seen_type: false, seen_id: false };
+    pub fn accept(&mut self, line: &[u8], out: &mut Vec<u8>) -> R<()> {
+        let mut cuts = std::mem::take(&mut self.cuts);
+        cuts.clear();
+        let mut s = Scan { b: line, i: 0, f: self, cuts, codings: 0, seen_type: false, seen_id: false };
         s.ws();
-        s.object(1, Place::Top)?;
-        s.ws();
-        if s.i != line.len() || s.codings != 1 || !s.seen_type || !s.seen_id {
-            return Err(Unsure);
-        }
-        // Cuts are found in document order except where a cut waits for the next element.
-        s.cuts.sort_unstable();
-        let mut from = 0;
-        for (start, end) in s.cuts {
-            debug_assert!(start >= from, "cuts overlap");
-            out.extend_from_slice(&line[from..start]);
-            from = end;
-        }
-        out.extend_from_slice(&line[from..]);
-        Ok(())
+        let scanned = s.object(1, Place::Top).map(|_| s.ws());
+        let whole = s.i == line.len() && s.codings == 1 && s.seen_type && s.seen_id;
+        let mut cuts = s.cuts;
+        let result = match scanned {
+            Ok(()) if whole => {
+                // Cuts are found in document order except where a cut waits for the next element.
+                cuts.sort_unstable();
+                let mut from = 0;
+                for &(start, end) in &cuts {
+                    debug_assert!(start >= from, "cuts overlap");
+                    out.extend_from_slice(&line[from..start]);
+                    from = end;
+                }
+                out.extend_from_slice(&line[from..]);
+                Ok(())
+            }
+            _ => Err(Unsure),
+        };
+        self.cuts = cuts;
+        result
     }
 }
 
@@ -511,6 +520,7 @@ struct Attachment<'a> {
 
 /// Keys seen in one object: a short list on the stack, a set once objects grow (no
 /// quadratic blow-up on hostile lines).
+#[derive(Default)]
 struct Keys<'a> {
     few: [&'a [u8]; 16],
     len: usize,
@@ -519,11 +529,6 @@ struct Keys<'a> {
     many: Option<HashSet<&'a [u8]>>,
 }
 
-impl Default for Keys<'_> {
-    fn default() -> Self {
-        Keys { few: [&[]; 16], len: 0, seen: 0, many: None }
-    }
-}
 
 impl<'a> Keys<'a> {
     fn insert(&mut self, k: &'a [u8]) -> bool {

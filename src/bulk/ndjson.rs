@@ -129,7 +129,7 @@ impl<F: FnMut(Value) -> Option<Value>> NdjsonFilter<F> {
             self.counts.refused += 1;
             return Ok(());
         }
-        if let Some(fast) = &self.fast {
+        if let Some(fast) = &mut self.fast {
             if fast.accept(line, out).is_ok() {
                 out.push(b'\n');
                 self.counts.kept += 1;

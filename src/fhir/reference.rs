@@ -48,7 +48,7 @@ pub fn parse(reference: &str) -> Target<'_> {
     if reference.starts_with("urn:uuid:") || reference.starts_with("urn:oid:") {
         return Target::Urn;
     }
-    if let Some(scheme_end) = reference.find("://") {
+    if let Some(scheme_end) = memchr::memmem::find(reference.as_bytes(), b"://") {
         let scheme = &reference[..scheme_end];
         if (scheme == "http" || scheme == "https") && !reference.contains(['?', '#']) {
             if let Some((base, literal)) = split_absolute(reference) {

@@ -74,7 +74,7 @@ async fn the_fast_path_never_accepts_what_the_full_check_refuses() {
     let tenant = snap.tenants[&ts[0].name].clone();
     let upstream = snap.upstreams["main"].clone();
     let ctx = Ctx { snap, tenant: &tenant, upstream: &upstream, correlation: "diff" };
-    let fast = fast_line(snap, &tenant, &upstream, "Observation");
+    let mut fast = fast_line(snap, &tenant, &upstream, "Observation");
     let full = |line: &str| -> Option<Value> {
         let v = parse_strict(line.as_bytes()).ok()?;
         if v.get("resourceType")?.as_str()? != "Observation" {
