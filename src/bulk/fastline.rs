@@ -529,7 +529,6 @@ struct Keys<'a> {
     many: Option<HashSet<&'a [u8]>>,
 }
 
-
 impl<'a> Keys<'a> {
     fn insert(&mut self, k: &'a [u8]) -> bool {
         if let Some(set) = &mut self.many {
