@@ -10,6 +10,9 @@
 //!    hyper client and server stack, bytes passed through untouched) and downloads the same
 //!    file through it: the cost of streaming without the filter.
 //!
+//! 4. runs the same filter in this process on the same lines, without any network, on one
+//!    core: the filter's own cost.
+//!
 //! It reports wall-clock MB/s, MB/s of input per CPU-second of the proxy process (per core),
 //! the ratio between the two proxies, and the proxy's peak RSS (VmHWM). See `docs/performance.md`.
 use bytes::Bytes;
@@ -245,6 +248,37 @@ async fn download(url: &str, token: Option<&str>, pid: u32, ticks: f64) -> Run {
     Run { wall, cpu: cpu_seconds(pid, ticks) - cpu0, rss_mb: peak_rss_mb(pid), bytes_out, lines_out }
 }
 
+/// Runs the download filter of `acme` over `total` bytes of the pool, in this thread.
+fn filter_alone(config: &std::path::Path, pool: &[Bytes], total: u64) -> (Duration, u64) {
+    use fhir_fence::bulk::download::file_filter;
+    use fhir_fence::bulk::handle::{File, Kind};
+    let snap = Arc::new(fhir_fence::state::Snapshot::build(fhir_fence::config::load(config).unwrap()).unwrap());
+    let tenant = snap.tenants["acme"].clone();
+    let upstream = snap.upstreams["origin"].clone();
+    let file = File {
+        job: "bench".into(),
+        tenant: "acme".into(),
+        client: None,
+        upstream: "origin".into(),
+        binary: "bench".into(),
+        rtype: "Observation".into(),
+        kind: Kind::Output,
+    };
+    let mut filter = file_filter(&snap, &tenant, &upstream, &file, "bench");
+    let mut out = Vec::with_capacity(2 << 20);
+    let started = Instant::now();
+    let (mut fed, mut i) = (0u64, 0usize);
+    while fed < total {
+        let chunk = &pool[i % pool.len()];
+        filter.push(chunk, &mut out).unwrap();
+        out.clear();
+        fed += chunk.len() as u64;
+        i += 1;
+    }
+    filter.finish(&mut out).unwrap();
+    (started.elapsed(), filter.counts.kept)
+}
+
 async fn wait_for(url: &str) {
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     for _ in 0..200 {
@@ -283,6 +317,7 @@ async fn bench() {
         .parse()
         .unwrap();
     let pool = Arc::new(pool());
+    let pool_for_alone = pool.clone();
     let origin_base = origin(pool, total).await;
 
     let root = env!("CARGO_MANIFEST_DIR");
@@ -396,5 +431,15 @@ status = "active"
     );
     drop(forwarder);
     drop(fence);
+
+    // 4. The filter alone, on one core.
+    let (alone, kept) = filter_alone(&config, &pool_for_alone, total);
+    println!(
+        "{:<28} input {input_mb:>6.0} MiB  {:>8} lines kept  {:>6.2} s = {:>7.1} MiB/s on one core (no network)",
+        "filter alone",
+        kept,
+        alone.as_secs_f64(),
+        input_mb / alone.as_secs_f64()
+    );
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -61,20 +61,7 @@ pub async fn download(
     if mime != NDJSON && mime != "application/ndjson" {
         return Err(ScopeError::Unprovable.into());
     }
-    let max_line = snap.loaded.config.export.max_line_bytes;
-    let filter =
-        NdjsonFilter::new(expected_type(&file), max_line, check(&snap, &tenant, &upstream, &file, correlation));
-    let filter = match file.kind {
-        // Subscriptions have their criteria restored by the full check; they take the long way.
-        Kind::Output if file.rtype == "Subscription" => filter.with_needle(format!("\"{}-", tenant.prefix).as_bytes()),
-        Kind::Output => filter.with_needle(format!("\"{}-", tenant.prefix).as_bytes()).with_fast_path(fast_line(
-            &snap,
-            &tenant,
-            &upstream,
-            &file.rtype,
-        )),
-        Kind::Error | Kind::Deleted => filter,
-    };
+    let filter = file_filter(&snap, &tenant, &upstream, &file, correlation);
     let idle = upstream.idle_timeout();
     let report = Report { tenant: tenant.name.clone(), correlation: correlation.to_owned(), rtype: file.rtype };
     let body = Filtered { upstream: body, filter, idle: Box::pin(tokio::time::sleep(idle)), idle_for: idle, report };
@@ -82,6 +69,28 @@ pub async fn download(
     resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(NDJSON));
     set_correlation(resp.headers_mut(), correlation);
     Ok(resp)
+}
+
+/// The line filter for one file: the kind's check, and for output files the needle (the
+/// caller's id prefix) and the fast path in front of it.
+pub fn file_filter(
+    snap: &Arc<Snapshot>,
+    tenant: &Arc<Tenant>,
+    upstream: &Arc<Upstream>,
+    file: &File,
+    correlation: &str,
+) -> NdjsonFilter<Check> {
+    let max_line = snap.loaded.config.export.max_line_bytes;
+    let filter = NdjsonFilter::new(expected_type(file), max_line, check(snap, tenant, upstream, file, correlation));
+    let needle = format!("\"{}-", tenant.prefix);
+    match file.kind {
+        // Subscriptions have their criteria restored by the full check; they take the long way.
+        Kind::Output if file.rtype == "Subscription" => filter.with_needle(needle.as_bytes()),
+        Kind::Output => {
+            filter.with_needle(needle.as_bytes()).with_fast_path(fast_line(snap, tenant, upstream, &file.rtype))
+        }
+        Kind::Error | Kind::Deleted => filter,
+    }
 }
 
 /// The one-pass form of the outbound check for this caller and file type.

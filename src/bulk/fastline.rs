@@ -70,6 +70,7 @@ static CLASS: [u8; 256] = {
 /// A mask whose lowest set bit lies in the first byte of `w` (little-endian) that is a quote,
 /// a backslash, a control character or non-ASCII; 0 when there is none. (The classic SWAR
 /// zero-byte test: bits above the first hit may be spurious, the lowest one is exact.)
+#[inline]
 fn special_bytes(w: u64) -> u64 {
     const LO: u64 = 0x0101_0101_0101_0101;
     const HI: u64 = 0x8080_8080_8080_8080;
@@ -147,16 +148,19 @@ enum Place {
 }
 
 impl<'a> Scan<'a> {
+    #[inline]
     fn ws(&mut self) {
         while matches!(self.b.get(self.i), Some(b' ' | b'\t' | b'\r' | b'\n')) {
             self.i += 1;
         }
     }
 
+    #[inline]
     fn peek(&self) -> R<u8> {
         self.b.get(self.i).copied().ok_or(Unsure)
     }
 
+    #[inline]
     fn eat(&mut self, c: u8) -> R<()> {
         if self.peek()? != c {
             return Err(Unsure);
@@ -166,6 +170,7 @@ impl<'a> Scan<'a> {
     }
 
     /// Reads a string (at its opening quote): content validated, UTF-8 checked.
+    #[inline]
     fn string(&mut self) -> R<Str<'a>> {
         self.eat(b'"')?;
         let b = self.b;
@@ -224,6 +229,7 @@ impl<'a> Scan<'a> {
         }
     }
 
+    #[inline]
     fn literal(&mut self, word: &[u8]) -> R<()> {
         if self.b[self.i..].starts_with(word) {
             self.i += word.len();
@@ -234,6 +240,7 @@ impl<'a> Scan<'a> {
     }
 
     /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?` (exponents go the long way).
+    #[inline]
     fn number(&mut self) -> R<()> {
         let b = self.b;
         let mut i = self.i;
@@ -530,6 +537,7 @@ struct Keys<'a> {
 }
 
 impl<'a> Keys<'a> {
+    #[inline]
     fn insert(&mut self, k: &'a [u8]) -> bool {
         if let Some(set) = &mut self.many {
             return set.insert(k);
