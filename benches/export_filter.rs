@@ -1,6 +1,7 @@
 //! Export download benchmark (issue 4): NDJSON filter throughput through the running proxy.
 //!
-//! `cargo bench --bench export_filter` (size: `FF_BENCH_MB`, default 1024). In one run it
+//! `cargo bench --bench export_filter` (size: `FF_BENCH_MB`, default 1024; under `cargo test`
+//! a smoke run of 8 MiB). In one run it
 //! 1. starts an origin in this process that speaks the Bulk Data protocol and serves a
 //!    generated export file of realistic Observation lines (about 1.3 KB each, half of them
 //!    another tenant's), produced on the fly so the origin itself needs little memory;
@@ -47,7 +48,10 @@ fn main() {
     if args.iter().any(|a| a == "--list") {
         return;
     }
-    rt.block_on(bench());
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this too, as a quick
+    // smoke run (8 MiB) so the benchmark cannot rot unnoticed.
+    let default_mb = if args.iter().any(|a| a == "--bench") { 1024 } else { 8 };
+    rt.block_on(bench(default_mb));
 }
 
 /// One realistic Observation line (about 1.3 KB).
@@ -308,8 +312,8 @@ impl Drop for Killed {
     }
 }
 
-async fn bench() {
-    let mb: u64 = std::env::var("FF_BENCH_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
+async fn bench(default_mb: u64) {
+    let mb: u64 = std::env::var("FF_BENCH_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(default_mb);
     let total = mb << 20;
     let ticks: f64 = String::from_utf8(Command::new("getconf").arg("CLK_TCK").output().unwrap().stdout)
         .unwrap()

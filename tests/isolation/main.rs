@@ -141,6 +141,11 @@ async fn isolation_probes() {
         .as_str()
         .unwrap()
         .to_owned();
+    // An export job of B's, for A to poll and cancel.
+    let b_export =
+        client::get(&f.url("$export?_type=Patient")).bearer(&b).header("prefer", "respond-async").send().await;
+    assert_eq!(b_export.status, 202, "{}", b_export.body);
+    let b_job = b_export.header("content-location").unwrap().to_owned();
     let (ta, tb, pb) = (ts[0].name.clone(), ts[1].name.clone(), ts[1].prefix.clone());
     let obs = |subject: &str| json!({"resourceType": "Observation", "status": "final", "code": {"text": "t"}, "subject": {"reference": subject}});
     let patch_ops = |ops: Value| ops.to_string();
@@ -313,7 +318,20 @@ async fn isolation_probes() {
         probe("expunge", "POST", "/Patient/p1/$expunge", &[403]),
         probe("graphql", "GET", "/$graphql?query=%7BPatientList%7Bid%7D%7D", &[403]),
         probe("resource counts", "GET", "/$get-resource-counts", &[403]),
-        probe("export", "GET", "/$export", &[403]),
+        // Bulk Data export
+        probe("export without respond-async", "GET", "/$export", &[400]),
+        probe("export own", "GET", "/$export?_type=Patient", &[202]).header("prefer", "respond-async"),
+        probe("export widening filter", "GET", "/$export?_type=Patient&_typeFilter=Patient%3F_id%3Db-ref&_typeFilter=Patient%3F_lastUpdated%3Dgt2000", &[202]).header("prefer", "respond-async"),
+        probe("export foreign patient", "GET", "/Patient/b-ref/$export", &[404]).header("prefer", "respond-async"),
+        probe("export foreign group", "GET", "/Group/b-ref/$export", &[404]).header("prefer", "respond-async"),
+        probe("export server-wide type", "GET", "/$export?_type=ValueSet", &[400]).header("prefer", "respond-async"),
+        probe("export filter result parameter", "GET", "/$export?_type=Patient&_typeFilter=Patient%3F_revinclude%3D*", &[400]).header("prefer", "respond-async"),
+        probe("export other format", "GET", "/$export?_outputFormat=application%2Fcsv", &[400]).header("prefer", "respond-async"),
+        probe("export upstream poll endpoint", "GET", "/$export-poll-status?_jobId=1", &[403]),
+        probe("export status of another tenant", "GET", b_job.clone(), &[404]),
+        probe("export cancel of another tenant", "DELETE", b_job.clone(), &[404]),
+        probe("export status forged", "GET", "/_export/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", &[404]),
+        probe("export file forged", "GET", "/_export-file/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", &[404]),
         probe("validate foreign reference", "POST", "/Observation/$validate", &[422]).json(obs("Patient/b-ref")),
         probe("validate foreign instance", "GET", "/Patient/b-ref/$validate", &[404]),
         probe("validate own", "POST", "/Observation/$validate", &[200]).json(obs("Patient/p1")),
@@ -365,6 +383,11 @@ async fn isolation_probes() {
         if r.status >= 400 && p.method != "HEAD" && r.body["resourceType"] != "OperationOutcome" {
             failures.push(format!("{}: a {} without an OperationOutcome", p.name, r.status));
         }
+    }
+    // B's export survived A's attempts to cancel it.
+    let r = client::get(&b_job).bearer(&b).send().await;
+    if r.status != 200 && r.status != 202 {
+        failures.push(format!("B's export job is gone after A's probes: {} {}", r.status, r.body));
     }
     // The other tenant's data is untouched by everything A did.
     for path in [
