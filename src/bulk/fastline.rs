@@ -525,14 +525,16 @@ struct Attachment<'a> {
     extension: bool,
 }
 
-/// Keys seen in one object: a short list on the stack, a set once objects grow (no
-/// quadratic blow-up on hostile lines).
+/// Keys seen in one object. Most FHIR objects have a handful of keys: they live in a small
+/// array, a one-word prefilter spares most compares, larger objects spill into a list and,
+/// past 64 keys, a set (no quadratic blow-up on hostile lines).
 #[derive(Default)]
 struct Keys<'a> {
-    few: [&'a [u8]; 16],
+    few: [&'a [u8]; 8],
     len: usize,
-    /// One bit per (length, last byte) class seen: most new keys are told apart without a compare.
+    /// One bit per (length, last byte) class seen.
     seen: u64,
+    spill: Vec<&'a [u8]>,
     many: Option<HashSet<&'a [u8]>>,
 }
 
@@ -545,16 +547,18 @@ impl<'a> Keys<'a> {
         let bit = 1u64 << ((k.len() as u64 * 31 + k.last().copied().unwrap_or(0) as u64) % 64);
         let maybe_seen = self.seen & bit != 0;
         self.seen |= bit;
-        if maybe_seen && self.few[..self.len].contains(&k) {
+        if maybe_seen && (self.few[..self.len].contains(&k) || self.spill.contains(&k)) {
             return false;
         }
-        if self.len == self.few.len() {
-            let mut set: HashSet<&[u8]> = self.few.iter().copied().collect();
-            set.insert(k);
-            self.many = Some(set);
-        } else {
+        if self.len < self.few.len() {
             self.few[self.len] = k;
             self.len += 1;
+        } else if self.spill.len() < 56 {
+            self.spill.push(k);
+        } else {
+            let mut set: HashSet<&[u8]> = self.few.iter().chain(&self.spill).copied().collect();
+            set.insert(k);
+            self.many = Some(set);
         }
         true
     }
@@ -583,6 +587,20 @@ mod tests {
                     w2[pos] = byte;
                     assert_eq!(special_bytes(u64::from_le_bytes(w2)).trailing_zeros() as usize / 8, pos);
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn duplicate_keys_are_found_in_objects_of_any_size() {
+        let names: Vec<String> = (0..200).map(|i| format!("k{i}")).collect();
+        for size in [1, 8, 9, 64, 65, 200] {
+            let mut keys = Keys::default();
+            for n in &names[..size] {
+                assert!(keys.insert(n.as_bytes()), "{n} is new");
+            }
+            for n in &names[..size] {
+                assert!(!keys.insert(n.as_bytes()), "{n} is a duplicate (size {size})");
             }
         }
     }
