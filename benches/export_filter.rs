@@ -312,27 +312,11 @@ impl Drop for Killed {
     }
 }
 
-async fn bench(default_mb: u64) {
-    let mb: u64 = std::env::var("FF_BENCH_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(default_mb);
-    let total = mb << 20;
-    let ticks: f64 = String::from_utf8(Command::new("getconf").arg("CLK_TCK").output().unwrap().stdout)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let pool = Arc::new(pool());
-    let pool_for_alone = pool.clone();
-    let origin_base = origin(pool, total).await;
-
+/// The fhir-fence config for the benchmark: tenants `acme` and `globex` on `origin`.
+fn bench_config(public: u16, admin: u16, origin_base: &str) -> String {
     let root = env!("CARGO_MANIFEST_DIR");
-    let (public, admin) = (free_port(), free_port());
-    let dir = std::env::temp_dir().join(format!("fhir-fence-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("bench.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
+    format!(
+        r#"
 [server]
 listen = "127.0.0.1:{public}"
 public_base = "http://127.0.0.1:{public}/fhir"
@@ -361,9 +345,36 @@ prefix = "glx"
 upstream = "origin"
 status = "active"
 "#
-        ),
     )
-    .unwrap();
+}
+
+async fn bench(default_mb: u64) {
+    let mb: u64 = std::env::var("FF_BENCH_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(default_mb);
+    let total = mb << 20;
+    let ticks: f64 = String::from_utf8(Command::new("getconf").arg("CLK_TCK").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let pool = Arc::new(pool());
+    let pool_for_alone = pool.clone();
+    if std::env::var_os("FF_BENCH_FILTER_ONLY").is_some() {
+        // For profiling the filter: step 4 alone, on a config with an unused origin.
+        let dir = std::env::temp_dir().join(format!("fhir-fence-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("bench.toml");
+        std::fs::write(&config, bench_config(free_port(), free_port(), "http://127.0.0.1:9/fhir")).unwrap();
+        let (alone, kept) = filter_alone(&config, &pool_for_alone, total);
+        println!("filter alone: {kept} lines kept, {:.1} MiB/s", (total >> 20) as f64 / alone.as_secs_f64());
+        return;
+    }
+    let origin_base = origin(pool, total).await;
+
+    let (public, admin) = (free_port(), free_port());
+    let dir = std::env::temp_dir().join(format!("fhir-fence-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("bench.toml");
+    std::fs::write(&config, bench_config(public, admin, &origin_base)).unwrap();
     let exe = env!("CARGO_BIN_EXE_fhir-fence");
     let token = String::from_utf8(
         Command::new(exe).args(["token", "--config"]).arg(&config).args(["--tenant", "acme"]).output().unwrap().stdout,

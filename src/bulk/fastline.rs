@@ -40,33 +40,6 @@ pub struct Unsure;
 
 type R<T> = Result<T, Unsure>;
 
-/// Byte classes inside a JSON string.
-const PLAIN: u8 = 0;
-const QUOTE: u8 = 1;
-const BACKSLASH: u8 = 2;
-const CONTROL: u8 = 3;
-const HIGH: u8 = 4;
-
-static CLASS: [u8; 256] = {
-    let mut t = [PLAIN; 256];
-    let mut i = 0;
-    while i < 256 {
-        t[i] = if i < 0x20 {
-            CONTROL
-        } else if i == b'"' as usize {
-            QUOTE
-        } else if i == b'\\' as usize {
-            BACKSLASH
-        } else if i >= 0x80 {
-            HIGH
-        } else {
-            PLAIN
-        };
-        i += 1;
-    }
-    t
-};
-
 /// A mask whose lowest set bit lies in the first byte of `w` (little-endian) that is a quote,
 /// a backslash, a control character or non-ASCII; 0 when there is none. (The classic SWAR
 /// zero-byte test: bits above the first hit may be spurious, the lowest one is exact.)
@@ -187,22 +160,27 @@ impl<'a> Scan<'a> {
                 }
                 j += 8;
             }
-            match CLASS[*b.get(j).ok_or(Unsure)? as usize] {
-                PLAIN => j += 1,
-                QUOTE => break,
-                HIGH => {
-                    high = true;
-                    j += 1;
-                }
-                BACKSLASH => match b.get(j + 1) {
+            // Most often the quote that ends the string; tested in order of likelihood.
+            let c = *b.get(j).ok_or(Unsure)?;
+            if c == b'"' {
+                break;
+            } else if c == b'\\' {
+                match b.get(j + 1) {
                     // Simple escapes stay as they are; `\u` (and surrogates) go the long way.
                     Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => {
                         escaped = true;
                         j += 2;
                     }
                     _ => return Err(Unsure),
-                },
-                _ => return Err(Unsure),
+                }
+            } else if c >= 0x80 {
+                high = true;
+                j += 1;
+            } else if c < 0x20 {
+                return Err(Unsure);
+            } else {
+                // A plain byte in a tail shorter than a word.
+                j += 1;
             }
         }
         let raw = &b[at..j];
@@ -498,6 +476,12 @@ impl<'a> Scan<'a> {
     fn reference(&mut self, at: usize, r: &'a str) -> R<()> {
         let offset = |part: &str| at + (part.as_ptr() as usize - r.as_ptr() as usize);
         let cut_prefix = self.f.tenant.prefix.len() + 1;
+        // The common form, `Type/id`, without the general grammar.
+        if let Some(slash) = relative_literal(r.as_bytes()) {
+            self.f.tenant.local_id(&r[slash + 1..]).ok_or(Unsure)?;
+            self.cuts.push((at + slash + 1, at + slash + 1 + cut_prefix));
+            return Ok(());
+        }
         match reference::parse(r) {
             Target::Contained => {}
             Target::Relative(l) => {
@@ -514,6 +498,18 @@ impl<'a> Scan<'a> {
         }
         Ok(())
     }
+}
+
+/// `Some(position of the slash)` when `r` is exactly `Type/id` (what `reference::parse` calls
+/// `Relative` without a version): an upper-case letter and up to 63 more letters, a slash, and
+/// 1 to 64 id characters.
+#[inline]
+fn relative_literal(r: &[u8]) -> Option<usize> {
+    let slash = r.iter().position(|&c| c == b'/')?;
+    let (t, id) = (&r[..slash], &r[slash + 1..]);
+    let type_ok = (1..=64).contains(&t.len()) && t[0].is_ascii_uppercase() && t.iter().all(u8::is_ascii_alphabetic);
+    let id_ok = (1..=64).contains(&id.len()) && id.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.');
+    (type_ok && id_ok).then_some(slash)
 }
 
 /// What an object showed of being an `Attachment`.
@@ -575,7 +571,7 @@ mod tests {
                 let mut w = [b'a'; 8];
                 w[pos] = byte;
                 let mask = special_bytes(u64::from_le_bytes(w));
-                let special = CLASS[byte as usize] != PLAIN;
+                let special = byte == b'"' || byte == b'\\' || byte < 0x20 || byte >= 0x80;
                 assert_eq!(mask != 0, special, "byte {byte} at {pos}");
                 if special {
                     assert_eq!(mask.trailing_zeros() as usize / 8, pos, "byte {byte} at {pos}");
@@ -588,6 +584,28 @@ mod tests {
                     assert_eq!(special_bytes(u64::from_le_bytes(w2)).trailing_zeros() as usize / 8, pos);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn the_short_reference_form_agrees_with_the_grammar() {
+        for r in [
+            "Patient/p1",
+            "Patient/a.b-c",
+            "P/x",
+            "patient/p1",
+            "Patient/",
+            "/p1",
+            "Patient/p1/_history/1",
+            "Patient/p 1",
+            "Patient/p1?x",
+            "http://x/Patient/p1",
+            "#c1",
+            "Patient1/p",
+            "Patient/é",
+        ] {
+            let grammar = matches!(reference::parse(r), Target::Relative(l) if l.version.is_none());
+            assert_eq!(relative_literal(r.as_bytes()).is_some(), grammar, "{r}");
         }
     }
 
