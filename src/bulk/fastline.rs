@@ -571,7 +571,7 @@ mod tests {
                 let mut w = [b'a'; 8];
                 w[pos] = byte;
                 let mask = special_bytes(u64::from_le_bytes(w));
-                let special = byte == b'"' || byte == b'\\' || byte < 0x20 || byte >= 0x80;
+                let special = byte == b'"' || byte == b'\\' || !(0x20..0x80).contains(&byte);
                 assert_eq!(mask != 0, special, "byte {byte} at {pos}");
                 if special {
                     assert_eq!(mask.trailing_zeros() as usize / 8, pos, "byte {byte} at {pos}");
