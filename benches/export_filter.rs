@@ -208,10 +208,19 @@ fn free_port() -> u16 {
 
 /// (utime + stime) of a process, in seconds.
 fn cpu_seconds(pid: u32, ticks: f64) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = after.split_whitespace().collect();
+    let f = stat_fields(pid);
     (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / ticks
+}
+
+/// Minor page faults of a process so far.
+fn minor_faults(pid: u32) -> u64 {
+    stat_fields(pid)[7].parse().unwrap()
+}
+
+/// The fields of `/proc/PID/stat` after the command name.
+fn stat_fields(pid: u32) -> Vec<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat[stat.rfind(')').unwrap() + 2..].split_whitespace().map(str::to_owned).collect()
 }
 
 fn peak_rss_mb(pid: u32) -> f64 {
@@ -224,6 +233,7 @@ fn peak_rss_mb(pid: u32) -> f64 {
 struct Run {
     wall: Duration,
     cpu: f64,
+    faults: u64,
     rss_mb: f64,
     bytes_out: u64,
     lines_out: u64,
@@ -236,7 +246,7 @@ async fn download(url: &str, token: Option<&str>, pid: u32, ticks: f64) -> Run {
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
     }
-    let cpu0 = cpu_seconds(pid, ticks);
+    let (cpu0, faults0) = (cpu_seconds(pid, ticks), minor_faults(pid));
     let started = Instant::now();
     let resp = client.request(req.body(Full::new(Bytes::new())).unwrap()).await.unwrap();
     assert_eq!(resp.status(), 200);
@@ -249,7 +259,14 @@ async fn download(url: &str, token: Option<&str>, pid: u32, ticks: f64) -> Run {
         }
     }
     let wall = started.elapsed();
-    Run { wall, cpu: cpu_seconds(pid, ticks) - cpu0, rss_mb: peak_rss_mb(pid), bytes_out, lines_out }
+    Run {
+        wall,
+        cpu: cpu_seconds(pid, ticks) - cpu0,
+        faults: minor_faults(pid) - faults0,
+        rss_mb: peak_rss_mb(pid),
+        bytes_out,
+        lines_out,
+    }
 }
 
 /// Runs the download filter of `acme` over `total` bytes of the pool, in this thread.
@@ -386,8 +403,8 @@ async fn bench(default_mb: u64) {
         Command::new(exe)
             .args(["serve", "--config"])
             .arg(&config)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
+            .env("FHIR_FENCE_LOG", std::env::var("FF_BENCH_PROXY_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(if std::env::var_os("FF_BENCH_PROXY_LOG").is_some() { Stdio::inherit() } else { Stdio::null() })
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
@@ -426,14 +443,15 @@ async fn bench(default_mb: u64) {
     let report = |name: &str, r: &Run| {
         println!(
             "{name:<28} input {input_mb:>6.0} MiB  out {:>6.0} MiB  {:>8} lines  wall {:>6.2} s = {:>7.1} MiB/s  \
-             proxy CPU {:>6.2} s = {:>7.1} MiB/s per core  peak RSS {:>5.1} MiB",
+             proxy CPU {:>6.2} s = {:>7.1} MiB/s per core  peak RSS {:>5.1} MiB  {:>7} page faults",
             r.bytes_out as f64 / (1 << 20) as f64,
             r.lines_out,
             r.wall.as_secs_f64(),
             input_mb / r.wall.as_secs_f64(),
             r.cpu,
             input_mb / r.cpu,
-            r.rss_mb
+            r.rss_mb,
+            r.faults
         );
     };
     println!("export download benchmark: {input_mb:.0} MiB of Observation NDJSON, 50% another tenant's");

@@ -63,7 +63,13 @@ pub async fn download(
     }
     let filter = file_filter(&snap, &tenant, &upstream, &file, correlation);
     let idle = upstream.idle_timeout();
-    let report = Report { tenant: tenant.name.clone(), correlation: correlation.to_owned(), rtype: file.rtype };
+    let report = Report {
+        tenant: tenant.name.clone(),
+        correlation: correlation.to_owned(),
+        rtype: file.rtype,
+        frames: 0,
+        bytes: 0,
+    };
     let body = Filtered { upstream: body, filter, idle: Box::pin(tokio::time::sleep(idle)), idle_for: idle, report };
     let mut resp = Response::new(body.boxed());
     resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(NDJSON));
@@ -176,6 +182,9 @@ struct Report {
     tenant: String,
     correlation: String,
     rtype: String,
+    /// Upstream data frames and bytes seen.
+    frames: u64,
+    bytes: u64,
 }
 
 /// The response body: upstream frames in, whole filtered lines out.
@@ -195,10 +204,10 @@ impl Filtered {
         if c.dropped() > 0 {
             tracing::warn!(target: "fhir_fence::export", correlation = %r.correlation, tenant = %r.tenant, rtype = %r.rtype,
                 kept = c.kept, refused = c.refused, malformed = c.malformed, wrong_type = c.wrong_type,
-                "export file lines blocked (not provably the caller's)");
+                frames = r.frames, bytes = r.bytes, "export file lines blocked (not provably the caller's)");
         } else {
             tracing::info!(target: "fhir_fence::export", correlation = %r.correlation, tenant = %r.tenant, rtype = %r.rtype,
-                kept = c.kept, "export file streamed");
+                kept = c.kept, frames = r.frames, bytes = r.bytes, "export file streamed");
         }
         Ok((!out.is_empty()).then(|| Bytes::from(out)))
     }
@@ -232,6 +241,8 @@ impl HttpBody for Filtered {
                 Poll::Ready(Some(Ok(frame))) => {
                     this.idle.as_mut().reset(Instant::now() + this.idle_for);
                     let Ok(data) = frame.into_data() else { continue };
+                    this.report.frames += 1;
+                    this.report.bytes += data.len() as u64;
                     let mut out = Vec::with_capacity(data.len());
                     if let Err(e) = this.filter.push(&data, &mut out) {
                         this.fail(&e);
