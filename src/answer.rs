@@ -1,7 +1,7 @@
 //! Turning scope results into HTTP responses: FHIR JSON with the headers fhir-fence chooses,
 //! `Prefer: return=minimal`, 304 for conditional reads, and a Binary's own bytes.
 use crate::error::Error;
-use crate::request::accepts_fhir_json;
+use crate::request::{accepts_fhir_json, prefers};
 use crate::scope::{conditional, read, write, Ctx, ScopeError};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -72,8 +72,7 @@ pub(crate) fn written(
         headers.insert(header::LOCATION, v.clone());
         headers.insert(header::CONTENT_LOCATION, v);
     }
-    let prefer = request_headers.get("prefer").and_then(|v| v.to_str().ok()).unwrap_or("");
-    if prefer.split([',', ';']).any(|p| p.trim() == "return=minimal") {
+    if prefers(request_headers, "return=minimal") {
         let mut resp = Response::new(Full::new(Bytes::new()));
         *resp.status_mut() = done.status;
         resp.headers_mut().extend(headers);

@@ -43,6 +43,12 @@ pub(crate) fn accepts_fhir_json(headers: &HeaderMap) -> bool {
     })
 }
 
+/// True when the request's `Prefer` header holds `token` (e.g. `return=minimal`, `respond-async`).
+pub(crate) fn prefers(headers: &HeaderMap, token: &str) -> bool {
+    let prefer = headers.get("prefer").and_then(|v| v.to_str().ok()).unwrap_or("");
+    prefer.split([',', ';']).any(|p| p.trim() == token)
+}
+
 /// For export files: NDJSON, or no preference.
 pub(crate) fn accepts_ndjson(headers: &HeaderMap) -> bool {
     let Some(accept) = headers.get(header::ACCEPT) else { return true };

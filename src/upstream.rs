@@ -78,8 +78,7 @@ impl Upstream {
         mut headers: HeaderMap,
     ) -> Result<StatusCode, UpstreamError> {
         headers.insert(ACCEPT, HeaderValue::from_static(FHIR_JSON));
-        let uri = format!("{}/{}", self.base, path);
-        Ok(self.exchange(method, &uri, headers, Bytes::new()).await?.0.status)
+        Ok(self.exchange(method, &self.uri(path), headers, Bytes::new()).await?.0.status)
     }
 
     /// One bounded, timed request/response exchange.
@@ -90,12 +89,7 @@ impl Upstream {
         headers: HeaderMap,
         body: Bytes,
     ) -> Result<(http::response::Parts, Bytes), UpstreamError> {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(uri)
-            .body(Full::new(body))
-            .map_err(|e| UpstreamError::Request(e.to_string()))?;
-        *req.headers_mut() = headers;
+        let req = build(method, uri, headers, body)?;
         let exchange = async {
             let resp =
                 self.client.request(req).await.map_err(|e| UpstreamError::Connect(self.name.clone(), e.to_string()))?;
@@ -123,18 +117,22 @@ impl Upstream {
         mut headers: HeaderMap,
     ) -> Result<(StatusCode, HeaderMap, Incoming), UpstreamError> {
         headers.insert(ACCEPT, HeaderValue::from_static(accept));
-        let mut req = Request::builder()
-            .method(Method::GET)
-            .uri(format!("{}/{}", self.base, path))
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| UpstreamError::Request(e.to_string()))?;
-        *req.headers_mut() = headers;
+        let req = build(Method::GET, &self.uri(path), headers, Bytes::new())?;
         let resp = tokio::time::timeout(self.request_timeout, self.client.request(req))
             .await
             .map_err(|_| UpstreamError::Timeout(self.name.clone()))?
             .map_err(|e| UpstreamError::Connect(self.name.clone(), e.to_string()))?;
         let (parts, body) = resp.into_parts();
         Ok((parts.status, parts.headers, body))
+    }
+
+    /// `path` is relative to the base: "" is the base itself (transactions), "?…" a query on it.
+    fn uri(&self, path: &str) -> String {
+        if path.is_empty() || path.starts_with('?') {
+            format!("{}{}", self.base, path)
+        } else {
+            format!("{}/{}", self.base, path)
+        }
     }
 
     /// How long a streamed body may stay silent before it counts as a timeout.
@@ -151,12 +149,7 @@ impl Upstream {
         mut headers: HeaderMap,
         body: Option<&Value>,
     ) -> Result<Answer, UpstreamError> {
-        // `path` is relative to the base: "" is the base itself (transactions), "?…" a query on it.
-        let uri = if path.is_empty() || path.starts_with('?') {
-            format!("{}{}", self.base, path)
-        } else {
-            format!("{}/{}", self.base, path)
-        };
+        let uri = self.uri(path);
         headers.insert(ACCEPT, HeaderValue::from_static(FHIR_JSON));
         let bytes = match body {
             Some(b) => {
@@ -169,13 +162,29 @@ impl Upstream {
         let body = if bytes.is_empty() {
             None
         } else {
-            let ct = parts.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-            let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            let mime = media_type(&parts.headers);
             if mime != FHIR_JSON && mime != "application/json" {
-                return Err(UpstreamError::NotJson(self.name.clone(), ct.to_owned()));
+                return Err(UpstreamError::NotJson(self.name.clone(), mime));
             }
             Some(parse_strict(&bytes).map_err(|e| UpstreamError::BadJson(self.name.clone(), e))?)
         };
         Ok(Answer { status: parts.status, headers: parts.headers, body })
     }
+}
+
+/// A request with exactly `headers` (nothing added by the client library but `Host`).
+fn build(method: Method, uri: &str, headers: HeaderMap, body: Bytes) -> Result<Request<Full<Bytes>>, UpstreamError> {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(Full::new(body))
+        .map_err(|e| UpstreamError::Request(e.to_string()))?;
+    *req.headers_mut() = headers;
+    Ok(req)
+}
+
+/// The media type of an answer (`Content-Type` without parameters, lower case; "" if none).
+pub fn media_type(headers: &HeaderMap) -> String {
+    let ct = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
 }

@@ -20,7 +20,7 @@ use crate::identity::Caller;
 use crate::scope::{read::base_headers, respond, Ctx, ScopeError};
 use crate::state::Snapshot;
 use crate::tenancy::Tenant;
-use crate::upstream::Upstream;
+use crate::upstream::{media_type, Upstream};
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Response, StatusCode};
@@ -56,8 +56,7 @@ pub async fn download(
         StatusCode::NOT_FOUND | StatusCode::GONE => return Err(ExportError::UnknownHandle.into()),
         other => return Err(ScopeError::Refused(other.as_u16(), "export file download".into()).into()),
     }
-    let mime = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let mime = mime.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let mime = media_type(&headers);
     if mime != NDJSON && mime != "application/ndjson" {
         return Err(ScopeError::Unprovable.into());
     }

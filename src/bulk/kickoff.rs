@@ -14,6 +14,7 @@ use crate::error::Error;
 use crate::fhir::capabilities::Capabilities;
 use crate::fhir::reference::{self, is_resource_type};
 use crate::identity::Caller;
+use crate::request::prefers;
 use crate::route::{encode_query, parse_query, ExportLevel, Params};
 use crate::scope::read::base_headers;
 use crate::scope::{read, refcheck, search, write, Ctx, ScopeError};
@@ -132,8 +133,7 @@ pub async fn kickoff(
     if !ctx.tenant.operations.iter().any(|o| o == "export") {
         return Err(ScopeError::OperationDisabled("export").into());
     }
-    let prefer = headers.get("prefer").and_then(|v| v.to_str().ok()).unwrap_or("");
-    if !prefer.split([',', ';']).any(|p| p.trim() == "respond-async") {
+    if !prefers(headers, "respond-async") {
         return Err(ExportError::PreferAsync.into());
     }
     let mut all = params.clone();

@@ -20,8 +20,7 @@ use serde_json::{json, Map, Value};
 /// `GET [base]/_export/[job]`.
 pub async fn poll(ctx: &Ctx<'_>, caller: &Caller, token: &str) -> Result<(StatusCode, Value, HeaderMap), Error> {
     let job = handle::open_job(ctx.snap, caller, token).await?;
-    let path = format!("$export-poll-status?_jobId={}", job.upstream_job);
-    let answer = ctx.upstream.send(Method::GET, &path, base_headers(ctx), None).await?;
+    let answer = ctx.upstream.send(Method::GET, &poll_path(&job), base_headers(ctx), None).await?;
     match answer.status {
         StatusCode::ACCEPTED => {
             let mut headers = HeaderMap::new();
@@ -46,9 +45,8 @@ pub async fn poll(ctx: &Ctx<'_>, caller: &Caller, token: &str) -> Result<(Status
 /// `DELETE [base]/_export/[job]`: cancels upstream, then tombstones the handle.
 pub async fn cancel(ctx: &Ctx<'_>, caller: &Caller, token: &str) -> Result<(StatusCode, Value, HeaderMap), Error> {
     let job = handle::open_job(ctx.snap, caller, token).await?;
-    let path = format!("$export-poll-status?_jobId={}", job.upstream_job);
     // HAPI answers a cancel without a content type; only the status matters here.
-    match ctx.upstream.status_of(Method::DELETE, &path, base_headers(ctx)).await? {
+    match ctx.upstream.status_of(Method::DELETE, &poll_path(&job), base_headers(ctx)).await? {
         StatusCode::ACCEPTED | StatusCode::OK | StatusCode::NO_CONTENT => {}
         StatusCode::NOT_FOUND | StatusCode::GONE => return Err(ExportError::UnknownHandle.into()),
         other => return Err(ScopeError::Refused(other.as_u16(), "export cancel".into()).into()),
@@ -56,6 +54,11 @@ pub async fn cancel(ctx: &Ctx<'_>, caller: &Caller, token: &str) -> Result<(Stat
     handle::tombstone(ctx.snap, &job).await;
     tracing::info!(correlation = ctx.correlation, tenant = %ctx.tenant.name, job = %job.id, "export cancelled");
     Ok((StatusCode::ACCEPTED, crate::fhir::outcome::information("export cancelled"), HeaderMap::new()))
+}
+
+/// The upstream's status URL of `job`, relative to its base.
+fn poll_path(job: &Job) -> String {
+    format!("$export-poll-status?_jobId={}", job.upstream_job)
 }
 
 fn printable(v: &HeaderValue, max: usize) -> bool {
