@@ -32,10 +32,6 @@ pub enum TenancyError {
 }
 
 impl Tenant {
-    fn marker_prefix(&self) -> String {
-        format!("{}-", self.prefix)
-    }
-
     /// The longest local id this tenant can use (FHIR ids are at most 64 characters).
     pub fn max_local_id(&self) -> usize {
         64 - self.prefix.len() - 1
@@ -54,7 +50,7 @@ impl Tenant {
 
     /// `{prefix}-{local}` → `local`; `None` when the id is not in this tenant's namespace.
     pub fn local_id<'a>(&self, upstream_id: &'a str) -> Option<&'a str> {
-        let local = upstream_id.strip_prefix(&self.marker_prefix())?;
+        let local = upstream_id.strip_prefix(self.prefix.as_str())?.strip_prefix('-')?;
         (!local.is_empty()).then_some(local)
     }
 }

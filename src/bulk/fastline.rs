@@ -13,6 +13,7 @@
 //! `tests/integration/fastline_differential.rs` holds the two to the same answers.
 use crate::fhir::reference::{self, Target};
 use crate::tenancy::Tenant;
+use smallvec::SmallVec;
 use std::collections::HashSet;
 
 /// What one line's check needs to know, fixed for a download.
@@ -521,16 +522,14 @@ struct Attachment<'a> {
     extension: bool,
 }
 
-/// Keys seen in one object. Most FHIR objects have a handful of keys: they live in a small
-/// array, a one-word prefilter spares most compares, larger objects spill into a list and,
-/// past 64 keys, a set (no quadratic blow-up on hostile lines).
+/// Keys seen in one object. Most FHIR objects have a few keys: they live inline (no
+/// allocation, no initialisation), a one-word prefilter spares most compares, and past 64 keys
+/// a set takes over (no quadratic blow-up on hostile lines).
 #[derive(Default)]
 struct Keys<'a> {
-    few: [&'a [u8]; 8],
-    len: usize,
+    list: SmallVec<[&'a [u8]; 16]>,
     /// One bit per (length, last byte) class seen.
     seen: u64,
-    spill: Vec<&'a [u8]>,
     many: Option<HashSet<&'a [u8]>>,
 }
 
@@ -543,16 +542,13 @@ impl<'a> Keys<'a> {
         let bit = 1u64 << ((k.len() as u64 * 31 + k.last().copied().unwrap_or(0) as u64) % 64);
         let maybe_seen = self.seen & bit != 0;
         self.seen |= bit;
-        if maybe_seen && (self.few[..self.len].contains(&k) || self.spill.contains(&k)) {
+        if maybe_seen && self.list.contains(&k) {
             return false;
         }
-        if self.len < self.few.len() {
-            self.few[self.len] = k;
-            self.len += 1;
-        } else if self.spill.len() < 56 {
-            self.spill.push(k);
+        if self.list.len() < 64 {
+            self.list.push(k);
         } else {
-            let mut set: HashSet<&[u8]> = self.few.iter().chain(&self.spill).copied().collect();
+            let mut set: HashSet<&[u8]> = self.list.drain(..).collect();
             set.insert(k);
             self.many = Some(set);
         }
