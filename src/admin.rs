@@ -1,5 +1,6 @@
-//! The admin listener: `/healthz` (the process answers) and `/readyz` (every upstream in use
-//! answers its CapabilityStatement and supports the tenant search parameter). No FHIR data here.
+//! The admin listener: `/healthz` (the process answers), `/readyz` (every upstream in use
+//! answers its CapabilityStatement and supports the tenant search parameter) and `/metrics`
+//! (Prometheus text format). No FHIR data here.
 use crate::state::Snapshot;
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
@@ -31,6 +32,12 @@ pub async fn handle<B>(snap: Arc<Snapshot>, req: Request<B>) -> Response<Full<By
             } else {
                 reply(StatusCode::SERVICE_UNAVAILABLE, json!({"status": "not ready", "upstreams": problems}))
             }
+        }
+        "/metrics" => {
+            let mut resp = Response::new(Full::new(Bytes::from(snap.metrics.render())));
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+            resp
         }
         _ => reply(StatusCode::NOT_FOUND, json!({"error": "not found"})),
     }

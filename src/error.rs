@@ -120,6 +120,37 @@ impl Error {
         }
     }
 
+    /// For metrics: why fhir-fence itself refused, or `None` when the refusal or failure came
+    /// from the upstream (counted as an upstream error, or passed on as the upstream's answer).
+    pub fn refusal_reason(&self) -> Option<&'static str> {
+        match self {
+            Error::Auth(AuthError::Suspended) => Some("suspended"),
+            Error::Auth(_) => Some("unauthenticated"),
+            Error::Route(_) => Some("route"),
+            Error::Request(_) => Some("request"),
+            Error::Scope(ScopeError::Refused(..)) | Error::Upstream(_) => None,
+            Error::Scope(ScopeError::Unprovable) => Some("unprovable"),
+            Error::Scope(ScopeError::NotFound(_)) => Some("not-found"),
+            Error::Scope(_) => Some("scope"),
+            Error::Export(_) => Some("export"),
+        }
+    }
+
+    /// For metrics: the kind of upstream failure, if this is one.
+    pub fn upstream_failure(&self) -> Option<&'static str> {
+        match self {
+            Error::Upstream(e) => Some(match e {
+                UpstreamError::Connect(..) => "connect",
+                UpstreamError::Timeout(_) => "timeout",
+                UpstreamError::TooLarge(_) => "too-large",
+                UpstreamError::NotJson(..) => "not-json",
+                UpstreamError::BadJson(..) => "bad-json",
+                UpstreamError::Request(_) => "request",
+            }),
+            _ => None,
+        }
+    }
+
     /// The HTTP response for this error.
     pub fn into_response(self, correlation: &str) -> Response<Full<Bytes>> {
         let (status, code, diagnostics) = self.classify(correlation);

@@ -14,6 +14,7 @@ pub mod error;
 pub mod fhir;
 pub mod identity;
 pub mod metadata;
+pub mod metrics;
 pub mod pipeline;
 pub mod request;
 pub mod route;

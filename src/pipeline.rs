@@ -34,10 +34,26 @@ pub async fn handle(snap: Arc<Snapshot>, req: Request<Incoming>) -> Response<Bod
     let correlation = correlation_id(req.headers());
     let method = req.method().clone();
     let result = run(&snap, req, &correlation).await;
+    let metrics = &snap.metrics;
     let (response, tenant, interaction, dropped) = match result {
         Ok(done) => (done.response, done.tenant, done.interaction, done.dropped),
-        Err((e, tenant, interaction)) => (boxed(e.into_response(&correlation)), tenant, interaction, 0),
+        Err((e, tenant, interaction)) => {
+            let t = tenant.as_deref().unwrap_or("-");
+            if let Some(reason) = e.refusal_reason() {
+                metrics.refused.with_label_values(&[t, reason]).inc();
+            }
+            if let Some(kind) = e.upstream_failure() {
+                metrics.upstream_errors.with_label_values(&[t, kind]).inc();
+            }
+            (boxed(e.into_response(&correlation)), tenant, interaction, 0)
+        }
     };
+    let t = tenant.as_deref().unwrap_or("-");
+    metrics.requests.with_label_values(&[t, interaction.unwrap_or("-"), response.status().as_str()]).inc();
+    metrics.latency.with_label_values(&[t]).observe(started.elapsed().as_secs_f64());
+    if dropped > 0 {
+        metrics.entries_dropped.with_label_values(&[t]).inc_by(dropped as u64);
+    }
     tracing::info!(
         target: "fhir_fence::access",
         correlation = %correlation,
@@ -80,6 +96,8 @@ async fn run(snap: &Arc<Snapshot>, req: Request<Incoming>, correlation: &str) ->
     let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let caller = snap.verifier.verify_header(authorization).map_err(|e| fail(e.into()))?;
     let tenant_name = Some(caller.tenant.name.clone());
+    // Counted from here (the tenant is known) to the end of this request's handling.
+    let _in_flight = snap.metrics.in_flight(&caller.tenant.name);
     let with_tenant = |e: Error| (e, tenant_name.clone(), None);
 
     // Request hygiene: refuse what the proxy cannot inspect or that changes the request's meaning.

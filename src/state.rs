@@ -3,6 +3,7 @@
 use crate::config::{ConfigError, Loaded};
 use crate::fhir::capabilities::Capabilities;
 use crate::identity::Verifier;
+use crate::metrics::Metrics;
 use crate::seal::Sealer;
 use crate::tenancy::{Marking, Tenant};
 use crate::upstream::Upstream;
@@ -30,6 +31,7 @@ pub struct Snapshot {
     pub ref_cache: moka::future::Cache<(String, String), ()>,
     /// Export jobs cancelled through this process (ids from their sealed handles).
     pub export_tombstones: moka::future::Cache<String, ()>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Snapshot {
@@ -74,6 +76,7 @@ impl Snapshot {
             .time_to_live(Duration::from_secs(c.export.job_ttl_secs))
             .build();
         Ok(Snapshot {
+            metrics: Arc::new(Metrics::new()),
             export_tombstones,
             marking: Marking { marker: c.tenancy.marker, system: c.tenancy.system.clone() },
             external_bases: c

@@ -17,6 +17,7 @@ use crate::config::Marker;
 use crate::error::Error;
 use crate::fhir::reference;
 use crate::identity::Caller;
+use crate::metrics::Metrics;
 use crate::scope::{read::base_headers, respond, Ctx, ScopeError};
 use crate::state::Snapshot;
 use crate::tenancy::Tenant;
@@ -68,8 +69,16 @@ pub async fn download(
         rtype: file.rtype,
         frames: 0,
         bytes: 0,
+        metrics: snap.metrics.clone(),
     };
-    let body = Filtered { upstream: body, filter, idle: Box::pin(tokio::time::sleep(idle)), idle_for: idle, report };
+    let body = Filtered {
+        upstream: body,
+        filter,
+        idle: Box::pin(tokio::time::sleep(idle)),
+        idle_for: idle,
+        report,
+        done: false,
+    };
     let mut resp = Response::new(body.boxed());
     resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(NDJSON));
     set_correlation(resp.headers_mut(), correlation);
@@ -184,6 +193,7 @@ struct Report {
     /// Upstream data frames and bytes seen.
     frames: u64,
     bytes: u64,
+    metrics: Arc<Metrics>,
 }
 
 /// The response body: upstream frames in, whole filtered lines out.
@@ -193,6 +203,8 @@ struct Filtered {
     idle: Pin<Box<Sleep>>,
     idle_for: Duration,
     report: Report,
+    /// The upstream body ended and the last lines went out: nothing more, nothing counted twice.
+    done: bool,
 }
 
 impl Filtered {
@@ -200,6 +212,11 @@ impl Filtered {
         let mut out = Vec::new();
         self.filter.finish(&mut out)?;
         let (c, r) = (self.filter.counts, &self.report);
+        for (reason, n) in [("refused", c.refused), ("malformed", c.malformed), ("wrong-type", c.wrong_type)] {
+            if n > 0 {
+                r.metrics.ndjson_lines_dropped.with_label_values(&[r.tenant.as_str(), reason]).inc_by(n);
+            }
+        }
         if c.dropped() > 0 {
             tracing::warn!(target: "fhir_fence::export", correlation = %r.correlation, tenant = %r.tenant, rtype = %r.rtype,
                 kept = c.kept, refused = c.refused, malformed = c.malformed, wrong_type = c.wrong_type,
@@ -211,7 +228,8 @@ impl Filtered {
         Ok((!out.is_empty()).then(|| Bytes::from(out)))
     }
 
-    fn fail(&self, e: &dyn std::fmt::Display) {
+    fn fail(&mut self, e: &dyn std::fmt::Display) {
+        self.done = true;
         let r = &self.report;
         tracing::warn!(target: "fhir_fence::export", correlation = %r.correlation, tenant = %r.tenant, rtype = %r.rtype,
             error = %e, "export file stream aborted");
@@ -224,6 +242,9 @@ impl HttpBody for Filtered {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
         loop {
             match Pin::new(&mut this.upstream).poll_frame(cx) {
                 Poll::Pending => {
@@ -252,6 +273,7 @@ impl HttpBody for Filtered {
                     }
                 }
                 Poll::Ready(None) => {
+                    this.done = true;
                     return match this.finished() {
                         Ok(Some(bytes)) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
                         Ok(None) => Poll::Ready(None),

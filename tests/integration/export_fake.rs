@@ -273,7 +273,7 @@ async fn download(
     ts: &[T],
     max_line: usize,
     chunks: impl Fn() -> Box<dyn Iterator<Item = Bytes> + Send + Sync> + Send + Sync + 'static,
-) -> (u16, http::HeaderMap, Vec<u8>, bool) {
+) -> (u16, http::HeaderMap, Vec<u8>, bool, String) {
     let files: Arc<dyn Fn(&str) -> Answer + Send + Sync> =
         Arc::new(move |_| Answer::Chunks(200, "application/fhir+ndjson", chunks()));
     let up = fake::start(exporting_upstream(files, standard_manifest())).await;
@@ -285,7 +285,8 @@ async fn download(
     let mut out = Vec::new();
     let (status, headers, result) =
         get(m["output"][0]["url"].as_str().unwrap()).bearer(&tok).stream(|d| out.extend_from_slice(d)).await;
-    (status, headers, out, result.is_ok())
+    let metrics = String::from_utf8(fence.snap.metrics.render()).unwrap();
+    (status, headers, out, result.is_ok(), metrics)
 }
 
 #[tokio::test]
@@ -311,7 +312,7 @@ async fn the_ndjson_filter_keeps_only_whole_lines_of_the_caller() {
     ];
     let file = lines.join("\r\n");
     // Seven-byte chunks: every line arrives split.
-    let (status, headers, out, complete) = download(&ts, 1 << 20, move || {
+    let (status, headers, out, complete, metrics) = download(&ts, 1 << 20, move || {
         let chunks: Vec<Bytes> = file.as_bytes().chunks(7).map(Bytes::copy_from_slice).collect();
         Box::new(chunks.into_iter())
     })
@@ -327,6 +328,11 @@ async fn the_ndjson_filter_keeps_only_whole_lines_of_the_caller() {
     assert_eq!(ids, ["o1", "o8"], "{text}");
     assert_eq!(kept[0]["subject"]["reference"], "Patient/p1", "references back to local ids");
     assert!(!text.contains(&b.prefix) && !text.contains(SYSTEM), "{text}");
+    // Every blocked line is counted, by reason (garbage without the caller's id prefix is refused unparsed).
+    for (reason, n) in [("refused", 5), ("wrong-type", 1), ("malformed", 1)] {
+        let line = format!(r#"fhir_fence_ndjson_lines_dropped_total{{reason="{reason}",tenant="{}"}} {n}"#, a.name);
+        assert!(metrics.lines().any(|l| l == line), "missing {line:?} in:\n{metrics}");
+    }
 }
 
 #[tokio::test]
@@ -334,7 +340,7 @@ async fn an_over_long_line_aborts_the_download_without_a_partial_line() {
     let ts = tenants(1);
     let good = line("Observation", &ts[0].prefix, &ts[0].name, "o1", "") + "\n";
     let long = format!("{{\"resourceType\":\"Observation\",\"note\":\"{}\"}}\n", "x".repeat(5000));
-    let (status, _, out, complete) = download(&ts, 4096, move || {
+    let (status, _, out, complete, _) = download(&ts, 4096, move || {
         Box::new(vec![Bytes::from(good.clone()), Bytes::from(long.clone()), Bytes::from(good.clone())].into_iter())
     })
     .await;

@@ -9,3 +9,4 @@ mod fake_upstream;
 mod fastline_differential;
 mod hapi_e2e;
 mod identity;
+mod metrics;
