@@ -6,6 +6,7 @@
 use crate::bulk::ExportError;
 use crate::fhir::outcome::operation_outcome;
 use crate::identity::AuthError;
+use crate::limits::LimitError;
 use crate::request::RequestError;
 use crate::route::RouteError;
 use crate::scope::ScopeError;
@@ -28,6 +29,8 @@ pub enum Error {
     Upstream(#[from] UpstreamError),
     #[error(transparent)]
     Export(#[from] ExportError),
+    #[error(transparent)]
+    Limit(#[from] LimitError),
 }
 
 impl Error {
@@ -98,6 +101,7 @@ impl Error {
                     "the upstream's CapabilityStatement is not loaded yet; retry shortly".into(),
                 ),
             },
+            Error::Limit(e) => (e.status(), "throttled", shown()),
             Error::Export(e) => match e {
                 ExportError::UnknownHandle => (S::NOT_FOUND, "not-found", shown()),
                 ExportError::Unsupported(_) | ExportError::OutputFormat(_) => {
@@ -133,6 +137,7 @@ impl Error {
             Error::Scope(ScopeError::NotFound(_)) => Some("not-found"),
             Error::Scope(_) => Some("scope"),
             Error::Export(_) => Some("export"),
+            Error::Limit(_) => Some("limit"),
         }
     }
 
@@ -166,6 +171,13 @@ impl Error {
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/fhir+json; charset=utf-8"));
         if let Ok(v) = HeaderValue::from_str(correlation) {
             h.insert("x-request-id", v);
+        }
+        if let Error::Limit(e) = &self {
+            for (k, v) in e.headers() {
+                if let Ok(v) = HeaderValue::from_str(&v) {
+                    h.insert(k, v);
+                }
+            }
         }
         if status == StatusCode::UNAUTHORIZED {
             let challenge = match self {

@@ -13,6 +13,7 @@ pub mod config;
 pub mod error;
 pub mod fhir;
 pub mod identity;
+pub mod limits;
 pub mod metadata;
 pub mod metrics;
 pub mod pipeline;

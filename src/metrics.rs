@@ -17,6 +17,7 @@ pub struct Metrics {
     pub upstream_errors: IntCounterVec,
     pub entries_dropped: IntCounterVec,
     pub ndjson_lines_dropped: IntCounterVec,
+    pub rate_limited: IntCounterVec,
 }
 
 impl Metrics {
@@ -52,6 +53,11 @@ impl Metrics {
             "export file lines blocked by the outbound check, by tenant and reason",
             &["tenant", "reason"],
         );
+        let rate_limited = counter(
+            "fhir_fence_rate_limited_total",
+            "requests over a tenant limit (rate, cost, in-flight), refused (enforced) or only counted (shadow)",
+            &["tenant", "limit", "mode"],
+        );
         let latency = HistogramVec::new(
             HistogramOpts::new("fhir_fence_request_duration_seconds", "time to answer a FHIR request, by tenant")
                 .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
@@ -72,6 +78,7 @@ impl Metrics {
             upstream_errors,
             entries_dropped,
             ndjson_lines_dropped,
+            rate_limited,
         }
     }
 

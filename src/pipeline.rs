@@ -1,7 +1,7 @@
 //! THE request pipeline: the one function that orders every step a FHIR request goes through.
 //!
 //! ```text
-//! correlation id → identity → request hygiene → route → scope (per interaction) → upstream
+//! correlation id → identity → request hygiene → route → body → tenant limits → scope (per interaction) → upstream
 //!               → outbound check (inside scope::respond) → response   | any error → error.rs
 //! ```
 //! Each step's reason for its position is written next to it in [`handle`].
@@ -151,6 +151,17 @@ async fn run(snap: &Arc<Snapshot>, req: Request<Incoming>, correlation: &str) ->
             ensure_no_body(&parts.headers).map_err(with_both)?;
             None
         }
+    };
+
+    // Limits once the request is known whole: a Bundle costs per entry, and everything refused
+    // above cost the upstream nothing. The in-flight slot is held until this request is answered.
+    let units = match (&interaction, &body) {
+        (Interaction::Bundle, Some(b)) => b.get("entry").and_then(Value::as_array).map_or(1, |e| e.len() as u32),
+        _ => 1,
+    };
+    let _admitted = match snap.limits.get(&caller.tenant.name) {
+        Some(l) => Some(l.admit(&caller.tenant.name, name, units, &snap.metrics).map_err(|e| with_both(e.into()))?),
+        None => None,
     };
 
     // Scope, upstream, and the outbound check, per interaction.

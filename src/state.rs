@@ -3,6 +3,7 @@
 use crate::config::{ConfigError, Loaded};
 use crate::fhir::capabilities::Capabilities;
 use crate::identity::Verifier;
+use crate::limits::TenantLimits;
 use crate::metrics::Metrics;
 use crate::seal::Sealer;
 use crate::tenancy::{Marking, Tenant};
@@ -32,6 +33,8 @@ pub struct Snapshot {
     /// Export jobs cancelled through this process (ids from their sealed handles).
     pub export_tombstones: moka::future::Cache<String, ()>,
     pub metrics: Arc<Metrics>,
+    /// Per tenant: its effective limits (the defaults overridden by its own table).
+    pub limits: HashMap<String, Arc<TenantLimits>>,
 }
 
 impl Snapshot {
@@ -75,7 +78,13 @@ impl Snapshot {
             .max_capacity(100_000)
             .time_to_live(Duration::from_secs(c.export.job_ttl_secs))
             .build();
+        let limits = c
+            .tenants
+            .iter()
+            .map(|(name, t)| (name.clone(), Arc::new(TenantLimits::new(&c.limits.overridden_by(&t.limits)))))
+            .collect();
         Ok(Snapshot {
+            limits,
             metrics: Arc::new(Metrics::new()),
             export_tombstones,
             marking: Marking { marker: c.tenancy.marker, system: c.tenancy.system.clone() },

@@ -56,6 +56,28 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
     Ok(Loaded { config, dir, public_base })
 }
 
+/// Checks one (effective) limits table; `key` names it in the error.
+fn limits(key: &str, l: &crate::config::Limits) -> Result<(), ConfigError> {
+    if l.rate_per_second == Some(0) || l.burst == Some(0) || l.max_in_flight == Some(0) {
+        return Err(ConfigError::invalid(key, "rate_per_second, burst and max_in_flight must be greater than 0"));
+    }
+    if l.burst.is_some() && l.rate_per_second.is_none() {
+        return Err(ConfigError::invalid(format!("{key}.burst"), "a burst needs a rate_per_second"));
+    }
+    if !matches!(l.in_flight_status, None | Some(429) | Some(503)) {
+        return Err(ConfigError::invalid(format!("{key}.in_flight_status"), "must be 429 or 503"));
+    }
+    for name in l.weights.keys() {
+        if !crate::limits::CLASSES.contains(&name.as_str()) {
+            return Err(ConfigError::invalid(
+                format!("{key}.weights.{name}"),
+                format!("unknown interaction class (known: {})", crate::limits::CLASSES.join(", ")),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn validate(c: &Config) -> Result<Url, ConfigError> {
     socket("server.listen", &c.server.listen)?;
     socket("admin.listen", &c.admin.listen)?;
@@ -83,8 +105,10 @@ fn validate(c: &Config) -> Result<Url, ConfigError> {
         }
     }
     let mut prefixes = HashSet::new();
+    limits("limits", &c.limits)?;
     for (name, t) in &c.tenants {
         let key = format!("tenants.{name}");
+        limits(&format!("{key}.limits"), &c.limits.overridden_by(&t.limits))?;
         if !valid_tenant_name(name) {
             return Err(ConfigError::invalid(key, "tenant names are 1-64 characters of [A-Za-z0-9.-]"));
         }
@@ -199,5 +223,21 @@ mod tests {
         assert!(!valid_prefix("Acme"));
         assert!(!valid_prefix("ac-me"));
         assert!(!valid_prefix("abcdefghijklm"));
+    }
+
+    #[test]
+    fn limits_are_checked_as_the_tenant_gets_them() {
+        use crate::config::Limits;
+        let ok = Limits { rate_per_second: Some(5), burst: Some(10), ..Limits::default() };
+        assert!(limits("limits", &ok).is_ok());
+        let bad_weight = Limits { weights: [("searches".to_owned(), 3)].into(), ..ok.clone() };
+        assert!(limits("limits", &bad_weight).unwrap_err().to_string().contains("limits.weights.searches"));
+        let bad_status = Limits { in_flight_status: Some(404), ..ok.clone() };
+        assert!(limits("limits", &bad_status).is_err());
+        let burst_alone = Limits { burst: Some(3), ..Limits::default() };
+        assert!(limits("limits", &burst_alone).is_err());
+        // A tenant override replaces key by key.
+        let merged = ok.overridden_by(&Limits { burst: Some(1), ..Limits::default() });
+        assert_eq!((merged.rate_per_second, merged.burst), (Some(5), Some(1)));
     }
 }

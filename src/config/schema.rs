@@ -13,6 +13,9 @@ pub struct Config {
     pub paging: Paging,
     #[serde(default)]
     pub export: Export,
+    /// Workload limits every tenant gets unless its own `limits` table overrides a key.
+    #[serde(default)]
+    pub limits: Limits,
     pub upstreams: BTreeMap<String, Upstream>,
     pub issuers: BTreeMap<String, Issuer>,
     pub tenants: BTreeMap<String, Tenant>,
@@ -158,6 +161,44 @@ pub struct Tenant {
     /// prefix, any other rule an exact origin (`scheme://host:port`). Default: nowhere.
     #[serde(default)]
     pub subscription_destinations: Vec<String>,
+    /// Overrides of the top-level `[limits]` for this tenant (key by key).
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// Per-tenant workload limits. Every key is optional: unset at both levels means no limit.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Sustained cost units per second (GCRA).
+    pub rate_per_second: Option<u32>,
+    /// Cost units that may be spent at once (default: one second's worth).
+    pub burst: Option<u32>,
+    /// Requests of this tenant handled at the same time.
+    pub max_in_flight: Option<u32>,
+    /// The answer when `max_in_flight` is reached: 429 or 503 (default 503).
+    pub in_flight_status: Option<u16>,
+    /// Count and log what would be refused, refuse nothing (for a safe roll-out).
+    pub shadow: Option<bool>,
+    /// Cost per interaction class: `read`, `search`, `write`, `operation`, `bundle-entry`, `export`.
+    #[serde(default)]
+    pub weights: BTreeMap<String, u32>,
+}
+
+impl Limits {
+    /// `self` with every key `over` sets replaced.
+    pub fn overridden_by(&self, over: &Limits) -> Limits {
+        let mut weights = self.weights.clone();
+        weights.extend(over.weights.iter().map(|(k, v)| (k.clone(), *v)));
+        Limits {
+            rate_per_second: over.rate_per_second.or(self.rate_per_second),
+            burst: over.burst.or(self.burst),
+            max_in_flight: over.max_in_flight.or(self.max_in_flight),
+            in_flight_status: over.in_flight_status.or(self.in_flight_status),
+            shadow: over.shadow.or(self.shadow),
+            weights,
+        }
+    }
 }
 
 fn default_max_body() -> usize {

@@ -9,4 +9,5 @@ mod fake_upstream;
 mod fastline_differential;
 mod hapi_e2e;
 mod identity;
+mod limits;
 mod metrics;

@@ -26,6 +26,8 @@ pub struct T {
     pub operations: Vec<&'static str>,
     /// Allowed Subscription destinations (none by default).
     pub destinations: Vec<String>,
+    /// TOML lines for `[tenants.NAME.limits]` (none by default).
+    pub limits: String,
 }
 
 /// Tenant names and prefixes unique to this test, so tests sharing one HAPI never see each other.
@@ -40,6 +42,7 @@ pub fn tenants(n: usize) -> Vec<T> {
                 suspended: false,
                 operations: vec!["everything", "meta", "meta-add", "meta-delete", "validate", "export"],
                 destinations: vec![],
+                limits: String::new(),
             }
         })
         .collect()
@@ -160,6 +163,9 @@ tenants = [{first}]
             ops = t.operations,
             dest = t.destinations
         ));
+        if !t.limits.is_empty() {
+            s.push_str(&format!("[tenants.{}.limits]\n{}\n", t.name, t.limits));
+        }
     }
     s
 }

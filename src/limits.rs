@@ -1,0 +1,202 @@
+//! Per-tenant workload limits: a cost-weighted rate limit (GCRA, `governor`) and a cap on
+//! requests in flight, so one heavy tenant cannot starve the others on a shared upstream.
+//!
+//! One limiter and one semaphore per configured tenant (bounded memory). Each request costs
+//! the weight of its interaction class (a transaction or batch: per entry). In `shadow` mode
+//! nothing is refused; what would have been is counted and logged.
+use crate::config::Limits;
+use crate::metrics::Metrics;
+use governor::clock::{Clock, DefaultClock};
+use governor::{Quota, RateLimiter};
+use http::StatusCode;
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Interaction classes that `weights` may price.
+pub const CLASSES: &[&str] = &["read", "search", "write", "operation", "bundle-entry", "export"];
+
+/// Default cost per class (a search costs the upstream more than a read; an export most).
+const DEFAULT_WEIGHTS: &[(&str, u32)] =
+    &[("read", 1), ("search", 5), ("write", 2), ("operation", 5), ("bundle-entry", 1), ("export", 50)];
+
+/// The class of an interaction (by its `Interaction::name`).
+pub fn class_of(interaction: &str) -> &'static str {
+    match interaction {
+        "read" | "vread" | "page" | "export-status" | "export-file" | "export-cancel" | "metadata" => "read",
+        "search-type" | "search-system" | "search-compartment" | "history-instance" | "history-type"
+        | "history-system" => "search",
+        "create" | "update" | "patch" | "delete" | "update-conditional" | "patch-conditional"
+        | "delete-conditional" => "write",
+        "bundle" => "bundle-entry",
+        "export" => "export",
+        _ => "operation",
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LimitError {
+    #[error("tenant request rate exceeded; retry after {} s", retry_after.as_secs())]
+    Rate { retry_after: Duration, policy: String },
+    #[error("this request costs {cost} units, more than the tenant's burst of {burst}")]
+    TooCostly { cost: u32, burst: u32, policy: String },
+    #[error("too many requests of this tenant in flight; retry shortly")]
+    InFlight { status: StatusCode },
+}
+
+impl LimitError {
+    /// Headers a refusal carries (`Retry-After`, IETF `RateLimit` / `RateLimit-Policy`).
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        match self {
+            LimitError::Rate { retry_after, policy } => {
+                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                vec![
+                    ("retry-after", secs.max(1).to_string()),
+                    ("ratelimit-policy", policy.clone()),
+                    ("ratelimit", format!("\"tenant\";r=0;t={}", secs.max(1))),
+                ]
+            }
+            LimitError::TooCostly { policy, .. } => vec![("ratelimit-policy", policy.clone())],
+            LimitError::InFlight { .. } => vec![("retry-after", "1".into())],
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            LimitError::InFlight { status } => *status,
+            LimitError::Rate { .. } | LimitError::TooCostly { .. } => StatusCode::TOO_MANY_REQUESTS,
+        }
+    }
+}
+
+type Limiter = RateLimiter<governor::state::NotKeyed, governor::state::InMemoryState, DefaultClock>;
+
+/// One tenant's limits, built from its effective config.
+pub struct TenantLimits {
+    rate: Option<(Limiter, u32, u32)>,
+    in_flight: Option<(Arc<Semaphore>, StatusCode)>,
+    shadow: bool,
+    weights: BTreeMap<&'static str, u32>,
+    clock: DefaultClock,
+}
+
+/// What an admitted request holds until it is done (its in-flight slot).
+pub struct Admitted(#[allow(dead_code)] Option<OwnedSemaphorePermit>);
+
+impl TenantLimits {
+    pub fn new(l: &Limits) -> Self {
+        let rate = l.rate_per_second.and_then(NonZeroU32::new).map(|r| {
+            let burst = l.burst.and_then(NonZeroU32::new).unwrap_or(r);
+            (RateLimiter::direct(Quota::per_second(r).allow_burst(burst)), r.get(), burst.get())
+        });
+        let in_flight = l.max_in_flight.map(|n| {
+            let status = match l.in_flight_status {
+                Some(429) => StatusCode::TOO_MANY_REQUESTS,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            (Arc::new(Semaphore::new(n as usize)), status)
+        });
+        let weights = CLASSES
+            .iter()
+            .map(|c| {
+                let default = DEFAULT_WEIGHTS.iter().find(|(k, _)| k == c).map_or(1, |(_, w)| *w);
+                (*c, l.weights.get(*c).copied().unwrap_or(default))
+            })
+            .collect();
+        TenantLimits { rate, in_flight, shadow: l.shadow.unwrap_or(false), weights, clock: DefaultClock::default() }
+    }
+
+    /// Admits a request of `interaction` (`units`: entries of a Bundle, else 1), or refuses it.
+    pub fn admit(
+        &self,
+        tenant: &str,
+        interaction: &str,
+        units: u32,
+        metrics: &Metrics,
+    ) -> Result<Admitted, LimitError> {
+        let class = class_of(interaction);
+        let cost = self.weights[class].saturating_mul(units.max(1));
+        let permit = match &self.in_flight {
+            Some((sem, status)) => match sem.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    self.over(tenant, "in-flight", metrics, LimitError::InFlight { status: *status })?;
+                    None
+                }
+            },
+            None => None,
+        };
+        if let (Some((limiter, rate, burst)), Some(n)) = (&self.rate, NonZeroU32::new(cost)) {
+            let policy = format!("\"tenant\";q={burst};w={}", burst.div_ceil(*rate).max(1));
+            match limiter.check_n(n) {
+                Ok(Ok(())) => {}
+                Ok(Err(not_until)) => {
+                    let retry_after = not_until.wait_time_from(self.clock.now());
+                    self.over(tenant, "rate", metrics, LimitError::Rate { retry_after, policy })?;
+                }
+                Err(_) => {
+                    self.over(tenant, "cost", metrics, LimitError::TooCostly { cost, burst: *burst, policy })?;
+                }
+            }
+        }
+        Ok(Admitted(permit))
+    }
+
+    /// Counts a limit hit; refuses unless in shadow mode.
+    fn over(&self, tenant: &str, limit: &str, metrics: &Metrics, e: LimitError) -> Result<(), LimitError> {
+        let mode = if self.shadow { "shadow" } else { "enforced" };
+        metrics.rate_limited.with_label_values(&[tenant, limit, mode]).inc();
+        if self.shadow {
+            tracing::info!(tenant, limit, "limit exceeded (shadow mode: not refused)");
+            Ok(())
+        } else {
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(rate: u32, burst: u32) -> Limits {
+        Limits { rate_per_second: Some(rate), burst: Some(burst), ..Limits::default() }
+    }
+
+    #[test]
+    fn weighted_costs_spend_the_burst() {
+        let m = Metrics::new();
+        let l = TenantLimits::new(&limits(1, 10));
+        assert!(l.admit("t", "search-type", 1, &m).is_ok()); // 5
+        assert!(l.admit("t", "search-type", 1, &m).is_ok()); // 10
+        let e = l.admit("t", "read", 1, &m).err().expect("the burst is spent");
+        assert!(matches!(e, LimitError::Rate { .. }));
+        assert!(e.headers().iter().any(|(k, v)| *k == "retry-after" && v.parse::<u64>().unwrap() >= 1));
+        // A Bundle of 11 entries can never fit a burst of 10.
+        let l = TenantLimits::new(&limits(1, 10));
+        assert!(matches!(l.admit("t", "bundle", 11, &m), Err(LimitError::TooCostly { .. })));
+    }
+
+    #[test]
+    fn shadow_mode_counts_but_admits() {
+        let m = Metrics::new();
+        let l = TenantLimits::new(&Limits { shadow: Some(true), ..limits(1, 1) });
+        for _ in 0..5 {
+            assert!(l.admit("t", "read", 1, &m).is_ok());
+        }
+        assert_eq!(m.rate_limited.with_label_values(&["t", "rate", "shadow"]).get(), 4);
+    }
+
+    #[test]
+    fn in_flight_cap_frees_on_drop() {
+        let m = Metrics::new();
+        let l = TenantLimits::new(&Limits { max_in_flight: Some(1), in_flight_status: Some(429), ..Limits::default() });
+        let first = l.admit("t", "read", 1, &m).unwrap();
+        let e = l.admit("t", "read", 1, &m).err().unwrap();
+        assert_eq!(e.status(), StatusCode::TOO_MANY_REQUESTS);
+        drop(first);
+        assert!(l.admit("t", "read", 1, &m).is_ok());
+    }
+}

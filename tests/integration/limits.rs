@@ -1,0 +1,96 @@
+//! Per-tenant limits against the fake upstream: one tenant over its rate gets 429 with the
+//! rate-limit headers while another is served; weights; the in-flight cap under a slow
+//! upstream; shadow mode counts but never refuses.
+use crate::support::client::get;
+use crate::support::fake::{self, stored, Answer};
+use crate::support::{self, tenants, Options};
+use std::sync::Arc;
+
+/// Serves `Patient/{prefix}-p1` for every tenant; `…-slow` hangs after signalling `slow`.
+async fn upstream(slow: Arc<tokio::sync::Notify>) -> fake::Fake {
+    fake::start(move |s| {
+        if s.path.ends_with("-slow") {
+            slow.notify_one();
+            return Answer::Hang;
+        }
+        let id = s.path.rsplit('/').next().unwrap_or_default();
+        match id.split_once('-') {
+            Some((prefix, "p1")) if s.path.starts_with("/fhir/Patient/") => {
+                let tag = prefix.to_owned();
+                Answer::Json(200, stored("Patient", prefix, &tag, "p1"))
+            }
+            _ => Answer::Json(200, fake::searchset("http://x/fhir", vec![], None)),
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_tenant_over_its_limit_gets_429_while_another_is_served() {
+    let mut ts = tenants(2);
+    // Tenant names equal prefixes here, so the fake's stored resources carry the right tag.
+    ts[0].limits = "rate_per_second = 1\nburst = 3\nweights = { search = 2 }".into();
+    let up = upstream(Arc::default()).await;
+    let fence = support::start(Options::new(&up.base, &ts)).await;
+    let (a, b) = (fence.token(&ts[0].name), fence.token(&ts[1].name));
+    // Burst 3: a read (1) and a search (weight 2) fit; the next read does not.
+    assert_eq!(get(&fence.url("Patient/p1")).bearer(&a).send().await.status, 200);
+    assert_eq!(get(&fence.url("Patient?name=x")).bearer(&a).send().await.status, 200);
+    let r = get(&fence.url("Patient/p1")).bearer(&a).send().await;
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(r.body["issue"][0]["code"], "throttled");
+    assert!(r.header("retry-after").unwrap().parse::<u64>().unwrap() >= 1);
+    assert_eq!(r.header("ratelimit-policy"), Some("\"tenant\";q=3;w=3"));
+    assert!(r.header("ratelimit").unwrap().starts_with("\"tenant\";r=0;t="));
+    // The other tenant, at the same moment, is not affected.
+    for _ in 0..10 {
+        assert_eq!(get(&fence.url("Patient/p1")).bearer(&b).send().await.status, 200);
+    }
+    // A request that can never fit the burst says so.
+    let mut big = tenants(1);
+    big[0].limits = "rate_per_second = 1\nburst = 4".into();
+    let fence2 = support::start(Options::new(&up.base, &big)).await;
+    let r = get(&fence2.url("Patient?name=x")).bearer(&fence2.token(&big[0].name)).send().await;
+    assert_eq!(r.status, 429, "search weight 5 > burst 4: {}", r.body);
+    assert!(r.diagnostics().contains("more than the tenant's burst"));
+
+    let m = String::from_utf8(fence.snap.metrics.render()).unwrap();
+    let line = format!(r#"fhir_fence_rate_limited_total{{limit="rate",mode="enforced",tenant="{}"}} 1"#, ts[0].name);
+    assert!(m.lines().any(|l| l == line), "{m}");
+}
+
+#[tokio::test]
+async fn the_in_flight_cap_holds_under_a_slow_upstream() {
+    let mut ts = tenants(2);
+    ts[0].limits = "max_in_flight = 1\nin_flight_status = 503".into();
+    let slow = Arc::new(tokio::sync::Notify::new());
+    let up = upstream(slow.clone()).await;
+    let mut o = Options::new(&up.base, &ts);
+    o.request_timeout_ms = 500;
+    let fence = Arc::new(support::start(o).await);
+    let (a, b) = (fence.token(&ts[0].name), fence.token(&ts[1].name));
+    let (f2, a2) = (fence.clone(), a.clone());
+    let first = tokio::spawn(async move { get(&f2.url("Patient/slow")).bearer(&a2).send().await.status });
+    slow.notified().await; // the first request holds A's only slot, upstream
+    let r = get(&fence.url("Patient/p1")).bearer(&a).send().await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(get(&fence.url("Patient/p1")).bearer(&b).send().await.status, 200, "B has its own slots");
+    assert_eq!(first.await.unwrap(), 504, "the slow request times out upstream");
+    assert_eq!(get(&fence.url("Patient/p1")).bearer(&a).send().await.status, 200, "the slot is free again");
+}
+
+#[tokio::test]
+async fn shadow_mode_counts_but_never_refuses() {
+    let mut ts = tenants(1);
+    ts[0].limits = "rate_per_second = 1\nburst = 1\nshadow = true".into();
+    let up = upstream(Arc::default()).await;
+    let fence = support::start(Options::new(&up.base, &ts)).await;
+    let a = fence.token(&ts[0].name);
+    for _ in 0..5 {
+        assert_eq!(get(&fence.url("Patient/p1")).bearer(&a).send().await.status, 200);
+    }
+    let m = String::from_utf8(fence.snap.metrics.render()).unwrap();
+    let line = format!(r#"fhir_fence_rate_limited_total{{limit="rate",mode="shadow",tenant="{}"}} 4"#, ts[0].name);
+    assert!(m.lines().any(|l| l == line), "{m}");
+}
