@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod answer;
+pub mod audit;
 pub mod bulk;
 pub mod bundle;
 pub mod cli;

@@ -18,6 +18,7 @@ pub struct Metrics {
     pub entries_dropped: IntCounterVec,
     pub ndjson_lines_dropped: IntCounterVec,
     pub rate_limited: IntCounterVec,
+    pub audit_dropped: IntCounterVec,
 }
 
 impl Metrics {
@@ -58,6 +59,11 @@ impl Metrics {
             "requests over a tenant limit (rate, cost, in-flight), refused (enforced) or only counted (shadow)",
             &["tenant", "limit", "mode"],
         );
+        let audit_dropped = counter(
+            "fhir_fence_audit_dropped_total",
+            "audit records not written (queue full, sink failed)",
+            &["reason"],
+        );
         let latency = HistogramVec::new(
             HistogramOpts::new("fhir_fence_request_duration_seconds", "time to answer a FHIR request, by tenant")
                 .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
@@ -79,6 +85,7 @@ impl Metrics {
             entries_dropped,
             ndjson_lines_dropped,
             rate_limited,
+            audit_dropped,
         }
     }
 

@@ -6,6 +6,7 @@
 //! ```
 //! Each step's reason for its position is written next to it in [`handle`].
 use crate::answer::{boxed, json_response, read_response, written, Body};
+use crate::audit::Record;
 use crate::bundle::bundle;
 use crate::error::Error;
 use crate::identity::Caller;
@@ -20,6 +21,7 @@ use crate::state::Snapshot;
 use bytes::Bytes;
 use http::header;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body::Body as _;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::Value;
@@ -27,43 +29,61 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// Handles one public request. Never panics on client input; every failure becomes an
-/// OperationOutcome in `error.rs`.
+/// OperationOutcome in `error.rs`. Every request is counted (metrics), logged (access line) and
+/// audited here, whatever its outcome.
 pub async fn handle(snap: Arc<Snapshot>, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     // Correlation id first: every log line and every error body below can then name it.
     let correlation = correlation_id(req.headers());
     let method = req.method().clone();
-    let result = run(&snap, req, &correlation).await;
+    let mut who = Who::default();
+    let result = run(&snap, req, &correlation, &mut who).await;
     let metrics = &snap.metrics;
-    let (response, tenant, interaction, dropped) = match result {
-        Ok(done) => (done.response, done.tenant, done.interaction, done.dropped),
-        Err((e, tenant, interaction)) => {
-            let t = tenant.as_deref().unwrap_or("-");
+    let t = who.tenant.clone().unwrap_or_else(|| "-".into());
+    let response = match result {
+        Ok(response) => response,
+        Err(e) => {
             if let Some(reason) = e.refusal_reason() {
-                metrics.refused.with_label_values(&[t, reason]).inc();
+                metrics.refused.with_label_values(&[&t, reason]).inc();
             }
             if let Some(kind) = e.upstream_failure() {
-                metrics.upstream_errors.with_label_values(&[t, kind]).inc();
+                metrics.upstream_errors.with_label_values(&[&t, kind]).inc();
             }
-            (boxed(e.into_response(&correlation)), tenant, interaction, 0)
+            boxed(e.into_response(&correlation))
         }
     };
-    let t = tenant.as_deref().unwrap_or("-");
-    metrics.requests.with_label_values(&[t, interaction.unwrap_or("-"), response.status().as_str()]).inc();
-    metrics.latency.with_label_values(&[t]).observe(started.elapsed().as_secs_f64());
-    if dropped > 0 {
-        metrics.entries_dropped.with_label_values(&[t]).inc_by(dropped as u64);
+    let status = response.status();
+    metrics.requests.with_label_values(&[&t, who.interaction.unwrap_or("-"), status.as_str()]).inc();
+    metrics.latency.with_label_values(&[&t]).observe(started.elapsed().as_secs_f64());
+    if who.dropped > 0 {
+        metrics.entries_dropped.with_label_values(&[&t]).inc_by(who.dropped as u64);
     }
+    let micros = started.elapsed().as_micros() as u64;
     tracing::info!(
         target: "fhir_fence::access",
         correlation = %correlation,
-        tenant = tenant.as_deref().unwrap_or("-"),
-        interaction = interaction.unwrap_or("-"),
+        tenant = %t,
+        interaction = who.interaction.unwrap_or("-"),
         method = %method,
-        status = response.status().as_u16(),
-        dropped,
-        micros = started.elapsed().as_micros() as u64,
+        status = status.as_u16(),
+        dropped = who.dropped,
+        micros,
     );
+    let record = Record {
+        correlation: correlation.clone(),
+        tenant: who.tenant,
+        subject: who.subject,
+        client_id: who.client_id,
+        interaction: who.interaction,
+        method: method.to_string(),
+        resource_type: who.rtype,
+        id: who.id,
+        dropped: who.dropped,
+        bytes: response.body().size_hint().exact(),
+        micros,
+        ..Record::new()
+    };
+    snap.audit.record(record.finish(status.as_u16()));
     if method == Method::HEAD {
         let (parts, _) = response.into_parts();
         return boxed(Response::from_parts(parts, Full::new(Bytes::new())));
@@ -71,45 +91,55 @@ pub async fn handle(snap: Arc<Snapshot>, req: Request<Incoming>) -> Response<Bod
     response
 }
 
-struct Done {
-    response: Response<Body>,
+/// What is known about the request so far, filled in as `run` learns it (for metrics, the
+/// access log and the audit record, also when the request fails half-way).
+#[derive(Default)]
+struct Who {
     tenant: Option<String>,
+    subject: Option<String>,
+    client_id: Option<String>,
     interaction: Option<&'static str>,
+    rtype: Option<String>,
+    id: Option<String>,
     dropped: usize,
 }
 
-type Failed = (Error, Option<String>, Option<&'static str>);
-
-async fn run(snap: &Arc<Snapshot>, req: Request<Incoming>, correlation: &str) -> Result<Done, Failed> {
+async fn run(
+    snap: &Arc<Snapshot>,
+    req: Request<Incoming>,
+    correlation: &str,
+    who: &mut Who,
+) -> Result<Response<Body>, Error> {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_owned();
-    let fail = |e: Error| (e, None, None);
 
     // `metadata` is answered before identity: clients discover the server before they log in.
     // It is served from the CapabilityStatement read at start-up, so it costs no upstream call.
     if (parts.method == Method::GET || parts.method == Method::HEAD) && path == format!("{}/metadata", snap.base_path) {
-        let response = boxed(metadata(snap).await.map_err(fail)?);
-        return Ok(Done { response, tenant: None, interaction: Some("metadata"), dropped: 0 });
+        who.interaction = Some("metadata");
+        return Ok(boxed(metadata(snap).await?));
     }
 
     // Identity before routing: an unauthenticated client learns nothing about what exists.
     let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let caller = snap.verifier.verify_header(authorization).map_err(|e| fail(e.into()))?;
-    let tenant_name = Some(caller.tenant.name.clone());
+    let caller = snap.verifier.verify_header(authorization)?;
+    who.tenant = Some(caller.tenant.name.clone());
+    who.subject = caller.subject.clone();
+    who.client_id = caller.client_id.clone();
     // Counted from here (the tenant is known) to the end of this request's handling.
     let _in_flight = snap.metrics.in_flight(&caller.tenant.name);
-    let with_tenant = |e: Error| (e, tenant_name.clone(), None);
 
     // Request hygiene: refuse what the proxy cannot inspect or that changes the request's meaning.
-    check_headers(&parts.headers).map_err(|e| with_tenant(e.into()))?;
+    check_headers(&parts.headers)?;
 
     // Routing: the allow-list of interactions; everything else ends here with a precise refusal.
-    let params = route::parse_query(parts.uri.query()).map_err(|e| with_tenant(e.into()))?;
+    let params = route::parse_query(parts.uri.query())?;
 
-    let interaction =
-        route::classify(&parts.method, &snap.base_path, &path, &params).map_err(|e| with_tenant(e.into()))?;
+    let interaction = route::classify(&parts.method, &snap.base_path, &path, &params)?;
     let name = interaction.name();
-    let with_both = |e: Error| (e, tenant_name.clone(), Some(name));
+    who.interaction = Some(name);
+    let (rtype, id) = interaction.target();
+    (who.rtype, who.id) = (rtype.map(str::to_owned), id.map(str::to_owned));
     // Answers are FHIR JSON; the exceptions are a Binary read asking for its own content type
     // and export files (NDJSON).
     let binary_read =
@@ -119,7 +149,7 @@ async fn run(snap: &Arc<Snapshot>, req: Request<Incoming>, correlation: &str) ->
         _ => accepts_fhir_json(&parts.headers) || binary_read,
     };
     if !acceptable {
-        return Err(with_both(RequestError::NotAcceptable.into()));
+        return Err(RequestError::NotAcceptable.into());
     }
 
     // Bodies are read only where an interaction has one, bounded, of the expected media type,
@@ -134,21 +164,21 @@ async fn run(snap: &Arc<Snapshot>, req: Request<Incoming>, correlation: &str) ->
         | Interaction::Bundle
         | Interaction::Export { form: true, .. }
         | Interaction::Validate { id: None, .. } => {
-            Some(read_body(&parts.headers, body, limit, BodyKind::Resource).await.map_err(with_both)?)
+            Some(read_body(&parts.headers, body, limit, BodyKind::Resource).await?)
         }
         Interaction::Operation { op: route::Op::MetaAdd | route::Op::MetaDelete, .. } => {
-            Some(read_body(&parts.headers, body, limit, BodyKind::Resource).await.map_err(with_both)?)
+            Some(read_body(&parts.headers, body, limit, BodyKind::Resource).await?)
         }
         Interaction::Patch { .. } | Interaction::ConditionalPatch { .. } => {
-            Some(read_body(&parts.headers, body, limit, BodyKind::JsonPatch).await.map_err(with_both)?)
+            Some(read_body(&parts.headers, body, limit, BodyKind::JsonPatch).await?)
         }
         Interaction::Search { form: true, .. } | Interaction::SystemSearch { form: true } => {
-            let form = read_form(&parts.headers, body, limit).await.map_err(with_both)?;
+            let form = read_form(&parts.headers, body, limit).await?;
             params.extend(form);
             None
         }
         _ => {
-            ensure_no_body(&parts.headers).map_err(with_both)?;
+            ensure_no_body(&parts.headers)?;
             None
         }
     };
@@ -160,7 +190,7 @@ async fn run(snap: &Arc<Snapshot>, req: Request<Incoming>, correlation: &str) ->
         _ => 1,
     };
     let _admitted = match snap.limits.get(&caller.tenant.name) {
-        Some(l) => Some(l.admit(&caller.tenant.name, name, units, &snap.metrics).map_err(|e| with_both(e.into()))?),
+        Some(l) => Some(l.admit(&caller.tenant.name, name, units, &snap.metrics)?),
         None => None,
     };
 
@@ -176,22 +206,17 @@ async fn run(snap: &Arc<Snapshot>, req: Request<Incoming>, correlation: &str) ->
         (_, Some(q)) => format!("{}{}?{}", public_origin(snap), path, q),
         (_, None) => format!("{}{}", public_origin(snap), path),
     };
-    let upstream = snap
-        .upstreams
-        .get(&caller.tenant.upstream)
-        .ok_or_else(|| with_both(ScopeError::CapabilitiesUnavailable.into()))?;
+    let upstream =
+        snap.upstreams.get(&caller.tenant.upstream).ok_or(Error::from(ScopeError::CapabilitiesUnavailable))?;
     // Export files stream (constant memory, filtered line by line): the one answer not built
     // as a whole, so it is answered here rather than in `dispatch`.
     if let Interaction::ExportFile { file } = &interaction {
-        let response = crate::bulk::download::download(snap.clone(), &caller, upstream.clone(), file, correlation)
-            .await
-            .map_err(with_both)?;
-        return Ok(Done { response, tenant: tenant_name.clone(), interaction: Some(name), dropped: 0 });
+        return crate::bulk::download::download(snap.clone(), &caller, upstream.clone(), file, correlation).await;
     }
     let ctx = Ctx { snap, tenant: &caller.tenant, upstream, correlation };
-    let (response, dropped) =
-        dispatch(&ctx, &caller, interaction, &params, body, &parts.headers, &self_url).await.map_err(with_both)?;
-    Ok(Done { response: boxed(response), tenant: tenant_name.clone(), interaction: Some(name), dropped })
+    let (response, dropped) = dispatch(&ctx, &caller, interaction, &params, body, &parts.headers, &self_url).await?;
+    who.dropped = dropped;
+    Ok(boxed(response))
 }
 
 pub(crate) async fn dispatch(

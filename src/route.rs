@@ -120,6 +120,30 @@ pub enum ExportLevel {
 }
 
 impl Interaction {
+    /// The resource type and local id the request names, for the audit trail.
+    pub fn target(&self) -> (Option<&str>, Option<&str>) {
+        match self {
+            Interaction::Read { rtype, id }
+            | Interaction::Vread { rtype, id, .. }
+            | Interaction::InstanceHistory { rtype, id }
+            | Interaction::Update { rtype, id }
+            | Interaction::Patch { rtype, id }
+            | Interaction::Delete { rtype, id }
+            | Interaction::Operation { rtype, id, .. } => (Some(rtype), Some(id)),
+            Interaction::Compartment { ctype, id, .. } => (Some(ctype), Some(id)),
+            Interaction::Validate { rtype, id } => (Some(rtype), id.as_deref()),
+            Interaction::Search { rtype, .. }
+            | Interaction::Create { rtype }
+            | Interaction::ConditionalUpdate { rtype }
+            | Interaction::ConditionalPatch { rtype }
+            | Interaction::ConditionalDelete { rtype } => (Some(rtype), None),
+            Interaction::History { rtype } => (rtype.as_deref(), None),
+            Interaction::Export { level: ExportLevel::Patient(id), .. } => (Some("Patient"), Some(id)),
+            Interaction::Export { level: ExportLevel::Group(id), .. } => (Some("Group"), Some(id)),
+            _ => (None, None),
+        }
+    }
+
     /// A short name for logs and metrics.
     pub fn name(&self) -> &'static str {
         match self {

@@ -1,5 +1,6 @@
 //! The running configuration as one immutable snapshot: tenants, keys, upstream clients,
 //! capabilities, sealing key and caches, all built from a validated config in [`Snapshot::build`].
+use crate::audit::Audit;
 use crate::config::{ConfigError, Loaded};
 use crate::fhir::capabilities::Capabilities;
 use crate::identity::Verifier;
@@ -33,6 +34,7 @@ pub struct Snapshot {
     /// Export jobs cancelled through this process (ids from their sealed handles).
     pub export_tombstones: moka::future::Cache<String, ()>,
     pub metrics: Arc<Metrics>,
+    pub audit: Audit,
     /// Per tenant: its effective limits (the defaults overridden by its own table).
     pub limits: HashMap<String, Arc<TenantLimits>>,
 }
@@ -83,9 +85,11 @@ impl Snapshot {
             .iter()
             .map(|(name, t)| (name.clone(), Arc::new(TenantLimits::new(&c.limits.overridden_by(&t.limits)))))
             .collect();
+        let metrics = Arc::new(Metrics::new());
         Ok(Snapshot {
             limits,
-            metrics: Arc::new(Metrics::new()),
+            audit: Audit::new(&loaded, metrics.clone()),
+            metrics,
             export_tombstones,
             marking: Marking { marker: c.tenancy.marker, system: c.tenancy.system.clone() },
             external_bases: c

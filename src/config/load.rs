@@ -106,6 +106,12 @@ fn validate(c: &Config) -> Result<Url, ConfigError> {
     }
     let mut prefixes = HashSet::new();
     limits("limits", &c.limits)?;
+    if c.audit.sink == crate::config::AuditSink::File && c.audit.file.is_none() {
+        return Err(ConfigError::invalid("audit.file", "sink = \"file\" needs a file"));
+    }
+    if c.audit.queue == 0 {
+        return Err(ConfigError::invalid("audit.queue", "must be greater than 0"));
+    }
     for (name, t) in &c.tenants {
         let key = format!("tenants.{name}");
         limits(&format!("{key}.limits"), &c.limits.overridden_by(&t.limits))?;

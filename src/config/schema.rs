@@ -16,6 +16,8 @@ pub struct Config {
     /// Workload limits every tenant gets unless its own `limits` table overrides a key.
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub audit: Audit,
     pub upstreams: BTreeMap<String, Upstream>,
     pub issuers: BTreeMap<String, Issuer>,
     pub tenants: BTreeMap<String, Tenant>,
@@ -82,6 +84,38 @@ pub struct Paging {
 impl Default for Paging {
     fn default() -> Self {
         Paging { key_file: None, token_ttl_secs: default_page_ttl() }
+    }
+}
+
+/// Where the per-request audit records go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditSink {
+    /// JSON lines on standard output, beside the logs (`"type": "audit"`).
+    #[default]
+    Stdout,
+    /// JSON lines appended to `audit.file`.
+    File,
+    /// No audit trail (tests, or when another sink is added later).
+    None,
+}
+
+/// The audit trail: one record per FHIR request, never a resource body.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Audit {
+    #[serde(default)]
+    pub sink: AuditSink,
+    /// The file for `sink = "file"` (relative to the config file).
+    pub file: Option<PathBuf>,
+    /// Records waiting to be written; when full, records are dropped (and counted), requests never wait.
+    #[serde(default = "default_audit_queue")]
+    pub queue: usize,
+}
+
+impl Default for Audit {
+    fn default() -> Self {
+        Audit { sink: AuditSink::default(), file: None, queue: default_audit_queue() }
     }
 }
 
@@ -215,6 +249,9 @@ fn default_ref_ttl() -> u64 {
 }
 fn default_page_ttl() -> u64 {
     3600
+}
+fn default_audit_queue() -> usize {
+    10_000
 }
 fn default_job_ttl() -> u64 {
     24 * 3600

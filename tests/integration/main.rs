@@ -3,6 +3,7 @@
 //! or the real HAPI server started by `scripts/hapi` (end to end).
 mod support;
 
+mod audit;
 mod export_fake;
 mod export_hapi;
 mod fake_upstream;

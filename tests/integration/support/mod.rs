@@ -57,6 +57,8 @@ pub struct Options {
     pub marker: &'static str,
     /// `export.max_line_bytes`.
     pub max_line_bytes: usize,
+    /// Where audit records go (`None`: no audit trail in tests).
+    pub audit_file: Option<PathBuf>,
 }
 
 impl Options {
@@ -68,6 +70,7 @@ impl Options {
             request_timeout_ms: 20_000,
             marker: "tag",
             max_line_bytes: 1 << 20,
+            audit_file: None,
         }
     }
 }
@@ -112,6 +115,9 @@ allowed_external_bases = ["https://terminology.example.org/fhir"]
 [export]
 max_line_bytes = {max_line}
 
+[audit]
+{audit}
+
 [upstreams.main]
 base_url = "{upstream}"
 request_timeout_ms = {timeout}
@@ -147,6 +153,10 @@ tenants = [{first}]
         timeout = o.request_timeout_ms,
         marker = o.marker,
         max_line = o.max_line_bytes,
+        audit = match &o.audit_file {
+            Some(f) => format!("sink = \"file\"\nfile = {:?}", f.display().to_string()),
+            None => "sink = \"none\"".to_owned(),
+        },
         secret = fixture("dev-hs256.secret"),
         rs_jwks = fixture("keys/rs256-jwks.json"),
         rs_key = fixture("keys/rs256-private.pem"),

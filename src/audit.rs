@@ -1,0 +1,126 @@
+//! The audit trail: one structured record per FHIR request, by tenant, never a resource body.
+//!
+//! Records go through a bounded queue to one writer task, so auditing never makes a request
+//! wait: when the queue is full the record is dropped and counted
+//! (`fhir_fence_audit_dropped_total`); a failing sink is logged and counted the same way.
+//! Sinks: JSON lines on stdout or appended to a file (`[audit]`).
+use crate::config::{AuditSink, Loaded};
+use crate::metrics::Metrics;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+/// One request, as the audit trail keeps it.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Record {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Milliseconds since the Unix epoch, when the answer was ready.
+    pub time_ms: u64,
+    pub correlation: String,
+    pub tenant: Option<String>,
+    pub subject: Option<String>,
+    pub client_id: Option<String>,
+    pub interaction: Option<&'static str>,
+    pub method: String,
+    pub resource_type: Option<String>,
+    /// The local id the client used (never the upstream one).
+    pub id: Option<String>,
+    pub status: u16,
+    /// `success`, `refused` (4xx) or `failed` (5xx).
+    pub outcome: &'static str,
+    /// Bundle entries blocked on the way out.
+    pub dropped: usize,
+    /// Response body bytes, when known before streaming.
+    pub bytes: Option<u64>,
+    pub micros: u64,
+}
+
+impl Record {
+    pub fn new() -> Self {
+        Record { kind: "audit", ..Default::default() }
+    }
+
+    /// Stamps the time and derives the outcome from the status.
+    pub fn finish(mut self, status: u16) -> Self {
+        self.status = status;
+        self.outcome = match status {
+            500.. => "failed",
+            400.. => "refused",
+            _ => "success",
+        };
+        self.time_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        self
+    }
+}
+
+enum Target {
+    Stdout,
+    File(PathBuf),
+}
+
+pub struct Audit {
+    tx: Option<mpsc::Sender<Record>>,
+    /// The writer's side, until the first record starts the writer (inside the runtime).
+    pending: Mutex<Option<(mpsc::Receiver<Record>, Target)>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Audit {
+    pub fn new(loaded: &Loaded, metrics: Arc<Metrics>) -> Self {
+        let c = &loaded.config.audit;
+        let target = match c.sink {
+            AuditSink::None => return Audit { tx: None, pending: Mutex::new(None), metrics },
+            AuditSink::Stdout => Target::Stdout,
+            AuditSink::File => Target::File(loaded.resolve(c.file.as_deref().expect("checked at load"))),
+        };
+        let (tx, rx) = mpsc::channel(c.queue);
+        Audit { tx: Some(tx), pending: Mutex::new(Some((rx, target))), metrics }
+    }
+
+    /// Queues a record; never waits.
+    pub fn record(&self, r: Record) {
+        let Some(tx) = &self.tx else { return };
+        if let Some((rx, target)) = self.pending.lock().map(|mut p| p.take()).unwrap_or(None) {
+            tokio::spawn(write(rx, target, self.metrics.clone()));
+        }
+        if tx.try_send(r).is_err() {
+            self.metrics.audit_dropped.with_label_values(&["queue-full"]).inc();
+        }
+    }
+}
+
+/// The writer task: one JSON line per record, flushed when the queue is momentarily empty.
+async fn write(mut rx: mpsc::Receiver<Record>, target: Target, metrics: Arc<Metrics>) {
+    let mut out: Box<dyn tokio::io::AsyncWrite + Send + Unpin> = match &target {
+        Target::Stdout => Box::new(tokio::io::stdout()),
+        Target::File(path) => match tokio::fs::OpenOptions::new().create(true).append(true).open(path).await {
+            Ok(f) => Box::new(f),
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "cannot open the audit file; audit records are dropped");
+                while rx.recv().await.is_some() {
+                    metrics.audit_dropped.with_label_values(&["sink-failed"]).inc();
+                }
+                return;
+            }
+        },
+    };
+    while let Some(r) = rx.recv().await {
+        let mut line = serde_json::to_vec(&r).expect("serialisable");
+        line.push(b'\n');
+        let written = async {
+            out.write_all(&line).await?;
+            if rx.is_empty() {
+                out.flush().await?;
+            }
+            Ok::<_, std::io::Error>(())
+        };
+        if let Err(e) = written.await {
+            metrics.audit_dropped.with_label_values(&["sink-failed"]).inc();
+            tracing::warn!(error = %e, "an audit record could not be written");
+        }
+    }
+}
