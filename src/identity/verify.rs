@@ -59,7 +59,13 @@ struct TrustedIssuer {
 pub struct Verifier {
     issuers: Vec<TrustedIssuer>,
     tenants: HashMap<String, Arc<Tenant>>,
+    /// Tokens verified recently (by SHA-256), with their `exp`: a signature is checked once per
+    /// token, not once per request. Bounded; an entry is used only while its token is valid.
+    verified: moka::sync::Cache<[u8; 32], (Caller, u64)>,
 }
+
+/// How long a verified token is remembered at most (its own `exp` still applies on every use).
+const VERIFIED_TTL: std::time::Duration = std::time::Duration::from_secs(300);
 
 impl Verifier {
     pub fn build(loaded: &Loaded, tenants: &HashMap<String, Arc<Tenant>>) -> Result<Self, ConfigError> {
@@ -76,7 +82,8 @@ impl Verifier {
                 tenants: i.tenants.clone(),
             });
         }
-        Ok(Verifier { issuers, tenants: tenants.clone() })
+        let verified = moka::sync::Cache::builder().max_capacity(10_000).time_to_live(VERIFIED_TTL).build();
+        Ok(Verifier { issuers, tenants: tenants.clone(), verified })
     }
 
     /// The issuer's keys by config name (for `fhir-fence token`).
@@ -94,7 +101,26 @@ impl Verifier {
         self.verify(token.trim())
     }
 
+    /// Verifies a token, or answers from the cache of tokens verified before (same snapshot:
+    /// a reload or a suspension builds a new verifier, so the cache never outlives the config).
     pub fn verify(&self, token: &str) -> Result<Caller, AuthError> {
+        let key: [u8; 32] = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes())
+            .as_ref()
+            .try_into()
+            .expect("SHA-256 is 32 bytes");
+        if let Some((caller, exp)) = self.verified.get(&key) {
+            if jsonwebtoken::get_current_timestamp() <= exp + LEEWAY_SECS {
+                return Ok(caller);
+            }
+            self.verified.invalidate(&key);
+        }
+        let (caller, exp) = self.verify_signed(token)?;
+        self.verified.insert(key, (caller.clone(), exp));
+        Ok(caller)
+    }
+
+    /// The full check of RFC 8725: issuer, algorithm, key, signature, claims, tenant; with `exp`.
+    fn verify_signed(&self, token: &str) -> Result<(Caller, u64), AuthError> {
         let header = decode_header(token).map_err(|_| AuthError::Malformed)?;
         let unverified: Value =
             jsonwebtoken::dangerous::insecure_decode_claims(token).map_err(|_| AuthError::Malformed)?;
@@ -129,12 +155,14 @@ impl Verifier {
             return Err(AuthError::Suspended);
         }
         let text = |k: &str| claims.get(k).and_then(Value::as_str).map(str::to_owned);
-        Ok(Caller {
+        let exp = claims.get("exp").and_then(Value::as_u64).ok_or_else(|| AuthError::Invalid("exp".into()))?;
+        let caller = Caller {
             tenant: tenant.clone(),
             subject: text("sub"),
             client_id: text("client_id").or_else(|| text("azp")),
             issuer: issuer.keys.name.clone(),
-        })
+        };
+        Ok((caller, exp))
     }
 }
 

@@ -42,6 +42,27 @@ async fn valid_tokens_from_each_issuer_kind_are_accepted() {
 }
 
 #[tokio::test]
+async fn a_remembered_token_does_not_vouch_for_an_altered_one() {
+    let (fence, _up, ts) = setup().await;
+    let good = fence.token(&ts[0].name);
+    for _ in 0..3 {
+        // Verified once, then answered from the verified-token cache.
+        assert_eq!(get(&fence.url("Patient/p1")).bearer(&good).send().await.status, 200);
+    }
+    let (head, sig) = good.rsplit_once('.').unwrap();
+    let flipped = if sig.ends_with('A') { "B" } else { "A" };
+    let altered_signature = format!("{head}.{}{flipped}", &sig[..sig.len() - 1]);
+    let no_signature = format!("{head}.");
+    let other_tenant_claims = fence.token(&ts[1].name);
+    let (_, other_sig) = other_tenant_claims.rsplit_once('.').unwrap();
+    let spliced = format!("{head}.{other_sig}");
+    for bad in [altered_signature, no_signature, spliced] {
+        let r = get(&fence.url("Patient/p1")).bearer(&bad).send().await;
+        assert_eq!(r.status, 401, "{bad}");
+    }
+}
+
+#[tokio::test]
 async fn missing_token_is_401_with_challenge_and_outcome() {
     let (fence, up, _) = setup().await;
     let r = get(&fence.url("Patient/p1")).send().await;
