@@ -12,3 +12,4 @@ mod hapi_e2e;
 mod identity;
 mod limits;
 mod metrics;
+mod shutdown;

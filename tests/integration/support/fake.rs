@@ -24,6 +24,8 @@ pub enum Answer {
     Hang,
     /// Status, extra headers, optional JSON body.
     Headers(u16, Vec<(&'static str, String)>, Option<Value>),
+    /// The inner answer, once `release` is notified (a slow upstream the test controls).
+    After(Arc<tokio::sync::Notify>, Box<Answer>),
     /// Status, content type, and a body produced chunk by chunk (for large streams).
     Chunks(u16, &'static str, Box<dyn Iterator<Item = Bytes> + Send + Sync>),
 }
@@ -118,6 +120,13 @@ pub async fn start_with(cs: Value, handler: impl Fn(&Seen) -> Answer + Send + Sy
                         seen.lock().unwrap().push(s.clone());
                         let answer =
                             if s.path == "/fhir/metadata" { Answer::Json(200, (*cs).clone()) } else { handler(&s) };
+                        let answer = match answer {
+                            Answer::After(release, inner) => {
+                                release.notified().await;
+                                *inner
+                            }
+                            other => other,
+                        };
                         let full = |b: Bytes| Full::new(b).boxed();
                         let mut extra = vec![];
                         let (status, ct, body): (u16, &str, BoxBody<Bytes, Infallible>) = match answer {
@@ -135,6 +144,7 @@ pub async fn start_with(cs: Value, handler: impl Fn(&Seen) -> Answer + Send + Sy
                                 std::future::pending::<()>().await;
                                 unreachable!()
                             }
+                            Answer::After(..) => unreachable!("unwrapped above"),
                         };
                         let mut resp = Response::new(body);
                         *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();

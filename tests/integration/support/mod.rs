@@ -82,6 +82,7 @@ pub struct Fence {
     pub snap: Arc<Snapshot>,
     pub config_path: PathBuf,
     stop: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Fence {
@@ -206,7 +207,7 @@ pub async fn start(o: Options) -> Fence {
         o.upstream
     );
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(fhir_fence::server::run(snap.clone(), public, admin, async {
+    let server = tokio::spawn(fhir_fence::server::run(snap.clone(), public, admin, async {
         let _ = stopped.await;
     }));
     Fence {
@@ -215,10 +216,25 @@ pub async fn start(o: Options) -> Fence {
         snap,
         config_path: path,
         stop: Some(stop),
+        server: Some(server),
     }
 }
 
 impl Fence {
+    /// Starts the graceful shutdown (what SIGTERM does in `fhir-fence serve`).
+    pub fn shutdown(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+
+    /// Waits until the server has drained and stopped.
+    pub async fn stopped(&mut self) {
+        if let Some(task) = self.server.take() {
+            task.await.expect("the server task ended cleanly");
+        }
+    }
+
     /// A valid token for `tenant` from the HS256 `dev` issuer.
     pub fn token(&self, tenant: &str) -> String {
         self.token_from("dev", tenant)
