@@ -281,10 +281,7 @@ impl<'a> Scan<'a> {
             return Ok(0);
         }
         let mut kept = 0;
-        // End of the previous element's value (for cutting ", <coding>") and whether the first
-        // kept element still needs the comma that followed a cut first element removed.
-        let mut prev_end: Option<usize> = None;
-        let mut cut_first: Option<usize> = None;
+        let mut elements = Elements::default();
         loop {
             let start = self.i;
             let tenant_coding = if self.peek()? == b'{' {
@@ -305,20 +302,10 @@ impl<'a> Scan<'a> {
             let end = self.i;
             if tenant_coding {
                 self.codings += 1;
-                match prev_end {
-                    // `, <coding>`: cut from the end of the previous element.
-                    Some(p) => self.cuts.push((p, end)),
-                    // The first element: cut `<coding>,` once the comma is known (below).
-                    None => cut_first = Some(start),
-                }
             } else {
                 kept += 1;
-                if let Some(s) = cut_first.take() {
-                    // `<coding>, <this>`: cut up to this element's start.
-                    self.cuts.push((s, start));
-                }
-                prev_end = Some(end);
             }
+            elements.element(start, end, tenant_coding, &mut self.cuts);
             self.ws();
             match self.peek()? {
                 b',' => {
@@ -326,10 +313,7 @@ impl<'a> Scan<'a> {
                     self.ws();
                 }
                 b']' => {
-                    if let Some(s) = cut_first.take() {
-                        // The coding was the only element: cut it alone (the list goes anyway).
-                        self.cuts.push((s, end));
-                    }
+                    elements.close(end, &mut self.cuts);
                     self.eat(b']')?;
                     return Ok(kept);
                 }
@@ -429,8 +413,7 @@ impl<'a> Scan<'a> {
             return self.eat(b'}');
         }
         let mut keys = Keys::default();
-        let mut prev_end: Option<usize> = None;
-        let mut cut_first: Option<usize> = None;
+        let mut elements = Elements::default();
         loop {
             let start = self.i;
             let key = self.string()?;
@@ -445,16 +428,8 @@ impl<'a> Scan<'a> {
             let cut = self.cuts.last() == Some(&(usize::MAX, usize::MAX));
             if cut {
                 self.cuts.pop();
-                match prev_end {
-                    Some(p) => self.cuts.push((p, end)),
-                    None => cut_first = Some(start),
-                }
-            } else {
-                if let Some(s) = cut_first.take() {
-                    self.cuts.push((s, start));
-                }
-                prev_end = Some(end);
             }
+            elements.element(start, end, cut, &mut self.cuts);
             self.ws();
             match self.peek()? {
                 b',' => {
@@ -462,9 +437,7 @@ impl<'a> Scan<'a> {
                     self.ws();
                 }
                 b'}' => {
-                    if let Some(s) = cut_first.take() {
-                        self.cuts.push((s, end));
-                    }
+                    elements.close(end, &mut self.cuts);
                     return self.eat(b'}');
                 }
                 _ => return Err(Unsure),
@@ -511,6 +484,42 @@ fn relative_literal(r: &[u8]) -> Option<usize> {
     let type_ok = (1..=64).contains(&t.len()) && t[0].is_ascii_uppercase() && t.iter().all(u8::is_ascii_alphabetic);
     let id_ok = (1..=64).contains(&id.len()) && id.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.');
     (type_ok && id_ok).then_some(slash)
+}
+
+/// Cuts removed elements of a list or object together with one neighbouring comma each, so
+/// what remains is still valid JSON.
+#[derive(Default)]
+struct Elements {
+    /// Where the last kept element ended (a later removed one is cut from there: `, <it>`).
+    prev_end: Option<usize>,
+    /// Where a removed run at the start began (cut up to the next kept element: `<it>, `).
+    cut_first: Option<usize>,
+}
+
+impl Elements {
+    /// One element read from `start` to `end`; `removed` when it is to be cut.
+    fn element(&mut self, start: usize, end: usize, removed: bool, cuts: &mut Vec<(usize, usize)>) {
+        match (removed, self.prev_end) {
+            (true, Some(p)) => cuts.push((p, end)),
+            (true, None) => {
+                self.cut_first.get_or_insert(start);
+            }
+            (false, _) => {
+                if let Some(s) = self.cut_first.take() {
+                    cuts.push((s, start));
+                }
+                self.prev_end = Some(end);
+            }
+        }
+    }
+
+    /// The list ends after its last element (which ended at `end`): a removed run with nothing
+    /// kept after it is cut alone (its list or object goes whole, or is left empty).
+    fn close(&mut self, end: usize, cuts: &mut Vec<(usize, usize)>) {
+        if let Some(s) = self.cut_first.take() {
+            cuts.push((s, end));
+        }
+    }
 }
 
 /// What an object showed of being an `Attachment`.

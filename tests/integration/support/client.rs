@@ -79,13 +79,7 @@ impl Call {
         self,
         mut each: impl FnMut(&[u8]),
     ) -> (u16, HeaderMap, Result<(), Box<dyn std::error::Error + Send + Sync>>) {
-        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-        let mut req = Request::builder().method(self.method).uri(&self.url);
-        for (k, v) in &self.headers {
-            req = req.header(k, v);
-        }
-        let req = req.body(Full::new(self.body.unwrap_or_default())).unwrap();
-        let resp = client.request(req).await.expect("request failed");
+        let resp = self.response().await;
         let (parts, mut body) = resp.into_parts();
         let result = loop {
             match body.frame().await {
@@ -101,14 +95,19 @@ impl Call {
         (parts.status.as_u16(), parts.headers, result)
     }
 
-    pub async fn send(self) -> Reply {
+    /// Sends the request; the answer with its body still to read.
+    async fn response(self) -> http::Response<hyper::body::Incoming> {
         let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
         let mut req = Request::builder().method(self.method).uri(&self.url);
         for (k, v) in &self.headers {
             req = req.header(k, v);
         }
         let req = req.body(Full::new(self.body.unwrap_or_default())).unwrap();
-        let resp = client.request(req).await.expect("request failed");
+        client.request(req).await.expect("request failed")
+    }
+
+    pub async fn send(self) -> Reply {
+        let resp = self.response().await;
         let (parts, body) = resp.into_parts();
         let raw = body.collect().await.unwrap().to_bytes();
         let body = if raw.is_empty() { Value::Null } else { serde_json::from_slice(&raw).unwrap_or(Value::Null) };
