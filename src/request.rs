@@ -35,11 +35,16 @@ pub enum RequestError {
 }
 
 pub(crate) fn accepts_fhir_json(headers: &HeaderMap) -> bool {
+    accepts(headers, &["application/json", "application/fhir+json"])
+}
+
+/// True when `Accept` is absent, or one of its ranges is a wildcard or one of `types`.
+fn accepts(headers: &HeaderMap, types: &[&str]) -> bool {
     let Some(accept) = headers.get(header::ACCEPT) else { return true };
     let Ok(accept) = accept.to_str() else { return false };
     accept.split(',').any(|range| {
         let mime = range.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-        matches!(mime.as_str(), "*/*" | "application/*" | "application/json" | "application/fhir+json" | "")
+        matches!(mime.as_str(), "*/*" | "application/*" | "") || types.contains(&mime.as_str())
     })
 }
 
@@ -51,12 +56,7 @@ pub(crate) fn prefers(headers: &HeaderMap, token: &str) -> bool {
 
 /// For export files: NDJSON, or no preference.
 pub(crate) fn accepts_ndjson(headers: &HeaderMap) -> bool {
-    let Some(accept) = headers.get(header::ACCEPT) else { return true };
-    let Ok(accept) = accept.to_str() else { return false };
-    accept.split(',').any(|range| {
-        let mime = range.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-        matches!(mime.as_str(), "*/*" | "application/*" | "application/fhir+ndjson" | "application/ndjson" | "")
-    })
+    accepts(headers, &["application/fhir+ndjson", "application/ndjson"])
 }
 
 pub(crate) fn ensure_no_body(headers: &HeaderMap) -> Result<(), Error> {

@@ -55,6 +55,21 @@ impl Tenant {
     }
 }
 
+#[cfg(test)]
+impl Tenant {
+    /// An active tenant on upstream `u` with no operations or destinations (unit tests).
+    pub(crate) fn for_tests(name: &str, prefix: &str) -> Tenant {
+        Tenant {
+            name: name.into(),
+            prefix: prefix.into(),
+            upstream: "u".into(),
+            status: TenantStatus::Active,
+            operations: vec![],
+            destinations: vec![],
+        }
+    }
+}
+
 /// How the tenant coding is written: which `meta` list and which coding system.
 #[derive(Debug, Clone)]
 pub struct Marking {
@@ -175,24 +190,10 @@ mod tests {
     use super::*;
 
     fn acme() -> Tenant {
-        Tenant {
-            name: "acme".into(),
-            prefix: "acme".into(),
-            upstream: "u".into(),
-            status: TenantStatus::Active,
-            operations: vec![],
-            destinations: vec![],
-        }
+        Tenant::for_tests("acme", "acme")
     }
     fn globex() -> Tenant {
-        Tenant {
-            name: "globex".into(),
-            prefix: "glx".into(),
-            upstream: "u".into(),
-            status: TenantStatus::Active,
-            operations: vec![],
-            destinations: vec![],
-        }
+        Tenant::for_tests("globex", "glx")
     }
     fn marking() -> Marking {
         Marking { marker: Marker::Tag, system: "urn:t".into() }

@@ -291,18 +291,10 @@ impl HttpBody for Filtered {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::TenantStatus;
 
     #[test]
     fn deleted_entries_only_in_namespace() {
-        let t = Tenant {
-            name: "acme".into(),
-            prefix: "acme".into(),
-            upstream: "u".into(),
-            status: TenantStatus::Active,
-            operations: vec![],
-            destinations: vec![],
-        };
+        let t = Tenant::for_tests("acme", "acme");
         let b = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
             {"request": {"method": "DELETE", "url": "Patient/acme-1"}},
             {"request": {"method": "DELETE", "url": "Patient/glx-2"}}]});

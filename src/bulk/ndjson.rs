@@ -164,18 +164,11 @@ impl<F: FnMut(Value) -> Option<Value>> NdjsonFilter<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Marker, TenantStatus};
+    use crate::config::Marker;
     use crate::tenancy::{Marking, Tenant};
 
     fn tenant(name: &str) -> Tenant {
-        Tenant {
-            name: name.into(),
-            prefix: name.into(),
-            upstream: "u".into(),
-            status: TenantStatus::Active,
-            operations: vec![],
-            destinations: vec![],
-        }
+        Tenant::for_tests(name, name)
     }
 
     /// The check an export download will use: markers required, then stripped.
