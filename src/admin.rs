@@ -1,7 +1,8 @@
 //! The admin listener: `/healthz` (the process answers), `/readyz` (every upstream in use
 //! answers its CapabilityStatement and supports the tenant search parameter) and `/metrics`
-//! (Prometheus text format). No FHIR data here.
-use crate::state::Snapshot;
+//! (Prometheus text format) and `POST /reload` (reload the configuration now). No FHIR data here;
+//! the admin listener belongs on a private interface.
+use crate::live::Live;
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -9,8 +10,14 @@ use serde_json::json;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-pub async fn handle<B>(snap: Arc<Snapshot>, req: Request<B>) -> Response<Full<Bytes>> {
+pub async fn handle<B>(live: Arc<Live>, req: Request<B>) -> Response<Full<Bytes>> {
+    let snap = live.snapshot();
     match req.uri().path() {
+        "/reload" if req.method() == http::Method::POST => match live.reload("admin endpoint").await {
+            Ok(generation) => reply(StatusCode::OK, json!({"status": "reloaded", "generation": generation})),
+            Err(e) => reply(StatusCode::UNPROCESSABLE_ENTITY, json!({"status": "refused", "error": e.to_string()})),
+        },
+        "/reload" => reply(StatusCode::METHOD_NOT_ALLOWED, json!({"error": "POST /reload"})),
         "/healthz" => reply(StatusCode::OK, json!({"status": "ok"})),
         "/readyz" => {
             let used: BTreeSet<&String> = snap.tenants.values().map(|t| &t.upstream).collect();

@@ -128,7 +128,9 @@ fn serve(path: &std::path::Path) -> ExitCode {
         };
         tracing::info!(public = %cfg.server.listen, admin = %cfg.admin.listen, base = %snap.public_base, "fhir-fence listening");
         tokio::spawn(preload_capabilities(snap.clone()));
-        crate::server::run(snap, public, admin, crate::server::shutdown_signal()).await;
+        let live = crate::live::Live::new(path, snap);
+        crate::live::spawn_triggers(live.clone());
+        crate::server::run(live, public, admin, crate::server::shutdown_signal()).await;
         ExitCode::SUCCESS
     })
 }

@@ -15,6 +15,7 @@ pub mod error;
 pub mod fhir;
 pub mod identity;
 pub mod limits;
+pub mod live;
 pub mod metadata;
 pub mod metrics;
 pub mod pipeline;

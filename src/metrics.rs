@@ -19,6 +19,7 @@ pub struct Metrics {
     pub ndjson_lines_dropped: IntCounterVec,
     pub rate_limited: IntCounterVec,
     pub audit_dropped: IntCounterVec,
+    pub config_reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -64,6 +65,11 @@ impl Metrics {
             "audit records not written (queue full, sink failed)",
             &["reason"],
         );
+        let config_reloads = counter(
+            "fhir_fence_config_reloads_total",
+            "configuration reloads (file change, SIGHUP, admin endpoint): ok, or failed and the old config kept",
+            &["result"],
+        );
         let latency = HistogramVec::new(
             HistogramOpts::new("fhir_fence_request_duration_seconds", "time to answer a FHIR request, by tenant")
                 .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
@@ -86,6 +92,7 @@ impl Metrics {
             ndjson_lines_dropped,
             rate_limited,
             audit_dropped,
+            config_reloads,
         }
     }
 

@@ -1,5 +1,5 @@
 //! Listeners: the public FHIR listener and the admin listener, HTTP/1.1, with graceful shutdown.
-use crate::{admin, pipeline, state::Snapshot};
+use crate::{admin, live::Live, pipeline};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -15,7 +15,7 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves both listeners until `shutdown` resolves, then drains in-flight requests (30 s at most).
 pub async fn run(
-    snap: Arc<Snapshot>,
+    live: Arc<Live>,
     public: TcpListener,
     admin_listener: TcpListener,
     shutdown: impl Future<Output = ()>,
@@ -26,9 +26,10 @@ pub async fn run(
         tokio::select! {
             accepted = public.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                let snap = snap.clone();
+                let live = live.clone();
+                // Each request takes the snapshot current when it arrives and keeps it to the end.
                 let service = service_fn(move |req| {
-                    let snap = snap.clone();
+                    let snap = live.snapshot();
                     async move { Ok::<_, Infallible>(pipeline::handle(snap, req).await) }
                 });
                 let conn = builder().serve_connection(TokioIo::new(stream), service);
@@ -41,10 +42,10 @@ pub async fn run(
             }
             accepted = admin_listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                let snap = snap.clone();
+                let live = live.clone();
                 let service = service_fn(move |req| {
-                    let snap = snap.clone();
-                    async move { Ok::<_, Infallible>(admin::handle(snap, req).await) }
+                    let live = live.clone();
+                    async move { Ok::<_, Infallible>(admin::handle(live, req).await) }
                 });
                 let conn = graceful.watch(builder().serve_connection(TokioIo::new(stream), service));
                 tokio::spawn(async move {

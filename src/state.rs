@@ -1,5 +1,11 @@
 //! The running configuration as one immutable snapshot: tenants, keys, upstream clients,
 //! capabilities, sealing key and caches, all built from a validated config in [`Snapshot::build`].
+//!
+//! A reload builds a new snapshot with [`Snapshot::rebuild`], which carries over what must
+//! outlive a config change: the metrics registry, cancelled export jobs, a process-lifetime
+//! sealing key, and — where their config is unchanged — upstream connection pools with their
+//! capabilities, each tenant's limiter state and the audit writer. Everything derived from keys
+//! or tenant status (the verified-token cache, reference look-ups) starts afresh.
 use crate::audit::Audit;
 use crate::config::{ConfigError, Loaded};
 use crate::fhir::capabilities::Capabilities;
@@ -26,7 +32,7 @@ pub struct Snapshot {
     pub upstreams: HashMap<String, Arc<Upstream>>,
     /// Per upstream, filled in once its CapabilityStatement has been read.
     pub capabilities: HashMap<String, ArcSwapOption<Capabilities>>,
-    pub sealer: Sealer,
+    pub sealer: Arc<Sealer>,
     pub page_ttl_secs: u64,
     pub external_bases: Vec<String>,
     /// Positive reference look-ups: (tenant, `Type/upstream-id`).
@@ -34,7 +40,7 @@ pub struct Snapshot {
     /// Export jobs cancelled through this process (ids from their sealed handles).
     pub export_tombstones: moka::future::Cache<String, ()>,
     pub metrics: Arc<Metrics>,
-    pub audit: Audit,
+    pub audit: Arc<Audit>,
     /// Per tenant: its effective limits (the defaults overridden by its own table).
     pub limits: HashMap<String, Arc<TenantLimits>>,
 }
@@ -42,7 +48,25 @@ pub struct Snapshot {
 impl Snapshot {
     /// Builds everything the config describes; fails, naming the key, on anything unusable.
     pub fn build(loaded: Loaded) -> Result<Self, ConfigError> {
+        Self::assemble(loaded, None)
+    }
+
+    /// Builds the snapshot for a reloaded config, carrying state over from `prev` (see above).
+    /// Refuses changes that need a restart (the listen addresses).
+    pub fn rebuild(loaded: Loaded, prev: &Snapshot) -> Result<Self, ConfigError> {
+        let (new, old) = (&loaded.config, &prev.loaded.config);
+        if new.server.listen != old.server.listen {
+            return Err(ConfigError::invalid("server.listen", "cannot change while running; restart fhir-fence"));
+        }
+        if new.admin.listen != old.admin.listen {
+            return Err(ConfigError::invalid("admin.listen", "cannot change while running; restart fhir-fence"));
+        }
+        Self::assemble(loaded, Some(prev))
+    }
+
+    fn assemble(loaded: Loaded, prev: Option<&Snapshot>) -> Result<Self, ConfigError> {
         let c = &loaded.config;
+        let old = prev.map(|p| &p.loaded.config);
         let tenants: HashMap<String, Arc<Tenant>> = c
             .tenants
             .iter()
@@ -59,16 +83,42 @@ impl Snapshot {
             })
             .collect();
         let verifier = Verifier::build(&loaded, &tenants)?;
+        // An upstream whose settings did not change keeps its connection pool and capabilities.
+        let unchanged_upstream = |name: &str| {
+            let same = old.is_some_and(|o| {
+                o.upstreams.get(name) == c.upstreams.get(name)
+                    && o.server.max_upstream_body_bytes == c.server.max_upstream_body_bytes
+                    && o.tenancy == c.tenancy
+            });
+            prev.filter(|_| same)
+        };
         let upstreams = c
             .upstreams
             .iter()
-            .map(|(name, u)| (name.clone(), Arc::new(Upstream::new(name, u, c.server.max_upstream_body_bytes))))
+            .map(|(name, u)| {
+                let kept = unchanged_upstream(name).and_then(|p| p.upstreams.get(name).cloned());
+                (
+                    name.clone(),
+                    kept.unwrap_or_else(|| Arc::new(Upstream::new(name, u, c.server.max_upstream_body_bytes))),
+                )
+            })
             .collect();
-        let capabilities = c.upstreams.keys().map(|n| (n.clone(), ArcSwapOption::empty())).collect();
-        let sealer = match &c.paging.key_file {
-            Some(p) => Sealer::from_key_file(&loaded.read_file("paging.key_file", p)?)
-                .map_err(|e| ConfigError::invalid("paging.key_file", e.to_string()))?,
-            None => Sealer::random(),
+        let capabilities = c
+            .upstreams
+            .keys()
+            .map(|n| {
+                let kept = unchanged_upstream(n).and_then(|p| p.capabilities.get(n)).and_then(|slot| slot.load_full());
+                (n.clone(), ArcSwapOption::new(kept))
+            })
+            .collect();
+        let sealer = match (&c.paging.key_file, prev) {
+            (Some(p), _) => Arc::new(
+                Sealer::from_key_file(&loaded.read_file("paging.key_file", p)?)
+                    .map_err(|e| ConfigError::invalid("paging.key_file", e.to_string()))?,
+            ),
+            // A process-lifetime key stays, so paging links and export handles survive a reload.
+            (None, Some(p)) if p.loaded.config.paging.key_file.is_none() => p.sealer.clone(),
+            (None, _) => Arc::new(Sealer::random()),
         };
         let public_base = loaded.public_base.as_str().trim_end_matches('/').to_owned();
         let base_path = loaded.public_base.path().trim_end_matches('/').to_owned();
@@ -76,19 +126,37 @@ impl Snapshot {
             .max_capacity(100_000)
             .time_to_live(Duration::from_secs(c.tenancy.reference_cache_ttl_secs))
             .build();
-        let export_tombstones = moka::future::Cache::builder()
-            .max_capacity(100_000)
-            .time_to_live(Duration::from_secs(c.export.job_ttl_secs))
-            .build();
+        // A cancelled job stays cancelled across reloads.
+        let export_tombstones = match prev {
+            Some(p) => p.export_tombstones.clone(),
+            None => moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(c.export.job_ttl_secs))
+                .build(),
+        };
+        // A tenant whose effective limits did not change keeps its limiter state and in-flight count.
         let limits = c
             .tenants
             .iter()
-            .map(|(name, t)| (name.clone(), Arc::new(TenantLimits::new(&c.limits.overridden_by(&t.limits)))))
+            .map(|(name, t)| {
+                let effective = c.limits.overridden_by(&t.limits);
+                let kept = prev.and_then(|p| {
+                    let before = p.loaded.config.tenants.get(name)?;
+                    (p.loaded.config.limits.overridden_by(&before.limits) == effective)
+                        .then(|| p.limits.get(name).cloned())
+                        .flatten()
+                });
+                (name.clone(), kept.unwrap_or_else(|| Arc::new(TenantLimits::new(&effective))))
+            })
             .collect();
-        let metrics = Arc::new(Metrics::new());
+        let metrics = prev.map(|p| p.metrics.clone()).unwrap_or_else(|| Arc::new(Metrics::new()));
+        let audit = match prev {
+            Some(p) if p.loaded.config.audit == c.audit && p.loaded.dir == loaded.dir => p.audit.clone(),
+            _ => Arc::new(Audit::new(&loaded, metrics.clone())),
+        };
         Ok(Snapshot {
             limits,
-            audit: Audit::new(&loaded, metrics.clone()),
+            audit,
             metrics,
             export_tombstones,
             marking: Marking { marker: c.tenancy.marker, system: c.tenancy.system.clone() },

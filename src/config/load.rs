@@ -38,6 +38,18 @@ impl Loaded {
         }
     }
 
+    /// Every file a snapshot is built from: the config itself and the key files it names
+    /// (not the audit file, which fhir-fence writes). A change to any of them is a reload.
+    pub fn source_files(&self, config_path: &Path) -> Vec<PathBuf> {
+        let c = &self.config;
+        let named = c
+            .paging
+            .key_file
+            .iter()
+            .chain(c.issuers.values().flat_map(|i| [&i.jwks_file, &i.secret_file, &i.signing_key_file]).flatten());
+        std::iter::once(config_path.to_path_buf()).chain(named.map(|p| self.resolve(p))).collect()
+    }
+
     /// Reads a file named by the config, naming the key on failure.
     pub fn read_file(&self, key: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
         let full = self.resolve(path);

@@ -3,7 +3,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub server: Server,
@@ -24,7 +24,7 @@ pub struct Config {
 }
 
 /// The public listener: where FHIR clients connect.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Server {
     pub listen: String,
@@ -42,7 +42,7 @@ pub struct Server {
 }
 
 /// The admin listener: health, readiness (and later metrics). Never exposes FHIR data.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Admin {
     pub listen: String,
@@ -57,7 +57,7 @@ pub enum Marker {
     Security,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tenancy {
     pub marker: Marker,
@@ -71,7 +71,7 @@ pub struct Tenancy {
     pub reference_cache_ttl_secs: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Paging {
     /// 32 random bytes, base64, shared by every replica so any of them can open a page token.
@@ -101,7 +101,7 @@ pub enum AuditSink {
 }
 
 /// The audit trail: one record per FHIR request, never a resource body.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Audit {
     #[serde(default)]
@@ -120,7 +120,7 @@ impl Default for Audit {
 }
 
 /// Bulk Data export: job handles are sealed with the paging key (`paging.key_file`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Export {
     /// How long a job handle (and the file URLs of its manifest) stays valid.
@@ -137,7 +137,7 @@ impl Default for Export {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
     /// The upstream FHIR base, e.g. `http://127.0.0.1:8090/fhir` (plain HTTP on a trusted link for now).
@@ -151,7 +151,7 @@ pub struct Upstream {
     pub pool_size: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Issuer {
     /// The exact `iss` claim value.
@@ -179,7 +179,7 @@ pub enum TenantStatus {
     Suspended,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tenant {
     /// The id-prefix key, `[a-z0-9]{1,12}`: upstream ids are `{prefix}-{local}`.
@@ -201,7 +201,7 @@ pub struct Tenant {
 }
 
 /// Per-tenant workload limits. Every key is optional: unset at both levels means no limit.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Sustained cost units per second (GCRA).

@@ -285,7 +285,7 @@ async fn download(
     let mut out = Vec::new();
     let (status, headers, result) =
         get(m["output"][0]["url"].as_str().unwrap()).bearer(&tok).stream(|d| out.extend_from_slice(d)).await;
-    let metrics = String::from_utf8(fence.snap.metrics.render()).unwrap();
+    let metrics = String::from_utf8(fence.snap().metrics.render()).unwrap();
     (status, headers, out, result.is_ok(), metrics)
 }
 

@@ -70,7 +70,7 @@ async fn the_fast_path_never_accepts_what_the_full_check_refuses() {
     let ts = tenants(2);
     let up = fake::start(|_| fake::Answer::Hang).await;
     let fence = support::start(Options::new(&up.base, &ts)).await;
-    let snap = &fence.snap;
+    let snap = &fence.snap();
     let tenant = snap.tenants[&ts[0].name].clone();
     let upstream = snap.upstreams["main"].clone();
     let ctx = Ctx { snap, tenant: &tenant, upstream: &upstream, correlation: "diff" };

@@ -96,8 +96,9 @@ pub fn bad_tokens(fence: &Fence, a: &str, b: &str) -> Vec<(&'static str, String)
     let rs_pem = std::fs::read(fixture("keys/rs256-private.pem")).unwrap();
     let mut unknown_kid = Header::new(Algorithm::RS256);
     unknown_kid.kid = Some("rotated-away".into());
-    let rs_cfg = &fence.snap.loaded.config.issuers["rs"];
-    let rs_keys = fence.snap.verifier.issuer_keys("rs").unwrap();
+    let snap = fence.snap();
+    let rs_cfg = &snap.loaded.config.issuers["rs"];
+    let rs_keys = snap.verifier.issuer_keys("rs").unwrap();
     vec![
         ("expired", with("exp", json!(now - 120))),
         ("not yet valid", with("nbf", json!(now + 600))),

@@ -54,7 +54,7 @@ async fn a_tenant_over_its_limit_gets_429_while_another_is_served() {
     assert_eq!(r.status, 429, "search weight 5 > burst 4: {}", r.body);
     assert!(r.diagnostics().contains("more than the tenant's burst"));
 
-    let m = String::from_utf8(fence.snap.metrics.render()).unwrap();
+    let m = String::from_utf8(fence.snap().metrics.render()).unwrap();
     let line = format!(r#"fhir_fence_rate_limited_total{{limit="rate",mode="enforced",tenant="{}"}} 1"#, ts[0].name);
     assert!(m.lines().any(|l| l == line), "{m}");
 }
@@ -90,7 +90,7 @@ async fn shadow_mode_counts_but_never_refuses() {
     for _ in 0..5 {
         assert_eq!(get(&fence.url("Patient/p1")).bearer(&a).send().await.status, 200);
     }
-    let m = String::from_utf8(fence.snap.metrics.render()).unwrap();
+    let m = String::from_utf8(fence.snap().metrics.render()).unwrap();
     let line = format!(r#"fhir_fence_rate_limited_total{{limit="rate",mode="shadow",tenant="{}"}} 4"#, ts[0].name);
     assert!(m.lines().any(|l| l == line), "{m}");
 }

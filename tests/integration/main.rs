@@ -12,4 +12,5 @@ mod hapi_e2e;
 mod identity;
 mod limits;
 mod metrics;
+mod reload;
 mod shutdown;

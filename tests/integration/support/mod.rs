@@ -4,6 +4,7 @@ pub mod client;
 pub mod fake;
 
 use fhir_fence::config;
+use fhir_fence::live::Live;
 use fhir_fence::state::Snapshot;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -48,6 +49,7 @@ pub fn tenants(n: usize) -> Vec<T> {
         .collect()
 }
 
+#[derive(Clone)]
 pub struct Options {
     pub upstream: String,
     pub tenants: Vec<T>,
@@ -79,8 +81,10 @@ impl Options {
 pub struct Fence {
     pub base: String,
     pub admin: String,
-    pub snap: Arc<Snapshot>,
+    pub live: Arc<Live>,
     pub config_path: PathBuf,
+    /// The public and admin ports (a rewritten config must keep them).
+    pub ports: (u16, u16),
     stop: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
 }
@@ -207,14 +211,16 @@ pub async fn start(o: Options) -> Fence {
         o.upstream
     );
     let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(fhir_fence::server::run(snap.clone(), public, admin, async {
+    let live = Live::new(&path, snap);
+    let server = tokio::spawn(fhir_fence::server::run(live.clone(), public, admin, async {
         let _ = stopped.await;
     }));
     Fence {
         base: format!("http://127.0.0.1:{pp}/fhir"),
         admin: format!("http://127.0.0.1:{ap}"),
-        snap,
+        live,
         config_path: path,
+        ports: (pp, ap),
         stop: Some(stop),
         server: Some(server),
     }
@@ -235,14 +241,25 @@ impl Fence {
         }
     }
 
+    /// Writes a new config file for `o` (same listeners); nothing is reloaded by this alone.
+    pub fn rewrite_config(&self, o: &Options) {
+        std::fs::write(&self.config_path, config_text(o, self.ports.0, self.ports.1)).unwrap();
+    }
+
+    /// The snapshot serving now.
+    pub fn snap(&self) -> Arc<Snapshot> {
+        self.live.snapshot()
+    }
+
     /// A valid token for `tenant` from the HS256 `dev` issuer.
     pub fn token(&self, tenant: &str) -> String {
         self.token_from("dev", tenant)
     }
 
     pub fn token_from(&self, issuer: &str, tenant: &str) -> String {
-        let cfg = &self.snap.loaded.config.issuers[issuer];
-        let keys = self.snap.verifier.issuer_keys(issuer).unwrap();
+        let snap = self.snap();
+        let cfg = &snap.loaded.config.issuers[issuer];
+        let keys = snap.verifier.issuer_keys(issuer).unwrap();
         fhir_fence::identity::mint(cfg, keys, tenant, "tester", 300).unwrap()
     }
 

@@ -1,0 +1,166 @@
+//! Live configuration: the snapshot each request starts from, replaced whole on a reload.
+//!
+//! A reload — a source file changed (the config or a key file it names), SIGHUP, or
+//! `POST /reload` on the admin listener — loads and validates the file and builds a new
+//! snapshot from it ([`Snapshot::rebuild`]). If anything fails, the old snapshot keeps serving
+//! and the failure is logged and counted (`fhir_fence_config_reloads_total{result="failed"}`).
+//! A request holds the snapshot it started with until it is answered, so requests in flight
+//! finish under the config they began with; the next request sees the new one (a suspension
+//! takes effect there).
+use crate::config::{self, ConfigError};
+use crate::state::Snapshot;
+use arc_swap::ArcSwap;
+use notify::{RecursiveMode, Watcher};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// How long the source files must stay quiet after a change before it is read (editors and
+/// Kubernetes write a file in several steps).
+const SETTLE: Duration = Duration::from_millis(200);
+
+pub struct Live {
+    current: ArcSwap<Snapshot>,
+    path: PathBuf,
+    /// The source files' fingerprint at the last reload attempt, so a change is tried once.
+    tried: Mutex<[u8; 32]>,
+    /// One reload at a time.
+    serial: tokio::sync::Mutex<()>,
+    /// Counts successful reloads; tests and the admin endpoint read it.
+    generation: watch::Sender<u64>,
+}
+
+impl Live {
+    /// Serves `snap`, built from the config at `path`.
+    pub fn new(path: &Path, snap: Arc<Snapshot>) -> Arc<Live> {
+        let tried = fingerprint(&snap.loaded.source_files(path));
+        Arc::new(Live {
+            current: ArcSwap::new(snap),
+            path: path.to_path_buf(),
+            tried: Mutex::new(tried),
+            serial: tokio::sync::Mutex::new(()),
+            generation: watch::Sender::new(0),
+        })
+    }
+
+    /// The snapshot a request starts with (and keeps until it is answered).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// The number of successful reloads so far, as a watch.
+    pub fn generation(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// Reloads now (`trigger` names why, for the log). On failure the old snapshot stays.
+    pub async fn reload(&self, trigger: &'static str) -> Result<u64, ConfigError> {
+        let _one = self.serial.lock().await;
+        let before = self.snapshot();
+        *self.tried.lock().unwrap_or_else(|p| p.into_inner()) = fingerprint(&before.loaded.source_files(&self.path));
+        let built = config::load(&self.path).and_then(|loaded| Snapshot::rebuild(loaded, &before));
+        let metrics = before.metrics.clone();
+        match built {
+            Ok(snap) => {
+                *self.tried.lock().unwrap_or_else(|p| p.into_inner()) =
+                    fingerprint(&snap.loaded.source_files(&self.path));
+                self.current.store(Arc::new(snap));
+                self.generation.send_modify(|g| *g += 1);
+                let generation = *self.generation.borrow();
+                metrics.config_reloads.with_label_values(&["ok"]).inc();
+                tracing::info!(trigger, generation, path = %self.path.display(), "configuration reloaded");
+                Ok(generation)
+            }
+            Err(e) => {
+                metrics.config_reloads.with_label_values(&["failed"]).inc();
+                tracing::error!(trigger, error = %e, path = %self.path.display(), "configuration reload refused; the previous configuration stays");
+                Err(e)
+            }
+        }
+    }
+
+    /// Reloads if a source file differs from what the last attempt read.
+    async fn reload_if_changed(&self) {
+        let now = fingerprint(&self.snapshot().loaded.source_files(&self.path));
+        if now != *self.tried.lock().unwrap_or_else(|p| p.into_inner()) {
+            let _ = self.reload("file change").await;
+        }
+    }
+
+    /// The directories holding the current snapshot's source files.
+    fn watched_dirs(&self) -> BTreeSet<PathBuf> {
+        let files = self.snapshot().loaded.source_files(&self.path);
+        files.iter().filter_map(|f| f.parent().map(Path::to_path_buf)).collect()
+    }
+}
+
+/// SHA-256 over every source file's path and contents (a missing file counts as such).
+fn fingerprint(files: &[PathBuf]) -> [u8; 32] {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for f in files {
+        ctx.update(f.as_os_str().as_encoded_bytes());
+        match std::fs::read(f) {
+            Ok(bytes) => {
+                ctx.update(&(bytes.len() as u64).to_be_bytes());
+                ctx.update(&bytes);
+            }
+            Err(_) => ctx.update(b"\xffmissing"),
+        }
+    }
+    ctx.finish().as_ref().try_into().expect("SHA-256 is 32 bytes")
+}
+
+/// Starts the reload triggers that run beside the listeners: SIGHUP and source file changes.
+pub fn spawn_triggers(live: Arc<Live>) {
+    #[cfg(unix)]
+    {
+        let live = live.clone();
+        tokio::spawn(async move {
+            let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+                tracing::warn!("cannot listen for SIGHUP; reload through the admin endpoint or the file");
+                return;
+            };
+            while hup.recv().await.is_some() {
+                let _ = live.reload("SIGHUP").await;
+            }
+        });
+    }
+    tokio::spawn(watch_files(live));
+}
+
+/// Watches the directories of the source files (a Kubernetes ConfigMap or Secret is swapped by
+/// renaming a directory link, which only a directory watch sees) and reloads when a source
+/// file's contents changed.
+async fn watch_files(live: Arc<Live>) {
+    let (tx, mut rx) = mpsc::channel::<()>(1);
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            let _ = tx.try_send(());
+        }
+    });
+    let mut watcher = match watcher {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the config files; reload with SIGHUP or the admin endpoint");
+            return;
+        }
+    };
+    let mut watched = BTreeSet::new();
+    loop {
+        for dir in live.watched_dirs().difference(&watched.clone()) {
+            match watcher.watch(dir, RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    watched.insert(dir.clone());
+                }
+                Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot watch a config directory"),
+            }
+        }
+        if rx.recv().await.is_none() {
+            return;
+        }
+        while tokio::time::timeout(SETTLE, rx.recv()).await.is_ok_and(|e| e.is_some()) {}
+        live.reload_if_changed().await;
+    }
+}
