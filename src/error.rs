@@ -31,6 +31,9 @@ pub enum Error {
     Export(#[from] ExportError),
     #[error(transparent)]
     Limit(#[from] LimitError),
+    /// The public listener has `server.max_connections` open (answered on the extra connection).
+    #[error("fhir-fence has too many client connections open; retry shortly")]
+    Overloaded,
 }
 
 impl Error {
@@ -102,6 +105,7 @@ impl Error {
                 ),
             },
             Error::Limit(e) => (e.status(), "throttled", shown()),
+            Error::Overloaded => (S::SERVICE_UNAVAILABLE, "transient", shown()),
             Error::Export(e) => match e {
                 ExportError::UnknownHandle => (S::NOT_FOUND, "not-found", shown()),
                 ExportError::Unsupported(_) | ExportError::OutputFormat(_) => {
@@ -111,6 +115,7 @@ impl Error {
                     (S::BAD_REQUEST, "invalid", shown())
                 }
             },
+            Error::Upstream(UpstreamError::Saturated(_)) => (S::SERVICE_UNAVAILABLE, "throttled", shown()),
             Error::Upstream(UpstreamError::Timeout(_)) => (
                 S::GATEWAY_TIMEOUT,
                 "timeout",
@@ -132,12 +137,14 @@ impl Error {
             Error::Auth(_) => Some("unauthenticated"),
             Error::Route(_) => Some("route"),
             Error::Request(_) => Some("request"),
+            Error::Upstream(UpstreamError::Saturated(_)) => Some("upstream-connections"),
             Error::Scope(ScopeError::Refused(..)) | Error::Upstream(_) => None,
             Error::Scope(ScopeError::Unprovable) => Some("unprovable"),
             Error::Scope(ScopeError::NotFound(_)) => Some("not-found"),
             Error::Scope(_) => Some("scope"),
             Error::Export(_) => Some("export"),
             Error::Limit(_) => Some("limit"),
+            Error::Overloaded => Some("connections"),
         }
     }
 
@@ -151,6 +158,7 @@ impl Error {
                 UpstreamError::NotJson(..) => "not-json",
                 UpstreamError::BadJson(..) => "bad-json",
                 UpstreamError::Request(_) => "request",
+                UpstreamError::Saturated(_) => return None,
             }),
             _ => None,
         }
@@ -171,6 +179,9 @@ impl Error {
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/fhir+json; charset=utf-8"));
         if let Ok(v) = HeaderValue::from_str(correlation) {
             h.insert("x-request-id", v);
+        }
+        if matches!(self, Error::Upstream(UpstreamError::Saturated(_)) | Error::Overloaded) {
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if let Error::Limit(e) = &self {
             for (k, v) in e.headers() {

@@ -1,5 +1,6 @@
-//! Per-tenant workload limits: a cost-weighted rate limit (GCRA, `governor`) and a cap on
-//! requests in flight, so one heavy tenant cannot starve the others on a shared upstream.
+//! Per-tenant workload limits: a cost-weighted rate limit (GCRA, `governor`), a cap on
+//! requests in flight and a cap on upstream connections ([`Gate`]), so one heavy tenant cannot
+//! starve the others on a shared upstream.
 //!
 //! One limiter and one semaphore per configured tenant (bounded memory). Each request costs
 //! the weight of its interaction class (a transaction or batch: per entry). In `shadow` mode
@@ -77,9 +78,37 @@ type Limiter = RateLimiter<governor::state::NotKeyed, governor::state::InMemoryS
 pub struct TenantLimits {
     rate: Option<(Limiter, u32, u32)>,
     in_flight: Option<(Arc<Semaphore>, StatusCode)>,
+    upstream: Option<Gate>,
     shadow: bool,
     weights: BTreeMap<&'static str, u32>,
     clock: DefaultClock,
+}
+
+/// A tenant's cap on concurrent upstream exchanges: each holds a permit from the moment it is
+/// sent until its answer (or streamed body) is finished. HTTP/1.1 carries one exchange per
+/// connection, so this bounds the connections the tenant keeps busy on a shared upstream.
+#[derive(Clone)]
+pub struct Gate {
+    permits: Arc<Semaphore>,
+    wait: Duration,
+    shadow: bool,
+}
+
+/// What an upstream exchange holds while it runs (nothing when ungated or in shadow mode).
+pub type GatePermit = Option<OwnedSemaphorePermit>;
+
+impl Gate {
+    /// Waits up to the configured time for a permit; `Err` when none came (in shadow mode: goes on).
+    pub async fn enter(&self) -> Result<GatePermit, ()> {
+        match tokio::time::timeout(self.wait, self.permits.clone().acquire_owned()).await {
+            Ok(Ok(p)) => Ok(Some(p)),
+            _ if self.shadow => {
+                tracing::info!("upstream connection cap exceeded (shadow mode: not refused)");
+                Ok(None)
+            }
+            _ => Err(()),
+        }
+    }
 }
 
 /// What an admitted request holds until it is done (its in-flight slot).
@@ -105,7 +134,18 @@ impl TenantLimits {
                 (*c, l.weights.get(*c).copied().unwrap_or(default))
             })
             .collect();
-        TenantLimits { rate, in_flight, shadow: l.shadow.unwrap_or(false), weights, clock: DefaultClock::default() }
+        let shadow = l.shadow.unwrap_or(false);
+        let upstream = l.upstream_connections.map(|n| Gate {
+            permits: Arc::new(Semaphore::new(n as usize)),
+            wait: Duration::from_millis(l.upstream_wait_ms.unwrap_or(1000)),
+            shadow,
+        });
+        TenantLimits { rate, in_flight, upstream, shadow, weights, clock: DefaultClock::default() }
+    }
+
+    /// The tenant's cap on upstream connections, if it has one.
+    pub fn upstream_gate(&self) -> Option<Gate> {
+        self.upstream.clone()
     }
 
     /// Admits a request of `interaction` (`units`: entries of a Bundle, else 1), or refuses it.

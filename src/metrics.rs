@@ -20,6 +20,8 @@ pub struct Metrics {
     pub rate_limited: IntCounterVec,
     pub audit_dropped: IntCounterVec,
     pub config_reloads: IntCounterVec,
+    pub connections_open: IntGauge,
+    pub connections_refused: IntCounterVec,
 }
 
 impl Metrics {
@@ -70,6 +72,15 @@ impl Metrics {
             "configuration reloads (file change, SIGHUP, admin endpoint): ok, or failed and the old config kept",
             &["result"],
         );
+        let connections_refused = counter(
+            "fhir_fence_connections_refused_total",
+            "client connections answered 503 and closed because server.max_connections were open",
+            &["listener"],
+        );
+        let connections_open =
+            IntGauge::new("fhir_fence_connections_open", "client connections open on the public listener")
+                .expect("valid metric");
+        registry.register(Box::new(connections_open.clone())).expect("registered once");
         let latency = HistogramVec::new(
             HistogramOpts::new("fhir_fence_request_duration_seconds", "time to answer a FHIR request, by tenant")
                 .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
@@ -93,6 +104,8 @@ impl Metrics {
             rate_limited,
             audit_dropped,
             config_reloads,
+            connections_open,
+            connections_refused,
         }
     }
 

@@ -207,7 +207,7 @@ async fn run(
         (_, None) => format!("{}{}", public_origin(snap), path),
     };
     let upstream =
-        snap.upstreams.get(&caller.tenant.upstream).ok_or(Error::from(ScopeError::CapabilitiesUnavailable))?;
+        snap.tenant_upstreams.get(&caller.tenant.name).ok_or(Error::from(ScopeError::CapabilitiesUnavailable))?;
     // Export files stream (constant memory, filtered line by line): the one answer not built
     // as a whole, so it is answered here rather than in `dispatch`.
     if let Interaction::ExportFile { file } = &interaction {

@@ -4,6 +4,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use prometheus::IntGauge;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
@@ -26,6 +27,11 @@ pub async fn run(
         tokio::select! {
             accepted = public.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
+                // The connection cap is read from the current config, so a reload changes it.
+                let Some(open) = Open::claim(&live) else {
+                    tokio::spawn(refuse_connection(stream));
+                    continue;
+                };
                 let live = live.clone();
                 // Each request takes the snapshot current when it arrives and keeps it to the end.
                 let service = service_fn(move |req| {
@@ -38,6 +44,7 @@ pub async fn run(
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, "public connection ended with an error");
                     }
+                    drop(open);
                 });
             }
             accepted = admin_listener.accept() => {
@@ -59,6 +66,40 @@ pub async fn run(
     if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await.is_err() {
         tracing::warn!("drain timed out; closing remaining connections");
     }
+}
+
+/// One open client connection, counted against `server.max_connections` until dropped.
+struct Open(IntGauge);
+
+impl Open {
+    fn claim(live: &Live) -> Option<Open> {
+        let snap = live.snapshot();
+        let gauge = snap.metrics.connections_open.clone();
+        if gauge.get() >= snap.loaded.config.server.max_connections as i64 {
+            snap.metrics.connections_refused.with_label_values(&["public"]).inc();
+            return None;
+        }
+        gauge.inc();
+        Some(Open(gauge))
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Answers one request on a connection over the cap with 503 and closes it, so the client
+/// learns why instead of waiting in the accept queue.
+async fn refuse_connection(stream: tokio::net::TcpStream) {
+    let service = service_fn(|_req| async {
+        let e = crate::error::Error::Overloaded;
+        Ok::<_, Infallible>(e.into_response("-"))
+    });
+    let mut b = builder();
+    b.keep_alive(false);
+    let _ = b.serve_connection(TokioIo::new(stream), service).await;
 }
 
 fn builder() -> http1::Builder {

@@ -30,6 +30,8 @@ pub struct Snapshot {
     pub tenants: HashMap<String, Arc<Tenant>>,
     pub verifier: Verifier,
     pub upstreams: HashMap<String, Arc<Upstream>>,
+    /// Per tenant: its upstream, behind its upstream connection cap if it has one.
+    pub tenant_upstreams: HashMap<String, Arc<Upstream>>,
     /// Per upstream, filled in once its CapabilityStatement has been read.
     pub capabilities: HashMap<String, ArcSwapOption<Capabilities>>,
     pub sealer: Arc<Sealer>,
@@ -92,7 +94,7 @@ impl Snapshot {
             });
             prev.filter(|_| same)
         };
-        let upstreams = c
+        let upstreams: HashMap<String, Arc<Upstream>> = c
             .upstreams
             .iter()
             .map(|(name, u)| {
@@ -135,7 +137,7 @@ impl Snapshot {
                 .build(),
         };
         // A tenant whose effective limits did not change keeps its limiter state and in-flight count.
-        let limits = c
+        let limits: HashMap<String, Arc<TenantLimits>> = c
             .tenants
             .iter()
             .map(|(name, t)| {
@@ -147,6 +149,18 @@ impl Snapshot {
                         .flatten()
                 });
                 (name.clone(), kept.unwrap_or_else(|| Arc::new(TenantLimits::new(&effective))))
+            })
+            .collect();
+        let tenant_upstreams = c
+            .tenants
+            .iter()
+            .filter_map(|(name, t)| {
+                let shared: &Arc<Upstream> = upstreams.get(&t.upstream)?;
+                let gated = match limits.get(name).and_then(|l: &Arc<TenantLimits>| l.upstream_gate()) {
+                    Some(gate) => Arc::new(shared.gated(gate)),
+                    None => shared.clone(),
+                };
+                Some((name.clone(), gated))
             })
             .collect();
         let metrics = prev.map(|p| p.metrics.clone()).unwrap_or_else(|| Arc::new(Metrics::new()));
@@ -172,6 +186,7 @@ impl Snapshot {
             tenants,
             verifier,
             upstreams,
+            tenant_upstreams,
             capabilities,
             sealer,
             ref_cache,

@@ -5,6 +5,7 @@
 //! put it there deliberately.
 use crate::config::Upstream as UpstreamConfig;
 use crate::fhir::json::{parse_strict, JsonError};
+use crate::limits::{Gate, GatePermit};
 use bytes::Bytes;
 use http::header::{ACCEPT, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 pub const FHIR_JSON: &str = "application/fhir+json";
 
+#[derive(Clone)]
 pub struct Upstream {
     pub name: String,
     /// The base URL without a trailing slash, e.g. `http://127.0.0.1:8090/fhir`.
@@ -25,6 +27,8 @@ pub struct Upstream {
     client: Client<HttpConnector, Full<Bytes>>,
     request_timeout: Duration,
     max_body: usize,
+    /// The tenant's cap on upstream connections, in a tenant's view of the upstream ([`Upstream::gated`]).
+    gate: Option<Gate>,
 }
 
 /// An upstream answer whose body, if any, is strictly parsed JSON.
@@ -47,6 +51,8 @@ pub enum UpstreamError {
     NotJson(String, String),
     #[error("upstream {0} sent JSON fhir-fence cannot accept: {1}")]
     BadJson(String, JsonError),
+    #[error("the tenant's upstream connections to {0} are all busy")]
+    Saturated(String),
     #[error("bad upstream request: {0}")]
     Request(String),
 }
@@ -66,6 +72,20 @@ impl Upstream {
             client,
             request_timeout: Duration::from_millis(cfg.request_timeout_ms),
             max_body,
+            gate: None,
+        }
+    }
+
+    /// A tenant's view of this upstream: the same connection pool, behind the tenant's gate.
+    pub fn gated(&self, gate: Gate) -> Upstream {
+        Upstream { gate: Some(gate), ..self.clone() }
+    }
+
+    /// Passes the tenant's gate (if any), holding a permit for as long as the exchange runs.
+    async fn enter(&self) -> Result<GatePermit, UpstreamError> {
+        match &self.gate {
+            Some(g) => g.enter().await.map_err(|()| UpstreamError::Saturated(self.name.clone())),
+            None => Ok(None),
         }
     }
 
@@ -90,6 +110,7 @@ impl Upstream {
         body: Bytes,
     ) -> Result<(http::response::Parts, Bytes), UpstreamError> {
         let req = build(method, uri, headers, body)?;
+        let _permit = self.enter().await?;
         let exchange = async {
             let resp =
                 self.client.request(req).await.map_err(|e| UpstreamError::Connect(self.name.clone(), e.to_string()))?;
@@ -109,21 +130,23 @@ impl Upstream {
     }
 
     /// `GET base/path` with `Accept: accept`, answering as soon as the head arrives: the body is
-    /// left to the caller to stream (bounded by time per frame there, not by size here).
+    /// left to the caller to stream (bounded by time per frame there, not by size here), with
+    /// the gate's permit, to be held until the body is finished.
     pub async fn stream(
         &self,
         path: &str,
         accept: &'static str,
         mut headers: HeaderMap,
-    ) -> Result<(StatusCode, HeaderMap, Incoming), UpstreamError> {
+    ) -> Result<(StatusCode, HeaderMap, Incoming, GatePermit), UpstreamError> {
         headers.insert(ACCEPT, HeaderValue::from_static(accept));
         let req = build(Method::GET, &self.uri(path), headers, Bytes::new())?;
+        let permit = self.enter().await?;
         let resp = tokio::time::timeout(self.request_timeout, self.client.request(req))
             .await
             .map_err(|_| UpstreamError::Timeout(self.name.clone()))?
             .map_err(|e| UpstreamError::Connect(self.name.clone(), e.to_string()))?;
         let (parts, body) = resp.into_parts();
-        Ok((parts.status, parts.headers, body))
+        Ok((parts.status, parts.headers, body, permit))
     }
 
     /// `path` is relative to the base: "" is the base itself (transactions), "?…" a query on it.

@@ -17,6 +17,7 @@ use crate::config::Marker;
 use crate::error::Error;
 use crate::fhir::reference;
 use crate::identity::Caller;
+use crate::limits::GatePermit;
 use crate::metrics::Metrics;
 use crate::scope::{read::base_headers, respond, Ctx, ScopeError};
 use crate::state::Snapshot;
@@ -51,7 +52,7 @@ pub async fn download(
     let tenant = caller.tenant.clone();
     let ctx = Ctx { snap: &snap, tenant: &tenant, upstream: &upstream, correlation };
     let path = format!("Binary/{}", file.binary);
-    let (status, headers, body) = upstream.stream(&path, NDJSON, base_headers(&ctx)).await?;
+    let (status, headers, body, permit) = upstream.stream(&path, NDJSON, base_headers(&ctx)).await?;
     match status {
         StatusCode::OK => {}
         StatusCode::NOT_FOUND | StatusCode::GONE => return Err(ExportError::UnknownHandle.into()),
@@ -78,6 +79,7 @@ pub async fn download(
         idle_for: idle,
         report,
         done: false,
+        _permit: permit,
     };
     let mut resp = Response::new(body.boxed());
     resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(NDJSON));
@@ -205,6 +207,8 @@ struct Filtered {
     report: Report,
     /// The upstream body ended and the last lines went out: nothing more, nothing counted twice.
     done: bool,
+    /// The tenant's upstream connection, held until the body is dropped.
+    _permit: GatePermit,
 }
 
 impl Filtered {

@@ -70,8 +70,11 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
 
 /// Checks one (effective) limits table; `key` names it in the error.
 fn limits(key: &str, l: &crate::config::Limits) -> Result<(), ConfigError> {
-    if l.rate_per_second == Some(0) || l.burst == Some(0) || l.max_in_flight == Some(0) {
-        return Err(ConfigError::invalid(key, "rate_per_second, burst and max_in_flight must be greater than 0"));
+    if [l.rate_per_second, l.burst, l.max_in_flight, l.upstream_connections].contains(&Some(0)) {
+        return Err(ConfigError::invalid(
+            key,
+            "rate_per_second, burst, max_in_flight and upstream_connections must be greater than 0",
+        ));
     }
     if l.burst.is_some() && l.rate_per_second.is_none() {
         return Err(ConfigError::invalid(format!("{key}.burst"), "a burst needs a rate_per_second"));
@@ -96,6 +99,9 @@ fn validate(c: &Config) -> Result<Url, ConfigError> {
     let public_base = http_url("server.public_base", &c.server.public_base)?;
     if c.server.max_body_bytes == 0 {
         return Err(ConfigError::invalid("server.max_body_bytes", "must be greater than 0"));
+    }
+    if c.server.max_connections == 0 {
+        return Err(ConfigError::invalid("server.max_connections", "must be greater than 0"));
     }
     absolute_uri("tenancy.system", &c.tenancy.system)?;
     for (i, b) in c.tenancy.allowed_external_bases.iter().enumerate() {

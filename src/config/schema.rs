@@ -39,6 +39,9 @@ pub struct Server {
     /// Upstream answers above this are refused with 502 (fail closed, nothing partial leaves).
     #[serde(default = "default_max_upstream_body")]
     pub max_upstream_body_bytes: usize,
+    /// Client connections open at once; one more is answered 503 and closed.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
 }
 
 /// The admin listener: health, readiness (and later metrics). Never exposes FHIR data.
@@ -212,6 +215,11 @@ pub struct Limits {
     pub max_in_flight: Option<u32>,
     /// The answer when `max_in_flight` is reached: 429 or 503 (default 503).
     pub in_flight_status: Option<u16>,
+    /// Upstream requests (HTTP/1.1 connections) this tenant may have open at once; a request
+    /// waits up to `upstream_wait_ms` for one, then gets 503.
+    pub upstream_connections: Option<u32>,
+    /// How long a request waits for one of the tenant's upstream connections (default 1000).
+    pub upstream_wait_ms: Option<u64>,
     /// Count and log what would be refused, refuse nothing (for a safe roll-out).
     pub shadow: Option<bool>,
     /// Cost per interaction class: `read`, `search`, `write`, `operation`, `bundle-entry`, `export`.
@@ -229,6 +237,8 @@ impl Limits {
             burst: over.burst.or(self.burst),
             max_in_flight: over.max_in_flight.or(self.max_in_flight),
             in_flight_status: over.in_flight_status.or(self.in_flight_status),
+            upstream_connections: over.upstream_connections.or(self.upstream_connections),
+            upstream_wait_ms: over.upstream_wait_ms.or(self.upstream_wait_ms),
             shadow: over.shadow.or(self.shadow),
             weights,
         }
@@ -240,6 +250,9 @@ fn default_max_body() -> usize {
 }
 fn default_max_bundle_entries() -> usize {
     500
+}
+fn default_max_connections() -> usize {
+    10_000
 }
 fn default_max_upstream_body() -> usize {
     64 * 1024 * 1024

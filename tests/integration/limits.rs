@@ -1,6 +1,7 @@
 //! Per-tenant limits against the fake upstream: one tenant over its rate gets 429 with the
 //! rate-limit headers while another is served; weights; the in-flight cap under a slow
-//! upstream; shadow mode counts but never refuses.
+//! upstream; the upstream connection cap; the listener's connection cap; shadow mode counts
+//! but never refuses.
 use crate::support::client::get;
 use crate::support::fake::{self, stored, Answer};
 use crate::support::{self, tenants, Options};
@@ -78,6 +79,55 @@ async fn the_in_flight_cap_holds_under_a_slow_upstream() {
     assert_eq!(get(&fence.url("Patient/p1")).bearer(&b).send().await.status, 200, "B has its own slots");
     assert_eq!(first.await.unwrap(), 504, "the slow request times out upstream");
     assert_eq!(get(&fence.url("Patient/p1")).bearer(&a).send().await.status, 200, "the slot is free again");
+}
+
+#[tokio::test]
+async fn the_upstream_connection_cap_holds_one_tenant_to_its_share() {
+    let mut ts = tenants(2);
+    ts[0].limits = "upstream_connections = 1\nupstream_wait_ms = 50".into();
+    let slow = Arc::new(tokio::sync::Notify::new());
+    let up = upstream(slow.clone()).await;
+    let mut o = Options::new(&up.base, &ts);
+    o.request_timeout_ms = 2_000;
+    let fence = Arc::new(support::start(o).await);
+    let (a, b) = (fence.token(&ts[0].name), fence.token(&ts[1].name));
+    let (f2, a2) = (fence.clone(), a.clone());
+    let first = tokio::spawn(async move { get(&f2.url("Patient/slow")).bearer(&a2).send().await.status });
+    slow.notified().await; // A's only upstream connection is busy
+    let r = get(&fence.url("Patient/p1")).bearer(&a).send().await;
+    assert_eq!((r.status, r.header("retry-after")), (503, Some("1")), "{}", r.body);
+    assert!(r.diagnostics().contains("upstream connections"), "{}", r.body);
+    assert_eq!(get(&fence.url("Patient/p1")).bearer(&b).send().await.status, 200, "B is not held back");
+    assert_eq!(first.await.unwrap(), 504, "the slow request times out upstream and frees the connection");
+    assert_eq!(get(&fence.url("Patient/p1")).bearer(&a).send().await.status, 200);
+    let m = String::from_utf8(fence.snap().metrics.render()).unwrap();
+    let line = format!("fhir_fence_refused_total{{reason=\"upstream-connections\",tenant=\"{}\"}} 1", ts[0].name);
+    assert!(m.contains(&line), "{m}");
+}
+
+#[tokio::test]
+async fn connections_over_the_listener_cap_get_503() {
+    let ts = tenants(1);
+    let up = upstream(Arc::default()).await;
+    let mut o = Options::new(&up.base, &ts);
+    o.server_extra = "max_connections = 1".into();
+    let fence = support::start(o).await;
+    let tok = fence.token(&ts[0].name);
+    let port = fence.ports.0;
+    let held = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let r = get(&fence.url("Patient/p1")).bearer(&tok).send().await;
+    assert_eq!((r.status, r.header("retry-after")), (503, Some("1")), "{}", r.body);
+    assert_eq!(r.body["resourceType"], "OperationOutcome");
+    let snap = fence.snap();
+    assert_eq!(snap.metrics.connections_refused.with_label_values(&["public"]).get(), 1);
+    drop(held);
+    // The server notices the close on its own schedule; wait for it, then a connection fits again.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while snap.metrics.connections_open.get() > 0 {
+        assert!(std::time::Instant::now() < deadline, "the closed connection was never released");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(get(&fence.url("Patient/p1")).bearer(&tok).send().await.status, 200);
 }
 
 #[tokio::test]

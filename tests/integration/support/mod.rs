@@ -61,6 +61,8 @@ pub struct Options {
     pub max_line_bytes: usize,
     /// Where audit records go (`None`: no audit trail in tests).
     pub audit_file: Option<PathBuf>,
+    /// Extra `key = value` lines for the `[server]` table.
+    pub server_extra: String,
 }
 
 impl Options {
@@ -73,6 +75,7 @@ impl Options {
             marker: "tag",
             max_line_bytes: 1 << 20,
             audit_file: None,
+            server_extra: String::new(),
         }
     }
 }
@@ -108,6 +111,7 @@ pub fn config_text(o: &Options, public_port: u16, admin_port: u16) -> String {
 listen = "127.0.0.1:{public_port}"
 public_base = "http://127.0.0.1:{public_port}/fhir"
 max_body_bytes = {max_body}
+{server_extra}
 
 [admin]
 listen = "127.0.0.1:{admin_port}"
@@ -154,6 +158,7 @@ tenant_claim = "$.tenant"
 tenants = [{first}]
 "#,
         max_body = o.max_body_bytes,
+        server_extra = o.server_extra,
         upstream = o.upstream,
         timeout = o.request_timeout_ms,
         marker = o.marker,
