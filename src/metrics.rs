@@ -20,6 +20,7 @@ pub struct Metrics {
     pub rate_limited: IntCounterVec,
     pub audit_dropped: IntCounterVec,
     pub config_reloads: IntCounterVec,
+    pub audit_events_written: IntCounterVec,
     pub connections_open: IntGauge,
     pub connections_refused: IntCounterVec,
 }
@@ -64,8 +65,13 @@ impl Metrics {
         );
         let audit_dropped = counter(
             "fhir_fence_audit_dropped_total",
-            "audit records not written (queue full, sink failed)",
+            "audit records not written (queue full, sink failed; fhir-…: the AuditEvent sink)",
             &["reason"],
+        );
+        let audit_events_written = counter(
+            "fhir_fence_audit_events_written_total",
+            "AuditEvents the tenant's upstream accepted, by tenant",
+            &["tenant"],
         );
         let config_reloads = counter(
             "fhir_fence_config_reloads_total",
@@ -104,6 +110,7 @@ impl Metrics {
             rate_limited,
             audit_dropped,
             config_reloads,
+            audit_events_written,
             connections_open,
             connections_refused,
         }

@@ -83,7 +83,8 @@ pub async fn handle(snap: Arc<Snapshot>, req: Request<Incoming>) -> Response<Bod
         micros,
         ..Record::new()
     };
-    snap.audit.record(record.finish(status.as_u16()));
+    let to = record.tenant.as_deref().filter(|_| snap.audit.writes_fhir()).and_then(|t| snap.audit_destination(t));
+    snap.audit.record(record.finish(status.as_u16()), to);
     if method == Method::HEAD {
         let (parts, _) = response.into_parts();
         return boxed(Response::from_parts(parts, Full::new(Bytes::new())));

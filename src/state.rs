@@ -194,6 +194,13 @@ impl Snapshot {
         })
     }
 
+    /// Where `tenant`'s AuditEvents go: its own (shared, ungated) upstream.
+    pub fn audit_destination(&self, tenant: &str) -> Option<crate::audit::fhir::Destination> {
+        let tenant = self.tenants.get(tenant)?.clone();
+        let upstream = self.upstreams.get(&tenant.upstream)?.clone();
+        Some(crate::audit::fhir::Destination { tenant, upstream, marking: self.marking.clone() })
+    }
+
     /// The upstream's capabilities, reading its CapabilityStatement now if not yet loaded.
     pub async fn capabilities(&self, upstream: &str) -> Option<Arc<Capabilities>> {
         let slot = self.capabilities.get(upstream)?;

@@ -100,6 +100,14 @@ fn validate(c: &Config) -> Result<Url, ConfigError> {
     if c.server.max_body_bytes == 0 {
         return Err(ConfigError::invalid("server.max_body_bytes", "must be greater than 0"));
     }
+    if let Some(f) = &c.audit.fhir {
+        if f.batch == 0 || f.batch > 1000 {
+            return Err(ConfigError::invalid("audit.fhir.batch", "must be between 1 and 1000"));
+        }
+        if f.flush_ms == 0 {
+            return Err(ConfigError::invalid("audit.fhir.flush_ms", "must be greater than 0"));
+        }
+    }
     if c.server.max_connections == 0 {
         return Err(ConfigError::invalid("server.max_connections", "must be greater than 0"));
     }

@@ -114,12 +114,27 @@ pub struct Audit {
     /// Records waiting to be written; when full, records are dropped (and counted), requests never wait.
     #[serde(default = "default_audit_queue")]
     pub queue: usize,
+    /// Also write each record as a FHIR `AuditEvent` on the tenant's upstream, readable by the
+    /// tenant through fhir-fence (`[audit.fhir]`; absent: no AuditEvents).
+    pub fhir: Option<AuditFhir>,
 }
 
 impl Default for Audit {
     fn default() -> Self {
-        Audit { sink: AuditSink::default(), file: None, queue: default_audit_queue() }
+        Audit { sink: AuditSink::default(), file: None, queue: default_audit_queue(), fhir: None }
     }
+}
+
+/// The AuditEvent sink: batch Bundles per tenant.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditFhir {
+    /// AuditEvents per batch Bundle.
+    #[serde(default = "default_audit_batch")]
+    pub batch: usize,
+    /// The longest a record waits for its batch to fill, in milliseconds.
+    #[serde(default = "default_audit_flush")]
+    pub flush_ms: u64,
 }
 
 /// Bulk Data export: job handles are sealed with the paging key (`paging.key_file`).
@@ -262,6 +277,12 @@ fn default_ref_ttl() -> u64 {
 }
 fn default_page_ttl() -> u64 {
     3600
+}
+fn default_audit_batch() -> usize {
+    50
+}
+fn default_audit_flush() -> u64 {
+    1_000
 }
 fn default_audit_queue() -> usize {
     10_000

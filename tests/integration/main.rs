@@ -4,6 +4,7 @@
 mod support;
 
 mod audit;
+mod audit_events;
 mod export_fake;
 mod export_hapi;
 mod fake_upstream;

@@ -63,6 +63,8 @@ pub struct Options {
     pub audit_file: Option<PathBuf>,
     /// Extra `key = value` lines for the `[server]` table.
     pub server_extra: String,
+    /// `[audit.fhir]` lines (`None`: no AuditEvents).
+    pub audit_fhir: Option<String>,
 }
 
 impl Options {
@@ -76,6 +78,7 @@ impl Options {
             max_line_bytes: 1 << 20,
             audit_file: None,
             server_extra: String::new(),
+            audit_fhir: None,
         }
     }
 }
@@ -166,7 +169,7 @@ tenants = [{first}]
         audit = match &o.audit_file {
             Some(f) => format!("sink = \"file\"\nfile = {:?}", f.display().to_string()),
             None => "sink = \"none\"".to_owned(),
-        },
+        } + &o.audit_fhir.as_ref().map(|l| format!("\n[audit.fhir]\n{l}")).unwrap_or_default(),
         secret = fixture("dev-hs256.secret"),
         rs_jwks = fixture("keys/rs256-jwks.json"),
         rs_key = fixture("keys/rs256-private.pem"),

@@ -3,7 +3,10 @@
 //! Records go through a bounded queue to one writer task, so auditing never makes a request
 //! wait: when the queue is full the record is dropped and counted
 //! (`fhir_fence_audit_dropped_total`); a failing sink is logged and counted the same way.
-//! Sinks: JSON lines on stdout or appended to a file (`[audit]`).
+//! Sinks: JSON lines on stdout or appended to a file (`[audit]`), and FHIR `AuditEvent`s on
+//! the tenant's upstream ([`fhir`], `[audit.fhir]`).
+pub mod fhir;
+
 use crate::config::{AuditSink, Loaded};
 use crate::metrics::Metrics;
 use serde::Serialize;
@@ -63,6 +66,7 @@ enum Target {
 }
 
 pub struct Audit {
+    fhir: Option<fhir::FhirSink>,
     tx: Option<mpsc::Sender<Record>>,
     /// The writer's side, until the first record starts the writer (inside the runtime).
     pending: Mutex<Option<(mpsc::Receiver<Record>, Target)>>,
@@ -72,17 +76,31 @@ pub struct Audit {
 impl Audit {
     pub fn new(loaded: &Loaded, metrics: Arc<Metrics>) -> Self {
         let c = &loaded.config.audit;
+        let fhir = c.fhir.as_ref().map(|f| fhir::FhirSink::new(f, c.queue, metrics.clone()));
         let target = match c.sink {
-            AuditSink::None => return Audit { tx: None, pending: Mutex::new(None), metrics },
+            AuditSink::None => return Audit { fhir, tx: None, pending: Mutex::new(None), metrics },
             AuditSink::Stdout => Target::Stdout,
             AuditSink::File => Target::File(loaded.resolve(c.file.as_deref().expect("checked at load"))),
         };
         let (tx, rx) = mpsc::channel(c.queue);
-        Audit { tx: Some(tx), pending: Mutex::new(Some((rx, target))), metrics }
+        Audit { fhir, tx: Some(tx), pending: Mutex::new(Some((rx, target))), metrics }
     }
 
-    /// Queues a record; never waits.
-    pub fn record(&self, r: Record) {
+    /// True when records should name their [`fhir::Destination`].
+    pub fn writes_fhir(&self) -> bool {
+        self.fhir.is_some()
+    }
+
+    /// The AuditEvent sink, if configured.
+    pub fn fhir(&self) -> Option<&fhir::FhirSink> {
+        self.fhir.as_ref()
+    }
+
+    /// Queues a record (and its AuditEvent, when it has a destination); never waits.
+    pub fn record(&self, r: Record, to: Option<fhir::Destination>) {
+        if let (Some(sink), Some(to)) = (&self.fhir, to) {
+            sink.record(r.clone(), to);
+        }
         let Some(tx) = &self.tx else { return };
         if let Some((rx, target)) = self.pending.lock().map(|mut p| p.take()).unwrap_or(None) {
             tokio::spawn(write(rx, target, self.metrics.clone()));

@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""Runs oha against the three targets bench/run started and prints a Markdown report.
+
+Each configuration runs BENCH_ROUNDS times (default 3), the targets in rotating order so that
+machine noise falls on all of them alike; the report gives medians over the rounds.
+"""
+import json
+import os
+import statistics
+import subprocess
+import urllib.request
+
+SECS = int(os.environ.get("BENCH_SECS", "8"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+SYSTEM = "https://fhir-fence.dev/CodeSystem/tenant"
+O, N, F = (os.environ[k] for k in ("ORIGIN_PORT", "NGINX_PORT", "FENCE_PORT"))
+TOKEN_A, TOKEN_B = os.environ["TOKEN_A"], os.environ["TOKEN_B"]
+
+# (name, base, token, tenant-scoped paths on it)
+TARGETS = [
+    ("direct", f"http://127.0.0.1:{O}/fhir", None),
+    ("nginx", f"http://127.0.0.1:{N}/fhir", None),
+    ("fhir-fence", f"http://127.0.0.1:{F}/fhir", TOKEN_B),
+]
+SCENARIOS = {
+    "read 1 KB": {"plain": "Patient/bench-b-p1", "fence": "Patient/p1"},
+    "search Bundle, 100 entries": {
+        "plain": f"Patient?name=lovelace&_tag={SYSTEM}%7Cbench-b",
+        "fence": "Patient?name=lovelace",
+    },
+}
+CONCURRENCY = [1, 16, 64]
+
+
+def url_for(target, scenario):
+    name, base, _ = target
+    return f"{base}/{SCENARIOS[scenario]['fence' if name == 'fhir-fence' else 'plain']}"
+
+
+def oha(url, conc, secs, token=None, rate=None):
+    cmd = ["oha", "-z", f"{secs}s", "-c", str(conc), "--no-tui", "--output-format", "json"]
+    if rate:
+        cmd += ["-q", str(rate)]
+    if token:
+        cmd += ["-H", f"Authorization: Bearer {token}"]
+    out = subprocess.run(cmd + [url], capture_output=True, text=True, check=True).stdout
+    r = json.loads(out)
+    lat = r["latencyPercentiles"]
+    return {
+        "p50": lat["p50"] * 1000,
+        "p99": lat["p99"] * 1000,
+        "rps": r["summary"]["requestsPerSec"],
+        "status": r.get("statusCodeDistribution", {}),
+    }
+
+
+def check(target, scenario):
+    """Every target must answer 200 with the same resource(s) before it is measured."""
+    req = urllib.request.Request(url_for(target, scenario))
+    if target[2]:
+        req.add_header("Authorization", f"Bearer {target[2]}")
+    with urllib.request.urlopen(req) as resp:
+        body = json.load(resp)
+    if body["resourceType"] == "Bundle":
+        assert len(body["entry"]) == 100, f"{target[0]}: {len(body['entry'])} entries"
+    else:
+        assert body["id"] in ("p1", "bench-b-p1"), body["id"]
+
+
+def main():
+    for s in SCENARIOS:
+        for t in TARGETS:
+            check(t, s)
+    results = {}  # (scenario, conc, target) -> [runs]
+    for rnd in range(ROUNDS):
+        for s in SCENARIOS:
+            for c in CONCURRENCY:
+                order = TARGETS[rnd % 3:] + TARGETS[: rnd % 3]
+                for t in order:
+                    r = oha(url_for(t, s), c, SECS, t[2])
+                    bad = {k: v for k, v in r["status"].items() if k != "200"}
+                    assert not bad, f"{t[0]} {s} c={c}: non-200 answers {bad}"
+                    results.setdefault((s, c, t[0]), []).append(r)
+    med = lambda runs, k: statistics.median(x[k] for x in runs)
+    print(f"## Proxy overhead (oha, {SECS} s per run, median of {ROUNDS} rounds)\n")
+    print("| request | c | direct p50 / p99 ms | direct req/s | nginx added p50 / p99 ms | nginx req/s "
+          "| fhir-fence added p50 / p99 ms | fhir-fence req/s | added p50 ratio (fence/nginx) | throughput ratio (fence/nginx) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for s in SCENARIOS:
+        for c in CONCURRENCY:
+            d, n, f = (results[(s, c, name)] for name in ("direct", "nginx", "fhir-fence"))
+            dp50, dp99 = med(d, "p50"), med(d, "p99")
+            np50, np99 = med(n, "p50") - dp50, med(n, "p99") - dp99
+            fp50, fp99 = med(f, "p50") - dp50, med(f, "p99") - dp99
+            ratio = f"{fp50 / np50:.2f}" if np50 > 0 else "n/a"
+            print(f"| {s} | {c} | {dp50:.3f} / {dp99:.3f} | {med(d, 'rps'):.0f} | {np50:.3f} / {np99:.3f} | "
+                  f"{med(n, 'rps'):.0f} | {fp50:.3f} / {fp99:.3f} | {med(f, 'rps'):.0f} | {ratio} | "
+                  f"{med(f, 'rps') / med(n, 'rps'):.2f} |")
+    noisy()
+
+
+def noisy():
+    """Tenant B at a steady 400 req/s alone, then with tenant A sending 10x its 200/s limit."""
+    fence = TARGETS[2][1]
+    b_url, a_url = f"{fence}/Patient/p1", f"{fence}/Patient/p1"
+    alone, crowded, a_status = [], [], {}
+    for _ in range(ROUNDS):
+        alone.append(oha(b_url, 8, SECS, TOKEN_B, rate=400)["p99"])
+        a = subprocess.Popen(["oha", "-z", f"{SECS + 2}s", "-c", "32", "-q", "2000", "--no-tui",
+                              "--output-format", "json", "-H", f"Authorization: Bearer {TOKEN_A}", a_url],
+                             stdout=subprocess.PIPE, text=True)
+        crowded.append(oha(b_url, 8, SECS, TOKEN_B, rate=400)["p99"])
+        out = json.loads(a.communicate()[0])
+        for k, v in out.get("statusCodeDistribution", {}).items():
+            a_status[k] = a_status.get(k, 0) + v
+    b0, b1 = statistics.median(alone), statistics.median(crowded)
+    print(f"\n## Noisy neighbour (median of {ROUNDS} rounds, {SECS} s each)\n")
+    print("| tenant B p99 alone (400 req/s) | tenant B p99 with A at 2000 req/s (10x its limit) | rise | A's answers |")
+    print("|---|---|---|---|")
+    print(f"| {b0:.3f} ms | {b1:.3f} ms | {100 * (b1 / b0 - 1):+.0f} % | "
+          + ", ".join(f"{k}: {v}" for k, v in sorted(a_status.items())) + " |")
+
+
+main()

@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""Writes the benchmark's origin: static FHIR JSON as fhir-fence's upstream stores it (tenant
+coding in meta.tag, tenant prefix on every id), an nginx config serving it, an nginx reverse
+proxy config in front of it, and a fhir-fence config (RS256 issuer) in front of it.
+
+Usage: bench/origin.py OUT_DIR ORIGIN_PORT NGINX_PORT FENCE_PORT ADMIN_PORT REPO_DIR
+"""
+import json
+import os
+import sys
+
+out, origin_port, nginx_port, fence_port, admin_port, repo = sys.argv[1:7]
+SYSTEM = "https://fhir-fence.dev/CodeSystem/tenant"
+TENANTS = ["bench-a", "bench-b"]
+ORIGIN = f"http://127.0.0.1:{origin_port}/fhir"
+root = os.path.join(out, "root")
+os.makedirs(os.path.join(root, "fhir", "Patient"), exist_ok=True)
+
+
+def patient(tenant, n):
+    """A realistic Patient of about 1 KB."""
+    return {
+        "resourceType": "Patient",
+        "id": f"{tenant}-p{n}",
+        "meta": {"versionId": "3", "lastUpdated": "2026-11-20T10:15:30.123+00:00",
+                 "tag": [{"system": SYSTEM, "code": tenant}]},
+        "text": {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">Ada Lovelace</div>"},
+        "identifier": [{"use": "usual", "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]},
+                        "system": "urn:oid:1.2.36.146.595.217.0.1", "value": f"{12345 + n}"}],
+        "active": True,
+        "name": [{"use": "official", "family": "Lovelace", "given": ["Ada", "Augusta"]},
+                 {"use": "usual", "given": ["Ada"]}],
+        "telecom": [{"system": "phone", "value": "(03) 5555 6473", "use": "work", "rank": 1},
+                    {"system": "email", "value": "ada@example.org", "use": "home"}],
+        "gender": "female",
+        "birthDate": "1815-12-10",
+        "address": [{"use": "home", "type": "both", "line": ["534 Erewhon St"], "city": "PleasantVille",
+                     "district": "Rainbow", "state": "Vic", "postalCode": "3999",
+                     "period": {"start": "1974-12-25"}}],
+        "contact": [{"relationship": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0131", "code": "N"}]}],
+                     "name": {"family": "du Marché", "given": ["Bénédicte"]},
+                     "telecom": [{"system": "phone", "value": "+33 (237) 998327"}], "gender": "female"}],
+        "managingOrganization": {"reference": f"Organization/{tenant}-org1"},
+    }
+
+
+def write(path, value):
+    with open(path, "w") as f:
+        json.dump(value, f, separators=(",", ":"))
+
+
+for t in TENANTS:
+    write(os.path.join(root, "fhir", "Patient", f"{t}-p1"), patient(t, 1))
+    entries = [{"fullUrl": f"{ORIGIN}/Patient/{t}-p{n}", "resource": patient(t, n), "search": {"mode": "match"}}
+               for n in range(1, 101)]
+    write(os.path.join(root, f"search-{t}.json"), {
+        "resourceType": "Bundle", "id": "7d1c0a4e-search", "type": "searchset", "total": 100,
+        "link": [{"relation": "self", "url": f"{ORIGIN}/Patient?name=lovelace&_tag={SYSTEM}|{t}"}],
+        "entry": entries})
+
+params = [{"name": n, "type": ty} for n, ty in
+          [("_id", "token"), ("_tag", "token"), ("_security", "token"), ("name", "string"), ("_lastUpdated", "date")]]
+write(os.path.join(root, "metadata.json"), {
+    "resourceType": "CapabilityStatement", "status": "active", "kind": "instance", "fhirVersion": "4.0.1",
+    "date": "2026-11-27", "format": ["json"],
+    "rest": [{"mode": "server", "resource": [
+        {"type": t, "interaction": [{"code": "read"}, {"code": "search-type"}], "searchParam": params}
+        for t in ["Patient", "Organization"]]}]})
+
+mime = "types { } default_type application/fhir+json; charset utf-8;"
+with open(os.path.join(out, "origin.conf"), "w") as f:
+    f.write(f"""worker_processes 1;
+pid {out}/origin.pid;
+error_log {out}/origin-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  {mime}
+  keepalive_requests 1000000;
+  server {{
+    listen 127.0.0.1:{origin_port} backlog=4096;
+    root {root};
+    location = /fhir/metadata {{ try_files /metadata.json =404; }}
+    location = /fhir/Patient {{
+      if ($args ~ "bench-b") {{ rewrite ^ /search-bench-b.json last; }}
+      rewrite ^ /search-bench-a.json last;
+    }}
+    location / {{ }}
+  }}
+}}
+""")
+
+with open(os.path.join(out, "proxy.conf"), "w") as f:
+    f.write(f"""worker_processes 2;
+pid {out}/proxy.pid;
+error_log {out}/proxy-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log {out}/proxy-access.log;
+  keepalive_requests 1000000;
+  upstream origin {{ server 127.0.0.1:{origin_port}; keepalive 128; }}
+  server {{
+    listen 127.0.0.1:{nginx_port} backlog=4096;
+    location / {{
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
+}}
+""")
+
+keys = os.path.join(repo, "fixtures", "keys")
+with open(os.path.join(out, "fence.toml"), "w") as f:
+    f.write(f"""[server]
+listen = "127.0.0.1:{fence_port}"
+public_base = "http://127.0.0.1:{fence_port}/fhir"
+
+[admin]
+listen = "127.0.0.1:{admin_port}"
+
+[tenancy]
+marker = "tag"
+system = "{SYSTEM}"
+
+[audit]
+sink = "file"
+file = "{out}/fence-audit.jsonl"
+
+[upstreams.origin]
+base_url = "{ORIGIN}"
+pool_size = 128
+
+[issuers.bench]
+iss = "https://issuer.bench.fhir-fence.dev"
+audience = ["fhir-fence-bench"]
+algorithms = ["RS256"]
+jwks_file = "{keys}/rs256-jwks.json"
+signing_key_file = "{keys}/rs256-private.pem"
+tenant_claim = "$.tenant"
+tenants = ["bench-a", "bench-b"]
+
+[tenants.bench-a]
+prefix = "bench-a"
+upstream = "origin"
+status = "active"
+# The noisy neighbour: limited to 200 reads per second.
+[tenants.bench-a.limits]
+rate_per_second = 200
+burst = 200
+
+[tenants.bench-b]
+prefix = "bench-b"
+upstream = "origin"
+status = "active"
+""")
