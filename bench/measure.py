@@ -23,9 +23,9 @@ TARGETS = [
     ("fhir-fence", f"http://127.0.0.1:{F}/fhir", TOKEN_B),
 ]
 SCENARIOS = {
-    "read 1 KB": {"plain": "Patient/bench-b-p1", "fence": "Patient/p1"},
+    "read 1 KB": {"plain": "Patient/benchb-p1", "fence": "Patient/p1"},
     "search Bundle, 100 entries": {
-        "plain": f"Patient?name=lovelace&_tag={SYSTEM}%7Cbench-b",
+        "plain": f"Patient?name=lovelace&_tag={SYSTEM}%7Cbenchb",
         "fence": "Patient?name=lovelace",
     },
 }
@@ -64,7 +64,7 @@ def check(target, scenario):
     if body["resourceType"] == "Bundle":
         assert len(body["entry"]) == 100, f"{target[0]}: {len(body['entry'])} entries"
     else:
-        assert body["id"] in ("p1", "bench-b-p1"), body["id"]
+        assert body["id"] in ("p1", "benchb-p1"), body["id"]
 
 
 def main():

@@ -11,7 +11,7 @@ import sys
 
 out, origin_port, nginx_port, fence_port, admin_port, repo = sys.argv[1:7]
 SYSTEM = "https://fhir-fence.dev/CodeSystem/tenant"
-TENANTS = ["bench-a", "bench-b"]
+TENANTS = ["bencha", "benchb"]
 ORIGIN = f"http://127.0.0.1:{origin_port}/fhir"
 root = os.path.join(out, "root")
 os.makedirs(os.path.join(root, "fhir", "Patient"), exist_ok=True)
@@ -45,8 +45,9 @@ def patient(tenant, n):
 
 
 def write(path, value):
-    with open(path, "w") as f:
-        json.dump(value, f, separators=(",", ":"))
+    # UTF-8 as FHIR servers send it (HAPI writes "é", not "\u00e9").
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(value, f, separators=(",", ":"), ensure_ascii=False)
 
 
 for t in TENANTS:
@@ -82,8 +83,8 @@ http {{
     root {root};
     location = /fhir/metadata {{ try_files /metadata.json =404; }}
     location = /fhir/Patient {{
-      if ($args ~ "bench-b") {{ rewrite ^ /search-bench-b.json last; }}
-      rewrite ^ /search-bench-a.json last;
+      if ($args ~ "benchb") {{ rewrite ^ /search-benchb.json last; }}
+      rewrite ^ /search-bencha.json last;
     }}
     location / {{ }}
   }}
@@ -138,19 +139,19 @@ algorithms = ["RS256"]
 jwks_file = "{keys}/rs256-jwks.json"
 signing_key_file = "{keys}/rs256-private.pem"
 tenant_claim = "$.tenant"
-tenants = ["bench-a", "bench-b"]
+tenants = ["bencha", "benchb"]
 
-[tenants.bench-a]
-prefix = "bench-a"
+[tenants.bencha]
+prefix = "bencha"
 upstream = "origin"
 status = "active"
 # The noisy neighbour: limited to 200 reads per second.
-[tenants.bench-a.limits]
+[tenants.bencha.limits]
 rate_per_second = 200
 burst = 200
 
-[tenants.bench-b]
-prefix = "bench-b"
+[tenants.benchb]
+prefix = "benchb"
 upstream = "origin"
 status = "active"
 """)

@@ -88,8 +88,17 @@ pub(crate) fn json_response(
     extra: HeaderMap,
     correlation: &str,
 ) -> Response<Full<Bytes>> {
-    let bytes = serde_json::to_vec(body).expect("serialisable");
-    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+    bytes_response(status, Bytes::from(serde_json::to_vec(body).expect("serialisable")), extra, correlation)
+}
+
+/// A FHIR JSON response whose body is already serialised.
+pub(crate) fn bytes_response(
+    status: StatusCode,
+    bytes: Bytes,
+    extra: HeaderMap,
+    correlation: &str,
+) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(bytes));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.extend(extra);

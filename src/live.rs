@@ -135,8 +135,19 @@ pub fn spawn_triggers(live: Arc<Live>) {
 /// file's contents changed.
 async fn watch_files(live: Arc<Live>) {
     let (tx, mut rx) = mpsc::channel::<()>(1);
+    // Only events naming a source file (or a Kubernetes `..data`-style link) count: the
+    // directory may also hold files written all the time, such as an audit file or a log.
+    let names: Arc<std::sync::RwLock<BTreeSet<std::ffi::OsString>>> = Arc::default();
+    let wanted = names.clone();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        let Ok(event) = event else { return };
+        let known = wanted.read().unwrap_or_else(|p| p.into_inner());
+        let relevant = event
+            .paths
+            .iter()
+            .filter_map(|p| p.file_name())
+            .any(|n| known.contains(n) || n.as_encoded_bytes().starts_with(b".."));
+        if relevant {
             let _ = tx.try_send(());
         }
     });
@@ -149,6 +160,9 @@ async fn watch_files(live: Arc<Live>) {
     };
     let mut watched = BTreeSet::new();
     loop {
+        let files = live.snapshot().loaded.source_files(&live.path);
+        *names.write().unwrap_or_else(|p| p.into_inner()) =
+            files.iter().filter_map(|f| f.file_name().map(|n| n.to_os_string())).collect();
         for dir in live.watched_dirs().difference(&watched.clone()) {
             match watcher.watch(dir, RecursiveMode::NonRecursive) {
                 Ok(()) => {

@@ -27,6 +27,8 @@ pub async fn run(
         tokio::select! {
             accepted = public.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
+                // Answers go out as soon as they are written (no Nagle wait for the client's ACK).
+                let _ = stream.set_nodelay(true);
                 // The connection cap is read from the current config, so a reload changes it.
                 let Some(open) = Open::claim(&live) else {
                     tokio::spawn(refuse_connection(stream));

@@ -39,6 +39,13 @@ pub struct Answer {
     pub body: Option<Value>,
 }
 
+/// An upstream answer whose body (JSON, if any) is not parsed yet.
+pub struct RawAnswer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub bytes: Bytes,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("upstream {0} could not be reached: {1}")]
@@ -181,17 +188,43 @@ impl Upstream {
             }
             None => Bytes::new(),
         };
-        let (parts, bytes) = self.exchange(method, &uri, headers, bytes).await?;
-        let body = if bytes.is_empty() {
-            None
-        } else {
+        let raw = self.send_raw(method, &uri, headers, bytes).await?;
+        self.parse(raw)
+    }
+
+    /// `GET base/path` answered with its body unparsed (but checked to be JSON, if any), for
+    /// callers that can check it without a tree (`scope::fastbundle`); [`Upstream::parse`]
+    /// finishes it otherwise.
+    pub async fn get_raw(&self, path: &str, mut headers: HeaderMap) -> Result<RawAnswer, UpstreamError> {
+        headers.insert(ACCEPT, HeaderValue::from_static(FHIR_JSON));
+        self.send_raw(Method::GET, &self.uri(path), headers, Bytes::new()).await
+    }
+
+    async fn send_raw(
+        &self,
+        method: Method,
+        uri: &str,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<RawAnswer, UpstreamError> {
+        let (parts, bytes) = self.exchange(method, uri, headers, body).await?;
+        if !bytes.is_empty() {
             let mime = media_type(&parts.headers);
             if mime != FHIR_JSON && mime != "application/json" {
                 return Err(UpstreamError::NotJson(self.name.clone(), mime));
             }
-            Some(parse_strict(&bytes).map_err(|e| UpstreamError::BadJson(self.name.clone(), e))?)
+        }
+        Ok(RawAnswer { status: parts.status, headers: parts.headers, bytes })
+    }
+
+    /// Parses a raw answer's body strictly. An empty body is `None`.
+    pub fn parse(&self, raw: RawAnswer) -> Result<Answer, UpstreamError> {
+        let body = if raw.bytes.is_empty() {
+            None
+        } else {
+            Some(parse_strict(&raw.bytes).map_err(|e| UpstreamError::BadJson(self.name.clone(), e))?)
         };
-        Ok(Answer { status: parts.status, headers: parts.headers, body })
+        Ok(Answer { status: raw.status, headers: raw.headers, body })
     }
 }
 

@@ -103,16 +103,16 @@ pub fn file_filter(
         // Subscriptions have their criteria restored by the full check; they take the long way.
         Kind::Output if file.rtype == "Subscription" => filter.with_needle(needle.as_bytes()),
         Kind::Output => {
-            filter.with_needle(needle.as_bytes()).with_fast_path(fast_line(snap, tenant, upstream, &file.rtype))
+            filter.with_needle(needle.as_bytes()).with_fast_path(fast_line(snap, tenant, upstream, Some(&file.rtype)))
         }
         Kind::Error | Kind::Deleted => filter,
     }
 }
 
-/// The one-pass form of the outbound check for this caller and file type.
-pub fn fast_line(snap: &Snapshot, tenant: &Tenant, upstream: &Upstream, rtype: &str) -> FastLine {
+/// The one-pass form of the outbound check for this caller and resource type (`None`: any).
+pub fn fast_line(snap: &Snapshot, tenant: &Tenant, upstream: &Upstream, rtype: Option<&str>) -> FastLine {
     FastLine {
-        expected_type: rtype.to_owned(),
+        expected_type: rtype.map(str::to_owned),
         tenant: tenant.clone(),
         system: snap.marking.system.clone(),
         field: match snap.marking.marker {
@@ -122,6 +122,8 @@ pub fn fast_line(snap: &Snapshot, tenant: &Tenant, upstream: &Upstream, rtype: &
         upstream_base: upstream.base.clone(),
         external_bases: snap.external_bases.clone(),
         cuts: Vec::new(),
+        found_type: 0..0,
+        found_id: 0..0,
     }
 }
 

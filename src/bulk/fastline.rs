@@ -1,5 +1,6 @@
 //! The outbound check of [`scope::respond::resource`](crate::scope::respond::resource), done in
-//! one pass over the bytes of an NDJSON line, for export downloads.
+//! one pass over the bytes of one resource: an NDJSON line of an export download, or a
+//! resource inside a search Bundle (`scope::fastbundle`).
 //!
 //! Parsing every line into a `serde_json::Value` and writing it out again costs far more than
 //! the check itself. This scanner validates the line as strict JSON (RFC 8259, duplicate keys
@@ -18,7 +19,9 @@ use std::collections::HashSet;
 
 /// What one line's check needs to know, fixed for a download.
 pub struct FastLine {
-    pub expected_type: String,
+    /// The type every line must have; `None`: any type but `Subscription` (whose outbound
+    /// form needs more than cuts).
+    pub expected_type: Option<String>,
     pub tenant: Tenant,
     pub system: String,
     /// `tag` or `security`: where the tenant coding must be.
@@ -27,6 +30,9 @@ pub struct FastLine {
     pub external_bases: Vec<String>,
     /// Scratch space for one line's cuts, kept between lines.
     pub cuts: Vec<(usize, usize)>,
+    /// After an accepted line: where its `resourceType` value and its local id lie in it.
+    pub found_type: std::ops::Range<usize>,
+    pub found_id: std::ops::Range<usize>,
 }
 
 /// Elements that mark an object as an `Attachment` (as in `fhir::reference`).
@@ -60,11 +66,13 @@ impl FastLine {
     pub fn accept(&mut self, line: &[u8], out: &mut Vec<u8>) -> R<()> {
         let mut cuts = std::mem::take(&mut self.cuts);
         cuts.clear();
-        let mut s = Scan { b: line, i: 0, f: self, cuts, codings: 0, seen_type: false, seen_id: false };
+        let mut s =
+            Scan { b: line, i: 0, f: self, cuts, codings: 0, seen_type: false, seen_id: false, found: (0..0, 0..0) };
         s.ws();
         let scanned = s.object(1, Place::Top).map(|_| s.ws());
         let whole = s.i == line.len() && s.codings == 1 && s.seen_type && s.seen_id;
-        let mut cuts = s.cuts;
+        let (mut cuts, found) = (s.cuts, s.found);
+        (self.found_type, self.found_id) = found;
         let result = match scanned {
             Ok(()) if whole => {
                 // Cuts are found in document order except where a cut waits for the next element.
@@ -89,6 +97,8 @@ struct Scan<'a> {
     b: &'a [u8],
     i: usize,
     f: &'a FastLine,
+    /// Where the `resourceType` value and the local id lie.
+    found: (std::ops::Range<usize>, std::ops::Range<usize>),
     /// Byte ranges left out of the output, in order, not overlapping.
     cuts: Vec<(usize, usize)>,
     /// Tenant codings seen in `meta` (exactly one, the caller's, is required).
@@ -343,9 +353,17 @@ impl<'a> Scan<'a> {
         self.members(depth, |s, key| {
             match (place, key) {
                 (Place::Top, b"resourceType") => {
-                    if s.peek()? != b'"' || s.string()?.plain()? != s.f.expected_type {
+                    if s.peek()? != b'"' {
                         return Err(Unsure);
                     }
+                    let v = s.string()?;
+                    let found = v.plain()?;
+                    match &s.f.expected_type {
+                        Some(t) if found != t => return Err(Unsure),
+                        None if found == "Subscription" => return Err(Unsure),
+                        _ => {}
+                    }
+                    s.found.0 = v.at..v.at + v.raw.len();
                     s.seen_type = true;
                 }
                 (Place::Top, b"id") => {
@@ -355,6 +373,7 @@ impl<'a> Scan<'a> {
                     let v = s.string()?;
                     s.f.tenant.local_id(v.plain()?).ok_or(Unsure)?;
                     s.cuts.push((v.at, v.at + s.f.tenant.prefix.len() + 1));
+                    s.found.1 = v.at + s.f.tenant.prefix.len() + 1..v.at + v.raw.len();
                     s.seen_id = true;
                 }
                 (Place::Top, b"meta") if s.peek()? == b'{' => s.object(depth + 1, Place::Meta)?,

@@ -19,6 +19,16 @@ pub fn parse_strict(bytes: &[u8]) -> Result<Value, JsonError> {
     Ok(value)
 }
 
+/// A JSON value inside a typed struct, parsed with the same duplicate-key rule.
+#[derive(Debug)]
+pub struct Strict(pub Value);
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        StrictSeed.deserialize(d).map(Strict)
+    }
+}
+
 struct StrictSeed;
 
 impl<'de> DeserializeSeed<'de> for StrictSeed {

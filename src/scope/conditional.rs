@@ -159,7 +159,7 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(http::header::ETAG, etag.parse().unwrap());
         headers.insert(http::header::LAST_MODIFIED, modified.parse().unwrap());
-        ReadResult { body: Value::Null, headers, dropped: 0 }
+        ReadResult { body: Value::Null, serialized: None, headers, dropped: 0 }
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! - `paging`   — sealed page tokens instead of upstream `_getpages` links
 //! - `respond`  — the fail-closed outbound check every answer passes
 pub mod conditional;
+pub mod fastbundle;
 pub mod operation;
 pub mod paging;
 pub mod read;

@@ -42,11 +42,17 @@ pub async fn run(
     match op {
         Op::Everything => {
             let filtered = respond::bundle(ctx, answer_body, self_url, false)?;
-            Ok(ReadResult { body: filtered.bundle, headers: http::HeaderMap::new(), dropped: filtered.dropped })
+            Ok(ReadResult {
+                body: filtered.bundle,
+                serialized: None,
+                headers: http::HeaderMap::new(),
+                dropped: filtered.dropped,
+            })
         }
         Op::Validate => Err(ScopeError::Unprovable.into()),
         Op::Meta | Op::MetaAdd | Op::MetaDelete => Ok(ReadResult {
             body: strip_meta_parameters(ctx, answer_body)?,
+            serialized: None,
             headers: http::HeaderMap::new(),
             dropped: 0,
         }),

@@ -10,6 +10,8 @@ use serde_json::Value;
 /// What a read-family interaction returns to the pipeline.
 pub struct ReadResult {
     pub body: Value,
+    /// The body already serialised (a search Bundle checked by `fastbundle`); `body` is then `Null`.
+    pub serialized: Option<bytes::Bytes>,
     /// Upstream `ETag` / `Last-Modified`, which describe the caller's own version.
     pub headers: HeaderMap,
     pub dropped: usize,
@@ -47,7 +49,7 @@ pub async fn read(
         tracing::warn!(correlation = ctx.correlation, tenant = %ctx.tenant.name, "blocked a read answer without the caller's markers");
         not_found(rtype, id)
     })?;
-    Ok(ReadResult { body, headers, dropped: 0 })
+    Ok(ReadResult { body, serialized: None, headers, dropped: 0 })
 }
 
 /// `GET [type]/[id]/_history` with `_count`, `_since`, `_at` (checked by `route`).
@@ -71,7 +73,7 @@ pub async fn history(
         _ => return Err(super::refused(&answer).into()),
     }
     let filtered = respond::bundle(ctx, answer.body.ok_or(ScopeError::Unprovable)?, self_url, false)?;
-    Ok(ReadResult { body: filtered.bundle, headers: HeaderMap::new(), dropped: filtered.dropped })
+    Ok(ReadResult { body: filtered.bundle, serialized: None, headers: HeaderMap::new(), dropped: filtered.dropped })
 }
 
 /// Headers every upstream request carries: the correlation id.

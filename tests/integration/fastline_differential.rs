@@ -74,7 +74,7 @@ async fn the_fast_path_never_accepts_what_the_full_check_refuses() {
     let tenant = snap.tenants[&ts[0].name].clone();
     let upstream = snap.upstreams["main"].clone();
     let ctx = Ctx { snap, tenant: &tenant, upstream: &upstream, correlation: "diff" };
-    let mut fast = fast_line(snap, &tenant, &upstream, "Observation");
+    let mut fast = fast_line(snap, &tenant, &upstream, Some("Observation"));
     let full = |line: &str| -> Option<Value> {
         let v = parse_strict(line.as_bytes()).ok()?;
         if v.get("resourceType")?.as_str()? != "Observation" {
@@ -118,4 +118,91 @@ async fn the_fast_path_never_accepts_what_the_full_check_refuses() {
         assert!(fast.accept(t.as_bytes(), &mut out).is_ok(), "template {i} should take the fast path: {t}");
     }
     assert!(fast_yes > 3 && checked > 5000, "{fast_yes} fast of {checked}");
+}
+
+/// A Bundle's links with their sealed page tokens (random per seal) blanked.
+fn without_tokens(mut b: Value) -> Value {
+    if let Some(o) = b.as_object_mut() {
+        o.remove("id");
+    }
+    if let Some(links) = b.get_mut("link").and_then(Value::as_array_mut) {
+        for l in links {
+            if let Some(u) = l["url"].as_str().filter(|u| u.contains("_page=")) {
+                l["url"] = Value::String(u.split("_page=").next().unwrap().to_owned());
+            }
+        }
+    }
+    b
+}
+
+/// The search Bundle fast path (`scope::fastbundle`) against `respond::bundle`: whenever it
+/// answers, the full check must keep every entry and build the same Bundle.
+#[tokio::test]
+async fn the_bundle_fast_path_agrees_with_the_full_check() {
+    let ts = tenants(2);
+    let up = fake::start(|_| fake::Answer::Hang).await;
+    let fence = support::start(Options::new(&up.base, &ts)).await;
+    let snap = &fence.snap();
+    let tenant = snap.tenants[&ts[0].name].clone();
+    let upstream = snap.upstreams["main"].clone();
+    let ctx = Ctx { snap, tenant: &tenant, upstream: &upstream, correlation: "diff" };
+    let (p, other) = (ts[0].prefix.as_str(), ts[1].prefix.as_str());
+    let self_url = format!("{}/Observation?x=1", snap.public_base);
+    let base = &up.base;
+    let entry = |r: &str| format!(r#"{{"fullUrl":"{base}/Observation/x","resource":{r},"search":{{"mode":"match"}}}}"#);
+    let bundle = |entries: &[String], extra: &str| {
+        format!(
+            r#"{{"resourceType":"Bundle","id":"up-1","type":"searchset","total":{},"link":[{{"relation":"self","url":"{base}/Observation?_tag=x"}},{{"relation":"next","url":"{base}?_getpages=abc&_getpagesoffset=20"}}]{extra},"entry":[{}]}}"#,
+            entries.len(),
+            entries.join(",")
+        )
+    };
+    let good: Vec<String> = templates(p, &ts[0].name, base).iter().map(|t| entry(t)).collect();
+    let mut cases = vec![
+        bundle(&good, ""),
+        bundle(&good[..1], ",\"meta\":{\"lastUpdated\":\"2026-01-01\"}"),
+        bundle(&[], ""),
+        bundle(&good, "").replacen("\"searchset\"", "\"history\"", 1),
+        bundle(&good, ",\"entry\":[]"),
+        bundle(&good, ",\"type\":\"searchset\""),
+        bundle(&good, "").replacen("\"search\":{", "\"request\":{\"method\":\"GET\",\"url\":\"x\"},\"search\":{", 1),
+        bundle(&good, "").replacen(
+            "\"search\":{\"mode\":\"match\"}",
+            "\"search\":{\"mode\":\"match\",\"mode\":\"x\"}",
+            1,
+        ),
+        bundle(&good, "").replacen("\"entry\":[", "\"entry\":{", 1),
+        bundle(&good, "").replacen(",\"search\"", ",\"link\":[],\"search\"", 1),
+        format!("{} ", bundle(&good, "")),
+        format!("{}x", bundle(&good, "")),
+    ];
+    // Every edited and every damaged line, as the second entry after a good one.
+    for t in templates(p, &ts[0].name, base) {
+        for e in edits(&t, p, other) {
+            cases.push(bundle(&[good[0].clone(), entry(&e)], ""));
+        }
+        for i in 0..t.len() {
+            if t.is_char_boundary(i) && t.is_char_boundary(i + 1) {
+                cases.push(bundle(&[good[0].clone(), entry(&format!("{}{}", &t[..i], &t[i + 1..]))], ""));
+            }
+        }
+    }
+    let mut fast_yes = 0;
+    for case in &cases {
+        let slow = parse_strict(case.as_bytes()).ok().and_then(|v| respond::bundle(&ctx, v, &self_url, false).ok());
+        if let Some(fast) = fhir_fence::scope::fastbundle::searchset(&ctx, case.as_bytes(), &self_url, false) {
+            fast_yes += 1;
+            let got: Value =
+                serde_json::from_slice(&fast).unwrap_or_else(|e| panic!("fast output not JSON ({e}): {case}"));
+            let want = slow.unwrap_or_else(|| panic!("fast path answered a Bundle the full check refuses: {case}"));
+            assert_eq!(want.dropped, 0, "fast path kept an entry the full check drops: {case}");
+            assert_eq!(without_tokens(got), without_tokens(want.bundle), "different Bundle for {case}");
+        }
+    }
+    // The fast path carries the common Bundles (otherwise it is no fast path)...
+    let plain: Vec<String> = [0usize, 1, 2, 5, 6, 7].iter().map(|&i| good[i].clone()).collect();
+    let common = bundle(&plain, "");
+    assert!(fhir_fence::scope::fastbundle::searchset(&ctx, common.as_bytes(), &self_url, false).is_some());
+    // ...and stays out of what it does not handle.
+    assert!(fast_yes > 10 && cases.len() > 1000, "{fast_yes} fast of {}", cases.len());
 }
