@@ -39,7 +39,10 @@ pub(crate) fn read_response(
     {
         return binary_content(ctx, result);
     }
-    Ok(json_response(StatusCode::OK, &result.body, result.headers, ctx.correlation))
+    Ok(match result.serialized {
+        Some(bytes) => bytes_response(StatusCode::OK, bytes, result.headers, ctx.correlation),
+        None => json_response(StatusCode::OK, &result.body, result.headers, ctx.correlation),
+    })
 }
 
 /// The raw content of a Binary the caller owns, with its own content type.

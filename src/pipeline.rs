@@ -234,11 +234,11 @@ pub(crate) async fn dispatch(
     };
     let result = match interaction {
         Interaction::Read { rtype, id } => {
-            let result = read::read(ctx, &rtype, &id, None).await?;
+            let result = read::read_for_client(ctx, &rtype, &id, None).await?;
             return Ok((read_response(ctx, result, headers)?, 0));
         }
         Interaction::Vread { rtype, id, version } => {
-            let result = read::read(ctx, &rtype, &id, Some(&version)).await?;
+            let result = read::read_for_client(ctx, &rtype, &id, Some(&version)).await?;
             return Ok((read_response(ctx, result, headers)?, 0));
         }
         Interaction::InstanceHistory { rtype, id } => read::history(ctx, &rtype, &id, params, self_url).await?,

@@ -19,8 +19,8 @@ use std::collections::HashSet;
 
 /// What one line's check needs to know, fixed for a download.
 pub struct FastLine {
-    /// The type every line must have; `None`: any type but `Subscription` (whose outbound
-    /// form needs more than cuts).
+    /// The type every line must have (`None`: any). A `Subscription` is always Unsure: its
+    /// outbound form needs more than cuts.
     pub expected_type: Option<String>,
     pub tenant: Tenant,
     pub system: String,
@@ -358,10 +358,9 @@ impl<'a> Scan<'a> {
                     }
                     let v = s.string()?;
                     let found = v.plain()?;
-                    match &s.f.expected_type {
-                        Some(t) if found != t => return Err(Unsure),
-                        None if found == "Subscription" => return Err(Unsure),
-                        _ => {}
+                    // A Subscription's outbound form needs more than cuts (its criteria are restored).
+                    if found == "Subscription" || s.f.expected_type.as_deref().is_some_and(|t| found != t) {
+                        return Err(Unsure);
                     }
                     s.found.0 = v.at..v.at + v.raw.len();
                     s.seen_type = true;

@@ -3,14 +3,13 @@
 //! "missing", "deleted" and "another tenant's" all end as the same 404.
 use super::{respond, Ctx, ScopeError};
 use crate::route::{encode_query, Params};
-use crate::upstream::Answer;
 use http::{HeaderMap, Method, StatusCode};
 use serde_json::Value;
 
 /// What a read-family interaction returns to the pipeline.
 pub struct ReadResult {
     pub body: Value,
-    /// The body already serialised (a search Bundle checked by `fastbundle`); `body` is then `Null`.
+    /// The body already serialised by a one-pass check (`fastbundle`, `read_for_client`); `body` is then `Null`.
     pub serialized: Option<bytes::Bytes>,
     /// Upstream `ETag` / `Last-Modified`, which describe the caller's own version.
     pub headers: HeaderMap,
@@ -21,25 +20,56 @@ fn not_found(rtype: &str, id: &str) -> ScopeError {
     ScopeError::NotFound(format!("{rtype}/{id}"))
 }
 
-/// `GET [type]/[id]` and `GET [type]/[id]/_history/[vid]`.
+/// `GET [type]/[id]` and `GET [type]/[id]/_history/[vid]`, as a tree (for fhir-fence's own use).
 pub async fn read(
     ctx: &Ctx<'_>,
     rtype: &str,
     id: &str,
     version: Option<&str>,
 ) -> Result<ReadResult, crate::error::Error> {
+    fetch(ctx, rtype, id, version, false).await
+}
+
+/// The same read answered to the client: serialised by the one-pass check
+/// ([`fast_line`](crate::bulk::download::fast_line)) when it is sure, else through the tree.
+pub async fn read_for_client(
+    ctx: &Ctx<'_>,
+    rtype: &str,
+    id: &str,
+    version: Option<&str>,
+) -> Result<ReadResult, crate::error::Error> {
+    fetch(ctx, rtype, id, version, true).await
+}
+
+async fn fetch(
+    ctx: &Ctx<'_>,
+    rtype: &str,
+    id: &str,
+    version: Option<&str>,
+    one_pass: bool,
+) -> Result<ReadResult, crate::error::Error> {
     let upstream_id = ctx.tenant.upstream_id(id).map_err(|_| not_found(rtype, id))?;
     let path = match version {
         Some(v) => format!("{rtype}/{upstream_id}/_history/{v}"),
         None => format!("{rtype}/{upstream_id}"),
     };
-    let answer = ctx.upstream.send(Method::GET, &path, base_headers(ctx), None).await?;
+    let raw = ctx.upstream.get_raw(&path, base_headers(ctx)).await?;
+    // A Binary may be answered as its own content (`answer::read_response` needs the tree).
+    if one_pass && raw.status == StatusCode::OK && rtype != "Binary" {
+        let mut check = crate::bulk::download::fast_line(ctx.snap, ctx.tenant, ctx.upstream, Some(rtype));
+        let mut out = Vec::with_capacity(raw.bytes.len());
+        if check.accept(&raw.bytes, &mut out).is_ok() {
+            let headers = version_headers(&raw.headers);
+            return Ok(ReadResult { body: Value::Null, serialized: Some(out.into()), headers, dropped: 0 });
+        }
+    }
+    let answer = ctx.upstream.parse(raw)?;
     match answer.status {
         StatusCode::OK => {}
         StatusCode::NOT_FOUND | StatusCode::GONE => return Err(not_found(rtype, id).into()),
         _ => return Err(super::refused(&answer).into()),
     }
-    let headers = version_headers(&answer);
+    let headers = version_headers(&answer.headers);
     let body = answer.body.ok_or(ScopeError::Unprovable)?;
     if body.get("resourceType").and_then(Value::as_str) != Some(rtype) {
         return Err(ScopeError::Unprovable.into());
@@ -94,10 +124,10 @@ pub fn strict_headers(ctx: &Ctx) -> HeaderMap {
 }
 
 /// `ETag` and `Last-Modified` from an upstream answer.
-pub fn version_headers(answer: &Answer) -> HeaderMap {
+pub fn version_headers(upstream: &HeaderMap) -> HeaderMap {
     let mut h = HeaderMap::new();
     for name in [http::header::ETAG, http::header::LAST_MODIFIED] {
-        if let Some(v) = answer.headers.get(&name) {
+        if let Some(v) = upstream.get(&name) {
             h.insert(name, v.clone());
         }
     }

@@ -64,7 +64,7 @@ pub async fn create_or_update(
     }
     let answer = ctx.upstream.send(Method::PUT, &format!("{rtype}/{upstream_id}"), headers, Some(&body)).await?;
     let status = answer.status;
-    let headers = version_headers(&answer);
+    let headers = version_headers(&answer.headers);
     if status != StatusCode::OK && status != StatusCode::CREATED {
         return Err(super::refused(&answer).into());
     }
@@ -120,7 +120,7 @@ pub async fn delete(ctx: &Ctx<'_>, rtype: &str, id: &str) -> Result<WriteResult,
         body: None,
         local_id: id.to_owned(),
         version: None,
-        headers: version_headers(&answer),
+        headers: version_headers(&answer.headers),
     })
 }
 
