@@ -96,8 +96,13 @@ fn token(path: &std::path::Path, tenant: &str, sub: &str, ttl: u64, issuer: Opti
 }
 
 fn serve(path: &std::path::Path) -> ExitCode {
+    // Log lines are written by a background thread, so a request never waits on stdout
+    // (lines beyond its buffer are dropped rather than delay requests; the audit trail is
+    // the record that counts its losses).
+    let (stdout, _flush_on_exit) = tracing_appender::non_blocking(std::io::stdout());
     tracing_subscriber::fmt()
         .json()
+        .with_writer(stdout)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FHIR_FENCE_LOG").unwrap_or_else(|_| "info".into()),
         )

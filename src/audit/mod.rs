@@ -113,10 +113,12 @@ impl Audit {
 
 /// The writer task: one JSON line per record, flushed when the queue is momentarily empty.
 async fn write(mut rx: mpsc::Receiver<Record>, target: Target, metrics: Arc<Metrics>) {
+    // A file is buffered: under load the queue is rarely empty, so many records share one
+    // write. Stdout is not: it is shared with the log, and a line must go out in one write.
     let mut out: Box<dyn tokio::io::AsyncWrite + Send + Unpin> = match &target {
         Target::Stdout => Box::new(tokio::io::stdout()),
         Target::File(path) => match tokio::fs::OpenOptions::new().create(true).append(true).open(path).await {
-            Ok(f) => Box::new(f),
+            Ok(f) => Box::new(tokio::io::BufWriter::with_capacity(64 * 1024, f)),
             Err(e) => {
                 tracing::error!(path = %path.display(), error = %e, "cannot open the audit file; audit records are dropped");
                 while rx.recv().await.is_some() {
