@@ -66,7 +66,7 @@ impl Error {
             }
             Error::Scope(e) => match e {
                 ScopeError::NotFound(_) | ScopeError::PageToken => (S::NOT_FOUND, "not-found", shown()),
-                ScopeError::OperationDisabled(_) | ScopeError::ServerWide(..) => (S::FORBIDDEN, "forbidden", shown()),
+                ScopeError::OperationDisabled(_) | ScopeError::NotWritable(..) => (S::FORBIDDEN, "forbidden", shown()),
                 ScopeError::Subscription(_) => (S::UNPROCESSABLE_ENTITY, "business-rule", shown()),
                 ScopeError::MultipleMatches => (S::PRECONDITION_FAILED, "multiple-matches", shown()),
                 ScopeError::UpstreamUnsupported(_) => (S::NOT_IMPLEMENTED, "not-supported", shown()),

@@ -229,6 +229,11 @@ pub(crate) async fn dispatch(
     headers: &HeaderMap,
     self_url: &str,
 ) -> Result<(Response<Full<Bytes>>, usize), Error> {
+    // Types no tenant may change (server-wide ones, the audit trail) are refused before any
+    // scope module runs; a batch entry comes through here too.
+    if let Some(rtype) = interaction.changes() {
+        write::writable(ctx, rtype)?;
+    }
     let caps = || async {
         ctx.snap.capabilities(&caller.tenant.upstream).await.ok_or(Error::from(ScopeError::CapabilitiesUnavailable))
     };

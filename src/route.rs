@@ -144,6 +144,21 @@ impl Interaction {
         }
     }
 
+    /// The resource type this request changes, if it changes one.
+    pub fn changes(&self) -> Option<&str> {
+        match self {
+            Interaction::Create { rtype }
+            | Interaction::Update { rtype, .. }
+            | Interaction::Patch { rtype, .. }
+            | Interaction::Delete { rtype, .. }
+            | Interaction::ConditionalUpdate { rtype }
+            | Interaction::ConditionalPatch { rtype }
+            | Interaction::ConditionalDelete { rtype }
+            | Interaction::Operation { rtype, op: Op::MetaAdd | Op::MetaDelete, .. } => Some(rtype),
+            _ => None,
+        }
+    }
+
     /// A short name for logs and metrics.
     pub fn name(&self) -> &'static str {
         match self {

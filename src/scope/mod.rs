@@ -71,7 +71,7 @@ pub enum ScopeError {
     #[error("operation ${0} is not enabled for this tenant")]
     OperationDisabled(&'static str),
     #[error("writing {0} through fhir-fence is refused: {1}")]
-    ServerWide(String, &'static str),
+    NotWritable(String, &'static str),
     #[error("Subscription refused: {0}")]
     Subscription(String),
     #[error("the criteria match more than one resource")]

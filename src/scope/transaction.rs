@@ -125,6 +125,9 @@ async fn plan_entry(
             return Err(bad(format!("unsupported request.url {url:?}")).into());
         }
     }
+    if method != "GET" {
+        super::write::writable(ctx, segments[0])?;
+    }
     let full_url = entry.get("fullUrl").and_then(Value::as_str).map(str::to_owned);
     let resource = entry.remove("resource");
     let if_match = request.get("ifMatch").and_then(Value::as_str);

@@ -144,6 +144,20 @@ pub(crate) const SERVER_WIDE: &[(&str, &str)] = &[
     ("TerminologyCapabilities", "it describes the whole server"),
 ];
 
+/// Refuses a change to a resource of `rtype` that no tenant may make through fhir-fence: the
+/// server-wide types, and `AuditEvent` while fhir-fence writes the audit trail there (a tenant
+/// may read its trail, never edit or delete it). Called for every body written (`prepare`) and
+/// for every interaction that changes a resource (`pipeline::dispatch`, transaction entries).
+pub fn writable(ctx: &Ctx, rtype: &str) -> Result<(), ScopeError> {
+    if let Some((_, why)) = SERVER_WIDE.iter().find(|(t, _)| *t == rtype) {
+        return Err(ScopeError::NotWritable(rtype.to_owned(), why));
+    }
+    if rtype == "AuditEvent" && ctx.snap.audit.writes_fhir() {
+        return Err(ScopeError::NotWritable(rtype.to_owned(), "the audit trail is written by fhir-fence only"));
+    }
+    Ok(())
+}
+
 /// What a transaction Bundle itself defines: `fullUrl`s (`urn:uuid:…` or absolute) mapped to
 /// the upstream references fhir-fence assigned, and the upstream paths the Bundle writes (no
 /// existence check for those: they exist once the transaction commits).
@@ -170,9 +184,7 @@ pub fn prepare(
         return Err(ScopeError::Body("the body must be a JSON object".into()));
     };
     let rtype = resource.get("resourceType").and_then(Value::as_str).unwrap_or_default().to_owned();
-    if let Some((_, why)) = SERVER_WIDE.iter().find(|(t, _)| *t == rtype) {
-        return Err(ScopeError::ServerWide(rtype, why));
-    }
+    writable(ctx, &rtype)?;
     if rtype == "Subscription" {
         super::subscription::inbound(ctx, caps, &mut resource)?;
     }

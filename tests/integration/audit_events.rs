@@ -1,7 +1,7 @@
 //! The AuditEvent sink against the real HAPI: each tenant reads its own audit trail through
 //! fhir-fence like any other resource — its own requests, by correlation id, and never
 //! another tenant's.
-use crate::support::client::get;
+use crate::support::client::{delete, get, post, put};
 use crate::support::{self, tenants, Options};
 use serde_json::Value;
 use std::time::Duration;
@@ -86,4 +86,38 @@ async fn each_tenant_reads_its_own_audit_trail_through_fhir_fence() {
     assert_eq!(r.status, 200);
     let r = get(&fence.url(&format!("AuditEvent/{id}"))).bearer(&b).send().await;
     assert_eq!(r.status, 404, "B cannot read A's AuditEvent");
+
+    // The trail is read-only for the tenant: no create, update, patch, delete, meta change or
+    // transaction entry touches it, and the event is still there afterwards.
+    let url = fence.url(&format!("AuditEvent/{id}"));
+    let attempts = [
+        post(&fence.url("AuditEvent"), &event).bearer(&a).send().await,
+        put(&url, &event).bearer(&a).send().await,
+        delete(&url).bearer(&a).send().await,
+        delete(&fence.url("AuditEvent?_id=x")).bearer(&a).send().await,
+        post(
+            &fence.base,
+            &serde_json::json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+                {"request": {"method": "DELETE", "url": format!("AuditEvent/{id}")}}]}),
+        )
+        .bearer(&a)
+        .send()
+        .await,
+        post(
+            &fence.base,
+            &serde_json::json!({"resourceType": "Bundle", "type": "batch", "entry": [
+                {"resource": event.clone(), "request": {"method": "PUT", "url": format!("AuditEvent/{id}")}}]}),
+        )
+        .bearer(&a)
+        .send()
+        .await,
+    ];
+    for (i, r) in attempts.iter().enumerate() {
+        let refused =
+            r.status == 403 || r.body["entry"][0]["response"]["status"].as_str().is_some_and(|s| s.starts_with("403"));
+        assert!(refused, "attempt {i} must be refused: {} {}", r.status, r.body);
+        assert!(r.raw.windows(11).any(|w| w == b"audit trail"), "attempt {i} says why: {}", r.body);
+    }
+    let r = get(&url).bearer(&a).send().await;
+    assert_eq!((r.status, r.body["id"].as_str()), (200, Some(id)), "the event is untouched");
 }
