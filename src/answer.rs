@@ -39,10 +39,15 @@ pub(crate) fn read_response(
     {
         return binary_content(ctx, result);
     }
-    Ok(match result.serialized {
-        Some(bytes) => bytes_response(StatusCode::OK, bytes, result.headers, ctx.correlation),
-        None => json_response(StatusCode::OK, &result.body, result.headers, ctx.correlation),
-    })
+    Ok(ok_response(result, ctx.correlation))
+}
+
+/// 200 with a read-family result: its serialised body if a one-pass check made one, else the tree.
+pub(crate) fn ok_response(result: read::ReadResult, correlation: &str) -> Response<Full<Bytes>> {
+    match result.serialized {
+        Some(bytes) => bytes_response(StatusCode::OK, bytes, result.headers, correlation),
+        None => json_response(StatusCode::OK, &result.body, result.headers, correlation),
+    }
 }
 
 /// The raw content of a Binary the caller owns, with its own content type.

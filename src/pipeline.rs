@@ -5,7 +5,7 @@
 //!               → outbound check (inside scope::respond) → response   | any error → error.rs
 //! ```
 //! Each step's reason for its position is written next to it in [`handle`].
-use crate::answer::{boxed, bytes_response, json_response, read_response, written, Body};
+use crate::answer::{boxed, json_response, ok_response, read_response, written, Body};
 use crate::audit::Record;
 use crate::bundle::bundle;
 use crate::error::Error;
@@ -330,11 +330,8 @@ pub(crate) async fn dispatch(
         // Answered before identity for top-level requests; only reachable here from elsewhere.
         Interaction::Metadata => return Ok((metadata(ctx.snap).await?, 0)),
     };
-    let response = match result.serialized {
-        Some(bytes) => bytes_response(StatusCode::OK, bytes, result.headers, ctx.correlation),
-        None => json_response(StatusCode::OK, &result.body, result.headers, ctx.correlation),
-    };
-    Ok((response, result.dropped))
+    let dropped = result.dropped;
+    Ok((ok_response(result, ctx.correlation), dropped))
 }
 
 /// The scheme://host:port of the public base (request paths already carry the base path).
