@@ -30,6 +30,11 @@ SCENARIOS = {
     },
 }
 CONCURRENCY = [1, 16, 64]
+# Quicker partial runs while working on one path, e.g. BENCH_ONLY=read BENCH_CONC=1,16 BENCH_NOISY=0.
+if os.environ.get("BENCH_ONLY"):
+    SCENARIOS = {k: v for k, v in SCENARIOS.items() if os.environ["BENCH_ONLY"] in k}
+if os.environ.get("BENCH_CONC"):
+    CONCURRENCY = [int(c) for c in os.environ["BENCH_CONC"].split(",")]
 
 
 def url_for(target, scenario):
@@ -96,7 +101,8 @@ def main():
             print(f"| {s} | {c} | {dp50:.3f} / {dp99:.3f} | {med(d, 'rps'):.0f} | {np50:.3f} / {np99:.3f} | "
                   f"{med(n, 'rps'):.0f} | {fp50:.3f} / {fp99:.3f} | {med(f, 'rps'):.0f} | {ratio} | "
                   f"{med(f, 'rps') / med(n, 'rps'):.2f} |")
-    noisy()
+    if os.environ.get("BENCH_NOISY", "1") != "0":
+        noisy()
 
 
 def noisy():

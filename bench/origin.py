@@ -112,7 +112,10 @@ http {{
 """)
 
 keys = os.path.join(repo, "fixtures", "keys")
-with open(os.path.join(out, "fence.toml"), "w") as f:
+# The config sits in a directory of its own, as a mounted ConfigMap would: fhir-fence watches
+# the config's directory, and the audit file and logs written beside it would wake the watcher.
+os.makedirs(os.path.join(out, "conf"), exist_ok=True)
+with open(os.path.join(out, "conf", "fence.toml"), "w") as f:
     f.write(f"""[server]
 listen = "127.0.0.1:{fence_port}"
 public_base = "http://127.0.0.1:{fence_port}/fhir"

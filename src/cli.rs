@@ -107,17 +107,21 @@ fn serve(path: &std::path::Path) -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("FHIR_FENCE_LOG").unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let snap = match config::load(path).and_then(Snapshot::build) {
-        Ok(s) => Arc::new(s),
-        Err(e) => {
-            eprintln!("{}: invalid: {e}", path.display());
-            return ExitCode::FAILURE;
-        }
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    // The main thread's runtime runs the admin listener, the reload triggers and the audit
+    // writers (started on the runtime that builds the snapshot); the public listener runs on
+    // the worker threads (`workers.rs`).
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     rt.block_on(async move {
+        let snap = match config::load(path).and_then(Snapshot::build) {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                eprintln!("{}: invalid: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        };
         let cfg = &snap.loaded.config;
-        let public = match tokio::net::TcpListener::bind(&cfg.server.listen).await {
+        let workers = crate::workers::count(cfg.server.workers);
+        let public = match cfg.server.listen.parse().map_err(std::io::Error::other).and_then(|a| crate::workers::bind(a, workers)) {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("cannot listen on {}: {e}", cfg.server.listen);
@@ -131,11 +135,15 @@ fn serve(path: &std::path::Path) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        tracing::info!(public = %cfg.server.listen, admin = %cfg.admin.listen, base = %snap.public_base, "fhir-fence listening");
+        tracing::info!(public = %cfg.server.listen, admin = %cfg.admin.listen, base = %snap.public_base, workers, "fhir-fence listening");
         tokio::spawn(preload_capabilities(snap.clone()));
         let live = crate::live::Live::new(path, snap);
         crate::live::spawn_triggers(live.clone());
-        crate::server::run(live, public, admin, crate::server::shutdown_signal()).await;
+        // Each worker drains its own connections before `run` returns.
+        if let Err(e) = crate::workers::run(live, public, admin, crate::server::shutdown_signal()).await {
+            eprintln!("cannot start the worker threads: {e}");
+            return ExitCode::FAILURE;
+        }
         ExitCode::SUCCESS
     })
 }

@@ -27,3 +27,4 @@ pub mod server;
 pub mod state;
 pub mod tenancy;
 pub mod upstream;
+pub mod workers;

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// Handles one public request. Never panics on client input; every failure becomes an
-/// OperationOutcome in `error.rs`. Every request is counted (metrics), logged (access line) and
+/// OperationOutcome in `error.rs`. Every request is counted (metrics), logged (access line, debug) and
 /// audited here, whatever its outcome.
 pub async fn handle(snap: Arc<Snapshot>, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
@@ -59,7 +59,9 @@ pub async fn handle(snap: Arc<Snapshot>, req: Request<Incoming>) -> Response<Bod
         metrics.entries_dropped.with_label_values(&[&t]).inc_by(who.dropped as u64);
     }
     let micros = started.elapsed().as_micros() as u64;
-    tracing::info!(
+    // At debug level: the audit record below carries the same facts (and more) and is the
+    // per-request line operators keep; this one is for following a request through the log.
+    tracing::debug!(
         target: "fhir_fence::access",
         correlation = %correlation,
         tenant = %t,

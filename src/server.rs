@@ -10,17 +10,39 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 /// Slow clients may not hold a connection open without sending their headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves both listeners until `shutdown` resolves, then drains in-flight requests (30 s at most).
+/// Serves both listeners on the current runtime until `shutdown` resolves, then drains
+/// in-flight requests. (`fhir-fence serve` spreads the public listener over worker threads
+/// instead: `workers.rs`.)
 pub async fn run(
     live: Arc<Live>,
     public: TcpListener,
     admin_listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) {
+    let (stop, stopped) = watch::channel(false);
+    tokio::join!(
+        serve_public(live.clone(), public, until(stopped.clone())),
+        serve_admin(live, admin_listener, until(stopped)),
+        async {
+            shutdown.await;
+            let _ = stop.send(true);
+        },
+    );
+}
+
+/// Resolves once `stop` says true (or its sender is gone).
+pub async fn until(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Serves FHIR clients on `public` until `shutdown` resolves, then drains its connections
+/// (30 s at most).
+pub async fn serve_public(live: Arc<Live>, public: TcpListener, shutdown: impl Future<Output = ()>) {
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -49,6 +71,18 @@ pub async fn run(
                     drop(open);
                 });
             }
+            _ = &mut shutdown => break,
+        }
+    }
+    drain(graceful).await;
+}
+
+/// Serves the admin endpoints (health, metrics, reload) until `shutdown` resolves.
+pub async fn serve_admin(live: Arc<Live>, admin_listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
             accepted = admin_listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
                 let live = live.clone();
@@ -64,6 +98,10 @@ pub async fn run(
             _ = &mut shutdown => break,
         }
     }
+    drain(graceful).await;
+}
+
+async fn drain(graceful: GracefulShutdown) {
     tracing::info!("shutting down: draining in-flight requests");
     if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await.is_err() {
         tracing::warn!("drain timed out; closing remaining connections");

@@ -54,11 +54,14 @@ impl Snapshot {
     }
 
     /// Builds the snapshot for a reloaded config, carrying state over from `prev` (see above).
-    /// Refuses changes that need a restart (the listen addresses).
+    /// Refuses changes that need a restart (the listen addresses, the worker count).
     pub fn rebuild(loaded: Loaded, prev: &Snapshot) -> Result<Self, ConfigError> {
         let (new, old) = (&loaded.config, &prev.loaded.config);
         if new.server.listen != old.server.listen {
             return Err(ConfigError::invalid("server.listen", "cannot change while running; restart fhir-fence"));
+        }
+        if new.server.workers != old.server.workers {
+            return Err(ConfigError::invalid("server.workers", "cannot change while running; restart fhir-fence"));
         }
         if new.admin.listen != old.admin.listen {
             return Err(ConfigError::invalid("admin.listen", "cannot change while running; restart fhir-fence"));

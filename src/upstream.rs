@@ -15,16 +15,25 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
+use std::sync::Arc;
 use std::time::Duration;
+use thread_local::ThreadLocal;
 
 pub const FHIR_JSON: &str = "application/fhir+json";
+
+type Pool = Client<HttpConnector, Full<Bytes>>;
 
 #[derive(Clone)]
 pub struct Upstream {
     pub name: String,
     /// The base URL without a trailing slash, e.g. `http://127.0.0.1:8090/fhir`.
     pub base: String,
-    client: Client<HttpConnector, Full<Bytes>>,
+    /// One connection pool per thread: a pooled connection is driven by a task on the runtime
+    /// that opened it, so a worker that reused another thread's connection would hand every
+    /// exchange across threads (see `workers.rs`). Each pool keeps up to `pool_size` idle connections.
+    pools: Arc<ThreadLocal<Pool>>,
+    connect_timeout: Duration,
+    pool_size: usize,
     request_timeout: Duration,
     max_body: usize,
     /// The tenant's cap on upstream connections, in a tenant's view of the upstream ([`Upstream::gated`]).
@@ -66,21 +75,29 @@ pub enum UpstreamError {
 
 impl Upstream {
     pub fn new(name: &str, cfg: &UpstreamConfig, max_body: usize) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_millis(cfg.connect_timeout_ms)));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(cfg.pool_size)
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
         Upstream {
             name: name.to_owned(),
             base: cfg.base_url.trim_end_matches('/').to_owned(),
-            client,
+            pools: Arc::new(ThreadLocal::new()),
+            connect_timeout: Duration::from_millis(cfg.connect_timeout_ms),
+            pool_size: cfg.pool_size,
             request_timeout: Duration::from_millis(cfg.request_timeout_ms),
             max_body,
             gate: None,
         }
+    }
+
+    /// This thread's connection pool, made on first use.
+    fn pool(&self) -> &Pool {
+        self.pools.get_or(|| {
+            let mut connector = HttpConnector::new();
+            connector.set_connect_timeout(Some(self.connect_timeout));
+            connector.set_nodelay(true);
+            Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(self.pool_size)
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build(connector)
+        })
     }
 
     /// A tenant's view of this upstream: the same connection pool, behind the tenant's gate.
@@ -120,7 +137,7 @@ impl Upstream {
         let _permit = self.enter().await?;
         let exchange = async {
             let resp =
-                self.client.request(req).await.map_err(|e| UpstreamError::Connect(self.name.clone(), e.to_string()))?;
+                self.pool().request(req).await.map_err(|e| UpstreamError::Connect(self.name.clone(), e.to_string()))?;
             let (parts, body) = resp.into_parts();
             let collected = Limited::new(body, self.max_body).collect().await.map_err(|e| {
                 if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
@@ -148,7 +165,7 @@ impl Upstream {
         headers.insert(ACCEPT, HeaderValue::from_static(accept));
         let req = build(Method::GET, &self.uri(path), headers, Bytes::new())?;
         let permit = self.enter().await?;
-        let resp = tokio::time::timeout(self.request_timeout, self.client.request(req))
+        let resp = tokio::time::timeout(self.request_timeout, self.pool().request(req))
             .await
             .map_err(|_| UpstreamError::Timeout(self.name.clone()))?
             .map_err(|e| UpstreamError::Connect(self.name.clone(), e.to_string()))?;

@@ -6,7 +6,7 @@
 //! Written in `batch` Bundles (one per upstream and tenant, at most `batch` entries, at most
 //! `flush_ms` old) by one task behind a bounded queue: a full queue or a failed write drops the
 //! records and counts them (`fhir_fence_audit_dropped_total{reason="fhir-…"}`), never a request.
-use super::Record;
+use super::{Background, Record};
 use crate::config::AuditFhir;
 use crate::metrics::Metrics;
 use crate::tenancy::{Marking, Tenant};
@@ -14,7 +14,7 @@ use crate::upstream::Upstream;
 use http::{HeaderMap, Method};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
@@ -32,6 +32,8 @@ pub struct Destination {
 pub struct FhirSink {
     tx: mpsc::Sender<(Record, Destination)>,
     pending: Mutex<Option<mpsc::Receiver<(Record, Destination)>>>,
+    started: OnceLock<()>,
+    runtime: Background,
     cfg: AuditFhir,
     metrics: Arc<Metrics>,
     /// AuditEvents the upstreams accepted so far.
@@ -41,15 +43,25 @@ pub struct FhirSink {
 impl FhirSink {
     pub fn new(cfg: &AuditFhir, queue: usize, metrics: Arc<Metrics>) -> Self {
         let (tx, rx) = mpsc::channel(queue);
-        FhirSink { tx, pending: Mutex::new(Some(rx)), cfg: cfg.clone(), metrics, written: watch::Sender::new(0) }
+        FhirSink {
+            tx,
+            pending: Mutex::new(Some(rx)),
+            started: OnceLock::new(),
+            runtime: Background::here(),
+            cfg: cfg.clone(),
+            metrics,
+            written: watch::Sender::new(0),
+        }
     }
 
     /// Queues a record's AuditEvent; never waits.
     pub fn record(&self, r: Record, to: Destination) {
-        if let Some(rx) = self.pending.lock().map(|mut p| p.take()).unwrap_or(None) {
-            let (cfg, metrics, written) = (self.cfg.clone(), self.metrics.clone(), self.written.clone());
-            tokio::spawn(write(rx, cfg, metrics, written));
-        }
+        self.started.get_or_init(|| {
+            if let Some(rx) = self.pending.lock().map(|mut p| p.take()).unwrap_or(None) {
+                let (cfg, metrics, written) = (self.cfg.clone(), self.metrics.clone(), self.written.clone());
+                self.runtime.spawn(write(rx, cfg, metrics, written));
+            }
+        });
         if self.tx.try_send((r, to)).is_err() {
             self.metrics.audit_dropped.with_label_values(&["fhir-queue-full"]).inc();
         }

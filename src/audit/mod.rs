@@ -11,7 +11,7 @@ use crate::config::{AuditSink, Loaded};
 use crate::metrics::Metrics;
 use serde::Serialize;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
@@ -68,9 +68,29 @@ enum Target {
 pub struct Audit {
     fhir: Option<fhir::FhirSink>,
     tx: Option<mpsc::Sender<Record>>,
-    /// The writer's side, until the first record starts the writer (inside the runtime).
+    /// The writer's side, until the first record starts the writer.
     pending: Mutex<Option<(mpsc::Receiver<Record>, Target)>>,
+    started: OnceLock<()>,
+    runtime: Background,
     metrics: Arc<Metrics>,
+}
+
+/// Where a writer task runs: the runtime that built the sink if there is one (in `serve`, the
+/// main thread's, away from the workers serving clients), else the one of the first record.
+#[derive(Clone)]
+pub(crate) struct Background(Option<tokio::runtime::Handle>);
+
+impl Background {
+    pub(crate) fn here() -> Self {
+        Background(tokio::runtime::Handle::try_current().ok())
+    }
+
+    pub(crate) fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        match &self.0 {
+            Some(h) => drop(h.spawn(task)),
+            None => drop(tokio::spawn(task)),
+        }
+    }
 }
 
 impl Audit {
@@ -78,12 +98,28 @@ impl Audit {
         let c = &loaded.config.audit;
         let fhir = c.fhir.as_ref().map(|f| fhir::FhirSink::new(f, c.queue, metrics.clone()));
         let target = match c.sink {
-            AuditSink::None => return Audit { fhir, tx: None, pending: Mutex::new(None), metrics },
+            AuditSink::None => {
+                return Audit {
+                    fhir,
+                    tx: None,
+                    pending: Mutex::new(None),
+                    started: OnceLock::new(),
+                    runtime: Background::here(),
+                    metrics,
+                }
+            }
             AuditSink::Stdout => Target::Stdout,
             AuditSink::File => Target::File(loaded.resolve(c.file.as_deref().expect("checked at load"))),
         };
         let (tx, rx) = mpsc::channel(c.queue);
-        Audit { fhir, tx: Some(tx), pending: Mutex::new(Some((rx, target))), metrics }
+        Audit {
+            fhir,
+            tx: Some(tx),
+            pending: Mutex::new(Some((rx, target))),
+            started: OnceLock::new(),
+            runtime: Background::here(),
+            metrics,
+        }
     }
 
     /// True when records should name their [`fhir::Destination`].
@@ -102,19 +138,25 @@ impl Audit {
             sink.record(r.clone(), to);
         }
         let Some(tx) = &self.tx else { return };
-        if let Some((rx, target)) = self.pending.lock().map(|mut p| p.take()).unwrap_or(None) {
-            tokio::spawn(write(rx, target, self.metrics.clone()));
-        }
+        self.started.get_or_init(|| {
+            if let Some((rx, target)) = self.pending.lock().map(|mut p| p.take()).unwrap_or(None) {
+                self.runtime.spawn(write(rx, target, self.metrics.clone()));
+            }
+        });
         if tx.try_send(r).is_err() {
             self.metrics.audit_dropped.with_label_values(&["queue-full"]).inc();
         }
     }
 }
 
-/// The writer task: one JSON line per record, flushed when the queue is momentarily empty.
+/// How long the writer lets records gather after writing some: it then wakes at most this
+/// often instead of once per request (a wake-up of another thread costs more than the write).
+const GATHER: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// The writer task: one JSON line per record, flushed after each gathered batch.
 async fn write(mut rx: mpsc::Receiver<Record>, target: Target, metrics: Arc<Metrics>) {
-    // A file is buffered: under load the queue is rarely empty, so many records share one
-    // write. Stdout is not: it is shared with the log, and a line must go out in one write.
+    // A file is buffered: many records share one write. Stdout is not: it is shared with the
+    // log, and a line must go out in one write.
     let mut out: Box<dyn tokio::io::AsyncWrite + Send + Unpin> = match &target {
         Target::Stdout => Box::new(tokio::io::stdout()),
         Target::File(path) => match tokio::fs::OpenOptions::new().create(true).append(true).open(path).await {
@@ -128,19 +170,21 @@ async fn write(mut rx: mpsc::Receiver<Record>, target: Target, metrics: Arc<Metr
             }
         },
     };
-    while let Some(r) = rx.recv().await {
-        let mut line = serde_json::to_vec(&r).expect("serialisable");
-        line.push(b'\n');
-        let written = async {
-            out.write_all(&line).await?;
-            if rx.is_empty() {
-                out.flush().await?;
+    let mut batch = Vec::with_capacity(256);
+    let mut line = Vec::with_capacity(512);
+    while rx.recv_many(&mut batch, 1024).await > 0 {
+        for r in batch.drain(..) {
+            line.clear();
+            serde_json::to_writer(&mut line, &r).expect("serialisable");
+            line.push(b'\n');
+            if let Err(e) = out.write_all(&line).await {
+                metrics.audit_dropped.with_label_values(&["sink-failed"]).inc();
+                tracing::warn!(error = %e, "an audit record could not be written");
             }
-            Ok::<_, std::io::Error>(())
-        };
-        if let Err(e) = written.await {
-            metrics.audit_dropped.with_label_values(&["sink-failed"]).inc();
-            tracing::warn!(error = %e, "an audit record could not be written");
         }
+        if let Err(e) = out.flush().await {
+            tracing::warn!(error = %e, "audit records could not be flushed");
+        }
+        tokio::time::sleep(GATHER).await;
     }
 }

@@ -97,6 +97,9 @@ fn validate(c: &Config) -> Result<Url, ConfigError> {
     socket("server.listen", &c.server.listen)?;
     socket("admin.listen", &c.admin.listen)?;
     let public_base = http_url("server.public_base", &c.server.public_base)?;
+    if matches!(c.server.workers, Some(n) if n == 0 || n > 1024) {
+        return Err(ConfigError::invalid("server.workers", "must be between 1 and 1024"));
+    }
     if c.server.max_body_bytes == 0 {
         return Err(ConfigError::invalid("server.max_body_bytes", "must be greater than 0"));
     }

@@ -42,6 +42,9 @@ pub struct Server {
     /// Client connections open at once; one more is answered 503 and closed.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Worker threads serving clients (`workers.rs`); by default one per core. Needs a restart.
+    #[serde(default)]
+    pub workers: Option<usize>,
 }
 
 /// The admin listener: health, readiness (and later metrics). Never exposes FHIR data.

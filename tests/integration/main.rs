@@ -15,3 +15,4 @@ mod limits;
 mod metrics;
 mod reload;
 mod shutdown;
+mod workers;

@@ -8,6 +8,16 @@ use tokio::sync::Notify;
 
 #[tokio::test]
 async fn shutdown_drains_the_request_in_flight_then_stops_listening() {
+    drains(None).await;
+}
+
+/// The same with `fhir-fence serve`'s worker threads: each worker drains its own connections.
+#[tokio::test]
+async fn shutdown_drains_every_worker() {
+    drains(Some(2)).await;
+}
+
+async fn drains(workers: Option<usize>) {
     let ts = tenants(1);
     let (seen, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
     let (s2, r2, t2) = (seen.clone(), release.clone(), ts[0].clone());
@@ -22,7 +32,7 @@ async fn shutdown_drains_the_request_in_flight_then_stops_listening() {
         Answer::Json(404, serde_json::json!({"resourceType": "OperationOutcome"}))
     })
     .await;
-    let mut fence = support::start(Options::new(&up.base, &ts)).await;
+    let mut fence = support::start(Options { workers, ..Options::new(&up.base, &ts) }).await;
     let (url, tok) = (fence.url("Patient/slow"), fence.token(&ts[0].name));
     let in_flight = tokio::spawn(async move { get(&url).bearer(&tok).send().await });
     seen.notified().await; // the request is upstream now

@@ -65,6 +65,9 @@ pub struct Options {
     pub server_extra: String,
     /// `[audit.fhir]` lines (`None`: no AuditEvents).
     pub audit_fhir: Option<String>,
+    /// Serve as `fhir-fence serve` does, on this many worker threads (`workers.rs`); `None`:
+    /// everything on the test's own runtime (`server::run`).
+    pub workers: Option<usize>,
 }
 
 impl Options {
@@ -78,6 +81,7 @@ impl Options {
             max_line_bytes: 1 << 20,
             audit_file: None,
             server_extra: String::new(),
+            workers: None,
             audit_fhir: None,
         }
     }
@@ -208,9 +212,9 @@ pub async fn start(o: Options) -> Fence {
     if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("FHIR_FENCE_TEST_LOG") {
         let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
     }
-    let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sockets = fhir_fence::workers::bind("127.0.0.1:0".parse().unwrap(), o.workers.unwrap_or(1)).unwrap();
     let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (pp, ap) = (public.local_addr().unwrap().port(), admin.local_addr().unwrap().port());
+    let (pp, ap) = (sockets[0].local_addr().unwrap().port(), admin.local_addr().unwrap().port());
     let path = write_config(&config_text(&o, pp, ap));
     let snap = Arc::new(Snapshot::build(config::load(&path).unwrap()).unwrap());
     assert!(
@@ -220,9 +224,19 @@ pub async fn start(o: Options) -> Fence {
     );
     let (stop, stopped) = oneshot::channel::<()>();
     let live = Live::new(&path, snap);
-    let server = tokio::spawn(fhir_fence::server::run(live.clone(), public, admin, async {
+    let stopped = async {
         let _ = stopped.await;
-    }));
+    };
+    let server = match o.workers {
+        Some(_) => tokio::spawn({
+            let live = live.clone();
+            async move { fhir_fence::workers::run(live, sockets, admin, stopped).await.unwrap() }
+        }),
+        None => {
+            let public = TcpListener::from_std(sockets.into_iter().next().unwrap()).unwrap();
+            tokio::spawn(fhir_fence::server::run(live.clone(), public, admin, stopped))
+        }
+    };
     Fence {
         base: format!("http://127.0.0.1:{pp}/fhir"),
         admin: format!("http://127.0.0.1:{ap}"),
