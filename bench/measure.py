@@ -6,6 +6,7 @@ machine noise falls on all of them alike; the report gives medians over the roun
 """
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import urllib.request
@@ -13,7 +14,7 @@ import urllib.request
 SECS = int(os.environ.get("BENCH_SECS", "8"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 SYSTEM = "https://fhir-fence.dev/CodeSystem/tenant"
-O, N, F = (os.environ[k] for k in ("ORIGIN_PORT", "NGINX_PORT", "FENCE_PORT"))
+O, N, F, H = (os.environ[k] for k in ("ORIGIN_PORT", "NGINX_PORT", "FENCE_PORT", "FORWARD_PORT"))
 TOKEN_A, TOKEN_B = os.environ["TOKEN_A"], os.environ["TOKEN_B"]
 
 # (name, base, token, tenant-scoped paths on it)
@@ -21,6 +22,9 @@ TARGETS = [
     ("direct", f"http://127.0.0.1:{O}/fhir", None),
     ("nginx", f"http://127.0.0.1:{N}/fhir", None),
     ("fhir-fence", f"http://127.0.0.1:{F}/fhir", TOKEN_B),
+    # Not a product: the plain hyper forwarder of benches/export_filter.rs (no checks, no
+    # tenancy), the floor of any proxy built on the HTTP stack fhir-fence uses.
+    ("hyper", f"http://127.0.0.1:{H}/fhir", None),
 ]
 SCENARIOS = {
     "read 1 KB": {"plain": "Patient/benchb-p1", "fence": "Patient/p1"},
@@ -42,8 +46,8 @@ def url_for(target, scenario):
     return f"{base}/{SCENARIOS[scenario]['fence' if name == 'fhir-fence' else 'plain']}"
 
 
-def oha(url, conc, secs, token=None, rate=None):
-    cmd = ["oha", "-z", f"{secs}s", "-c", str(conc), "--no-tui", "--output-format", "json"]
+def oha(url, conc, secs, token=None, rate=None, prefix=()):
+    cmd = [*prefix, "oha", "-z", f"{secs}s", "-c", str(conc), "--no-tui", "--output-format", "json"]
     if rate:
         cmd += ["-q", str(rate)]
     if token:
@@ -80,7 +84,8 @@ def main():
     for rnd in range(ROUNDS):
         for s in SCENARIOS:
             for c in CONCURRENCY:
-                order = TARGETS[rnd % 3:] + TARGETS[: rnd % 3]
+                k = rnd % len(TARGETS)
+                order = TARGETS[k:] + TARGETS[:k]
                 for t in order:
                     r = oha(url_for(t, s), c, SECS, t[2])
                     bad = {k: v for k, v in r["status"].items() if k != "200"}
@@ -89,38 +94,57 @@ def main():
     med = lambda runs, k: statistics.median(x[k] for x in runs)
     print(f"## Proxy overhead (oha, {SECS} s per run, median of {ROUNDS} rounds)\n")
     print("| request | c | direct p50 / p99 ms | direct req/s | nginx added p50 / p99 ms | nginx req/s "
-          "| fhir-fence added p50 / p99 ms | fhir-fence req/s | added p50 ratio (fence/nginx) | throughput ratio (fence/nginx) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| fhir-fence added p50 / p99 ms | fhir-fence req/s | added p50 ratio (fence/nginx) | throughput ratio (fence/nginx) "
+          "| hyper forwarder added p50 ms | hyper forwarder req/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for s in SCENARIOS:
         for c in CONCURRENCY:
-            d, n, f = (results[(s, c, name)] for name in ("direct", "nginx", "fhir-fence"))
+            d, n, f, h = (results[(s, c, name)] for name in ("direct", "nginx", "fhir-fence", "hyper"))
             dp50, dp99 = med(d, "p50"), med(d, "p99")
             np50, np99 = med(n, "p50") - dp50, med(n, "p99") - dp99
             fp50, fp99 = med(f, "p50") - dp50, med(f, "p99") - dp99
             ratio = f"{fp50 / np50:.2f}" if np50 > 0 else "n/a"
             print(f"| {s} | {c} | {dp50:.3f} / {dp99:.3f} | {med(d, 'rps'):.0f} | {np50:.3f} / {np99:.3f} | "
                   f"{med(n, 'rps'):.0f} | {fp50:.3f} / {fp99:.3f} | {med(f, 'rps'):.0f} | {ratio} | "
-                  f"{med(f, 'rps') / med(n, 'rps'):.2f} |")
+                  f"{med(f, 'rps') / med(n, 'rps'):.2f} | {med(h, 'p50') - dp50:.3f} | {med(h, 'rps'):.0f} |")
     if os.environ.get("BENCH_NOISY", "1") != "0":
         noisy()
+
+
+def pin():
+    """For the noisy-neighbour run: fhir-fence on CPU 0, the load generators and the origin on
+    the others, so that B's latency measures fhir-fence rather than the generators' share of
+    the same cores. Returns the prefix for the generators' commands."""
+    cpus = os.cpu_count() or 1
+    if cpus < 2 or not shutil.which("taskset"):
+        return []
+    rest = f"1-{cpus - 1}"
+    subprocess.run(["taskset", "-a", "-p", "-c", "0", os.environ["FENCE_PID"]], check=True, capture_output=True)
+    with open(os.path.join(os.environ["OUT"], "origin.pid")) as f:
+        origin = f.read().strip()
+    for pid in [origin] + subprocess.run(["pgrep", "-P", origin], capture_output=True, text=True).stdout.split():
+        subprocess.run(["taskset", "-a", "-p", "-c", rest, pid], check=True, capture_output=True)
+    return ["taskset", "-c", rest]
 
 
 def noisy():
     """Tenant B at a steady 400 req/s alone, then with tenant A sending 10x its 200/s limit."""
     fence = TARGETS[2][1]
+    prefix = pin()
     b_url, a_url = f"{fence}/Patient/p1", f"{fence}/Patient/p1"
     alone, crowded, a_status = [], [], {}
     for _ in range(ROUNDS):
-        alone.append(oha(b_url, 8, SECS, TOKEN_B, rate=400)["p99"])
-        a = subprocess.Popen(["oha", "-z", f"{SECS + 2}s", "-c", "32", "-q", "2000", "--no-tui",
+        alone.append(oha(b_url, 8, SECS, TOKEN_B, rate=400, prefix=prefix)["p99"])
+        a = subprocess.Popen([*prefix, "oha", "-z", f"{SECS + 2}s", "-c", "32", "-q", "2000", "--no-tui",
                               "--output-format", "json", "-H", f"Authorization: Bearer {TOKEN_A}", a_url],
                              stdout=subprocess.PIPE, text=True)
-        crowded.append(oha(b_url, 8, SECS, TOKEN_B, rate=400)["p99"])
+        crowded.append(oha(b_url, 8, SECS, TOKEN_B, rate=400, prefix=prefix)["p99"])
         out = json.loads(a.communicate()[0])
         for k, v in out.get("statusCodeDistribution", {}).items():
             a_status[k] = a_status.get(k, 0) + v
     b0, b1 = statistics.median(alone), statistics.median(crowded)
-    print(f"\n## Noisy neighbour (median of {ROUNDS} rounds, {SECS} s each)\n")
+    where = f"fhir-fence pinned to CPU 0, load generators and origin to the others" if prefix else "unpinned"
+    print(f"\n## Noisy neighbour (median of {ROUNDS} rounds, {SECS} s each; {where})\n")
     print("| tenant B p99 alone (400 req/s) | tenant B p99 with A at 2000 req/s (10x its limit) | rise | A's answers |")
     print("|---|---|---|---|")
     print(f"| {b0:.3f} ms | {b1:.3f} ms | {100 * (b1 / b0 - 1):+.0f} % | "

@@ -180,17 +180,22 @@ fn capability_statement() -> serde_json::Value {
 }
 
 /// The baseline: a streaming forwarder on the same hyper stack, no filter (`forward LISTEN ORIGIN`).
+/// `bench/run` uses it too, as the floor of a proxy built on hyper.
 async fn forward(listen: String, origin: String) {
     let listener = TcpListener::bind(&listen).await.unwrap();
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
     loop {
         let (stream, _) = listener.accept().await.unwrap();
+        let _ = stream.set_nodelay(true);
         let (client, origin) = (client.clone(), origin.clone());
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
                 let (client, origin) = (client.clone(), origin.clone());
                 async move {
-                    let uri = format!("{origin}{}", req.uri().path().strip_prefix("/fhir").unwrap_or(""));
+                    let path = req.uri().path_and_query().map_or("", |p| p.as_str());
+                    let uri = format!("{origin}{}", path.strip_prefix("/fhir").unwrap_or(""));
                     let up = Request::get(uri).body(Full::new(Bytes::new())).unwrap();
                     let resp = client.request(up).await.unwrap();
                     let (parts, body) = resp.into_parts();

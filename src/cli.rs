@@ -1,4 +1,5 @@
-//! The command line: `serve`, `check`, `token`. The interface is a contract other tools rely on.
+//! The command line: `serve`, `check`, `token`, `record`, `replay`. The interface is a contract
+//! other tools rely on.
 use crate::config;
 use crate::identity::mint;
 use crate::state::Snapshot;
@@ -40,6 +41,77 @@ enum Command {
         #[arg(long)]
         issuer: Option<String>,
     },
+    /// Record a client's traffic against a plain FHIR server (pass-through, no tenancy).
+    Record {
+        /// Where clients connect, `IP:port`; they use the upstream's base path on it.
+        #[arg(long)]
+        listen: String,
+        /// The FHIR server's base URL (`http://host:port/fhir`).
+        #[arg(long)]
+        upstream: String,
+        /// The traffic file (NDJSON) to write; Authorization and cookies are never written.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Replay recorded traffic as several tenants at once and check isolation and transparency.
+    #[command(args_conflicts_with_subcommands = true)]
+    Replay {
+        #[command(subcommand)]
+        import: Option<ReplayCommand>,
+        #[command(flatten)]
+        args: Box<ReplayArgs>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReplayCommand {
+    /// Convert a HAR file to the traffic format (entries under --base only).
+    ImportHar {
+        #[arg(long)]
+        har: PathBuf,
+        /// The FHIR base URL the HAR's requests went to.
+        #[arg(long)]
+        base: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct ReplayArgs {
+    /// The traffic file (NDJSON, `docs/replay-format.md`).
+    #[arg(long)]
+    pub traffic: Option<PathBuf>,
+    /// The FHIR base URL to replay against (fhir-fence's public base).
+    #[arg(long)]
+    pub target: Option<String>,
+    /// fhir-fence's config: tokens for --tenants are minted with its issuers' signing keys.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The tenants to replay as, comma-separated (at least two for the isolation check).
+    #[arg(long, value_delimiter = ',')]
+    pub tenants: Vec<String>,
+    /// The issuer in --config that mints the tokens (default: the only one allowed to assert the tenant).
+    #[arg(long)]
+    pub issuer: Option<String>,
+    /// A ready token instead of minting one: `TENANT=TOKEN` (repeatable).
+    #[arg(long)]
+    pub token: Vec<String>,
+    /// Another ignore rule for the transparency check, `Type.path` or `*.path` (repeatable).
+    #[arg(long)]
+    pub ignore: Vec<String>,
+    /// Write the JSON report here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write a JUnit XML report here.
+    #[arg(long)]
+    pub junit: Option<PathBuf>,
+    /// Fail (exit 1) on transparency differences too, not only on isolation failures.
+    #[arg(long)]
+    pub strict: bool,
+    /// Names this run's markers (default: random).
+    #[arg(long)]
+    pub run_id: Option<String>,
 }
 
 pub fn main() -> ExitCode {
@@ -68,6 +140,18 @@ pub fn main() -> ExitCode {
             }
         }
         Command::Serve { config } => serve(&config),
+        Command::Record { listen, upstream, out } => crate::replay::command::record(&listen, &upstream, &out),
+        Command::Replay { import: Some(ReplayCommand::ImportHar { har, base, out }), .. } => {
+            crate::replay::command::import_har(&har, &base, &out)
+        }
+        Command::Replay { import: None, args } => {
+            let (config, issuer) = (args.config.clone(), args.issuer.clone());
+            let mint = move |tenant: &str| match &config {
+                Some(c) => token(c, tenant, "fhir-fence-replay", 7200, issuer.as_deref()),
+                None => Err(format!("no token for tenant {tenant}: give --config or --token {tenant}=TOKEN")),
+            };
+            crate::replay::command::replay(&args, &mint)
+        }
     }
 }
 

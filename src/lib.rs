@@ -19,6 +19,7 @@ pub mod live;
 pub mod metadata;
 pub mod metrics;
 pub mod pipeline;
+pub mod replay;
 pub mod request;
 pub mod route;
 pub mod scope;

@@ -14,5 +14,6 @@ mod identity;
 mod limits;
 mod metrics;
 mod reload;
+mod replay;
 mod shutdown;
 mod workers;

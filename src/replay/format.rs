@@ -1,0 +1,191 @@
+//! The recorded-traffic format (`docs/replay-format.md`): NDJSON, one exchange per line.
+//!
+//! Bodies are kept as JSON when they are JSON (so ids can be mapped and bodies compared as
+//! documents) and as text otherwise. Only the headers in [`KEPT_REQUEST_HEADERS`] and
+//! [`KEPT_RESPONSE_HEADERS`] are written: credentials and cookies never are.
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+
+/// Request headers that change what a FHIR server does, and so belong in a recording.
+pub const KEPT_REQUEST_HEADERS: &[&str] =
+    &["accept", "content-type", "prefer", "if-match", "if-none-match", "if-none-exist", "if-modified-since"];
+
+/// Response headers worth comparing or learning ids from.
+pub const KEPT_RESPONSE_HEADERS: &[&str] = &["content-type", "location", "content-location", "etag", "last-modified"];
+
+/// One request and (if recorded) its response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Exchange {
+    /// Unique in the file; reports name exchanges by it.
+    pub id: String,
+    /// Free labels (`create`, `search`, …) for reading reports; not interpreted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
+    /// Set when the exchange is expected to be refused (by fhir-fence, in a replay): the
+    /// replayed answer must have this status and an OperationOutcome body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<Expect>,
+    pub request: Request,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<Response>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    pub status: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    pub method: String,
+    /// Relative to the FHIR base, without a leading `/` (`Patient/123`, `""` for the base).
+    pub path: String,
+    /// The raw query string, without `?`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub query: String,
+    /// Lower-case names.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// A JSON body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<Value>,
+    /// A body that is not JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_text: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Response {
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_text: Option<String>,
+}
+
+/// A body: a JSON document, text, or nothing.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Body {
+    pub body: Option<Value>,
+    pub body_text: Option<String>,
+}
+
+impl Request {
+    pub fn body(&self) -> Body {
+        Body { body: self.body.clone(), body_text: self.body_text.clone() }
+    }
+}
+
+impl Response {
+    pub fn body(&self) -> Body {
+        Body { body: self.body.clone(), body_text: self.body_text.clone() }
+    }
+}
+
+impl Body {
+    /// JSON when the bytes parse as JSON, else text (lossy UTF-8), else nothing.
+    pub fn from_bytes(bytes: &[u8]) -> Body {
+        if bytes.is_empty() {
+            return Body::default();
+        }
+        match serde_json::from_slice::<Value>(bytes) {
+            Ok(v) => Body { body: Some(v), body_text: None },
+            Err(_) => Body { body: None, body_text: Some(String::from_utf8_lossy(bytes).into_owned()) },
+        }
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match (&self.body, &self.body_text) {
+            (Some(v), _) => serde_json::to_vec(v).expect("serialisable"),
+            (None, Some(t)) => t.as_bytes().to_vec(),
+            (None, None) => Vec::new(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.body.is_none() && self.body_text.is_none()
+    }
+}
+
+/// Keeps the headers named in `kept` (names lower-cased); everything else is left out.
+pub fn kept_headers<'a>(headers: impl Iterator<Item = (&'a str, &'a str)>, kept: &[&str]) -> BTreeMap<String, String> {
+    headers
+        .filter_map(|(k, v)| {
+            let k = k.to_ascii_lowercase();
+            kept.contains(&k.as_str()).then(|| (k, v.to_owned()))
+        })
+        .collect()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    #[error("line {line}: {reason}")]
+    Line { line: usize, reason: String },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads a traffic file: every line one exchange (blank lines skipped), ids unique.
+pub fn read(input: impl BufRead) -> Result<Vec<Exchange>, FormatError> {
+    let mut out: Vec<Exchange> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (i, line) in input.lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |reason: String| FormatError::Line { line: i + 1, reason };
+        crate::fhir::json::parse_strict(line.as_bytes()).map_err(|e| bad(e.to_string()))?;
+        let x: Exchange = serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
+        if x.request.path.starts_with('/') {
+            return Err(bad(format!("exchange {}: the path must be relative to the FHIR base (no leading /)", x.id)));
+        }
+        if !seen.insert(x.id.clone()) {
+            return Err(bad(format!("exchange id {} appears twice", x.id)));
+        }
+        out.push(x);
+    }
+    Ok(out)
+}
+
+/// Writes one exchange as one line.
+pub fn write_line(out: &mut impl Write, x: &Exchange) -> std::io::Result<()> {
+    serde_json::to_writer(&mut *out, x)?;
+    out.write_all(b"\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_round_trips_and_bad_lines_are_named() {
+        let line = r#"{"id":"e1","labels":["create"],"request":{"method":"PUT","path":"Patient/p1","headers":{"content-type":"application/fhir+json"},"body":{"resourceType":"Patient","id":"p1"}},"response":{"status":201,"headers":{"location":"Patient/p1/_history/1"},"body_text":"ok"}}"#;
+        let xs = read(line.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        write_line(&mut out, &xs[0]).unwrap();
+        assert_eq!(read(&out[..]).unwrap(), xs);
+        assert_eq!(xs[0].response.as_ref().unwrap().body_text.as_deref(), Some("ok"));
+        let twice = format!("{line}\n\n{line}\n");
+        assert!(read(twice.as_bytes()).unwrap_err().to_string().starts_with("line 3: exchange id e1 appears twice"));
+        let unknown = line.replace("\"labels\"", "\"label\"");
+        assert!(read(unknown.as_bytes()).unwrap_err().to_string().contains("unknown field"));
+        let absolute = line.replace("\"Patient/p1\",\"headers\"", "\"/Patient/p1\",\"headers\"");
+        assert!(read(absolute.as_bytes()).unwrap_err().to_string().contains("relative"));
+    }
+
+    #[test]
+    fn only_kept_headers_are_recorded() {
+        let h = [("Authorization", "Bearer x"), ("Cookie", "a=b"), ("Content-Type", "application/fhir+json")];
+        let kept = kept_headers(h.iter().copied(), KEPT_REQUEST_HEADERS);
+        assert_eq!(kept.into_iter().collect::<Vec<_>>(), vec![("content-type".into(), "application/fhir+json".into())]);
+    }
+}
