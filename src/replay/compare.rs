@@ -48,20 +48,34 @@ pub fn rules(extra: &[String]) -> Result<Vec<Rule>, String> {
     DEFAULT_IGNORE.iter().map(|s| Rule::parse(s)).chain(extra.iter().map(|s| Rule::parse(s))).collect()
 }
 
-/// The first difference between the recorded and the replayed answer, if any.
+/// The first difference between the recorded and the replayed answer, if any. `unordered`:
+/// the request did not ask for an order (no `_sort`), so a searchset's entries are compared
+/// as a collection — FHIR leaves their order to the server.
 pub fn difference(
     recorded: (u16, Option<&Value>, Option<&str>),
     replayed: (u16, Option<&Value>, Option<&str>),
     ids: &Ids,
     rules: &[Rule],
+    unordered: bool,
 ) -> Option<String> {
     if recorded.0 != replayed.0 {
-        return Some(format!("status {} recorded, {} replayed", recorded.0, replayed.0));
+        let why = replayed
+            .1
+            .filter(|b| b.get("resourceType").and_then(Value::as_str) == Some("OperationOutcome"))
+            .and_then(|b| b.pointer("/issue/0/diagnostics"))
+            .and_then(Value::as_str)
+            .map(|d| format!(" ({d})"))
+            .unwrap_or_default();
+        return Some(format!("status {} recorded, {} replayed{why}", recorded.0, replayed.0));
     }
     match (recorded.1, replayed.1) {
         (Some(a), Some(b)) => {
-            let a = normalise(a.clone(), None, rules);
-            let b = normalise(b.clone(), Some(ids), rules);
+            let mut a = normalise(a.clone(), None, rules);
+            let mut b = normalise(b.clone(), Some(ids), rules);
+            if unordered {
+                sort_entries(&mut a);
+                sort_entries(&mut b);
+            }
             first_difference(&a, &b, "")
         }
         (None, None) => (recorded.2 != replayed.2).then(|| "the text bodies differ".to_owned()),
@@ -77,6 +91,16 @@ pub fn normalise(mut v: Value, ids: Option<&Ids>, rules: &[Rule]) -> Value {
     }
     walk(&mut v, rules);
     v
+}
+
+/// A searchset's entries in a canonical order (their text), for comparing them as a collection.
+fn sort_entries(v: &mut Value) {
+    if v.get("type").and_then(Value::as_str) != Some("searchset") {
+        return;
+    }
+    if let Some(entries) = v.get_mut("entry").and_then(Value::as_array_mut) {
+        entries.sort_by_cached_key(|e| e.to_string());
+    }
 }
 
 /// Replaces the replay's ids by the recording's: resource ids and `Type/id` strings.
@@ -111,10 +135,28 @@ fn walk(v: &mut Value, rules: &[Rule]) {
                     remove(m, &r.path);
                 }
                 strip_marker(m);
+                if rtype == "Bundle" {
+                    relative_locations(m);
+                }
             }
         }
         Value::Array(a) => a.iter_mut().for_each(|x| walk(x, rules)),
         _ => {}
+    }
+}
+
+/// `entry.response.location` as `Type/id[/_history/v]`: servers may answer it relative or
+/// absolute (HAPI: relative; fhir-fence: on its public base).
+fn relative_locations(m: &mut Map<String, Value>) {
+    let Some(Value::Array(entries)) = m.get_mut("entry") else { return };
+    for e in entries {
+        if let Some(Value::String(loc)) = e.pointer_mut("/response/location") {
+            if let Some((t, id)) = super::ids::type_and_id(loc) {
+                if let Some(at) = loc.rfind(&format!("/{t}/{id}")) {
+                    *loc = loc[at + 1..].to_owned();
+                }
+            }
+        }
     }
 }
 
@@ -207,14 +249,19 @@ mod tests {
             "entry": [{"fullUrl": "http://b/fhir/Patient/9f1c", "resource": {"resourceType": "Patient", "id": "9f1c",
                 "meta": {"versionId": "3", "tag": [{"system": MARKER_SYSTEM, "code": "m"}]},
                 "managingOrganization": {"reference": "Organization/o1"}}}]});
-        assert_eq!(difference((200, Some(&recorded), None), (200, Some(&replayed), None), &ids, &rules), None);
+        assert_eq!(difference((200, Some(&recorded), None), (200, Some(&replayed), None), &ids, &rules, false), None);
         let mut changed = replayed.clone();
         changed["entry"][0]["resource"]["managingOrganization"]["reference"] = json!("Organization/o2");
         assert_eq!(
-            difference((200, Some(&recorded), None), (200, Some(&changed), None), &ids, &rules).unwrap(),
+            difference((200, Some(&recorded), None), (200, Some(&changed), None), &ids, &rules, false).unwrap(),
             "entry[0].resource.managingOrganization.reference: \"Organization/o1\" recorded, \"Organization/o2\" replayed"
         );
-        assert!(difference((200, None, None), (404, None, None), &ids, &rules).unwrap().starts_with("status"));
+        assert!(difference((200, None, None), (404, None, None), &ids, &rules, false).unwrap().starts_with("status"));
+        // Without `_sort`, a searchset's order is the server's business.
+        let two = |a: &str, b: &str| json!({"resourceType": "Bundle", "type": "searchset",
+            "entry": [{"resource": {"resourceType": "Patient", "id": a}}, {"resource": {"resourceType": "Patient", "id": b}}]});
+        assert!(difference((200, Some(&two("a", "b")), None), (200, Some(&two("b", "a")), None), &ids, &rules, false).is_some());
+        assert_eq!(difference((200, Some(&two("a", "b")), None), (200, Some(&two("b", "a")), None), &ids, &rules, true), None);
     }
 
     #[test]

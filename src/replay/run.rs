@@ -106,11 +106,15 @@ async fn replay_tenant(
     written: Arc<Mutex<Written>>,
 ) -> Vec<Outcome> {
     let mut ids = Ids::default();
+    let mut links = Links::default();
     let mut out = Vec::with_capacity(plan.exchanges.len());
     for x in &plan.exchanges {
         let rtype = x.request.path.split('/').next().filter(|s| !s.is_empty());
-        let path = ids.map_path(&x.request.path);
-        let query = ids.map_query(&x.request.query, rtype);
+        // A page link the recording followed is replaced by the replay's own link.
+        let (path, query) = match links.replayed_for(&x.request.path, &x.request.query, &plan.target) {
+            Some(pq) => pq,
+            None => (ids.map_path(&x.request.path), ids.map_query(&x.request.query, rtype)),
+        };
         let mut body = x.request.body();
         if let Some(v) = &mut body.body {
             ids.map_body(v);
@@ -131,6 +135,9 @@ async fn replay_tenant(
             Ok((status, headers, raw)) => {
                 let replayed = Body::from_bytes(&raw);
                 learn(&mut ids, x, &headers, replayed.body.as_ref());
+                if let (Some(r), Some(b)) = (x.response.as_ref().and_then(|r| r.body.as_ref()), replayed.body.as_ref()) {
+                    links.learn(r, b);
+                }
                 {
                     let mut w = written.lock().expect("not poisoned");
                     let mine = w.ids.entry(tenant.to_owned()).or_default();
@@ -155,6 +162,7 @@ async fn replay_tenant(
                         (status, replayed.body.as_ref(), replayed.body_text.as_deref()),
                         &ids,
                         &plan.rules,
+                        !x.request.query.split('&').any(|p| p.starts_with("_sort")),
                     ) {
                         None => Check::Pass,
                         Some(d) => Check::Fail(d),
@@ -176,6 +184,49 @@ async fn replay_tenant(
         out.push(outcome);
     }
     out
+}
+
+/// Page links (`next`, `previous`, …) of recorded answers, paired with the replay's by relation:
+/// a recorded request that follows a recorded link follows the replay's link instead (its
+/// query holds the server's paging state, which differs between runs).
+#[derive(Default)]
+struct Links(Vec<(url::Url, url::Url)>);
+
+impl Links {
+    fn learn(&mut self, recorded: &Value, replayed: &Value) {
+        let rels = |b: &Value| -> Vec<(String, url::Url)> {
+            b.get("link")
+                .and_then(Value::as_array)
+                .map(|ls| {
+                    ls.iter()
+                        .filter_map(|l| {
+                            let rel = l.get("relation")?.as_str()?;
+                            (rel != "self").then_some(())?;
+                            Some((rel.to_owned(), url::Url::parse(l.get("url")?.as_str()?).ok()?))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let theirs = rels(replayed);
+        for (rel, rec) in rels(recorded) {
+            if let Some((_, rep)) = theirs.iter().find(|(r, _)| *r == rel) {
+                self.0.retain(|(r, _)| *r != rec);
+                self.0.push((rec, rep.clone()));
+            }
+        }
+    }
+
+    /// The replay's path and query (relative to `target`) for a request that follows a link.
+    fn replayed_for(&self, path: &str, query: &str, target: &str) -> Option<(String, String)> {
+        let (_, rep) = self.0.iter().rev().find(|(rec, _)| {
+            rec.query().unwrap_or_default() == query
+                && (rec.path().trim_end_matches('/').ends_with(&format!("/{path}")) || path.is_empty())
+        })?;
+        let target_path = url::Url::parse(target).ok()?.path().trim_end_matches('/').to_owned();
+        let rel = rep.path().strip_prefix(&target_path)?.trim_start_matches('/').to_owned();
+        Some((rel, rep.query().unwrap_or_default().to_owned()))
+    }
 }
 
 /// Adds the tenant's marker coding to every resource the request writes.

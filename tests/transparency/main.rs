@@ -9,128 +9,13 @@
 mod support;
 
 use serde_json::{json, Value};
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use support::client::{self, Reply};
+use support::hl7::{close_over_references, examples, transaction, SEARCHES};
 use support::{tenants, Fence, Options};
-
-/// Clinical types loaded from the examples (definitional resources are left out).
-const TYPES: &[&str] = &[
-    "Patient",
-    "Practitioner",
-    "PractitionerRole",
-    "Organization",
-    "Location",
-    "Encounter",
-    "Observation",
-    "Condition",
-    "Procedure",
-    "MedicationRequest",
-    "Medication",
-    "MedicationAdministration",
-    "MedicationDispense",
-    "MedicationStatement",
-    "AllergyIntolerance",
-    "Immunization",
-    "DiagnosticReport",
-    "CarePlan",
-    "CareTeam",
-    "Goal",
-    "ServiceRequest",
-    "Specimen",
-    "Device",
-    "RelatedPerson",
-    "Coverage",
-    "Appointment",
-    "Group",
-    "Substance",
-    "RiskAssessment",
-    "NutritionOrder",
-    "FamilyMemberHistory",
-    "Flag",
-    "EpisodeOfCare",
-];
-
-const SEARCHES: &[&str] = &[
-    "Patient",
-    "Patient?family=Chalmers",
-    "Patient?gender=male",
-    "Patient?gender=female&_sort=birthdate,_id",
-    "Patient?birthdate=ge1970-01-01",
-    "Patient?_sort=family,-birthdate,_id",
-    "Patient?identifier=urn:oid:1.2.36.146.595.217.0.1%7C12345",
-    "Patient?name=pet",
-    "Patient?name:exact=Peter",
-    "Patient?_summary=count",
-    "Patient?_count=3",
-    "Patient?organization=Organization/1",
-    "Patient?_revinclude=Observation:subject",
-    "Patient?_elements=name,gender",
-    "Patient?_has:Observation:subject:code=http://loinc.org%7C29463-7",
-    "Observation",
-    "Observation?subject=Patient/example",
-    "Observation?code=http://loinc.org%7C29463-7",
-    "Observation?status=final&_sort=-date,_id",
-    "Observation?_include=Observation:subject",
-    "Observation?subject.family=Chalmers",
-    "Observation?subject:Patient.name=Peter",
-    "Observation?value-quantity=gt100",
-    "Observation?category=vital-signs",
-    "Observation?_count=10",
-    "Observation?_total=accurate&_count=1",
-    "Condition",
-    "Condition?patient=example",
-    "Encounter?subject=Patient/example",
-    "Encounter?_include=Encounter:subject&_include:iterate=Patient:organization",
-    "Practitioner?family=Careful",
-    "Organization?name=Health",
-    "MedicationRequest?_include=MedicationRequest:medication",
-    "Procedure?subject=Patient/example",
-    "DiagnosticReport?_sort=_id",
-    "AllergyIntolerance?patient=Patient/example",
-    "Immunization",
-    "CarePlan?subject=Patient/example",
-    "Patient/example/_history",
-    "Patient/_history",
-];
 
 fn url(name: &str, default_port: u16) -> String {
     std::env::var(name).unwrap_or_else(|_| format!("http://127.0.0.1:{default_port}/fhir"))
-}
-
-/// The examples whose references (all relative literals) stay inside the selection.
-fn examples() -> Vec<Value> {
-    let dir =
-        std::env::var("FHIR_TEST_DATA").unwrap_or_else(|_| format!("{}/target/test-data", env!("CARGO_MANIFEST_DIR")));
-    let dir = format!("{dir}/hl7-r4-examples/package");
-    let mut all: Vec<Value> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{dir}: {e} (run scripts/fetch-test-data)"))
-        .filter_map(|e| e.ok())
-        .filter_map(|e| std::fs::read(e.path()).ok())
-        .filter_map(|b| serde_json::from_slice::<Value>(&b).ok())
-        .filter(|r| r["resourceType"].as_str().is_some_and(|t| TYPES.contains(&t)))
-        .filter(|r| r["id"].as_str().is_some_and(|id| id.len() <= 40))
-        .collect();
-    all.sort_by_key(|r| format!("{}/{}", r["resourceType"], r["id"]));
-    close_over_references(&mut all);
-    all
-}
-
-fn refs_ok(v: &Value, present: &HashSet<String>) -> bool {
-    match v {
-        Value::Object(m) => m.iter().all(|(k, v)| match (k.as_str(), v) {
-            ("reference", Value::String(r)) => {
-                r.starts_with('#') || {
-                    let parts: Vec<&str> = r.split('/').collect();
-                    parts.len() == 2 && present.contains(r.as_str())
-                }
-            }
-            // Attachments pointing elsewhere are refused by design; leave those examples out.
-            ("url", Value::String(_)) if m.contains_key("contentType") => false,
-            _ => refs_ok(v, present),
-        }),
-        Value::Array(a) => a.iter().all(|v| refs_ok(v, present)),
-        _ => true,
-    }
 }
 
 /// Loads the selection onto the dedicated upstream and returns what it holds. Resource by
@@ -168,32 +53,6 @@ async fn load_dedicated(f: &Fence, token: &str, resources: &[Value]) -> Vec<Valu
     }
     eprintln!("transparency: the cycles did not load ({}); keeping the {} loaded one by one", r.status, loaded.len());
     loaded
-}
-
-/// Drops, until nothing changes, every resource with a reference outside the set.
-fn close_over_references(all: &mut Vec<Value>) {
-    loop {
-        let present: HashSet<String> = all
-            .iter()
-            .map(|r| format!("{}/{}", r["resourceType"].as_str().unwrap(), r["id"].as_str().unwrap()))
-            .collect();
-        let before = all.len();
-        all.retain(|r| refs_ok(r, &present));
-        if all.len() == before {
-            return;
-        }
-    }
-}
-
-fn transaction(resources: &[Value]) -> Value {
-    let entries: Vec<Value> = resources
-        .iter()
-        .map(|r| {
-            let url = format!("{}/{}", r["resourceType"].as_str().unwrap(), r["id"].as_str().unwrap());
-            json!({"resource": r, "request": {"method": "PUT", "url": url}})
-        })
-        .collect();
-    json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})
 }
 
 /// Everything a search answers: status, first-page total, and (type, id, mode) over all pages.

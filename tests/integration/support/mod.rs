@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 pub mod client;
 pub mod fake;
+pub mod hl7;
 
 use fhir_fence::config;
 use fhir_fence::live::Live;
