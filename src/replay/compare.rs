@@ -258,10 +258,16 @@ mod tests {
         );
         assert!(difference((200, None, None), (404, None, None), &ids, &rules, false).unwrap().starts_with("status"));
         // Without `_sort`, a searchset's order is the server's business.
-        let two = |a: &str, b: &str| json!({"resourceType": "Bundle", "type": "searchset",
-            "entry": [{"resource": {"resourceType": "Patient", "id": a}}, {"resource": {"resourceType": "Patient", "id": b}}]});
-        assert!(difference((200, Some(&two("a", "b")), None), (200, Some(&two("b", "a")), None), &ids, &rules, false).is_some());
-        assert_eq!(difference((200, Some(&two("a", "b")), None), (200, Some(&two("b", "a")), None), &ids, &rules, true), None);
+        let two = |a: &str, b: &str| {
+            json!({"resourceType": "Bundle", "type": "searchset",
+            "entry": [{"resource": {"resourceType": "Patient", "id": a}}, {"resource": {"resourceType": "Patient", "id": b}}]})
+        };
+        assert!(difference((200, Some(&two("a", "b")), None), (200, Some(&two("b", "a")), None), &ids, &rules, false)
+            .is_some());
+        assert_eq!(
+            difference((200, Some(&two("a", "b")), None), (200, Some(&two("b", "a")), None), &ids, &rules, true),
+            None
+        );
     }
 
     #[test]

@@ -135,7 +135,8 @@ async fn replay_tenant(
             Ok((status, headers, raw)) => {
                 let replayed = Body::from_bytes(&raw);
                 learn(&mut ids, x, &headers, replayed.body.as_ref());
-                if let (Some(r), Some(b)) = (x.response.as_ref().and_then(|r| r.body.as_ref()), replayed.body.as_ref()) {
+                if let (Some(r), Some(b)) = (x.response.as_ref().and_then(|r| r.body.as_ref()), replayed.body.as_ref())
+                {
                     links.learn(r, b);
                 }
                 {

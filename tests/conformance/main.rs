@@ -100,7 +100,8 @@ async fn drive(base: &str) -> usize {
 
     // 3. Synthea transactions (POST entries, `urn:uuid` references), then searches over them.
     for file in ["afhir.json", "cfhir.json"] {
-        let bundle: Value = serde_json::from_slice(&std::fs::read(data_dir().join("fhiry").join(file)).unwrap()).unwrap();
+        let bundle: Value =
+            serde_json::from_slice(&std::fs::read(data_dir().join("fhiry").join(file)).unwrap()).unwrap();
         send(client::post(base, &bundle).send().await);
     }
     for q in ["Encounter?_count=20", "Immunization?_sort=date,_id", "Claim?_count=5", "Condition?_summary=count"] {

@@ -145,4 +145,3 @@ pub fn transaction(resources: &[Value]) -> Value {
         .collect();
     json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})
 }
-
