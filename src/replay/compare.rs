@@ -87,7 +87,7 @@ pub fn difference(
 /// The body with ids mapped back (replayed side only), markers and ignored keys removed.
 pub fn normalise(mut v: Value, ids: Option<&Ids>, rules: &[Rule]) -> Value {
     if let Some(ids) = ids {
-        map_back(&mut v, ids);
+        ids.map_body(&mut v, false);
     }
     walk(&mut v, rules);
     v
@@ -100,28 +100,6 @@ fn sort_entries(v: &mut Value) {
     }
     if let Some(entries) = v.get_mut("entry").and_then(Value::as_array_mut) {
         entries.sort_by_cached_key(|e| e.to_string());
-    }
-}
-
-/// Replaces the replay's ids by the recording's: resource ids and `Type/id` strings.
-fn map_back(v: &mut Value, ids: &Ids) {
-    match v {
-        Value::Object(m) => {
-            if let (Some(Value::String(t)), Some(Value::String(id))) = (m.get("resourceType").cloned(), m.get_mut("id"))
-            {
-                if let Some(orig) = ids.recorded_for(&t, id) {
-                    *id = orig.to_owned();
-                }
-            }
-            m.values_mut().for_each(|x| map_back(x, ids));
-        }
-        Value::Array(a) => a.iter_mut().for_each(|x| map_back(x, ids)),
-        Value::String(s) => {
-            if let Some(mapped) = ids.map_reference(s, false) {
-                *s = mapped;
-            }
-        }
-        _ => {}
     }
 }
 

@@ -115,12 +115,57 @@ impl Body {
     }
 }
 
+/// The answer a recorder saw: status, headers (all of them; filtered here) and bytes.
+pub struct Seen<'a> {
+    pub status: u16,
+    pub headers: &'a [(String, String)],
+    pub body: &'a [u8],
+}
+
+impl Exchange {
+    /// An exchange as seen on the wire: only the kept headers, bodies as JSON or text.
+    pub fn observed(
+        id: String,
+        method: &str,
+        path: String,
+        query: String,
+        headers: &[(String, String)],
+        body: &[u8],
+        response: Option<Seen>,
+    ) -> Self {
+        let qb = Body::from_bytes(body);
+        Exchange {
+            id,
+            labels: vec![],
+            expect: None,
+            request: Request {
+                method: method.to_owned(),
+                path,
+                query,
+                headers: kept_headers(headers, KEPT_REQUEST_HEADERS),
+                body: qb.body,
+                body_text: qb.body_text,
+            },
+            response: response.map(|r| {
+                let rb = Body::from_bytes(r.body);
+                Response {
+                    status: r.status,
+                    headers: kept_headers(r.headers, KEPT_RESPONSE_HEADERS),
+                    body: rb.body,
+                    body_text: rb.body_text,
+                }
+            }),
+        }
+    }
+}
+
 /// Keeps the headers named in `kept` (names lower-cased); everything else is left out.
-pub fn kept_headers<'a>(headers: impl Iterator<Item = (&'a str, &'a str)>, kept: &[&str]) -> BTreeMap<String, String> {
+pub fn kept_headers(headers: &[(String, String)], kept: &[&str]) -> BTreeMap<String, String> {
     headers
+        .iter()
         .filter_map(|(k, v)| {
             let k = k.to_ascii_lowercase();
-            kept.contains(&k.as_str()).then(|| (k, v.to_owned()))
+            kept.contains(&k.as_str()).then(|| (k, v.clone()))
         })
         .collect()
 }
@@ -184,8 +229,12 @@ mod tests {
 
     #[test]
     fn only_kept_headers_are_recorded() {
-        let h = [("Authorization", "Bearer x"), ("Cookie", "a=b"), ("Content-Type", "application/fhir+json")];
-        let kept = kept_headers(h.iter().copied(), KEPT_REQUEST_HEADERS);
+        let h: Vec<(String, String)> =
+            [("Authorization", "Bearer x"), ("Cookie", "a=b"), ("Content-Type", "application/fhir+json")]
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+        let kept = kept_headers(&h, KEPT_REQUEST_HEADERS);
         assert_eq!(kept.into_iter().collect::<Vec<_>>(), vec![("content-type".into(), "application/fhir+json".into())]);
     }
 }

@@ -3,7 +3,7 @@
 //! Only entries under the given FHIR base URL are kept (a page's other requests are not FHIR
 //! traffic); headers are filtered as the recorder filters them, so a HAR's credentials and
 //! cookies do not reach the traffic file.
-use super::format::{self, Body, Exchange, KEPT_REQUEST_HEADERS, KEPT_RESPONSE_HEADERS};
+use super::format::{Exchange, Seen};
 use base64::Engine;
 use serde::Deserialize;
 
@@ -93,7 +93,7 @@ pub fn import(har: &[u8], base: &str) -> Result<(Vec<Exchange>, usize), HarError
         }
         let pairs = |h: &[Header]| h.iter().map(|h| (h.name.clone(), h.value.clone())).collect::<Vec<_>>();
         let (qh, rh) = (pairs(&e.request.headers), pairs(&e.response.headers));
-        let qb = Body::from_bytes(e.request.post_data.and_then(|p| p.text).unwrap_or_default().as_bytes());
+        let request_body = e.request.post_data.and_then(|p| p.text).unwrap_or_default();
         let content = e.response.content.unwrap_or(Content { text: None, encoding: None });
         let bytes = match (content.text, content.encoding.as_deref()) {
             (Some(t), Some("base64")) => base64::engine::general_purpose::STANDARD
@@ -102,27 +102,16 @@ pub fn import(har: &[u8], base: &str) -> Result<(Vec<Exchange>, usize), HarError
             (Some(t), _) => t.into_bytes(),
             (None, _) => Vec::new(),
         };
-        let rb = Body::from_bytes(&bytes);
-        out.push(Exchange {
-            id: format!("{:06}", out.len() + 1),
-            labels: vec![],
-            expect: None,
-            request: format::Request {
-                method: e.request.method,
-                path: rest.trim_start_matches('/').to_owned(),
-                query: url.query().unwrap_or_default().to_owned(),
-                headers: format::kept_headers(qh.iter().map(|(k, v)| (k.as_str(), v.as_str())), KEPT_REQUEST_HEADERS),
-                body: qb.body,
-                body_text: qb.body_text,
-            },
+        out.push(Exchange::observed(
+            format!("{:06}", out.len() + 1),
+            &e.request.method,
+            rest.trim_start_matches('/').to_owned(),
+            url.query().unwrap_or_default().to_owned(),
+            &qh,
+            request_body.as_bytes(),
             // HAR writes status 0 for requests that got no answer: nothing to compare with.
-            response: (e.response.status != 0).then(|| format::Response {
-                status: e.response.status,
-                headers: format::kept_headers(rh.iter().map(|(k, v)| (k.as_str(), v.as_str())), KEPT_RESPONSE_HEADERS),
-                body: rb.body,
-                body_text: rb.body_text,
-            }),
-        });
+            (e.response.status != 0).then_some(Seen { status: e.response.status, headers: &rh, body: &bytes }),
+        ));
     }
     Ok((out, skipped))
 }

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 pub struct Ids {
     forward: HashMap<(String, String), String>,
     back: HashMap<(String, String), String>,
+    fresh: Vec<(String, String)>,
 }
 
 impl Ids {
@@ -19,7 +20,9 @@ impl Ids {
             return;
         }
         self.forward.insert((rtype.to_owned(), recorded.to_owned()), replayed.to_owned());
-        self.back.insert((rtype.to_owned(), replayed.to_owned()), recorded.to_owned());
+        if self.back.insert((rtype.to_owned(), replayed.to_owned()), recorded.to_owned()).is_none() {
+            self.fresh.push((rtype.to_owned(), replayed.to_owned()));
+        }
     }
 
     /// Learns from a recorded and a replayed `Location` (or `response.location`).
@@ -29,11 +32,6 @@ impl Ids {
                 self.learn(t1, a, b);
             }
         }
-    }
-
-    /// The replay's ids, for the isolation check of other tenants.
-    pub fn replayed_ids(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.forward.iter().map(|((t, _), id)| (t.as_str(), id.as_str()))
     }
 
     pub fn recorded_for(&self, rtype: &str, replayed: &str) -> Option<&str> {
@@ -100,8 +98,9 @@ impl Ids {
         form_urlencoded::Serializer::new(String::new()).extend_pairs(mapped).finish()
     }
 
-    /// A request body with ids mapped forward: resource ids and every `Type/id` string.
-    pub fn map_body(&self, v: &mut Value) {
+    /// A body with ids mapped — forward (recorded → replayed, for requests) or back (for
+    /// comparing answers): resource ids and every `Type/id` string.
+    pub fn map_body(&self, v: &mut Value, forward: bool) {
         if self.forward.is_empty() {
             return;
         }
@@ -110,20 +109,26 @@ impl Ids {
                 if let (Some(Value::String(t)), Some(Value::String(id))) =
                     (m.get("resourceType").cloned(), m.get_mut("id"))
                 {
-                    if let Some(new) = self.replayed_for(&t, id) {
+                    let mapped = if forward { self.replayed_for(&t, id) } else { self.recorded_for(&t, id) };
+                    if let Some(new) = mapped {
                         *id = new.to_owned();
                     }
                 }
-                m.values_mut().for_each(|x| self.map_body(x));
+                m.values_mut().for_each(|x| self.map_body(x, forward));
             }
-            Value::Array(a) => a.iter_mut().for_each(|x| self.map_body(x)),
+            Value::Array(a) => a.iter_mut().for_each(|x| self.map_body(x, forward)),
             Value::String(s) => {
-                if let Some(new) = self.map_reference(s, true) {
+                if let Some(new) = self.map_reference(s, forward) {
                     *s = new;
                 }
             }
             _ => {}
         }
+    }
+
+    /// The replayed ids learned since the last call (for the other tenants' isolation checks).
+    pub fn take_fresh(&mut self) -> Vec<(String, String)> {
+        std::mem::take(&mut self.fresh)
     }
 }
 
@@ -160,7 +165,7 @@ mod tests {
         assert_eq!(ids.map_query("_id=123,77", Some("Patient")), "_id=ab-9%2C77");
         let mut body =
             json!({"resourceType": "Patient", "id": "123", "link": [{"other": {"reference": "Patient/123"}}]});
-        ids.map_body(&mut body);
+        ids.map_body(&mut body, true);
         assert_eq!(
             body,
             json!({"resourceType": "Patient", "id": "ab-9", "link": [{"other": {"reference": "Patient/ab-9"}}]})

@@ -4,7 +4,7 @@
 //! — paging links, `Location` — point back at the recorder and the client's next request is
 //! recorded as well). Each finished exchange is appended to the traffic file as one line, with
 //! only the headers the format keeps: credentials and cookies are never written.
-use super::format::{self, Body, Exchange, KEPT_REQUEST_HEADERS, KEPT_RESPONSE_HEADERS};
+use super::format::{self, Exchange, Seen};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -134,26 +134,15 @@ impl Recorder {
             h.iter().filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned()))).collect::<Vec<_>>()
         };
         let (qh, rh) = (header_pairs(&parts.headers), header_pairs(&rparts.headers));
-        let (qb, rb) = (Body::from_bytes(&body), Body::from_bytes(&rbytes));
-        let x = Exchange {
-            id: format!("{n:06}"),
-            labels: vec![],
-            expect: None,
-            request: format::Request {
-                method: parts.method.to_string(),
-                path: relative,
-                query,
-                headers: format::kept_headers(qh.iter().map(|(k, v)| (k.as_str(), v.as_str())), KEPT_REQUEST_HEADERS),
-                body: qb.body,
-                body_text: qb.body_text,
-            },
-            response: Some(format::Response {
-                status: rparts.status.as_u16(),
-                headers: format::kept_headers(rh.iter().map(|(k, v)| (k.as_str(), v.as_str())), KEPT_RESPONSE_HEADERS),
-                body: rb.body,
-                body_text: rb.body_text,
-            }),
-        };
+        let x = Exchange::observed(
+            format!("{n:06}"),
+            parts.method.as_str(),
+            relative,
+            query,
+            &qh,
+            &body,
+            Some(Seen { status: rparts.status.as_u16(), headers: &rh, body: &rbytes }),
+        );
         {
             let mut out = self.out.lock().map_err(|_| (StatusCode::INTERNAL_SERVER_ERROR, "writer poisoned".into()))?;
             format::write_line(&mut *out, &x)

@@ -117,7 +117,7 @@ async fn replay_tenant(
         };
         let mut body = x.request.body();
         if let Some(v) = &mut body.body {
-            ids.map_body(v);
+            ids.map_body(v, true);
             mark(&x.request.method, &x.request.path, v, &own_marker);
         }
         let answer = send(client, &plan.target, x, &path, &query, &body, token, &ids).await;
@@ -139,10 +139,9 @@ async fn replay_tenant(
                 {
                     links.learn(r, b);
                 }
-                {
-                    let mut w = written.lock().expect("not poisoned");
-                    let mine = w.ids.entry(tenant.to_owned()).or_default();
-                    mine.extend(ids.replayed_ids().map(|(t, i)| (t.to_owned(), i.to_owned())));
+                let fresh = ids.take_fresh();
+                if !fresh.is_empty() {
+                    written.lock().expect("not poisoned").ids.entry(tenant.to_owned()).or_default().extend(fresh);
                 }
                 let isolation = isolation(&raw, &headers, replayed.body.as_ref(), tenant, &foreign_markers, &written);
                 let refusal = match &x.expect {

@@ -22,16 +22,6 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 /// deterministic). See `docs/conformance.md` for what the remaining differences are.
 const TRANSPARENCY_FLOOR: f64 = 0.90;
 
-fn url(name: &str, default_port: u16) -> String {
-    std::env::var(name).unwrap_or_else(|_| format!("http://127.0.0.1:{default_port}/fhir"))
-}
-
-fn data_dir() -> PathBuf {
-    PathBuf::from(
-        std::env::var("FHIR_TEST_DATA").unwrap_or_else(|_| format!("{}/target/test-data", env!("CARGO_MANIFEST_DIR"))),
-    )
-}
-
 fn out_dir() -> PathBuf {
     let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/conformance");
     std::fs::create_dir_all(&d).unwrap();
@@ -101,7 +91,7 @@ async fn drive(base: &str) -> usize {
     // 3. Synthea transactions (POST entries, `urn:uuid` references), then searches over them.
     for file in ["afhir.json", "cfhir.json"] {
         let bundle: Value =
-            serde_json::from_slice(&std::fs::read(data_dir().join("fhiry").join(file)).unwrap()).unwrap();
+            serde_json::from_slice(&std::fs::read(support::test_data_dir().join("fhiry").join(file)).unwrap()).unwrap();
         send(client::post(base, &bundle).send().await);
     }
     for q in ["Encounter?_count=20", "Immunization?_sort=date,_id", "Claim?_count=5", "Condition?_summary=count"] {
@@ -187,10 +177,6 @@ fn label_refusals(corpus: &std::path::Path) {
     std::fs::write(corpus, out).unwrap();
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_corpus_replays_as_three_tenants_without_a_leak() {
     let bin = env!("CARGO_BIN_EXE_fhir-fence");
@@ -198,9 +184,15 @@ async fn the_corpus_replays_as_three_tenants_without_a_leak() {
     let corpus = dir.join("corpus.ndjson");
 
     // Record against the plain HAPI.
-    let port = free_port();
+    let port = support::free_port();
     let mut recorder = tokio::process::Command::new(bin)
-        .args(["record", "--listen", &format!("127.0.0.1:{port}"), "--upstream", &url("HAPI_RECORD_URL", 8092)])
+        .args([
+            "record",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--upstream",
+            &support::hapi_url("HAPI_RECORD_URL", 8092),
+        ])
         .args(["--out", corpus.to_str().unwrap()])
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -226,7 +218,7 @@ async fn the_corpus_replays_as_three_tenants_without_a_leak() {
     let options = Options {
         max_body_bytes: 4 << 20,
         server_extra: "max_bundle_entries = 1000".into(),
-        ..Options::new(&url("HAPI_URL", 8090), &ts)
+        ..Options::new(&support::hapi_url("HAPI_URL", 8090), &ts)
     };
     let fence = support::start(options).await;
     let names: Vec<String> = ts.iter().map(|t| t.name.clone()).collect();

@@ -7,7 +7,7 @@ use serde_json::Value;
 use std::time::Duration;
 
 fn hapi() -> String {
-    std::env::var("HAPI_URL").unwrap_or_else(|_| "http://127.0.0.1:8090/fhir".into())
+    crate::support::hapi_url("HAPI_URL", 8090)
 }
 
 /// The correlation ids on the AuditEvents a search answered.

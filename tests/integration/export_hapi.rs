@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 fn hapi() -> String {
-    std::env::var("HAPI_URL").unwrap_or_else(|_| "http://127.0.0.1:8090/fhir".into())
+    crate::support::hapi_url("HAPI_URL", 8090)
 }
 
 /// p1, p2 (and p3 when `extra`), one Observation each, and Group g1 of p1 and p2.

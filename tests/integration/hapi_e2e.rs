@@ -6,7 +6,7 @@ use crate::support::{self, tenants, Fence, Options, SYSTEM};
 use serde_json::{json, Value};
 
 fn hapi() -> String {
-    std::env::var("HAPI_URL").unwrap_or_else(|_| "http://127.0.0.1:8090/fhir".into())
+    crate::support::hapi_url("HAPI_URL", 8090)
 }
 
 async fn fence(n: usize) -> (Fence, Vec<support::T>) {

@@ -133,7 +133,7 @@ async fn the_binary_reloads_on_sighup() {
     let ts = tenants(1);
     let up = upstream(&ts, Arc::new(Notify::new()), Arc::new(Notify::new())).await;
     let mut o = Options::new(&up.base, &ts);
-    let (pp, ap) = (free_port(), free_port());
+    let (pp, ap) = (support::free_port(), support::free_port());
     let path = write_config(&config_text(&o, pp, ap));
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fhir-fence"))
         .args(["serve", "--config"])
@@ -184,8 +184,4 @@ async fn wait_for(
         panic!("fhir-fence exited before logging {what:?}");
     };
     tokio::time::timeout(Duration::from_secs(30), found).await
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

@@ -14,10 +14,6 @@ use support::client::{self, Reply};
 use support::hl7::{close_over_references, examples, transaction, SEARCHES};
 use support::{tenants, Fence, Options};
 
-fn url(name: &str, default_port: u16) -> String {
-    std::env::var(name).unwrap_or_else(|_| format!("http://127.0.0.1:{default_port}/fhir"))
-}
-
 /// Loads the selection onto the dedicated upstream and returns what it holds. Resource by
 /// resource first (retrying those whose references are not there yet), so examples the upstream
 /// itself rejects are found and left out; then the reference cycles that only a transaction can
@@ -101,8 +97,8 @@ async fn a_tenant_sees_the_same_answers_on_a_shared_and_a_dedicated_upstream() {
         o.max_body_bytes = 16 << 20;
         o
     };
-    let shared = support::start(options(&url("HAPI_URL", 8090), &ts)).await;
-    let dedicated = support::start(options(&url("HAPI_DEDICATED_URL", 8091), &ts[..1])).await;
+    let shared = support::start(options(&support::hapi_url("HAPI_URL", 8090), &ts)).await;
+    let dedicated = support::start(options(&support::hapi_url("HAPI_DEDICATED_URL", 8091), &ts[..1])).await;
     let (a_shared, a_dedicated, b) =
         (shared.token(&ts[0].name), dedicated.token(&ts[0].name), shared.token(&ts[1].name));
 

@@ -86,9 +86,7 @@ pub const SEARCHES: &[&str] = &[
 
 /// The examples whose references (all relative literals) stay inside the selection.
 pub fn examples() -> Vec<Value> {
-    let dir =
-        std::env::var("FHIR_TEST_DATA").unwrap_or_else(|_| format!("{}/target/test-data", env!("CARGO_MANIFEST_DIR")));
-    let dir = format!("{dir}/hl7-r4-examples/package");
+    let dir = format!("{}/hl7-r4-examples/package", super::test_data_dir().display());
     let mut all: Vec<Value> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{dir}: {e} (run scripts/fetch-test-data)"))
         .filter_map(|e| e.ok())

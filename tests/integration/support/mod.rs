@@ -14,6 +14,23 @@ use tokio::sync::oneshot;
 
 pub const SYSTEM: &str = "https://fhir-fence.dev/CodeSystem/tenant";
 
+/// A HAPI base URL from the environment (`scripts/test` sets them), or the harness default.
+pub fn hapi_url(var: &str, default_port: u16) -> String {
+    std::env::var(var).unwrap_or_else(|_| format!("http://127.0.0.1:{default_port}/fhir"))
+}
+
+/// A port free now, for a child process that must be told its port (in-process servers bind 0).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Where `scripts/fetch-test-data` put the real FHIR data.
+pub fn test_data_dir() -> std::path::PathBuf {
+    std::env::var("FHIR_TEST_DATA")
+        .unwrap_or_else(|_| format!("{}/target/test-data", env!("CARGO_MANIFEST_DIR")))
+        .into()
+}
+
 pub fn fixture(name: &str) -> String {
     format!("{}/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
 }
