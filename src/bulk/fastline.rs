@@ -64,32 +64,52 @@ fn special_bytes(w: u64) -> u64 {
 impl FastLine {
     /// Appends the client's view of `line` to `out`, or answers `Unsure` leaving `out` alone.
     pub fn accept(&mut self, line: &[u8], out: &mut Vec<u8>) -> R<()> {
+        let end = self.scan(line, 0)?;
+        if line[end..].iter().any(|c| !matches!(c, b' ' | b'\t' | b'\r' | b'\n')) {
+            return Err(Unsure);
+        }
+        self.emit(line, 0, end, out);
+        Ok(())
+    }
+
+    /// The same for one resource inside a larger document (a Bundle entry's `resource`): the
+    /// object starting at `start` (after white space); answers where it ends. `found_type` and
+    /// `found_id` are then positions in `buf`.
+    pub fn accept_at(&mut self, buf: &[u8], start: usize, out: &mut Vec<u8>) -> R<usize> {
+        let end = self.scan(buf, start)?;
+        self.emit(buf, start, end, out);
+        Ok(end)
+    }
+
+    /// Scans the object at `start`, leaving its cuts (in order) in `self.cuts`; its end.
+    fn scan(&mut self, buf: &[u8], start: usize) -> R<usize> {
         let mut cuts = std::mem::take(&mut self.cuts);
         cuts.clear();
         let mut s =
-            Scan { b: line, i: 0, f: self, cuts, codings: 0, seen_type: false, seen_id: false, found: (0..0, 0..0) };
+            Scan { b: buf, i: start, f: self, cuts, codings: 0, seen_type: false, seen_id: false, found: (0..0, 0..0) };
         s.ws();
-        let scanned = s.object(1, Place::Top).map(|_| s.ws());
-        let whole = s.i == line.len() && s.codings == 1 && s.seen_type && s.seen_id;
-        let (mut cuts, found) = (s.cuts, s.found);
+        let scanned = s.object(1, Place::Top);
+        let whole = s.codings == 1 && s.seen_type && s.seen_id;
+        let (end, mut cuts, found) = (s.i, s.cuts, s.found);
         (self.found_type, self.found_id) = found;
-        let result = match scanned {
-            Ok(()) if whole => {
-                // Cuts are found in document order except where a cut waits for the next element.
-                cuts.sort_unstable();
-                let mut from = 0;
-                for &(start, end) in &cuts {
-                    debug_assert!(start >= from, "cuts overlap");
-                    out.extend_from_slice(&line[from..start]);
-                    from = end;
-                }
-                out.extend_from_slice(&line[from..]);
-                Ok(())
-            }
-            _ => Err(Unsure),
-        };
+        // Cuts are found in document order except where a cut waits for the next element.
+        cuts.sort_unstable();
         self.cuts = cuts;
-        result
+        match scanned {
+            Ok(()) if whole => Ok(end),
+            _ => Err(Unsure),
+        }
+    }
+
+    /// Writes `buf[start..end]` without the cuts `scan` found.
+    fn emit(&self, buf: &[u8], start: usize, end: usize, out: &mut Vec<u8>) {
+        let mut from = start;
+        for &(cut_start, cut_end) in &self.cuts {
+            debug_assert!(cut_start >= from, "cuts overlap");
+            out.extend_from_slice(&buf[from..cut_start]);
+            from = cut_end;
+        }
+        out.extend_from_slice(&buf[from..end]);
     }
 }
 

@@ -16,119 +16,152 @@ use super::paging;
 use super::respond::public_url;
 use super::Ctx;
 use crate::bulk::download::fast_line;
+use crate::bulk::fastline::FastLine;
 use crate::fhir::json::parse_strict;
-use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
-use std::borrow::Cow;
-use std::fmt;
 
-/// An object's members in document order, values unparsed; a duplicate key is an error.
-struct Members<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+/// A cursor over the Bundle's own structure. Its members other than `entry` (small) are handed
+/// to the strict parser one value at a time; an entry's `resource` is scanned by `FastLine` in
+/// place, so the resources' bytes are read once.
+struct Envelope<'a> {
+    b: &'a [u8],
+    i: usize,
+}
 
-impl<'de> serde::Deserialize<'de> for Members<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Members<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
-                let mut out: Vec<(Cow<'de, str>, &'de RawValue)> = Vec::new();
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                    if out.iter().any(|(k, _)| *k == key) {
-                        return Err(serde::de::Error::custom("duplicate key"));
-                    }
-                    out.push((key, map.next_value()?));
-                }
-                Ok(Members(out))
-            }
+impl<'a> Envelope<'a> {
+    fn ws(&mut self) {
+        while matches!(self.b.get(self.i), Some(b' ' | b'\t' | b'\r' | b'\n')) {
+            self.i += 1;
         }
-        d.deserialize_map(V)
+    }
+
+    /// The next non-blank byte, consumed.
+    fn next(&mut self) -> Option<u8> {
+        self.ws();
+        let c = *self.b.get(self.i)?;
+        self.i += 1;
+        Some(c)
+    }
+
+    fn eat(&mut self, c: u8) -> Option<()> {
+        (self.next()? == c).then_some(())
+    }
+
+    /// A member name without escapes (names with escapes are for the slow path), and its `:`.
+    fn key(&mut self) -> Option<&'a str> {
+        self.eat(b'"')?;
+        let len = self.b[self.i..].iter().position(|c| *c == b'"')?;
+        let k = std::str::from_utf8(&self.b[self.i..self.i + len]).ok()?;
+        if k.contains('\\') {
+            return None;
+        }
+        self.i += len + 1;
+        self.eat(b':')?;
+        Some(k)
+    }
+
+    /// One value, strictly parsed.
+    fn value(&mut self) -> Option<Value> {
+        let rest = &self.b[self.i..];
+        let raw = <&RawValue>::deserialize(&mut serde_json::Deserializer::from_slice(rest)).ok()?;
+        // Where the value ended: its text is a slice of `rest`.
+        let end = raw.get().as_ptr() as usize - rest.as_ptr() as usize + raw.get().len();
+        self.i += end;
+        parse_strict(raw.get().as_bytes()).ok()
+    }
+
+    /// After `{` or `[`: false at the closing `close`, true when another member follows.
+    fn more(&mut self, first: &mut bool, close: u8) -> Option<bool> {
+        self.ws();
+        if self.b.get(self.i) == Some(&close) {
+            self.i += 1;
+            return Some(false);
+        }
+        if !std::mem::take(first) {
+            self.eat(b',')?;
+        }
+        Some(true)
     }
 }
 
-/// A Bundle's members in document order, with `entry` read as a list of entries' members in
-/// the same pass (one scan of the bytes before the resources' own).
-struct Top<'a> {
-    members: Vec<(Cow<'a, str>, Option<&'a RawValue>)>,
-    entries: Vec<Members<'a>>,
-}
-
-impl<'de> serde::Deserialize<'de> for Top<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Top<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a Bundle")
+/// One entry, written to `out` as `respond::bundle` writes it: `resource`, `fullUrl`, `search`.
+fn entry(ctx: &Ctx, env: &mut Envelope, fast: &mut FastLine, out: &mut Vec<u8>) -> Option<()> {
+    env.eat(b'{')?;
+    let (mut resource, mut full_url, mut search) = (false, false, None);
+    let mut first = true;
+    out.extend_from_slice(b"{\"resource\":");
+    let mut found = (String::new(), String::new());
+    while env.more(&mut first, b'}')? {
+        match env.key()? {
+            "resource" if !resource => {
+                resource = true;
+                env.ws();
+                env.i = fast.accept_at(env.b, env.i, out).ok()?;
+                let text = |r: &std::ops::Range<usize>| std::str::from_utf8(&env.b[r.clone()]).ok().map(str::to_owned);
+                found = (text(&fast.found_type)?, text(&fast.found_id)?);
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Top<'de>, A::Error> {
-                let mut top = Top { members: Vec::new(), entries: Vec::new() };
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                    if top.members.iter().any(|(k, _)| *k == key) {
-                        return Err(serde::de::Error::custom("duplicate key"));
-                    }
-                    if key == "entry" {
-                        top.entries = map.next_value()?;
-                        top.members.push((key, None));
-                    } else {
-                        let raw: &'de RawValue = map.next_value()?;
-                        top.members.push((key, Some(raw)));
-                    }
-                }
-                Ok(top)
+            "search" if search.is_none() => search = Some(env.value()?),
+            // `fullUrl` is rebuilt; anything else (or a member twice) is for the slow path.
+            "fullUrl" if !full_url => {
+                full_url = true;
+                env.value()?;
             }
+            _ => return None,
         }
-        d.deserialize_map(V)
     }
+    if !resource {
+        return None;
+    }
+    out.extend_from_slice(b",\"fullUrl\":");
+    serde_json::to_writer(&mut *out, &public_url(ctx, &found.0, &found.1)).ok()?;
+    if let Some(s) = search {
+        out.extend_from_slice(b",\"search\":");
+        serde_json::to_writer(&mut *out, &s).ok()?;
+    }
+    out.push(b'}');
+    Some(())
 }
 
 /// The client's view of a searchset Bundle, serialised, or `None` to take the slow path.
 pub fn searchset(ctx: &Ctx, bytes: &[u8], self_url: &str, unscoped: bool) -> Option<Vec<u8>> {
-    let Top { members, entries } = serde_json::from_slice(bytes).ok()?;
+    let mut env = Envelope { b: bytes, i: 0 };
+    let mut fast = fast_line(ctx.snap, ctx.tenant, ctx.upstream, None);
     let mut b = Map::new();
-    for (key, raw) in members {
-        if let Some(raw) = raw {
-            b.insert(key.into_owned(), parse_strict(raw.get().as_bytes()).ok()?);
+    let mut out_entries = Vec::with_capacity(bytes.len());
+    let (mut kept, mut seen_entry) = (0, false);
+    env.eat(b'{')?;
+    let mut first = true;
+    while env.more(&mut first, b'}')? {
+        let key = env.key()?;
+        if key == "entry" {
+            if seen_entry {
+                return None;
+            }
+            seen_entry = true;
+            env.eat(b'[')?;
+            let mut first_entry = true;
+            while env.more(&mut first_entry, b']')? {
+                out_entries.push(if kept == 0 { b'[' } else { b',' });
+                entry(ctx, &mut env, &mut fast, &mut out_entries)?;
+                kept += 1;
+            }
+        } else if b.insert(key.to_owned(), env.value()?).is_some() {
+            return None;
         }
+    }
+    env.ws();
+    if env.i != bytes.len() {
+        return None;
     }
     if b.get("resourceType").and_then(Value::as_str) != Some("Bundle")
         || b.get("type").and_then(Value::as_str) != Some("searchset")
     {
         return None;
     }
-    let mut fast = fast_line(ctx.snap, ctx.tenant, ctx.upstream, None);
-    let mut out_entries = Vec::with_capacity(bytes.len());
-    let mut kept = 0;
-    for Members(fields) in entries {
-        let (mut resource, mut search) = (None, None);
-        for (k, v) in fields {
-            match k.as_ref() {
-                "resource" => resource = Some(v),
-                "search" => search = Some(parse_strict(v.get().as_bytes()).ok()?),
-                // `fullUrl` is rebuilt; anything else is for the slow path to judge.
-                "fullUrl" => {}
-                _ => return None,
-            }
-        }
-        let line = resource?.get().as_bytes();
-        out_entries.push(if kept == 0 { b'[' } else { b',' });
-        out_entries.extend_from_slice(b"{\"resource\":");
-        fast.accept(line, &mut out_entries).ok()?;
-        let rtype = std::str::from_utf8(&line[fast.found_type.clone()]).ok()?;
-        let local = std::str::from_utf8(&line[fast.found_id.clone()]).ok()?;
-        out_entries.extend_from_slice(b",\"fullUrl\":");
-        serde_json::to_writer(&mut out_entries, &public_url(ctx, rtype, local)).ok()?;
-        if let Some(s) = search {
-            out_entries.extend_from_slice(b",\"search\":");
-            serde_json::to_writer(&mut out_entries, &s).ok()?;
-        }
-        out_entries.push(b'}');
-        kept += 1;
-    }
-    // The same member operations, in the same order, as `respond::bundle`.
+    // The same member operations, in the same order, as `respond::bundle` (which re-adds
+    // `entry` last, and leaves it out when no entry is left).
     if kept > 0 {
         out_entries.push(b']');
         b.insert("entry".into(), Value::Null);
