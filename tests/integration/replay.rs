@@ -95,10 +95,13 @@ async fn a_leaking_server_fails_the_replay_naming_the_exchange_and_the_leaked_id
     let traffic = dir.join("traffic.ndjson");
     std::fs::write(&traffic, recording()).unwrap();
     let (json_path, junit_path) = (dir.join("report.json"), dir.join("report.xml"));
-    let names = format!("{},{}", ts[0].name, ts[1].name);
+    // The first tenant's token is given ready (the fake reads its claims without checking the
+    // signature); the second's is minted from the config.
+    let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json!({"tenant": ts[0].name}).to_string());
+    let given = format!("{}=e30.{claims}.c2ln", ts[0].name);
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_fhir-fence"))
         .args(["replay", "--traffic", traffic.to_str().unwrap(), "--target", &server.base])
-        .args(["--config", config.to_str().unwrap(), "--issuer", "dev", "--tenants", &names])
+        .args(["--config", config.to_str().unwrap(), "--issuer", "dev", "--token", &given, "--tenants", &ts[1].name])
         .args(["--json", json_path.to_str().unwrap(), "--junit", junit_path.to_str().unwrap()])
         .output()
         .await
@@ -136,5 +139,45 @@ async fn a_leaking_server_fails_the_replay_naming_the_exchange_and_the_leaked_id
     }
     let junit = std::fs::read_to_string(&junit_path).unwrap();
     assert_eq!(junit.matches("<failure type=\"isolation\"").count(), 2, "{junit}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `replay import-har` writes the traffic format without the HAR's credentials, and a traffic
+/// file that does not parse stops a replay before it starts (exit 2, the line named).
+#[tokio::test]
+async fn import_har_then_a_malformed_traffic_file_is_named() {
+    let dir = std::env::temp_dir().join(format!("ff-har-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let har = json!({"log": {"version": "1.2", "entries": [
+        {"request": {"method": "GET", "url": "http://ehr.test/fhir/Patient/p1",
+            "headers": [{"name": "Authorization", "value": "Bearer har-secret"}]},
+         "response": {"status": 200, "headers": [], "content": {"text": "{\"resourceType\":\"Patient\",\"id\":\"p1\"}"}}},
+        {"request": {"method": "GET", "url": "http://ehr.test/login"}, "response": {"status": 302}}]}});
+    let (har_path, traffic) = (dir.join("s.har"), dir.join("t.ndjson"));
+    std::fs::write(&har_path, har.to_string()).unwrap();
+    let bin = env!("CARGO_BIN_EXE_fhir-fence");
+    let out = tokio::process::Command::new(bin)
+        .args(["replay", "import-har", "--har", har_path.to_str().unwrap(), "--base", "http://ehr.test/fhir"])
+        .args(["--out", traffic.to_str().unwrap()])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 exchanges written"));
+    let text = std::fs::read_to_string(&traffic).unwrap();
+    let xs = fhir_fence::replay::format::read(text.as_bytes()).unwrap();
+    assert_eq!((xs.len(), xs[0].request.path.as_str()), (1, "Patient/p1"));
+    assert!(!text.contains("har-secret"));
+
+    std::fs::write(&traffic, format!("{text}{{\"id\": \"x\", \"request\": {{\"method\": \"GET\"}}}}\n")).unwrap();
+    let out = tokio::process::Command::new(bin)
+        .args(["replay", "--traffic", traffic.to_str().unwrap(), "--target", "http://127.0.0.1:1/fhir"])
+        .args(["--token", "a=x", "--token", "b=y"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 2") && err.contains("missing field `path`"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
