@@ -23,6 +23,10 @@ use tokio::net::TcpListener;
 /// Bodies above this are refused (413) rather than half-recorded.
 const MAX_BODY: usize = 256 << 20;
 
+/// An upstream that has not answered by then gets the client a 504 (not recorded), rather than
+/// a recording session that hangs.
+const UPSTREAM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Headers that belong to one connection, not to the exchange.
 const HOP_BY_HOP: &[&str] = &[
     "connection",
@@ -122,7 +126,12 @@ impl Recorder {
             up = up.header(k, v);
         }
         let up = up.body(Full::new(body.clone())).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
-        let resp = self.client.request(up).await.map_err(|e| (StatusCode::BAD_GATEWAY, format!("{uri}: {e}")))?;
+        let resp = tokio::time::timeout(UPSTREAM_TIMEOUT, self.client.request(up))
+            .await
+            .map_err(|_| {
+                (StatusCode::GATEWAY_TIMEOUT, format!("{uri}: no answer in {} s", UPSTREAM_TIMEOUT.as_secs()))
+            })?
+            .map_err(|e| (StatusCode::BAD_GATEWAY, format!("{uri}: {e}")))?;
         let (rparts, rbody) = resp.into_parts();
         let rbytes = Limited::new(rbody, MAX_BODY)
             .collect()
