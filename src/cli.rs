@@ -52,6 +52,9 @@ enum Command {
         /// The traffic file (NDJSON) to write; Authorization and cookies are never written.
         #[arg(long)]
         out: PathBuf,
+        /// Seconds to wait for the upstream's answer; then the client gets a 504 and nothing is recorded.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
     },
     /// Replay recorded traffic as several tenants at once and check isolation and transparency.
     #[command(args_conflicts_with_subcommands = true)]
@@ -140,7 +143,9 @@ pub fn main() -> ExitCode {
             }
         }
         Command::Serve { config } => serve(&config),
-        Command::Record { listen, upstream, out } => crate::replay::command::record(&listen, &upstream, &out),
+        Command::Record { listen, upstream, out, timeout } => {
+            crate::replay::command::record(&listen, &upstream, timeout, &out)
+        }
         Command::Replay { import: Some(ReplayCommand::ImportHar { har, base, out }), .. } => {
             crate::replay::command::import_har(&har, &base, &out)
         }

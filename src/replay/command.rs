@@ -19,7 +19,7 @@ fn fail(what: &str, e: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(USAGE)
 }
 
-pub fn record(listen: &str, upstream: &str, out: &Path) -> ExitCode {
+pub fn record(listen: &str, upstream: &str, timeout_secs: u64, out: &Path) -> ExitCode {
     let file = match std::fs::File::create(out) {
         Ok(f) => f,
         Err(e) => return fail("record", format!("{}: {e}", out.display())),
@@ -31,7 +31,8 @@ pub fn record(listen: &str, upstream: &str, out: &Path) -> ExitCode {
         };
         eprintln!("fhir-fence record: listening on {listen}, forwarding to {upstream}, writing {}", out.display());
         let writer = Box::new(std::io::BufWriter::new(file));
-        match record::serve(listener, upstream, writer, crate::server::shutdown_signal()).await {
+        let timeout = std::time::Duration::from_secs(timeout_secs);
+        match record::serve(listener, upstream, timeout, writer, crate::server::shutdown_signal()).await {
             Ok(n) => {
                 eprintln!("fhir-fence record: {n} exchanges written to {}", out.display());
                 ExitCode::SUCCESS

@@ -18,14 +18,11 @@ use std::future::Future;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::net::TcpListener;
 
 /// Bodies above this are refused (413) rather than half-recorded.
 const MAX_BODY: usize = 256 << 20;
-
-/// An upstream that has not answered by then gets the client a 504 (not recorded), rather than
-/// a recording session that hangs.
-const UPSTREAM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Headers that belong to one connection, not to the exchange.
 const HOP_BY_HOP: &[&str] = &[
@@ -44,6 +41,9 @@ struct Recorder {
     /// The upstream's base path (`/fhir`): stripped from request paths to make them relative.
     base_path: String,
     client: Client<HttpConnector, Full<Bytes>>,
+    /// An upstream that has not answered by then gets the client a 504 (not recorded), rather
+    /// than a recording session that hangs.
+    timeout: Duration,
     out: Mutex<Box<dyn Write + Send>>,
     seq: AtomicU64,
 }
@@ -52,6 +52,7 @@ struct Recorder {
 pub async fn serve(
     listener: TcpListener,
     upstream: &str,
+    timeout: Duration,
     out: Box<dyn Write + Send>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<u64, String> {
@@ -64,6 +65,7 @@ pub async fn serve(
         base_path: url.path().trim_end_matches('/').to_owned(),
         upstream,
         client: Client::builder(TokioExecutor::new()).build_http(),
+        timeout,
         out: Mutex::new(out),
         seq: AtomicU64::new(0),
     });
@@ -126,11 +128,9 @@ impl Recorder {
             up = up.header(k, v);
         }
         let up = up.body(Full::new(body.clone())).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
-        let resp = tokio::time::timeout(UPSTREAM_TIMEOUT, self.client.request(up))
+        let resp = tokio::time::timeout(self.timeout, self.client.request(up))
             .await
-            .map_err(|_| {
-                (StatusCode::GATEWAY_TIMEOUT, format!("{uri}: no answer in {} s", UPSTREAM_TIMEOUT.as_secs()))
-            })?
+            .map_err(|_| (StatusCode::GATEWAY_TIMEOUT, format!("{uri}: no answer in {:?}", self.timeout)))?
             .map_err(|e| (StatusCode::BAD_GATEWAY, format!("{uri}: {e}")))?;
         let (rparts, rbody) = resp.into_parts();
         let rbytes = Limited::new(rbody, MAX_BODY)

@@ -181,3 +181,35 @@ async fn import_har_then_a_malformed_traffic_file_is_named() {
     assert!(err.contains("line 2") && err.contains("missing field `path`"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `fhir-fence record` in front of an upstream that never answers: the client gets a 504
+/// OperationOutcome after `--timeout`, and nothing is recorded for it.
+#[tokio::test]
+async fn the_recorder_answers_504_when_the_upstream_does_not_answer() {
+    let up = fake::start(|_| Answer::Hang).await;
+    let dir = std::env::temp_dir().join(format!("ff-rec-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let traffic = dir.join("t.ndjson");
+    let port = support::free_port();
+    let mut recorder = tokio::process::Command::new(env!("CARGO_BIN_EXE_fhir-fence"))
+        .args(["record", "--listen", &format!("127.0.0.1:{port}"), "--upstream", &up.base, "--timeout", "1"])
+        .args(["--out", traffic.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(recorder.stderr.take().unwrap()));
+    let first = lines.next_line().await.unwrap().unwrap_or_default();
+    assert!(first.contains("listening on"), "{first}");
+    let call = crate::support::client::get(&format!("http://127.0.0.1:{port}/fhir/Patient/p1")).send();
+    let r = tokio::time::timeout(std::time::Duration::from_secs(30), call).await.expect("the recorder answered");
+    assert_eq!(r.status, 504);
+    assert!(r.diagnostics().contains("no answer in 1s"), "{}", r.diagnostics());
+    let pid = recorder.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let last = lines.next_line().await.unwrap().unwrap_or_default();
+    assert!(recorder.wait().await.unwrap().success());
+    assert!(last.contains("0 exchanges written"), "{last}");
+    assert_eq!(std::fs::read_to_string(&traffic).unwrap(), "");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
