@@ -84,12 +84,6 @@ impl Request {
     }
 }
 
-impl Response {
-    pub fn body(&self) -> Body {
-        Body { body: self.body.clone(), body_text: self.body_text.clone() }
-    }
-}
-
 impl Body {
     /// JSON when the bytes parse as JSON, else text (lossy UTF-8), else nothing.
     pub fn from_bytes(bytes: &[u8]) -> Body {
@@ -108,10 +102,6 @@ impl Body {
             (None, Some(t)) => t.as_bytes().to_vec(),
             (None, None) => Vec::new(),
         }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.body.is_none() && self.body_text.is_none()
     }
 }
 
