@@ -12,7 +12,9 @@
 //! deep nesting, a line the check would refuse) is Unsure, and the line goes through the
 //! `Value`-based check, which stays the single definition of what may leave.
 //! `tests/integration/fastline_differential.rs` holds the two to the same answers.
+use crate::fhir::canonical;
 use crate::fhir::reference::{self, Target};
+use crate::scope::write;
 use crate::tenancy::Tenant;
 use smallvec::SmallVec;
 use std::collections::HashSet;
@@ -301,6 +303,32 @@ impl<'a> Scan<'a> {
         }
     }
 
+    /// An array under a canonical element: each string is a canonical, anything else a value.
+    fn canonicals(&mut self, depth: usize) -> R<()> {
+        self.eat(b'[')?;
+        self.ws();
+        if self.peek()? == b']' {
+            return self.eat(b']');
+        }
+        loop {
+            if self.peek()? == b'"' {
+                let v = self.string()?;
+                self.canonical(v.at, v.plain()?)?;
+            } else {
+                self.value(depth + 1, Place::Any)?;
+            }
+            self.ws();
+            match self.peek()? {
+                b',' => {
+                    self.i += 1;
+                    self.ws();
+                }
+                b']' => return self.eat(b']'),
+                _ => return Err(Unsure),
+            }
+        }
+    }
+
     /// `meta.tag` or `meta.security`: the caller's tenant coding is counted and cut (with one
     /// neighbouring comma). Returns how many elements remain.
     fn meta_list(&mut self, depth: usize, field: &'static str) -> R<usize> {
@@ -415,6 +443,11 @@ impl<'a> Scan<'a> {
                     s.reference(v.at, v.plain()?)?;
                 }
                 (_, b"url") if s.peek()? == b'"' => attachment.url = Some(s.string()?.plain().ok()),
+                (_, key) if canonical::is_element(key) && s.peek()? == b'"' => {
+                    let v = s.string()?;
+                    s.canonical(v.at, v.plain()?)?;
+                }
+                (_, key) if canonical::is_element(key) && s.peek()? == b'[' => s.canonicals(depth + 1)?,
                 _ => {
                     attachment.marked |= is_attachment_key(key);
                     attachment.extension |= key.starts_with(b"value");
@@ -508,6 +541,19 @@ impl<'a> Scan<'a> {
             Target::Absolute { base, .. } if self.f.external_bases.iter().any(|b| b == base) => {}
             _ => return Err(Unsure),
         }
+        Ok(())
+    }
+
+    /// Cuts the tenant prefix from a canonical written as a relative literal, as
+    /// `scope::respond` rewrites it; Unsure when it is not the tenant's.
+    fn canonical(&mut self, at: usize, c: &'a str) -> R<()> {
+        let Some((literal, _)) = canonical::literal(c) else { return Ok(()) };
+        if write::is_server_wide(literal.rtype) {
+            return Ok(());
+        }
+        self.f.tenant.local_id(literal.id).ok_or(Unsure)?;
+        let id_at = at + (literal.id.as_ptr() as usize - c.as_ptr() as usize);
+        self.cuts.push((id_at, id_at + self.f.tenant.prefix.len() + 1));
         Ok(())
     }
 }

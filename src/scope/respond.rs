@@ -4,6 +4,7 @@
 //! local ids. Bundles are filtered entry by entry; a dropped entry removes `Bundle.total`.
 use super::paging;
 use super::{Ctx, ScopeError};
+use crate::fhir::canonical;
 use crate::fhir::reference::{self, Target};
 use serde_json::{Map, Value};
 
@@ -26,6 +27,7 @@ pub fn resource(ctx: &Ctx, value: Value) -> Result<Value, ScopeError> {
     }
     let mut value = Value::Object(map);
     reference::for_each_mut(&mut value, &mut |r: &mut String| outbound_reference(ctx, r))?;
+    canonical::for_each_mut(&mut value, &mut |c: &mut String| outbound_canonical(ctx, c))?;
     // Attachment URLs were stored in the client's form; one naming the upstream is never shown.
     reference::for_each_attachment_url_mut(&mut value, &mut |u: &mut String| {
         if u.starts_with(&ctx.upstream.base) {
@@ -49,6 +51,18 @@ fn outbound_reference(ctx: &Ctx, r: &mut String) -> Result<(), ScopeError> {
         _ => return Err(ScopeError::Unprovable),
     };
     *r = rewritten;
+    Ok(())
+}
+
+/// A canonical written as a relative literal was moved into the tenant's namespace on the way in
+/// (`write::prepare`); it must still be there. One naming a server-wide type is shared.
+fn outbound_canonical(ctx: &Ctx, c: &mut String) -> Result<(), ScopeError> {
+    let Some((literal, rest)) = canonical::literal(c) else { return Ok(()) };
+    if super::write::is_server_wide(literal.rtype) {
+        return Ok(());
+    }
+    let local = ctx.tenant.local_id(literal.id).ok_or(ScopeError::Unprovable)?;
+    *c = format!("{}{rest}", literal.with_id(local));
     Ok(())
 }
 

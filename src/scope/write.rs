@@ -6,6 +6,7 @@
 use super::read::{base_headers, version_headers};
 use super::refcheck::{self, Target as RefTarget};
 use super::{respond, Ctx, ScopeError};
+use crate::fhir::canonical;
 use crate::fhir::capabilities::Capabilities;
 use crate::fhir::reference::{self, Target};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
@@ -144,6 +145,11 @@ pub(crate) const SERVER_WIDE: &[(&str, &str)] = &[
     ("TerminologyCapabilities", "it describes the whole server"),
 ];
 
+/// Whether `rtype` is one of the [`SERVER_WIDE`] types.
+pub fn is_server_wide(rtype: &str) -> bool {
+    SERVER_WIDE.iter().any(|(t, _)| *t == rtype)
+}
+
 /// Refuses a change to a resource of `rtype` that no tenant may make through fhir-fence: the
 /// server-wide types, and `AuditEvent` while fhir-fence writes the audit trail there (a tenant
 /// may read its trail, never edit or delete it). Called for every body written (`prepare`) and
@@ -200,6 +206,7 @@ pub fn prepare(
     let mut targets = Vec::new();
     reference::for_each_mut(&mut body, &mut |r: &mut String| inbound_reference(ctx, r, bundle, &mut targets))?;
     reference::for_each_attachment_url_mut(&mut body, &mut |u: &mut String| attachment_url(ctx, u, &mut targets))?;
+    canonical::for_each_mut(&mut body, &mut |c: &mut String| inbound_canonical(ctx, c, bundle, &mut targets))?;
     targets.dedup();
     Ok((body, targets))
 }
@@ -224,6 +231,33 @@ fn attachment_url(ctx: &Ctx, url: &str, targets: &mut Vec<RefTarget>) -> Result<
     }
     let upstream_id = ctx.tenant.upstream_id(literal.id).map_err(|_| ScopeError::Reference(url.to_owned()))?;
     targets.push(RefTarget { path: literal.with_id(&upstream_id), rtype: "Binary".into(), original: url.to_owned() });
+    Ok(())
+}
+
+/// A canonical the upstream would resolve as a reference (`fhir::canonical`) is one: rewritten
+/// and checked like a `reference`. One naming a server-wide type (`ValueSet/x`) names shared
+/// definitions and is left alone; URLs are matched by `url`, not resolved as references.
+fn inbound_canonical(
+    ctx: &Ctx,
+    c: &mut String,
+    bundle: &InBundle,
+    targets: &mut Vec<RefTarget>,
+) -> Result<(), ScopeError> {
+    if let Some(mapped) = bundle.full_urls.get(c.as_str()) {
+        *c = mapped.clone();
+        return Ok(());
+    }
+    let Some((literal, rest)) = canonical::literal(c) else { return Ok(()) };
+    if is_server_wide(literal.rtype) {
+        return Ok(());
+    }
+    let upstream_id = ctx.tenant.upstream_id(literal.id).map_err(|_| ScopeError::Reference(c.clone()))?;
+    let unversioned = format!("{}/{}", literal.rtype, upstream_id);
+    if !bundle.written.contains(&unversioned) {
+        let path = literal.with_id(&upstream_id);
+        targets.push(RefTarget { path, rtype: literal.rtype.to_owned(), original: c.clone() });
+    }
+    *c = format!("{}{rest}", literal.with_id(&upstream_id));
     Ok(())
 }
 

@@ -41,6 +41,10 @@ fn templates(p: &str, t: &str, base: &str) -> Vec<String> {
         format!(
             r#"{{"resourceType":"Observation","id":"{p}-o8","meta":{{"security":[{{"code":"s"}}],"tag":[ {tag} , [{{"reference":"Patient/{p}-p1"}}] ]}}}}"#
         ),
+        // Canonicals written as relative literals are references (`fhir::canonical`).
+        format!(
+            r#"{{"resourceType":"Observation","id":"{p}-o9","meta":{{"tag":[{tag}],"profile":["StructureDefinition/s1","http://x/StructureDefinition/s2"]}},"instantiatesCanonical":["PlanDefinition/{p}-pd1|2",{{"x":"Library/y"}}],"extension":[{{"url":"http://e","valueCanonical":"Questionnaire/{p}-q1"}}],"partOf":[{{"reference":"Procedure/{p}-pr1"}}],"resource":"Library/{p}-l","library":"Blood/urine"}}"#
+        ),
     ]
 }
 
@@ -49,6 +53,10 @@ fn edits(line: &str, p: &str, other: &str) -> Vec<String> {
     let mut out = vec![
         line.replacen(&format!("{p}-p1"), &format!("{other}-p1"), 1),
         line.replacen(&format!("\"id\":\"{p}-"), &format!("\"id\":\"{other}-"), 1),
+        line.replacen(&format!("Definition/{p}-"), &format!("Definition/{other}-"), 1),
+        line.replacen(&format!("Questionnaire/{p}-"), "Questionnaire/", 1),
+        line.replacen("StructureDefinition/s1", "Library/s1", 1),
+        line.replacen(&format!("Library/{p}"), &format!("Library\\/{p}"), 1),
         line.replacen("\"status\"", "\"id\":\"x\",\"status\"", 1),
         line.replacen("\"versionId\"", "\"tag\":[],\"versionId\"", 1),
         line.replacen("\"tag\"", "\"security\"", 1),

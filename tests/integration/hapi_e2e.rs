@@ -158,6 +158,55 @@ async fn references_must_stay_inside_the_tenant() {
     assert_eq!(ids(&r.body).len(), 0, "a reference search by another tenant finds nothing");
 }
 
+/// HAPI resolves a canonical written as a relative literal (`"library": ["Library/x"]`) like a
+/// reference: it refuses the write when the resource does not exist (an existence oracle for any
+/// id on the server) and indexes it for searches. fhir-fence treats it as a reference.
+#[tokio::test]
+async fn canonicals_written_as_literals_are_references_inside_the_tenant() {
+    let (f, ts) = fence(2).await;
+    let (a, b) = (f.token(&ts[0].name), f.token(&ts[1].name));
+    let library = json!({"resourceType": "Library", "id": "logic", "status": "active",
+        "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/library-type", "code": "logic-library"}]}});
+    assert_eq!(put(&f.url("Library/logic"), &library).bearer(&a).send().await.status, 201);
+    let plan = |canonical: &str| {
+        json!({"resourceType": "PlanDefinition", "status": "active", "library": [canonical],
+            "relatedArtifact": [{"type": "depends-on", "resource": canonical}],
+            "meta": {"profile": ["StructureDefinition/shared-profile"]}})
+    };
+    let r = post(&f.url("PlanDefinition"), &plan("Library/logic")).bearer(&a).send().await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(
+        (r.body["library"][0].as_str(), r.body["relatedArtifact"][0]["resource"].as_str()),
+        (Some("Library/logic"), Some("Library/logic")),
+        "shown in the client's form"
+    );
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    let raw = get(&format!("{}/PlanDefinition/{}-{id}", hapi(), ts[0].prefix)).send().await;
+    assert_eq!(
+        raw.body["library"][0],
+        format!("Library/{}-logic", ts[0].prefix),
+        "upstream, in the tenant's namespace"
+    );
+    assert_eq!(raw.body["meta"]["profile"][0], "StructureDefinition/shared-profile", "server-wide types are shared");
+
+    // Found by a search over the canonical, and its target included, for the owner only.
+    let r = get(&f.url("PlanDefinition?depends-on=Library/logic&_include=PlanDefinition:depends-on"))
+        .bearer(&a)
+        .send()
+        .await;
+    assert_eq!(ids(&r.body), vec![id.clone(), "logic".to_owned()], "{}", r.body);
+    let r = get(&f.url("PlanDefinition?depends-on=Library/logic")).bearer(&b).send().await;
+    assert_eq!(ids(&r.body).len(), 0);
+
+    // Another tenant's Library, by local or upstream id, is as missing as one that never existed.
+    let foreign = post(&f.url("PlanDefinition"), &plan("Library/logic")).bearer(&b).send().await;
+    let upstream_id = format!("Library/{}-logic", ts[0].prefix);
+    let by_upstream_id = post(&f.url("PlanDefinition"), &plan(&upstream_id)).bearer(&b).send().await;
+    let missing = post(&f.url("PlanDefinition"), &plan("Library/nothing")).bearer(&b).send().await;
+    assert_eq!((foreign.status, by_upstream_id.status, missing.status), (422, 422, 422), "{}", foreign.body);
+    assert_eq!(foreign.diagnostics().replace("logic", "X"), missing.diagnostics().replace("nothing", "X"));
+}
+
 #[tokio::test]
 async fn tenant_codings_in_bodies() {
     let (f, ts) = fence(2).await;

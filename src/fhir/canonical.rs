@@ -1,0 +1,275 @@
+//! Canonicals written as relative literals (`"library": ["Library/x"]`), which servers resolve
+//! like references.
+//!
+//! A `canonical` element normally holds a URL (`http://…/Library/x|1.0`), matched against
+//! `Library.url` server-wide. But HAPI treats a canonical that is a relative literal as a local
+//! reference: it refuses the write when `Library/x` does not exist (HAPI-1094, an existence
+//! oracle for any id on the server) and indexes it for searches and `_include`. fhir-fence
+//! therefore treats such a value exactly like a `reference`: moved into the tenant's namespace
+//! on the way in, required to be the tenant's on the way out.
+//!
+//! The elements are the R4 elements of type `canonical` outside the server-wide definitional
+//! types (which tenants cannot write), named by their last path segment; a choice element
+//! (`value[x]`) by its canonical form (`valueCanonical`). A value counts only when it is a
+//! string (or a string in an array) that is exactly `Type/id` (optionally `/_history/v`, then
+//! `|version`) with `Type` an R4 resource type; URLs and everything else are left alone.
+use super::reference::{self, Literal};
+use serde_json::Value;
+
+/// The names of R4 `canonical` elements in the types a tenant writes.
+const ELEMENTS: &[&str] = &[
+    "answerValueSet",
+    "capabilities",
+    "definition",
+    "definitionCanonical",
+    "derivedFrom",
+    "instantiatesCanonical",
+    "library",
+    "measure",
+    "moduleCanonical",
+    "partOf",
+    "profile",
+    "questionnaire",
+    "replaces",
+    "resource",
+    "transform",
+    "valueCanonical",
+    "valueSet",
+    "workflow",
+];
+
+/// The R4 resource types (a canonical naming anything else is a URL, not a reference).
+const RESOURCE_TYPES: &[&str] = &[
+    "Account",
+    "ActivityDefinition",
+    "AdverseEvent",
+    "AllergyIntolerance",
+    "Appointment",
+    "AppointmentResponse",
+    "AuditEvent",
+    "Basic",
+    "Binary",
+    "BiologicallyDerivedProduct",
+    "BodyStructure",
+    "Bundle",
+    "CapabilityStatement",
+    "CarePlan",
+    "CareTeam",
+    "CatalogEntry",
+    "ChargeItem",
+    "ChargeItemDefinition",
+    "Claim",
+    "ClaimResponse",
+    "ClinicalImpression",
+    "CodeSystem",
+    "Communication",
+    "CommunicationRequest",
+    "CompartmentDefinition",
+    "Composition",
+    "ConceptMap",
+    "Condition",
+    "Consent",
+    "Contract",
+    "Coverage",
+    "CoverageEligibilityRequest",
+    "CoverageEligibilityResponse",
+    "DetectedIssue",
+    "Device",
+    "DeviceDefinition",
+    "DeviceMetric",
+    "DeviceRequest",
+    "DeviceUseStatement",
+    "DiagnosticReport",
+    "DocumentManifest",
+    "DocumentReference",
+    "EffectEvidenceSynthesis",
+    "Encounter",
+    "Endpoint",
+    "EnrollmentRequest",
+    "EnrollmentResponse",
+    "EpisodeOfCare",
+    "EventDefinition",
+    "Evidence",
+    "EvidenceVariable",
+    "ExampleScenario",
+    "ExplanationOfBenefit",
+    "FamilyMemberHistory",
+    "Flag",
+    "Goal",
+    "GraphDefinition",
+    "Group",
+    "GuidanceResponse",
+    "HealthcareService",
+    "ImagingStudy",
+    "Immunization",
+    "ImmunizationEvaluation",
+    "ImmunizationRecommendation",
+    "ImplementationGuide",
+    "InsurancePlan",
+    "Invoice",
+    "Library",
+    "Linkage",
+    "List",
+    "Location",
+    "Measure",
+    "MeasureReport",
+    "Media",
+    "Medication",
+    "MedicationAdministration",
+    "MedicationDispense",
+    "MedicationKnowledge",
+    "MedicationRequest",
+    "MedicationStatement",
+    "MedicinalProduct",
+    "MedicinalProductAuthorization",
+    "MedicinalProductContraindication",
+    "MedicinalProductIndication",
+    "MedicinalProductIngredient",
+    "MedicinalProductInteraction",
+    "MedicinalProductManufactured",
+    "MedicinalProductPackaged",
+    "MedicinalProductPharmaceutical",
+    "MedicinalProductUndesirableEffect",
+    "MessageDefinition",
+    "MessageHeader",
+    "MolecularSequence",
+    "NamingSystem",
+    "NutritionOrder",
+    "Observation",
+    "ObservationDefinition",
+    "OperationDefinition",
+    "OperationOutcome",
+    "Organization",
+    "OrganizationAffiliation",
+    "Parameters",
+    "Patient",
+    "PaymentNotice",
+    "PaymentReconciliation",
+    "Person",
+    "PlanDefinition",
+    "Practitioner",
+    "PractitionerRole",
+    "Procedure",
+    "Provenance",
+    "Questionnaire",
+    "QuestionnaireResponse",
+    "RelatedPerson",
+    "RequestGroup",
+    "ResearchDefinition",
+    "ResearchElementDefinition",
+    "ResearchStudy",
+    "ResearchSubject",
+    "RiskAssessment",
+    "RiskEvidenceSynthesis",
+    "Schedule",
+    "SearchParameter",
+    "ServiceRequest",
+    "Slot",
+    "Specimen",
+    "SpecimenDefinition",
+    "StructureDefinition",
+    "StructureMap",
+    "Subscription",
+    "Substance",
+    "SubstanceNucleicAcid",
+    "SubstancePolymer",
+    "SubstanceProtein",
+    "SubstanceReferenceInformation",
+    "SubstanceSourceMaterial",
+    "SubstanceSpecification",
+    "SupplyDelivery",
+    "SupplyRequest",
+    "Task",
+    "TerminologyCapabilities",
+    "TestReport",
+    "TestScript",
+    "ValueSet",
+    "VerificationResult",
+    "VisionPrescription",
+];
+
+/// Whether an object member of this name holds canonicals.
+pub fn is_element(key: &[u8]) -> bool {
+    ELEMENTS.iter().any(|e| e.as_bytes() == key)
+}
+
+/// A canonical that is a relative literal: the literal and what follows it (`|version` or "").
+pub fn literal(canonical: &str) -> Option<(Literal<'_>, &str)> {
+    let cut = canonical.find('|').unwrap_or(canonical.len());
+    let l = reference::literal(&canonical[..cut])?;
+    RESOURCE_TYPES.binary_search(&l.rtype).is_ok().then_some((l, &canonical[cut..]))
+}
+
+/// Calls `f` on every string held by a canonical element in `value` (a string member, or each
+/// string in an array member), depth first, stopping at the first error.
+pub fn for_each_mut<E>(value: &mut Value, f: &mut impl FnMut(&mut String) -> Result<(), E>) -> Result<(), E> {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map.iter_mut() {
+                match v {
+                    Value::String(s) if is_element(k.as_bytes()) => f(s)?,
+                    Value::Array(items) if is_element(k.as_bytes()) => {
+                        for item in items {
+                            match item {
+                                Value::String(s) => f(s)?,
+                                other => for_each_mut(other, f)?,
+                            }
+                        }
+                    }
+                    _ => for_each_mut(v, f)?,
+                }
+            }
+            Ok(())
+        }
+        Value::Array(items) => items.iter_mut().try_for_each(|v| for_each_mut(v, f)),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_type_list_is_sorted_for_binary_search() {
+        assert!(RESOURCE_TYPES.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn only_relative_literals_of_resource_types_count() {
+        let (l, rest) = literal("Library/x|1.0").unwrap();
+        assert_eq!((l.rtype, l.id, rest), ("Library", "x", "|1.0"));
+        assert_eq!(literal("Questionnaire/q").unwrap().1, "");
+        assert!(literal("Questionnaire/q/_history/2").unwrap().0.version.is_some());
+        assert!(literal("http://example.org/fhir/Library/x").is_none());
+        assert!(literal("Blood/urine").is_none(), "not a resource type");
+        assert!(literal("Library/x/y").is_none());
+    }
+
+    #[test]
+    fn visits_strings_and_arrays_of_strings_under_canonical_elements_only() {
+        let mut v = json!({
+            "library": ["Library/a", "http://x/Library/b"],
+            "relatedArtifact": [{"type": "depends-on", "resource": "Questionnaire/q"}],
+            "partOf": [{"reference": "Procedure/p"}],
+            "meta": {"profile": ["StructureDefinition/s"]},
+            "extension": [{"url": "u", "valueCanonical": "PlanDefinition/p"}],
+            "text": {"div": "Library/not-this"},
+            "code": "Library/nor-this"
+        });
+        let mut seen = vec![];
+        for_each_mut(&mut v, &mut |s: &mut String| -> Result<(), ()> {
+            seen.push(s.clone());
+            s.push('!');
+            Ok(())
+        })
+        .unwrap();
+        seen.sort();
+        assert_eq!(
+            seen,
+            ["Library/a", "PlanDefinition/p", "Questionnaire/q", "StructureDefinition/s", "http://x/Library/b"]
+        );
+        assert_eq!(v["library"][0], "Library/a!");
+    }
+}
