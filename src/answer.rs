@@ -1,7 +1,7 @@
 //! Turning scope results into HTTP responses: FHIR JSON with the headers fhir-fence chooses,
 //! `Prefer: return=minimal`, 304 for conditional reads, and a Binary's own bytes.
 use crate::error::Error;
-use crate::request::{accepts_fhir_json, prefers};
+use crate::request::{asks_for_fhir_resource, prefers};
 use crate::scope::{conditional, read, write, Ctx, ScopeError};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -22,7 +22,7 @@ pub(crate) fn boxed(resp: Response<Full<Bytes>>) -> Response<Body> {
 }
 
 /// The answer to a read or vread: 304 for an unchanged resource the caller already has; a
-/// Binary's own bytes when the client does not accept FHIR JSON (checked as JSON first).
+/// Binary's own bytes unless the client asks for the resource (checked as JSON first).
 pub(crate) fn read_response(
     ctx: &Ctx,
     result: read::ReadResult,
@@ -35,7 +35,8 @@ pub(crate) fn read_response(
         set_correlation(resp.headers_mut(), ctx.correlation);
         return Ok(resp);
     }
-    if result.body.get("resourceType").and_then(Value::as_str) == Some("Binary") && !accepts_fhir_json(request_headers)
+    if result.body.get("resourceType").and_then(Value::as_str) == Some("Binary")
+        && !asks_for_fhir_resource(request_headers)
     {
         return binary_content(ctx, result);
     }

@@ -38,6 +38,16 @@ pub(crate) fn accepts_fhir_json(headers: &HeaderMap) -> bool {
     accepts(headers, &["application/json", "application/fhir+json"])
 }
 
+/// True when `Accept` names the FHIR JSON media type itself: how a client asks for a `Binary`
+/// as a resource rather than its content (FHIR R4 §Binary; HAPI answers the same way, and
+/// gives the content for no `Accept`, wildcards and plain `application/json`).
+pub(crate) fn asks_for_fhir_resource(headers: &HeaderMap) -> bool {
+    let Some(Ok(accept)) = headers.get(header::ACCEPT).map(|a| a.to_str()) else { return false };
+    accept
+        .split(',')
+        .any(|range| range.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/fhir+json"))
+}
+
 /// True when `Accept` is absent, or one of its ranges is a wildcard or one of `types`.
 fn accepts(headers: &HeaderMap, types: &[&str]) -> bool {
     let Some(accept) = headers.get(header::ACCEPT) else { return true };

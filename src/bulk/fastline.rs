@@ -401,6 +401,7 @@ impl<'a> Scan<'a> {
         self.members(depth, |s, key| {
             match (place, key) {
                 (Place::Top, b"resourceType") => {
+                    attachment.resource = true;
                     if s.peek()? != b'"' {
                         return Err(Unsure);
                     }
@@ -451,13 +452,16 @@ impl<'a> Scan<'a> {
                 _ => {
                     attachment.marked |= is_attachment_key(key);
                     attachment.extension |= key.starts_with(b"value");
+                    attachment.resource |= key == b"resourceType";
                     s.value(depth + 1, Place::Any)?
                 }
             }
             Ok(())
         })?;
         // An Attachment's url naming the upstream is never shown (the full check refuses it).
-        if let (Some(url), true, false) = (attachment.url, attachment.marked, attachment.extension) {
+        if let (Some(url), true, false, false) =
+            (attachment.url, attachment.marked, attachment.extension, attachment.resource)
+        {
             match url {
                 Some(u) if !u.starts_with(&self.f.upstream_base) => {}
                 _ => return Err(Unsure),
@@ -613,6 +617,8 @@ struct Attachment<'a> {
     url: Option<Option<&'a str>>,
     marked: bool,
     extension: bool,
+    /// A resource (its own `url` and `title`: a canonical resource), not an Attachment.
+    resource: bool,
 }
 
 /// Keys seen in one object. Most FHIR objects have a few keys: they live inline (no

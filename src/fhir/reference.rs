@@ -142,7 +142,8 @@ pub fn for_each_mut<E>(value: &mut Value, f: &mut impl FnMut(&mut String) -> Res
 const ATTACHMENT_KEYS: &[&str] = &["contentType", "data", "size", "hash", "title", "creation", "language"];
 
 /// Calls `f` on the `url` of every object that looks like an `Attachment`: a string `url`
-/// next to one of the Attachment elements, and no `value[x]` (which would make it an Extension).
+/// next to one of the Attachment elements, no `value[x]` (which would make it an Extension)
+/// and no `resourceType` (a canonical resource's own `url` beside its `title`).
 pub fn for_each_attachment_url_mut<E>(
     value: &mut Value,
     f: &mut impl FnMut(&mut String) -> Result<(), E>,
@@ -151,7 +152,8 @@ pub fn for_each_attachment_url_mut<E>(
         Value::Object(map) => {
             let attachment = map.get("url").is_some_and(Value::is_string)
                 && ATTACHMENT_KEYS.iter().any(|k| map.contains_key(*k))
-                && !map.keys().any(|k| k.starts_with("value"));
+                && !map.keys().any(|k| k.starts_with("value"))
+                && !map.contains_key("resourceType");
             if attachment {
                 if let Some(Value::String(url)) = map.get_mut("url") {
                     f(url)?;
@@ -209,7 +211,9 @@ mod tests {
             "content": [{"attachment": {"contentType": "application/pdf", "url": "Binary/b1"}}],
             "extension": [{"url": "http://example.org/ext", "valueString": "x"}],
             "photo": [{"url": "http://example.org/p.png", "title": "p"}],
-            "url": "http://example.org/canonical"
+            "url": "http://example.org/canonical",
+            "contained": [{"resourceType": "Library", "url": "http://example.org/Library/l", "title": "L",
+                "content": [{"contentType": "text/cql", "url": "http://example.org/l.cql"}]}]
         });
         let mut seen = vec![];
         for_each_attachment_url_mut(&mut v, &mut |u: &mut String| -> Result<(), ()> {
@@ -217,7 +221,7 @@ mod tests {
             Ok(())
         })
         .unwrap();
-        assert_eq!(seen, ["Binary/b1", "http://example.org/p.png"]);
+        assert_eq!(seen, ["Binary/b1", "http://example.org/p.png", "http://example.org/l.cql"]);
     }
 
     #[test]

@@ -57,6 +57,9 @@ pub struct Request {
     /// A body that is not JSON.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body_text: Option<String>,
+    /// A body that is not UTF-8 text (a Binary's content), in base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_base64: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -69,38 +72,62 @@ pub struct Response {
     pub body: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body_text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_base64: Option<String>,
 }
 
-/// A body: a JSON document, text, or nothing.
+/// A body: a JSON document, text, other bytes (base64), or nothing.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Body {
     pub body: Option<Value>,
     pub body_text: Option<String>,
+    pub body_base64: Option<String>,
 }
 
 impl Request {
     pub fn body(&self) -> Body {
-        Body { body: self.body.clone(), body_text: self.body_text.clone() }
+        Body { body: self.body.clone(), body_text: self.body_text.clone(), body_base64: self.body_base64.clone() }
+    }
+}
+
+impl Response {
+    /// The body as text for comparing: the text, or the bytes' base64.
+    pub fn text(&self) -> Option<&str> {
+        self.body_text.as_deref().or(self.body_base64.as_deref())
     }
 }
 
 impl Body {
-    /// JSON when the bytes parse as JSON, else text (lossy UTF-8), else nothing.
+    /// JSON when the bytes parse as JSON, else UTF-8 text, else base64; nothing when empty.
     pub fn from_bytes(bytes: &[u8]) -> Body {
+        use base64::Engine;
         if bytes.is_empty() {
             return Body::default();
         }
-        match serde_json::from_slice::<Value>(bytes) {
-            Ok(v) => Body { body: Some(v), body_text: None },
-            Err(_) => Body { body: None, body_text: Some(String::from_utf8_lossy(bytes).into_owned()) },
+        if let Ok(v) = serde_json::from_slice::<Value>(bytes) {
+            return Body { body: Some(v), ..Body::default() };
+        }
+        match std::str::from_utf8(bytes) {
+            Ok(t) => Body { body_text: Some(t.to_owned()), ..Body::default() },
+            Err(_) => {
+                Body { body_base64: Some(base64::engine::general_purpose::STANDARD.encode(bytes)), ..Body::default() }
+            }
         }
     }
 
+    /// The body as text for comparing: the text, or the bytes' base64.
+    pub fn text(&self) -> Option<&str> {
+        self.body_text.as_deref().or(self.body_base64.as_deref())
+    }
+
+    /// The bytes to send; a `body_base64` that is not base64 sends nothing.
     pub fn to_bytes(&self) -> Vec<u8> {
-        match (&self.body, &self.body_text) {
-            (Some(v), _) => serde_json::to_vec(v).expect("serialisable"),
-            (None, Some(t)) => t.as_bytes().to_vec(),
-            (None, None) => Vec::new(),
+        use base64::Engine;
+        match (&self.body, &self.body_text, &self.body_base64) {
+            (Some(v), _, _) => serde_json::to_vec(v).expect("serialisable"),
+            (None, Some(t), _) => t.as_bytes().to_vec(),
+            (None, None, Some(b)) => base64::engine::general_purpose::STANDARD.decode(b).unwrap_or_default(),
+            (None, None, None) => Vec::new(),
         }
     }
 }
@@ -135,6 +162,7 @@ impl Exchange {
                 headers: kept_headers(headers, KEPT_REQUEST_HEADERS),
                 body: qb.body,
                 body_text: qb.body_text,
+                body_base64: qb.body_base64,
             },
             response: response.map(|r| {
                 let rb = Body::from_bytes(r.body);
@@ -143,6 +171,7 @@ impl Exchange {
                     headers: kept_headers(r.headers, KEPT_RESPONSE_HEADERS),
                     body: rb.body,
                     body_text: rb.body_text,
+                    body_base64: rb.body_base64,
                 }
             }),
         }
@@ -209,6 +238,11 @@ mod tests {
         write_line(&mut out, &xs[0]).unwrap();
         assert_eq!(read(&out[..]).unwrap(), xs);
         assert_eq!(xs[0].response.as_ref().unwrap().body_text.as_deref(), Some("ok"));
+        let jpeg = [0xff, 0xd8, 0xff, 0xe0, 0, 0x10, b'J', b'F'];
+        let b = Body::from_bytes(&jpeg);
+        assert!(b.body.is_none() && b.body_text.is_none(), "bytes that are not UTF-8 are not text");
+        assert_eq!(b.to_bytes(), jpeg, "and come back unchanged");
+        assert_eq!(Body::from_bytes(b"caf\xc3\xa9").body_text.as_deref(), Some("café"));
         let twice = format!("{line}\n\n{line}\n");
         assert!(read(twice.as_bytes()).unwrap_err().to_string().starts_with("line 3: exchange id e1 appears twice"));
         let unknown = line.replace("\"labels\"", "\"label\"");

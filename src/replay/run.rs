@@ -158,8 +158,8 @@ async fn replay_tenant(
                 };
                 let transparency = match (&x.response, &x.expect) {
                     (Some(r), None) => match compare::difference(
-                        (r.status, r.body.as_ref(), r.body_text.as_deref()),
-                        (status, replayed.body.as_ref(), replayed.body_text.as_deref()),
+                        (r.status, r.body.as_ref(), r.text()),
+                        (status, replayed.body.as_ref(), replayed.text()),
                         &ids,
                         &plan.rules,
                         !x.request.query.split('&').any(|p| p.starts_with("_sort")),

@@ -11,10 +11,11 @@
 mod support;
 
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
 use support::client::{self, Reply};
-use support::hl7::{close_over_references, examples, transaction, SEARCHES};
+use support::hl7::{close_over_references, examples, instance_examples, key, literals, transaction, SEARCHES};
 use support::{tenants, Options};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -29,10 +30,6 @@ fn out_dir() -> PathBuf {
     let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/conformance");
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-fn path_of(r: &Value) -> String {
-    format!("{}/{}", r["resourceType"].as_str().unwrap(), r["id"].as_str().unwrap())
 }
 
 /// The client whose traffic is recorded: everything a FHIR application does to a server.
@@ -54,7 +51,7 @@ async fn drive(base: &str) -> usize {
     let mut loaded: Vec<Value> = vec![];
     for r in ordered {
         // Credentials and cookies as a real client sends them: the recorder must not write them.
-        let put = client::put(&format!("{base}/{}", path_of(&r)), &r).bearer(SECRET).header("cookie", SECRET);
+        let put = client::put(&format!("{base}/{}", key(&r)), &r).bearer(SECRET).header("cookie", SECRET);
         let reply = send(put.send().await);
         if reply.status == 200 || reply.status == 201 {
             loaded.push(r);
@@ -119,34 +116,29 @@ async fn drive(base: &str) -> usize {
 
     // 5. Reads of what was loaded.
     for r in loaded.iter().take(150) {
-        send(client::get(&format!("{base}/{}", path_of(r))).send().await);
+        send(client::get(&format!("{base}/{}", key(r))).send().await);
     }
 
-    // 6. What fhir-fence refuses by design (the file says so with `expect`, below).
+    // 6. Every instance example a tenant may write, created through transactions, and read back.
+    for path in create_instance_examples(base, &mut send).await {
+        send(client::get(&format!("{base}/{path}")).send().await);
+    }
+
+    // 7. What fhir-fence refuses by design (the file says so with `expect`, below).
     send(client::get(&format!("{base}/$get-resource-counts")).send().await);
     n
 }
 
-/// The examples in an order where every resource comes after those it refers to, and those
-/// caught in reference cycles (which no such order has).
+/// The examples in an order where every resource comes after those it names, and those caught
+/// in reference cycles (which no such order has).
 fn dependency_order(all: Vec<Value>) -> (Vec<Value>, Vec<Value>) {
-    fn refs(v: &Value, out: &mut Vec<String>) {
-        match v {
-            Value::Object(m) => m.iter().for_each(|(k, v)| match (k.as_str(), v) {
-                ("reference", Value::String(r)) => out.push(r.clone()),
-                _ => refs(v, out),
-            }),
-            Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
-            _ => {}
-        }
-    }
     let mut pending: Vec<(Value, Vec<String>)> = all
         .into_iter()
         .map(|r| {
             let mut out = vec![];
-            refs(&r, &mut out);
-            let me = path_of(&r);
-            out.retain(|x| *x != me && !x.starts_with('#'));
+            literals(&r, &mut out);
+            let me = key(&r);
+            out.retain(|x| *x != me);
             (r, out)
         })
         .collect();
@@ -159,11 +151,65 @@ fn dependency_order(all: Vec<Value>) -> (Vec<Value>, Vec<Value>) {
             return (ordered, waiting.into_iter().map(|(r, _)| r).collect());
         }
         for (r, _) in ready {
-            done.insert(path_of(&r));
+            done.insert(key(&r));
             ordered.push(r);
         }
         pending = waiting;
     }
+}
+
+/// Replaces every string naming a key of `names` (a `reference`, a canonical) by its value.
+fn rename(v: &mut Value, names: &HashMap<String, String>) {
+    match v {
+        Value::Object(m) => m.values_mut().for_each(|x| rename(x, names)),
+        Value::Array(a) => a.iter_mut().for_each(|x| rename(x, names)),
+        Value::String(s) => {
+            if let Some(new) = names.get(s.as_str()) {
+                *s = new.clone();
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Creates every instance example through transactions, as a client migrating its data would:
+/// dependencies first, 50 per transaction, each entry a `POST` with a `urn:uuid` `fullUrl`;
+/// references inside a transaction name `fullUrl`s, references to earlier ones the ids the
+/// server assigned; the reference cycles in one last transaction. Returns where each was created.
+async fn create_instance_examples(base: &str, send: &mut impl FnMut(Reply) -> Reply) -> Vec<String> {
+    let (ordered, cycles) = dependency_order(instance_examples());
+    let mut assigned: HashMap<String, String> = HashMap::new();
+    let mut created = vec![];
+    let chunks: Vec<&[Value]> = ordered.chunks(50).chain([cycles.as_slice()]).filter(|c| !c.is_empty()).collect();
+    for chunk in chunks {
+        let mut names = assigned.clone();
+        for (i, r) in chunk.iter().enumerate() {
+            names.insert(key(r), format!("urn:uuid:00000000-0000-4000-8000-{:012}", created.len() + i));
+        }
+        let entries: Vec<Value> = chunk
+            .iter()
+            .map(|r| {
+                let mut body = r.clone();
+                body.as_object_mut().unwrap().remove("id");
+                rename(&mut body, &names);
+                let rtype = r["resourceType"].as_str().unwrap();
+                json!({"fullUrl": names[&key(r)], "resource": body, "request": {"method": "POST", "url": rtype}})
+            })
+            .collect();
+        let reply = send(
+            client::post(base, &json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}))
+                .send()
+                .await,
+        );
+        assert_eq!(reply.status, 200, "the plain server takes every transaction: {}", reply.body);
+        for (r, e) in chunk.iter().zip(reply.body["entry"].as_array().unwrap()) {
+            let location = e["response"]["location"].as_str().unwrap();
+            let path: Vec<&str> = location.split('/').take(2).collect();
+            assigned.insert(key(r), path.join("/"));
+            created.push(path.join("/"));
+        }
+    }
+    created
 }
 
 /// Marks the exchanges fhir-fence must refuse: the recording has the plain server's answer.

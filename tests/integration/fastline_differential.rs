@@ -57,6 +57,12 @@ fn edits(line: &str, p: &str, other: &str) -> Vec<String> {
         line.replacen(&format!("Questionnaire/{p}-"), "Questionnaire/", 1),
         line.replacen("StructureDefinition/s1", "Library/s1", 1),
         line.replacen(&format!("Library/{p}"), &format!("Library\\/{p}"), 1),
+        line.replacen("\"status\"", "\"url\":\"http://x/Observation/o\",\"title\":\"t\",\"status\"", 1),
+        line.replacen(
+            "{\"x\":\"Library/y\"}",
+            "{\"resourceType\":\"Library\",\"url\":\"http://x/L\",\"title\":\"t\"}",
+            1,
+        ),
         line.replacen("\"status\"", "\"id\":\"x\",\"status\"", 1),
         line.replacen("\"versionId\"", "\"tag\":[],\"versionId\"", 1),
         line.replacen("\"tag\"", "\"security\"", 1),

@@ -736,8 +736,19 @@ async fn binary_content_and_attachments_stay_inside_the_tenant() {
     let r = get(&f.url("Binary/bin-b")).bearer(&a).header("accept", "text/plain").send().await;
     assert_eq!(r.status, 404);
     assert!(!String::from_utf8_lossy(&r.raw).contains("bravo"));
-    let r = get(&f.url("Binary/bin1")).bearer(&a).send().await;
+    let r = get(&f.url("Binary/bin1")).bearer(&a).header("accept", "application/fhir+json").send().await;
     assert_eq!((r.status, r.body["resourceType"].as_str()), (200, Some("Binary")), "FHIR JSON when asked for it");
+    // Without an Accept naming FHIR JSON, the content itself (as HAPI answers).
+    for accept in [None, Some("*/*"), Some("application/json")] {
+        let call = get(&f.url("Binary/bin1")).bearer(&a);
+        let r = match accept {
+            Some(v) => call.header("accept", v),
+            None => call,
+        }
+        .send()
+        .await;
+        assert_eq!((r.status, &r.raw[..]), (200, &b"hello alpha"[..]), "Accept {accept:?}");
+    }
     assert_eq!(get(&f.url("Patient/p1")).bearer(&a).header("accept", "text/plain").send().await.status, 406);
 
     let mut guarded = bin("guarded");

@@ -143,3 +143,92 @@ pub fn transaction(resources: &[Value]) -> Value {
         .collect();
     json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})
 }
+
+/// Examples plain HAPI refuses as invalid (HAPI-0931: a reference to a type the element does
+/// not allow), left out of [`instance_examples`].
+const HAPI_REFUSES: &[&str] = &["DeviceUseStatement/example", "Observation/clinical-gender"];
+
+/// Stored Bundles larger than this (the spec's definition Bundles, 2 to 35 MB) are left out.
+const MAX_EXAMPLE_BYTES: u64 = 1_000_000;
+
+/// Every instance example a tenant may write (not the server-wide definitional types), as
+/// far as it can be created on any server: left out are examples HAPI refuses
+/// ([`HAPI_REFUSES`], Bundles of a type it does not store), the spec's multi-megabyte definition
+/// Bundles, attachments pointing elsewhere and Subscriptions (refused by fhir-fence by design:
+/// only a tenant's allowed destinations), and, until nothing
+/// changes, every example naming a resource outside the set — by `reference`, or by any string
+/// that is a relative literal of a resource type (HAPI resolves canonicals such as `library`
+/// written that way like references), absolute and versioned ones included.
+pub fn instance_examples() -> Vec<Value> {
+    let dir = format!("{}/hl7-r4-examples/package", super::test_data_dir().display());
+    let mut all: Vec<Value> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{dir}: {e} (run scripts/fetch-test-data)"))
+        .filter_map(|e| e.ok())
+        .filter(|e| e.metadata().is_ok_and(|m| m.len() <= MAX_EXAMPLE_BYTES))
+        .filter_map(|e| std::fs::read(e.path()).ok())
+        .filter_map(|b| serde_json::from_slice::<Value>(&b).ok())
+        .filter(|r| {
+            let (Some(t), Some(id)) = (r["resourceType"].as_str(), r["id"].as_str()) else { return false };
+            let stored_bundle =
+                t != "Bundle" || ["document", "collection", "message"].contains(&r["type"].as_str().unwrap_or(""));
+            // Subscriptions deliver to hosts fhir-fence allows per tenant only (tested elsewhere).
+            !fhir_fence::scope::write::is_server_wide(t)
+                && t != "Subscription"
+                && stored_bundle
+                && !HAPI_REFUSES.contains(&format!("{t}/{id}").as_str())
+        })
+        .filter(|r| {
+            let mut elsewhere = false;
+            let _ = fhir_fence::fhir::reference::for_each_attachment_url_mut(&mut r.clone(), &mut |u: &mut String| {
+                elsewhere |= !u.starts_with("Binary/");
+                Ok::<_, ()>(())
+            });
+            !elsewhere
+        })
+        .collect();
+    all.sort_by_key(|r| format!("{}/{}", r["resourceType"], r["id"]));
+    loop {
+        let present: HashSet<String> = all.iter().map(key).collect();
+        let before = all.len();
+        all.retain(|r| {
+            let mut names = vec![];
+            let whole = literals(r, &mut names);
+            whole && names.iter().all(|n| present.contains(n))
+        });
+        if all.len() == before {
+            return all;
+        }
+    }
+}
+
+/// `Type/id` of a resource.
+pub fn key(r: &Value) -> String {
+    format!("{}/{}", r["resourceType"].as_str().unwrap(), r["id"].as_str().unwrap())
+}
+
+/// Collects every `Type/id` a resource names (`reference`s and literal-shaped strings); false
+/// when it names something in a form that cannot be created alongside it (an absolute, `urn:`,
+/// versioned or conditional reference).
+pub fn literals(v: &Value, out: &mut Vec<String>) -> bool {
+    match v {
+        Value::Object(m) => m.iter().all(|(k, x)| match (k.as_str(), x) {
+            ("reference", Value::String(r)) if r.starts_with('#') => true,
+            ("reference", Value::String(r)) => {
+                let plain = r.split('/').count() == 2 && fhir_fence::fhir::reference::literal(r).is_some();
+                out.push(r.clone());
+                plain
+            }
+            _ => literals(x, out),
+        }),
+        Value::Array(a) => a.iter().all(|x| literals(x, out)),
+        Value::String(s) => match fhir_fence::fhir::canonical::literal(s) {
+            Some((l, rest)) if l.version.is_none() && rest.is_empty() => {
+                out.push(s.clone());
+                true
+            }
+            Some(_) => false,
+            None => true,
+        },
+        _ => true,
+    }
+}
