@@ -212,6 +212,40 @@ async fn create_instance_examples(base: &str, send: &mut impl FnMut(Reply) -> Re
     created
 }
 
+/// fhiry's recorded HAPI paging run as a traffic file: the Conditions it searched (their
+/// transaction, and the two Patients they name, which the recording's server held), then the
+/// three pages as recorded, each request the link the previous page gave.
+fn fhiry_paging_traffic() -> String {
+    let dir = support::test_data_dir().join("fhiry").join("fhirsearch");
+    let read = |f: &str| -> Value { serde_json::from_slice(&std::fs::read(dir.join(f)).unwrap()).unwrap() };
+    let json = json!({"content-type": "application/fhir+json"});
+    let mut lines = vec![];
+    for p in ["pat-id-1", "pat-id-2"] {
+        lines.push(json!({"id": format!("setup-{p}"), "labels": ["setup"], "request": {"method": "PUT",
+            "path": format!("Patient/{p}"), "headers": json, "body": {"resourceType": "Patient", "id": p}}}));
+    }
+    lines.push(json!({"id": "setup-conditions", "labels": ["setup"],
+        "request": {"method": "POST", "path": "", "headers": json, "body": read("conditions.json")}}));
+    let mut request = ("Condition".to_owned(), "_count=2".to_owned());
+    for (i, f) in ["search-conditions-page1.json", "search-conditions-page2.json", "search-conditions-page3.json"]
+        .iter()
+        .enumerate()
+    {
+        let page = read(f);
+        lines.push(json!({"id": format!("page-{}", i + 1), "labels": ["paging"],
+            "request": {"method": "GET", "path": request.0, "query": request.1},
+            "response": {"status": 200, "headers": json, "body": page}}));
+        if let Some(next) = page["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next") {
+            let url = url::Url::parse(next["url"].as_str().unwrap()).unwrap();
+            request = (
+                url.path().trim_start_matches("/fhir").trim_start_matches('/').to_owned(),
+                url.query().unwrap().to_owned(),
+            );
+        }
+    }
+    lines.iter().map(|l| format!("{l}\n")).collect()
+}
+
 /// Marks the exchanges fhir-fence must refuse: the recording has the plain server's answer.
 fn label_refusals(corpus: &std::path::Path) {
     let text = std::fs::read_to_string(corpus).unwrap();
@@ -263,7 +297,8 @@ async fn the_corpus_replays_as_three_tenants_without_a_leak() {
     assert!(!recorded.contains(SECRET), "no credentials or cookies in the corpus");
 
     // Replay through fhir-fence as three tenants at once.
-    let ts = tenants(3);
+    // Three tenants for the corpus, three more for the fhiry paging recording (below).
+    let ts = tenants(6);
     // Transactions as large as the Synthea ones (1 MB, 556 entries) are allowed, as a
     // deployment taking such traffic would configure.
     let options = Options {
@@ -272,7 +307,7 @@ async fn the_corpus_replays_as_three_tenants_without_a_leak() {
         ..Options::new(&support::hapi_url("HAPI_URL", 8090), &ts)
     };
     let fence = support::start(options).await;
-    let names: Vec<String> = ts.iter().map(|t| t.name.clone()).collect();
+    let names: Vec<String> = ts[..3].iter().map(|t| t.name.clone()).collect();
     let (json_path, junit_path) = (dir.join("report.json"), dir.join("report.xml"));
     let out = tokio::process::Command::new(bin)
         .args(["replay", "--traffic", corpus.to_str().unwrap(), "--target", &fence.base])
@@ -294,4 +329,31 @@ async fn the_corpus_replays_as_three_tenants_without_a_leak() {
     assert_eq!(report["exchanges"].as_u64(), Some(sent as u64));
     let rate = s["transparency_rate"].as_f64().unwrap();
     assert!(rate >= TRANSPARENCY_FLOOR, "transparency {rate:.3} below {TRANSPARENCY_FLOOR}: {summary}");
+
+    // A recording made by others: fhiry's HAPI paging run (three pages of `Condition?_count=2`,
+    // `_getpages` links), replayed as three fresh tenants. Each sees only its own five
+    // Conditions, so through fhir-fence on a shared HAPI the pages match what a server holding
+    // nothing else answered: every page identical, no foreign entry.
+    let paging = dir.join("fhiry-paging.ndjson");
+    std::fs::write(&paging, fhiry_paging_traffic()).unwrap();
+    let names: Vec<String> = ts[3..].iter().map(|t| t.name.clone()).collect();
+    let paging_json = dir.join("fhiry-paging-report.json");
+    let out = tokio::process::Command::new(bin)
+        .args(["replay", "--traffic", paging.to_str().unwrap(), "--target", &fence.base])
+        .args(["--config", fence.config_path.to_str().unwrap(), "--issuer", "dev", "--tenants", &names.join(",")])
+        .args(["--json", paging_json.to_str().unwrap(), "--strict"])
+        .output()
+        .await
+        .unwrap();
+    let summary = String::from_utf8_lossy(&out.stdout);
+    println!("{summary}");
+    let report: Value = serde_json::from_slice(&std::fs::read(&paging_json).unwrap()).unwrap();
+    let s = &report["summary"];
+    assert_eq!(s["isolation_failures"], 0, "{summary}");
+    assert_eq!(
+        (s["transparency_checked"].as_u64(), s["transparency_passed"].as_u64()),
+        (Some(9), Some(9)),
+        "{summary}"
+    );
+    assert_eq!(out.status.code(), Some(0), "{summary}");
 }
