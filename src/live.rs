@@ -10,7 +10,8 @@
 use crate::config::{self, ConfigError};
 use crate::state::Snapshot;
 use arc_swap::ArcSwap;
-use notify::{RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecursiveMode, Watcher};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -141,6 +142,13 @@ async fn watch_files(live: Arc<Live>) {
     let wanted = names.clone();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
+        // Opening or reading a file is no change (and the check below reads the files: counting
+        // those events would make the watcher wake itself for ever).
+        if let EventKind::Access(kind) = event.kind {
+            if kind != AccessKind::Close(AccessMode::Write) {
+                return;
+            }
+        }
         let known = wanted.read().unwrap_or_else(|p| p.into_inner());
         let relevant = event
             .paths
