@@ -58,9 +58,11 @@ pub async fn serve_public(live: Arc<Live>, public: TcpListener, shutdown: impl F
                 };
                 let live = live.clone();
                 // Each request takes the snapshot current when it arrives and keeps it to the end.
+                // The request's future (several KB) is boxed: hyper moves the service future
+                // into its dispatcher, and a pointer is cheaper to move than the whole state.
                 let service = service_fn(move |req| {
-                    let snap = live.snapshot();
-                    async move { Ok::<_, Infallible>(pipeline::handle(snap, req).await) }
+                    let handling = Box::pin(pipeline::handle(live.snapshot(), req));
+                    async move { Ok::<_, Infallible>(handling.await) }
                 });
                 let conn = builder().serve_connection(TokioIo::new(stream), service);
                 let conn = graceful.watch(conn);
