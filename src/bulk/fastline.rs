@@ -444,11 +444,17 @@ impl<'a> Scan<'a> {
                     s.reference(v.at, v.plain()?)?;
                 }
                 (_, b"url") if s.peek()? == b'"' => attachment.url = Some(s.string()?.plain().ok()),
-                (_, key) if canonical::is_element(key) && s.peek()? == b'"' => {
-                    let v = s.string()?;
-                    s.canonical(v.at, v.plain()?)?;
+                (_, key) if canonical::is_element(key) => {
+                    attachment.extension |= key.starts_with(b"value");
+                    match s.peek()? {
+                        b'"' => {
+                            let v = s.string()?;
+                            s.canonical(v.at, v.plain()?)?;
+                        }
+                        b'[' => s.canonicals(depth + 1)?,
+                        _ => s.value(depth + 1, Place::Any)?,
+                    }
                 }
-                (_, key) if canonical::is_element(key) && s.peek()? == b'[' => s.canonicals(depth + 1)?,
                 _ => {
                     attachment.marked |= is_attachment_key(key);
                     attachment.extension |= key.starts_with(b"value");
