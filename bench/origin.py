@@ -115,11 +115,13 @@ keys = os.path.join(repo, "fixtures", "keys")
 # The config sits in a directory of its own, as a mounted ConfigMap would: fhir-fence watches
 # the config's directory, and the audit file and logs written beside it would wake the watcher.
 os.makedirs(os.path.join(out, "conf"), exist_ok=True)
+# BENCH_WORKERS: fhir-fence's worker threads (default: one per core).
+workers = f"workers = {os.environ['BENCH_WORKERS']}\n" if os.environ.get("BENCH_WORKERS") else ""
 with open(os.path.join(out, "conf", "fence.toml"), "w") as f:
     f.write(f"""[server]
 listen = "127.0.0.1:{fence_port}"
 public_base = "http://127.0.0.1:{fence_port}/fhir"
-
+{workers}
 [admin]
 listen = "127.0.0.1:{admin_port}"
 
