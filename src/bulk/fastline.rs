@@ -231,7 +231,7 @@ impl<'a> Scan<'a> {
         }
         match self.peek()? {
             b'{' => self.object(depth, place),
-            b'[' => self.array(depth),
+            b'[' => self.array(depth, false),
             b'"' => self.string().map(drop),
             b't' => self.literal(b"true"),
             b'f' => self.literal(b"false"),
@@ -283,35 +283,15 @@ impl<'a> Scan<'a> {
         Ok(())
     }
 
-    fn array(&mut self, depth: usize) -> R<()> {
+    /// An array; under a canonical element (`canonicals`), each string in it is a canonical.
+    fn array(&mut self, depth: usize, canonicals: bool) -> R<()> {
         self.eat(b'[')?;
         self.ws();
         if self.peek()? == b']' {
             return self.eat(b']');
         }
         loop {
-            self.value(depth + 1, Place::Any)?;
-            self.ws();
-            match self.peek()? {
-                b',' => {
-                    self.i += 1;
-                    self.ws();
-                }
-                b']' => return self.eat(b']'),
-                _ => return Err(Unsure),
-            }
-        }
-    }
-
-    /// An array under a canonical element: each string is a canonical, anything else a value.
-    fn canonicals(&mut self, depth: usize) -> R<()> {
-        self.eat(b'[')?;
-        self.ws();
-        if self.peek()? == b']' {
-            return self.eat(b']');
-        }
-        loop {
-            if self.peek()? == b'"' {
+            if canonicals && self.peek()? == b'"' {
                 let v = self.string()?;
                 self.canonical(v.at, v.plain()?)?;
             } else {
@@ -451,7 +431,7 @@ impl<'a> Scan<'a> {
                             let v = s.string()?;
                             s.canonical(v.at, v.plain()?)?;
                         }
-                        b'[' => s.canonicals(depth + 1)?,
+                        b'[' => s.array(depth + 1, true)?,
                         _ => s.value(depth + 1, Place::Any)?,
                     }
                 }

@@ -251,14 +251,25 @@ fn inbound_canonical(
     if is_server_wide(literal.rtype) {
         return Ok(());
     }
-    let upstream_id = ctx.tenant.upstream_id(literal.id).map_err(|_| ScopeError::Reference(c.clone()))?;
-    let unversioned = format!("{}/{}", literal.rtype, upstream_id);
-    if !bundle.written.contains(&unversioned) {
-        let path = literal.with_id(&upstream_id);
-        targets.push(RefTarget { path, rtype: literal.rtype.to_owned(), original: c.clone() });
-    }
-    *c = format!("{}{rest}", literal.with_id(&upstream_id));
+    *c = format!("{}{rest}", in_tenant(ctx, literal, c, bundle, targets)?);
     Ok(())
+}
+
+/// A literal moved into the caller's namespace; unless the Bundle being written creates it,
+/// recorded as a target that must exist in the caller's tenant.
+fn in_tenant(
+    ctx: &Ctx,
+    literal: reference::Literal,
+    original: &str,
+    bundle: &InBundle,
+    targets: &mut Vec<RefTarget>,
+) -> Result<String, ScopeError> {
+    let upstream_id = ctx.tenant.upstream_id(literal.id).map_err(|_| ScopeError::Reference(original.to_owned()))?;
+    let path = literal.with_id(&upstream_id);
+    if !bundle.written.contains(&format!("{}/{}", literal.rtype, upstream_id)) {
+        targets.push(RefTarget { path: path.clone(), rtype: literal.rtype.to_owned(), original: original.to_owned() });
+    }
+    Ok(path)
 }
 
 /// Rewrites one reference in a body to upstream form and records what must exist.
@@ -295,12 +306,6 @@ fn inbound_reference(
             return Err(ScopeError::ReferenceForm(r.clone(), "conditional references are not supported yet"))
         }
     };
-    let upstream_id = ctx.tenant.upstream_id(literal.id).map_err(|_| ScopeError::Reference(r.clone()))?;
-    let path = literal.with_id(&upstream_id);
-    let unversioned = format!("{}/{}", literal.rtype, upstream_id);
-    if !bundle.written.contains(&unversioned) {
-        targets.push(RefTarget { path: path.clone(), rtype: literal.rtype.to_owned(), original: r.clone() });
-    }
-    *r = path;
+    *r = in_tenant(ctx, literal, r, bundle, targets)?;
     Ok(())
 }
