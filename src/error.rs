@@ -169,6 +169,11 @@ impl Error {
         let (status, code, diagnostics) = self.classify(correlation);
         if status.is_server_error() {
             tracing::warn!(correlation, error = %self, status = status.as_u16(), "request failed");
+        } else if matches!(self, Error::Limit(_)) {
+            // A tenant over its limit sends these by the thousand: a line each would make its
+            // flood the log's (and every other tenant's) problem. Counted in
+            // `fhir_fence_rate_limited_total` and `refused_total`, audited one by one.
+            tracing::debug!(correlation, error = %self, status = status.as_u16(), "request refused");
         } else {
             tracing::info!(correlation, error = %self, status = status.as_u16(), "request refused");
         }
