@@ -537,10 +537,7 @@ impl<'a> Scan<'a> {
     /// Cuts the tenant prefix from a canonical written as a relative literal, as
     /// `scope::respond` rewrites it; Unsure when it is not the tenant's.
     fn canonical(&mut self, at: usize, c: &'a str) -> R<()> {
-        let Some((literal, _)) = canonical::literal(c) else { return Ok(()) };
-        if write::is_server_wide(literal.rtype) {
-            return Ok(());
-        }
+        let Some((literal, _)) = write::canonical_reference(c) else { return Ok(()) };
         self.f.tenant.local_id(literal.id).ok_or(Unsure)?;
         let id_at = at + (literal.id.as_ptr() as usize - c.as_ptr() as usize);
         self.cuts.push((id_at, id_at + self.f.tenant.prefix.len() + 1));

@@ -57,10 +57,7 @@ fn outbound_reference(ctx: &Ctx, r: &mut String) -> Result<(), ScopeError> {
 /// A canonical written as a relative literal was moved into the tenant's namespace on the way in
 /// (`write::prepare`); it must still be there. One naming a server-wide type is shared.
 fn outbound_canonical(ctx: &Ctx, c: &mut String) -> Result<(), ScopeError> {
-    let Some((literal, rest)) = canonical::literal(c) else { return Ok(()) };
-    if super::write::is_server_wide(literal.rtype) {
-        return Ok(());
-    }
+    let Some((literal, rest)) = super::write::canonical_reference(c) else { return Ok(()) };
     let local = ctx.tenant.local_id(literal.id).ok_or(ScopeError::Unprovable)?;
     *c = format!("{}{rest}", literal.with_id(local));
     Ok(())

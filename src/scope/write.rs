@@ -150,6 +150,14 @@ pub fn is_server_wide(rtype: &str) -> bool {
     SERVER_WIDE.iter().any(|(t, _)| *t == rtype)
 }
 
+/// A canonical that names a tenant's resource (`fhir::canonical`) and is therefore treated as a
+/// reference — one naming a server-wide type (`StructureDefinition/x` in `meta.profile`) names
+/// shared definitions and is not: the literal and what follows it (`|version` or ""). The one
+/// definition for the inbound check here, `respond` and `bulk::fastline`.
+pub fn canonical_reference(c: &str) -> Option<(reference::Literal<'_>, &str)> {
+    canonical::literal(c).filter(|(l, _)| !is_server_wide(l.rtype))
+}
+
 /// Refuses a change to a resource of `rtype` that no tenant may make through fhir-fence: the
 /// server-wide types, and `AuditEvent` while fhir-fence writes the audit trail there (a tenant
 /// may read its trail, never edit or delete it). Called for every body written (`prepare`) and
@@ -247,10 +255,7 @@ fn inbound_canonical(
         *c = mapped.clone();
         return Ok(());
     }
-    let Some((literal, rest)) = canonical::literal(c) else { return Ok(()) };
-    if is_server_wide(literal.rtype) {
-        return Ok(());
-    }
+    let Some((literal, rest)) = canonical_reference(c) else { return Ok(()) };
     *c = format!("{}{rest}", in_tenant(ctx, literal, c, bundle, targets)?);
     Ok(())
 }
