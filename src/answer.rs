@@ -109,8 +109,8 @@ pub(crate) fn bytes_response(
 ) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(bytes));
     *resp.status_mut() = status;
+    *resp.headers_mut() = extra;
     let h = resp.headers_mut();
-    h.extend(extra);
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/fhir+json; charset=utf-8"));
     set_correlation(h, correlation);
     resp
@@ -119,7 +119,7 @@ pub(crate) fn bytes_response(
 pub(crate) fn set_correlation(h: &mut HeaderMap, correlation: &str) {
     if let Ok(v) = HeaderValue::from_str(correlation) {
         if !correlation.is_empty() {
-            h.insert("x-request-id", v);
+            h.insert(crate::request::X_REQUEST_ID, v);
         }
     }
 }

@@ -114,11 +114,13 @@ async fn run(
     who: &mut Who,
 ) -> Result<Response<Body>, Error> {
     let (parts, body) = req.into_parts();
-    let path = parts.uri.path().to_owned();
+    let path = parts.uri.path();
 
     // `metadata` is answered before identity: clients discover the server before they log in.
     // It is served from the CapabilityStatement read at start-up, so it costs no upstream call.
-    if (parts.method == Method::GET || parts.method == Method::HEAD) && path == format!("{}/metadata", snap.base_path) {
+    if (parts.method == Method::GET || parts.method == Method::HEAD)
+        && path.strip_prefix(snap.base_path.as_str()) == Some("/metadata")
+    {
         who.interaction = Some("metadata");
         return Ok(boxed(metadata(snap).await?));
     }
@@ -138,7 +140,7 @@ async fn run(
     // Routing: the allow-list of interactions; everything else ends here with a precise refusal.
     let params = route::parse_query(parts.uri.query())?;
 
-    let interaction = route::classify(&parts.method, &snap.base_path, &path, &params)?;
+    let interaction = route::classify(&parts.method, &snap.base_path, path, &params)?;
     let name = interaction.name();
     who.interaction = Some(name);
     let (rtype, id) = interaction.target();
@@ -206,8 +208,8 @@ async fn run(
         (Interaction::SystemSearch { form: true }, _) => {
             format!("{}?{}", snap.public_base, route::encode_query(&params))
         }
-        (_, Some(q)) => format!("{}{}?{}", public_origin(snap), path, q),
-        (_, None) => format!("{}{}", public_origin(snap), path),
+        (_, Some(q)) => format!("{}{}?{}", snap.public_origin, path, q),
+        (_, None) => format!("{}{}", snap.public_origin, path),
     };
     let upstream =
         snap.tenant_upstreams.get(&caller.tenant.name).ok_or(Error::from(ScopeError::CapabilitiesUnavailable))?;
@@ -334,10 +336,4 @@ pub(crate) async fn dispatch(
     };
     let dropped = result.dropped;
     Ok((ok_response(result, ctx.correlation), dropped))
-}
-
-/// The scheme://host:port of the public base (request paths already carry the base path).
-fn public_origin(snap: &Snapshot) -> String {
-    let url = &snap.loaded.public_base;
-    url.origin().ascii_serialization()
 }

@@ -6,10 +6,15 @@ use crate::fhir::json::{parse_strict, JsonError};
 use crate::route;
 use bytes::Bytes;
 use http::header;
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::Value;
+
+/// The correlation id's header, on the client's request and answer and on upstream requests.
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// `Prefer` (RFC 7240), which `http` has no constant for.
+pub(crate) const PREFER: HeaderName = HeaderName::from_static("prefer");
 
 /// Problems with the client's request itself (before any FHIR meaning is considered).
 #[derive(Debug, thiserror::Error)]
@@ -53,14 +58,15 @@ fn accepts(headers: &HeaderMap, types: &[&str]) -> bool {
     let Some(accept) = headers.get(header::ACCEPT) else { return true };
     let Ok(accept) = accept.to_str() else { return false };
     accept.split(',').any(|range| {
-        let mime = range.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-        matches!(mime.as_str(), "*/*" | "application/*" | "") || types.contains(&mime.as_str())
+        let mime = range.split(';').next().unwrap_or("").trim();
+        crate::upstream::media_type_is(mime, &["*/*", "application/*", ""])
+            || crate::upstream::media_type_is(mime, types)
     })
 }
 
 /// True when the request's `Prefer` header holds `token` (e.g. `return=minimal`, `respond-async`).
 pub(crate) fn prefers(headers: &HeaderMap, token: &str) -> bool {
-    let prefer = headers.get("prefer").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let prefer = headers.get(PREFER).and_then(|v| v.to_str().ok()).unwrap_or("");
     prefer.split([',', ';']).any(|p| p.trim() == token)
 }
 
@@ -168,7 +174,7 @@ pub(crate) fn check_headers(headers: &HeaderMap) -> Result<(), RequestError> {
 /// A client-supplied `X-Request-Id` if it is a short plain token, else a fresh UUID.
 pub(crate) fn correlation_id(headers: &HeaderMap) -> String {
     headers
-        .get("x-request-id")
+        .get(X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| {
             (1..=64).contains(&v.len())

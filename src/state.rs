@@ -26,6 +26,8 @@ pub struct Snapshot {
     pub public_base: String,
     /// Its path part (`/fhir`), under which all FHIR routes live.
     pub base_path: String,
+    /// Its scheme://host:port (request paths already carry the base path).
+    pub public_origin: String,
     pub marking: Marking,
     pub tenants: HashMap<String, Arc<Tenant>>,
     pub verifier: Verifier,
@@ -127,6 +129,7 @@ impl Snapshot {
         };
         let public_base = loaded.public_base.as_str().trim_end_matches('/').to_owned();
         let base_path = loaded.public_base.path().trim_end_matches('/').to_owned();
+        let public_origin = loaded.public_base.origin().ascii_serialization();
         let ref_cache = moka::future::Cache::builder()
             .max_capacity(100_000)
             .time_to_live(Duration::from_secs(c.tenancy.reference_cache_ttl_secs))
@@ -186,6 +189,7 @@ impl Snapshot {
             page_ttl_secs: c.paging.token_ttl_secs,
             public_base,
             base_path,
+            public_origin,
             tenants,
             verifier,
             upstreams,

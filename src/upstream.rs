@@ -227,8 +227,8 @@ impl Upstream {
         let (parts, bytes) = self.exchange(method, uri, headers, body).await?;
         if !bytes.is_empty() {
             let mime = media_type(&parts.headers);
-            if mime != FHIR_JSON && mime != "application/json" {
-                return Err(UpstreamError::NotJson(self.name.clone(), mime));
+            if !media_type_is(mime, &[FHIR_JSON, "application/json"]) {
+                return Err(UpstreamError::NotJson(self.name.clone(), mime.to_ascii_lowercase()));
             }
         }
         Ok(RawAnswer { status: parts.status, headers: parts.headers, bytes })
@@ -256,8 +256,13 @@ fn build(method: Method, uri: &str, headers: HeaderMap, body: Bytes) -> Result<R
     Ok(req)
 }
 
-/// The media type of an answer (`Content-Type` without parameters, lower case; "" if none).
-pub fn media_type(headers: &HeaderMap) -> String {
+/// The media type of an answer (`Content-Type` without parameters; "" if none).
+pub fn media_type(headers: &HeaderMap) -> &str {
     let ct = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+    ct.split(';').next().unwrap_or("").trim()
+}
+
+/// True when `mime` is one of `types` (media types compare case-insensitively).
+pub fn media_type_is(mime: &str, types: &[&str]) -> bool {
+    types.iter().any(|t| mime.eq_ignore_ascii_case(t))
 }

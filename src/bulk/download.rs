@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::scope::{read::base_headers, respond, Ctx, ScopeError};
 use crate::state::Snapshot;
 use crate::tenancy::Tenant;
-use crate::upstream::{media_type, Upstream};
+use crate::upstream::{media_type, media_type_is, Upstream};
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Response, StatusCode};
@@ -58,8 +58,7 @@ pub async fn download(
         StatusCode::NOT_FOUND | StatusCode::GONE => return Err(ExportError::UnknownHandle.into()),
         other => return Err(ScopeError::Refused(other.as_u16(), "export file download".into()).into()),
     }
-    let mime = media_type(&headers);
-    if mime != NDJSON && mime != "application/ndjson" {
+    if !media_type_is(media_type(&headers), &[NDJSON, "application/ndjson"]) {
         return Err(ScopeError::Unprovable.into());
     }
     let filter = file_filter(&snap, &tenant, &upstream, &file, correlation);

@@ -155,7 +155,7 @@ pub async fn kickoff(
 
     let upstream_params = upstream_parameters(ctx, &request, &patients);
     let mut h = base_headers(ctx);
-    h.insert("prefer", HeaderValue::from_static("respond-async"));
+    h.insert(crate::request::PREFER, HeaderValue::from_static("respond-async"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     let answer = ctx.upstream.send(Method::POST, &upstream_path, h, Some(&upstream_params)).await?;
     if answer.status != StatusCode::ACCEPTED {

@@ -108,9 +108,10 @@ pub async fn history(
 
 /// Headers every upstream request carries: the correlation id.
 pub fn base_headers(ctx: &Ctx) -> HeaderMap {
-    let mut h = HeaderMap::new();
+    // Room for what `upstream` and the scope modules add (Accept, Prefer, Content-Type).
+    let mut h = HeaderMap::with_capacity(4);
     if let Ok(v) = ctx.correlation.parse() {
-        h.insert("x-request-id", v);
+        h.insert(crate::request::X_REQUEST_ID, v);
     }
     h
 }
@@ -119,13 +120,14 @@ pub fn base_headers(ctx: &Ctx) -> HeaderMap {
 /// handling=strict`, so the upstream refuses a parameter it would otherwise silently ignore.
 pub fn strict_headers(ctx: &Ctx) -> HeaderMap {
     let mut h = base_headers(ctx);
-    h.insert("prefer", http::HeaderValue::from_static("handling=strict"));
+    h.insert(crate::request::PREFER, http::HeaderValue::from_static("handling=strict"));
     h
 }
 
 /// `ETag` and `Last-Modified` from an upstream answer.
 pub fn version_headers(upstream: &HeaderMap) -> HeaderMap {
-    let mut h = HeaderMap::new();
+    // Room for what `answer` adds (Content-Type, X-Request-Id).
+    let mut h = HeaderMap::with_capacity(4);
     for name in [http::header::ETAG, http::header::LAST_MODIFIED] {
         if let Some(v) = upstream.get(&name) {
             h.insert(name, v.clone());

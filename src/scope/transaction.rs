@@ -65,7 +65,7 @@ pub async fn run(ctx: &Ctx<'_>, caps: &Capabilities, entries: Vec<Value>) -> Res
     } else {
         let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": upstream_entries});
         let mut headers = base_headers(ctx);
-        headers.insert("prefer", HeaderValue::from_static("return=representation"));
+        headers.insert(crate::request::PREFER, HeaderValue::from_static("return=representation"));
         let answer = ctx.upstream.send(Method::POST, "", headers, Some(&bundle)).await?;
         if answer.status != StatusCode::OK {
             return Err(super::refused(&answer).into());

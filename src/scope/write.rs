@@ -59,7 +59,7 @@ pub async fn create_or_update(
     refcheck::check_all(ctx, &targets).await?;
 
     let mut headers = base_headers(ctx);
-    headers.insert("prefer", HeaderValue::from_static("return=representation"));
+    headers.insert(crate::request::PREFER, HeaderValue::from_static("return=representation"));
     if let Some(v) = if_match {
         headers.insert(http::header::IF_MATCH, v.clone());
     }
