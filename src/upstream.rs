@@ -11,23 +11,40 @@ use http::header::{ACCEPT, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use thread_local::ThreadLocal;
 
 pub const FHIR_JSON: &str = "application/fhir+json";
 
-type Pool = Client<HttpConnector, Full<Bytes>>;
+/// How long an idle upstream connection is kept for reuse.
+const IDLE_FOR: Duration = Duration::from_secs(30);
+
+/// One thread's idle connections to one upstream, most recently used last. The lock is never
+/// contended (each thread has its own pool); it is there because the pool lives in shared state.
+#[derive(Default)]
+struct Pool(Mutex<Vec<Idle>>);
+
+struct Idle {
+    send: SendRequest<Full<Bytes>>,
+    since: Instant,
+}
 
 #[derive(Clone)]
 pub struct Upstream {
     pub name: String,
     /// The base URL without a trailing slash, e.g. `http://127.0.0.1:8090/fhir`.
     pub base: String,
+    /// `host:port` of the base, what connections are opened to.
+    address: String,
+    /// The `Host` header: the base's host, and its port unless that is the default (as the
+    /// base URL spells it, so that the upstream's own links start with `base`).
+    host: HeaderValue,
+    /// The base's path (`/fhir`), which every request's path starts with.
+    base_path: String,
     /// One connection pool per thread: a pooled connection is driven by a task on the runtime
     /// that opened it, so a worker that reused another thread's connection would hand every
     /// exchange across threads (see `workers.rs`). Each pool keeps up to `pool_size` idle connections.
@@ -74,10 +91,22 @@ pub enum UpstreamError {
 }
 
 impl Upstream {
+    /// `cfg.base_url` was checked at load to be an `http://` URL with a host.
     pub fn new(name: &str, cfg: &UpstreamConfig, max_body: usize) -> Self {
+        let base = cfg.base_url.trim_end_matches('/').to_owned();
+        let url = url::Url::parse(&base).expect("checked at load");
+        let host = url.host_str().unwrap_or("localhost");
+        let address = format!("{}:{}", host, url.port_or_known_default().unwrap_or(80));
+        let host = match url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_owned(),
+        };
         Upstream {
             name: name.to_owned(),
-            base: cfg.base_url.trim_end_matches('/').to_owned(),
+            address,
+            host: HeaderValue::from_str(&host).expect("a URL's host is a valid header value"),
+            base_path: url.path().trim_end_matches('/').to_owned(),
+            base,
             pools: Arc::new(ThreadLocal::new()),
             connect_timeout: Duration::from_millis(cfg.connect_timeout_ms),
             pool_size: cfg.pool_size,
@@ -87,17 +116,71 @@ impl Upstream {
         }
     }
 
-    /// This thread's connection pool, made on first use.
-    fn pool(&self) -> &Pool {
-        self.pools.get_or(|| {
-            let mut connector = HttpConnector::new();
-            connector.set_connect_timeout(Some(self.connect_timeout));
-            connector.set_nodelay(true);
-            Client::builder(TokioExecutor::new())
-                .pool_max_idle_per_host(self.pool_size)
-                .pool_idle_timeout(Duration::from_secs(30))
-                .build(connector)
-        })
+    /// An idle connection of this thread that is still open and fresh, if there is one.
+    fn checkout(&self) -> Option<SendRequest<Full<Bytes>>> {
+        let mut idle = self.pools.get_or(Pool::default).0.lock().ok()?;
+        while let Some(c) = idle.pop() {
+            if c.since.elapsed() < IDLE_FOR && !c.send.is_closed() {
+                return Some(c.send);
+            }
+        }
+        None
+    }
+
+    /// Keeps a connection whose exchange is finished for the next request on this thread.
+    fn checkin(&self, send: SendRequest<Full<Bytes>>) {
+        if send.is_closed() {
+            return;
+        }
+        if let Ok(mut idle) = self.pools.get_or(Pool::default).0.lock() {
+            if idle.len() < self.pool_size {
+                idle.push(Idle { send, since: Instant::now() });
+            }
+        }
+    }
+
+    /// A new connection, driven by a task on this thread's runtime.
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, UpstreamError> {
+        let failed = |e: &dyn std::fmt::Display| UpstreamError::Connect(self.name.clone(), e.to_string());
+        let stream = tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(&self.address))
+            .await
+            .map_err(|_| failed(&"connect timed out"))?
+            .map_err(|e| failed(&e))?;
+        let _ = stream.set_nodelay(true);
+        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| failed(&e))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(send)
+    }
+
+    /// Sends `req` on an idle connection, or a new one. A request that an idle connection
+    /// refused before sending anything (it was closed meanwhile) is sent again on a new one;
+    /// one that may have reached the upstream never is.
+    async fn request(
+        &self,
+        mut req: Request<Full<Bytes>>,
+    ) -> Result<(http::Response<Incoming>, SendRequest<Full<Bytes>>), UpstreamError> {
+        loop {
+            let (mut send, reused) = match self.checkout() {
+                Some(send) => (send, true),
+                None => (self.connect().await?, false),
+            };
+            // A connection just checked in may not have said it wants the next request yet;
+            // one the upstream closed while it was idle says so here.
+            if reused && send.ready().await.is_err() {
+                continue;
+            }
+            match send.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, send)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if reused => req = unsent,
+                    _ => return Err(UpstreamError::Connect(self.name.clone(), e.into_error().to_string())),
+                },
+            }
+        }
     }
 
     /// A tenant's view of this upstream: the same connection pool, behind the tenant's gate.
@@ -133,11 +216,10 @@ impl Upstream {
         headers: HeaderMap,
         body: Bytes,
     ) -> Result<(http::response::Parts, Bytes), UpstreamError> {
-        let req = build(method, uri, headers, body)?;
+        let req = self.build(method, uri, headers, body)?;
         let _permit = self.enter().await?;
         let exchange = async {
-            let resp =
-                self.pool().request(req).await.map_err(|e| UpstreamError::Connect(self.name.clone(), e.to_string()))?;
+            let (resp, send) = self.request(req).await?;
             let (parts, body) = resp.into_parts();
             let collected = Limited::new(body, self.max_body).collect().await.map_err(|e| {
                 if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
@@ -146,6 +228,7 @@ impl Upstream {
                     UpstreamError::Connect(self.name.clone(), e.to_string())
                 }
             })?;
+            self.checkin(send);
             Ok::<_, UpstreamError>((parts, collected.to_bytes()))
         };
         tokio::time::timeout(self.request_timeout, exchange)
@@ -155,7 +238,8 @@ impl Upstream {
 
     /// `GET base/path` with `Accept: accept`, answering as soon as the head arrives: the body is
     /// left to the caller to stream (bounded by time per frame there, not by size here), with
-    /// the gate's permit, to be held until the body is finished.
+    /// the gate's permit, to be held until the body is finished. The connection is not reused
+    /// (it is busy until the stream ends, and streams are rare): it closes after the body.
     pub async fn stream(
         &self,
         path: &str,
@@ -163,22 +247,23 @@ impl Upstream {
         mut headers: HeaderMap,
     ) -> Result<(StatusCode, HeaderMap, Incoming, GatePermit), UpstreamError> {
         headers.insert(ACCEPT, HeaderValue::from_static(accept));
-        let req = build(Method::GET, &self.uri(path), headers, Bytes::new())?;
+        let req = self.build(Method::GET, &self.uri(path), headers, Bytes::new())?;
         let permit = self.enter().await?;
-        let resp = tokio::time::timeout(self.request_timeout, self.pool().request(req))
+        let (resp, _send) = tokio::time::timeout(self.request_timeout, self.request(req))
             .await
-            .map_err(|_| UpstreamError::Timeout(self.name.clone()))?
-            .map_err(|e| UpstreamError::Connect(self.name.clone(), e.to_string()))?;
+            .map_err(|_| UpstreamError::Timeout(self.name.clone()))??;
         let (parts, body) = resp.into_parts();
         Ok((parts.status, parts.headers, body, permit))
     }
 
-    /// `path` is relative to the base: "" is the base itself (transactions), "?…" a query on it.
+    /// The request target (origin form) for `path`, which is relative to the base: "" is the
+    /// base itself (transactions), "?…" a query on it.
     fn uri(&self, path: &str) -> String {
         if path.is_empty() || path.starts_with('?') {
-            format!("{}{}", self.base, path)
+            let root = if self.base_path.is_empty() { "/" } else { self.base_path.as_str() };
+            format!("{root}{path}")
         } else {
-            format!("{}/{}", self.base, path)
+            format!("{}/{}", self.base_path, path)
         }
     }
 
@@ -245,15 +330,24 @@ impl Upstream {
     }
 }
 
-/// A request with exactly `headers` (nothing added by the client library but `Host`).
-fn build(method: Method, uri: &str, headers: HeaderMap, body: Bytes) -> Result<Request<Full<Bytes>>, UpstreamError> {
-    let mut req = Request::builder()
-        .method(method)
-        .uri(uri)
-        .body(Full::new(body))
-        .map_err(|e| UpstreamError::Request(e.to_string()))?;
-    *req.headers_mut() = headers;
-    Ok(req)
+impl Upstream {
+    /// A request with exactly `headers` and the upstream's `Host`.
+    fn build(
+        &self,
+        method: Method,
+        uri: &str,
+        mut headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<Request<Full<Bytes>>, UpstreamError> {
+        headers.insert(http::header::HOST, self.host.clone());
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Full::new(body))
+            .map_err(|e| UpstreamError::Request(e.to_string()))?;
+        *req.headers_mut() = headers;
+        Ok(req)
+    }
 }
 
 /// The media type of an answer (`Content-Type` without parameters; "" if none).
