@@ -357,3 +357,54 @@ async fn compartment_and_system_search_where_the_upstream_declares_them() {
     let r = get(&fence.url("?_type=Nonexistent")).bearer(&tok).send().await;
     assert_eq!(r.status, 400);
 }
+
+/// An upstream that closes every connection right after its answer, without saying so (no
+/// `Connection: close`), as servers do with idle keep-alive connections: fhir-fence must send
+/// each next request on a new connection, never fail it for the closed one.
+#[tokio::test]
+async fn connections_the_upstream_closed_while_idle_are_not_reused() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ts = tenants(1);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://127.0.0.1:{}/fhir", listener.local_addr().unwrap().port());
+    let connections = Arc::new(AtomicUsize::new(0));
+    let (t, opened) = (ts[0].clone(), connections.clone());
+    tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            opened.fetch_add(1, SeqCst);
+            let t = t.clone();
+            tokio::spawn(async move {
+                let (mut head, mut buf) = (Vec::new(), [0u8; 4096]);
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let body = if head.starts_with(b"GET /fhir/metadata ") {
+                    fake::capability_statement()
+                } else {
+                    stored("Patient", &t.prefix, &t.name, "p1")
+                }
+                .to_string();
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/fhir+json\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+                // The socket is dropped here: the connection closes with no word.
+            });
+        }
+    });
+    let fence = support::start(Options::new(&base, &ts)).await;
+    let tok = fence.token(&ts[0].name);
+    let before = connections.load(SeqCst);
+    for i in 0..5 {
+        let r = get(&fence.url("Patient/p1")).bearer(&tok).send().await;
+        assert_eq!(r.status, 200, "read {i}: {}", r.body);
+    }
+    assert_eq!(connections.load(SeqCst) - before, 5, "one new connection per read");
+}
