@@ -1,26 +1,51 @@
 //! Building FHIR `OperationOutcome` resources: every refusal fhir-fence makes is one of these.
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
+
+/// An OperationOutcome with one issue, typed so that a refusal serialises it straight to bytes
+/// (a flood of refusals pays for no JSON tree).
+#[derive(Serialize)]
+pub struct OperationOutcome<'a> {
+    #[serde(rename = "resourceType")]
+    resource_type: &'static str,
+    issue: [Issue<'a>; 1],
+}
+
+#[derive(Serialize)]
+struct Issue<'a> {
+    severity: &'static str,
+    code: &'a str,
+    diagnostics: &'a str,
+}
 
 /// An OperationOutcome with one issue (`severity` error) of the given FHIR issue-type `code`.
-pub fn operation_outcome(code: &str, diagnostics: &str) -> Value {
-    json!({
-        "resourceType": "OperationOutcome",
-        "issue": [{
-            "severity": "error",
-            "code": code,
-            "diagnostics": diagnostics,
-        }]
-    })
+pub fn operation_outcome<'a>(code: &'a str, diagnostics: &'a str) -> OperationOutcome<'a> {
+    OperationOutcome { resource_type: "OperationOutcome", issue: [Issue { severity: "error", code, diagnostics }] }
 }
 
 /// An informational OperationOutcome (e.g. the body of a successful delete).
 pub fn information(diagnostics: &str) -> Value {
-    json!({
-        "resourceType": "OperationOutcome",
-        "issue": [{
-            "severity": "information",
-            "code": "informational",
-            "diagnostics": diagnostics,
-        }]
-    })
+    let outcome = OperationOutcome {
+        resource_type: "OperationOutcome",
+        issue: [Issue { severity: "information", code: "informational", diagnostics }],
+    };
+    serde_json::to_value(outcome).expect("serialisable")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn shapes() {
+        assert_eq!(
+            serde_json::to_value(operation_outcome("forbidden", "no")).unwrap(),
+            json!({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "forbidden", "diagnostics": "no"}]})
+        );
+        assert_eq!(
+            information("done"),
+            json!({"resourceType": "OperationOutcome", "issue": [{"severity": "information", "code": "informational", "diagnostics": "done"}]})
+        );
+    }
 }
