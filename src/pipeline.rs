@@ -37,7 +37,8 @@ pub async fn handle(snap: Arc<Snapshot>, req: Request<Incoming>) -> Response<Bod
     let correlation = correlation_id(req.headers());
     let method = req.method().clone();
     let mut who = Who::default();
-    let result = run(&snap, req, &correlation, &mut who).await;
+    // The upstream wait is counted apart, so the audit shows fhir-fence's own share.
+    let (result, upstream_micros) = crate::upstream::timed(run(&snap, req, &correlation, &mut who)).await;
     let metrics = &snap.metrics;
     let t = who.tenant.clone().unwrap_or_else(|| "-".into());
     let response = match result {
@@ -83,6 +84,7 @@ pub async fn handle(snap: Arc<Snapshot>, req: Request<Incoming>) -> Response<Bod
         dropped: who.dropped,
         bytes: response.body().size_hint().exact(),
         micros,
+        upstream_micros,
         ..Record::new()
     };
     let to = record.tenant.as_deref().filter(|_| snap.audit.writes_fhir()).and_then(|t| snap.audit_destination(t));

@@ -20,6 +20,29 @@ use thread_local::ThreadLocal;
 
 pub const FHIR_JSON: &str = "application/fhir+json";
 
+tokio::task_local! {
+    /// The microseconds a request has waited on its upstream so far, summed over its exchanges
+    /// (see [`timed`]).
+    static WAITED: std::cell::Cell<u64>;
+}
+
+/// Runs a request's handling, answering with what it waited on upstreams: from each
+/// exchange's start to its whole answer (to the head only, for a stream). The audit record
+/// carries it, so that fhir-fence's own time is `micros - upstream_micros`.
+pub async fn timed<F: std::future::Future>(handling: F) -> (F::Output, u64) {
+    WAITED
+        .scope(std::cell::Cell::new(0), async move {
+            let out = handling.await;
+            (out, WAITED.with(std::cell::Cell::get))
+        })
+        .await
+}
+
+/// Adds the time since `started` to the current request's upstream wait, if it is counted.
+fn waited_since(started: Instant) {
+    let _ = WAITED.try_with(|w| w.set(w.get() + started.elapsed().as_micros() as u64));
+}
+
 /// How long an idle upstream connection is kept for reuse.
 const IDLE_FOR: Duration = Duration::from_secs(30);
 
@@ -218,6 +241,7 @@ impl Upstream {
     ) -> Result<(http::response::Parts, Bytes), UpstreamError> {
         let req = self.build(method, uri, headers, body)?;
         let _permit = self.enter().await?;
+        let started = Instant::now();
         let exchange = async {
             let (resp, send) = self.request(req).await?;
             let (parts, body) = resp.into_parts();
@@ -231,9 +255,9 @@ impl Upstream {
             self.checkin(send);
             Ok::<_, UpstreamError>((parts, collected.to_bytes()))
         };
-        tokio::time::timeout(self.request_timeout, exchange)
-            .await
-            .map_err(|_| UpstreamError::Timeout(self.name.clone()))?
+        let answer = tokio::time::timeout(self.request_timeout, exchange).await;
+        waited_since(started);
+        answer.map_err(|_| UpstreamError::Timeout(self.name.clone()))?
     }
 
     /// `GET base/path` with `Accept: accept`, answering as soon as the head arrives: the body is
@@ -249,9 +273,10 @@ impl Upstream {
         headers.insert(ACCEPT, HeaderValue::from_static(accept));
         let req = self.build(Method::GET, &self.uri(path), headers, Bytes::new())?;
         let permit = self.enter().await?;
-        let (resp, _send) = tokio::time::timeout(self.request_timeout, self.request(req))
-            .await
-            .map_err(|_| UpstreamError::Timeout(self.name.clone()))??;
+        let started = Instant::now();
+        let head = tokio::time::timeout(self.request_timeout, self.request(req)).await;
+        waited_since(started);
+        let (resp, _send) = head.map_err(|_| UpstreamError::Timeout(self.name.clone()))??;
         let (parts, body) = resp.into_parts();
         Ok((parts.status, parts.headers, body, permit))
     }

@@ -196,6 +196,7 @@ pub fn audit_event(r: &Record, to: &Destination) -> Option<Value> {
             {"url": format!("{EXT}/correlation-id"), "valueString": r.correlation},
             {"url": format!("{EXT}/entries-dropped"), "valueUnsignedInt": r.dropped},
             {"url": format!("{EXT}/micros"), "valueDecimal": r.micros},
+            {"url": format!("{EXT}/upstream-micros"), "valueDecimal": r.upstream_micros},
         ],
     });
     if !entity.is_empty() {

@@ -40,6 +40,8 @@ pub struct Record {
     /// Response body bytes, when known before streaming.
     pub bytes: Option<u64>,
     pub micros: u64,
+    /// Of `micros`, the time spent waiting on the upstream (summed over the request's exchanges).
+    pub upstream_micros: u64,
 }
 
 impl Record {

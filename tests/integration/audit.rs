@@ -77,6 +77,9 @@ async fn every_request_leaves_one_record_with_the_tenant_and_no_body() {
     assert_eq!(c["subject"], "tester");
     let r = by_correlation(&read);
     assert!(r["bytes"].as_u64().unwrap() > 0 && r["micros"].as_u64().is_some());
+    // The read waited on the upstream for part of its time; the unauthenticated request never did.
+    let (micros, waited) = (r["micros"].as_u64().unwrap(), r["upstream_micros"].as_u64().unwrap());
+    assert!(waited > 0 && waited <= micros, "upstream {waited} of {micros} µs");
     let f = by_correlation(&refused);
     assert_eq!(
         (f["status"].as_u64(), f["outcome"].as_str(), f["id"].as_str()),
@@ -84,5 +87,6 @@ async fn every_request_leaves_one_record_with_the_tenant_and_no_body() {
     );
     let a = by_correlation(&anonymous);
     assert_eq!((a["tenant"].clone(), a["outcome"].as_str()), (Value::Null, Some("refused")));
+    assert_eq!(a["upstream_micros"], 0);
     let _ = std::fs::remove_dir_all(dir);
 }
