@@ -38,7 +38,11 @@ pub async fn handle(snap: Arc<Snapshot>, req: Request<Incoming>) -> Response<Bod
     let method = req.method().clone();
     let mut who = Who::default();
     // The upstream wait is counted apart, so the audit shows fhir-fence's own share.
-    let (result, upstream_micros) = crate::upstream::timed(run(&snap, req, &correlation, &mut who)).await;
+    // (Pinned in place: `run`'s future is several KB, and `timed` then moves a reference.)
+    let (result, upstream_micros) = {
+        let running = std::pin::pin!(run(&snap, req, &correlation, &mut who));
+        crate::upstream::timed(running).await
+    };
     let metrics = &snap.metrics;
     let t = who.tenant.clone().unwrap_or_else(|| "-".into());
     let response = match result {
