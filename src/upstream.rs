@@ -27,7 +27,8 @@ tokio::task_local! {
 }
 
 /// Runs a request's handling, answering with what it waited on upstreams: from each
-/// exchange's start to its whole answer (to the head only, for a stream). The audit record
+/// exchange's start (once the tenant's connection cap let it through) to its whole answer (to
+/// the head only, for a stream). The audit record
 /// carries it, so that fhir-fence's own time is `micros - upstream_micros`.
 pub async fn timed<F: std::future::Future>(handling: F) -> (F::Output, u64) {
     WAITED
