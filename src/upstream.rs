@@ -354,9 +354,7 @@ impl Upstream {
         };
         Ok(Answer { status: raw.status, headers: raw.headers, body })
     }
-}
 
-impl Upstream {
     /// A request with exactly `headers` and the upstream's `Host`.
     fn build(
         &self,
