@@ -58,10 +58,8 @@ pub async fn serve_public(live: Arc<Live>, public: TcpListener, shutdown: impl F
                 };
                 let live = live.clone();
                 // Each request takes the snapshot current when it arrives and keeps it to the end.
-                // The request's future (several KB) is boxed: hyper moves the service future
-                // into its dispatcher, and a pointer is cheaper to move than the whole state.
                 let service = service_fn(move |req| {
-                    let handling = Box::pin(pipeline::handle(live.snapshot(), req));
+                    let handling = pipeline::handle(live.snapshot(), req);
                     async move { Ok::<_, Infallible>(handling.await) }
                 });
                 let conn = builder().serve_connection(TokioIo::new(stream), service);

@@ -10,7 +10,7 @@
 //! response, so a client can never mistake a cut-off file for a whole one.
 use super::fastline::FastLine;
 use super::handle::{self, File, Kind};
-use super::ndjson::{Check, NdjsonFilter};
+use super::ndjson::{Check, FastPath, NdjsonFilter};
 use super::ExportError;
 use crate::answer::{set_correlation, Body, BoxError};
 use crate::config::Marker;
@@ -101,29 +101,46 @@ pub fn file_filter(
     match file.kind {
         // Subscriptions have their criteria restored by the full check; they take the long way.
         Kind::Output if file.rtype == "Subscription" => filter.with_needle(needle.as_bytes()),
-        Kind::Output => {
-            filter.with_needle(needle.as_bytes()).with_fast_path(fast_line(snap, tenant, upstream, Some(&file.rtype)))
-        }
+        Kind::Output => filter.with_needle(needle.as_bytes()).with_fast_path(fast_path(snap, tenant, upstream, file)),
         Kind::Error | Kind::Deleted => filter,
     }
 }
 
 /// The one-pass form of the outbound check for this caller and resource type (`None`: any).
-pub fn fast_line(snap: &Snapshot, tenant: &Tenant, upstream: &Upstream, rtype: Option<&str>) -> FastLine {
+pub fn fast_line<'p>(
+    snap: &'p Snapshot,
+    tenant: &'p Tenant,
+    upstream: &'p Upstream,
+    rtype: Option<&'p str>,
+) -> FastLine<'p> {
     FastLine {
-        expected_type: rtype.map(str::to_owned),
-        tenant: tenant.clone(),
-        system: snap.marking.system.clone(),
+        expected_type: rtype,
+        tenant,
+        system: &snap.marking.system,
         field: match snap.marking.marker {
             Marker::Tag => "tag",
             Marker::Security => "security",
         },
-        upstream_base: upstream.base.clone(),
-        external_bases: snap.external_bases.clone(),
+        upstream_base: &upstream.base,
+        external_bases: &snap.external_bases,
         cuts: Vec::new(),
         found_type: 0..0,
         found_id: 0..0,
     }
+}
+
+/// The fast path for one output file's lines: it owns what the download outlives the request
+/// with, and lends it to a [`FastLine`] per line (which copies nothing), keeping the scratch.
+fn fast_path(snap: &Arc<Snapshot>, tenant: &Arc<Tenant>, upstream: &Arc<Upstream>, file: &File) -> FastPath {
+    let (snap, tenant, upstream, rtype) = (snap.clone(), tenant.clone(), upstream.clone(), file.rtype.clone());
+    let mut cuts = Vec::new();
+    Box::new(move |line, out| {
+        let mut fast = fast_line(&snap, &tenant, &upstream, Some(&rtype));
+        fast.cuts = std::mem::take(&mut cuts);
+        let accepted = fast.accept(line, out).is_ok();
+        cuts = fast.cuts;
+        accepted
+    })
 }
 
 fn expected_type(file: &File) -> &str {

@@ -19,17 +19,18 @@ use crate::tenancy::Tenant;
 use smallvec::SmallVec;
 use std::collections::HashSet;
 
-/// What one line's check needs to know, fixed for a download.
-pub struct FastLine {
+/// What one line's check needs to know: the caller's policy (borrowed, so a read builds one
+/// without copying anything) and scratch space kept between lines.
+pub struct FastLine<'p> {
     /// The type every line must have (`None`: any). A `Subscription` is always Unsure: its
     /// outbound form needs more than cuts.
-    pub expected_type: Option<String>,
-    pub tenant: Tenant,
-    pub system: String,
+    pub expected_type: Option<&'p str>,
+    pub tenant: &'p Tenant,
+    pub system: &'p str,
     /// `tag` or `security`: where the tenant coding must be.
     pub field: &'static str,
-    pub upstream_base: String,
-    pub external_bases: Vec<String>,
+    pub upstream_base: &'p str,
+    pub external_bases: &'p [String],
     /// Scratch space for one line's cuts, kept between lines.
     pub cuts: Vec<(usize, usize)>,
     /// After an accepted line: where its `resourceType` value and its local id lie in it.
@@ -63,7 +64,7 @@ fn special_bytes(w: u64) -> u64 {
     quote | backslash | control | (w & HI)
 }
 
-impl FastLine {
+impl FastLine<'_> {
     /// Appends the client's view of `line` to `out`, or answers `Unsure` leaving `out` alone.
     pub fn accept(&mut self, line: &[u8], out: &mut Vec<u8>) -> R<()> {
         let end = self.scan(line, 0)?;
@@ -118,7 +119,7 @@ impl FastLine {
 struct Scan<'a> {
     b: &'a [u8],
     i: usize,
-    f: &'a FastLine,
+    f: &'a FastLine<'a>,
     /// Where the `resourceType` value and the local id lie.
     found: (std::ops::Range<usize>, std::ops::Range<usize>),
     /// Byte ranges left out of the output, in order, not overlapping.
@@ -324,7 +325,7 @@ impl<'a> Scan<'a> {
             let start = self.i;
             let tenant_coding = if self.peek()? == b'{' {
                 let (system, code) = self.coding(depth + 1)?;
-                if system == Some(self.f.system.as_str()) {
+                if system == Some(self.f.system) {
                     // Only the caller's, only in the configured list (once: counted by the caller).
                     if field != self.f.field || code != Some(self.f.tenant.name.as_str()) {
                         return Err(Unsure);
@@ -388,7 +389,7 @@ impl<'a> Scan<'a> {
                     let v = s.string()?;
                     let found = v.plain()?;
                     // A Subscription's outbound form needs more than cuts (its criteria are restored).
-                    if found == "Subscription" || s.f.expected_type.as_deref().is_some_and(|t| found != t) {
+                    if found == "Subscription" || s.f.expected_type.is_some_and(|t| found != t) {
                         return Err(Unsure);
                     }
                     s.found.0 = v.at..v.at + v.raw.len();
@@ -449,7 +450,7 @@ impl<'a> Scan<'a> {
             (attachment.url, attachment.marked, attachment.extension, attachment.resource)
         {
             match url {
-                Some(u) if !u.starts_with(&self.f.upstream_base) => {}
+                Some(u) if !u.starts_with(self.f.upstream_base) => {}
                 _ => return Err(Unsure),
             }
         }
