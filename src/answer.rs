@@ -116,10 +116,12 @@ pub(crate) fn bytes_response(
     resp
 }
 
+/// The answer's `X-Request-Id`: the request's correlation id (none when it is empty).
 pub(crate) fn set_correlation(h: &mut HeaderMap, correlation: &str) {
+    if correlation.is_empty() {
+        return;
+    }
     if let Ok(v) = HeaderValue::from_str(correlation) {
-        if !correlation.is_empty() {
-            h.insert(crate::request::X_REQUEST_ID, v);
-        }
+        h.insert(crate::request::X_REQUEST_ID, v);
     }
 }

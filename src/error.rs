@@ -182,9 +182,7 @@ impl Error {
         *resp.status_mut() = status;
         let h = resp.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/fhir+json; charset=utf-8"));
-        if let Ok(v) = HeaderValue::from_str(correlation) {
-            h.insert(crate::request::X_REQUEST_ID, v);
-        }
+        crate::answer::set_correlation(h, correlation);
         if matches!(self, Error::Upstream(UpstreamError::Saturated(_)) | Error::Overloaded) {
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }

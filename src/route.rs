@@ -5,6 +5,7 @@
 //! and `;jsessionid` tricks fail here instead of being normalised differently upstream.
 use crate::fhir::reference::{is_id, is_resource_type};
 use http::Method;
+use smallvec::SmallVec;
 
 /// What the client asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -271,7 +272,7 @@ pub fn classify(method: &Method, base_path: &str, path: &str, params: &Params) -
         .filter(|r| r.is_empty() || r.starts_with('/'))
         .ok_or_else(|| RouteError::NotFhir(path.to_owned()))?;
     let rest = rest.strip_prefix('/').unwrap_or(rest);
-    let segments: Vec<&str> = if rest.is_empty() { vec![] } else { rest.split('/').collect() };
+    let segments: SmallVec<[&str; 8]> = if rest.is_empty() { SmallVec::new() } else { rest.split('/').collect() };
     for s in &segments {
         if s.is_empty() || *s == "." || *s == ".." || s.contains(['%', ';', '\\']) {
             return Err(RouteError::BadPath(path.to_owned()));

@@ -45,7 +45,7 @@ impl Tenant {
         if local.len() > self.max_local_id() {
             return Err(TenancyError::IdTooLong(local.to_owned(), self.max_local_id()));
         }
-        Ok(format!("{}-{}", self.prefix, local))
+        Ok([self.prefix.as_str(), "-", local].concat())
     }
 
     /// `{prefix}-{local}` → `local`; `None` when the id is not in this tenant's namespace.

@@ -51,7 +51,7 @@ async fn fetch(
     let upstream_id = ctx.tenant.upstream_id(id).map_err(|_| not_found(rtype, id))?;
     let path = match version {
         Some(v) => format!("{rtype}/{upstream_id}/_history/{v}"),
-        None => format!("{rtype}/{upstream_id}"),
+        None => [rtype, "/", &upstream_id].concat(),
     };
     let raw = ctx.upstream.get_raw(&path, base_headers(ctx)).await?;
     // A Binary may be answered as its own content (`answer::read_response` needs the tree).
