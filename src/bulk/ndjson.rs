@@ -59,8 +59,9 @@ pub struct NdjsonFilter<F> {
 /// The per-line check, boxed, for filters chosen at run time.
 pub type Check = Box<dyn FnMut(Value) -> Option<Value> + Send + Sync>;
 
-/// The one-pass form of the check ([`FastLine`](super::fastline::FastLine)): appends what may leave of a line to the
-/// output and answers `true`, or answers `false` (unsure) leaving the output alone.
+/// The one-pass form of the check ([`FastLine`](super::fastline::FastLine)): appends what may
+/// leave of a line to the output and answers `true`, or answers `false` (unsure) leaving the
+/// output alone.
 pub type FastPath = Box<dyn FnMut(&[u8], &mut Vec<u8>) -> bool + Send + Sync>;
 
 impl<F: FnMut(Value) -> Option<Value>> NdjsonFilter<F> {
