@@ -185,16 +185,15 @@ def noisy():
     print(f"| {b0:.3f} ms | {b1:.3f} ms | {statistics.median(rises):+.0f} % | "
           + " ".join(f"{r:+.0f}" for r in rises) + " % | "
           + ", ".join(f"{k}: {v}" for k, v in sorted(a_status.items())) + " |")
-    i0, i1 = statistics.median(inside_alone), statistics.median(inside_crowded)
-    inside = sorted(100 * (c / a - 1) for a, c in zip(inside_alone, inside_crowded))
-    print(f"\nInside fhir-fence (its audit records' handling time of B's requests, p99): alone {i0:.3f} ms, "
-          f"crowded {i1:.3f} ms, rise {statistics.median(inside):+.0f} % (rounds: "
-          + " ".join(f"{r:+.0f}" for r in inside) + " %)")
-    o0, o1 = statistics.median(own_alone), statistics.median(own_crowded)
-    own = sorted(100 * (c / a - 1) for a, c in zip(own_alone, own_crowded))
-    print(f"\nfhir-fence's own share of B's requests (audit `micros - upstream_micros`, p99): alone {o0:.3f} ms, "
-          f"crowded {o1:.3f} ms, rise {statistics.median(own):+.0f} % (rounds: "
-          + " ".join(f"{r:+.0f}" for r in own) + " %)")
+    rise_line("Inside fhir-fence (its audit records' handling time of B's requests, p99)", inside_alone, inside_crowded)
+    rise_line("fhir-fence's own share of B's requests (audit `micros - upstream_micros`, p99)", own_alone, own_crowded)
+
+
+def rise_line(what, alone, crowded):
+    """One line: the medians of the alone and crowded p99s, and the paired rises."""
+    rises = sorted(100 * (c / a - 1) for a, c in zip(alone, crowded))
+    print(f"\n{what}: alone {statistics.median(alone):.3f} ms, crowded {statistics.median(crowded):.3f} ms, "
+          f"rise {statistics.median(rises):+.0f} % (rounds: " + " ".join(f"{r:+.0f}" for r in rises) + " %)")
 
 
 main()

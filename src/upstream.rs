@@ -28,8 +28,8 @@ tokio::task_local! {
 
 /// Runs a request's handling, answering with what it waited on upstreams: from each
 /// exchange's start (once the tenant's connection cap let it through) to its whole answer (to
-/// the head only, for a stream). The audit record
-/// carries it, so that fhir-fence's own time is `micros - upstream_micros`.
+/// the head only, for a stream). The audit record carries it, so that fhir-fence's own time is
+/// `micros - upstream_micros`.
 pub async fn timed<F: std::future::Future>(handling: F) -> (F::Output, u64) {
     WAITED
         .scope(std::cell::Cell::new(0), async move {

@@ -18,18 +18,20 @@ struct Issue<'a> {
     diagnostics: &'a str,
 }
 
+impl<'a> OperationOutcome<'a> {
+    fn one(severity: &'static str, code: &'a str, diagnostics: &'a str) -> Self {
+        OperationOutcome { resource_type: "OperationOutcome", issue: [Issue { severity, code, diagnostics }] }
+    }
+}
+
 /// An OperationOutcome with one issue (`severity` error) of the given FHIR issue-type `code`.
 pub fn operation_outcome<'a>(code: &'a str, diagnostics: &'a str) -> OperationOutcome<'a> {
-    OperationOutcome { resource_type: "OperationOutcome", issue: [Issue { severity: "error", code, diagnostics }] }
+    OperationOutcome::one("error", code, diagnostics)
 }
 
 /// An informational OperationOutcome (e.g. the body of a successful delete).
 pub fn information(diagnostics: &str) -> Value {
-    let outcome = OperationOutcome {
-        resource_type: "OperationOutcome",
-        issue: [Issue { severity: "information", code: "informational", diagnostics }],
-    };
-    serde_json::to_value(outcome).expect("serialisable")
+    serde_json::to_value(OperationOutcome::one("information", "informational", diagnostics)).expect("serialisable")
 }
 
 #[cfg(test)]

@@ -315,20 +315,12 @@ async fn the_corpus_replays_as_three_tenants_without_a_leak() {
     // transparency does not count (it may meet that collision itself); its isolation does.
     let warm = dir.join("warm-up-report.json");
     let warm_names = format!("{},{}", ts[6].name, ts[7].name);
-    tokio::process::Command::new(bin)
-        .args(["replay", "--traffic", corpus.to_str().unwrap(), "--target", &fence.base])
-        .args(["--config", fence.config_path.to_str().unwrap(), "--issuer", "dev", "--tenants", &warm_names])
-        .args(["--json", warm.to_str().unwrap()])
-        .output()
-        .await
-        .unwrap();
+    replay(bin, &corpus, &fence, &warm_names).args(["--json", warm.to_str().unwrap()]).output().await.unwrap();
     let warm: Value = serde_json::from_slice(&std::fs::read(&warm).unwrap()).unwrap();
     assert_eq!(warm["summary"]["isolation_failures"], 0, "warm-up replay: {}", warm["summary"]);
     let names: Vec<String> = ts[..3].iter().map(|t| t.name.clone()).collect();
     let (json_path, junit_path) = (dir.join("report.json"), dir.join("report.xml"));
-    let out = tokio::process::Command::new(bin)
-        .args(["replay", "--traffic", corpus.to_str().unwrap(), "--target", &fence.base])
-        .args(["--config", fence.config_path.to_str().unwrap(), "--issuer", "dev", "--tenants", &names.join(",")])
+    let out = replay(bin, &corpus, &fence, &names.join(","))
         .args(["--json", json_path.to_str().unwrap(), "--junit", junit_path.to_str().unwrap()])
         .output()
         .await
@@ -355,9 +347,7 @@ async fn the_corpus_replays_as_three_tenants_without_a_leak() {
     std::fs::write(&paging, fhiry_paging_traffic()).unwrap();
     let names: Vec<String> = ts[3..6].iter().map(|t| t.name.clone()).collect();
     let paging_json = dir.join("fhiry-paging-report.json");
-    let out = tokio::process::Command::new(bin)
-        .args(["replay", "--traffic", paging.to_str().unwrap(), "--target", &fence.base])
-        .args(["--config", fence.config_path.to_str().unwrap(), "--issuer", "dev", "--tenants", &names.join(",")])
+    let out = replay(bin, &paging, &fence, &names.join(","))
         .args(["--json", paging_json.to_str().unwrap(), "--strict"])
         .output()
         .await
@@ -373,4 +363,19 @@ async fn the_corpus_replays_as_three_tenants_without_a_leak() {
         "{summary}"
     );
     assert_eq!(out.status.code(), Some(0), "{summary}");
+}
+
+/// `fhir-fence replay` of `traffic` through `fence` as `tenants` (comma-separated), with the dev
+/// issuer's tokens; the caller adds where the reports go.
+fn replay(bin: &str, traffic: &std::path::Path, fence: &support::Fence, tenants: &str) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(bin);
+    command.args(["replay", "--traffic", traffic.to_str().unwrap(), "--target", &fence.base]).args([
+        "--config",
+        fence.config_path.to_str().unwrap(),
+        "--issuer",
+        "dev",
+        "--tenants",
+        tenants,
+    ]);
+    command
 }
