@@ -57,9 +57,10 @@ impl Error {
                         (S::UNSUPPORTED_MEDIA_TYPE, "not-supported")
                     }
                     RequestError::NotAcceptable => (S::NOT_ACCEPTABLE, "not-supported"),
-                    RequestError::Json(_) | RequestError::UnexpectedBody | RequestError::Header(_) => {
-                        (S::BAD_REQUEST, "invalid")
-                    }
+                    RequestError::Json(_)
+                    | RequestError::Shape(_)
+                    | RequestError::UnexpectedBody
+                    | RequestError::Header(_) => (S::BAD_REQUEST, "invalid"),
                     RequestError::Read => (S::BAD_REQUEST, "invalid"),
                 };
                 (status, code, shown())

@@ -23,6 +23,12 @@ pub const CLASSES: &[&str] = &["read", "search", "write", "operation", "bundle-e
 const DEFAULT_WEIGHTS: &[(&str, u32)] =
     &[("read", 1), ("search", 5), ("write", 2), ("operation", 5), ("bundle-entry", 1), ("export", 50)];
 
+/// What one request of `class` costs under limits `l` (its own weight, else the default).
+pub fn weight(l: &crate::config::Limits, class: &str) -> u32 {
+    let default = DEFAULT_WEIGHTS.iter().find(|(k, _)| *k == class).map_or(1, |(_, w)| *w);
+    l.weights.get(class).copied().unwrap_or(default)
+}
+
 /// The class of an interaction (by its `Interaction::name`).
 pub fn class_of(interaction: &str) -> &'static str {
     match interaction {
@@ -127,13 +133,7 @@ impl TenantLimits {
             };
             (Arc::new(Semaphore::new(n as usize)), status)
         });
-        let weights = CLASSES
-            .iter()
-            .map(|c| {
-                let default = DEFAULT_WEIGHTS.iter().find(|(k, _)| k == c).map_or(1, |(_, w)| *w);
-                (*c, l.weights.get(*c).copied().unwrap_or(default))
-            })
-            .collect();
+        let weights = CLASSES.iter().map(|c| (*c, weight(l, c))).collect();
         let shadow = l.shadow.unwrap_or(false);
         let upstream = l.upstream_connections.map(|n| Gate {
             permits: Arc::new(Semaphore::new(n as usize)),

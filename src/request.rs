@@ -3,6 +3,7 @@
 //! strictly parsed bodies, the correlation id.
 use crate::error::Error;
 use crate::fhir::json::{parse_strict, JsonError};
+use crate::fhir::shape::{self, ShapeError};
 use crate::route;
 use bytes::Bytes;
 use http::header;
@@ -31,6 +32,9 @@ pub enum RequestError {
     NotAcceptable,
     #[error("the request body is not acceptable JSON: {0}")]
     Json(JsonError),
+    /// Valid JSON, but not FHIR R4 JSON as the specification defines it (`fhir::shape`).
+    #[error("the request body is not valid FHIR R4 JSON: {0}")]
+    Shape(ShapeError),
     #[error("this request must not carry a body")]
     UnexpectedBody,
     #[error("header {0} is not accepted")]
@@ -146,7 +150,14 @@ pub(crate) async fn read_body(
         _ => return Err(RequestError::MediaType(mime).into()),
     }
     let bytes = collect(body, limit).await?;
-    parse_strict(&bytes).map_err(|e| RequestError::Json(e).into())
+    let value = parse_strict(&bytes).map_err(RequestError::Json)?;
+    // The typed inbound gate: every resource body a client sends (single writes, Bundles with
+    // all their entries, Parameters with their resources) has the R4 shape before any scope
+    // module walks it, so no shape the upstream's lenient parser reads can hide from the walkers.
+    if let BodyKind::Resource = kind {
+        shape::check(&value).map_err(RequestError::Shape)?;
+    }
+    Ok(value)
 }
 
 /// A form-encoded search body (`POST …/_search`), decoded as strictly as a query string.

@@ -143,7 +143,17 @@ fn validate(c: &Config) -> Result<Url, ConfigError> {
     }
     for (name, t) in &c.tenants {
         let key = format!("tenants.{name}");
-        limits(&format!("{key}.limits"), &c.limits.overridden_by(&t.limits))?;
+        let effective = c.limits.overridden_by(&t.limits);
+        limits(&format!("{key}.limits"), &effective)?;
+        let export = crate::limits::weight(&effective, "export");
+        if t.operations.iter().any(|o| o == "export")
+            && effective.burst.or(effective.rate_per_second).is_some_and(|b| b < export)
+        {
+            return Err(ConfigError::invalid(
+                format!("{key}.limits.burst"),
+                format!("the tenant may export, but one export costs {export}, more than its burst: it never could"),
+            ));
+        }
         if !valid_tenant_name(name) {
             return Err(ConfigError::invalid(key, "tenant names are 1-64 characters of [A-Za-z0-9.-]"));
         }
@@ -258,6 +268,12 @@ mod tests {
         assert!(!valid_prefix("Acme"));
         assert!(!valid_prefix("ac-me"));
         assert!(!valid_prefix("abcdefghijklm"));
+    }
+
+    #[test]
+    fn the_demo_config_loads() {
+        // Also proves that every tenant allowed to export has a burst one export fits in.
+        load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/demo.toml"))).unwrap();
     }
 
     #[test]

@@ -1,7 +1,10 @@
-//! Tenant-agnostic FHIR knowledge: strict JSON, references, search parameters, OperationOutcome.
+//! Tenant-agnostic FHIR knowledge: strict JSON, the R4 shape every body must have, references,
+//! search parameters, OperationOutcome.
 //! Nothing in here knows about tenants; `scope` and `tenancy` build on it.
 pub mod canonical;
 pub mod capabilities;
 pub mod json;
 pub mod outcome;
+pub mod patch;
 pub mod reference;
+pub mod shape;

@@ -46,6 +46,8 @@ pub enum AuthError {
     TenantNotAllowed,
     #[error("the tenant is suspended")]
     Suspended,
+    #[error("the token's header marks extensions critical that fhir-fence does not understand (crit)")]
+    Critical,
 }
 
 struct TrustedIssuer {
@@ -121,6 +123,7 @@ impl Verifier {
 
     /// The full check of RFC 8725: issuer, algorithm, key, signature, claims, tenant; with `exp`.
     fn verify_signed(&self, token: &str) -> Result<(Caller, u64), AuthError> {
+        strict_header(token)?;
         let header = decode_header(token).map_err(|_| AuthError::Malformed)?;
         let unverified: Value =
             jsonwebtoken::dangerous::insecure_decode_claims(token).map_err(|_| AuthError::Malformed)?;
@@ -166,6 +169,21 @@ impl Verifier {
     }
 }
 
+/// The JOSE header read as fhir-fence reads every JSON (duplicate keys refused), and refused
+/// when it names critical extensions: fhir-fence understands none, and RFC 7515 §4.1.11 says
+/// a token whose `crit` the recipient does not understand is invalid.
+fn strict_header(token: &str) -> Result<(), AuthError> {
+    use base64::Engine;
+    let encoded = token.split('.').next().ok_or(AuthError::Malformed)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(encoded).map_err(|_| AuthError::Malformed)?;
+    let header = crate::fhir::json::parse_strict(&bytes).map_err(|_| AuthError::Malformed)?;
+    let Value::Object(header) = header else { return Err(AuthError::Malformed) };
+    if header.contains_key("crit") {
+        return Err(AuthError::Critical);
+    }
+    Ok(())
+}
+
 pub(crate) fn compile_claim_path(path: &str) -> Result<JpQuery, String> {
     parse_json_path(path).map_err(|e| format!("not a JSONPath expression: {e}"))
 }
@@ -183,6 +201,17 @@ fn claim_string(path: &JpQuery, claims: &Value) -> Option<String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn critical_headers_are_refused() {
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let token = |h: &str| format!("{}.{}.sig", b64(h), b64("{}"));
+        assert!(strict_header(&token(r#"{"alg":"RS256","kid":"k"}"#)).is_ok());
+        assert!(matches!(strict_header(&token(r#"{"alg":"RS256","crit":["exp"],"exp":1}"#)), Err(AuthError::Critical)));
+        assert!(matches!(strict_header(&token(r#"{"alg":"RS256","alg":"none"}"#)), Err(AuthError::Malformed)));
+        assert!(matches!(strict_header("%%%.x.y"), Err(AuthError::Malformed)));
+    }
 
     #[test]
     fn claim_paths() {

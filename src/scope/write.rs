@@ -9,6 +9,7 @@ use super::{respond, Ctx, ScopeError};
 use crate::fhir::canonical;
 use crate::fhir::capabilities::Capabilities;
 use crate::fhir::reference::{self, Target};
+use crate::request::RequestError;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -80,7 +81,8 @@ pub async fn create_or_update(
 }
 
 /// `PATCH [type]/[id]` with JSON Patch: read-modify-write. The caller's own resource is read
-/// (in the client's view), the patch applied here, and the result written back through
+/// (in the client's view), the patch applied here within bounds (`fhir::patch`: operation count,
+/// the document's size at every step), and the result written back through
 /// [`create_or_update`] — so it is stamped, its references checked, and `If-Match` pins the
 /// version that was patched. A patch can therefore never move a resource or its references
 /// out of the tenant, whatever paths it touches.
@@ -97,7 +99,14 @@ pub async fn patch(
     let current = super::read::read(ctx, rtype, id, None).await?;
     let version = current.body.pointer("/meta/versionId").and_then(Value::as_str).map(str::to_owned);
     let mut doc = current.body;
-    json_patch::patch(&mut doc, &patch).map_err(|e| ScopeError::Patch(e.to_string()))?;
+    let limit = ctx.snap.loaded.config.server.max_body_bytes;
+    crate::fhir::patch::apply(&mut doc, &patch, limit).map_err(|e| match e {
+        crate::fhir::patch::PatchError::TooLarge(limit) => crate::error::Error::from(RequestError::TooLarge(limit)),
+        other => ScopeError::Patch(other.to_string()).into(),
+    })?;
+    // The patched resource passes the same typed gate as a body sent whole (`request::read_body`).
+    crate::fhir::shape::check(&doc)
+        .map_err(|e| ScopeError::Patch(format!("the result is not valid FHIR R4 JSON: {e}")))?;
     let pinned = match (if_match, version) {
         (Some(v), _) => Some(v.clone()),
         (None, Some(v)) => HeaderValue::from_str(&format!("W/\"{v}\"")).ok(),

@@ -15,5 +15,6 @@ mod limits;
 mod metrics;
 mod reload;
 mod replay;
+mod shape_r4;
 mod shutdown;
 mod workers;
