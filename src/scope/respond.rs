@@ -1,7 +1,7 @@
 //! The fail-closed outbound check. Every resource that leaves fhir-fence passes [`Outbound::resource`]:
 //! it must carry the caller's marker coding *and* id prefix, and every reference in it must
 //! stay inside the tenant; then the markers are stripped and references turned back into
-//! local ids. Bundles are filtered entry by entry; a dropped entry removes `Bundle.total`.
+//! local ids. Bundles are filtered entry by entry; a dropped match removes `Bundle.total`.
 use super::paging;
 use super::{Ctx, ScopeError};
 use crate::fhir::canonical;
@@ -89,17 +89,27 @@ pub fn bundle(ctx: &Ctx, value: Value, self_url: &str, unscoped: bool) -> Result
         Some(_) => return Err(ScopeError::Unprovable),
     };
     let mut kept = Vec::with_capacity(entries.len());
+    let mut dropped_matches = 0;
     for entry in entries {
+        let matched = counts_in_total(&entry);
         match bundle_entry(ctx, entry, history) {
             Some(e) => kept.push(e),
-            None => dropped += 1,
+            None => {
+                dropped += 1;
+                dropped_matches += usize::from(matched);
+            }
         }
     }
     if !kept.is_empty() {
         b.insert("entry".into(), Value::Array(kept));
     }
-    if dropped > 0 {
+    // `total` counts matches only: a dropped match makes it wrong, a dropped `_include`d entry
+    // does not — and removing it then would tell the caller that something foreign was included
+    // (an existence oracle on canonical URLs the upstream resolves server-wide).
+    if dropped_matches > 0 {
         b.remove("total");
+    }
+    if dropped > 0 {
         tracing::warn!(
             correlation = ctx.correlation,
             tenant = %ctx.tenant.name,
@@ -111,6 +121,13 @@ pub fn bundle(ctx: &Ctx, value: Value, self_url: &str, unscoped: bool) -> Result
     b.insert("id".into(), Value::String(uuid::Uuid::new_v4().to_string()));
     paging::rewrite_links(ctx, &mut b, self_url, unscoped)?;
     Ok(Filtered { bundle: Value::Object(b), dropped })
+}
+
+/// Whether an entry is one of the matches `Bundle.total` counts: anything but an entry the
+/// upstream marks as included (`search.mode = include`) or as an `outcome` (fail closed: an
+/// entry without a mode counts).
+fn counts_in_total(entry: &Value) -> bool {
+    !matches!(entry.pointer("/search/mode").and_then(Value::as_str), Some("include" | "outcome"))
 }
 
 fn bundle_entry(ctx: &Ctx, entry: Value, history: bool) -> Option<Value> {

@@ -76,6 +76,38 @@ async fn foreign_and_unmarked_bundle_entries_are_dropped_and_total_removed() {
     assert!(!r.raw.windows(ts[1].name.len()).any(|w| w == ts[1].name.as_bytes()), "nothing of the other tenant leaves");
 }
 
+/// `total` counts matches: a foreign `_include`d entry is dropped without touching it (else its
+/// removal would tell the caller that something foreign was included), a foreign match removes it.
+#[tokio::test]
+async fn a_dropped_include_leaves_total_a_dropped_match_removes_it() {
+    let ts = tenants(2);
+    let (a, b) = (ts[0].clone(), ts[1].clone());
+    let up = fake::start(move |s| {
+        let base = format!("http://{}/fhir", s.headers["host"].to_str().unwrap());
+        let foreign_is_a_match = !s.query.iter().any(|(k, _)| k == "_include");
+        let mut bundle = searchset(
+            &base,
+            vec![stored("Patient", &a.prefix, &a.name, "mine"), stored("Patient", &b.prefix, &b.name, "theirs")],
+            None,
+        );
+        bundle["total"] = json!(1);
+        if !foreign_is_a_match {
+            bundle["entry"][1]["search"]["mode"] = json!("include");
+        }
+        Answer::Json(200, bundle)
+    })
+    .await;
+    let fence = support::start(Options::new(&up.base, &ts)).await;
+    let tok = fence.token(&ts[0].name);
+    let r = get(&fence.url("Patient?_include=Patient:subject")).bearer(&tok).send().await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["entry"].as_array().unwrap().len(), 1, "{}", r.body);
+    assert_eq!(r.body["total"], 1, "a dropped include must not change total: {}", r.body);
+    let r = get(&fence.url("Patient?name=match")).bearer(&tok).send().await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body.get("total"), None, "a dropped match removes total: {}", r.body);
+}
+
 #[tokio::test]
 async fn a_read_answer_without_the_callers_markers_is_404() {
     let ts = tenants(2);
