@@ -62,6 +62,7 @@ impl Error {
                     | RequestError::UnexpectedBody
                     | RequestError::Header(_) => (S::BAD_REQUEST, "invalid"),
                     RequestError::Read => (S::BAD_REQUEST, "invalid"),
+                    RequestError::SlowBody(_) => (S::REQUEST_TIMEOUT, "timeout"),
                 };
                 (status, code, shown())
             }
@@ -186,6 +187,11 @@ impl Error {
         crate::answer::set_correlation(h, correlation);
         if matches!(self, Error::Upstream(UpstreamError::Saturated(_)) | Error::Overloaded) {
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        // A refused connection (the tenant's connection cap, a body that arrived too slowly) is
+        // closed after this answer rather than kept for the next request.
+        if matches!(self, Error::Limit(LimitError::Connections) | Error::Request(RequestError::SlowBody(_))) {
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if let Error::Limit(e) = &self {
             for (k, v) in e.headers() {

@@ -11,6 +11,7 @@ pub mod bulk;
 pub mod bundle;
 pub mod cli;
 pub mod config;
+pub mod connection;
 pub mod error;
 pub mod fhir;
 pub mod identity;

@@ -3,13 +3,18 @@
 //! starve the others on a shared upstream.
 //!
 //! One limiter and one semaphore per configured tenant (bounded memory). Each request costs
-//! the weight of its interaction class (a transaction or batch: per entry). In `shadow` mode
-//! nothing is refused; what would have been is counted and logged.
+//! the weight of its interaction class (a transaction or batch: each entry the weight of its
+//! own class, at least `bundle-entry`). The in-flight slot is taken as soon as the tenant is
+//! known, before the body is read, and a tenant's open client connections may be capped
+//! (`max_connections`, held by `connection::Slot`), so a tenant sending slow bodies spends
+//! its own slots, never another tenant's. In `shadow` mode nothing is refused; what would
+//! have been is counted and logged.
 use crate::config::Limits;
 use crate::metrics::Metrics;
 use governor::clock::{Clock, DefaultClock};
 use governor::{Quota, RateLimiter};
 use http::StatusCode;
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -27,6 +32,29 @@ const DEFAULT_WEIGHTS: &[(&str, u32)] =
 pub fn weight(l: &crate::config::Limits, class: &str) -> u32 {
     let default = DEFAULT_WEIGHTS.iter().find(|(k, _)| *k == class).map_or(1, |(_, w)| *w);
     l.weights.get(class).copied().unwrap_or(default)
+}
+
+/// The class of one transaction or batch entry, from its `request`: `GET` of `Type/id` (or a
+/// version) is a read, other `GET`s (searches, history) and `POST …/_search` are searches,
+/// anything naming an operation (`$`) is an operation, other methods are writes.
+fn entry_class(entry: &Value) -> &'static str {
+    let request = entry.get("request");
+    let method = request.and_then(|r| r.get("method")).and_then(Value::as_str).unwrap_or("");
+    let url = request.and_then(|r| r.get("url")).and_then(Value::as_str).unwrap_or("");
+    let (path, query) = url.split_once('?').map_or((url, None), |(p, q)| (p, Some(q)));
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if segments.iter().any(|s| s.starts_with('$')) {
+        return "operation";
+    }
+    match method {
+        "GET" | "HEAD" => match (query, segments.as_slice()) {
+            (None, [_, id]) if *id != "_history" => "read",
+            (None, [_, _, "_history", _]) => "read",
+            _ => "search",
+        },
+        "POST" if segments.last() == Some(&"_search") => "search",
+        _ => "write",
+    }
 }
 
 /// The class of an interaction (by its `Interaction::name`).
@@ -51,6 +79,8 @@ pub enum LimitError {
     TooCostly { cost: u32, burst: u32, policy: String },
     #[error("too many requests of this tenant in flight; retry shortly")]
     InFlight { status: StatusCode },
+    #[error("this tenant has too many connections open; retry shortly")]
+    Connections,
 }
 
 impl LimitError {
@@ -66,13 +96,14 @@ impl LimitError {
                 ]
             }
             LimitError::TooCostly { policy, .. } => vec![("ratelimit-policy", policy.clone())],
-            LimitError::InFlight { .. } => vec![("retry-after", "1".into())],
+            LimitError::InFlight { .. } | LimitError::Connections => vec![("retry-after", "1".into())],
         }
     }
 
     pub fn status(&self) -> StatusCode {
         match self {
             LimitError::InFlight { status } => *status,
+            LimitError::Connections => StatusCode::SERVICE_UNAVAILABLE,
             LimitError::Rate { .. } | LimitError::TooCostly { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
@@ -84,6 +115,7 @@ type Limiter = RateLimiter<governor::state::NotKeyed, governor::state::InMemoryS
 pub struct TenantLimits {
     rate: Option<(Limiter, u32, u32)>,
     in_flight: Option<(Arc<Semaphore>, StatusCode)>,
+    connections: Option<Arc<Semaphore>>,
     upstream: Option<Gate>,
     shadow: bool,
     weights: BTreeMap<&'static str, u32>,
@@ -140,7 +172,8 @@ impl TenantLimits {
             wait: Duration::from_millis(l.upstream_wait_ms.unwrap_or(1000)),
             shadow,
         });
-        TenantLimits { rate, in_flight, upstream, shadow, weights, clock: DefaultClock::default() }
+        let connections = l.max_connections.map(|n| Arc::new(Semaphore::new(n as usize)));
+        TenantLimits { rate, in_flight, connections, upstream, shadow, weights, clock: DefaultClock::default() }
     }
 
     /// The tenant's cap on upstream connections, if it has one.
@@ -148,16 +181,9 @@ impl TenantLimits {
         self.upstream.clone()
     }
 
-    /// Admits a request of `interaction` (`units`: entries of a Bundle, else 1), or refuses it.
-    pub fn admit(
-        &self,
-        tenant: &str,
-        interaction: &str,
-        units: u32,
-        metrics: &Metrics,
-    ) -> Result<Admitted, LimitError> {
-        let class = class_of(interaction);
-        let cost = self.weights[class].saturating_mul(units.max(1));
+    /// Takes the tenant's in-flight slot for one request (held until it is answered), or refuses.
+    /// Called as soon as the tenant is known, before the body is read.
+    pub fn enter(&self, tenant: &str, metrics: &Metrics) -> Result<Admitted, LimitError> {
         let permit = match &self.in_flight {
             Some((sem, status)) => match sem.clone().try_acquire_owned() {
                 Ok(p) => Some(p),
@@ -168,6 +194,12 @@ impl TenantLimits {
             },
             None => None,
         };
+        Ok(Admitted(permit))
+    }
+
+    /// Spends `cost` units of the tenant's rate, or refuses. Called once the request is known
+    /// whole (its body read), so a Bundle is priced by its entries.
+    pub fn charge(&self, tenant: &str, cost: u32, metrics: &Metrics) -> Result<(), LimitError> {
         if let (Some((limiter, rate, burst)), Some(n)) = (&self.rate, NonZeroU32::new(cost)) {
             let policy = format!("\"tenant\";q={burst};w={}", burst.div_ceil(*rate).max(1));
             match limiter.check_n(n) {
@@ -181,7 +213,26 @@ impl TenantLimits {
                 }
             }
         }
-        Ok(Admitted(permit))
+        Ok(())
+    }
+
+    /// What a request of `interaction` costs: its class's weight; for a transaction or batch
+    /// Bundle the sum over its entries, each costing its own class (a search entry costs a
+    /// search), at least the `bundle-entry` weight.
+    pub fn cost(&self, interaction: &str, body: Option<&Value>) -> u32 {
+        let class = class_of(interaction);
+        if class != "bundle-entry" {
+            return self.weights[class];
+        }
+        let entries = body.and_then(|b| b.get("entry")).and_then(Value::as_array);
+        let floor = self.weights["bundle-entry"];
+        let cost = entries.into_iter().flatten().map(|e| self.weights[entry_class(e)].max(floor));
+        cost.fold(0u32, u32::saturating_add).max(floor)
+    }
+
+    /// The tenant's cap on open client connections, if it has one (see `connection::Slot`).
+    pub fn connections(&self) -> Option<(&Arc<Semaphore>, bool)> {
+        self.connections.as_ref().map(|c| (c, self.shadow))
     }
 
     /// Counts a limit hit; refuses unless in shadow mode.
@@ -209,14 +260,34 @@ mod tests {
     fn weighted_costs_spend_the_burst() {
         let m = Metrics::new();
         let l = TenantLimits::new(&limits(1, 10));
-        assert!(l.admit("t", "search-type", 1, &m).is_ok()); // 5
-        assert!(l.admit("t", "search-type", 1, &m).is_ok()); // 10
-        let e = l.admit("t", "read", 1, &m).err().expect("the burst is spent");
+        assert!(l.charge("t", l.cost("search-type", None), &m).is_ok()); // 5
+        assert!(l.charge("t", l.cost("search-type", None), &m).is_ok()); // 10
+        let e = l.charge("t", l.cost("read", None), &m).expect_err("the burst is spent");
         assert!(matches!(e, LimitError::Rate { .. }));
         assert!(e.headers().iter().any(|(k, v)| *k == "retry-after" && v.parse::<u64>().unwrap() >= 1));
         // A Bundle of 11 entries can never fit a burst of 10.
         let l = TenantLimits::new(&limits(1, 10));
-        assert!(matches!(l.admit("t", "bundle", 11, &m), Err(LimitError::TooCostly { .. })));
+        let entry = serde_json::json!({"request": {"method": "GET", "url": "Patient/1"}});
+        let bundle = serde_json::json!({"entry": vec![entry; 11]});
+        assert_eq!(l.cost("bundle", Some(&bundle)), 11);
+        assert!(matches!(l.charge("t", 11, &m), Err(LimitError::TooCostly { .. })));
+    }
+
+    #[test]
+    fn bundle_entries_cost_their_own_class() {
+        let l = TenantLimits::new(&limits(1, 10));
+        let entries = |method: &str, url: &str, n: usize| serde_json::json!({"entry": vec![serde_json::json!({"request": {"method": method, "url": url}}); n]});
+        assert_eq!(l.cost("bundle", Some(&entries("GET", "Patient?name=x", 40))), 200);
+        assert_eq!(l.cost("bundle", Some(&entries("GET", "Patient", 2))), 10);
+        assert_eq!(l.cost("bundle", Some(&entries("GET", "Patient/1/_history", 1))), 5);
+        assert_eq!(l.cost("bundle", Some(&entries("GET", "Patient/1/_history/2", 1))), 1);
+        assert_eq!(l.cost("bundle", Some(&entries("POST", "Patient/_search", 1))), 5);
+        assert_eq!(l.cost("bundle", Some(&entries("POST", "Patient", 3))), 6);
+        assert_eq!(l.cost("bundle", Some(&entries("GET", "Patient/1/$everything", 1))), 5);
+        assert_eq!(l.cost("bundle", Some(&entries("DELETE", "Patient?name=x", 1))), 2);
+        assert_eq!(l.cost("bundle", Some(&serde_json::json!({"entry": [{}]}))), 2);
+        assert_eq!(l.cost("bundle", Some(&serde_json::json!({}))), 1);
+        assert_eq!(l.cost("read", None), 1);
     }
 
     #[test]
@@ -224,7 +295,7 @@ mod tests {
         let m = Metrics::new();
         let l = TenantLimits::new(&Limits { shadow: Some(true), ..limits(1, 1) });
         for _ in 0..5 {
-            assert!(l.admit("t", "read", 1, &m).is_ok());
+            assert!(l.enter("t", &m).is_ok() && l.charge("t", 1, &m).is_ok());
         }
         assert_eq!(m.rate_limited.with_label_values(&["t", "rate", "shadow"]).get(), 4);
     }
@@ -233,10 +304,10 @@ mod tests {
     fn in_flight_cap_frees_on_drop() {
         let m = Metrics::new();
         let l = TenantLimits::new(&Limits { max_in_flight: Some(1), in_flight_status: Some(429), ..Limits::default() });
-        let first = l.admit("t", "read", 1, &m).unwrap();
-        let e = l.admit("t", "read", 1, &m).err().unwrap();
+        let first = l.enter("t", &m).unwrap();
+        let e = l.enter("t", &m).err().unwrap();
         assert_eq!(e.status(), StatusCode::TOO_MANY_REQUESTS);
         drop(first);
-        assert!(l.admit("t", "read", 1, &m).is_ok());
+        assert!(l.enter("t", &m).is_ok());
     }
 }

@@ -8,12 +8,13 @@
 use crate::answer::{boxed, json_response, ok_response, read_response, written, Body};
 use crate::audit::Record;
 use crate::bundle::bundle;
+use crate::connection::Slot;
 use crate::error::Error;
 use crate::identity::Caller;
 use crate::metadata::metadata;
 use crate::request::{
     accepts_fhir_json, accepts_ndjson, check_headers, correlation_id, ensure_no_body, read_body, read_form, BodyKind,
-    RequestError,
+    BodyLimits, RequestError,
 };
 use crate::route::{self, Interaction};
 use crate::scope::{conditional, read, search, write, Ctx, ScopeError};
@@ -31,7 +32,7 @@ use std::time::Instant;
 /// Handles one public request. Never panics on client input; every failure becomes an
 /// OperationOutcome in `error.rs`. Every request is counted (metrics), logged (access line, debug) and
 /// audited here, whatever its outcome.
-pub async fn handle(snap: Arc<Snapshot>, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(snap: Arc<Snapshot>, req: Request<Incoming>, conn: &Slot) -> Response<Body> {
     let started = Instant::now();
     // Correlation id first: every log line and every error body below can then name it.
     let correlation = correlation_id(req.headers());
@@ -40,7 +41,7 @@ pub async fn handle(snap: Arc<Snapshot>, req: Request<Incoming>) -> Response<Bod
     // The upstream wait is counted apart, so the audit shows fhir-fence's own share.
     // (Pinned in place: `run`'s future is several KB, and `timed` then moves a reference.)
     let (result, upstream_micros) = {
-        let running = std::pin::pin!(run(&snap, req, &correlation, &mut who));
+        let running = std::pin::pin!(run(&snap, req, conn, &correlation, &mut who));
         crate::upstream::timed(running).await
     };
     let metrics = &snap.metrics;
@@ -116,6 +117,7 @@ struct Who {
 async fn run(
     snap: &Arc<Snapshot>,
     req: Request<Incoming>,
+    conn: &Slot,
     correlation: &str,
     who: &mut Who,
 ) -> Result<Response<Body>, Error> {
@@ -139,6 +141,12 @@ async fn run(
     who.client_id = caller.client_id.clone();
     // Counted from here (the tenant is known) to the end of this request's handling.
     let _in_flight = snap.metrics.in_flight(&caller.tenant.name);
+    // The tenant's connection and in-flight caps as soon as the tenant is known, before any
+    // body is read: a tenant sending slow bodies spends its own slots, never another tenant's.
+    // The in-flight slot is held until this request is answered.
+    let limits = snap.limits.get(&caller.tenant.name);
+    conn.bind(&caller.tenant.name, limits.and_then(|l| l.connections()))?;
+    let _admitted = limits.map(|l| l.enter(&caller.tenant.name, &snap.metrics)).transpose()?;
 
     // Request hygiene: refuse what the proxy cannot inspect or that changes the request's meaning.
     check_headers(&parts.headers)?;
@@ -166,7 +174,7 @@ async fn run(
     // Bodies are read only where an interaction has one, bounded, of the expected media type,
     // and parsed strictly; other requests must not have one. Form searches merge URL and body
     // parameters here, so everything after sees one parameter list, validated once.
-    let limit = snap.loaded.config.server.max_body_bytes;
+    let limit = BodyLimits::of(&snap.loaded.config.server);
     let mut params = params;
     let body = match &interaction {
         Interaction::Create { .. }
@@ -194,16 +202,11 @@ async fn run(
         }
     };
 
-    // Limits once the request is known whole: a Bundle costs per entry, and everything refused
-    // above cost the upstream nothing. The in-flight slot is held until this request is answered.
-    let units = match (&interaction, &body) {
-        (Interaction::Bundle, Some(b)) => b.get("entry").and_then(Value::as_array).map_or(1, |e| e.len() as u32),
-        _ => 1,
-    };
-    let _admitted = match snap.limits.get(&caller.tenant.name) {
-        Some(l) => Some(l.admit(&caller.tenant.name, name, units, &snap.metrics)?),
-        None => None,
-    };
+    // The rate limit once the request is known whole: a Bundle costs what its entries cost,
+    // and everything refused above cost the upstream nothing.
+    if let Some(l) = limits {
+        l.charge(&caller.tenant.name, l.cost(name, body.as_ref()), &snap.metrics)?;
+    }
 
     // Scope, upstream, and the outbound check, per interaction.
     // The client's own URL for this answer; a form search is shown as the equivalent GET.

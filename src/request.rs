@@ -41,6 +41,26 @@ pub enum RequestError {
     Header(&'static str),
     #[error("the request body could not be read")]
     Read,
+    #[error("the request body arrived too slowly (at least {0} bytes per second are expected)")]
+    SlowBody(u64),
+}
+
+/// How much body a request may send, and how fast it must arrive (`server.*` in the config).
+#[derive(Clone, Copy)]
+pub(crate) struct BodyLimits {
+    pub max_bytes: usize,
+    pub grace: std::time::Duration,
+    pub min_rate: u64,
+}
+
+impl BodyLimits {
+    pub fn of(server: &crate::config::Server) -> Self {
+        BodyLimits {
+            max_bytes: server.max_body_bytes,
+            grace: std::time::Duration::from_millis(server.body_timeout_ms),
+            min_rate: server.min_body_bytes_per_sec.max(1),
+        }
+    }
 }
 
 pub(crate) fn accepts_fhir_json(headers: &HeaderMap) -> bool {
@@ -116,21 +136,38 @@ fn media_type(headers: &HeaderMap) -> Result<String, Error> {
     Ok(mime)
 }
 
-async fn collect(body: Incoming, limit: usize) -> Result<Bytes, Error> {
-    let collected = Limited::new(body, limit).collect().await.map_err(|e| {
-        if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-            Error::from(RequestError::TooLarge(limit))
-        } else {
-            Error::from(RequestError::Read)
+/// Reads a whole body, at most `limits.max_bytes`, arriving no slower than the grace period plus
+/// one second per `min_rate` bytes received so far allows (else 408): the deadline moves with
+/// the data, so a large body at a decent rate is fine and a trickle is cut off.
+async fn collect(body: Incoming, limits: BodyLimits) -> Result<Bytes, Error> {
+    let started = tokio::time::Instant::now();
+    let mut body = Limited::new(body, limits.max_bytes);
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        let allowed = limits.grace + std::time::Duration::from_secs_f64(buf.len() as f64 / limits.min_rate as f64);
+        let frame = match tokio::time::timeout_at(started + allowed, body.frame()).await {
+            Err(_) => return Err(RequestError::SlowBody(limits.min_rate).into()),
+            Ok(None) => break,
+            Ok(Some(frame)) => frame,
+        };
+        let frame = frame.map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                Error::from(RequestError::TooLarge(limits.max_bytes))
+            } else {
+                Error::from(RequestError::Read)
+            }
+        })?;
+        if let Ok(data) = frame.into_data() {
+            buf.extend_from_slice(&data);
         }
-    })?;
-    Ok(collected.to_bytes())
+    }
+    Ok(buf.freeze())
 }
 
 pub(crate) async fn read_body(
     headers: &HeaderMap,
     body: Incoming,
-    limit: usize,
+    limits: BodyLimits,
     kind: BodyKind,
 ) -> Result<Value, Error> {
     let mime = media_type(headers)?;
@@ -149,7 +186,7 @@ pub(crate) async fn read_body(
         }
         _ => return Err(RequestError::MediaType(mime).into()),
     }
-    let bytes = collect(body, limit).await?;
+    let bytes = collect(body, limits).await?;
     let value = parse_strict(&bytes).map_err(RequestError::Json)?;
     // The typed inbound gate: every resource body a client sends (single writes, Bundles with
     // all their entries, Parameters with their resources) has the R4 shape before any scope
@@ -161,12 +198,12 @@ pub(crate) async fn read_body(
 }
 
 /// A form-encoded search body (`POST …/_search`), decoded as strictly as a query string.
-pub(crate) async fn read_form(headers: &HeaderMap, body: Incoming, limit: usize) -> Result<route::Params, Error> {
+pub(crate) async fn read_form(headers: &HeaderMap, body: Incoming, limits: BodyLimits) -> Result<route::Params, Error> {
     let mime = media_type(headers)?;
     if mime != "application/x-www-form-urlencoded" {
         return Err(RequestError::MediaType(mime).into());
     }
-    let bytes = collect(body, limit).await?;
+    let bytes = collect(body, limits).await?;
     let text = std::str::from_utf8(&bytes).map_err(|_| RequestError::MediaType("non-UTF-8 form".into()))?;
     Ok(route::parse_query(Some(text.trim_end_matches(['\r', '\n'])))?)
 }

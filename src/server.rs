@@ -1,4 +1,5 @@
 //! Listeners: the public FHIR listener and the admin listener, HTTP/1.1, with graceful shutdown.
+use crate::connection::Slot;
 use crate::{admin, live::Live, pipeline};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -57,10 +58,12 @@ pub async fn serve_public(live: Arc<Live>, public: TcpListener, shutdown: impl F
                     continue;
                 };
                 let live = live.clone();
+                // What the connection carries between its requests: the tenant it counts against.
+                let slot = Arc::new(Slot::default());
                 // Each request takes the snapshot current when it arrives and keeps it to the end.
                 let service = service_fn(move |req| {
-                    let handling = pipeline::handle(live.snapshot(), req);
-                    async move { Ok::<_, Infallible>(handling.await) }
+                    let (snap, slot) = (live.snapshot(), slot.clone());
+                    async move { Ok::<_, Infallible>(pipeline::handle(snap, req, &slot).await) }
                 });
                 let conn = builder().serve_connection(TokioIo::new(stream), service);
                 let conn = graceful.watch(conn);

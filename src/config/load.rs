@@ -70,10 +70,10 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
 
 /// Checks one (effective) limits table; `key` names it in the error.
 fn limits(key: &str, l: &crate::config::Limits) -> Result<(), ConfigError> {
-    if [l.rate_per_second, l.burst, l.max_in_flight, l.upstream_connections].contains(&Some(0)) {
+    if [l.rate_per_second, l.burst, l.max_in_flight, l.upstream_connections, l.max_connections].contains(&Some(0)) {
         return Err(ConfigError::invalid(
             key,
-            "rate_per_second, burst, max_in_flight and upstream_connections must be greater than 0",
+            "rate_per_second, burst, max_in_flight, max_connections and upstream_connections must be greater than 0",
         ));
     }
     if l.burst.is_some() && l.rate_per_second.is_none() {
@@ -99,6 +99,12 @@ fn validate(c: &Config) -> Result<Url, ConfigError> {
     let public_base = http_url("server.public_base", &c.server.public_base)?;
     if matches!(c.server.workers, Some(n) if n == 0 || n > 1024) {
         return Err(ConfigError::invalid("server.workers", "must be between 1 and 1024"));
+    }
+    if c.server.body_timeout_ms == 0 || c.server.min_body_bytes_per_sec == 0 {
+        return Err(ConfigError::invalid(
+            "server",
+            "body_timeout_ms and min_body_bytes_per_sec must be greater than 0",
+        ));
     }
     if c.server.max_body_bytes == 0 {
         return Err(ConfigError::invalid("server.max_body_bytes", "must be greater than 0"));
@@ -146,9 +152,9 @@ fn validate(c: &Config) -> Result<Url, ConfigError> {
         let effective = c.limits.overridden_by(&t.limits);
         limits(&format!("{key}.limits"), &effective)?;
         let export = crate::limits::weight(&effective, "export");
-        if t.operations.iter().any(|o| o == "export")
-            && effective.burst.or(effective.rate_per_second).is_some_and(|b| b < export)
-        {
+        let burst = effective.burst.or(effective.rate_per_second);
+        let enforced = effective.shadow != Some(true);
+        if enforced && t.operations.iter().any(|o| o == "export") && burst.is_some_and(|b| b < export) {
             return Err(ConfigError::invalid(
                 format!("{key}.limits.burst"),
                 format!("the tenant may export, but one export costs {export}, more than its burst: it never could"),

@@ -39,6 +39,14 @@ pub struct Server {
     /// Upstream answers above this are refused with 502 (fail closed, nothing partial leaves).
     #[serde(default = "default_max_upstream_body")]
     pub max_upstream_body_bytes: usize,
+    /// How long a request body may take before it must keep up `min_body_bytes_per_sec`: a body
+    /// must arrive within `body_timeout_ms` plus one second per `min_body_bytes_per_sec` bytes
+    /// received so far, else 408 (a client trickling its body holds a connection no longer).
+    #[serde(default = "default_body_timeout_ms")]
+    pub body_timeout_ms: u64,
+    /// The slowest average rate a request body may arrive at once `body_timeout_ms` is spent.
+    #[serde(default = "default_min_body_rate")]
+    pub min_body_bytes_per_sec: u64,
     /// Client connections open at once; one more is answered 503 and closed.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
@@ -233,6 +241,10 @@ pub struct Limits {
     pub max_in_flight: Option<u32>,
     /// The answer when `max_in_flight` is reached: 429 or 503 (default 503).
     pub in_flight_status: Option<u16>,
+    /// Client connections of this tenant open at once (a connection counts against the tenant
+    /// of its latest request); a request that would open one more gets 503 and its connection
+    /// is closed.
+    pub max_connections: Option<u32>,
     /// Upstream requests (HTTP/1.1 connections) this tenant may have open at once; a request
     /// waits up to `upstream_wait_ms` for one, then gets 503.
     pub upstream_connections: Option<u32>,
@@ -255,6 +267,7 @@ impl Limits {
             burst: over.burst.or(self.burst),
             max_in_flight: over.max_in_flight.or(self.max_in_flight),
             in_flight_status: over.in_flight_status.or(self.in_flight_status),
+            max_connections: over.max_connections.or(self.max_connections),
             upstream_connections: over.upstream_connections.or(self.upstream_connections),
             upstream_wait_ms: over.upstream_wait_ms.or(self.upstream_wait_ms),
             shadow: over.shadow.or(self.shadow),
@@ -268,6 +281,12 @@ fn default_max_body() -> usize {
 }
 fn default_max_bundle_entries() -> usize {
     500
+}
+fn default_body_timeout_ms() -> u64 {
+    10_000
+}
+fn default_min_body_rate() -> u64 {
+    16 * 1024
 }
 fn default_max_connections() -> usize {
     10_000

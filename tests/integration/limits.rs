@@ -30,7 +30,7 @@ async fn upstream(slow: Arc<tokio::sync::Notify>) -> fake::Fake {
 async fn a_tenant_over_its_limit_gets_429_while_another_is_served() {
     let mut ts = tenants(2);
     // Tenant names equal prefixes here, so the fake's stored resources carry the right tag.
-    ts[0].limits = "rate_per_second = 1\nburst = 3\nweights = { search = 2 }".into();
+    ts[0].limits = "rate_per_second = 1\nburst = 3\nweights = { search = 2, export = 3 }".into();
     let up = upstream(Arc::default()).await;
     let fence = support::start(Options::new(&up.base, &ts)).await;
     let (a, b) = (fence.token(&ts[0].name), fence.token(&ts[1].name));
@@ -49,7 +49,7 @@ async fn a_tenant_over_its_limit_gets_429_while_another_is_served() {
     }
     // A request that can never fit the burst says so.
     let mut big = tenants(1);
-    big[0].limits = "rate_per_second = 1\nburst = 4".into();
+    big[0].limits = "rate_per_second = 1\nburst = 4\nweights = { export = 4 }".into();
     let fence2 = support::start(Options::new(&up.base, &big)).await;
     let r = get(&fence2.url("Patient?name=x")).bearer(&fence2.token(&big[0].name)).send().await;
     assert_eq!(r.status, 429, "search weight 5 > burst 4: {}", r.body);
@@ -143,4 +143,95 @@ async fn shadow_mode_counts_but_never_refuses() {
     let m = String::from_utf8(fence.snap().metrics.render()).unwrap();
     let line = format!(r#"fhir_fence_rate_limited_total{{limit="rate",mode="shadow",tenant="{}"}} 4"#, ts[0].name);
     assert!(m.lines().any(|l| l == line), "{m}");
+}
+
+/// Sends a request's headers and the first bytes of a body it promises to be much longer, on a
+/// connection of its own, and returns the connection (to read the answer from later).
+async fn trickle(port: u16, token: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let head = format!(
+        "PUT /fhir/Patient/slowbody HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\n\
+         content-type: application/fhir+json\r\ncontent-length: 100000\r\n\r\n{{\"resourceType\""
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s
+}
+
+/// The status of the answer on a connection (read until the server closes it).
+async fn status_on(mut s: tokio::net::TcpStream) -> u16 {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(20), s.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "no answer within 20 s");
+    let text = String::from_utf8_lossy(&buf);
+    text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+/// A tenant trickling request bodies through more connections than the listener admits holds
+/// only its own connection slots (`limits.max_connections`): its other connections are refused
+/// at once (503, closed), its trickles end in 408, and another tenant is served meanwhile.
+#[tokio::test]
+async fn a_slow_body_flood_costs_only_the_senders_own_connections() {
+    let mut ts = tenants(2);
+    ts[0].limits = "max_connections = 3".into();
+    let up = upstream(Arc::default()).await;
+    let mut o = Options::new(&up.base, &ts);
+    o.server_extra = "max_connections = 10\nbody_timeout_ms = 2000\nmin_body_bytes_per_sec = 1000".into();
+    let fence = support::start(o).await;
+    let (a, b) = (fence.token(&ts[0].name), fence.token(&ts[1].name));
+    let mut conns = Vec::new();
+    for _ in 0..14 {
+        conns.push(trickle(fence.ports.0, &a).await);
+    }
+    // Every connection A may not keep is answered 503 and closed at once; three are kept.
+    let mut kept = Vec::new();
+    let mut refused = 0;
+    for c in conns {
+        let readable = tokio::time::timeout(std::time::Duration::from_millis(500), c.readable()).await;
+        match readable {
+            Ok(_) => {
+                assert_eq!(status_on(c).await, 503);
+                refused += 1;
+            }
+            Err(_) => kept.push(c),
+        }
+    }
+    assert_eq!((kept.len(), refused), (3, 11), "A keeps exactly its three connections");
+    let snap = fence.snap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while snap.metrics.connections_open.get() > 3 {
+        assert!(std::time::Instant::now() < deadline, "refused connections were never closed");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    // B is served while A's three trickles hold their connections.
+    for _ in 0..5 {
+        assert_eq!(get(&fence.url("Patient/p1")).bearer(&b).send().await.status, 200);
+    }
+    // A's trickles end in 408 once their grace is spent at under 1000 bytes per second.
+    for c in kept {
+        assert_eq!(status_on(c).await, 408);
+    }
+    assert_eq!(get(&fence.url("Patient/p1")).bearer(&a).send().await.status, 200, "A's slots are free again");
+}
+
+/// A JSON Patch that doubles the document with every `copy` is refused (413) before the document
+/// outgrows the body limit; the process goes on serving.
+#[tokio::test]
+async fn a_patch_bomb_is_refused_before_it_grows() {
+    let ts = tenants(1);
+    let up = upstream(Arc::default()).await;
+    let fence = support::start(Options::new(&up.base, &ts)).await;
+    let tok = fence.token(&ts[0].name);
+    let mut ops = vec![serde_json::json!({"op": "add", "path": "/name", "value": [{"text": "x".repeat(1000)}]})];
+    ops.extend((0..40).map(|_| serde_json::json!({"op": "copy", "from": "/name", "path": "/name/-"})));
+    let r = crate::support::client::request("PATCH", &fence.url("Patient/p1"))
+        .bearer(&tok)
+        .header("content-type", "application/json-patch+json")
+        .raw_body(serde_json::to_vec(&ops).unwrap())
+        .send()
+        .await;
+    assert_eq!(r.status, 413, "{}", r.body);
+    assert_eq!(r.body["resourceType"], "OperationOutcome");
+    assert_eq!(get(&fence.url("Patient/p1")).bearer(&tok).send().await.status, 200);
 }
