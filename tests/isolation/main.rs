@@ -410,3 +410,167 @@ async fn isolation_probes() {
     assert!(failures.is_empty(), "{} of {} probes failed:\n{}", failures.len(), probes.len(), failures.join("\n"));
     eprintln!("{} isolation probes passed", probes.len());
 }
+
+/// What the upstream itself holds of B: every resource's version, the number of resources under
+/// B's tag per type, and what points at B's resources. Read on HAPI directly, around fhir-fence.
+async fn upstream_state(pb: &str, tb: &str) -> Vec<String> {
+    let mut state = vec![];
+    for path in ["Patient/b-ref", "Organization/b-org", "Questionnaire/b-q"] {
+        let (t, id) = path.split_once('/').unwrap();
+        let r = client::get(&format!("{}/{t}/{pb}-{id}", hapi())).send().await;
+        state.push(format!("{path}: {} v{}", r.status, r.body["meta"]["versionId"]));
+    }
+    for t in ["Patient", "Organization", "Questionnaire", "Observation", "QuestionnaireResponse"] {
+        let r = client::get(&format!("{}/{t}?_tag={SYSTEM}%7C{tb}&_summary=count", hapi())).send().await;
+        state.push(format!("{t} tagged {tb}: {}", r.body["total"]));
+    }
+    for (t, param, target) in [
+        ("Observation", "subject", "Patient/b-ref"),
+        ("Patient", "organization", "Organization/b-org"),
+        ("QuestionnaireResponse", "questionnaire", "Questionnaire/b-q"),
+    ] {
+        let (tt, id) = target.split_once('/').unwrap();
+        let r = client::get(&format!("{}/{t}?{param}={tt}/{pb}-{id}&_summary=count", hapi())).send().await;
+        state.push(format!("{t}.{param} -> {target}: {}", r.body["total"]));
+    }
+    state
+}
+
+/// The parser gap (issue 15): shapes HAPI's lenient parser reads as references or tags — JSON
+/// arrays, nested arrays, numbers, nulls, bare objects, `_element` extensions, contained edge
+/// cases — and the oracles around canonicals and `Bundle.total`. Each probe asserts its status
+/// and that nothing of B reaches A; afterwards the upstream itself, read directly, shows B's data
+/// untouched, nothing of A's pointing at it, and B's delete still works (no stored link blocks it).
+#[tokio::test]
+async fn parser_gap_probes() {
+    let ts = tenants(2);
+    let f = support::start(Options::new(&hapi(), &ts)).await;
+    let (a, b) = (f.token(&ts[0].name), f.token(&ts[1].name));
+    let (tb, pb) = (ts[1].name.clone(), ts[1].prefix.clone());
+    let q_url = format!("http://example.org/fhir/Questionnaire/{pb}-secret-form");
+    for (path, body) in [
+        (
+            "Patient/b-ref",
+            json!({"resourceType": "Patient", "id": "b-ref", "name": [{"given": [BRAVO]}], "identifier": [{"system": "urn:mrn", "value": "b-unique"}]}),
+        ),
+        ("Organization/b-org", json!({"resourceType": "Organization", "id": "b-org", "name": BRAVO})),
+        (
+            "Questionnaire/b-q",
+            json!({"resourceType": "Questionnaire", "id": "b-q", "url": q_url, "status": "active", "item": [{"linkId": BRAVO, "type": "string", "required": true}]}),
+        ),
+    ] {
+        let r = client::put(&f.url(path), &body).bearer(&b).send().await;
+        assert!(r.status == 201 || r.status == 200, "loading {path}: {}", r.body);
+    }
+    let r = client::put(
+        &f.url("Patient/p1"),
+        &json!({"resourceType": "Patient", "id": "p1", "name": [{"given": [ALPHA]}]}),
+    )
+    .bearer(&a)
+    .send()
+    .await;
+    assert!(r.status == 201 || r.status == 200, "{}", r.body);
+    let before = upstream_state(&pb, &tb).await;
+
+    let up = |t: &str, id: &str| format!("{t}/{pb}-{id}");
+    let obs = |subject: Value| json!({"resourceType": "Observation", "status": "final", "code": {"text": "t"}, "subject": subject});
+    let tx = |kind: &str, entries: Value| json!({"resourceType": "Bundle", "type": kind, "entry": entries});
+    let qr = |questionnaire: Value| json!({"resourceType": "QuestionnaireResponse", "status": "completed", "questionnaire": questionnaire});
+    let tag = |coding: Value| json!({"resourceType": "Patient", "meta": {"tag": coding}});
+    let patch = |ops: Value| ops.to_string();
+    let probes = vec![
+        // references written as arrays (single writes, PUT, PATCH, batch, transaction, canonicals)
+        probe("reference as array", "POST", "/Observation", &[400]).json(obs(json!({"reference": [up("Patient", "b-ref")]}))),
+        probe("reference as nested array", "POST", "/Observation", &[400]).json(obs(json!({"reference": [[up("Patient", "b-ref")]]}))),
+        probe("conditional reference as array", "POST", "/Observation", &[400]).json(obs(json!({"reference": ["Patient?identifier=urn:mrn|b-unique"]}))),
+        probe("Reference as array", "POST", "/Observation", &[400]).json(obs(json!([{"reference": up("Patient", "b-ref")}]))),
+        probe("reference as array in PUT", "PUT", "/Observation/o-arr", &[400]).json({let mut o = obs(json!({"reference": [up("Patient", "b-ref")]})); o["id"] = json!("o-arr"); o}),
+        probe("reference as array through PATCH", "PATCH", "/Patient/p1", &[422]).raw("application/json-patch+json", &patch(json!([{"op": "add", "path": "/managingOrganization", "value": {"reference": [up("Organization", "b-org")]}}]))),
+        probe("reference as array in a batch entry", "POST", "", &[400]).json(tx("batch", json!([{"resource": obs(json!({"reference": [up("Patient", "b-ref")]})), "request": {"method": "POST", "url": "Observation"}}]))),
+        probe("reference as array in a transaction entry", "POST", "", &[400]).json(tx("transaction", json!([{"resource": obs(json!({"reference": ["Patient?identifier=urn:mrn|b-unique"]})), "request": {"method": "POST", "url": "Observation"}}]))),
+        probe("request url as array in a transaction", "POST", "", &[400]).json(tx("transaction", json!([{"request": {"method": "GET", "url": [up("Patient", "b-ref")]}}]))),
+        probe("canonical as nested array", "POST", "/QuestionnaireResponse", &[400]).json(qr(json!([[up("Questionnaire", "b-q")]]))),
+        probe("canonical as array", "POST", "/QuestionnaireResponse", &[400]).json(qr(json!([q_url]))),
+        // other JSON kinds where a string belongs
+        probe("reference as number", "POST", "/Observation", &[400]).json(obs(json!({"reference": 7}))),
+        probe("reference as boolean", "POST", "/Observation", &[400]).json(obs(json!({"reference": true}))),
+        probe("reference as object", "POST", "/Observation", &[400]).json(obs(json!({"reference": {"reference": up("Patient", "b-ref")}}))),
+        probe("reference null", "POST", "/Observation", &[400]).json(obs(json!({"reference": null}))),
+        probe("reference empty", "POST", "/Observation", &[400]).json(obs(json!({"reference": ""}))),
+        // primitive extensions and unknown elements
+        probe("_reference carrying a foreign reference", "POST", "/Observation", &[422]).json(obs(json!({"_reference": {"extension": [{"url": "http://x", "valueReference": {"reference": "Patient/b-ref"}}]}}))),
+        probe("_reference as array", "POST", "/Observation", &[400]).json(obs(json!({"_reference": [up("Patient", "b-ref")]}))),
+        probe("_reference as string", "POST", "/Observation", &[400]).json(obs(json!({"_reference": up("Patient", "b-ref")}))),
+        probe("unknown element beside reference", "POST", "/Observation", &[400]).json(obs(json!({"reference": "Patient/p1", "referenceX": up("Patient", "b-ref")}))),
+        probe("two choice variants", "POST", "/Observation", &[400]).json({let mut o = obs(json!({"reference": "Patient/p1"})); o["valueString"] = json!("a"); o["valueReference"] = json!({"reference": up("Patient", "b-ref")}); o}),
+        // tenant codings of other shapes
+        probe("coding system as array", "POST", "/Patient", &[400]).json(tag(json!([{"system": [SYSTEM], "code": tb}]))),
+        probe("coding code as array", "POST", "/Patient", &[400]).json(tag(json!([{"system": SYSTEM, "code": [tb]}]))),
+        probe("meta.tag as nested arrays", "POST", "/Patient", &[400]).json(tag(json!([[{"system": SYSTEM, "code": tb}]]))),
+        probe("meta.tag as a bare object", "POST", "/Patient", &[400]).json(tag(json!({"system": SYSTEM, "code": tb}))),
+        probe("meta.security as a bare object", "POST", "/Patient", &[400]).json(json!({"resourceType": "Patient", "meta": {"security": {"system": SYSTEM, "code": tb}}})),
+        probe("meta-add with system as array", "POST", "/Patient/p1/$meta-add", &[400]).json(json!({"resourceType": "Parameters", "parameter": [{"name": "meta", "valueMeta": {"tag": [{"system": [SYSTEM], "code": tb}]}}]})),
+        probe("meta-add with tag as object", "POST", "/Patient/p1/$meta-add", &[400]).json(json!({"resourceType": "Parameters", "parameter": [{"name": "meta", "valueMeta": {"security": {"system": SYSTEM, "code": tb}}}]})),
+        // contained edge cases
+        probe("contained with reference as array", "POST", "/Patient", &[400]).json(json!({"resourceType": "Patient", "contained": [{"resourceType": "Observation", "id": "c", "status": "final", "code": {"text": "x"}, "subject": {"reference": [up("Patient", "b-ref")]}}]})),
+        probe("contained inside contained", "POST", "/Patient", &[400]).json(json!({"resourceType": "Patient", "contained": [{"resourceType": "Group", "id": "g", "type": "person", "actual": true, "contained": [{"resourceType": "Observation", "id": "c", "status": "final", "code": {"text": "x"}, "subject": {"reference": up("Patient", "b-ref")}}]}]})),
+        probe("contained without resourceType", "POST", "/Patient", &[400]).json(json!({"resourceType": "Patient", "contained": [{"id": "c", "subject": {"reference": up("Patient", "b-ref")}}]})),
+        probe("contained as a bare object", "POST", "/Patient", &[400]).json(json!({"resourceType": "Patient", "contained": {"resourceType": "Observation", "id": "c", "status": "final", "code": {"text": "x"}, "subject": {"reference": up("Patient", "b-ref")}}})),
+        // operations that read a body
+        probe("validate Parameters with reference as array", "POST", "/Observation/$validate", &[400]).json(json!({"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": obs(json!({"reference": [up("Patient", "b-ref")]}))}]})),
+        // JSON Patch that doubles the document
+        probe("patch bomb", "PATCH", "/Patient/p1", &[413]).raw("application/json-patch+json", &patch(Value::Array((0..40).map(|_| json!({"op": "copy", "from": "/name", "path": "/name/-"})).collect()))),
+    ];
+    let forbidden = [BRAVO.to_owned(), format!("{pb}-"), tb.clone()];
+    let mut failures = vec![];
+    for p in &probes {
+        let r = send(&f, &a, p).await;
+        if !p.expect.contains(&r.status) {
+            failures.push(format!("{}: {} → {} (expected {:?}): {}", p.name, p.method, r.status, p.expect, r.body));
+        }
+        if r.body["resourceType"] != "OperationOutcome" {
+            failures.push(format!("{}: a {} without an OperationOutcome", p.name, r.status));
+        }
+        let request_text = format!("{}{}", p.path, p.body.clone().unwrap_or_default());
+        let answer = String::from_utf8_lossy(&r.raw);
+        for m in &forbidden {
+            if answer.contains(m.as_str()) && !(request_text.contains(m.as_str()) && m != BRAVO) {
+                failures.push(format!("{}: the answer shows B's {m:?}: {answer}", p.name));
+            }
+        }
+    }
+
+    // `Bundle.total` is no oracle: a canonical URL the upstream resolves server-wide (an
+    // `_include` of B's Questionnaire by its url) answers exactly like a URL nobody has.
+    let mut totals = vec![];
+    for url in [q_url.clone(), "http://example.org/fhir/Questionnaire/nobody".to_owned()] {
+        let r = client::put(&f.url("QuestionnaireResponse/qr-probe"), &json!({"resourceType": "QuestionnaireResponse", "id": "qr-probe", "status": "completed", "questionnaire": url})).bearer(&a).send().await;
+        assert!(r.status == 200 || r.status == 201, "{}", r.body);
+        let r = client::get(
+            &f.url("QuestionnaireResponse?_id=qr-probe&_include=QuestionnaireResponse:questionnaire&_total=accurate"),
+        )
+        .bearer(&a)
+        .send()
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(!String::from_utf8_lossy(&r.raw).contains(BRAVO), "B's Questionnaire reached A: {}", r.body);
+        totals.push((r.body.get("total").cloned(), r.body["entry"].as_array().map(Vec::len)));
+    }
+    if totals[0] != totals[1] {
+        failures.push(format!("an include of B's canonical answers differently from an unknown one: {totals:?}"));
+    }
+    let r = client::delete(&f.url("QuestionnaireResponse/qr-probe")).bearer(&a).send().await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    let after = upstream_state(&pb, &tb).await;
+    if before != after {
+        failures.push(format!("the upstream's view of B changed:\nbefore {before:?}\nafter  {after:?}"));
+    }
+    // No stored link of A's blocks B's own delete.
+    let r = client::delete(&f.url("Patient/b-ref")).bearer(&b).send().await;
+    if r.status != 200 {
+        failures.push(format!("B cannot delete its own Patient: {} {}", r.status, r.body));
+    }
+    assert!(failures.is_empty(), "{} of {} probes failed:\n{}", failures.len(), probes.len(), failures.join("\n"));
+    eprintln!("{} parser-gap probes passed", probes.len());
+}
