@@ -80,6 +80,7 @@ impl Error {
                 ScopeError::ForeignMarker
                 | ScopeError::Reference(_)
                 | ScopeError::ReferenceForm(..)
+                | ScopeError::Canonical(..)
                 | ScopeError::Patch(_) => (S::UNPROCESSABLE_ENTITY, "processing", shown()),
                 ScopeError::Refused(status, _) => {
                     // An upstream server error is a bad gateway to the client; 4xx pass on as they are.

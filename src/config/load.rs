@@ -121,6 +121,13 @@ fn validate(c: &Config) -> Result<Url, ConfigError> {
         return Err(ConfigError::invalid("server.max_connections", "must be greater than 0"));
     }
     absolute_uri("tenancy.system", &c.tenancy.system)?;
+    for (i, b) in c.tenancy.shared_canonical_bases.iter().enumerate() {
+        let key = format!("tenancy.shared_canonical_bases[{i}]");
+        http_url(&key, b)?;
+        if !b.ends_with('/') {
+            return Err(ConfigError::invalid(key, "must end in / (a prefix of canonical URLs)"));
+        }
+    }
     for (i, b) in c.tenancy.allowed_external_bases.iter().enumerate() {
         http_url(&format!("tenancy.allowed_external_bases[{i}]"), b)?;
     }

@@ -80,6 +80,11 @@ pub struct Tenancy {
     /// Absolute reference bases, other than fhir-fence's own, that resources may point at.
     #[serde(default)]
     pub allowed_external_bases: Vec<String>,
+    /// URL prefixes (ending in `/`) of shared definitions: canonicals under them are written and
+    /// validated as they are (`scope::canonicals`); any other canonical URL must name a
+    /// definition of the caller's own.
+    #[serde(default)]
+    pub shared_canonical_bases: Vec<String>,
     /// How long a successful reference look-up is trusted.
     #[serde(default = "default_ref_ttl")]
     pub reference_cache_ttl_secs: u64,

@@ -9,7 +9,7 @@
 //! specification's StructureDefinitions as HAPI ships them): every member a known element of its
 //! type, arrays exactly where the cardinality is `..*`, single values where it is `..1`,
 //! primitives of their JSON kind, no nulls (but the primitive-array alignment with `_name`), no
-//! empty strings, objects or arrays, one variant per choice element (`value[x]`), `_name` only
+//! empty strings or objects, one variant per choice element (`value[x]`), `_name` only
 //! beside primitives and shaped as `Element`, `resourceType` known, no `contained` inside a
 //! contained resource. After this gate a walker that visits every `reference` string visits
 //! every reference the upstream will store.
@@ -65,6 +65,8 @@ enum Kind {
     /// A 32-bit JSON integer, in range for `integer`, `positiveInt` (≥ 1) or `unsignedInt` (≥ 0).
     Integer(i64),
     Decimal,
+    /// A `canonical` (a JSON string): an index into `Model::canonical_targets`, the types it may name.
+    Canonical(u16),
     /// A complex type or backbone element: an index into `Model::types`.
     Complex(u32),
     /// Any resource, judged by its own `resourceType` (`contained`, `Bundle.entry.resource`…).
@@ -74,7 +76,7 @@ enum Kind {
 impl Kind {
     /// FHIR primitives take a `_name` sibling with their id and extensions.
     fn is_primitive(self) -> bool {
-        matches!(self, Kind::String | Kind::Boolean | Kind::Integer(_) | Kind::Decimal)
+        matches!(self, Kind::String | Kind::Canonical(_) | Kind::Boolean | Kind::Integer(_) | Kind::Decimal)
     }
 }
 
@@ -96,6 +98,8 @@ struct TypeDef {
 #[derive(Debug)]
 pub struct Model {
     types: Vec<TypeDef>,
+    /// For each canonical element's target list: the resource types it may name (empty: any).
+    canonical_targets: Vec<Vec<Box<str>>>,
     resources: HashMap<Box<str>, u32>,
     element: u32,
 }
@@ -119,8 +123,21 @@ impl Model {
         let mut names: Vec<&String> = table.types.keys().collect();
         names.sort();
         let index: HashMap<&str, u32> = names.iter().enumerate().map(|(i, n)| (n.as_str(), i as u32)).collect();
-        let kind_of = |t: &str| -> Result<Kind, String> {
+        let mut canonical_targets: Vec<Vec<Box<str>>> = Vec::new();
+        let mut kind_of = |t: &str| -> Result<Kind, String> {
+            if let Some(targets) = t.strip_prefix("canonical(").and_then(|t| t.strip_suffix(')')) {
+                let list: Vec<Box<str>> = targets.split('|').filter(|t| *t != "Resource").map(Box::from).collect();
+                let at = match canonical_targets.iter().position(|l| *l == list) {
+                    Some(i) => i,
+                    None => {
+                        canonical_targets.push(list);
+                        canonical_targets.len() - 1
+                    }
+                };
+                return Ok(Kind::Canonical(at as u16));
+            }
             Ok(match t {
+                "canonical" => Kind::Canonical(u16::MAX),
                 "id-string" => Kind::IdString,
                 "Resource" => Kind::Resource,
                 _ => match table.primitives.get(t).map(String::as_str) {
@@ -165,7 +182,7 @@ impl Model {
             .map(|r| index.get(r.as_str()).map(|i| (r.as_str().into(), *i)).ok_or_else(|| format!("no type {r}")))
             .collect::<Result<_, _>>()?;
         let element = *index.get("Element").ok_or("no Element type")?;
-        Ok(Model { types, resources, element })
+        Ok(Model { types, canonical_targets, resources, element })
     }
 
     /// Whether `rtype` is an R4 resource type.
@@ -243,12 +260,11 @@ impl Model {
                 _ => self.item(elem.kind, value, key),
             };
         }
+        // An empty array is let through: it holds nothing a walker could miss, and a JSON Patch
+        // needs one to append to (`add /meta/tag []`, then `add /meta/tag/-`).
         let Value::Array(items) = value else {
             return Err(ShapeError::new("expected an array (cardinality ..*)"));
         };
-        if items.is_empty() {
-            return Err(ShapeError::new("an empty array is not allowed"));
-        }
         for (i, item) in items.iter().enumerate() {
             if item.is_null() && elem.kind.is_primitive() {
                 // A null keeps the place of a value that has only extensions in `_key`.
@@ -286,9 +302,6 @@ impl Model {
         if values.is_some_and(|v| v.len() != items.len()) {
             return Err(ShapeError::new("must have as many entries as the values it extends"));
         }
-        if items.is_empty() {
-            return Err(ShapeError::new("an empty array is not allowed"));
-        }
         for (i, item) in items.iter().enumerate() {
             let value_present = values.is_some_and(|v| !v[i].is_null());
             match item {
@@ -303,11 +316,11 @@ impl Model {
     fn item(&self, kind: Kind, value: &Value, key: &str) -> Result<(), ShapeError> {
         match (kind, value) {
             (_, Value::Null) => Err(ShapeError::new("null is not allowed")),
-            (Kind::String | Kind::IdString, Value::String(s)) => match s.is_empty() {
+            (Kind::String | Kind::IdString | Kind::Canonical(_), Value::String(s)) => match s.is_empty() {
                 true => Err(ShapeError::new("an empty string is not allowed")),
                 false => Ok(()),
             },
-            (Kind::String | Kind::IdString, _) => Err(ShapeError::new("expected a string")),
+            (Kind::String | Kind::IdString | Kind::Canonical(_), _) => Err(ShapeError::new("expected a string")),
             (Kind::Boolean, Value::Bool(_)) => Ok(()),
             (Kind::Boolean, _) => Err(ShapeError::new("expected true or false")),
             (Kind::Integer(min), Value::Number(n)) => match n.as_i64() {
@@ -320,6 +333,46 @@ impl Model {
             (Kind::Complex(t), Value::Object(o)) => self.object(t, o, false),
             (Kind::Complex(_), _) => Err(ShapeError::new("expected an object")),
             (Kind::Resource, _) => self.resource(value, key == "contained"),
+        }
+    }
+}
+
+impl Model {
+    /// Calls `f` with every canonical in a resource that passed [`Model::check`] (contained
+    /// resources, Bundle entries and `Parameters` resources included, and canonicals inside
+    /// extensions and `_element` siblings), with the resource types it may name (empty: any).
+    pub fn for_each_canonical<'v>(&self, resource: &'v Value, f: &mut impl FnMut(&'v str, &[Box<str>])) {
+        let Some(obj) = resource.as_object() else { return };
+        let Some(t) = obj.get("resourceType").and_then(Value::as_str).and_then(|r| self.resources.get(r)) else {
+            return;
+        };
+        self.canonicals_in(*t, obj, f);
+    }
+
+    fn canonicals_in<'v>(&self, t: u32, obj: &'v Map<String, Value>, f: &mut impl FnMut(&'v str, &[Box<str>])) {
+        let def = &self.types[t as usize];
+        for (key, value) in obj {
+            let kind = match key.strip_prefix('_') {
+                Some(_) => Kind::Complex(self.element),
+                None => match def.elements.get(key.as_str()) {
+                    Some(elem) => elem.kind,
+                    None => continue, // `resourceType`
+                },
+            };
+            let items = match value {
+                Value::Array(items) => items.as_slice(),
+                one => std::slice::from_ref(one),
+            };
+            for item in items {
+                match (kind, item) {
+                    (Kind::Canonical(i), Value::String(c)) => {
+                        f(c, self.canonical_targets.get(usize::from(i)).map_or(&[], Vec::as_slice))
+                    }
+                    (Kind::Complex(t), Value::Object(o)) => self.canonicals_in(t, o, f),
+                    (Kind::Resource, _) => self.for_each_canonical(item, f),
+                    _ => {}
+                }
+            }
         }
     }
 }
@@ -387,7 +440,6 @@ mod tests {
             json!({"resourceType": "Patient", "active": "true"}),
             json!({"resourceType": "Patient", "active": null}),
             json!({"resourceType": "Patient", "gender": ""}),
-            json!({"resourceType": "Patient", "name": []}),
             json!({"resourceType": "Patient", "name": [{}]}),
             json!({"resourceType": "Patient", "multipleBirthInteger": 1.5}),
             json!({"resourceType": "Patient", "multipleBirthInteger": 1, "multipleBirthBoolean": true}),
@@ -412,6 +464,27 @@ mod tests {
         for case in cases {
             assert!(check(&case).is_err(), "accepted {case}");
         }
+    }
+
+    #[test]
+    fn canonicals_are_found_with_their_targets() {
+        let body = json!({"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": {
+            "resourceType": "QuestionnaireResponse", "status": "completed", "questionnaire": "http://x/Q/1",
+            "contained": [{"resourceType": "Library", "id": "l", "status": "draft", "type": {"text": "x"},
+                "relatedArtifact": [{"type": "citation", "resource": "http://x/any"}]}],
+            "extension": [{"url": "u", "valueCanonical": "http://x/ext"}],
+            "_status": {"extension": [{"url": "u", "valueCanonical": "http://x/status-ext"}]}}}]});
+        check(&body).unwrap();
+        let mut found = vec![];
+        Model::r4().for_each_canonical(&body, &mut |c, targets| {
+            found.push(format!("{c} {}", targets.iter().map(|t| &**t).collect::<Vec<_>>().join("|")))
+        });
+        found.sort();
+        assert_eq!(
+            found,
+            ["http://x/Q/1 Questionnaire", "http://x/any ", "http://x/ext ", "http://x/status-ext "],
+            "{found:?}"
+        );
     }
 
     #[test]

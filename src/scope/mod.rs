@@ -6,10 +6,12 @@
 //! - `write`    — create, update, delete: stamp the marker, prefix ids, rewrite references
 //! - `subscription` — rest-hook Subscriptions: criteria scoped, destinations allow-listed
 //! - `refcheck` — every reference in a write must exist in the caller's tenant
+//! - `canonicals` — canonical URLs (resolved server-wide) must name the caller's definitions or shared ones
 //! - `conditional` — `If-None-Exist`, `[type]?criteria` writes, conditional reads
 //! - `transaction` — transaction Bundles: every entry scoped, one atomic upstream transaction
 //! - `paging`   — sealed page tokens instead of upstream `_getpages` links
 //! - `respond`  — the fail-closed outbound check every answer passes
+pub mod canonicals;
 pub mod conditional;
 pub mod fastbundle;
 pub mod operation;
@@ -58,6 +60,8 @@ pub enum ScopeError {
     Reference(String),
     #[error("reference {0:?} is not allowed: {1}")]
     ReferenceForm(String, &'static str),
+    #[error("canonical {0:?} is not allowed: {1}")]
+    Canonical(String, &'static str),
     /// The upstream refused; the status is passed on, its diagnostics (the `String`, which may
     /// name other tenants' resources) only reach the log.
     #[error("the upstream refused with status {0}: {1}")]

@@ -91,10 +91,15 @@ pub async fn validate(
             let caps = ctx.snap.capabilities(&ctx.upstream.name).await.ok_or(ScopeError::CapabilitiesUnavailable)?;
             let (prepared, targets) = super::write::prepare(ctx, &caps, resource, &local, &Default::default())?;
             refcheck::check_all(ctx, &targets).await?;
+            super::canonicals::check_validatable(ctx, &prepared)?;
             ctx.upstream.send(Method::POST, &format!("{rtype}/$validate"), strict_headers(ctx), Some(&prepared)).await?
         }
         Some(id) => {
-            let upstream_id = refcheck::owned(ctx, rtype, id).await?;
+            // The stored resource is read (proving it the caller's) for the canonicals the
+            // validator would follow.
+            let stored = super::read::read(ctx, rtype, id, None).await?;
+            super::canonicals::check_validatable(ctx, &stored.body)?;
+            let upstream_id = ctx.tenant.upstream_id(id).map_err(ScopeError::from)?;
             ctx.upstream
                 .send(Method::GET, &format!("{rtype}/{upstream_id}/$validate"), strict_headers(ctx), None)
                 .await?

@@ -58,6 +58,8 @@ pub async fn create_or_update(
     let (body, targets) = prepare(ctx, caps, Value::Object(resource), &local, &InBundle::default())?;
     let upstream_id = ctx.tenant.upstream_id(&local).map_err(ScopeError::from)?;
     refcheck::check_all(ctx, &targets).await?;
+    let canonicals = super::canonicals::needed(ctx, &body);
+    super::canonicals::check_written(ctx, caps, &canonicals, &Default::default()).await?;
 
     let mut headers = base_headers(ctx);
     headers.insert(crate::request::PREFER, HeaderValue::from_static("return=representation"));

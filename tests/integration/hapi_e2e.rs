@@ -805,6 +805,56 @@ async fn validate_checks_the_body_like_a_write_and_the_instance_like_a_read() {
     assert_eq!(get(&f.url("Patient/p1")).bearer(&a).send().await.body["meta"]["versionId"], "1", "nothing was written");
 }
 
+/// Canonical URLs (resolved by the upstream on the whole server) name the tenant's own
+/// definitions, ones the same transaction writes, or shared ones (`tenancy.shared_canonical_bases`);
+/// `$validate` runs only where every canonical is shared.
+#[tokio::test]
+async fn canonical_urls_name_own_or_shared_definitions() {
+    let (f, ts) = fence(2).await;
+    let (a, b) = (f.token(&ts[0].name), f.token(&ts[1].name));
+    let own = format!("http://example.org/Questionnaire/{}-own", ts[0].prefix);
+    let theirs = format!("http://example.org/Questionnaire/{}-theirs", ts[1].prefix);
+    let q = |id: &str, url: &str| json!({"resourceType": "Questionnaire", "id": id, "url": url, "status": "active"});
+    let qr = |url: &str| json!({"resourceType": "QuestionnaireResponse", "status": "completed", "questionnaire": url});
+    assert_eq!(put(&f.url("Questionnaire/q-own"), &q("q-own", &own)).bearer(&a).send().await.status, 201);
+    assert_eq!(put(&f.url("Questionnaire/q-theirs"), &q("q-theirs", &theirs)).bearer(&b).send().await.status, 201);
+
+    let r = post(&f.url("QuestionnaireResponse"), &qr(&own)).bearer(&a).send().await;
+    assert_eq!(r.status, 201, "the tenant's own definition: {}", r.body);
+    let r = post(&f.url("QuestionnaireResponse"), &qr(&format!("{own}|1.0"))).bearer(&a).send().await;
+    assert_eq!(r.status, 422, "no version 1.0 of it exists: {}", r.body);
+    let r = post(&f.url("QuestionnaireResponse"), &qr(&theirs)).bearer(&a).send().await;
+    assert_eq!(r.status, 422, "another tenant's: {}", r.body);
+    let r2 =
+        post(&f.url("QuestionnaireResponse"), &qr("http://example.org/Questionnaire/none")).bearer(&a).send().await;
+    assert_eq!(
+        (r2.status, r2.diagnostics().replace("http://example.org/Questionnaire/none", "")),
+        (422, r.diagnostics().replace(&theirs, "")),
+        "missing and foreign answer alike"
+    );
+    let r =
+        post(&f.url("QuestionnaireResponse"), &qr("http://hl7.org/fhir/Questionnaire/shared")).bearer(&a).send().await;
+    assert_eq!(r.status, 201, "under a shared base: {}", r.body);
+    let fresh = format!("http://example.org/Questionnaire/{}-fresh", ts[0].prefix);
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": qr(&fresh), "request": {"method": "POST", "url": "QuestionnaireResponse"}},
+        {"resource": q("q-fresh", &fresh), "request": {"method": "PUT", "url": "Questionnaire/q-fresh"}}]});
+    let r = post(&f.url(""), &tx).bearer(&a).send().await;
+    assert_eq!(r.status, 200, "a definition the same transaction writes: {}", r.body);
+
+    let r = post(&f.url("QuestionnaireResponse/$validate"), &qr(&own)).bearer(&a).send().await;
+    assert_eq!(r.status, 422, "the validator would look the url up on the whole server: {}", r.body);
+    let r = post(&f.url("QuestionnaireResponse/$validate"), &qr("http://hl7.org/fhir/Questionnaire/shared"))
+        .bearer(&a)
+        .send()
+        .await;
+    assert_eq!((r.status, r.body["resourceType"].as_str()), (200, Some("OperationOutcome")), "{}", r.body);
+    let stored = post(&f.url("QuestionnaireResponse"), &qr(&own)).bearer(&a).send().await;
+    let id = stored.body["id"].as_str().unwrap();
+    let r = get(&f.url(&format!("QuestionnaireResponse/{id}/$validate"))).bearer(&a).send().await;
+    assert_eq!(r.status, 422, "the stored resource's canonicals are checked too: {}", r.body);
+}
+
 /// A webhook receiver on a loopback port bound to 0: every request's path and body, in order.
 async fn webhook() -> (String, tokio::sync::mpsc::UnboundedReceiver<(String, String)>) {
     use http_body_util::BodyExt;

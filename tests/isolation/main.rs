@@ -462,13 +462,21 @@ async fn parser_gap_probes() {
         let r = client::put(&f.url(path), &body).bearer(&b).send().await;
         assert!(r.status == 201 || r.status == 200, "loading {path}: {}", r.body);
     }
-    let r = client::put(
-        &f.url("Patient/p1"),
-        &json!({"resourceType": "Patient", "id": "p1", "name": [{"given": [ALPHA]}]}),
-    )
-    .bearer(&a)
-    .send()
-    .await;
+    let nobody_url = "http://example.org/fhir/Questionnaire/nobody-else".to_owned();
+    for (path, body) in [
+        ("Patient/p1", json!({"resourceType": "Patient", "id": "p1", "name": [{"given": [ALPHA]}]})),
+        // A's own Questionnaires: one with the url B's has too, one with a url nobody else has.
+        ("Questionnaire/a-q", json!({"resourceType": "Questionnaire", "id": "a-q", "url": q_url, "status": "active"})),
+        (
+            "Questionnaire/a-q2",
+            json!({"resourceType": "Questionnaire", "id": "a-q2", "url": nobody_url, "status": "active"}),
+        ),
+    ] {
+        let r = client::put(&f.url(path), &body).bearer(&a).send().await;
+        assert!(r.status == 201 || r.status == 200, "loading {path}: {}", r.body);
+    }
+    let b_only_url = format!("http://example.org/fhir/Questionnaire/{pb}-b-only");
+    let r = client::put(&f.url("Questionnaire/b-q2"), &json!({"resourceType": "Questionnaire", "id": "b-q2", "url": b_only_url, "status": "active", "item": [{"linkId": BRAVO, "type": "string", "required": true}]})).bearer(&b).send().await;
     assert!(r.status == 201 || r.status == 200, "{}", r.body);
     let before = upstream_state(&pb, &tb).await;
 
@@ -491,6 +499,13 @@ async fn parser_gap_probes() {
         probe("request url as array in a transaction", "POST", "", &[400]).json(tx("transaction", json!([{"request": {"method": "GET", "url": [up("Patient", "b-ref")]}}]))),
         probe("canonical as nested array", "POST", "/QuestionnaireResponse", &[400]).json(qr(json!([[up("Questionnaire", "b-q")]]))),
         probe("canonical as array", "POST", "/QuestionnaireResponse", &[400]).json(qr(json!([q_url]))),
+        // canonical URLs the upstream resolves server-wide
+        probe("canonical naming B's definition", "POST", "/QuestionnaireResponse", &[422]).json(qr(json!(b_only_url))),
+        probe("canonical naming nobody's definition", "POST", "/QuestionnaireResponse", &[422]).json(qr(json!("http://example.org/fhir/Questionnaire/none"))),
+        probe("canonical naming B's definition in a transaction", "POST", "", &[422]).json(tx("transaction", json!([{"resource": qr(json!(b_only_url)), "request": {"method": "POST", "url": "QuestionnaireResponse"}}]))),
+        probe("canonical through PATCH", "PATCH", "/Patient/p1", &[422]).raw("application/json-patch+json", &patch(json!([{"op": "add", "path": "/extension", "value": [{"url": "http://x", "valueCanonical": "Questionnaire/b-q"}]}]))),
+        probe("validate against B's definition", "POST", "/QuestionnaireResponse/$validate", &[422]).json(qr(json!(b_only_url))),
+        probe("validate against a same-url definition", "POST", "/QuestionnaireResponse/$validate", &[422]).json(qr(json!(q_url))),
         // other JSON kinds where a string belongs
         probe("reference as number", "POST", "/Observation", &[400]).json(obs(json!({"reference": 7}))),
         probe("reference as boolean", "POST", "/Observation", &[400]).json(obs(json!({"reference": true}))),
@@ -540,10 +555,10 @@ async fn parser_gap_probes() {
         }
     }
 
-    // `Bundle.total` is no oracle: a canonical URL the upstream resolves server-wide (an
-    // `_include` of B's Questionnaire by its url) answers exactly like a URL nobody has.
+    // `Bundle.total` is no oracle: an `_include` through a canonical URL that B's Questionnaire
+    // has too (the upstream resolves it server-wide) answers exactly like one only A has.
     let mut totals = vec![];
-    for url in [q_url.clone(), "http://example.org/fhir/Questionnaire/nobody".to_owned()] {
+    for url in [q_url.clone(), nobody_url.clone()] {
         let r = client::put(&f.url("QuestionnaireResponse/qr-probe"), &json!({"resourceType": "QuestionnaireResponse", "id": "qr-probe", "status": "completed", "questionnaire": url})).bearer(&a).send().await;
         assert!(r.status == 200 || r.status == 201, "{}", r.body);
         let r = client::get(

@@ -145,6 +145,7 @@ listen = "127.0.0.1:{admin_port}"
 marker = "{marker}"
 system = "{SYSTEM}"
 allowed_external_bases = ["https://terminology.example.org/fhir"]
+shared_canonical_bases = ["http://hl7.org/fhir/"]
 
 [export]
 max_line_bytes = {max_line}
