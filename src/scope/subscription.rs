@@ -77,10 +77,17 @@ pub fn outbound(resource: &mut Map<String, Value>) {
     }
 }
 
-/// `endpoint` matches a rule: a prefix rule (ending in `/`) or an exact origin.
+/// `endpoint` matches a rule: a prefix rule (ending in `/`) or an exact origin. The endpoint must
+/// be written in its canonical form (what the WHATWG parser makes of it, byte for byte): the
+/// string stored upstream is the string checked here, so the upstream's own HTTP client cannot
+/// read another host into it (`http://0x7f.0.0.1/`, `http://127.1/`, a default port written
+/// out, upper-case scheme or host, userinfo).
 fn destination_allowed(tenant: &Tenant, endpoint: &str) -> bool {
     let Ok(url) = url::Url::parse(endpoint) else { return false };
     if !matches!(url.scheme(), "http" | "https") || url.username() != "" || url.password().is_some() {
+        return false;
+    }
+    if url.as_str() != endpoint {
         return false;
     }
     let normalized = url.as_str();
@@ -119,6 +126,20 @@ mod tests {
         assert!(!destination_allowed(&t, "https://hooks.example.org.evil/x"));
         assert!(!destination_allowed(&t, "http://user:pw@127.0.0.1:9099/x"));
         assert!(!destination_allowed(&tenant(&[]), "http://127.0.0.1:9099/x"));
+        // Only the canonical spelling: what is stored is what was checked.
+        for other_spelling in [
+            "http://0x7f.0.0.1:9099/acme/hook",
+            "http://127.1:9099/acme/hook",
+            "http://2130706433:9099/acme/hook",
+            "HTTP://127.0.0.1:9099/acme/hook",
+            "http://127.0.0.1:9099/acme/./hook",
+            " http://127.0.0.1:9099/acme/hook",
+            "https://hooks.example.org:443/any/path",
+            "https://HOOKS.example.org/any/path",
+            "https://hooks.example.org",
+        ] {
+            assert!(!destination_allowed(&t, other_spelling), "{other_spelling}");
+        }
     }
 
     #[test]
