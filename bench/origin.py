@@ -15,6 +15,7 @@ TENANTS = ["bencha", "benchb"]
 ORIGIN = f"http://127.0.0.1:{origin_port}/fhir"
 root = os.path.join(out, "root")
 os.makedirs(os.path.join(root, "fhir", "Patient"), exist_ok=True)
+os.makedirs(os.path.join(root, "fhir", "Organization"), exist_ok=True)
 
 
 def patient(tenant, n):
@@ -52,6 +53,16 @@ def write(path, value):
 
 for t in TENANTS:
     write(os.path.join(root, "fhir", "Patient", f"{t}-p1"), patient(t, 1))
+    # The target of every Patient's managingOrganization, for the reference check of a write.
+    write(os.path.join(root, "fhir", "Organization", f"{t}-org1"),
+          {"resourceType": "Organization", "id": f"{t}-org1", "meta": {"tag": [{"system": SYSTEM, "code": t}]},
+           "name": "Org"})
+# A client's 1 KB update of Patient/p1 (bench/instructions' write): the client's view, ids local.
+client_patient = patient("x", 1)
+client_patient["id"] = "p1"
+del client_patient["meta"]["tag"]
+client_patient["managingOrganization"]["reference"] = "Organization/org1"
+write(os.path.join(out, "put-patient.json"), client_patient)
     entries = [{"fullUrl": f"{ORIGIN}/Patient/{t}-p{n}", "resource": patient(t, n), "search": {"mode": "match"}}
                for n in range(1, 101)]
     write(os.path.join(root, f"search-{t}.json"), {
@@ -86,7 +97,9 @@ http {{
       if ($args ~ "benchb") {{ rewrite ^ /search-benchb.json last; }}
       rewrite ^ /search-bencha.json last;
     }}
-    location / {{ }}
+    # A PUT is answered with the stored file, as an upstream answers an update with the
+    # resource (static files refuse PUT with 405; that becomes the file with 200).
+    location / {{ error_page 405 =200 $uri; }}
   }}
 }}
 """)

@@ -8,4 +8,4 @@ mod verify;
 
 pub use keys::IssuerKeys;
 pub use mint::{mint, MintError};
-pub use verify::{AuthError, Caller, Verifier};
+pub use verify::{strict_header, AuthError, Caller, Verifier};

@@ -172,7 +172,7 @@ impl Verifier {
 /// The JOSE header read as fhir-fence reads every JSON (duplicate keys refused), and refused
 /// when it names critical extensions: fhir-fence understands none, and RFC 7515 §4.1.11 says
 /// a token whose `crit` the recipient does not understand is invalid.
-fn strict_header(token: &str) -> Result<(), AuthError> {
+pub fn strict_header(token: &str) -> Result<(), AuthError> {
     use base64::Engine;
     let encoded = token.split('.').next().ok_or(AuthError::Malformed)?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(encoded).map_err(|_| AuthError::Malformed)?;

@@ -60,6 +60,12 @@ pub async fn create_or_update(
     refcheck::check_all(ctx, &targets).await?;
     let canonicals = super::canonicals::needed(ctx, &body);
     super::canonicals::check_written(ctx, caps, &canonicals, &Default::default()).await?;
+    // Nothing is written that the answer would refuse: the body as the upstream will store it
+    // passes the outbound check first. (Without this, such a write would be committed and the
+    // writer answered 502: fail closed on the answer, but not on the write.)
+    respond::resource(ctx, body.clone()).map_err(|_| {
+        ScopeError::Body("the resource would not be provably this tenant's once stored; nothing was written".into())
+    })?;
 
     let mut headers = base_headers(ctx);
     headers.insert(crate::request::PREFER, HeaderValue::from_static("return=representation"));

@@ -443,7 +443,8 @@ async fn upstream_state(pb: &str, tb: &str) -> Vec<String> {
 /// untouched, nothing of A's pointing at it, and B's delete still works (no stored link blocks it).
 #[tokio::test]
 async fn parser_gap_probes() {
-    let ts = tenants(2);
+    let mut ts = tenants(2);
+    ts[0].destinations = vec!["http://127.0.0.1:9099/".into()];
     let f = support::start(Options::new(&hapi(), &ts)).await;
     let (a, b) = (f.token(&ts[0].name), f.token(&ts[1].name));
     let (tb, pb) = (ts[1].name.clone(), ts[1].prefix.clone());
@@ -533,6 +534,10 @@ async fn parser_gap_probes() {
         probe("contained as a bare object", "POST", "/Patient", &[400]).json(json!({"resourceType": "Patient", "contained": {"resourceType": "Observation", "id": "c", "status": "final", "code": {"text": "x"}, "subject": {"reference": up("Patient", "b-ref")}}})),
         // operations that read a body
         probe("validate Parameters with reference as array", "POST", "/Observation/$validate", &[400]).json(json!({"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": obs(json!({"reference": [up("Patient", "b-ref")]}))}]})),
+        // a Subscription endpoint the upstream's HTTP client would read differently
+        probe("subscription endpoint with a numeric host", "POST", "/Subscription", &[422]).json(json!({"resourceType": "Subscription", "status": "requested", "reason": "x", "criteria": "Observation?", "channel": {"type": "rest-hook", "endpoint": "http://0x7f.0.0.1:9099/x"}})),
+        probe("subscription endpoint with a default port", "POST", "/Subscription", &[422]).json(json!({"resourceType": "Subscription", "status": "requested", "reason": "x", "criteria": "Observation?", "channel": {"type": "rest-hook", "endpoint": "HTTP://127.0.0.1:9099/x"}})),
+        probe("subscription endpoint as array", "POST", "/Subscription", &[400]).json(json!({"resourceType": "Subscription", "status": "requested", "reason": "x", "criteria": "Observation?", "channel": {"type": "rest-hook", "endpoint": ["http://127.0.0.1:9099/x"]}})),
         // JSON Patch that doubles the document
         probe("patch bomb", "PATCH", "/Patient/p1", &[413]).raw("application/json-patch+json", &patch(Value::Array((0..40).map(|_| json!({"op": "copy", "from": "/name", "path": "/name/-"})).collect()))),
     ];
