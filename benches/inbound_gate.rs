@@ -36,8 +36,10 @@ fn patient(n: usize) -> Value {
 }
 
 fn transaction(entries: usize) -> Value {
-    let entry = |n: usize| json!({"fullUrl": format!("urn:uuid:00000000-0000-0000-0000-{n:012}"),
-        "resource": patient(n), "request": {"method": "POST", "url": "Patient"}});
+    let entry = |n: usize| {
+        json!({"fullUrl": format!("urn:uuid:00000000-0000-0000-0000-{n:012}"),
+        "resource": patient(n), "request": {"method": "POST", "url": "Patient"}})
+    };
     json!({"resourceType": "Bundle", "type": "transaction", "entry": (0..entries).map(entry).collect::<Vec<_>>()})
 }
 
