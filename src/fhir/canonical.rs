@@ -206,6 +206,28 @@ pub fn literal(canonical: &str) -> Option<(Literal<'_>, &str)> {
     RESOURCE_TYPES.binary_search(&l.rtype).is_ok().then_some((l, &canonical[cut..]))
 }
 
+/// Why a canonical of an element that may name `targets` (empty: any type) is of no form a
+/// server resolves one way only, or `None` when it is fine. A canonical is an absolute URL
+/// (`scheme://…`), a `urn:`, a `#contained` id, or a relative literal `Type/id[|version]` of a
+/// type the element may name. Anything else is read by servers in ways of their own: HAPI takes
+/// a leading-slash `/Library/x` for a local link to that id whoever owns it, and its validator
+/// looks up `QuestionnaireResponse.questionnaire = "ValueSet/x"` by the id alone.
+pub fn form_problem(c: &str, targets: &[Box<str>]) -> Option<&'static str> {
+    if c.starts_with('#') || c.starts_with("urn:") {
+        return None;
+    }
+    if let Some((l, _)) = literal(c) {
+        return match targets.is_empty() || targets.iter().any(|t| **t == *l.rtype) {
+            true => None,
+            false => Some("a relative canonical must name a type this element can point at"),
+        };
+    }
+    match c.split_once("://") {
+        Some((scheme, rest)) if !scheme.is_empty() && !rest.is_empty() && !scheme.contains('/') => None,
+        _ => Some("a canonical is an absolute URL, a urn:, a #contained id or Type/id"),
+    }
+}
+
 /// Calls `f` on every string held by a canonical element in `value` (a string member, or each
 /// string in an array member), depth first, stopping at the first error.
 pub fn for_each_mut<E>(value: &mut Value, f: &mut impl FnMut(&mut String) -> Result<(), E>) -> Result<(), E> {

@@ -1,17 +1,23 @@
 //! JSON Patch (RFC 6902) applied within bounds.
 //!
 //! A patch is small but its work is not: each `copy` can double the document, so 40 of them in a
-//! 2 KB request would grow one resource past any memory. The patch is applied one operation at a
-//! time, with at most [`MAX_OPERATIONS`] operations, and the document's serialised size is kept
-//! under the body limit at every step — the result must fit in a request body anyway, since it is
-//! written back like a PUT. The size is tracked as an upper bound (what an operation adds is
-//! counted, what it removes is not), and measured exactly only when the bound passes the limit,
-//! so a patch costs O(its own size) in the common case and never more than O(limit) per
-//! operation.
+//! 2 KB request would grow one resource past any memory, and a thousand copies of a large value
+//! would keep a worker thread busy for every tenant behind it. So a patch holds at most
+//! [`MAX_OPERATIONS`] operations and is applied one at a time, and before each one:
+//! - the document's size is kept under the body limit (the result must fit in a request body
+//!   anyway: it is written back like a PUT). The size is tracked from what each operation adds
+//!   and removes (the values it touches are measured, never the whole document), as an upper
+//!   bound of the serialised size;
+//! - the bytes the operations touch (values added, copied, replaced, removed, tested) are
+//!   summed, and a patch touching more than [`WORK_FACTOR`] times the limit is refused: its work
+//!   is O(limit), whatever the operations.
 use serde_json::Value;
 
 /// The most operations one patch may hold.
 pub const MAX_OPERATIONS: usize = 1000;
+
+/// A patch may touch at most this many times the body limit, in bytes of the values it moves.
+pub const WORK_FACTOR: usize = 4;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PatchError {
@@ -19,11 +25,14 @@ pub enum PatchError {
     TooManyOperations(usize),
     #[error("the patched resource would exceed {0} bytes")]
     TooLarge(usize),
+    #[error("the patch touches more than {0} bytes of values; split it into smaller patches")]
+    TooMuchWork(usize),
     #[error("the patch cannot be applied: {0}")]
     Invalid(String),
 }
 
-/// Applies `patch` to `doc`, refusing it before the document outgrows `limit` bytes.
+/// Applies `patch` to `doc`, refusing it before the document outgrows `limit` bytes or the
+/// operations touch more than [`WORK_FACTOR`] × `limit` bytes.
 pub fn apply(doc: &mut Value, patch: &json_patch::Patch, limit: usize) -> Result<(), PatchError> {
     use json_patch::PatchOperation as Op;
     if patch.len() > MAX_OPERATIONS {
@@ -33,21 +42,30 @@ pub fn apply(doc: &mut Value, patch: &json_patch::Patch, limit: usize) -> Result
     if bound > limit {
         return Err(PatchError::TooLarge(limit));
     }
+    let budget = limit.saturating_mul(WORK_FACTOR);
+    let mut work = 0usize;
     for op in patch.iter() {
-        let added = match op {
-            Op::Add(a) => size(&a.value),
-            Op::Replace(r) => size(&r.value),
-            Op::Copy(c) => doc.pointer(c.from.as_str()).map_or(0, size),
-            Op::Remove(_) | Op::Move(_) | Op::Test(_) => 0,
+        // What the operation will add and remove, measured before it runs: a copy that would pass
+        // the limit is refused without ever being made.
+        let at = |p: &json_patch::jsonptr::Pointer| doc.pointer(p.as_str()).map_or(0, size);
+        let member = |p: &json_patch::jsonptr::Pointer| p.as_str().rsplit('/').next().map_or(0, |k| k.len() + 4);
+        let (added, removed) = match op {
+            Op::Add(a) => (size(&a.value) + member(&a.path), at(&a.path)),
+            Op::Replace(r) => (size(&r.value), at(&r.path)),
+            Op::Copy(c) => (at(&c.from) + member(&c.path), at(&c.path)),
+            Op::Move(m) => (member(&m.path), at(&m.path)),
+            Op::Remove(r) => (0, at(&r.path)),
+            Op::Test(t) => (0, size(&t.value)),
         };
-        // The bound is checked before the operation runs: a copy that would pass the limit is
-        // refused without ever being made.
-        bound = bound.saturating_add(added);
+        work = work.saturating_add(added).saturating_add(removed);
+        if work > budget {
+            return Err(PatchError::TooMuchWork(budget));
+        }
+        if !matches!(op, Op::Test(_)) {
+            bound = bound.saturating_add(added).saturating_sub(removed);
+        }
         if bound > limit {
-            bound = size(doc).saturating_add(added);
-            if bound > limit {
-                return Err(PatchError::TooLarge(limit));
-            }
+            return Err(PatchError::TooLarge(limit));
         }
         json_patch::patch(doc, std::slice::from_ref(op)).map_err(|e| PatchError::Invalid(e.to_string()))?;
     }
@@ -99,12 +117,27 @@ mod tests {
     }
 
     #[test]
-    fn removals_make_room_again() {
-        // Many replaces of a large value: the bound passes the limit, the exact size does not.
+    fn replaced_and_removed_values_make_room_again() {
         let mut doc = json!({"resourceType": "Patient", "id": "x"});
         let big = "y".repeat(600);
-        let ops: Vec<Value> = (0..10).map(|_| json!({"op": "replace", "path": "/id", "value": big.clone()})).collect();
+        // Replaces of a large value: each one's old value is taken off again.
+        let ops: Vec<Value> = (0..3).map(|_| json!({"op": "replace", "path": "/id", "value": big.clone()})).collect();
         apply(&mut doc, &patch(Value::Array(ops)), 2048).unwrap();
+        // Added, removed, added and copied: 1800 bytes of values in the end, under the limit.
+        let ops = json!([{"op": "add", "path": "/a", "value": big}, {"op": "remove", "path": "/a"},
+            {"op": "add", "path": "/b", "value": big}, {"op": "copy", "from": "/b", "path": "/c"}]);
+        apply(&mut doc, &patch(ops), 2048).unwrap();
+        assert!(size(&doc) <= 2048);
+    }
+
+    #[test]
+    fn the_work_of_a_patch_is_bounded_by_the_limit() {
+        // Copies that never grow the document (each replaces the last) still cost their bytes.
+        let doc = || json!({"resourceType": "Patient", "name": [{"text": "y".repeat(1000)}, {"text": "z"}]});
+        let ops: Vec<Value> =
+            (0..100).map(|_| json!({"op": "copy", "from": "/name/0/text", "path": "/name/1/text"})).collect();
+        assert_eq!(apply(&mut doc(), &patch(Value::Array(ops.clone())), 16_384), Err(PatchError::TooMuchWork(65_536)));
+        apply(&mut doc(), &patch(Value::Array(ops[..20].to_vec())), 16_384).unwrap();
     }
 
     #[test]

@@ -55,6 +55,49 @@ pub fn needed(ctx: &Ctx, body: &Value) -> Vec<Needed> {
     out
 }
 
+/// Refuses canonicals of forms servers resolve in ways of their own (`fhir::canonical::form_problem`),
+/// canonicals and a definition's own `url` naming the upstream server itself (it would take them
+/// for local links, whoever owns the target), and a definition whose `url` sits under a shared
+/// base: shared definitions are the operator's, and a tenant's definition there would be the one
+/// another tenant's `$validate` finds. Called by `write::prepare` for every body written or
+/// validated.
+pub fn check_forms(ctx: &Ctx, body: &Value) -> Result<(), ScopeError> {
+    let upstream = format!("{}/", ctx.upstream.base);
+    let mut problem = None;
+    Model::r4().for_each_canonical(body, &mut |c, targets| {
+        if problem.is_some() {
+            return;
+        }
+        if let Some(why) = canonical::form_problem(c, targets) {
+            problem = Some((c.to_owned(), why));
+        } else if c.starts_with(&upstream) {
+            problem = Some((c.to_owned(), "a canonical may not name the upstream server itself"));
+        }
+    });
+    if let Some((c, why)) = problem {
+        return Err(ScopeError::Canonical(c, why));
+    }
+    if let Some(url) = body.get("url").and_then(Value::as_str) {
+        let shared = &ctx.snap.loaded.config.tenancy.shared_canonical_bases;
+        let why = if canonical::form_problem(url, &[]).is_some()
+            || url.starts_with('#')
+            || canonical::literal(url).is_some()
+        {
+            Some("a definition's url must be an absolute URL or a urn:")
+        } else if url.starts_with(&upstream) {
+            Some("a definition's url may not name the upstream server itself")
+        } else if shared.iter().any(|b| url.starts_with(b.as_str())) {
+            Some("urls under tenancy.shared_canonical_bases belong to the shared definitions, which tenants cannot write")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(ScopeError::Canonical(url.to_owned(), why));
+        }
+    }
+    Ok(())
+}
+
 /// The `url`s of the definitions a transaction writes (its canonicals may name them).
 pub fn defined_in<'a>(bodies: impl IntoIterator<Item = &'a Value>) -> HashSet<String> {
     bodies.into_iter().filter_map(|b| b.get("url").and_then(Value::as_str)).map(str::to_owned).collect()

@@ -211,6 +211,9 @@ pub fn prepare(
     local: &str,
     bundle: &InBundle,
 ) -> Result<(Value, Vec<RefTarget>), ScopeError> {
+    // Canonicals in forms the upstream resolves its own way, or naming the upstream itself, and
+    // definitions squatting a shared url are refused before anything is rewritten.
+    super::canonicals::check_forms(ctx, &body)?;
     let Value::Object(mut resource) = body else {
         return Err(ScopeError::Body("the body must be a JSON object".into()));
     };

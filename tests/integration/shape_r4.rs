@@ -144,3 +144,23 @@ fn mutations_of_hl7_examples_are_refused() {
     assert!(tried > 10_000, "only {tried} mutations tried");
     assert!(accepted.is_empty(), "{} of {tried} mutations accepted:\n{}", accepted.len(), accepted.join("\n"));
 }
+
+/// Canonicals in the HL7 examples are of the forms fhir-fence accepts (`fhir::canonical::form_problem`:
+/// absolute URLs, `urn:`, `#id`, `Type/id` of a type the element may name) — all but one, a bare
+/// id that fhir-fence refuses (a server could read it as a local link to that id, whoever owns it).
+#[test]
+fn hl7_canonicals_have_accepted_forms() {
+    let mut odd = Vec::new();
+    for (name, v) in all_examples() {
+        fhir_fence::fhir::shape::Model::r4().for_each_canonical(&v, &mut |c, targets| {
+            if let Some(why) = fhir_fence::fhir::canonical::form_problem(c, targets) {
+                odd.push(format!("{name}: {c} ({why})"));
+            }
+        });
+    }
+    assert_eq!(
+        odd,
+        ["Library-library-fhir-helpers.json: library-fhir-helpers-predecessor (a canonical is an absolute URL, a urn:, a #contained id or Type/id)"],
+        "canonicals of other forms"
+    );
+}

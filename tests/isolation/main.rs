@@ -294,7 +294,7 @@ async fn isolation_probes() {
         probe("transaction operation entry", "POST", "", &[400]).json(tx(json!([{"request": {"method": "POST", "url": "Patient/$expunge"}}]))),
         probe("batch reading foreign", "POST", "", &[200]).json(batch(json!([
             {"request": {"method": "GET", "url": "Patient/b-ref"}}, {"request": {"method": "GET", "url": "Observation?subject=Patient/b-ref"}}]))),
-        probe("batch nested bundle", "POST", "", &[200]).json(batch(json!([{"request": {"method": "POST", "url": ""}}]))),
+        probe("batch nested bundle", "POST", "", &[400]).json(batch(json!([{"request": {"method": "POST", "url": ""}}]))),
         // Binary and attachments
         probe("binary raw foreign", "GET", "/Binary/b-bin", &[404]).header("accept", "text/plain"),
         probe("binary json foreign", "GET", "/Binary/b-bin", &[404]),
@@ -534,6 +534,22 @@ async fn parser_gap_probes() {
         probe("contained as a bare object", "POST", "/Patient", &[400]).json(json!({"resourceType": "Patient", "contained": {"resourceType": "Observation", "id": "c", "status": "final", "code": {"text": "x"}, "subject": {"reference": up("Patient", "b-ref")}}})),
         // operations that read a body
         probe("validate Parameters with reference as array", "POST", "/Observation/$validate", &[400]).json(json!({"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": obs(json!({"reference": [up("Patient", "b-ref")]}))}]})),
+        // canonicals the upstream reads its own way (found by an independent attacker)
+        probe("validate a canonical naming another type", "POST", "/QuestionnaireResponse/$validate", &[422]).json(qr(json!(up("ValueSet", "b-q")))),
+        probe("canonical naming another type", "POST", "/QuestionnaireResponse", &[422]).json(qr(json!("StructureDefinition/b-q"))),
+        probe("canonical with a leading slash", "POST", "/Library", &[422]).json(json!({"resourceType": "Library", "status": "active", "type": {"text": "x"}, "relatedArtifact": [{"type": "depends-on", "resource": format!("/{}", up("Patient", "b-ref"))}]})),
+        probe("canonical as a bare id", "POST", "/Library", &[422]).json(json!({"resourceType": "Library", "status": "active", "type": {"text": "x"}, "relatedArtifact": [{"type": "depends-on", "resource": up("Patient", "b-ref")}]})),
+        probe("canonical naming the upstream", "POST", "/Library", &[422]).json(json!({"resourceType": "Library", "status": "active", "type": {"text": "x"}, "relatedArtifact": [{"type": "depends-on", "resource": format!("{}/{}", hapi(), up("Patient", "b-ref"))}]})),
+        probe("definition url as a decoy literal", "PUT", "/Library/decoy", &[422]).json(json!({"resourceType": "Library", "id": "decoy", "url": format!("/{}", up("Library", "b-lib")), "status": "active", "type": {"text": "x"}})),
+        probe("definition url naming the upstream", "PUT", "/Library/decoy", &[422]).json(json!({"resourceType": "Library", "id": "decoy", "url": format!("{}/{}", hapi(), up("Library", "b-lib")), "status": "active", "type": {"text": "x"}})),
+        probe("definition squatting a shared url", "PUT", "/Questionnaire/squat", &[422]).json(json!({"resourceType": "Questionnaire", "id": "squat", "url": "http://hl7.org/fhir/Questionnaire/phq-9", "status": "active"})),
+        // a JSON Patch whose copies never grow the document but keep the worker busy
+        probe("patch of busy work", "PATCH", "/Patient/p1", &[422]).raw("application/json-patch+json", &patch(Value::Array(
+            [json!({"op": "add", "path": "/name/-", "value": {"text": "w".repeat(10_000)}}), json!({"op": "add", "path": "/name/-", "value": {"text": "z"}})]
+                .into_iter()
+                .chain((0..100).map(|_| json!({"op": "copy", "from": "/name/1/text", "path": "/name/2/text"})))
+                .collect(),
+        ))),
         // a Subscription endpoint the upstream's HTTP client would read differently
         probe("subscription endpoint with a numeric host", "POST", "/Subscription", &[422]).json(json!({"resourceType": "Subscription", "status": "requested", "reason": "x", "criteria": "Observation?", "channel": {"type": "rest-hook", "endpoint": "http://0x7f.0.0.1:9099/x"}})),
         probe("subscription endpoint with a default port", "POST", "/Subscription", &[422]).json(json!({"resourceType": "Subscription", "status": "requested", "reason": "x", "criteria": "Observation?", "channel": {"type": "rest-hook", "endpoint": "HTTP://127.0.0.1:9099/x"}})),

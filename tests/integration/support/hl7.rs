@@ -156,7 +156,7 @@ const MAX_EXAMPLE_BYTES: u64 = 1_000_000;
 /// ([`HAPI_REFUSES`], Bundles of a type it does not store), the spec's multi-megabyte definition
 /// Bundles, attachments pointing elsewhere, Subscriptions (refused by fhir-fence by design:
 /// only a tenant's allowed destinations) and canonical URLs naming definitions elsewhere
-/// ([`names_foreign_definition`], refused by design too), and, until nothing
+/// ([`refused_canonicals`], refused by design too), and, until nothing
 /// changes, every example naming a resource outside the set — by `reference`, or by any string
 /// that is a relative literal of a resource type (HAPI resolves canonicals such as `library`
 /// written that way like references), absolute and versioned ones included.
@@ -186,7 +186,7 @@ pub fn instance_examples() -> Vec<Value> {
             });
             !elsewhere
         })
-        .filter(|r| !names_foreign_definition(r))
+        .filter(|r| !refused_canonicals(r))
         .collect();
     all.sort_by_key(|r| format!("{}/{}", r["resourceType"], r["id"]));
     loop {
@@ -204,19 +204,21 @@ pub fn instance_examples() -> Vec<Value> {
 }
 
 /// `Type/id` of a resource.
-/// Whether `r` has a canonical URL that fhir-fence refuses by design when a tenant writes it
-/// (`scope::canonicals`): one naming, by URL, a definition a tenant could write (a Library, a
-/// Questionnaire…) that is neither the tenant's own nor under the shared base the tests
-/// configure (`http://hl7.org/fhir/`). The examples point such URLs at hosts nobody serves.
-fn names_foreign_definition(r: &Value) -> bool {
-    let mut foreign = false;
+/// Whether fhir-fence refuses `r`'s canonicals by design when a tenant writes it
+/// (`scope::canonicals`): a canonical naming, by URL, a definition a tenant could write (a
+/// Library, a Questionnaire…) that is neither the tenant's own nor under the shared base the
+/// tests configure (`http://hl7.org/fhir/`; the examples point such URLs at hosts nobody
+/// serves), a canonical of another form (a bare id), or a definition whose own `url` is under
+/// that shared base (shared definitions are the operator's).
+fn refused_canonicals(r: &Value) -> bool {
+    const SHARED: &str = "http://hl7.org/fhir/";
+    let mut refused = r["url"].as_str().is_some_and(|u| u.starts_with(SHARED));
     fhir_fence::fhir::shape::Model::r4().for_each_canonical(r, &mut |c, targets| {
-        let shared = c.starts_with('#')
-            || c.starts_with("http://hl7.org/fhir/")
-            || fhir_fence::fhir::canonical::literal(c).is_some();
-        foreign |= !shared && targets.iter().any(|t| !fhir_fence::scope::write::is_server_wide(t));
+        let shared = c.starts_with('#') || c.starts_with(SHARED) || fhir_fence::fhir::canonical::literal(c).is_some();
+        refused |= fhir_fence::fhir::canonical::form_problem(c, targets).is_some()
+            || !shared && targets.iter().any(|t| !fhir_fence::scope::write::is_server_wide(t));
     });
-    foreign
+    refused
 }
 
 pub fn key(r: &Value) -> String {
