@@ -16,6 +16,10 @@
 use serde_json::{Map, Value};
 use smallvec::SmallVec;
 use std::collections::HashMap;
+
+/// Element and type names are looked up for every member of every body: a fast, fixed-seed hash
+/// (the names are the specification's, not an attacker's) instead of SipHash.
+type Names<V> = HashMap<Box<str>, V, foldhash::fast::FixedState>;
 use std::sync::OnceLock;
 
 /// The generated element table (see `scripts/gen-fhir-model` for its format).
@@ -91,7 +95,7 @@ struct Elem {
 
 #[derive(Debug, Default)]
 struct TypeDef {
-    elements: HashMap<Box<str>, Elem>,
+    elements: Names<Elem>,
 }
 
 /// The R4 element table in a form the check can walk.
@@ -100,7 +104,7 @@ pub struct Model {
     types: Vec<TypeDef>,
     /// For each canonical element's target list: the resource types it may name (empty: any).
     canonical_targets: Vec<Vec<Box<str>>>,
-    resources: HashMap<Box<str>, u32>,
+    resources: Names<u32>,
     element: u32,
 }
 
@@ -155,7 +159,7 @@ impl Model {
         let mut types = Vec::with_capacity(names.len());
         for name in &names {
             let mut groups: Vec<&str> = Vec::new();
-            let mut elements = HashMap::new();
+            let mut elements = Names::default();
             for (member, spec) in &table.types[*name] {
                 let (spec, group) = match spec.split_once('@') {
                     Some((s, g)) => (s, Some(g)),
