@@ -38,21 +38,24 @@ pub struct Needed {
 
 /// The canonicals of `body` that must be proven safe (see the module comment).
 pub fn needed(ctx: &Ctx, body: &Value) -> Vec<Needed> {
-    let shared = &ctx.snap.loaded.config.tenancy.shared_canonical_bases;
     let mut out: Vec<Needed> = Vec::new();
-    Model::r4().for_each_canonical(body, &mut |c, targets| {
-        if c.starts_with('#') || canonical::literal(c).is_some() || shared.iter().any(|b| c.starts_with(b.as_str())) {
-            return;
-        }
-        let types: Vec<String> = targets.iter().filter(|t| !is_server_wide(t)).map(|t| t.to_string()).collect();
-        if !targets.is_empty() && types.is_empty() {
-            return;
-        }
-        if !out.iter().any(|n| n.canonical == c) {
-            out.push(Needed { canonical: c.to_owned(), types });
-        }
-    });
+    Model::r4().for_each_canonical(body, &mut |c, targets| add_needed(ctx, c, targets, &mut out));
     out
+}
+
+/// Adds `c` to `out` when it names, by URL, something a tenant could have written.
+fn add_needed(ctx: &Ctx, c: &str, targets: &[Box<str>], out: &mut Vec<Needed>) {
+    let shared = &ctx.snap.loaded.config.tenancy.shared_canonical_bases;
+    if c.starts_with('#') || canonical::literal(c).is_some() || shared.iter().any(|b| c.starts_with(b.as_str())) {
+        return;
+    }
+    let types: Vec<String> = targets.iter().filter(|t| !is_server_wide(t)).map(|t| t.to_string()).collect();
+    if !targets.is_empty() && types.is_empty() {
+        return;
+    }
+    if !out.iter().any(|n| n.canonical == c) {
+        out.push(Needed { canonical: c.to_owned(), types });
+    }
 }
 
 /// Refuses canonicals of forms servers resolve in ways of their own (`fhir::canonical::form_problem`),
@@ -60,10 +63,16 @@ pub fn needed(ctx: &Ctx, body: &Value) -> Vec<Needed> {
 /// for local links, whoever owns the target), and a definition whose `url` sits under a shared
 /// base: shared definitions are the operator's, and a tenant's definition there would be the one
 /// another tenant's `$validate` finds. Called by `write::prepare` for every body written or
-/// validated.
-pub fn check_forms(ctx: &Ctx, body: &Value) -> Result<(), ScopeError> {
+/// validated; in the same walk it collects what [`needed`] would, but for the canonicals `prepare`
+/// rewrites into literals: relative literals, and a transaction's `fullUrl`s (`in_bundle`).
+pub fn check_forms(
+    ctx: &Ctx,
+    body: &Value,
+    in_bundle: &std::collections::HashMap<String, String>,
+) -> Result<Vec<Needed>, ScopeError> {
     let upstream = format!("{}/", ctx.upstream.base);
     let mut problem = None;
+    let mut needed = Vec::new();
     Model::r4().for_each_canonical(body, &mut |c, targets| {
         if problem.is_some() {
             return;
@@ -72,6 +81,8 @@ pub fn check_forms(ctx: &Ctx, body: &Value) -> Result<(), ScopeError> {
             problem = Some((c.to_owned(), why));
         } else if c.starts_with(&upstream) {
             problem = Some((c.to_owned(), "a canonical may not name the upstream server itself"));
+        } else if !in_bundle.contains_key(c) {
+            add_needed(ctx, c, targets, &mut needed);
         }
     });
     if let Some((c, why)) = problem {
@@ -95,7 +106,7 @@ pub fn check_forms(ctx: &Ctx, body: &Value) -> Result<(), ScopeError> {
             return Err(ScopeError::Canonical(url.to_owned(), why));
         }
     }
-    Ok(())
+    Ok(needed)
 }
 
 /// The `url`s of the definitions a transaction writes (its canonicals may name them).
@@ -148,9 +159,10 @@ pub async fn check_written(
 }
 
 /// Refuses `$validate` on a resource with a canonical the validator would look up by URL on the
-/// whole server (anything not under a shared base).
-pub fn check_validatable(ctx: &Ctx, body: &Value) -> Result<(), ScopeError> {
-    match needed(ctx, body).into_iter().next() {
+/// whole server (anything not under a shared base): `needed` as [`needed`] or [`check_forms`]
+/// found them.
+pub fn check_validatable(needed: Vec<Needed>) -> Result<(), ScopeError> {
+    match needed.into_iter().next() {
         Some(n) => Err(ScopeError::Canonical(
             n.canonical,
             "the upstream's validator looks canonical URLs up on the whole server; only resources whose canonicals sit under tenancy.shared_canonical_bases (or are relative Type/id) can be validated",

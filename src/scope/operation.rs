@@ -89,16 +89,17 @@ pub async fn validate(
             }
             let local = resource.get("id").and_then(Value::as_str).unwrap_or("validate").to_owned();
             let caps = ctx.snap.capabilities(&ctx.upstream.name).await.ok_or(ScopeError::CapabilitiesUnavailable)?;
-            let (prepared, targets) = super::write::prepare(ctx, &caps, resource, &local, &Default::default())?;
+            let super::write::Prepared { body: prepared, targets, canonicals } =
+                super::write::prepare(ctx, &caps, resource, &local, &Default::default())?;
             refcheck::check_all(ctx, &targets).await?;
-            super::canonicals::check_validatable(ctx, &prepared)?;
+            super::canonicals::check_validatable(canonicals)?;
             ctx.upstream.send(Method::POST, &format!("{rtype}/$validate"), strict_headers(ctx), Some(&prepared)).await?
         }
         Some(id) => {
             // The stored resource is read (proving it the caller's) for the canonicals the
             // validator would follow.
             let stored = super::read::read(ctx, rtype, id, None).await?;
-            super::canonicals::check_validatable(ctx, &stored.body)?;
+            super::canonicals::check_validatable(super::canonicals::needed(ctx, &stored.body))?;
             let upstream_id = ctx.tenant.upstream_id(id).map_err(ScopeError::from)?;
             ctx.upstream
                 .send(Method::GET, &format!("{rtype}/{upstream_id}/$validate"), strict_headers(ctx), None)

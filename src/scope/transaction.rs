@@ -10,9 +10,9 @@
 //!   criteria scoped, so the upstream resolves them inside the tenant.
 //! - `GET` entries are scoped reads and searches; every response entry passes `respond`.
 use super::read::base_headers;
+use super::refcheck;
 use super::search::{matching, scope_params};
-use super::write::{prepare, InBundle};
-use super::{canonicals, refcheck};
+use super::write::{prepare, InBundle, Prepared};
 use super::{respond, Ctx, ScopeError};
 use crate::fhir::capabilities::Capabilities;
 use crate::fhir::reference::{self, is_id, is_resource_type};
@@ -45,23 +45,23 @@ pub async fn run(ctx: &Ctx<'_>, caps: &Capabilities, entries: Vec<Value>) -> Res
     }
     // Bodies are prepared once every fullUrl is known, so references between entries resolve.
     let mut targets = Vec::new();
-    let defined = canonicals::defined_in(plan.iter().filter_map(|p| p.write.as_ref().map(|(_, _, body)| body)));
+    let defined = super::canonicals::defined_in(plan.iter().filter_map(|p| p.write.as_ref().map(|(_, _, body)| body)));
     let mut needed = Vec::new();
     for p in &mut plan {
         if let Some((rtype, local, body)) = p.write.take() {
-            let (prepared, refs) = prepare(ctx, caps, body, &local, &in_bundle)?;
+            let Prepared { body: prepared, targets: refs, canonicals } = prepare(ctx, caps, body, &local, &in_bundle)?;
             if prepared.get("resourceType").and_then(Value::as_str) != Some(rtype.as_str()) {
                 return Err(ScopeError::Body(format!("an entry's resourceType must be {rtype}")).into());
             }
             targets.extend(refs);
-            needed.extend(canonicals::needed(ctx, &prepared));
+            needed.extend(canonicals);
             p.entry.as_mut().expect("writes go upstream").insert("resource".into(), prepared);
         }
     }
     targets.sort_by(|a, b| a.path.cmp(&b.path));
     targets.dedup();
     refcheck::check_all(ctx, &targets).await?;
-    canonicals::check_written(ctx, caps, &needed, &defined).await?;
+    super::canonicals::check_written(ctx, caps, &needed, &defined).await?;
 
     let upstream_entries: Vec<Value> = plan.iter().filter_map(|p| p.entry.clone().map(Value::Object)).collect();
     let answers = if upstream_entries.is_empty() {

@@ -55,10 +55,10 @@ pub async fn create_or_update(
         }
         None => uuid::Uuid::new_v4().to_string(),
     };
-    let (body, targets) = prepare(ctx, caps, Value::Object(resource), &local, &InBundle::default())?;
+    let Prepared { body, targets, canonicals } =
+        prepare(ctx, caps, Value::Object(resource), &local, &InBundle::default())?;
     let upstream_id = ctx.tenant.upstream_id(&local).map_err(ScopeError::from)?;
     refcheck::check_all(ctx, &targets).await?;
-    let canonicals = super::canonicals::needed(ctx, &body);
     super::canonicals::check_written(ctx, caps, &canonicals, &Default::default()).await?;
     // Nothing is written that the answer would refuse: the body as the upstream will store it
     // passes the outbound check first. (Without this, such a write would be committed and the
@@ -201,19 +201,27 @@ pub struct InBundle<'a> {
     pub conditional_refs: Option<&'a Capabilities>,
 }
 
+/// A body ready for the upstream, with what must still be proven before it is sent.
+pub struct Prepared {
+    pub body: Value,
+    /// References that must exist in the caller's tenant ([`refcheck`]).
+    pub targets: Vec<RefTarget>,
+    /// Canonical URLs that must name the caller's definitions (`canonicals::check_written`).
+    pub canonicals: Vec<super::canonicals::Needed>,
+}
+
 /// Checks and rewrites a resource body for the upstream: the id moved into the tenant namespace,
-/// the tenant coding stamped, every reference rewritten. Returns the body and the references
-/// that must exist in the caller's tenant (for [`refcheck`]).
+/// the tenant coding stamped, every reference rewritten.
 pub fn prepare(
     ctx: &Ctx,
     caps: &Capabilities,
     body: Value,
     local: &str,
     bundle: &InBundle,
-) -> Result<(Value, Vec<RefTarget>), ScopeError> {
+) -> Result<Prepared, ScopeError> {
     // Canonicals in forms the upstream resolves its own way, or naming the upstream itself, and
     // definitions squatting a shared url are refused before anything is rewritten.
-    super::canonicals::check_forms(ctx, &body)?;
+    let canonicals = super::canonicals::check_forms(ctx, &body, &bundle.full_urls)?;
     let Value::Object(mut resource) = body else {
         return Err(ScopeError::Body("the body must be a JSON object".into()));
     };
@@ -236,7 +244,7 @@ pub fn prepare(
     reference::for_each_attachment_url_mut(&mut body, &mut |u: &mut String| attachment_url(ctx, u, &mut targets))?;
     canonical::for_each_mut(&mut body, &mut |c: &mut String| inbound_canonical(ctx, c, bundle, &mut targets))?;
     targets.dedup();
-    Ok((body, targets))
+    Ok(Prepared { body, targets, canonicals })
 }
 
 /// `Attachment.url` is treated as a reference: a `Binary` of the caller's (relative, or under the
