@@ -57,18 +57,19 @@ for t in TENANTS:
     write(os.path.join(root, "fhir", "Organization", f"{t}-org1"),
           {"resourceType": "Organization", "id": f"{t}-org1", "meta": {"tag": [{"system": SYSTEM, "code": t}]},
            "name": "Org"})
-# A client's 1 KB update of Patient/p1 (bench/instructions' write): the client's view, ids local.
-client_patient = patient("x", 1)
-client_patient["id"] = "p1"
-del client_patient["meta"]["tag"]
-client_patient["managingOrganization"]["reference"] = "Organization/org1"
-write(os.path.join(out, "put-patient.json"), client_patient)
     entries = [{"fullUrl": f"{ORIGIN}/Patient/{t}-p{n}", "resource": patient(t, n), "search": {"mode": "match"}}
                for n in range(1, 101)]
     write(os.path.join(root, f"search-{t}.json"), {
         "resourceType": "Bundle", "id": "7d1c0a4e-search", "type": "searchset", "total": 100,
         "link": [{"relation": "self", "url": f"{ORIGIN}/Patient?name=lovelace&_tag={SYSTEM}|{t}"}],
         "entry": entries})
+
+# A client's 1 KB update of Patient/p1 (bench/instructions' write): the client's view, ids local.
+client_patient = patient("x", 1)
+client_patient["id"] = "p1"
+del client_patient["meta"]["tag"]
+client_patient["managingOrganization"]["reference"] = "Organization/org1"
+write(os.path.join(out, "put-patient.json"), client_patient)
 
 params = [{"name": n, "type": ty} for n, ty in
           [("_id", "token"), ("_tag", "token"), ("_security", "token"), ("name", "string"), ("_lastUpdated", "date")]]
