@@ -7,4 +7,5 @@ pub mod json;
 pub mod outcome;
 pub mod patch;
 pub mod reference;
+pub mod server_wide;
 pub mod shape;

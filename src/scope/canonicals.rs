@@ -19,10 +19,10 @@
 //! stored as written (an `_include` through it can only add entries the outbound check drops,
 //! which no longer changes `Bundle.total`) and refused by `$validate` unless shared.
 use super::search::matching;
-use super::write::is_server_wide;
 use super::{Ctx, ScopeError};
 use crate::fhir::canonical;
 use crate::fhir::capabilities::Capabilities;
+use crate::fhir::server_wide::is_server_wide;
 use crate::fhir::shape::Model;
 use serde_json::Value;
 use std::collections::HashSet;

@@ -142,30 +142,7 @@ pub async fn delete(ctx: &Ctx<'_>, rtype: &str, id: &str) -> Result<WriteResult,
     })
 }
 
-/// Resource types whose instances change how the server behaves for every tenant; writing them
-/// through fhir-fence is refused, with the reason.
-pub(crate) const SERVER_WIDE: &[(&str, &str)] = &[
-    ("SearchParameter", "it changes indexing and search for every tenant"),
-    ("SubscriptionTopic", "topic-based subscriptions are not scoped yet"),
-    ("StructureDefinition", "profiles are resolved server-wide"),
-    ("CodeSystem", "terminology is resolved server-wide"),
-    ("ValueSet", "terminology is resolved server-wide"),
-    ("ConceptMap", "terminology is resolved server-wide"),
-    ("NamingSystem", "identifier systems are resolved server-wide"),
-    ("OperationDefinition", "operations are defined server-wide"),
-    ("CompartmentDefinition", "compartments are defined server-wide"),
-    ("ImplementationGuide", "implementation guides are installed server-wide"),
-    ("CapabilityStatement", "it describes the whole server"),
-    ("StructureMap", "maps are resolved server-wide"),
-    ("GraphDefinition", "graphs are resolved server-wide"),
-    ("MessageDefinition", "message definitions are resolved server-wide"),
-    ("TerminologyCapabilities", "it describes the whole server"),
-];
-
-/// Whether `rtype` is one of the [`SERVER_WIDE`] types.
-pub fn is_server_wide(rtype: &str) -> bool {
-    SERVER_WIDE.iter().any(|(t, _)| *t == rtype)
-}
+pub use crate::fhir::server_wide::{is_server_wide, SERVER_WIDE};
 
 /// A canonical that names a tenant's resource (`fhir::canonical`) and is therefore treated as a
 /// reference — one naming a server-wide type (`StructureDefinition/x` in `meta.profile`) names
