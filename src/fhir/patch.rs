@@ -49,10 +49,19 @@ pub fn apply(doc: &mut Value, patch: &json_patch::Patch, limit: usize) -> Result
         // the limit is refused without ever being made.
         let at = |p: &json_patch::jsonptr::Pointer| doc.pointer(p.as_str()).map_or(0, size);
         let member = |p: &json_patch::jsonptr::Pointer| p.as_str().rsplit('/').next().map_or(0, |k| k.len() + 4);
+        // `add` and `copy` replace what an object member held, but insert into an array: only
+        // the former takes anything away.
+        let replaced = |p: &json_patch::jsonptr::Pointer| {
+            let parent = p.as_str().rsplit_once('/').map_or("", |(parent, _)| parent);
+            match doc.pointer(parent) {
+                Some(Value::Object(_)) => at(p),
+                _ => 0,
+            }
+        };
         let (added, removed) = match op {
-            Op::Add(a) => (size(&a.value) + member(&a.path), at(&a.path)),
+            Op::Add(a) => (size(&a.value) + member(&a.path), replaced(&a.path)),
             Op::Replace(r) => (size(&r.value), at(&r.path)),
-            Op::Copy(c) => (at(&c.from) + member(&c.path), at(&c.path)),
+            Op::Copy(c) => (at(&c.from) + member(&c.path), replaced(&c.path)),
             Op::Move(m) => (member(&m.path), at(&m.path)),
             Op::Remove(r) => (0, at(&r.path)),
             Op::Test(t) => (0, size(&t.value)),
@@ -138,6 +147,15 @@ mod tests {
             (0..100).map(|_| json!({"op": "copy", "from": "/name/0/text", "path": "/name/1/text"})).collect();
         assert_eq!(apply(&mut doc(), &patch(Value::Array(ops.clone())), 16_384), Err(PatchError::TooMuchWork(65_536)));
         apply(&mut doc(), &patch(Value::Array(ops[..20].to_vec())), 16_384).unwrap();
+    }
+
+    #[test]
+    fn inserting_into_an_array_takes_nothing_away() {
+        // A copy inserted at index 0 grows the array: the element it lands before stays.
+        let mut doc = json!({"resourceType": "Patient", "name": [{"text": "y".repeat(1000)}]});
+        let ops: Vec<Value> = (0..3).map(|_| json!({"op": "copy", "from": "/name/0", "path": "/name/0"})).collect();
+        assert_eq!(apply(&mut doc, &patch(Value::Array(ops)), 3000), Err(PatchError::TooLarge(3000)));
+        assert!(size(&doc) <= 3000, "{}", size(&doc));
     }
 
     #[test]
