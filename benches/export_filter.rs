@@ -29,11 +29,14 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
+
+mod support;
+use support::{free_port, serve, wait_for, wait_port, Killed};
 
 const SYSTEM: &str = "https://fhir-fence.dev/CodeSystem/tenant";
 const LINES_IN_POOL: usize = 50_000;
@@ -207,10 +210,6 @@ async fn forward(listen: String, origin: String) {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// (utime + stime) of a process, in seconds.
 fn cpu_seconds(pid: u32, ticks: f64) -> f64 {
     let f = stat_fields(pid);
@@ -305,35 +304,6 @@ fn filter_alone(config: &std::path::Path, pool: &[Bytes], total: u64) -> (Durati
     (started.elapsed(), filter.counts.kept)
 }
 
-async fn wait_for(url: &str) {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    for _ in 0..200 {
-        if client.get(url.parse().unwrap()).await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{url} did not come up");
-}
-
-async fn wait_port(port: u16) {
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("port {port} did not open");
-}
-
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The fhir-fence config for the benchmark: tenants `acme` and `globex` on `origin`.
 fn bench_config(public: u16, admin: u16, origin_base: &str) -> String {
     let root = env!("CARGO_MANIFEST_DIR");
@@ -397,23 +367,8 @@ async fn bench(default_mb: u64) {
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("bench.toml");
     std::fs::write(&config, bench_config(public, admin, &origin_base)).unwrap();
-    let exe = env!("CARGO_BIN_EXE_fhir-fence");
-    let token = String::from_utf8(
-        Command::new(exe).args(["token", "--config"]).arg(&config).args(["--tenant", "acme"]).output().unwrap().stdout,
-    )
-    .unwrap()
-    .trim()
-    .to_owned();
-    let fence = Killed(
-        Command::new(exe)
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("FHIR_FENCE_LOG", std::env::var("FF_BENCH_PROXY_LOG").unwrap_or_else(|_| "warn".into()))
-            .stdout(if std::env::var_os("FF_BENCH_PROXY_LOG").is_some() { Stdio::inherit() } else { Stdio::null() })
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let token = support::token(&config, "acme");
+    let fence = serve(&config);
     let fence_base = format!("http://127.0.0.1:{public}/fhir");
     wait_for(&format!("http://127.0.0.1:{admin}/healthz")).await;
 

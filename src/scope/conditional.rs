@@ -48,24 +48,30 @@ pub async fn update(
     criteria: &Params,
     body: Value,
 ) -> Result<WriteResult, crate::error::Error> {
-    let found = matching(ctx, caps, rtype, criteria).await?;
-    let body_id = body.get("id").and_then(Value::as_str).map(str::to_owned);
-    match found.as_slice() {
-        [] => write::create_or_update(ctx, caps, rtype, body_id.as_deref(), body, None).await,
+    let id = update_target(&matching(ctx, caps, rtype, criteria).await?, &body)?;
+    let mut body = body;
+    if let (Some(id), Some(o)) = (&id, body.as_object_mut()) {
+        o.insert("id".into(), Value::String(id.clone()));
+    }
+    write::create_or_update(ctx, caps, rtype, id.as_deref(), body, None).await
+}
+
+/// The id a conditional update (`PUT [type]?criteria`, alone or in a transaction) writes to,
+/// from what the criteria `found`: the one match's (a body `id` that differs is an error, as
+/// FHIR says), or with no match the body's own `id` (`None`: the body has none, a new one is
+/// chosen); more than one match is refused.
+pub fn update_target(found: &[Value], body: &Value) -> Result<Option<String>, ScopeError> {
+    let body_id = body.get("id").and_then(Value::as_str);
+    match found {
+        [] => Ok(body_id.map(str::to_owned)),
         [existing] => {
             let id = id_of(existing);
-            if body_id.as_deref().is_some_and(|b| b != id) {
-                return Err(
-                    ScopeError::Body("the id in the body differs from the resource the criteria match".into()).into()
-                );
+            if body_id.is_some_and(|b| b != id) {
+                return Err(ScopeError::Body("the id in the body differs from the resource the criteria match".into()));
             }
-            let mut body = body;
-            if let Some(o) = body.as_object_mut() {
-                o.insert("id".into(), Value::String(id.clone()));
-            }
-            write::create_or_update(ctx, caps, rtype, Some(&id), body, None).await
+            Ok(Some(id))
         }
-        _ => Err(ScopeError::MultipleMatches.into()),
+        _ => Err(ScopeError::MultipleMatches),
     }
 }
 

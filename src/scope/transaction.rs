@@ -53,6 +53,7 @@ pub async fn run(ctx: &Ctx<'_>, caps: &Capabilities, entries: Vec<Value>) -> Res
             if prepared.get("resourceType").and_then(Value::as_str) != Some(rtype.as_str()) {
                 return Err(ScopeError::Body(format!("an entry's resourceType must be {rtype}")).into());
             }
+            super::write::provable_once_stored(ctx, &prepared)?;
             targets.extend(refs);
             needed.extend(canonicals);
             p.entry.as_mut().expect("writes go upstream").insert("resource".into(), prepared);
@@ -191,15 +192,10 @@ async fn plan_entry(
         ("PUT", [t], false) => {
             let rtype = known(t)?;
             let mut body = resource.ok_or_else(|| bad("a PUT entry needs a resource".into()))?;
-            let local = match matching(ctx, caps, &rtype, &params).await?.as_slice() {
-                [] => body
-                    .get("id")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
-                [existing] => super::conditional::id_of(existing),
-                _ => return Err(ScopeError::MultipleMatches.into()),
-            };
+            let found = matching(ctx, caps, &rtype, &params).await?;
+            let local = super::conditional::update_target(&found, &body)
+                .map_err(|e| if let ScopeError::Body(why) = e { bad(why) } else { e })?
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
             if let Some(o) = body.as_object_mut() {
                 o.insert("id".into(), Value::String(local.clone()));
             }

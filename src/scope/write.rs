@@ -60,12 +60,7 @@ pub async fn create_or_update(
     let upstream_id = ctx.tenant.upstream_id(&local).map_err(ScopeError::from)?;
     refcheck::check_all(ctx, &targets).await?;
     super::canonicals::check_written(ctx, caps, &canonicals, &Default::default()).await?;
-    // Nothing is written that the answer would refuse: the body as the upstream will store it
-    // passes the outbound check first. (Without this, such a write would be committed and the
-    // writer answered 502: fail closed on the answer, but not on the write.)
-    respond::resource(ctx, body.clone()).map_err(|_| {
-        ScopeError::Body("the resource would not be provably this tenant's once stored; nothing was written".into())
-    })?;
+    provable_once_stored(ctx, &body)?;
 
     let mut headers = base_headers(ctx);
     headers.insert(crate::request::PREFER, HeaderValue::from_static("return=representation"));
@@ -185,6 +180,26 @@ pub struct Prepared {
     pub targets: Vec<RefTarget>,
     /// Canonical URLs that must name the caller's definitions (`canonicals::check_written`).
     pub canonicals: Vec<super::canonicals::Needed>,
+}
+
+/// Nothing is written that the answer would refuse: the body as the upstream will store it
+/// passes the outbound check first. (Without this, such a write would be committed and the
+/// writer answered 502: fail closed on the answer, but not on the write.) A conditional
+/// reference (`Type?criteria`, transactions only, its criteria scoped to the tenant) is judged
+/// as what the upstream stores in its place: a resource of the tenant's.
+pub fn provable_once_stored(ctx: &Ctx, body: &Value) -> Result<(), ScopeError> {
+    let mut stored = body.clone();
+    let placeholder = ctx.tenant.upstream_id("conditional")?;
+    reference::for_each_mut(&mut stored, &mut |r: &mut String| {
+        match r.split_once('?') {
+            Some((rtype, _)) if reference::is_resource_type(rtype) => *r = format!("{rtype}/{placeholder}"),
+            _ => {}
+        }
+        Ok::<_, ScopeError>(())
+    })?;
+    respond::resource(ctx, stored).map(drop).map_err(|_| {
+        ScopeError::Body("the resource would not be provably this tenant's once stored; nothing was written".into())
+    })
 }
 
 /// Checks and rewrites a resource body for the upstream: the id moved into the tenant namespace,

@@ -3,16 +3,11 @@
 //! full check must accept it too and produce the same JSON. Lines come from realistic
 //! templates and from every one-byte deletion or replacement and a set of edits of them (broken syntax,
 //! duplicate keys, foreign references, escapes, misplaced codings...).
-use crate::support::fake;
-use crate::support::{self, tenants, Options, SYSTEM};
+use crate::support::{scope_harness::ScopeHarness, SYSTEM};
 use fhir_fence::bulk::download::fast_line;
 use fhir_fence::fhir::json::parse_strict;
-use fhir_fence::scope::{respond, Ctx};
-use fhir_fence::state::Snapshot;
-use fhir_fence::tenancy::Tenant;
-use fhir_fence::upstream::Upstream;
+use fhir_fence::scope::respond;
 use serde_json::Value;
-use std::sync::Arc;
 
 fn templates(p: &str, t: &str, base: &str) -> Vec<String> {
     let tag = format!(r#"{{"system":"{SYSTEM}","code":"{t}"}}"#);
@@ -83,35 +78,9 @@ fn edits(line: &str, p: &str, other: &str) -> Vec<String> {
     out
 }
 
-/// Two tenants in front of a fake upstream that never answers; the checks run for the first.
-struct Diff {
-    ts: Vec<support::T>,
-    up: fake::Fake,
-    _fence: support::Fence,
-    snap: Arc<Snapshot>,
-    tenant: Arc<Tenant>,
-    upstream: Arc<Upstream>,
-}
-
-impl Diff {
-    async fn start() -> Diff {
-        let ts = tenants(2);
-        let up = fake::start(|_| fake::Answer::Hang).await;
-        let fence = support::start(Options::new(&up.base, &ts)).await;
-        let snap = fence.snap();
-        let tenant = snap.tenants[&ts[0].name].clone();
-        let upstream = snap.upstreams["main"].clone();
-        Diff { ts, up, _fence: fence, snap, tenant, upstream }
-    }
-
-    fn ctx(&self) -> Ctx<'_> {
-        Ctx { snap: &self.snap, tenant: &self.tenant, upstream: &self.upstream, correlation: "diff" }
-    }
-}
-
 #[tokio::test]
 async fn the_fast_path_never_accepts_what_the_full_check_refuses() {
-    let d = Diff::start().await;
+    let d = ScopeHarness::start().await;
     let (ts, up, snap, tenant, upstream) = (&d.ts, &d.up, &*d.snap, &*d.tenant, &*d.upstream);
     let ctx = d.ctx();
     let mut fast = fast_line(snap, tenant, upstream, Some("Observation"));
@@ -179,7 +148,7 @@ fn without_tokens(mut b: Value) -> Value {
 /// answers, the full check must keep every entry and build the same Bundle.
 #[tokio::test]
 async fn the_bundle_fast_path_agrees_with_the_full_check() {
-    let d = Diff::start().await;
+    let d = ScopeHarness::start().await;
     let (ts, up, snap) = (&d.ts, &d.up, &*d.snap);
     let ctx = d.ctx();
     let (p, other) = (ts[0].prefix.as_str(), ts[1].prefix.as_str());

@@ -522,6 +522,20 @@ async fn conditional_interactions_only_see_the_callers_resources() {
     assert_eq!((c2.status, &c2.body["id"], c2.body["meta"]["versionId"].as_str()), (200, &c1.body["id"], Some("2")));
     let cb = put(&f.url("Patient?identifier=urn:mrn|456"), &with_identifier("456")).bearer(&b).send().await;
     assert_eq!(cb.status, 201, "{}", cb.body);
+    // A body id that differs from the match is an error (FHIR), alone and inside a transaction;
+    // nothing is written either way.
+    let mut elsewhere = changed.clone();
+    elsewhere["id"] = json!("some-other-id");
+    let r = put(&f.url("Patient?identifier=urn:mrn|456"), &elsewhere).bearer(&a).send().await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": elsewhere, "request": {"method": "PUT", "url": "Patient?identifier=urn:mrn|456"}}]});
+    let r = post(&f.base, &tx).bearer(&a).send().await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body["issue"][0]["diagnostics"].as_str().unwrap().contains("entry 0: the id in the body differs"));
+    let now = get(&f.url(&format!("Patient/{}", c1.body["id"].as_str().unwrap()))).bearer(&a).send().await;
+    assert_eq!(now.body["meta"]["versionId"], "2", "nothing was written");
+    assert_eq!(get(&f.url("Patient/some-other-id")).bearer(&a).send().await.status, 404);
 
     // Several matches → 412, for update and patch.
     for id in ["dup1", "dup2"] {

@@ -18,3 +18,4 @@ mod replay;
 mod shape_r4;
 mod shutdown;
 mod workers;
+mod write_guard;

@@ -3,6 +3,7 @@
 pub mod client;
 pub mod fake;
 pub mod hl7;
+pub mod scope_harness;
 
 use fhir_fence::config;
 use fhir_fence::live::Live;
