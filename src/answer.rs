@@ -1,6 +1,7 @@
 //! Turning scope results into HTTP responses: FHIR JSON with the headers fhir-fence chooses,
 //! `Prefer: return=minimal`, 304 for conditional reads, and a Binary's own bytes.
-use crate::error::Error;
+use crate::dispatch::Outcome;
+use crate::headers::set_correlation;
 use crate::request::{asks_for_fhir_resource, prefers};
 use crate::scope::{conditional, read, write, Ctx, ScopeError};
 use bytes::Bytes;
@@ -21,13 +22,27 @@ pub(crate) fn boxed(resp: Response<Full<Bytes>>) -> Response<Body> {
     resp.map(|b| b.map_err(|never| match never {}).boxed())
 }
 
+/// A single request's answer to what its interaction produced.
+pub(crate) fn respond(
+    ctx: &Ctx,
+    outcome: Outcome,
+    request_headers: &HeaderMap,
+) -> Result<Response<Full<Bytes>>, ScopeError> {
+    Ok(match outcome {
+        Outcome::Read(result) => read_response(ctx, result, request_headers)?,
+        Outcome::Found(result) => ok_response(result, ctx.correlation),
+        Outcome::Written { rtype, done } => written(ctx, &rtype, done, request_headers),
+        Outcome::Other { status, body, headers } => json_response(status, &body, headers, ctx.correlation),
+    })
+}
+
 /// The answer to a read or vread: 304 for an unchanged resource the caller already has; a
 /// Binary's own bytes unless the client asks for the resource (checked as JSON first).
 pub(crate) fn read_response(
     ctx: &Ctx,
     result: read::ReadResult,
     request_headers: &HeaderMap,
-) -> Result<Response<Full<Bytes>>, Error> {
+) -> Result<Response<Full<Bytes>>, ScopeError> {
     if conditional::not_modified(request_headers, &result) {
         let mut resp = Response::new(Full::new(Bytes::new()));
         *resp.status_mut() = StatusCode::NOT_MODIFIED;
@@ -52,7 +67,7 @@ pub(crate) fn ok_response(result: read::ReadResult, correlation: &str) -> Respon
 }
 
 /// The raw content of a Binary the caller owns, with its own content type.
-fn binary_content(ctx: &Ctx, result: read::ReadResult) -> Result<Response<Full<Bytes>>, Error> {
+fn binary_content(ctx: &Ctx, result: read::ReadResult) -> Result<Response<Full<Bytes>>, ScopeError> {
     use base64::Engine;
     let content_type = result.body.get("contentType").and_then(Value::as_str).unwrap_or("application/octet-stream");
     let content_type = HeaderValue::from_str(content_type).map_err(|_| ScopeError::Unprovable)?;
@@ -72,11 +87,8 @@ pub(crate) fn written(
     done: write::WriteResult,
     request_headers: &HeaderMap,
 ) -> Response<Full<Bytes>> {
+    let location = done.location(&ctx.snap.public_base, rtype);
     let mut headers = done.headers;
-    let location = match &done.version {
-        Some(v) => format!("{}/{}/{}/_history/{}", ctx.snap.public_base, rtype, done.local_id, v),
-        None => format!("{}/{}/{}", ctx.snap.public_base, rtype, done.local_id),
-    };
     if let Ok(v) = HeaderValue::from_str(&location) {
         headers.insert(header::LOCATION, v.clone());
         headers.insert(header::CONTENT_LOCATION, v);
@@ -114,14 +126,4 @@ pub(crate) fn bytes_response(
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/fhir+json; charset=utf-8"));
     set_correlation(h, correlation);
     resp
-}
-
-/// The answer's `X-Request-Id`: the request's correlation id (none when it is empty).
-pub(crate) fn set_correlation(h: &mut HeaderMap, correlation: &str) {
-    if correlation.is_empty() {
-        return;
-    }
-    if let Ok(v) = HeaderValue::from_str(correlation) {
-        h.insert(crate::request::X_REQUEST_ID, v);
-    }
 }

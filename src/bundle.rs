@@ -1,14 +1,14 @@
 //! `POST [base]` with a Bundle. Transactions go to `scope::transaction` (every entry scoped,
 //! one atomic upstream transaction); each batch entry is routed and run through
-//! [`pipeline::dispatch`](crate::pipeline) exactly like a single request.
+//! [`dispatch`](crate::dispatch) exactly like a single request, and its entry built from the
+//! [`Outcome`].
+use crate::dispatch::{dispatch, Outcome};
 use crate::error::Error;
 use crate::identity::Caller;
-use crate::pipeline::dispatch;
 use crate::route::{self, Interaction};
-use crate::scope::{Ctx, ScopeError};
+use crate::scope::{conditional, Ctx, ScopeError};
 use http::header::{self, HeaderValue};
-use http::{HeaderMap, Method};
-use http_body_util::BodyExt;
+use http::{HeaderMap, Method, StatusCode};
 use serde_json::Value;
 
 /// `POST [base]` with a Bundle: transactions go to `scope::transaction` (one atomic upstream
@@ -29,7 +29,7 @@ pub(crate) async fn bundle(ctx: &Ctx<'_>, caller: &Caller, body: Value) -> Resul
     }
     let caps = ctx.snap.capabilities(&caller.tenant.upstream).await.ok_or(ScopeError::CapabilitiesUnavailable)?;
     match kind.as_str() {
-        "transaction" => crate::scope::transaction::run(ctx, &caps, entries).await,
+        "transaction" => Ok(crate::scope::transaction::run(ctx, &caps, entries).await?),
         "batch" => {
             let mut out = Vec::with_capacity(entries.len());
             for entry in entries {
@@ -79,30 +79,67 @@ async fn batch_entry(ctx: &Ctx<'_>, caller: &Caller, entry: Value) -> Value {
         }
         let self_url = format!("{}/{url}", ctx.snap.public_base);
         let body = entry.get("resource").cloned();
-        Box::pin(dispatch(ctx, caller, interaction, &params, body, &headers, &self_url)).await
+        Box::pin(dispatch(ctx, caller, interaction, &params, body, &headers, &self_url)).await.map(|o| (o, headers))
     }
     .await;
-    let response = match result {
-        Ok((r, _)) => r,
-        Err(e) => e.into_response(ctx.correlation),
+    let (status, resource, outcome, headers) = match result {
+        Ok((outcome, request_headers)) => match entry_parts(ctx, outcome, &request_headers) {
+            Ok(parts) => parts,
+            Err(e) => failed(ctx, e.into()),
+        },
+        Err(e) => failed(ctx, e),
     };
-    let (parts, body) = response.into_parts();
-    let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-    let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     let mut resp = serde_json::Map::new();
-    let reason = parts.status.canonical_reason().unwrap_or("");
-    resp.insert("status".into(), format!("{} {reason}", parts.status.as_u16()).trim().to_owned().into());
+    let reason = status.canonical_reason().unwrap_or("");
+    resp.insert("status".into(), format!("{} {reason}", status.as_u16()).trim().to_owned().into());
     for (name, field) in [(header::LOCATION, "location"), (header::ETAG, "etag")] {
-        if let Some(v) = parts.headers.get(name).and_then(|v| v.to_str().ok()) {
+        if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) {
             resp.insert(field.into(), v.into());
         }
     }
+    if let Some(o) = outcome {
+        resp.insert("outcome".into(), o);
+    }
     let mut out = serde_json::Map::new();
-    if parts.status.is_success() && !value.is_null() {
-        out.insert("resource".into(), value);
-    } else if !value.is_null() {
-        resp.insert("outcome".into(), value);
+    if let Some(r) = resource {
+        out.insert("resource".into(), r);
     }
     out.insert("response".into(), Value::Object(resp));
     Value::Object(out)
+}
+
+/// An entry's status, resource, outcome and response headers (`Location`, `ETag`).
+type EntryParts = (StatusCode, Option<Value>, Option<Value>, HeaderMap);
+
+/// A failed entry: its OperationOutcome.
+fn failed(ctx: &Ctx, e: Error) -> EntryParts {
+    let (status, outcome) = e.outcome(ctx.correlation);
+    (status, None, Some(outcome), HeaderMap::new())
+}
+
+/// What a batch entry's response holds for an interaction's outcome: the same facts a single
+/// request's answer carries (`answer::respond`), as JSON.
+fn entry_parts(ctx: &Ctx, outcome: Outcome, request: &HeaderMap) -> Result<EntryParts, ScopeError> {
+    Ok(match outcome {
+        Outcome::Read(result) if conditional::not_modified(request, &result) => {
+            (StatusCode::NOT_MODIFIED, None, None, result.headers)
+        }
+        Outcome::Read(result) | Outcome::Found(result) => {
+            let body = match result.serialized {
+                // Checked output of the one-pass check, read back as the tree the entry holds.
+                Some(bytes) => serde_json::from_slice(&bytes).map_err(|_| ScopeError::Unprovable)?,
+                None => result.body,
+            };
+            (StatusCode::OK, Some(body), None, result.headers)
+        }
+        Outcome::Written { rtype, done } => {
+            let mut headers = done.headers.clone();
+            if let Ok(v) = http::HeaderValue::from_str(&done.location(&ctx.snap.public_base, &rtype)) {
+                headers.insert(header::LOCATION, v);
+            }
+            (done.status, done.body, None, headers)
+        }
+        Outcome::Other { status, body, headers } if status.is_success() => (status, Some(body), None, headers),
+        Outcome::Other { status, body, headers } => (status, None, Some(body), headers),
+    })
 }

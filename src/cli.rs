@@ -62,7 +62,7 @@ enum Command {
         #[command(subcommand)]
         import: Option<ReplayCommand>,
         #[command(flatten)]
-        args: Box<ReplayArgs>,
+        args: Box<crate::replay::command::ReplayArgs>,
     },
 }
 
@@ -78,43 +78,6 @@ enum ReplayCommand {
         #[arg(long)]
         out: PathBuf,
     },
-}
-
-#[derive(clap::Args)]
-pub struct ReplayArgs {
-    /// The traffic file (NDJSON, `docs/replay-format.md`).
-    #[arg(long)]
-    pub traffic: Option<PathBuf>,
-    /// The FHIR base URL to replay against (fhir-fence's public base).
-    #[arg(long)]
-    pub target: Option<String>,
-    /// fhir-fence's config: tokens for --tenants are minted with its issuers' signing keys.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// The tenants to replay as, comma-separated (at least two for the isolation check).
-    #[arg(long, value_delimiter = ',')]
-    pub tenants: Vec<String>,
-    /// The issuer in --config that mints the tokens (default: the only one allowed to assert the tenant).
-    #[arg(long)]
-    pub issuer: Option<String>,
-    /// A ready token instead of minting one: `TENANT=TOKEN` (repeatable).
-    #[arg(long)]
-    pub token: Vec<String>,
-    /// Another ignore rule for the transparency check, `Type.path` or `*.path` (repeatable).
-    #[arg(long)]
-    pub ignore: Vec<String>,
-    /// Write the JSON report here.
-    #[arg(long)]
-    pub json: Option<PathBuf>,
-    /// Write a JUnit XML report here.
-    #[arg(long)]
-    pub junit: Option<PathBuf>,
-    /// Fail (exit 1) on transparency differences too, not only on isolation failures.
-    #[arg(long)]
-    pub strict: bool,
-    /// Names this run's markers (default: random).
-    #[arg(long)]
-    pub run_id: Option<String>,
 }
 
 pub fn main() -> ExitCode {

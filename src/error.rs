@@ -22,9 +22,9 @@ pub enum Error {
     #[error(transparent)]
     Route(#[from] RouteError),
     #[error(transparent)]
-    Request(#[from] RequestError),
+    Request(RequestError),
     #[error(transparent)]
-    Scope(#[from] ScopeError),
+    Scope(ScopeError),
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
     #[error(transparent)]
@@ -34,6 +34,29 @@ pub enum Error {
     /// The public listener has `server.max_connections` open (answered on the extra connection).
     #[error("fhir-fence has too many client connections open; retry shortly")]
     Overloaded,
+}
+
+/// A scope error that is really another layer's is answered as that layer's (the upstream
+/// failing, a patched body over the size limit), so status, metrics and log read the same
+/// wherever it happened.
+impl From<ScopeError> for Error {
+    fn from(e: ScopeError) -> Self {
+        match e {
+            ScopeError::Upstream(u) => Error::Upstream(u),
+            ScopeError::PatchTooLarge(limit) => Error::Request(RequestError::TooLarge(limit)),
+            e => Error::Scope(e),
+        }
+    }
+}
+
+/// Form search parameters are answered like the same parameters in the URL.
+impl From<RequestError> for Error {
+    fn from(e: RequestError) -> Self {
+        match e {
+            RequestError::Form(r) => Error::Route(r),
+            e => Error::Request(e),
+        }
+    }
 }
 
 impl Error {
@@ -61,7 +84,7 @@ impl Error {
                     | RequestError::Shape(_)
                     | RequestError::UnexpectedBody
                     | RequestError::Header(_) => (S::BAD_REQUEST, "invalid"),
-                    RequestError::Read => (S::BAD_REQUEST, "invalid"),
+                    RequestError::Read | RequestError::Form(_) => (S::BAD_REQUEST, "invalid"),
                     RequestError::SlowBody(_) => (S::REQUEST_TIMEOUT, "timeout"),
                 };
                 (status, code, shown())
@@ -100,6 +123,13 @@ impl Error {
                     S::BAD_GATEWAY,
                     "exception",
                     format!("the upstream answer could not be verified as the caller's; correlation id {correlation}"),
+                ),
+                // Not reached through `From` (which answers them as their own layer's errors).
+                ScopeError::PatchTooLarge(_) => (S::PAYLOAD_TOO_LARGE, "too-long", shown()),
+                ScopeError::Upstream(_) => (
+                    S::BAD_GATEWAY,
+                    "exception",
+                    format!("the upstream server's answer was unusable; correlation id {correlation}"),
                 ),
                 ScopeError::CapabilitiesUnavailable => (
                     S::SERVICE_UNAVAILABLE,
@@ -167,8 +197,9 @@ impl Error {
         }
     }
 
-    /// The HTTP response for this error.
-    pub fn into_response(self, correlation: &str) -> Response<Full<Bytes>> {
+    /// The status and OperationOutcome for this error (logged here): a single request's answer
+    /// ([`into_response`](Self::into_response)) or a batch entry's `response`.
+    pub fn outcome(&self, correlation: &str) -> (StatusCode, serde_json::Value) {
         let (status, code, diagnostics) = self.classify(correlation);
         if status.is_server_error() {
             tracing::warn!(correlation, error = %self, status = status.as_u16(), "request failed");
@@ -180,12 +211,18 @@ impl Error {
         } else {
             tracing::info!(correlation, error = %self, status = status.as_u16(), "request refused");
         }
-        let body = serde_json::to_vec(&operation_outcome(code, &diagnostics)).expect("serialisable");
+        (status, serde_json::to_value(operation_outcome(code, &diagnostics)).expect("serialisable"))
+    }
+
+    /// The HTTP response for this error.
+    pub fn into_response(self, correlation: &str) -> Response<Full<Bytes>> {
+        let (status, outcome) = self.outcome(correlation);
+        let body = serde_json::to_vec(&outcome).expect("serialisable");
         let mut resp = Response::new(Full::new(Bytes::from(body)));
         *resp.status_mut() = status;
         let h = resp.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/fhir+json; charset=utf-8"));
-        crate::answer::set_correlation(h, correlation);
+        crate::headers::set_correlation(h, correlation);
         if matches!(self, Error::Upstream(UpstreamError::Saturated(_)) | Error::Overloaded) {
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }

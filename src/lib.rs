@@ -1,7 +1,8 @@
 //! fhir-fence: a sidecar proxy that enforces tenant isolation in front of an unmodified FHIR R4 server.
 //!
-//! Start with `docs/ARCHITECTURE.md`; the request's path is `server` → `pipeline` → `route` →
-//! `identity` → `scope::*` → `upstream` → `scope::respond` → `error` (for refusals).
+//! Start with `docs/ARCHITECTURE.md`; the request's path is `server` → `pipeline` (`identity`,
+//! `request`, `route`, `limits`) → `dispatch` → `scope::*` → `upstream` → `outbound` → `answer`,
+//! or `error` for refusals.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -12,13 +13,16 @@ pub mod bundle;
 pub mod cli;
 pub mod config;
 pub mod connection;
+pub mod dispatch;
 pub mod error;
 pub mod fhir;
+pub mod headers;
 pub mod identity;
 pub mod limits;
 pub mod live;
 pub mod metadata;
 pub mod metrics;
+pub mod outbound;
 pub mod pipeline;
 pub mod replay;
 pub mod request;

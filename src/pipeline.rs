@@ -1,23 +1,24 @@
 //! THE request pipeline: the one function that orders every step a FHIR request goes through.
 //!
 //! ```text
-//! correlation id → identity → request hygiene → route → body → tenant limits → scope (per interaction) → upstream
-//!               → outbound check (inside scope::respond) → response   | any error → error.rs
+//! correlation id → identity → tenant slots → request hygiene → route → body → rate limit
+//!   → dispatch (scope per interaction → upstream → outbound check) → answer   | any error → error.rs
 //! ```
-//! Each step's reason for its position is written next to it in [`handle`].
-use crate::answer::{boxed, json_response, ok_response, read_response, written, Body};
+//! Each step's reason for its position is written next to it in `run`; [`handle`] wraps it with
+//! what every request gets whatever its outcome (metrics, access log, audit record).
+use crate::answer::{boxed, respond, Body};
 use crate::audit::Record;
 use crate::bundle::bundle;
 use crate::connection::Slot;
+use crate::dispatch::{dispatch, Outcome};
 use crate::error::Error;
-use crate::identity::Caller;
 use crate::metadata::metadata;
 use crate::request::{
     accepts_fhir_json, accepts_ndjson, check_headers, correlation_id, ensure_no_body, read_body, read_form, BodyKind,
     BodyLimits, RequestError,
 };
 use crate::route::{self, Interaction};
-use crate::scope::{conditional, read, search, write, Ctx, ScopeError};
+use crate::scope::{Ctx, ScopeError};
 use crate::state::Snapshot;
 use bytes::Bytes;
 use http::header;
@@ -25,7 +26,6 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use serde_json::Value;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -228,121 +228,15 @@ async fn run(
         return crate::bulk::download::download(snap.clone(), &caller, upstream.clone(), file, correlation).await;
     }
     let ctx = Ctx { snap, tenant: &caller.tenant, upstream, correlation };
-    let (response, dropped) = dispatch(&ctx, &caller, interaction, &params, body, &parts.headers, &self_url).await?;
-    who.dropped = dropped;
-    Ok(boxed(response))
-}
-
-pub(crate) async fn dispatch(
-    ctx: &Ctx<'_>,
-    caller: &Caller,
-    interaction: Interaction,
-    params: &route::Params,
-    body: Option<Value>,
-    headers: &HeaderMap,
-    self_url: &str,
-) -> Result<(Response<Full<Bytes>>, usize), Error> {
-    // Types no tenant may change (server-wide ones, the audit trail) are refused before any
-    // scope module runs; a batch entry comes through here too.
-    if let Some(rtype) = interaction.changes() {
-        write::writable(ctx, rtype)?;
-    }
-    let caps = || async {
-        ctx.snap.capabilities(&caller.tenant.upstream).await.ok_or(Error::from(ScopeError::CapabilitiesUnavailable))
-    };
-    let result = match interaction {
-        Interaction::Read { rtype, id } => {
-            let result = read::read_for_client(ctx, &rtype, &id, None).await?;
-            return Ok((read_response(ctx, result, headers)?, 0));
-        }
-        Interaction::Vread { rtype, id, version } => {
-            let result = read::read_for_client(ctx, &rtype, &id, Some(&version)).await?;
-            return Ok((read_response(ctx, result, headers)?, 0));
-        }
-        Interaction::InstanceHistory { rtype, id } => read::history(ctx, &rtype, &id, params, self_url).await?,
-        Interaction::Search { rtype, .. } => search::search(ctx, &*caps().await?, &rtype, params, self_url).await?,
-        Interaction::SystemSearch { .. } => search::system(ctx, &*caps().await?, params, self_url).await?,
-        Interaction::Compartment { ctype, id, rtype } => {
-            search::compartment(ctx, &*caps().await?, (&ctype, &id, &rtype), params, self_url).await?
-        }
-        Interaction::History { rtype } => {
-            search::history(ctx, &*caps().await?, rtype.as_deref(), params, self_url).await?
-        }
-        Interaction::Page { token } => search::page(ctx, &token, self_url).await?,
-        Interaction::Create { rtype } => {
-            let caps = caps().await?;
-            let body = body.unwrap_or_default();
-            let done = match headers.get("if-none-exist").map(|v| v.to_str()) {
-                Some(Ok(criteria)) => conditional::create(ctx, &caps, &rtype, criteria, body).await?,
-                Some(Err(_)) => return Err(RequestError::Header("if-none-exist").into()),
-                None => write::create_or_update(ctx, &caps, &rtype, None, body, None).await?,
-            };
-            return Ok((written(ctx, &rtype, done, headers), 0));
-        }
-        Interaction::ConditionalUpdate { rtype } => {
-            let done = conditional::update(ctx, &*caps().await?, &rtype, params, body.unwrap_or_default()).await?;
-            return Ok((written(ctx, &rtype, done, headers), 0));
-        }
-        Interaction::ConditionalPatch { rtype } => {
-            let if_match = headers.get(header::IF_MATCH);
-            let done =
-                conditional::patch(ctx, &*caps().await?, &rtype, params, body.unwrap_or_default(), if_match).await?;
-            return Ok((written(ctx, &rtype, done, headers), 0));
-        }
-        Interaction::ConditionalDelete { rtype } => {
-            let status = conditional::delete(ctx, &*caps().await?, &rtype, params).await?;
-            let outcome = crate::fhir::outcome::information(&format!("conditional delete on {rtype} done"));
-            return Ok((json_response(status, &outcome, HeaderMap::new(), ctx.correlation), 0));
-        }
-        Interaction::Update { rtype, id } => {
-            let if_match = headers.get(header::IF_MATCH);
-            let done =
-                write::create_or_update(ctx, &*caps().await?, &rtype, Some(&id), body.unwrap_or_default(), if_match)
-                    .await?;
-            return Ok((written(ctx, &rtype, done, headers), 0));
-        }
-        Interaction::Patch { rtype, id } => {
-            let if_match = headers.get(header::IF_MATCH);
-            let done = write::patch(ctx, &*caps().await?, &rtype, &id, body.unwrap_or_default(), if_match).await?;
-            return Ok((written(ctx, &rtype, done, headers), 0));
-        }
-        Interaction::Delete { rtype, id } => {
-            let done = write::delete(ctx, &rtype, &id).await?;
-            let outcome = crate::fhir::outcome::information(&format!("deleted {rtype}/{}", done.local_id));
-            return Ok((json_response(StatusCode::OK, &outcome, done.headers, ctx.correlation), 0));
-        }
-        Interaction::Operation { rtype, id, op } => {
-            crate::scope::operation::run(ctx, &rtype, &id, op, params, body, self_url).await?
-        }
-        Interaction::Validate { rtype, id } => {
-            let (status, outcome) = crate::scope::operation::validate(ctx, &rtype, id.as_deref(), body).await?;
-            return Ok((json_response(status, &outcome, HeaderMap::new(), ctx.correlation), 0));
-        }
+    let outcome = match interaction {
+        // A Bundle's entries come back through `dispatch` one by one (batch) or are planned
+        // together (transaction).
         Interaction::Bundle => {
-            let answer = bundle(ctx, caller, body.unwrap_or_default()).await?;
-            return Ok((json_response(StatusCode::OK, &answer, HeaderMap::new(), ctx.correlation), 0));
+            let answer = bundle(&ctx, &caller, body.unwrap_or_default()).await?;
+            Outcome::Other { status: StatusCode::OK, body: answer, headers: HeaderMap::new() }
         }
-        Interaction::Export { level, .. } => {
-            let caps = caps().await?;
-            let (status, body, h) =
-                crate::bulk::kickoff::kickoff(ctx, &caps, caller, &level, params, body, headers, self_url).await?;
-            return Ok((json_response(status, &body, h, ctx.correlation), 0));
-        }
-        Interaction::ExportStatus { job } => {
-            let (status, body, h) = crate::bulk::status::poll(ctx, caller, &job).await?;
-            return Ok((json_response(status, &body, h, ctx.correlation), 0));
-        }
-        Interaction::ExportCancel { job } => {
-            let (status, body, h) = crate::bulk::status::cancel(ctx, caller, &job).await?;
-            return Ok((json_response(status, &body, h, ctx.correlation), 0));
-        }
-        // Streamed by `run`; a batch entry cannot stream.
-        Interaction::ExportFile { .. } => {
-            return Err(ScopeError::Body("an export file is downloaded on its own, not in a batch".into()).into())
-        }
-        // Answered before identity for top-level requests; only reachable here from elsewhere.
-        Interaction::Metadata => return Ok((metadata(ctx.snap).await?, 0)),
+        _ => dispatch(&ctx, &caller, interaction, &params, body, &parts.headers, &self_url).await?,
     };
-    let dropped = result.dropped;
-    Ok((ok_response(result, ctx.correlation), dropped))
+    who.dropped = outcome.dropped();
+    Ok(boxed(respond(&ctx, outcome, &parts.headers)?))
 }

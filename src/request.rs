@@ -1,21 +1,16 @@
 //! Request hygiene: what a client's request must look like before its FHIR meaning is
 //! considered — headers that change a request's meaning, acceptable media types, bounded and
 //! strictly parsed bodies, the correlation id.
-use crate::error::Error;
 use crate::fhir::json::{parse_strict, JsonError};
 use crate::fhir::shape::{self, ShapeError};
+use crate::headers::{PREFER, X_REQUEST_ID};
 use crate::route;
 use bytes::Bytes;
 use http::header;
-use http::{HeaderMap, HeaderName};
+use http::HeaderMap;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::Value;
-
-/// The correlation id's header, on the client's request and answer and on upstream requests.
-pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-/// `Prefer` (RFC 7240), which `http` has no constant for.
-pub(crate) const PREFER: HeaderName = HeaderName::from_static("prefer");
 
 /// Problems with the client's request itself (before any FHIR meaning is considered).
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +38,9 @@ pub enum RequestError {
     Read,
     #[error("the request body arrived too slowly (at least {0} bytes per second are expected)")]
     SlowBody(u64),
+    /// A form search's parameters, refused like the same parameters in the URL.
+    #[error(transparent)]
+    Form(#[from] route::RouteError),
 }
 
 /// How much body a request may send, and how fast it must arrive (`server.*` in the config).
@@ -99,10 +97,10 @@ pub(crate) fn accepts_ndjson(headers: &HeaderMap) -> bool {
     accepts(headers, &["application/fhir+ndjson", "application/ndjson"])
 }
 
-pub(crate) fn ensure_no_body(headers: &HeaderMap) -> Result<(), Error> {
+pub(crate) fn ensure_no_body(headers: &HeaderMap) -> Result<(), RequestError> {
     let length = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).unwrap_or("0");
     if length != "0" || headers.contains_key(header::TRANSFER_ENCODING) {
-        return Err(RequestError::UnexpectedBody.into());
+        return Err(RequestError::UnexpectedBody);
     }
     Ok(())
 }
@@ -117,10 +115,10 @@ pub(crate) enum BodyKind {
 }
 
 /// The media type of the body (lower case, without parameters), refusing encodings and non-UTF-8 charsets.
-fn media_type(headers: &HeaderMap) -> Result<String, Error> {
+fn media_type(headers: &HeaderMap) -> Result<String, RequestError> {
     if let Some(enc) = headers.get(header::CONTENT_ENCODING) {
         if enc.as_bytes() != b"identity" {
-            return Err(RequestError::Encoded.into());
+            return Err(RequestError::Encoded);
         }
     }
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -131,7 +129,7 @@ fn media_type(headers: &HeaderMap) -> Result<String, Error> {
         !p.starts_with("charset=") || p == "charset=utf-8" || p == "charset=\"utf-8\""
     });
     if !charset_ok {
-        return Err(RequestError::MediaType(ct.to_owned()).into());
+        return Err(RequestError::MediaType(ct.to_owned()));
     }
     Ok(mime)
 }
@@ -139,22 +137,22 @@ fn media_type(headers: &HeaderMap) -> Result<String, Error> {
 /// Reads a whole body, at most `limits.max_bytes`, arriving no slower than the grace period plus
 /// one second per `min_rate` bytes received so far allows (else 408): the deadline moves with
 /// the data, so a large body at a decent rate is fine and a trickle is cut off.
-async fn collect(body: Incoming, limits: BodyLimits) -> Result<Bytes, Error> {
+async fn collect(body: Incoming, limits: BodyLimits) -> Result<Bytes, RequestError> {
     let started = tokio::time::Instant::now();
     let mut body = Limited::new(body, limits.max_bytes);
     let mut buf = bytes::BytesMut::new();
     loop {
         let allowed = limits.grace + std::time::Duration::from_secs_f64(buf.len() as f64 / limits.min_rate as f64);
         let frame = match tokio::time::timeout_at(started + allowed, body.frame()).await {
-            Err(_) => return Err(RequestError::SlowBody(limits.min_rate).into()),
+            Err(_) => return Err(RequestError::SlowBody(limits.min_rate)),
             Ok(None) => break,
             Ok(Some(frame)) => frame,
         };
         let frame = frame.map_err(|e| {
             if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                Error::from(RequestError::TooLarge(limits.max_bytes))
+                RequestError::TooLarge(limits.max_bytes)
             } else {
-                Error::from(RequestError::Read)
+                RequestError::Read
             }
         })?;
         if let Ok(data) = frame.into_data() {
@@ -169,22 +167,20 @@ pub(crate) async fn read_body(
     body: Incoming,
     limits: BodyLimits,
     kind: BodyKind,
-) -> Result<Value, Error> {
+) -> Result<Value, RequestError> {
     let mime = media_type(headers)?;
     match (kind, mime.as_str()) {
         (BodyKind::Resource, "application/fhir+json" | "application/json") => {}
         (BodyKind::JsonPatch, "application/json-patch+json") => {}
         (BodyKind::JsonPatch, "application/fhir+json" | "application/json") => return Err(RequestError::PatchFormat(
             "FHIRPath Patch (a Parameters body) is not supported yet; send JSON Patch as application/json-patch+json",
-        )
-        .into()),
+        )),
         (BodyKind::JsonPatch, _) => {
             return Err(RequestError::PatchFormat(
                 "only JSON Patch (application/json-patch+json) is accepted; XML Patch and other formats are not",
-            )
-            .into())
+            ))
         }
-        _ => return Err(RequestError::MediaType(mime).into()),
+        _ => return Err(RequestError::MediaType(mime)),
     }
     let bytes = collect(body, limits).await?;
     let value = parse_strict(&bytes).map_err(RequestError::Json)?;
@@ -198,10 +194,14 @@ pub(crate) async fn read_body(
 }
 
 /// A form-encoded search body (`POST …/_search`), decoded as strictly as a query string.
-pub(crate) async fn read_form(headers: &HeaderMap, body: Incoming, limits: BodyLimits) -> Result<route::Params, Error> {
+pub(crate) async fn read_form(
+    headers: &HeaderMap,
+    body: Incoming,
+    limits: BodyLimits,
+) -> Result<route::Params, RequestError> {
     let mime = media_type(headers)?;
     if mime != "application/x-www-form-urlencoded" {
-        return Err(RequestError::MediaType(mime).into());
+        return Err(RequestError::MediaType(mime));
     }
     let bytes = collect(body, limits).await?;
     let text = std::str::from_utf8(&bytes).map_err(|_| RequestError::MediaType("non-UTF-8 form".into()))?;

@@ -321,7 +321,7 @@ impl Upstream {
     }
 
     /// `GET base/path` answered with its body unparsed (but checked to be JSON, if any), for
-    /// callers that can check it without a tree (`scope::fastbundle`); [`Upstream::parse`]
+    /// callers that can check it without a tree (`outbound::fastbundle`); [`Upstream::parse`]
     /// finishes it otherwise.
     pub async fn get_raw(&self, path: &str, mut headers: HeaderMap) -> Result<RawAnswer, UpstreamError> {
         headers.insert(ACCEPT, HeaderValue::from_static(FHIR_JSON));

@@ -1,14 +1,14 @@
 //! The export fast path (`bulk::fastline`) against the full outbound check
-//! (`scope::respond::resource`), differentially: whenever the fast path accepts a line, the full
+//! (`scope::outbound::resource`), differentially: whenever the fast path accepts a line, the full
 //! check accepts it too and produces the same JSON; when it declines, it leaves nothing behind.
 //! The first byte chooses whether the line must be an Observation (a typed export file) or may
 //! be any type; the rest is the line. Two tenants (`acme`, `globex`) share one upstream; the
 //! checks run for `acme`.
 #![no_main]
-use fhir_fence::bulk::download::fast_line;
+use fhir_fence::outbound::fast_line;
 use fhir_fence::config;
 use fhir_fence::fhir::json::parse_strict;
-use fhir_fence::scope::{respond, Ctx};
+use fhir_fence::{outbound, scope::Ctx};
 use fhir_fence::state::Snapshot;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
@@ -78,6 +78,6 @@ fuzz_target!(|data: &[u8]| {
     if let Some(t) = rtype {
         assert_eq!(v.get("resourceType").and_then(Value::as_str), Some(t), "a line of another type");
     }
-    let want = respond::resource(&ctx, v).expect("the fast path accepted what the full check refuses");
+    let want = outbound::resource(&ctx, v).expect("the fast path accepted what the full check refuses");
     assert_eq!(got, want, "the two checks disagree on the output");
 });

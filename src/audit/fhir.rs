@@ -6,7 +6,8 @@
 //! Written in `batch` Bundles (one per upstream and tenant, at most `batch` entries, at most
 //! `flush_ms` old) by one task behind a bounded queue: a full queue or a failed write drops the
 //! records and counts them (`fhir_fence_audit_dropped_total{reason="fhir-…"}`), never a request.
-use super::{Background, Record};
+use super::background::Background;
+use super::record::Record;
 use crate::config::AuditFhir;
 use crate::metrics::Metrics;
 use crate::tenancy::{Marking, Tenant};

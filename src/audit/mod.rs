@@ -5,62 +5,19 @@
 //! (`fhir_fence_audit_dropped_total`); a failing sink is logged and counted the same way.
 //! Sinks: JSON lines on stdout or appended to a file (`[audit]`), and FHIR `AuditEvent`s on
 //! the tenant's upstream ([`fhir`], `[audit.fhir]`).
+mod background;
 pub mod fhir;
+mod record;
+
+use background::Background;
+pub use record::Record;
 
 use crate::config::{AuditSink, Loaded};
 use crate::metrics::Metrics;
-use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
-
-/// One request, as the audit trail keeps it.
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct Record {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    /// Milliseconds since the Unix epoch, when the answer was ready.
-    pub time_ms: u64,
-    pub correlation: String,
-    pub tenant: Option<String>,
-    pub subject: Option<String>,
-    pub client_id: Option<String>,
-    pub interaction: Option<&'static str>,
-    pub method: String,
-    pub resource_type: Option<String>,
-    /// The local id the client used (never the upstream one).
-    pub id: Option<String>,
-    pub status: u16,
-    /// `success`, `refused` (4xx) or `failed` (5xx).
-    pub outcome: &'static str,
-    /// Bundle entries blocked on the way out.
-    pub dropped: usize,
-    /// Response body bytes, when known before streaming.
-    pub bytes: Option<u64>,
-    pub micros: u64,
-    /// Of `micros`, the time spent waiting on the upstream (summed over the request's exchanges).
-    pub upstream_micros: u64,
-}
-
-impl Record {
-    pub fn new() -> Self {
-        Record { kind: "audit", ..Default::default() }
-    }
-
-    /// Stamps the time and derives the outcome from the status.
-    pub fn finish(mut self, status: u16) -> Self {
-        self.status = status;
-        self.outcome = match status {
-            500.. => "failed",
-            400.. => "refused",
-            _ => "success",
-        };
-        self.time_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-        self
-    }
-}
 
 enum Target {
     Stdout,
@@ -75,24 +32,6 @@ pub struct Audit {
     started: OnceLock<()>,
     runtime: Background,
     metrics: Arc<Metrics>,
-}
-
-/// Where a writer task runs: the runtime that built the sink if there is one (in `serve`, the
-/// main thread's, away from the workers serving clients), else the one of the first record.
-#[derive(Clone)]
-pub(crate) struct Background(Option<tokio::runtime::Handle>);
-
-impl Background {
-    pub(crate) fn here() -> Self {
-        Background(tokio::runtime::Handle::try_current().ok())
-    }
-
-    pub(crate) fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
-        match &self.0 {
-            Some(h) => drop(h.spawn(task)),
-            None => drop(tokio::spawn(task)),
-        }
-    }
 }
 
 impl Audit {

@@ -1,25 +1,27 @@
 //! `GET [base]/_export-file/[file]`: one export file, streamed from the upstream Binary through
 //! the NDJSON filter, in constant memory.
 //!
-//! Output lines pass the same outbound check as every other answer (`scope::respond`): marker
+//! Output lines pass the same outbound check as every other answer (`outbound`): marker
 //! coding and id prefix required, then stripped, references turned back into local ids.
 //! Error files are sanitised (the upstream's diagnostics only reach the log); deleted-files
 //! entries are kept only inside the caller's id namespace. The upstream's `Content-Length` and
 //! `ETag` describe the unfiltered file, so none of its headers are passed on: the answer is
 //! chunked. A failure mid-stream (an over-long line, a stalled or broken upstream) aborts the
 //! response, so a client can never mistake a cut-off file for a whole one.
-use super::fastline::FastLine;
 use super::handle::{self, File, Kind};
 use super::ndjson::{Check, FastPath, NdjsonFilter};
 use super::ExportError;
-use crate::answer::{set_correlation, Body, BoxError};
-use crate::config::Marker;
+use crate::answer::{Body, BoxError};
 use crate::error::Error;
 use crate::fhir::reference;
+use crate::headers::base_headers;
+use crate::headers::set_correlation;
 use crate::identity::Caller;
 use crate::limits::GatePermit;
 use crate::metrics::Metrics;
-use crate::scope::{read::base_headers, respond, Ctx, ScopeError};
+use crate::outbound;
+use crate::outbound::fast_line;
+use crate::scope::{Ctx, ScopeError};
 use crate::state::Snapshot;
 use crate::tenancy::Tenant;
 use crate::upstream::{media_type, media_type_is, Upstream};
@@ -52,7 +54,7 @@ pub async fn download(
     let tenant = caller.tenant.clone();
     let ctx = Ctx { snap: &snap, tenant: &tenant, upstream: &upstream, correlation };
     let path = format!("Binary/{}", file.binary);
-    let (status, headers, body, permit) = upstream.stream(&path, NDJSON, base_headers(&ctx)).await?;
+    let (status, headers, body, permit) = upstream.stream(&path, NDJSON, base_headers(ctx.correlation)).await?;
     match status {
         StatusCode::OK => {}
         StatusCode::NOT_FOUND | StatusCode::GONE => return Err(ExportError::UnknownHandle.into()),
@@ -106,29 +108,6 @@ pub fn file_filter(
     }
 }
 
-/// The one-pass form of the outbound check for this caller and resource type (`None`: any).
-pub fn fast_line<'p>(
-    snap: &'p Snapshot,
-    tenant: &'p Tenant,
-    upstream: &'p Upstream,
-    rtype: Option<&'p str>,
-) -> FastLine<'p> {
-    FastLine {
-        expected_type: rtype,
-        tenant,
-        system: &snap.marking.system,
-        field: match snap.marking.marker {
-            Marker::Tag => "tag",
-            Marker::Security => "security",
-        },
-        upstream_base: &upstream.base,
-        external_bases: &snap.external_bases,
-        cuts: Vec::new(),
-        found_type: 0..0,
-        found_id: 0..0,
-    }
-}
-
 /// The fast path for one output file's lines: it owns what the download outlives the request
 /// with, and lends it to a [`FastLine`] per line (which copies nothing), keeping the scratch.
 fn fast_path(snap: &Arc<Snapshot>, tenant: &Arc<Tenant>, upstream: &Arc<Upstream>, file: &File) -> FastPath {
@@ -164,7 +143,7 @@ fn check(
     match file.kind {
         Kind::Output => Box::new(move |v| {
             let ctx = Ctx { snap: &snap, tenant: &tenant, upstream: &upstream, correlation: &correlation };
-            respond::resource(&ctx, v).ok()
+            outbound::resource(&ctx, v).ok()
         }),
         Kind::Error => Box::new(move |v| Some(sanitised_error(&v, &correlation))),
         Kind::Deleted => Box::new(move |v| deleted_in_tenant(&tenant, v)),

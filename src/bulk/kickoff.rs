@@ -13,11 +13,11 @@ use super::ExportError;
 use crate::error::Error;
 use crate::fhir::capabilities::Capabilities;
 use crate::fhir::reference::{self, is_resource_type};
+use crate::headers::base_headers;
 use crate::identity::Caller;
 use crate::request::prefers;
 use crate::route::{encode_query, parse_query, ExportLevel, Params};
-use crate::scope::read::base_headers;
-use crate::scope::{read, refcheck, search, write, Ctx, ScopeError};
+use crate::scope::{read, refcheck, search, Ctx, ScopeError};
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Method, StatusCode};
 use serde_json::{json, Value};
@@ -154,8 +154,8 @@ pub async fn kickoff(
     }
 
     let upstream_params = upstream_parameters(ctx, &request, &patients);
-    let mut h = base_headers(ctx);
-    h.insert(crate::request::PREFER, HeaderValue::from_static("respond-async"));
+    let mut h = base_headers(ctx.correlation);
+    h.insert(crate::headers::PREFER, HeaderValue::from_static("respond-async"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     let answer = ctx.upstream.send(Method::POST, &upstream_path, h, Some(&upstream_params)).await?;
     if answer.status != StatusCode::ACCEPTED {
@@ -290,7 +290,7 @@ fn exportable(caps: &Capabilities, t: &str, patient_level: bool) -> Result<(), E
     if !is_resource_type(t) || !caps.has_type(t) {
         return Err(ExportError::NotExportable(t.to_owned(), "the upstream does not know it"));
     }
-    if let Some((_, why)) = write::SERVER_WIDE.iter().find(|(w, _)| *w == t) {
+    if let Some((_, why)) = crate::fhir::server_wide::SERVER_WIDE.iter().find(|(w, _)| *w == t) {
         return Err(ExportError::NotExportable(t.to_owned(), why));
     }
     if patient_level && !PATIENT_COMPARTMENT.contains(&t) {

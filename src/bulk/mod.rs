@@ -8,7 +8,6 @@
 //! - `download` — each file streamed through `ndjson`, the constant-memory line filter, whose
 //!   common case `fastline` checks in one pass over the bytes
 pub mod download;
-pub mod fastline;
 pub mod handle;
 pub mod kickoff;
 pub mod ndjson;

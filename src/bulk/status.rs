@@ -10,8 +10,8 @@ use super::handle::{self, File, Job, Kind};
 use super::ExportError;
 use crate::error::Error;
 use crate::fhir::reference::is_id;
+use crate::headers::base_headers;
 use crate::identity::Caller;
-use crate::scope::read::base_headers;
 use crate::scope::{Ctx, ScopeError};
 use http::header::{HeaderValue, RETRY_AFTER};
 use http::{HeaderMap, Method, StatusCode};
@@ -20,7 +20,7 @@ use serde_json::{json, Map, Value};
 /// `GET [base]/_export/[job]`.
 pub async fn poll(ctx: &Ctx<'_>, caller: &Caller, token: &str) -> Result<(StatusCode, Value, HeaderMap), Error> {
     let job = handle::open_job(ctx.snap, caller, token).await?;
-    let answer = ctx.upstream.send(Method::GET, &poll_path(&job), base_headers(ctx), None).await?;
+    let answer = ctx.upstream.send(Method::GET, &poll_path(&job), base_headers(ctx.correlation), None).await?;
     match answer.status {
         StatusCode::ACCEPTED => {
             let mut headers = HeaderMap::new();
@@ -46,7 +46,7 @@ pub async fn poll(ctx: &Ctx<'_>, caller: &Caller, token: &str) -> Result<(Status
 pub async fn cancel(ctx: &Ctx<'_>, caller: &Caller, token: &str) -> Result<(StatusCode, Value, HeaderMap), Error> {
     let job = handle::open_job(ctx.snap, caller, token).await?;
     // HAPI answers a cancel without a content type; only the status matters here.
-    match ctx.upstream.status_of(Method::DELETE, &poll_path(&job), base_headers(ctx)).await? {
+    match ctx.upstream.status_of(Method::DELETE, &poll_path(&job), base_headers(ctx.correlation)).await? {
         StatusCode::ACCEPTED | StatusCode::OK | StatusCode::NO_CONTENT => {}
         StatusCode::NOT_FOUND | StatusCode::GONE => return Err(ExportError::UnknownHandle.into()),
         other => return Err(ScopeError::Refused(other.as_u16(), "export cancel".into()).into()),

@@ -56,6 +56,14 @@ pub fn literal(canonical: &str) -> Option<(Literal<'_>, &str)> {
     super::shape::Model::r4().is_resource_type(l.rtype).then_some((l, &canonical[cut..]))
 }
 
+/// A canonical that names a tenant's resource and is therefore treated as a reference — one
+/// naming a server-wide type (`StructureDefinition/x` in `meta.profile`) names shared
+/// definitions and is not: the literal and what follows it (`|version` or ""). The one
+/// definition for the inbound check (`scope::write`) and both forms of the outbound check.
+pub fn tenant_literal(canonical: &str) -> Option<(Literal<'_>, &str)> {
+    literal(canonical).filter(|(l, _)| !super::server_wide::is_server_wide(l.rtype))
+}
+
 /// Why a canonical of an element that may name `targets` (empty: any type) is of no form a
 /// server resolves one way only, or `None` when it is fine. A canonical is an absolute URL
 /// (`scheme://…`), a `urn:`, a `#contained` id, or a relative literal `Type/id[|version]` of a

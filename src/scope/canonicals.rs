@@ -122,7 +122,7 @@ pub async fn check_written(
     caps: &Capabilities,
     needed: &[Needed],
     defined: &HashSet<String>,
-) -> Result<(), crate::error::Error> {
+) -> Result<(), ScopeError> {
     for n in needed.iter().filter(|n| !n.types.is_empty()) {
         let (url, version) = match n.canonical.split_once('|') {
             Some((u, v)) => (u, Some(v)),
@@ -150,8 +150,7 @@ pub async fn check_written(
             return Err(ScopeError::Canonical(
                 n.canonical.clone(),
                 "a canonical URL must name a definition of this tenant or sit under tenancy.shared_canonical_bases",
-            )
-            .into());
+            ));
         }
         ctx.snap.ref_cache.insert(key, ()).await;
     }

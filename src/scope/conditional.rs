@@ -24,7 +24,7 @@ pub async fn create(
     rtype: &str,
     criteria: &str,
     body: Value,
-) -> Result<WriteResult, crate::error::Error> {
+) -> Result<WriteResult, ScopeError> {
     let criteria = criteria_params(rtype, criteria)?;
     let found = matching(ctx, caps, rtype, &criteria).await?;
     match found.as_slice() {
@@ -36,7 +36,7 @@ pub async fn create(
             body: Some(existing.clone()),
             headers: HeaderMap::new(),
         }),
-        _ => Err(ScopeError::MultipleMatches.into()),
+        _ => Err(ScopeError::MultipleMatches),
     }
 }
 
@@ -47,7 +47,7 @@ pub async fn update(
     rtype: &str,
     criteria: &Params,
     body: Value,
-) -> Result<WriteResult, crate::error::Error> {
+) -> Result<WriteResult, ScopeError> {
     let id = update_target(&matching(ctx, caps, rtype, criteria).await?, &body)?;
     let mut body = body;
     if let (Some(id), Some(o)) = (&id, body.as_object_mut()) {
@@ -83,15 +83,15 @@ pub async fn patch(
     criteria: &Params,
     patch: Value,
     if_match: Option<&HeaderValue>,
-) -> Result<WriteResult, crate::error::Error> {
+) -> Result<WriteResult, ScopeError> {
     let found = matching(ctx, caps, rtype, criteria).await?;
     match found.as_slice() {
-        [] => Err(ScopeError::NotFound(format!("{rtype}?{}", encode_query(criteria))).into()),
+        [] => Err(ScopeError::NotFound(format!("{rtype}?{}", encode_query(criteria)))),
         [existing] => {
             let id = id_of(existing);
             write::patch(ctx, caps, rtype, &id, patch, if_match).await
         }
-        _ => Err(ScopeError::MultipleMatches.into()),
+        _ => Err(ScopeError::MultipleMatches),
     }
 }
 
@@ -102,12 +102,12 @@ pub async fn delete(
     caps: &Capabilities,
     rtype: &str,
     criteria: &Params,
-) -> Result<StatusCode, crate::error::Error> {
+) -> Result<StatusCode, ScopeError> {
     if criteria.is_empty() {
-        return Err(ScopeError::Param("a conditional delete needs criteria".into()).into());
+        return Err(ScopeError::Param("a conditional delete needs criteria".into()));
     }
     let scoped = scope_params(ctx, caps, &[rtype.to_owned()], criteria)?;
-    let headers = super::read::strict_headers(ctx);
+    let headers = crate::headers::strict_headers(ctx.correlation);
     let answer =
         ctx.upstream.send(Method::DELETE, &format!("{rtype}?{}", encode_query(&scoped)), headers, None).await?;
     match answer.status {
@@ -115,9 +115,9 @@ pub async fn delete(
             ctx.snap.ref_cache.invalidate_all();
             Ok(StatusCode::OK)
         }
-        StatusCode::PRECONDITION_FAILED => Err(ScopeError::MultipleMatches.into()),
+        StatusCode::PRECONDITION_FAILED => Err(ScopeError::MultipleMatches),
         StatusCode::NOT_FOUND => Ok(StatusCode::OK),
-        _ => Err(super::refused(&answer).into()),
+        _ => Err(super::refused(&answer)),
     }
 }
 

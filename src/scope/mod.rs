@@ -1,5 +1,5 @@
 //! Scoping: one module per interaction family turns a client request into an upstream request
-//! that can only touch the caller's tenant, and `respond` checks every answer on the way out.
+//! that can only touch the caller's tenant; `outbound` checks every answer on the way out.
 //!
 //! - `read`     — read, vread, instance history (the id prefix makes foreign ids unreachable)
 //! - `search`   — type-level search: tenant parameter added, ids and references prefixed
@@ -9,16 +9,14 @@
 //! - `canonicals` — canonical URLs (resolved server-wide) must name the caller's definitions or shared ones
 //! - `conditional` — `If-None-Exist`, `[type]?criteria` writes, conditional reads
 //! - `transaction` — transaction Bundles: every entry scoped, one atomic upstream transaction
+//! - `operation` — `$everything`, `$meta`, `$meta-add`, `$meta-delete`, `$validate` (per tenant allow-list)
 //! - `paging`   — sealed page tokens instead of upstream `_getpages` links
-//! - `respond`  — the fail-closed outbound check every answer passes
 pub mod canonicals;
 pub mod conditional;
-pub mod fastbundle;
 pub mod operation;
 pub mod paging;
 pub mod read;
 pub mod refcheck;
-pub mod respond;
 pub mod search;
 pub mod subscription;
 pub mod transaction;
@@ -84,6 +82,12 @@ pub enum ScopeError {
     PageToken,
     #[error("the upstream's capabilities are not loaded yet")]
     CapabilitiesUnavailable,
+    /// A JSON Patch whose result (or any step on the way) is larger than the body limit.
+    #[error("the patched resource would be larger than {0} bytes")]
+    PatchTooLarge(usize),
+    /// Talking to the upstream failed (answered like any upstream failure, `error.rs`).
+    #[error(transparent)]
+    Upstream(#[from] crate::upstream::UpstreamError),
 }
 
 /// The refusal for an upstream answer with an unexpected status, keeping its diagnostics for the log.

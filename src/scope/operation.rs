@@ -3,8 +3,10 @@
 //! The instance is proven the caller's before the upstream runs the operation; every answer is
 //! then checked like any other (`$everything` entry by entry, `$meta` with the tenant coding
 //! removed). `$meta-add` / `$meta-delete` may not touch the tenant coding system.
-use super::read::{strict_headers, ReadResult};
-use super::{refcheck, respond, Ctx, ScopeError};
+use super::read::ReadResult;
+use super::{refcheck, Ctx, ScopeError};
+use crate::headers::strict_headers;
+use crate::outbound;
 use crate::route::{encode_query, Op, Params};
 use http::{Method, StatusCode};
 use serde_json::Value;
@@ -17,16 +19,16 @@ pub async fn run(
     params: &Params,
     body: Option<Value>,
     self_url: &str,
-) -> Result<ReadResult, crate::error::Error> {
+) -> Result<ReadResult, ScopeError> {
     if !ctx.tenant.operations.iter().any(|o| o == op.name()) {
-        return Err(ScopeError::OperationDisabled(op.name()).into());
+        return Err(ScopeError::OperationDisabled(op.name()));
     }
     let not_found = || ScopeError::NotFound(format!("{rtype}/{id}"));
     let upstream_id = refcheck::owned(ctx, rtype, id).await?;
     let base = format!("{rtype}/{upstream_id}/${}", op.name());
     let kept: Vec<(String, String)> = params.iter().filter(|(k, _)| k != "_pretty").cloned().collect();
     let path = if kept.is_empty() { base } else { format!("{base}?{}", encode_query(&kept)) };
-    let headers = strict_headers(ctx);
+    let headers = strict_headers(ctx.correlation);
     let (method, body) = match op {
         // `$validate` arrives through `validate()`; were it routed here it would be a read.
         Op::Everything | Op::Meta | Op::Validate => (Method::GET, None),
@@ -35,13 +37,13 @@ pub async fn run(
     let answer = ctx.upstream.send(method, &path, headers, body.as_ref()).await?;
     match answer.status {
         StatusCode::OK => {}
-        StatusCode::NOT_FOUND | StatusCode::GONE => return Err(not_found().into()),
-        _ => return Err(super::refused(&answer).into()),
+        StatusCode::NOT_FOUND | StatusCode::GONE => return Err(not_found()),
+        _ => return Err(super::refused(&answer)),
     }
     let answer_body = answer.body.ok_or(ScopeError::Unprovable)?;
     match op {
         Op::Everything => {
-            let filtered = respond::bundle(ctx, answer_body, self_url, false)?;
+            let filtered = outbound::bundle(ctx, answer_body, self_url, false)?;
             Ok(ReadResult {
                 body: filtered.bundle,
                 serialized: None,
@@ -49,7 +51,7 @@ pub async fn run(
                 dropped: filtered.dropped,
             })
         }
-        Op::Validate => Err(ScopeError::Unprovable.into()),
+        Op::Validate => Err(ScopeError::Unprovable),
         Op::Meta | Op::MetaAdd | Op::MetaDelete => Ok(ReadResult {
             body: strip_meta_parameters(ctx, answer_body)?,
             serialized: None,
@@ -68,9 +70,9 @@ pub async fn validate(
     rtype: &str,
     id: Option<&str>,
     body: Option<Value>,
-) -> Result<(StatusCode, Value), crate::error::Error> {
+) -> Result<(StatusCode, Value), ScopeError> {
     if !ctx.tenant.operations.iter().any(|o| o == Op::Validate.name()) {
-        return Err(ScopeError::OperationDisabled(Op::Validate.name()).into());
+        return Err(ScopeError::OperationDisabled(Op::Validate.name()));
     }
     let answer = match id {
         None => {
@@ -85,7 +87,7 @@ pub async fn validate(
                     .ok_or_else(|| ScopeError::Body("a Parameters body needs a resource parameter".into()))?;
             }
             if resource.get("resourceType").and_then(Value::as_str) != Some(rtype) {
-                return Err(ScopeError::Body(format!("resourceType must be {rtype}")).into());
+                return Err(ScopeError::Body(format!("resourceType must be {rtype}")));
             }
             let local = resource.get("id").and_then(Value::as_str).unwrap_or("validate").to_owned();
             let caps = ctx.snap.capabilities(&ctx.upstream.name).await.ok_or(ScopeError::CapabilitiesUnavailable)?;
@@ -93,7 +95,9 @@ pub async fn validate(
                 super::write::prepare(ctx, &caps, resource, &local, &Default::default())?;
             refcheck::check_all(ctx, &targets).await?;
             super::canonicals::check_validatable(canonicals)?;
-            ctx.upstream.send(Method::POST, &format!("{rtype}/$validate"), strict_headers(ctx), Some(&prepared)).await?
+            ctx.upstream
+                .send(Method::POST, &format!("{rtype}/$validate"), strict_headers(ctx.correlation), Some(&prepared))
+                .await?
         }
         Some(id) => {
             // The stored resource is read (proving it the caller's) for the canonicals the
@@ -102,17 +106,17 @@ pub async fn validate(
             super::canonicals::check_validatable(super::canonicals::needed(ctx, &stored.body))?;
             let upstream_id = ctx.tenant.upstream_id(id).map_err(ScopeError::from)?;
             ctx.upstream
-                .send(Method::GET, &format!("{rtype}/{upstream_id}/$validate"), strict_headers(ctx), None)
+                .send(Method::GET, &format!("{rtype}/{upstream_id}/$validate"), strict_headers(ctx.correlation), None)
                 .await?
         }
     };
     let status = answer.status;
     if !matches!(status.as_u16(), 200 | 412 | 422) {
-        return Err(super::refused(&answer).into());
+        return Err(super::refused(&answer));
     }
     let outcome = answer.body.ok_or(ScopeError::Unprovable)?;
     if outcome.get("resourceType").and_then(Value::as_str) != Some("OperationOutcome") {
-        return Err(ScopeError::Unprovable.into());
+        return Err(ScopeError::Unprovable);
     }
     let text = outcome.to_string().replace(&format!("{}-", ctx.tenant.prefix), "");
     let cleaned: Value = serde_json::from_str(&text).map_err(|_| ScopeError::Unprovable)?;

@@ -1,7 +1,9 @@
 //! Read, vread and instance history. The id prefix confines every id to the caller's
 //! namespace before the upstream is asked; the answer is still checked on the way out, and
 //! "missing", "deleted" and "another tenant's" all end as the same 404.
-use super::{respond, Ctx, ScopeError};
+use super::{Ctx, ScopeError};
+use crate::headers::{base_headers, version_headers};
+use crate::outbound;
 use crate::route::{encode_query, Params};
 use http::{HeaderMap, Method, StatusCode};
 use serde_json::Value;
@@ -21,23 +23,18 @@ fn not_found(rtype: &str, id: &str) -> ScopeError {
 }
 
 /// `GET [type]/[id]` and `GET [type]/[id]/_history/[vid]`, as a tree (for fhir-fence's own use).
-pub async fn read(
-    ctx: &Ctx<'_>,
-    rtype: &str,
-    id: &str,
-    version: Option<&str>,
-) -> Result<ReadResult, crate::error::Error> {
+pub async fn read(ctx: &Ctx<'_>, rtype: &str, id: &str, version: Option<&str>) -> Result<ReadResult, ScopeError> {
     fetch(ctx, rtype, id, version, false).await
 }
 
 /// The same read answered to the client: serialised by the one-pass check
-/// ([`fast_line`](crate::bulk::download::fast_line)) when it is sure, else through the tree.
+/// ([`fast_line`](crate::outbound::fast_line)) when it is sure, else through the tree.
 pub async fn read_for_client(
     ctx: &Ctx<'_>,
     rtype: &str,
     id: &str,
     version: Option<&str>,
-) -> Result<ReadResult, crate::error::Error> {
+) -> Result<ReadResult, ScopeError> {
     fetch(ctx, rtype, id, version, true).await
 }
 
@@ -47,16 +44,16 @@ async fn fetch(
     id: &str,
     version: Option<&str>,
     one_pass: bool,
-) -> Result<ReadResult, crate::error::Error> {
+) -> Result<ReadResult, ScopeError> {
     let upstream_id = ctx.tenant.upstream_id(id).map_err(|_| not_found(rtype, id))?;
     let path = match version {
         Some(v) => format!("{rtype}/{upstream_id}/_history/{v}"),
         None => [rtype, "/", &upstream_id].concat(),
     };
-    let raw = ctx.upstream.get_raw(&path, base_headers(ctx)).await?;
+    let raw = ctx.upstream.get_raw(&path, base_headers(ctx.correlation)).await?;
     // A Binary may be answered as its own content (`answer::read_response` needs the tree).
     if one_pass && raw.status == StatusCode::OK && rtype != "Binary" {
-        let mut check = crate::bulk::download::fast_line(ctx.snap, ctx.tenant, ctx.upstream, Some(rtype));
+        let mut check = crate::outbound::fast_line(ctx.snap, ctx.tenant, ctx.upstream, Some(rtype));
         let mut out = Vec::with_capacity(raw.bytes.len());
         if check.accept(&raw.bytes, &mut out).is_ok() {
             let headers = version_headers(&raw.headers);
@@ -66,16 +63,16 @@ async fn fetch(
     let answer = ctx.upstream.parse(raw)?;
     match answer.status {
         StatusCode::OK => {}
-        StatusCode::NOT_FOUND | StatusCode::GONE => return Err(not_found(rtype, id).into()),
-        _ => return Err(super::refused(&answer).into()),
+        StatusCode::NOT_FOUND | StatusCode::GONE => return Err(not_found(rtype, id)),
+        _ => return Err(super::refused(&answer)),
     }
     let headers = version_headers(&answer.headers);
     let body = answer.body.ok_or(ScopeError::Unprovable)?;
     if body.get("resourceType").and_then(Value::as_str) != Some(rtype) {
-        return Err(ScopeError::Unprovable.into());
+        return Err(ScopeError::Unprovable);
     }
     // A resource we cannot prove is the caller's is treated as absent (and logged as blocked).
-    let body = respond::resource(ctx, body).map_err(|_| {
+    let body = outbound::resource(ctx, body).map_err(|_| {
         tracing::warn!(correlation = ctx.correlation, tenant = %ctx.tenant.name, "blocked a read answer without the caller's markers");
         not_found(rtype, id)
     })?;
@@ -89,49 +86,19 @@ pub async fn history(
     id: &str,
     params: &Params,
     self_url: &str,
-) -> Result<ReadResult, crate::error::Error> {
+) -> Result<ReadResult, ScopeError> {
     let upstream_id = ctx.tenant.upstream_id(id).map_err(|_| not_found(rtype, id))?;
     let kept: Vec<(String, String)> = params.iter().filter(|(k, _)| k != "_pretty").cloned().collect();
     let mut path = format!("{rtype}/{upstream_id}/_history");
     if !kept.is_empty() {
         path = format!("{path}?{}", encode_query(&kept));
     }
-    let answer = ctx.upstream.send(Method::GET, &path, base_headers(ctx), None).await?;
+    let answer = ctx.upstream.send(Method::GET, &path, base_headers(ctx.correlation), None).await?;
     match answer.status {
         StatusCode::OK => {}
-        StatusCode::NOT_FOUND | StatusCode::GONE => return Err(not_found(rtype, id).into()),
-        _ => return Err(super::refused(&answer).into()),
+        StatusCode::NOT_FOUND | StatusCode::GONE => return Err(not_found(rtype, id)),
+        _ => return Err(super::refused(&answer)),
     }
-    let filtered = respond::bundle(ctx, answer.body.ok_or(ScopeError::Unprovable)?, self_url, false)?;
+    let filtered = outbound::bundle(ctx, answer.body.ok_or(ScopeError::Unprovable)?, self_url, false)?;
     Ok(ReadResult { body: filtered.bundle, serialized: None, headers: HeaderMap::new(), dropped: filtered.dropped })
-}
-
-/// Headers every upstream request carries: the correlation id.
-pub fn base_headers(ctx: &Ctx) -> HeaderMap {
-    // Room for what `upstream` and the scope modules add (Accept, Prefer, Content-Type).
-    let mut h = HeaderMap::with_capacity(4);
-    if let Ok(v) = ctx.correlation.parse() {
-        h.insert(crate::request::X_REQUEST_ID, v);
-    }
-    h
-}
-
-/// Headers for every upstream search-like request: the correlation id and `Prefer:
-/// handling=strict`, so the upstream refuses a parameter it would otherwise silently ignore.
-pub fn strict_headers(ctx: &Ctx) -> HeaderMap {
-    let mut h = base_headers(ctx);
-    h.insert(crate::request::PREFER, http::HeaderValue::from_static("handling=strict"));
-    h
-}
-
-/// `ETag` and `Last-Modified` from an upstream answer.
-pub fn version_headers(upstream: &HeaderMap) -> HeaderMap {
-    // Room for what `answer` adds (Content-Type, X-Request-Id).
-    let mut h = HeaderMap::with_capacity(4);
-    for name in [http::header::ETAG, http::header::LAST_MODIFIED] {
-        if let Some(v) = upstream.get(&name) {
-            h.insert(name, v.clone());
-        }
-    }
-    h
 }

@@ -5,11 +5,13 @@
 //! `_elements` always keeps `meta`. Parameter names and types come from the upstream's
 //! CapabilityStatement, modifiers from a per-type allow-list; anything else is refused (and
 //! `Prefer: handling=strict` makes the upstream refuse what it would silently ignore).
-//! Included and matched entries alike pass `respond` on the way out.
-use super::read::{strict_headers, ReadResult};
-use super::{paging, refcheck, respond, Ctx, ScopeError};
+//! Included and matched entries alike pass `outbound` on the way out.
+use super::read::ReadResult;
+use super::{paging, refcheck, Ctx, ScopeError};
 use crate::fhir::capabilities::{Capabilities, ParamType};
 use crate::fhir::reference::{self, is_id, is_resource_type, Target};
+use crate::headers::strict_headers;
+use crate::outbound;
 use crate::route::{encode_query, Params};
 use http::{HeaderValue, Method, StatusCode};
 use std::collections::BTreeSet;
@@ -44,7 +46,7 @@ pub async fn search(
     rtype: &str,
     params: &Params,
     self_url: &str,
-) -> Result<ReadResult, crate::error::Error> {
+) -> Result<ReadResult, ScopeError> {
     let scoped = scope_params(ctx, caps, &[rtype.to_owned()], params)?;
     fetch(ctx, &format!("{rtype}?{}", encode_query(&scoped)), self_url, false).await
 }
@@ -55,9 +57,9 @@ pub async fn system(
     caps: &Capabilities,
     params: &Params,
     self_url: &str,
-) -> Result<ReadResult, crate::error::Error> {
+) -> Result<ReadResult, ScopeError> {
     if !caps.system_interaction("search-system") {
-        return Err(ScopeError::UpstreamUnsupported("system search").into());
+        return Err(ScopeError::UpstreamUnsupported("system search"));
     }
     let mut types: Vec<String> = Vec::new();
     let mut rest = Vec::new();
@@ -65,7 +67,7 @@ pub async fn system(
         if k == "_type" {
             for t in v.split(',') {
                 if !caps.has_type(t) {
-                    return Err(ScopeError::UnknownType(t.to_owned()).into());
+                    return Err(ScopeError::UnknownType(t.to_owned()));
                 }
                 types.push(t.to_owned());
             }
@@ -88,9 +90,9 @@ pub async fn compartment(
     (ctype, id, rtype): (&str, &str, &str),
     params: &Params,
     self_url: &str,
-) -> Result<ReadResult, crate::error::Error> {
+) -> Result<ReadResult, ScopeError> {
     if !caps.compartment(ctype) {
-        return Err(ScopeError::UpstreamUnsupported("this compartment search").into());
+        return Err(ScopeError::UpstreamUnsupported("this compartment search"));
     }
     let owner = refcheck::owned(ctx, ctype, id).await?;
     let scoped = scope_params(ctx, caps, &[rtype.to_owned()], params)?;
@@ -105,16 +107,14 @@ pub async fn history(
     rtype: Option<&str>,
     params: &Params,
     self_url: &str,
-) -> Result<ReadResult, crate::error::Error> {
+) -> Result<ReadResult, ScopeError> {
     let needed = if rtype.is_some() { "history-type" } else { "history-system" };
     let declared = match rtype {
         Some(t) => caps.type_interaction(t, needed),
         None => caps.system_interaction(needed),
     };
     if !declared {
-        return Err(
-            ScopeError::UpstreamUnsupported(if rtype.is_some() { "type history" } else { "system history" }).into()
-        );
+        return Err(ScopeError::UpstreamUnsupported(if rtype.is_some() { "type history" } else { "system history" }));
     }
     let kept: Vec<(String, String)> = params.iter().filter(|(k, _)| k != "_pretty").cloned().collect();
     let path = match rtype {
@@ -133,29 +133,29 @@ pub async fn matching(
     caps: &Capabilities,
     rtype: &str,
     criteria: &Params,
-) -> Result<Vec<serde_json::Value>, crate::error::Error> {
+) -> Result<Vec<serde_json::Value>, ScopeError> {
     if criteria.is_empty() {
-        return Err(ScopeError::Param("conditional interactions need criteria".into()).into());
+        return Err(ScopeError::Param("conditional interactions need criteria".into()));
     }
     if let Some((k, _)) = criteria.iter().find(|(k, _)| {
         let base = k.split(':').next().unwrap_or(k);
         matches!(base, "_include" | "_revinclude" | "_summary" | "_elements" | "_sort" | "_count" | "_total")
     }) {
-        return Err(ScopeError::Param(format!("{k} has no meaning in conditional criteria")).into());
+        return Err(ScopeError::Param(format!("{k} has no meaning in conditional criteria")));
     }
     let mut criteria = criteria.clone();
     criteria.push(("_count".into(), "2".into()));
     let scoped = scope_params(ctx, caps, &[rtype.to_owned()], &criteria)?;
-    let mut headers = strict_headers(ctx);
+    let mut headers = strict_headers(ctx.correlation);
     headers.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     let answer = ctx.upstream.send(Method::GET, &format!("{rtype}?{}", encode_query(&scoped)), headers, None).await?;
     if answer.status != StatusCode::OK {
-        return Err(super::refused(&answer).into());
+        return Err(super::refused(&answer));
     }
-    let filtered = respond::bundle(ctx, answer.body.ok_or(ScopeError::Unprovable)?, "", false)?;
+    let filtered = outbound::bundle(ctx, answer.body.ok_or(ScopeError::Unprovable)?, "", false)?;
     if filtered.dropped > 0 {
         // A match fhir-fence cannot prove is the caller's makes the decision unsafe either way.
-        return Err(ScopeError::Unprovable.into());
+        return Err(ScopeError::Unprovable);
     }
     let entries = filtered.bundle.get("entry").and_then(serde_json::Value::as_array).cloned().unwrap_or_default();
     Ok(entries
@@ -166,13 +166,13 @@ pub async fn matching(
 }
 
 /// `GET [base]?_page=token`: a later page of a search this tenant made.
-pub async fn page(ctx: &Ctx<'_>, token: &str, self_url: &str) -> Result<ReadResult, crate::error::Error> {
+pub async fn page(ctx: &Ctx<'_>, token: &str, self_url: &str) -> Result<ReadResult, ScopeError> {
     let page = paging::open(ctx, token)?;
     // An upstream page that is gone is as gone as a forged token (`page: true`).
     fetch_inner(ctx, &format!("{}?{}", page.p, page.q), self_url, page.h, true).await
 }
 
-async fn fetch(ctx: &Ctx<'_>, path: &str, self_url: &str, unscoped: bool) -> Result<ReadResult, crate::error::Error> {
+async fn fetch(ctx: &Ctx<'_>, path: &str, self_url: &str, unscoped: bool) -> Result<ReadResult, ScopeError> {
     fetch_inner(ctx, path, self_url, unscoped, false).await
 }
 
@@ -182,12 +182,12 @@ async fn fetch_inner(
     self_url: &str,
     unscoped: bool,
     page: bool,
-) -> Result<ReadResult, crate::error::Error> {
-    let headers = strict_headers(ctx);
+) -> Result<ReadResult, ScopeError> {
+    let headers = strict_headers(ctx.correlation);
     let raw = ctx.upstream.get_raw(path, headers).await?;
     if raw.status == StatusCode::OK {
         // The one-pass check first; whatever it is unsure of takes the tree below.
-        if let Some(bytes) = super::fastbundle::searchset(ctx, &raw.bytes, self_url, unscoped) {
+        if let Some(bytes) = crate::outbound::fastbundle::searchset(ctx, &raw.bytes, self_url, unscoped) {
             return Ok(ReadResult {
                 body: serde_json::Value::Null,
                 serialized: Some(bytes.into()),
@@ -200,10 +200,10 @@ async fn fetch_inner(
     match answer.status {
         StatusCode::OK => {}
         // An expired upstream page is as gone as a forged token.
-        StatusCode::NOT_FOUND | StatusCode::GONE if page => return Err(ScopeError::PageToken.into()),
-        _ => return Err(super::refused(&answer).into()),
+        StatusCode::NOT_FOUND | StatusCode::GONE if page => return Err(ScopeError::PageToken),
+        _ => return Err(super::refused(&answer)),
     }
-    let mut filtered = respond::bundle(ctx, answer.body.ok_or(ScopeError::Unprovable)?, self_url, unscoped)?;
+    let mut filtered = outbound::bundle(ctx, answer.body.ok_or(ScopeError::Unprovable)?, self_url, unscoped)?;
     if unscoped {
         if let Some(b) = filtered.bundle.as_object_mut() {
             b.remove("total");
@@ -507,6 +507,19 @@ fn check_result_param(caps: &Capabilities, types: &[String], name: &str, value: 
     } else {
         Err(ScopeError::Param(format!("{name}={value} is not accepted")))
     }
+}
+
+/// A conditional reference `Type?criteria` with the criteria scoped like a search.
+pub fn scoped_conditional_reference(ctx: &Ctx, caps: &Capabilities, r: &str) -> Result<String, ScopeError> {
+    let (t, q) =
+        r.split_once('?').ok_or_else(|| ScopeError::ReferenceForm(r.to_owned(), "not a conditional reference"))?;
+    let params = crate::route::parse_query(Some(q))
+        .map_err(|_| ScopeError::ReferenceForm(r.to_owned(), "malformed criteria"))?;
+    if params.is_empty() {
+        return Err(ScopeError::ReferenceForm(r.to_owned(), "conditional references need criteria"));
+    }
+    let scoped = scope_params(ctx, caps, &[t.to_owned()], &params)?;
+    Ok(format!("{t}?{}", encode_query(&scoped)))
 }
 
 #[cfg(test)]

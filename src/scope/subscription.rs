@@ -11,12 +11,10 @@ use super::search::scope_params;
 use super::{Ctx, ScopeError};
 use crate::fhir::capabilities::Capabilities;
 use crate::fhir::reference::is_resource_type;
+use crate::outbound::subscription::ORIGINAL_CRITERIA;
 use crate::route::{encode_query, parse_query};
 use crate::tenancy::Tenant;
 use serde_json::{json, Map, Value};
-
-/// Holds the client's criteria on the stored Subscription.
-pub const ORIGINAL_CRITERIA: &str = "https://fhir-fence.dev/StructureDefinition/original-criteria";
 
 /// Checks a Subscription about to be written and scopes its criteria.
 pub fn inbound(ctx: &Ctx, caps: &Capabilities, resource: &mut Map<String, Value>) -> Result<(), ScopeError> {
@@ -55,26 +53,6 @@ pub fn inbound(ctx: &Ctx, caps: &Capabilities, resource: &mut Map<String, Value>
     resource.insert("criteria".into(), Value::String(format!("{rtype}?{}", encode_query(&scoped))));
     resource.insert("extension".into(), json!([{"url": ORIGINAL_CRITERIA, "valueString": criteria}]));
     Ok(())
-}
-
-/// Shows a stored Subscription as the client wrote it: its own criteria back, our extension gone.
-pub fn outbound(resource: &mut Map<String, Value>) {
-    let Some(Value::Array(extensions)) = resource.get_mut("extension") else { return };
-    let mut original = None;
-    extensions.retain(|e| {
-        if e.get("url").and_then(Value::as_str) == Some(ORIGINAL_CRITERIA) {
-            original = e.get("valueString").and_then(Value::as_str).map(str::to_owned);
-            false
-        } else {
-            true
-        }
-    });
-    if extensions.is_empty() {
-        resource.remove("extension");
-    }
-    if let Some(c) = original {
-        resource.insert("criteria".into(), Value::String(c));
-    }
 }
 
 /// `endpoint` matches a rule: a prefix rule (ending in `/`) or an exact origin. The endpoint must
@@ -140,13 +118,5 @@ mod tests {
         ] {
             assert!(!destination_allowed(&t, other_spelling), "{other_spelling}");
         }
-    }
-
-    #[test]
-    fn outbound_restores_the_clients_criteria() {
-        let mut r = json!({"resourceType": "Subscription", "criteria": "Observation?code=x&_tag=s%7Ca",
-            "extension": [{"url": ORIGINAL_CRITERIA, "valueString": "Observation?code=x"}]});
-        outbound(r.as_object_mut().unwrap());
-        assert_eq!(r, json!({"resourceType": "Subscription", "criteria": "Observation?code=x"}));
     }
 }

@@ -8,14 +8,15 @@
 //!   (same limit as single conditional writes: not atomic with the write).
 //! - conditional `DELETE [type]?criteria` and conditional references are forwarded with the
 //!   criteria scoped, so the upstream resolves them inside the tenant.
-//! - `GET` entries are scoped reads and searches; every response entry passes `respond`.
-use super::read::base_headers;
+//! - `GET` entries are scoped reads and searches; every response entry passes `outbound`.
 use super::refcheck;
 use super::search::{matching, scope_params};
 use super::write::{prepare, InBundle, Prepared};
-use super::{respond, Ctx, ScopeError};
+use super::{Ctx, ScopeError};
 use crate::fhir::capabilities::Capabilities;
 use crate::fhir::reference::{self, is_id, is_resource_type};
+use crate::headers::base_headers;
+use crate::outbound;
 use crate::route::{encode_query, parse_query, Params};
 use http::{HeaderValue, Method, StatusCode};
 use serde_json::{json, Map, Value};
@@ -37,7 +38,7 @@ struct Planned {
 }
 
 /// Runs a transaction Bundle for the caller and answers a transaction-response Bundle.
-pub async fn run(ctx: &Ctx<'_>, caps: &Capabilities, entries: Vec<Value>) -> Result<Value, crate::error::Error> {
+pub async fn run(ctx: &Ctx<'_>, caps: &Capabilities, entries: Vec<Value>) -> Result<Value, ScopeError> {
     let mut in_bundle = InBundle { conditional_refs: Some(caps), ..Default::default() };
     let mut plan = Vec::with_capacity(entries.len());
     for (i, entry) in entries.into_iter().enumerate() {
@@ -51,7 +52,7 @@ pub async fn run(ctx: &Ctx<'_>, caps: &Capabilities, entries: Vec<Value>) -> Res
         if let Some((rtype, local, body)) = p.write.take() {
             let Prepared { body: prepared, targets: refs, canonicals } = prepare(ctx, caps, body, &local, &in_bundle)?;
             if prepared.get("resourceType").and_then(Value::as_str) != Some(rtype.as_str()) {
-                return Err(ScopeError::Body(format!("an entry's resourceType must be {rtype}")).into());
+                return Err(ScopeError::Body(format!("an entry's resourceType must be {rtype}")));
             }
             super::write::provable_once_stored(ctx, &prepared)?;
             targets.extend(refs);
@@ -69,19 +70,19 @@ pub async fn run(ctx: &Ctx<'_>, caps: &Capabilities, entries: Vec<Value>) -> Res
         vec![]
     } else {
         let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": upstream_entries});
-        let mut headers = base_headers(ctx);
-        headers.insert(crate::request::PREFER, HeaderValue::from_static("return=representation"));
+        let mut headers = base_headers(ctx.correlation);
+        headers.insert(crate::headers::PREFER, HeaderValue::from_static("return=representation"));
         let answer = ctx.upstream.send(Method::POST, "", headers, Some(&bundle)).await?;
         if answer.status != StatusCode::OK {
-            return Err(super::refused(&answer).into());
+            return Err(super::refused(&answer));
         }
         let body = answer.body.ok_or(ScopeError::Unprovable)?;
         if body.get("type").and_then(Value::as_str) != Some("transaction-response") {
-            return Err(ScopeError::Unprovable.into());
+            return Err(ScopeError::Unprovable);
         }
         let answers = body.get("entry").and_then(Value::as_array).cloned().unwrap_or_default();
         if answers.len() != upstream_entries.len() {
-            return Err(ScopeError::Unprovable.into());
+            return Err(ScopeError::Unprovable);
         }
         answers
     };
@@ -95,8 +96,8 @@ pub async fn run(ctx: &Ctx<'_>, caps: &Capabilities, entries: Vec<Value>) -> Res
             Step::Matched { rtype, resource } => {
                 let local = super::conditional::id_of(&resource);
                 let version = resource.pointer("/meta/versionId").and_then(Value::as_str).unwrap_or("1").to_owned();
-                json!({"fullUrl": respond::public_url(ctx, &rtype, &local), "resource": resource,
-                    "response": {"status": "200 OK", "location": format!("{}/_history/{version}", respond::public_url(ctx, &rtype, &local))}})
+                json!({"fullUrl": outbound::public_url(ctx, &rtype, &local), "resource": resource,
+                    "response": {"status": "200 OK", "location": format!("{}/_history/{version}", outbound::public_url(ctx, &rtype, &local))}})
             }
         });
     }
@@ -111,9 +112,9 @@ async fn plan_entry(
     index: usize,
     entry: Value,
     in_bundle: &mut InBundle<'_>,
-) -> Result<Planned, crate::error::Error> {
+) -> Result<Planned, ScopeError> {
     let bad = |why: String| ScopeError::Body(format!("entry {index}: {why}"));
-    let Value::Object(mut entry) = entry else { return Err(bad("not an object".into()).into()) };
+    let Value::Object(mut entry) = entry else { return Err(bad("not an object".into())) };
     let request =
         entry.remove("request").and_then(|r| r.as_object().cloned()).ok_or_else(|| bad("no request".into()))?;
     let method = request.get("method").and_then(Value::as_str).ok_or_else(|| bad("no request.method".into()))?;
@@ -127,7 +128,7 @@ async fn plan_entry(
     let segments: Vec<&str> = path.split('/').collect();
     for s in &segments {
         if s.is_empty() || s.contains(['%', ';', '$']) {
-            return Err(bad(format!("unsupported request.url {url:?}")).into());
+            return Err(bad(format!("unsupported request.url {url:?}")));
         }
     }
     if method != "GET" {
@@ -173,7 +174,7 @@ async fn plan_entry(
                             write: None,
                         });
                     }
-                    _ => return Err(ScopeError::MultipleMatches.into()),
+                    _ => return Err(ScopeError::MultipleMatches),
                 }
             }
             let local = uuid::Uuid::new_v4().to_string();
@@ -184,7 +185,7 @@ async fn plan_entry(
             let rtype = known(t)?;
             let body = resource.ok_or_else(|| bad("a PUT entry needs a resource".into()))?;
             if body.get("id").and_then(Value::as_str) != Some(*id) {
-                return Err(bad("the resource id must equal the id in request.url".into()).into());
+                return Err(bad("the resource id must equal the id in request.url".into()));
             }
             let url = register(&rtype, id, in_bundle)?;
             return Ok(planned_put(req, url, rtype, id.to_string(), body));
@@ -224,10 +225,10 @@ async fn plan_entry(
             req.insert("url".into(), format!("{t}?{}", encode_query(&scoped)).into());
             Step::Upstream { rtype: t.to_string(), local: None }
         }
-        _ => return Err(bad(format!("{method} {url} is not supported inside a transaction")).into()),
+        _ => return Err(bad(format!("{method} {url} is not supported inside a transaction"))),
     };
     if resource.is_some() {
-        return Err(bad(format!("a {method} entry must not carry a resource")).into());
+        return Err(bad(format!("a {method} entry must not carry a resource")));
     }
     req.insert("method".into(), method.into());
     up.insert("request".into(), Value::Object(req));
@@ -269,9 +270,9 @@ fn response_entry(ctx: &Ctx, rtype: &str, local: Option<&str>, answer: Value) ->
     }
     if let Some(res) = answer.get("resource").cloned() {
         let checked = if res.get("resourceType").and_then(Value::as_str) == Some("Bundle") {
-            respond::bundle(ctx, res, &format!("{}/{rtype}", ctx.snap.public_base), false).map(|f| f.bundle)
+            outbound::bundle(ctx, res, &format!("{}/{rtype}", ctx.snap.public_base), false).map(|f| f.bundle)
         } else {
-            respond::resource(ctx, res)
+            outbound::resource(ctx, res)
         };
         match checked {
             Ok(r) => {
@@ -281,20 +282,8 @@ fn response_entry(ctx: &Ctx, rtype: &str, local: Option<&str>, answer: Value) ->
         }
     }
     if let Some(local) = local {
-        out.insert("fullUrl".into(), respond::public_url(ctx, rtype, local).into());
+        out.insert("fullUrl".into(), outbound::public_url(ctx, rtype, local).into());
     }
     out.insert("response".into(), Value::Object(resp));
     Value::Object(out)
-}
-
-/// A conditional reference `Type?criteria` with the criteria scoped like a search.
-pub fn scoped_conditional_reference(ctx: &Ctx, caps: &Capabilities, r: &str) -> Result<String, ScopeError> {
-    let (t, q) =
-        r.split_once('?').ok_or_else(|| ScopeError::ReferenceForm(r.to_owned(), "not a conditional reference"))?;
-    let params = parse_query(Some(q)).map_err(|_| ScopeError::ReferenceForm(r.to_owned(), "malformed criteria"))?;
-    if params.is_empty() {
-        return Err(ScopeError::ReferenceForm(r.to_owned(), "conditional references need criteria"));
-    }
-    let scoped = scope_params(ctx, caps, &[t.to_owned()], &params)?;
-    Ok(format!("{t}?{}", encode_query(&scoped)))
 }

@@ -3,13 +3,13 @@
 //! the id is moved into the tenant's namespace, and every reference is rewritten to upstream
 //! ids and collected for [`refcheck`](super::refcheck). POST becomes a PUT with an id
 //! fhir-fence assigns, so ids never come from the upstream's shared sequence.
-use super::read::{base_headers, version_headers};
 use super::refcheck::{self, Target as RefTarget};
-use super::{respond, Ctx, ScopeError};
+use super::{Ctx, ScopeError};
 use crate::fhir::canonical;
 use crate::fhir::capabilities::Capabilities;
 use crate::fhir::reference::{self, Target};
-use crate::request::RequestError;
+use crate::headers::{base_headers, version_headers};
+use crate::outbound;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -24,6 +24,16 @@ pub struct WriteResult {
     pub headers: HeaderMap,
 }
 
+impl WriteResult {
+    /// The public URL of the version written (`Location`; a batch entry's `response.location`).
+    pub fn location(&self, public_base: &str, rtype: &str) -> String {
+        match &self.version {
+            Some(v) => format!("{public_base}/{rtype}/{}/_history/{v}", self.local_id),
+            None => format!("{public_base}/{rtype}/{}", self.local_id),
+        }
+    }
+}
+
 /// `POST [type]` (`id` is `None`) and `PUT [type]/[id]`.
 pub async fn create_or_update(
     ctx: &Ctx<'_>,
@@ -32,24 +42,22 @@ pub async fn create_or_update(
     id: Option<&str>,
     body: Value,
     if_match: Option<&HeaderValue>,
-) -> Result<WriteResult, crate::error::Error> {
+) -> Result<WriteResult, ScopeError> {
     if !caps.has_type(rtype) {
-        return Err(ScopeError::UnknownType(rtype.to_owned()).into());
+        return Err(ScopeError::UnknownType(rtype.to_owned()));
     }
     let Value::Object(resource) = body else {
-        return Err(ScopeError::Body("the body must be a JSON object".into()).into());
+        return Err(ScopeError::Body("the body must be a JSON object".into()));
     };
     if resource.get("resourceType").and_then(Value::as_str) != Some(rtype) {
-        return Err(ScopeError::Body(format!("resourceType must be {rtype}")).into());
+        return Err(ScopeError::Body(format!("resourceType must be {rtype}")));
     }
     let local = match id {
         Some(url_id) => {
             match resource.get("id").and_then(Value::as_str) {
                 Some(body_id) if body_id == url_id => {}
-                Some(_) => {
-                    return Err(ScopeError::Body("the id in the body differs from the id in the URL".into()).into())
-                }
-                None => return Err(ScopeError::Body("an update needs the resource id in the body".into()).into()),
+                Some(_) => return Err(ScopeError::Body("the id in the body differs from the id in the URL".into())),
+                None => return Err(ScopeError::Body("an update needs the resource id in the body".into())),
             }
             url_id.to_owned()
         }
@@ -62,8 +70,8 @@ pub async fn create_or_update(
     super::canonicals::check_written(ctx, caps, &canonicals, &Default::default()).await?;
     provable_once_stored(ctx, &body)?;
 
-    let mut headers = base_headers(ctx);
-    headers.insert(crate::request::PREFER, HeaderValue::from_static("return=representation"));
+    let mut headers = base_headers(ctx.correlation);
+    headers.insert(crate::headers::PREFER, HeaderValue::from_static("return=representation"));
     if let Some(v) = if_match {
         headers.insert(http::header::IF_MATCH, v.clone());
     }
@@ -71,11 +79,11 @@ pub async fn create_or_update(
     let status = answer.status;
     let headers = version_headers(&answer.headers);
     if status != StatusCode::OK && status != StatusCode::CREATED {
-        return Err(super::refused(&answer).into());
+        return Err(super::refused(&answer));
     }
-    let stored = respond::resource(ctx, answer.body.ok_or(ScopeError::Unprovable)?)?;
+    let stored = outbound::resource(ctx, answer.body.ok_or(ScopeError::Unprovable)?)?;
     if stored.get("id").and_then(Value::as_str) != Some(local.as_str()) {
-        return Err(ScopeError::Unprovable.into());
+        return Err(ScopeError::Unprovable);
     }
     let version = stored.pointer("/meta/versionId").and_then(Value::as_str).map(str::to_owned);
     // A POST always answers 201, whatever the upstream PUT reported.
@@ -96,7 +104,7 @@ pub async fn patch(
     id: &str,
     patch: Value,
     if_match: Option<&HeaderValue>,
-) -> Result<WriteResult, crate::error::Error> {
+) -> Result<WriteResult, ScopeError> {
     let patch: json_patch::Patch =
         serde_json::from_value(patch).map_err(|e| ScopeError::Body(format!("not a JSON Patch document: {e}")))?;
     let current = super::read::read(ctx, rtype, id, None).await?;
@@ -104,8 +112,8 @@ pub async fn patch(
     let mut doc = current.body;
     let limit = ctx.snap.loaded.config.server.max_body_bytes;
     crate::fhir::patch::apply(&mut doc, &patch, limit).map_err(|e| match e {
-        crate::fhir::patch::PatchError::TooLarge(limit) => crate::error::Error::from(RequestError::TooLarge(limit)),
-        other => ScopeError::Patch(other.to_string()).into(),
+        crate::fhir::patch::PatchError::TooLarge(limit) => ScopeError::PatchTooLarge(limit),
+        other => ScopeError::Patch(other.to_string()),
     })?;
     // The patched resource passes the same typed gate as a body sent whole (`request::read_body`).
     crate::fhir::shape::check(&doc)
@@ -119,13 +127,16 @@ pub async fn patch(
 }
 
 /// `DELETE [type]/[id]`.
-pub async fn delete(ctx: &Ctx<'_>, rtype: &str, id: &str) -> Result<WriteResult, crate::error::Error> {
+pub async fn delete(ctx: &Ctx<'_>, rtype: &str, id: &str) -> Result<WriteResult, ScopeError> {
     let upstream_id = ctx.tenant.upstream_id(id).map_err(|_| ScopeError::NotFound(format!("{rtype}/{id}")))?;
-    let answer = ctx.upstream.send(Method::DELETE, &format!("{rtype}/{upstream_id}"), base_headers(ctx), None).await?;
+    let answer = ctx
+        .upstream
+        .send(Method::DELETE, &format!("{rtype}/{upstream_id}"), base_headers(ctx.correlation), None)
+        .await?;
     match answer.status {
         StatusCode::OK | StatusCode::NO_CONTENT | StatusCode::ACCEPTED => {}
-        StatusCode::NOT_FOUND | StatusCode::GONE => return Err(ScopeError::NotFound(format!("{rtype}/{id}")).into()),
-        _ => return Err(super::refused(&answer).into()),
+        StatusCode::NOT_FOUND | StatusCode::GONE => return Err(ScopeError::NotFound(format!("{rtype}/{id}"))),
+        _ => return Err(super::refused(&answer)),
     }
     ctx.snap.ref_cache.invalidate(&(ctx.tenant.name.clone(), format!("{rtype}/{upstream_id}"))).await;
     Ok(WriteResult {
@@ -137,20 +148,12 @@ pub async fn delete(ctx: &Ctx<'_>, rtype: &str, id: &str) -> Result<WriteResult,
     })
 }
 
-pub use crate::fhir::server_wide::{is_server_wide, SERVER_WIDE};
-
-/// A canonical that names a tenant's resource (`fhir::canonical`) and is therefore treated as a
-/// reference — one naming a server-wide type (`StructureDefinition/x` in `meta.profile`) names
-/// shared definitions and is not: the literal and what follows it (`|version` or ""). The one
-/// definition for the inbound check here, `respond` and `bulk::fastline`.
-pub fn canonical_reference(c: &str) -> Option<(reference::Literal<'_>, &str)> {
-    canonical::literal(c).filter(|(l, _)| !is_server_wide(l.rtype))
-}
+use crate::fhir::server_wide::SERVER_WIDE;
 
 /// Refuses a change to a resource of `rtype` that no tenant may make through fhir-fence: the
 /// server-wide types, and `AuditEvent` while fhir-fence writes the audit trail there (a tenant
 /// may read its trail, never edit or delete it). Called for every body written (`prepare`) and
-/// for every interaction that changes a resource (`pipeline::dispatch`, transaction entries).
+/// for every interaction that changes a resource (`dispatch`, transaction entries).
 pub fn writable(ctx: &Ctx, rtype: &str) -> Result<(), ScopeError> {
     if let Some((_, why)) = SERVER_WIDE.iter().find(|(t, _)| *t == rtype) {
         return Err(ScopeError::NotWritable(rtype.to_owned(), why));
@@ -197,7 +200,7 @@ pub fn provable_once_stored(ctx: &Ctx, body: &Value) -> Result<(), ScopeError> {
         }
         Ok::<_, ScopeError>(())
     })?;
-    respond::resource(ctx, stored).map(drop).map_err(|_| {
+    outbound::resource(ctx, stored).map(drop).map_err(|_| {
         ScopeError::Body("the resource would not be provably this tenant's once stored; nothing was written".into())
     })
 }
@@ -275,7 +278,7 @@ fn inbound_canonical(
         *c = mapped.clone();
         return Ok(());
     }
-    let Some((literal, rest)) = canonical_reference(c) else { return Ok(()) };
+    let Some((literal, rest)) = canonical::tenant_literal(c) else { return Ok(()) };
     *c = format!("{}{rest}", in_tenant(ctx, literal, c, bundle, targets)?);
     Ok(())
 }
@@ -314,7 +317,7 @@ fn inbound_reference(
         Target::Absolute { base, literal } if base == ctx.snap.public_base => literal,
         Target::Conditional if bundle.conditional_refs.is_some() => {
             let caps = bundle.conditional_refs.expect("checked");
-            *r = super::transaction::scoped_conditional_reference(ctx, caps, r)?;
+            *r = super::search::scoped_conditional_reference(ctx, caps, r)?;
             return Ok(());
         }
         Target::Absolute { base, .. } if ctx.snap.external_bases.iter().any(|b| b == base) => return Ok(()),

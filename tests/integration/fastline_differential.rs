@@ -1,12 +1,12 @@
 //! The export fast path (`bulk::fastline`) against the full outbound check
-//! (`scope::respond::resource`) on the same lines: whenever the fast path accepts a line, the
+//! (`scope::outbound::resource`) on the same lines: whenever the fast path accepts a line, the
 //! full check must accept it too and produce the same JSON. Lines come from realistic
 //! templates and from every one-byte deletion or replacement and a set of edits of them (broken syntax,
 //! duplicate keys, foreign references, escapes, misplaced codings...).
 use crate::support::{scope_harness::ScopeHarness, SYSTEM};
-use fhir_fence::bulk::download::fast_line;
 use fhir_fence::fhir::json::parse_strict;
-use fhir_fence::scope::respond;
+use fhir_fence::outbound;
+use fhir_fence::outbound::fast_line;
 use serde_json::Value;
 
 fn templates(p: &str, t: &str, base: &str) -> Vec<String> {
@@ -89,7 +89,7 @@ async fn the_fast_path_never_accepts_what_the_full_check_refuses() {
         if v.get("resourceType")?.as_str()? != "Observation" {
             return None;
         }
-        respond::resource(&ctx, v).ok()
+        outbound::resource(&ctx, v).ok()
     };
 
     let (p, other) = (ts[0].prefix.as_str(), ts[1].prefix.as_str());
@@ -144,7 +144,7 @@ fn without_tokens(mut b: Value) -> Value {
     b
 }
 
-/// The search Bundle fast path (`scope::fastbundle`) against `respond::bundle`: whenever it
+/// The search Bundle fast path (`scope::fastbundle`) against `outbound::bundle`: whenever it
 /// answers, the full check must keep every entry and build the same Bundle.
 #[tokio::test]
 async fn the_bundle_fast_path_agrees_with_the_full_check() {
@@ -194,8 +194,8 @@ async fn the_bundle_fast_path_agrees_with_the_full_check() {
     }
     let mut fast_yes = 0;
     for case in &cases {
-        let slow = parse_strict(case.as_bytes()).ok().and_then(|v| respond::bundle(&ctx, v, &self_url, false).ok());
-        if let Some(fast) = fhir_fence::scope::fastbundle::searchset(&ctx, case.as_bytes(), &self_url, false) {
+        let slow = parse_strict(case.as_bytes()).ok().and_then(|v| outbound::bundle(&ctx, v, &self_url, false).ok());
+        if let Some(fast) = fhir_fence::outbound::fastbundle::searchset(&ctx, case.as_bytes(), &self_url, false) {
             fast_yes += 1;
             let got: Value =
                 serde_json::from_slice(&fast).unwrap_or_else(|e| panic!("fast output not JSON ({e}): {case}"));
@@ -207,7 +207,7 @@ async fn the_bundle_fast_path_agrees_with_the_full_check() {
     // The fast path carries the common Bundles (otherwise it is no fast path)...
     let plain: Vec<String> = [0usize, 1, 2, 5, 6, 7].iter().map(|&i| good[i].clone()).collect();
     let common = bundle(&plain, "");
-    assert!(fhir_fence::scope::fastbundle::searchset(&ctx, common.as_bytes(), &self_url, false).is_some());
+    assert!(fhir_fence::outbound::fastbundle::searchset(&ctx, common.as_bytes(), &self_url, false).is_some());
     // ...and stays out of what it does not handle.
     assert!(fast_yes > 10 && cases.len() > 1000, "{fast_yes} fast of {}", cases.len());
 }

@@ -13,6 +13,7 @@ mod hapi_e2e;
 mod identity;
 mod limits;
 mod metrics;
+mod module_cycles;
 mod reload;
 mod replay;
 mod shape_r4;

@@ -173,7 +173,7 @@ pub fn instance_examples() -> Vec<Value> {
             let stored_bundle =
                 t != "Bundle" || ["document", "collection", "message"].contains(&r["type"].as_str().unwrap_or(""));
             // Subscriptions deliver to hosts fhir-fence allows per tenant only (tested elsewhere).
-            !fhir_fence::scope::write::is_server_wide(t)
+            !fhir_fence::fhir::server_wide::is_server_wide(t)
                 && t != "Subscription"
                 && stored_bundle
                 && !HAPI_REFUSES.contains(&format!("{t}/{id}").as_str())
@@ -216,7 +216,7 @@ fn refused_canonicals(r: &Value) -> bool {
     fhir_fence::fhir::shape::Model::r4().for_each_canonical(r, &mut |c, targets| {
         let shared = c.starts_with('#') || c.starts_with(SHARED) || fhir_fence::fhir::canonical::literal(c).is_some();
         refused |= fhir_fence::fhir::canonical::form_problem(c, targets).is_some()
-            || !shared && targets.iter().any(|t| !fhir_fence::scope::write::is_server_wide(t));
+            || !shared && targets.iter().any(|t| !fhir_fence::fhir::server_wide::is_server_wide(t));
     });
     refused
 }

@@ -1,11 +1,10 @@
-//! The fail-closed outbound check. Every resource that leaves fhir-fence passes [`Outbound::resource`]:
-//! it must carry the caller's marker coding *and* id prefix, and every reference in it must
-//! stay inside the tenant; then the markers are stripped and references turned back into
-//! local ids. Bundles are filtered entry by entry; a dropped match removes `Bundle.total`.
-use super::paging;
-use super::{Ctx, ScopeError};
-use crate::fhir::canonical;
-use crate::fhir::reference::{self, Target};
+//! The outbound check on a searchset or history Bundle (the tree form): entries are checked
+//! one by one ([`resource`](super::resource::resource)) and dropped when they cannot be proven
+//! the caller's; a dropped match removes `Bundle.total`; links are rewritten to sealed pages.
+use super::resource::{public_url, resource};
+use crate::fhir::reference;
+use crate::scope::paging;
+use crate::scope::{Ctx, ScopeError};
 use serde_json::{Map, Value};
 
 /// The outcome of filtering a Bundle.
@@ -13,59 +12,6 @@ pub struct Filtered {
     pub bundle: Value,
     /// Entries removed because they could not be proven the caller's (each one a blocked leak).
     pub dropped: usize,
-}
-
-/// Checks one resource and converts it to the client's view, or refuses it.
-pub fn resource(ctx: &Ctx, value: Value) -> Result<Value, ScopeError> {
-    let Value::Object(mut map) = value else { return Err(ScopeError::Unprovable) };
-    if !ctx.snap.marking.owns(&map, ctx.tenant) {
-        return Err(ScopeError::Unprovable);
-    }
-    ctx.snap.marking.strip(&mut map, ctx.tenant);
-    if map.get("resourceType").and_then(Value::as_str) == Some("Subscription") {
-        super::subscription::outbound(&mut map);
-    }
-    let mut value = Value::Object(map);
-    reference::for_each_mut(&mut value, &mut |r: &mut String| outbound_reference(ctx, r))?;
-    canonical::for_each_mut(&mut value, &mut |c: &mut String| outbound_canonical(ctx, c))?;
-    // Attachment URLs were stored in the client's form; one naming the upstream is never shown.
-    reference::for_each_attachment_url_mut(&mut value, &mut |u: &mut String| {
-        if u.starts_with(&ctx.upstream.base) {
-            Err(ScopeError::Unprovable)
-        } else {
-            Ok(())
-        }
-    })?;
-    Ok(value)
-}
-
-/// Rewrites one reference for the client, or fails when it points outside the tenant.
-fn outbound_reference(ctx: &Ctx, r: &mut String) -> Result<(), ScopeError> {
-    let rewritten = match reference::parse(r) {
-        Target::Contained => return Ok(()),
-        Target::Relative(l) => l.with_id(ctx.tenant.local_id(l.id).ok_or(ScopeError::Unprovable)?),
-        Target::Absolute { base, literal } if base == ctx.upstream.base => {
-            literal.with_id(ctx.tenant.local_id(literal.id).ok_or(ScopeError::Unprovable)?)
-        }
-        Target::Absolute { base, .. } if ctx.snap.external_bases.iter().any(|b| b == base) => return Ok(()),
-        _ => return Err(ScopeError::Unprovable),
-    };
-    *r = rewritten;
-    Ok(())
-}
-
-/// A canonical written as a relative literal was moved into the tenant's namespace on the way in
-/// (`write::prepare`); it must still be there. One naming a server-wide type is shared.
-fn outbound_canonical(ctx: &Ctx, c: &mut String) -> Result<(), ScopeError> {
-    let Some((literal, rest)) = super::write::canonical_reference(c) else { return Ok(()) };
-    let local = ctx.tenant.local_id(literal.id).ok_or(ScopeError::Unprovable)?;
-    *c = format!("{}{rest}", literal.with_id(local));
-    Ok(())
-}
-
-/// The public URL of a resource: `{public_base}/{type}/{local id}`.
-pub fn public_url(ctx: &Ctx, rtype: &str, local: &str) -> String {
-    format!("{}/{}/{}", ctx.snap.public_base, rtype, local)
 }
 
 /// Filters a searchset or history Bundle for the caller. `self_url` is the client's own URL

@@ -3,21 +3,20 @@
 //! A 100-entry search Bundle parsed into `serde_json::Value`s, filtered and written out again
 //! cost milliseconds, nearly all of it building and dropping the tree. Here the Bundle's own
 //! members are parsed strictly (small), and each entry's resource goes through
-//! [`FastLine`](crate::bulk::fastline::FastLine), the one-pass form of
-//! [`respond::resource`](super::respond::resource) that export downloads use; its cuts are
-//! spliced into the output. The answer is the same Bundle `respond::bundle` would build, member
+//! [`FastLine`](crate::outbound::FastLine), the one-pass form of
+//! [`resource`](super::resource::resource) that export downloads use; its cuts are
+//! spliced into the output. The answer is the same Bundle `outbound::bundle` would build, member
 //! for member, in the same order.
 //!
 //! It only ever answers `Some(bytes)` when every part is certain; anything else — an entry
 //! field it does not handle, a resource the fast check is unsure about, a `history` Bundle —
-//! answers `None`, and the caller runs `respond::bundle` on the parsed Bundle, which stays the
+//! answers `None`, and the caller runs `outbound::bundle` on the parsed Bundle, which stays the
 //! single definition of what may leave (and the one that drops entries).
-use super::paging;
-use super::respond::public_url;
-use super::Ctx;
-use crate::bulk::download::fast_line;
-use crate::bulk::fastline::FastLine;
+use super::fastline::{fast_line, FastLine};
+use super::resource::public_url;
 use crate::fhir::json::parse_strict;
+use crate::scope::paging;
+use crate::scope::Ctx;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -86,7 +85,7 @@ impl<'a> Envelope<'a> {
     }
 }
 
-/// One entry, written to `out` as `respond::bundle` writes it: `resource`, `fullUrl`, `search`.
+/// One entry, written to `out` as `outbound::bundle` writes it: `resource`, `fullUrl`, `search`.
 fn entry(ctx: &Ctx, env: &mut Envelope, fast: &mut FastLine, out: &mut Vec<u8>) -> Option<()> {
     env.eat(b'{')?;
     let (mut resource, mut full_url, mut search) = (false, false, None);
@@ -160,7 +159,7 @@ pub fn searchset(ctx: &Ctx, bytes: &[u8], self_url: &str, unscoped: bool) -> Opt
     {
         return None;
     }
-    // The same member operations, in the same order, as `respond::bundle` (which re-adds
+    // The same member operations, in the same order, as `outbound::bundle` (which re-adds
     // `entry` last, and leaves it out when no entry is left).
     if kept > 0 {
         out_entries.push(b']');

@@ -1,6 +1,6 @@
-//! The outbound check of [`scope::respond::resource`](crate::scope::respond::resource), done in
+//! The outbound check of [`resource`](super::resource::resource), done in
 //! one pass over the bytes of one resource: an NDJSON line of an export download, or a
-//! resource inside a search Bundle (`scope::fastbundle`).
+//! resource inside a search Bundle (`outbound::fastbundle`).
 //!
 //! Parsing every line into a `serde_json::Value` and writing it out again costs far more than
 //! the check itself. This scanner validates the line as strict JSON (RFC 8259, duplicate keys
@@ -12,10 +12,12 @@
 //! deep nesting, a line the check would refuse) is Unsure, and the line goes through the
 //! `Value`-based check, which stays the single definition of what may leave.
 //! `tests/integration/fastline_differential.rs` holds the two to the same answers.
+use crate::config::Marker;
 use crate::fhir::canonical;
 use crate::fhir::reference::{self, Target};
-use crate::scope::write;
+use crate::state::Snapshot;
 use crate::tenancy::Tenant;
+use crate::upstream::Upstream;
 use smallvec::SmallVec;
 use std::collections::HashSet;
 
@@ -62,6 +64,29 @@ fn special_bytes(w: u64) -> u64 {
     let backslash = zero(w ^ (LO * b'\\' as u64));
     let control = w.wrapping_sub(LO * 0x20) & !w & HI;
     quote | backslash | control | (w & HI)
+}
+
+/// The one-pass form of the outbound check for this caller and resource type (`None`: any).
+pub fn fast_line<'p>(
+    snap: &'p Snapshot,
+    tenant: &'p Tenant,
+    upstream: &'p Upstream,
+    rtype: Option<&'p str>,
+) -> FastLine<'p> {
+    FastLine {
+        expected_type: rtype,
+        tenant,
+        system: &snap.marking.system,
+        field: match snap.marking.marker {
+            Marker::Tag => "tag",
+            Marker::Security => "security",
+        },
+        upstream_base: &upstream.base,
+        external_bases: &snap.external_bases,
+        cuts: Vec::new(),
+        found_type: 0..0,
+        found_id: 0..0,
+    }
 }
 
 impl FastLine<'_> {
@@ -536,9 +561,9 @@ impl<'a> Scan<'a> {
     }
 
     /// Cuts the tenant prefix from a canonical written as a relative literal, as
-    /// `scope::respond` rewrites it; Unsure when it is not the tenant's.
+    /// `outbound::resource` rewrites it; Unsure when it is not the tenant's.
     fn canonical(&mut self, at: usize, c: &'a str) -> R<()> {
-        let Some((literal, _)) = write::canonical_reference(c) else { return Ok(()) };
+        let Some((literal, _)) = crate::fhir::canonical::tenant_literal(c) else { return Ok(()) };
         self.f.tenant.local_id(literal.id).ok_or(Unsure)?;
         let id_at = at + (literal.id.as_ptr() as usize - c.as_ptr() as usize);
         self.cuts.push((id_at, id_at + self.f.tenant.prefix.len() + 1));

@@ -1,0 +1,150 @@
+//! The one router from an interaction to the scope function that serves it, for single
+//! requests (`pipeline`) and batch entries (`bundle`) alike. Its product is an [`Outcome`]: what
+//! the scope function decided, not yet an HTTP response, so a batch entry is built from it
+//! directly and a single request's answer by `answer::respond`.
+use crate::error::Error;
+use crate::identity::Caller;
+use crate::request::RequestError;
+use crate::route::{self, Interaction};
+use crate::scope::read::ReadResult;
+use crate::scope::write::WriteResult;
+use crate::scope::{conditional, read, search, write, Ctx, ScopeError};
+use http::header;
+use http::{HeaderMap, StatusCode};
+use serde_json::Value;
+
+/// What an interaction produced.
+pub enum Outcome {
+    /// A read or vread: whether it is answered 304, or as a Binary's own content, depends on
+    /// the request's headers.
+    Read(ReadResult),
+    /// A search, history, page or operation answer: 200 with the checked body.
+    Found(ReadResult),
+    /// A create, update or patch: `Prefer: return=…` decides the body.
+    Written { rtype: String, done: WriteResult },
+    /// Anything else, with a body fhir-fence made (an OperationOutcome, an export manifest) or
+    /// one the scope function checked.
+    Other { status: StatusCode, body: Value, headers: HeaderMap },
+}
+
+impl Outcome {
+    /// Entries blocked on the way out (for metrics and the audit record).
+    pub fn dropped(&self) -> usize {
+        match self {
+            Outcome::Read(r) | Outcome::Found(r) => r.dropped,
+            _ => 0,
+        }
+    }
+
+    fn info(status: StatusCode, text: &str, headers: HeaderMap) -> Outcome {
+        Outcome::Other { status, body: crate::fhir::outcome::information(text), headers }
+    }
+}
+
+/// Runs one routed interaction for the caller. Export file downloads (streamed), `metadata`
+/// (answered before identity) and Bundles (`bundle`, whose entries come back here) are handled
+/// by the pipeline and never reach this function.
+pub async fn dispatch(
+    ctx: &Ctx<'_>,
+    caller: &Caller,
+    interaction: Interaction,
+    params: &route::Params,
+    body: Option<Value>,
+    headers: &HeaderMap,
+    self_url: &str,
+) -> Result<Outcome, Error> {
+    // Types no tenant may change (server-wide ones, the audit trail) are refused before any
+    // scope module runs; a batch entry comes through here too.
+    if let Some(rtype) = interaction.changes() {
+        write::writable(ctx, rtype)?;
+    }
+    let caps = || async {
+        ctx.snap.capabilities(&caller.tenant.upstream).await.ok_or(Error::from(ScopeError::CapabilitiesUnavailable))
+    };
+    let written = |rtype: String, done: WriteResult| Outcome::Written { rtype, done };
+    let if_match = headers.get(header::IF_MATCH);
+    Ok(match interaction {
+        Interaction::Read { rtype, id } => Outcome::Read(read::read_for_client(ctx, &rtype, &id, None).await?),
+        Interaction::Vread { rtype, id, version } => {
+            Outcome::Read(read::read_for_client(ctx, &rtype, &id, Some(&version)).await?)
+        }
+        Interaction::InstanceHistory { rtype, id } => {
+            Outcome::Found(read::history(ctx, &rtype, &id, params, self_url).await?)
+        }
+        Interaction::Search { rtype, .. } => {
+            Outcome::Found(search::search(ctx, &*caps().await?, &rtype, params, self_url).await?)
+        }
+        Interaction::SystemSearch { .. } => {
+            Outcome::Found(search::system(ctx, &*caps().await?, params, self_url).await?)
+        }
+        Interaction::Compartment { ctype, id, rtype } => {
+            Outcome::Found(search::compartment(ctx, &*caps().await?, (&ctype, &id, &rtype), params, self_url).await?)
+        }
+        Interaction::History { rtype } => {
+            Outcome::Found(search::history(ctx, &*caps().await?, rtype.as_deref(), params, self_url).await?)
+        }
+        Interaction::Page { token } => Outcome::Found(search::page(ctx, &token, self_url).await?),
+        Interaction::Create { rtype } => {
+            let caps = caps().await?;
+            let done = match headers.get("if-none-exist").map(|v| v.to_str()) {
+                Some(Ok(criteria)) => {
+                    conditional::create(ctx, &caps, &rtype, criteria, body.unwrap_or_default()).await?
+                }
+                Some(Err(_)) => return Err(RequestError::Header("if-none-exist").into()),
+                None => write::create_or_update(ctx, &caps, &rtype, None, body.unwrap_or_default(), None).await?,
+            };
+            written(rtype, done)
+        }
+        Interaction::ConditionalUpdate { rtype } => {
+            let done = conditional::update(ctx, &*caps().await?, &rtype, params, body.unwrap_or_default()).await?;
+            written(rtype, done)
+        }
+        Interaction::ConditionalPatch { rtype } => {
+            let done =
+                conditional::patch(ctx, &*caps().await?, &rtype, params, body.unwrap_or_default(), if_match).await?;
+            written(rtype, done)
+        }
+        Interaction::ConditionalDelete { rtype } => {
+            let status = conditional::delete(ctx, &*caps().await?, &rtype, params).await?;
+            Outcome::info(status, &format!("conditional delete on {rtype} done"), HeaderMap::new())
+        }
+        Interaction::Update { rtype, id } => {
+            let caps = caps().await?;
+            let done =
+                write::create_or_update(ctx, &caps, &rtype, Some(&id), body.unwrap_or_default(), if_match).await?;
+            written(rtype, done)
+        }
+        Interaction::Patch { rtype, id } => {
+            let done = write::patch(ctx, &*caps().await?, &rtype, &id, body.unwrap_or_default(), if_match).await?;
+            written(rtype, done)
+        }
+        Interaction::Delete { rtype, id } => {
+            let done = write::delete(ctx, &rtype, &id).await?;
+            Outcome::info(StatusCode::OK, &format!("deleted {rtype}/{}", done.local_id), done.headers)
+        }
+        Interaction::Operation { rtype, id, op } => {
+            Outcome::Found(crate::scope::operation::run(ctx, &rtype, &id, op, params, body, self_url).await?)
+        }
+        Interaction::Validate { rtype, id } => {
+            let (status, body) = crate::scope::operation::validate(ctx, &rtype, id.as_deref(), body).await?;
+            Outcome::Other { status, body, headers: HeaderMap::new() }
+        }
+        Interaction::Export { level, .. } => {
+            let caps = caps().await?;
+            let (status, body, headers) =
+                crate::bulk::kickoff::kickoff(ctx, &caps, caller, &level, params, body, headers, self_url).await?;
+            Outcome::Other { status, body, headers }
+        }
+        Interaction::ExportStatus { job } => {
+            let (status, body, headers) = crate::bulk::status::poll(ctx, caller, &job).await?;
+            Outcome::Other { status, body, headers }
+        }
+        Interaction::ExportCancel { job } => {
+            let (status, body, headers) = crate::bulk::status::cancel(ctx, caller, &job).await?;
+            Outcome::Other { status, body, headers }
+        }
+        Interaction::ExportFile { .. } | Interaction::Metadata | Interaction::Bundle => {
+            return Err(ScopeError::Body("this request cannot be a batch entry".into()).into())
+        }
+    })
+}
