@@ -2,6 +2,7 @@
 //! `Prefer: return=minimal`, 304 for conditional reads, and a Binary's own bytes.
 use crate::dispatch::Outcome;
 use crate::headers::set_correlation;
+use crate::outbound::Checked;
 use crate::request::{asks_for_fhir_resource, prefers};
 use crate::scope::{conditional, read, write, Ctx, ScopeError};
 use bytes::Bytes;
@@ -32,7 +33,7 @@ pub(crate) fn respond(
         Outcome::Read(result) => read_response(ctx, result, request_headers)?,
         Outcome::Found(result) => ok_response(result, ctx.correlation),
         Outcome::Written { rtype, done } => written(ctx, &rtype, done, request_headers),
-        Outcome::Other { status, body, headers } => json_response(status, &body, headers, ctx.correlation),
+        Outcome::Other { status, body, headers } => checked_response(status, body, headers, ctx.correlation),
     })
 }
 
@@ -58,12 +59,9 @@ pub(crate) fn read_response(
     Ok(ok_response(result, ctx.correlation))
 }
 
-/// 200 with a read-family result: its serialised body if a one-pass check made one, else the tree.
+/// 200 with a read-family result.
 pub(crate) fn ok_response(result: read::ReadResult, correlation: &str) -> Response<Full<Bytes>> {
-    match result.serialized {
-        Some(bytes) => bytes_response(StatusCode::OK, bytes, result.headers, correlation),
-        None => json_response(StatusCode::OK, &result.body, result.headers, correlation),
-    }
+    checked_response(StatusCode::OK, result.body, result.headers, correlation)
 }
 
 /// The raw content of a Binary the caller owns, with its own content type.
@@ -100,25 +98,24 @@ pub(crate) fn written(
         set_correlation(resp.headers_mut(), ctx.correlation);
         return resp;
     }
-    json_response(done.status, done.body.as_ref().unwrap_or(&Value::Null), headers, ctx.correlation)
+    match done.body {
+        Some(body) => checked_response(done.status, body, headers, ctx.correlation),
+        None => bytes_response(done.status, Bytes::from_static(b"null"), headers, ctx.correlation),
+    }
 }
 
-pub(crate) fn json_response(
+/// A FHIR JSON response with a body the outbound gate made (the only kind there is).
+pub(crate) fn checked_response(
     status: StatusCode,
-    body: &Value,
+    body: Checked,
     extra: HeaderMap,
     correlation: &str,
 ) -> Response<Full<Bytes>> {
-    bytes_response(status, Bytes::from(serde_json::to_vec(body).expect("serialisable")), extra, correlation)
+    bytes_response(status, body.into_bytes(), extra, correlation)
 }
 
-/// A FHIR JSON response whose body is already serialised.
-pub(crate) fn bytes_response(
-    status: StatusCode,
-    bytes: Bytes,
-    extra: HeaderMap,
-    correlation: &str,
-) -> Response<Full<Bytes>> {
+/// A FHIR JSON response whose body is already serialised (from a [`Checked`]).
+fn bytes_response(status: StatusCode, bytes: Bytes, extra: HeaderMap, correlation: &str) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(bytes));
     *resp.status_mut() = status;
     *resp.headers_mut() = extra;

@@ -5,15 +5,16 @@
 use crate::dispatch::{dispatch, Outcome};
 use crate::error::Error;
 use crate::identity::Caller;
+use crate::outbound::{Checked, Composed};
 use crate::route::{self, Interaction};
 use crate::scope::{conditional, Ctx, ScopeError};
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Method, StatusCode};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 /// `POST [base]` with a Bundle: transactions go to `scope::transaction` (one atomic upstream
 /// transaction); each batch entry runs through [`dispatch`] exactly like a single request.
-pub(crate) async fn bundle(ctx: &Ctx<'_>, caller: &Caller, body: Value) -> Result<Value, Error> {
+pub(crate) async fn bundle(ctx: &Ctx<'_>, caller: &Caller, body: Value) -> Result<Checked, Error> {
     let kind = body.get("type").and_then(Value::as_str).unwrap_or_default().to_owned();
     if body.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
         return Err(ScopeError::Body("POST to the base takes a transaction or batch Bundle".into()).into());
@@ -31,12 +32,12 @@ pub(crate) async fn bundle(ctx: &Ctx<'_>, caller: &Caller, body: Value) -> Resul
     match kind.as_str() {
         "transaction" => Ok(crate::scope::transaction::run(ctx, &caps, entries).await?),
         "batch" => {
-            let mut out = Vec::with_capacity(entries.len());
+            let mut out = Composed::new("batch-response");
             for entry in entries {
-                out.push(batch_entry(ctx, caller, entry).await);
+                let (fields, resource) = batch_entry(ctx, caller, entry).await;
+                out.entry(fields, resource);
             }
-            Ok(serde_json::json!({"resourceType": "Bundle", "id": uuid::Uuid::new_v4().to_string(),
-                "type": "batch-response", "entry": out}))
+            Ok(out.finish())
         }
         other => {
             Err(ScopeError::Body(format!("Bundle.type {other:?} cannot be posted; use transaction or batch")).into())
@@ -45,8 +46,9 @@ pub(crate) async fn bundle(ctx: &Ctx<'_>, caller: &Caller, body: Value) -> Resul
 }
 
 /// One batch entry as a request of its own: routed, scoped and checked like any other; its
-/// answer (or its OperationOutcome) becomes the entry's response.
-async fn batch_entry(ctx: &Ctx<'_>, caller: &Caller, entry: Value) -> Value {
+/// answer (or its OperationOutcome) becomes the entry's response. The entry's own fields, and
+/// its checked resource.
+async fn batch_entry(ctx: &Ctx<'_>, caller: &Caller, entry: Value) -> (Map<String, Value>, Option<Checked>) {
     let result = async {
         let request =
             entry.get("request").ok_or_else(|| Error::from(ScopeError::Body("entry without request".into())))?;
@@ -98,23 +100,20 @@ async fn batch_entry(ctx: &Ctx<'_>, caller: &Caller, entry: Value) -> Value {
         }
     }
     if let Some(o) = outcome {
-        resp.insert("outcome".into(), o);
+        resp.insert("outcome".into(), o.into_tree());
     }
-    let mut out = serde_json::Map::new();
-    if let Some(r) = resource {
-        out.insert("resource".into(), r);
-    }
+    let mut out = Map::new();
     out.insert("response".into(), Value::Object(resp));
-    Value::Object(out)
+    (out, resource)
 }
 
 /// An entry's status, resource, outcome and response headers (`Location`, `ETag`).
-type EntryParts = (StatusCode, Option<Value>, Option<Value>, HeaderMap);
+type EntryParts = (StatusCode, Option<Checked>, Option<Checked>, HeaderMap);
 
-/// A failed entry: its OperationOutcome.
+/// A failed entry: its OperationOutcome (fhir-fence's own words, `error.rs`).
 fn failed(ctx: &Ctx, e: Error) -> EntryParts {
     let (status, outcome) = e.outcome(ctx.correlation);
-    (status, None, Some(outcome), HeaderMap::new())
+    (status, None, Some(Checked::authored(outcome)), HeaderMap::new())
 }
 
 /// What a batch entry's response holds for an interaction's outcome: the same facts a single
@@ -124,14 +123,7 @@ fn entry_parts(ctx: &Ctx, outcome: Outcome, request: &HeaderMap) -> Result<Entry
         Outcome::Read(result) if conditional::not_modified(request, &result) => {
             (StatusCode::NOT_MODIFIED, None, None, result.headers)
         }
-        Outcome::Read(result) | Outcome::Found(result) => {
-            let body = match result.serialized {
-                // Checked output of the one-pass check, read back as the tree the entry holds.
-                Some(bytes) => serde_json::from_slice(&bytes).map_err(|_| ScopeError::Unprovable)?,
-                None => result.body,
-            };
-            (StatusCode::OK, Some(body), None, result.headers)
-        }
+        Outcome::Read(result) | Outcome::Found(result) => (StatusCode::OK, Some(result.body), None, result.headers),
         Outcome::Written { rtype, done } => {
             let mut headers = done.headers.clone();
             if let Ok(v) = http::HeaderValue::from_str(&done.location(&ctx.snap.public_base, &rtype)) {

@@ -4,6 +4,7 @@
 //! directly and a single request's answer by `answer::respond`.
 use crate::error::Error;
 use crate::identity::Caller;
+use crate::outbound::Checked;
 use crate::request::RequestError;
 use crate::route::{self, Interaction};
 use crate::scope::read::ReadResult;
@@ -23,8 +24,8 @@ pub enum Outcome {
     /// A create, update or patch: `Prefer: return=…` decides the body.
     Written { rtype: String, done: WriteResult },
     /// Anything else, with a body fhir-fence made (an OperationOutcome, an export manifest) or
-    /// one the scope function checked.
-    Other { status: StatusCode, body: Value, headers: HeaderMap },
+    /// one the outbound gate checked.
+    Other { status: StatusCode, body: Checked, headers: HeaderMap },
 }
 
 impl Outcome {
@@ -37,7 +38,7 @@ impl Outcome {
     }
 
     fn info(status: StatusCode, text: &str, headers: HeaderMap) -> Outcome {
-        Outcome::Other { status, body: crate::fhir::outcome::information(text), headers }
+        Outcome::Other { status, body: Checked::authored(crate::fhir::outcome::information(text)), headers }
     }
 }
 
@@ -133,15 +134,15 @@ pub async fn dispatch(
             let caps = caps().await?;
             let (status, body, headers) =
                 crate::bulk::kickoff::kickoff(ctx, &caps, caller, &level, params, body, headers, self_url).await?;
-            Outcome::Other { status, body, headers }
+            Outcome::Other { status, body: Checked::authored(body), headers }
         }
         Interaction::ExportStatus { job } => {
             let (status, body, headers) = crate::bulk::status::poll(ctx, caller, &job).await?;
-            Outcome::Other { status, body, headers }
+            Outcome::Other { status, body: Checked::authored(body), headers }
         }
         Interaction::ExportCancel { job } => {
             let (status, body, headers) = crate::bulk::status::cancel(ctx, caller, &job).await?;
-            Outcome::Other { status, body, headers }
+            Outcome::Other { status, body: Checked::authored(body), headers }
         }
         Interaction::ExportFile { .. } | Interaction::Metadata | Interaction::Bundle => {
             return Err(ScopeError::Body("this request cannot be a batch entry".into()).into())

@@ -1,8 +1,9 @@
 //! `GET metadata`: the upstream's CapabilityStatement, trimmed to what fhir-fence lets through.
 //! Public (clients discover the server before they log in) and served from the statement read
 //! at start-up, so it costs no upstream call.
-use crate::answer::json_response;
+use crate::answer::checked_response;
 use crate::error::Error;
+use crate::outbound::Checked;
 use crate::scope::ScopeError;
 use crate::state::Snapshot;
 use bytes::Bytes;
@@ -41,5 +42,5 @@ pub(crate) async fn metadata(snap: &Snapshot) -> Result<Response<Full<Bytes>>, E
             }
         }
     }
-    Ok(json_response(StatusCode::OK, &cs, HeaderMap::new(), ""))
+    Ok(checked_response(StatusCode::OK, Checked::authored(cs), HeaderMap::new(), ""))
 }

@@ -1,5 +1,5 @@
 //! The export fast path (`bulk::fastline`) against the full outbound check
-//! (`scope::outbound::resource`), differentially: whenever the fast path accepts a line, the full
+//! (`outbound::resource`), differentially: whenever the fast path accepts a line, the full
 //! check accepts it too and produces the same JSON; when it declines, it leaves nothing behind.
 //! The first byte chooses whether the line must be an Observation (a typed export file) or may
 //! be any type; the rest is the line. Two tenants (`acme`, `globex`) share one upstream; the
@@ -78,6 +78,6 @@ fuzz_target!(|data: &[u8]| {
     if let Some(t) = rtype {
         assert_eq!(v.get("resourceType").and_then(Value::as_str), Some(t), "a line of another type");
     }
-    let want = outbound::resource(&ctx, v).expect("the fast path accepted what the full check refuses");
+    let want = outbound::resource(&ctx, v).expect("the fast path accepted what the full check refuses").into_tree();
     assert_eq!(got, want, "the two checks disagree on the output");
 });

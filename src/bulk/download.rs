@@ -143,7 +143,7 @@ fn check(
     match file.kind {
         Kind::Output => Box::new(move |v| {
             let ctx = Ctx { snap: &snap, tenant: &tenant, upstream: &upstream, correlation: &correlation };
-            outbound::resource(&ctx, v).ok()
+            outbound::resource(&ctx, v).ok().map(outbound::Checked::into_tree)
         }),
         Kind::Error => Box::new(move |v| Some(sanitised_error(&v, &correlation))),
         Kind::Deleted => Box::new(move |v| deleted_in_tenant(&tenant, v)),

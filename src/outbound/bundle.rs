@@ -1,7 +1,8 @@
 //! The outbound check on a searchset or history Bundle (the tree form): entries are checked
 //! one by one ([`resource`](super::resource::resource)) and dropped when they cannot be proven
 //! the caller's; a dropped match removes `Bundle.total`; links are rewritten to sealed pages.
-use super::resource::{public_url, resource};
+use super::resource::{public_url, tree};
+use super::Checked;
 use crate::fhir::reference;
 use crate::scope::paging;
 use crate::scope::{Ctx, ScopeError};
@@ -9,7 +10,7 @@ use serde_json::{Map, Value};
 
 /// The outcome of filtering a Bundle.
 pub struct Filtered {
-    pub bundle: Value,
+    pub bundle: Checked,
     /// Entries removed because they could not be proven the caller's (each one a blocked leak).
     pub dropped: usize,
 }
@@ -52,7 +53,8 @@ pub fn bundle(ctx: &Ctx, value: Value, self_url: &str, unscoped: bool) -> Result
     // `total` counts matches only: a dropped match makes it wrong, a dropped `_include`d entry
     // does not — and removing it then would tell the caller that something foreign was included
     // (an existence oracle on canonical URLs the upstream resolves server-wide).
-    if dropped_matches > 0 {
+    // An answer the upstream could not scope (type/system history) counts other tenants too.
+    if dropped_matches > 0 || unscoped {
         b.remove("total");
     }
     if dropped > 0 {
@@ -66,7 +68,7 @@ pub fn bundle(ctx: &Ctx, value: Value, self_url: &str, unscoped: bool) -> Result
     // The upstream's Bundle id names its cached search; never show it.
     b.insert("id".into(), Value::String(uuid::Uuid::new_v4().to_string()));
     paging::rewrite_links(ctx, &mut b, self_url, unscoped)?;
-    Ok(Filtered { bundle: Value::Object(b), dropped })
+    Ok(Filtered { bundle: Checked::tree(Value::Object(b)), dropped })
 }
 
 /// Whether an entry is one of the matches `Bundle.total` counts: anything but an entry the
@@ -89,7 +91,7 @@ fn bundle_entry(ctx: &Ctx, entry: Value, history: bool) -> Option<Value> {
     };
     let (rtype, local) = match e.remove("resource") {
         Some(res) => {
-            let res = resource(ctx, res).ok()?;
+            let res = tree(ctx, res).ok()?;
             let rtype = res.get("resourceType")?.as_str()?.to_owned();
             let local = res.get("id")?.as_str()?.to_owned();
             out.insert("resource".into(), res);

@@ -14,6 +14,7 @@
 //! single definition of what may leave (and the one that drops entries).
 use super::fastline::{fast_line, FastLine};
 use super::resource::public_url;
+use super::Checked;
 use crate::fhir::json::parse_strict;
 use crate::scope::paging;
 use crate::scope::Ctx;
@@ -124,7 +125,7 @@ fn entry(ctx: &Ctx, env: &mut Envelope, fast: &mut FastLine, out: &mut Vec<u8>) 
 }
 
 /// The client's view of a searchset Bundle, serialised, or `None` to take the slow path.
-pub fn searchset(ctx: &Ctx, bytes: &[u8], self_url: &str, unscoped: bool) -> Option<Vec<u8>> {
+pub fn searchset(ctx: &Ctx, bytes: &[u8], self_url: &str, unscoped: bool) -> Option<Checked> {
     let mut env = Envelope { b: bytes, i: 0 };
     let mut fast = fast_line(ctx.snap, ctx.tenant, ctx.upstream, None);
     let mut b = Map::new();
@@ -185,5 +186,5 @@ pub fn searchset(ctx: &Ctx, bytes: &[u8], self_url: &str, unscoped: bool) -> Opt
         }
     }
     out.push(b'}');
-    Some(out)
+    Some(Checked::bytes(out))
 }

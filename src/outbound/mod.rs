@@ -8,12 +8,19 @@
 //! - `fastline`  — the same check as `resource` in one pass over the bytes (reads, export lines)
 //! - `fastbundle` — a searchset Bundle in one pass, built from `fastline`'s cuts
 //! - `subscription` — a stored Subscription shown with the criteria its writer wrote
+//! - `parameters` — `$meta`'s Parameters and `$validate`'s OperationOutcome
+//!
+//! Their product is [`Checked`], the only body `answer` sends and the only resource a Bundle
+//! fhir-fence composes ([`Composed`]) embeds.
 pub mod bundle;
+mod checked;
 pub mod fastbundle;
 pub mod fastline;
+pub mod parameters;
 pub mod resource;
 pub mod subscription;
 
 pub use bundle::{bundle, Filtered};
+pub use checked::{Checked, Composed};
 pub use fastline::{fast_line, FastLine};
-pub use resource::{public_url, resource};
+pub use resource::{public_url, resource, resource_bytes};

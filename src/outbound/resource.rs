@@ -2,13 +2,28 @@
 //! fhir-fence for a client passes [`resource`] or its one-pass twin (`fastline`): it must carry
 //! the caller's marker coding *and* id prefix, and every reference in it must stay inside the
 //! tenant; then the markers are stripped and references turned back into local ids.
+use super::fastline::fast_line;
+use super::Checked;
 use crate::fhir::canonical;
 use crate::fhir::reference::{self, Target};
 use crate::scope::{Ctx, ScopeError};
 use serde_json::Value;
 
 /// Checks one resource and converts it to the client's view, or refuses it.
-pub fn resource(ctx: &Ctx, value: Value) -> Result<Value, ScopeError> {
+pub fn resource(ctx: &Ctx, value: Value) -> Result<Checked, ScopeError> {
+    tree(ctx, value).map(Checked::tree)
+}
+
+/// The one-pass form for a resource the upstream sent as `bytes` (a read): the client's view
+/// when the byte check is sure of it, else `None` (the caller parses and takes [`resource`]).
+pub fn resource_bytes(ctx: &Ctx, rtype: &str, bytes: &[u8]) -> Option<Checked> {
+    let mut out = Vec::with_capacity(bytes.len());
+    fast_line(ctx.snap, ctx.tenant, ctx.upstream, Some(rtype)).accept(bytes, &mut out).ok()?;
+    Some(Checked::bytes(out))
+}
+
+/// [`resource`] as the tree it checked, for the checks that embed it (Bundle entries).
+pub(super) fn tree(ctx: &Ctx, value: Value) -> Result<Value, ScopeError> {
     let Value::Object(mut map) = value else { return Err(ScopeError::Unprovable) };
     if !ctx.snap.marking.owns(&map, ctx.tenant) {
         return Err(ScopeError::Unprovable);

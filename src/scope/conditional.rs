@@ -13,6 +13,7 @@ use super::search::{matching, scope_params};
 use super::write::{self, WriteResult};
 use super::{Ctx, ScopeError};
 use crate::fhir::capabilities::Capabilities;
+use crate::outbound::Checked;
 use crate::route::{encode_query, parse_query, Params};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use serde_json::Value;
@@ -60,7 +61,7 @@ pub async fn update(
 /// from what the criteria `found`: the one match's (a body `id` that differs is an error, as
 /// FHIR says), or with no match the body's own `id` (`None`: the body has none, a new one is
 /// chosen); more than one match is refused.
-pub fn update_target(found: &[Value], body: &Value) -> Result<Option<String>, ScopeError> {
+pub fn update_target(found: &[Checked], body: &Value) -> Result<Option<String>, ScopeError> {
     let body_id = body.get("id").and_then(Value::as_str);
     match found {
         [] => Ok(body_id.map(str::to_owned)),
@@ -122,7 +123,7 @@ pub async fn delete(
 }
 
 /// The (local) id of a matched resource.
-pub fn id_of(resource: &Value) -> String {
+pub fn id_of(resource: &Checked) -> String {
     resource.get("id").and_then(Value::as_str).unwrap_or_default().to_owned()
 }
 
@@ -165,7 +166,7 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(http::header::ETAG, etag.parse().unwrap());
         headers.insert(http::header::LAST_MODIFIED, modified.parse().unwrap());
-        ReadResult { body: Value::Null, serialized: None, headers, dropped: 0 }
+        ReadResult { body: Checked::authored(Value::Null), headers, dropped: 0 }
     }
 
     #[test]

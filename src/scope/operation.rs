@@ -44,17 +44,11 @@ pub async fn run(
     match op {
         Op::Everything => {
             let filtered = outbound::bundle(ctx, answer_body, self_url, false)?;
-            Ok(ReadResult {
-                body: filtered.bundle,
-                serialized: None,
-                headers: http::HeaderMap::new(),
-                dropped: filtered.dropped,
-            })
+            Ok(ReadResult { body: filtered.bundle, headers: http::HeaderMap::new(), dropped: filtered.dropped })
         }
         Op::Validate => Err(ScopeError::Unprovable),
         Op::Meta | Op::MetaAdd | Op::MetaDelete => Ok(ReadResult {
-            body: strip_meta_parameters(ctx, answer_body)?,
-            serialized: None,
+            body: crate::outbound::parameters::meta(ctx, answer_body)?,
             headers: http::HeaderMap::new(),
             dropped: 0,
         }),
@@ -70,7 +64,7 @@ pub async fn validate(
     rtype: &str,
     id: Option<&str>,
     body: Option<Value>,
-) -> Result<(StatusCode, Value), ScopeError> {
+) -> Result<(StatusCode, crate::outbound::Checked), ScopeError> {
     if !ctx.tenant.operations.iter().any(|o| o == Op::Validate.name()) {
         return Err(ScopeError::OperationDisabled(Op::Validate.name()));
     }
@@ -103,7 +97,10 @@ pub async fn validate(
             // The stored resource is read (proving it the caller's) for the canonicals the
             // validator would follow.
             let stored = super::read::read(ctx, rtype, id, None).await?;
-            super::canonicals::check_validatable(super::canonicals::needed(ctx, &stored.body))?;
+            super::canonicals::check_validatable(super::canonicals::needed(
+                ctx,
+                stored.body.as_tree().ok_or(ScopeError::Unprovable)?,
+            ))?;
             let upstream_id = ctx.tenant.upstream_id(id).map_err(ScopeError::from)?;
             ctx.upstream
                 .send(Method::GET, &format!("{rtype}/{upstream_id}/$validate"), strict_headers(ctx.correlation), None)
@@ -114,13 +111,7 @@ pub async fn validate(
     if !matches!(status.as_u16(), 200 | 412 | 422) {
         return Err(super::refused(&answer));
     }
-    let outcome = answer.body.ok_or(ScopeError::Unprovable)?;
-    if outcome.get("resourceType").and_then(Value::as_str) != Some("OperationOutcome") {
-        return Err(ScopeError::Unprovable);
-    }
-    let text = outcome.to_string().replace(&format!("{}-", ctx.tenant.prefix), "");
-    let cleaned: Value = serde_json::from_str(&text).map_err(|_| ScopeError::Unprovable)?;
-    Ok((status, cleaned))
+    crate::outbound::parameters::validation(ctx, answer.body.ok_or(ScopeError::Unprovable)?).map(|o| (status, o))
 }
 
 /// The `Parameters` body of `$meta-add` / `$meta-delete`: one `meta` parameter, no tenant codings.
@@ -155,33 +146,4 @@ fn has_tenant_coding(ctx: &Ctx, codings: &Value) -> bool {
         .into_iter()
         .flatten()
         .any(|c| c.get("system").and_then(Value::as_str) == Some(ctx.snap.marking.system.as_str()))
-}
-
-/// `Parameters { return: valueMeta }` with the tenant coding removed; anything else is refused.
-fn strip_meta_parameters(ctx: &Ctx, mut body: Value) -> Result<Value, ScopeError> {
-    if body.get("resourceType").and_then(Value::as_str) != Some("Parameters") {
-        return Err(ScopeError::Unprovable);
-    }
-    let system = ctx.snap.marking.system.clone();
-    for p in body.get_mut("parameter").and_then(Value::as_array_mut).into_iter().flatten() {
-        let Some(meta) = p.get_mut("valueMeta").and_then(Value::as_object_mut) else {
-            return Err(ScopeError::Unprovable);
-        };
-        for field in ["tag", "security"] {
-            if let Some(Value::Array(codings)) = meta.get_mut(field) {
-                let foreign = codings.iter().any(|c| {
-                    c.get("system").and_then(Value::as_str) == Some(system.as_str())
-                        && c.get("code").and_then(Value::as_str) != Some(ctx.tenant.name.as_str())
-                });
-                if foreign {
-                    return Err(ScopeError::Unprovable);
-                }
-                codings.retain(|c| c.get("system").and_then(Value::as_str) != Some(system.as_str()));
-                if codings.is_empty() {
-                    meta.remove(field);
-                }
-            }
-        }
-    }
-    Ok(body)
 }

@@ -3,16 +3,16 @@
 //! "missing", "deleted" and "another tenant's" all end as the same 404.
 use super::{Ctx, ScopeError};
 use crate::headers::{base_headers, version_headers};
-use crate::outbound;
+use crate::outbound::{self, Checked};
 use crate::route::{encode_query, Params};
 use http::{HeaderMap, Method, StatusCode};
 use serde_json::Value;
 
 /// What a read-family interaction returns to the pipeline.
 pub struct ReadResult {
-    pub body: Value,
-    /// The body already serialised by a one-pass check (`fastbundle`, `read_for_client`); `body` is then `Null`.
-    pub serialized: Option<bytes::Bytes>,
+    /// In the client's view: a tree, or serialised by a one-pass check (`read_for_client`,
+    /// searches through `outbound::fastbundle`).
+    pub body: Checked,
     /// Upstream `ETag` / `Last-Modified`, which describe the caller's own version.
     pub headers: HeaderMap,
     pub dropped: usize,
@@ -53,11 +53,8 @@ async fn fetch(
     let raw = ctx.upstream.get_raw(&path, base_headers(ctx.correlation)).await?;
     // A Binary may be answered as its own content (`answer::read_response` needs the tree).
     if one_pass && raw.status == StatusCode::OK && rtype != "Binary" {
-        let mut check = crate::outbound::fast_line(ctx.snap, ctx.tenant, ctx.upstream, Some(rtype));
-        let mut out = Vec::with_capacity(raw.bytes.len());
-        if check.accept(&raw.bytes, &mut out).is_ok() {
-            let headers = version_headers(&raw.headers);
-            return Ok(ReadResult { body: Value::Null, serialized: Some(out.into()), headers, dropped: 0 });
+        if let Some(body) = outbound::resource_bytes(ctx, rtype, &raw.bytes) {
+            return Ok(ReadResult { body, headers: version_headers(&raw.headers), dropped: 0 });
         }
     }
     let answer = ctx.upstream.parse(raw)?;
@@ -76,7 +73,7 @@ async fn fetch(
         tracing::warn!(correlation = ctx.correlation, tenant = %ctx.tenant.name, "blocked a read answer without the caller's markers");
         not_found(rtype, id)
     })?;
-    Ok(ReadResult { body, serialized: None, headers, dropped: 0 })
+    Ok(ReadResult { body, headers, dropped: 0 })
 }
 
 /// `GET [type]/[id]/_history` with `_count`, `_since`, `_at` (checked by `route`).
@@ -100,5 +97,5 @@ pub async fn history(
         _ => return Err(super::refused(&answer)),
     }
     let filtered = outbound::bundle(ctx, answer.body.ok_or(ScopeError::Unprovable)?, self_url, false)?;
-    Ok(ReadResult { body: filtered.bundle, serialized: None, headers: HeaderMap::new(), dropped: filtered.dropped })
+    Ok(ReadResult { body: filtered.bundle, headers: HeaderMap::new(), dropped: filtered.dropped })
 }

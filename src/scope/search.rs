@@ -133,7 +133,7 @@ pub async fn matching(
     caps: &Capabilities,
     rtype: &str,
     criteria: &Params,
-) -> Result<Vec<serde_json::Value>, ScopeError> {
+) -> Result<Vec<crate::outbound::Checked>, ScopeError> {
     if criteria.is_empty() {
         return Err(ScopeError::Param("conditional interactions need criteria".into()));
     }
@@ -157,12 +157,7 @@ pub async fn matching(
         // A match fhir-fence cannot prove is the caller's makes the decision unsafe either way.
         return Err(ScopeError::Unprovable);
     }
-    let entries = filtered.bundle.get("entry").and_then(serde_json::Value::as_array).cloned().unwrap_or_default();
-    Ok(entries
-        .into_iter()
-        .filter(|e| e.pointer("/search/mode").and_then(serde_json::Value::as_str).is_none_or(|m| m == "match"))
-        .filter_map(|mut e| e.get_mut("resource").map(serde_json::Value::take))
-        .collect())
+    Ok(filtered.bundle.into_matches())
 }
 
 /// `GET [base]?_page=token`: a later page of a search this tenant made.
@@ -188,12 +183,7 @@ async fn fetch_inner(
     if raw.status == StatusCode::OK {
         // The one-pass check first; whatever it is unsure of takes the tree below.
         if let Some(bytes) = crate::outbound::fastbundle::searchset(ctx, &raw.bytes, self_url, unscoped) {
-            return Ok(ReadResult {
-                body: serde_json::Value::Null,
-                serialized: Some(bytes.into()),
-                headers: http::HeaderMap::new(),
-                dropped: 0,
-            });
+            return Ok(ReadResult { body: bytes, headers: http::HeaderMap::new(), dropped: 0 });
         }
     }
     let answer = ctx.upstream.parse(raw)?;
@@ -203,18 +193,8 @@ async fn fetch_inner(
         StatusCode::NOT_FOUND | StatusCode::GONE if page => return Err(ScopeError::PageToken),
         _ => return Err(super::refused(&answer)),
     }
-    let mut filtered = outbound::bundle(ctx, answer.body.ok_or(ScopeError::Unprovable)?, self_url, unscoped)?;
-    if unscoped {
-        if let Some(b) = filtered.bundle.as_object_mut() {
-            b.remove("total");
-        }
-    }
-    Ok(ReadResult {
-        body: filtered.bundle,
-        serialized: None,
-        headers: http::HeaderMap::new(),
-        dropped: filtered.dropped,
-    })
+    let filtered = outbound::bundle(ctx, answer.body.ok_or(ScopeError::Unprovable)?, self_url, unscoped)?;
+    Ok(ReadResult { body: filtered.bundle, headers: http::HeaderMap::new(), dropped: filtered.dropped })
 }
 
 /// Validates and rewrites search parameters for a search over `types`; appends the tenant

@@ -16,7 +16,7 @@ use super::{Ctx, ScopeError};
 use crate::fhir::capabilities::Capabilities;
 use crate::fhir::reference::{self, is_id, is_resource_type};
 use crate::headers::base_headers;
-use crate::outbound;
+use crate::outbound::{self, Checked, Composed};
 use crate::route::{encode_query, parse_query, Params};
 use http::{HeaderValue, Method, StatusCode};
 use serde_json::{json, Map, Value};
@@ -26,7 +26,7 @@ enum Step {
     /// Sent upstream; its response entry is rewritten. `local` names the resource written.
     Upstream { rtype: String, local: Option<String> },
     /// An `ifNoneExist` that matched: answered by fhir-fence with the existing resource.
-    Matched { rtype: String, resource: Value },
+    Matched { rtype: String, resource: Checked },
 }
 
 struct Planned {
@@ -38,7 +38,7 @@ struct Planned {
 }
 
 /// Runs a transaction Bundle for the caller and answers a transaction-response Bundle.
-pub async fn run(ctx: &Ctx<'_>, caps: &Capabilities, entries: Vec<Value>) -> Result<Value, ScopeError> {
+pub async fn run(ctx: &Ctx<'_>, caps: &Capabilities, entries: Vec<Value>) -> Result<Checked, ScopeError> {
     let mut in_bundle = InBundle { conditional_refs: Some(caps), ..Default::default() };
     let mut plan = Vec::with_capacity(entries.len());
     for (i, entry) in entries.into_iter().enumerate() {
@@ -89,21 +89,24 @@ pub async fn run(ctx: &Ctx<'_>, caps: &Capabilities, entries: Vec<Value>) -> Res
     ctx.snap.ref_cache.invalidate_all();
 
     let mut answers = answers.into_iter();
-    let mut out = Vec::with_capacity(plan.len());
+    let mut out = Composed::new("transaction-response");
     for p in plan {
-        out.push(match p.step {
-            Step::Upstream { rtype, local } => response_entry(ctx, &rtype, local.as_deref(), answers.next().unwrap_or_default()),
+        match p.step {
+            Step::Upstream { rtype, local } => {
+                let (fields, resource) =
+                    response_entry(ctx, &rtype, local.as_deref(), answers.next().unwrap_or_default());
+                out.entry(fields, resource);
+            }
             Step::Matched { rtype, resource } => {
                 let local = super::conditional::id_of(&resource);
                 let version = resource.pointer("/meta/versionId").and_then(Value::as_str).unwrap_or("1").to_owned();
-                json!({"fullUrl": outbound::public_url(ctx, &rtype, &local), "resource": resource,
-                    "response": {"status": "200 OK", "location": format!("{}/_history/{version}", outbound::public_url(ctx, &rtype, &local))}})
+                let url = outbound::public_url(ctx, &rtype, &local);
+                let fields = json!({"fullUrl": url, "response": {"status": "200 OK", "location": format!("{url}/_history/{version}")}});
+                out.entry(fields.as_object().cloned().unwrap_or_default(), Some(resource));
             }
-        });
+        }
     }
-    Ok(
-        json!({"resourceType": "Bundle", "id": uuid::Uuid::new_v4().to_string(), "type": "transaction-response", "entry": out}),
-    )
+    Ok(out.finish())
 }
 
 async fn plan_entry(
@@ -249,9 +252,10 @@ fn planned_put(mut req: Map<String, Value>, url: String, rtype: String, local: S
     }
 }
 
-/// One upstream response entry in the client's view. Resources that cannot be proven the
-/// caller's are left out (and logged); `outcome` never passes (it carries upstream text).
-fn response_entry(ctx: &Ctx, rtype: &str, local: Option<&str>, answer: Value) -> Value {
+/// One upstream response entry in the client's view: its own fields and the checked resource.
+/// Resources that cannot be proven the caller's are left out (and logged); `outcome` never
+/// passes (it carries upstream text).
+fn response_entry(ctx: &Ctx, rtype: &str, local: Option<&str>, answer: Value) -> (Map<String, Value>, Option<Checked>) {
     let mut out = Map::new();
     let response = answer.get("response").and_then(Value::as_object).cloned().unwrap_or_default();
     let mut resp = Map::new();
@@ -268,6 +272,7 @@ fn response_entry(ctx: &Ctx, rtype: &str, local: Option<&str>, answer: Value) ->
             }
         }
     }
+    let mut resource = None;
     if let Some(res) = answer.get("resource").cloned() {
         let checked = if res.get("resourceType").and_then(Value::as_str) == Some("Bundle") {
             outbound::bundle(ctx, res, &format!("{}/{rtype}", ctx.snap.public_base), false).map(|f| f.bundle)
@@ -275,9 +280,7 @@ fn response_entry(ctx: &Ctx, rtype: &str, local: Option<&str>, answer: Value) ->
             outbound::resource(ctx, res)
         };
         match checked {
-            Ok(r) => {
-                out.insert("resource".into(), r);
-            }
+            Ok(r) => resource = Some(r),
             Err(_) => tracing::warn!(correlation = ctx.correlation, "blocked a transaction response resource"),
         }
     }
@@ -285,5 +288,5 @@ fn response_entry(ctx: &Ctx, rtype: &str, local: Option<&str>, answer: Value) ->
         out.insert("fullUrl".into(), outbound::public_url(ctx, rtype, local).into());
     }
     out.insert("response".into(), Value::Object(resp));
-    Value::Object(out)
+    (out, resource)
 }

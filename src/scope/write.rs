@@ -9,7 +9,7 @@ use crate::fhir::canonical;
 use crate::fhir::capabilities::Capabilities;
 use crate::fhir::reference::{self, Target};
 use crate::headers::{base_headers, version_headers};
-use crate::outbound;
+use crate::outbound::{self, Checked};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -18,7 +18,7 @@ use std::collections::{HashMap, HashSet};
 pub struct WriteResult {
     pub status: StatusCode,
     /// The stored resource in the client's view (`None` after a delete).
-    pub body: Option<Value>,
+    pub body: Option<Checked>,
     pub local_id: String,
     pub version: Option<String>,
     pub headers: HeaderMap,
@@ -109,7 +109,7 @@ pub async fn patch(
         serde_json::from_value(patch).map_err(|e| ScopeError::Body(format!("not a JSON Patch document: {e}")))?;
     let current = super::read::read(ctx, rtype, id, None).await?;
     let version = current.body.pointer("/meta/versionId").and_then(Value::as_str).map(str::to_owned);
-    let mut doc = current.body;
+    let mut doc = current.body.into_tree();
     let limit = ctx.snap.loaded.config.server.max_body_bytes;
     crate::fhir::patch::apply(&mut doc, &patch, limit).map_err(|e| match e {
         crate::fhir::patch::PatchError::TooLarge(limit) => ScopeError::PatchTooLarge(limit),
