@@ -105,12 +105,19 @@ impl Error {
                 | ScopeError::ReferenceForm(..)
                 | ScopeError::Canonical(..)
                 | ScopeError::Patch(_) => (S::UNPROCESSABLE_ENTITY, "processing", shown()),
-                ScopeError::Refused(status, _) => {
+                ScopeError::Refused(upstream_status, _) => {
                     // An upstream server error is a bad gateway to the client; 4xx pass on as they are.
-                    let status = S::from_u16(*status).ok().filter(|s| s.is_client_error()).unwrap_or(S::BAD_GATEWAY);
+                    // A 405 answers a method fhir-fence routed because the upstream serves it: the
+                    // upstream refuses a feature of the request (HAPI: `:contains` disabled), 400.
+                    let status = match S::from_u16(*upstream_status) {
+                        Ok(S::METHOD_NOT_ALLOWED) => S::BAD_REQUEST,
+                        Ok(s) if s.is_client_error() => s,
+                        _ => S::BAD_GATEWAY,
+                    };
                     let code = match status {
                         S::CONFLICT | S::PRECONDITION_FAILED => "conflict",
                         S::NOT_FOUND | S::GONE => "not-found",
+                        _ if *upstream_status == 405 => "not-supported",
                         _ => "processing",
                     };
                     let msg = format!(

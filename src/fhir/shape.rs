@@ -61,8 +61,15 @@ impl ShapeError {
 /// What one element holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
-    /// A FHIR primitive written as a JSON string (`string`, `code`, `uri`, `dateTime`…).
+    /// A FHIR primitive written as a JSON string (`string`, `markdown`, `dateTime`…).
     String,
+    /// A string primitive whose specification pattern has no white space (`uri`, `url`, `id`,
+    /// `oid`, `uuid`): HAPI keeps such a value as written, so `" http://hl7.org/fhir/x"` would
+    /// be another URL than the one fhir-fence compared.
+    Token,
+    /// A `code`: no white space at either end nor two in a row (HAPI trims codes, so
+    /// `" globex "` would be stored as `globex`).
+    Code,
     /// `System.String` (`Element.id`, `Extension.url`, `Resource.id`): a string with no `_name` sibling.
     IdString,
     Boolean,
@@ -80,7 +87,16 @@ enum Kind {
 impl Kind {
     /// FHIR primitives take a `_name` sibling with their id and extensions.
     fn is_primitive(self) -> bool {
-        matches!(self, Kind::String | Kind::Canonical(_) | Kind::Boolean | Kind::Integer(_) | Kind::Decimal)
+        matches!(
+            self,
+            Kind::String
+                | Kind::Token
+                | Kind::Code
+                | Kind::Canonical(_)
+                | Kind::Boolean
+                | Kind::Integer(_)
+                | Kind::Decimal
+        )
     }
 }
 
@@ -144,6 +160,8 @@ impl Model {
                 "canonical" => Kind::Canonical(u16::MAX),
                 "id-string" => Kind::IdString,
                 "Resource" => Kind::Resource,
+                "uri" | "url" | "id" | "oid" | "uuid" => Kind::Token,
+                "code" => Kind::Code,
                 _ => match table.primitives.get(t).map(String::as_str) {
                     Some("string") => Kind::String,
                     Some("boolean") => Kind::Boolean,
@@ -320,11 +338,26 @@ impl Model {
     fn item(&self, kind: Kind, value: &Value, key: &str) -> Result<(), ShapeError> {
         match (kind, value) {
             (_, Value::Null) => Err(ShapeError::new("null is not allowed")),
-            (Kind::String | Kind::IdString | Kind::Canonical(_), Value::String(s)) => match s.is_empty() {
-                true => Err(ShapeError::new("an empty string is not allowed")),
+            (_, Value::String(s)) if s.is_empty() => Err(ShapeError::new("an empty string is not allowed")),
+            (Kind::String | Kind::IdString, Value::String(_)) => Ok(()),
+            // White space as the specification's patterns mean it (XML Schema's `\s`); at the
+            // ends of a code, whatever Java's `trim` (HAPI) removes: every character up to U+0020.
+            (Kind::Token | Kind::Canonical(_), Value::String(s)) => match s.contains([' ', '\t', '\n', '\r']) {
+                true => Err(ShapeError::new("white space is not allowed in a uri, url, canonical or id")),
                 false => Ok(()),
             },
-            (Kind::String | Kind::IdString | Kind::Canonical(_), _) => Err(ShapeError::new("expected a string")),
+            (Kind::Code, Value::String(s)) => {
+                let trimmed = s.starts_with(|c| c <= ' ') || s.ends_with(|c| c <= ' ');
+                match trimmed || s.split([' ', '\t', '\n', '\r']).any(str::is_empty) {
+                    true => {
+                        Err(ShapeError::new("a code must not start or end with white space, nor hold two in a row"))
+                    }
+                    false => Ok(()),
+                }
+            }
+            (Kind::String | Kind::Token | Kind::Code | Kind::IdString | Kind::Canonical(_), _) => {
+                Err(ShapeError::new("expected a string"))
+            }
             (Kind::Boolean, Value::Bool(_)) => Ok(()),
             (Kind::Boolean, _) => Err(ShapeError::new("expected true or false")),
             (Kind::Integer(min), Value::Number(n)) => match n.as_i64() {

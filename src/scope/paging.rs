@@ -13,26 +13,30 @@ use std::time::Duration;
 const PURPOSE: &str = "fhir-fence/page/v1";
 
 #[derive(Debug, Serialize, Deserialize)]
+/// What a sealed page token holds. The one-letter names on the wire keep tokens short.
 pub struct PageToken {
     /// Tenant name.
-    pub t: String,
+    #[serde(rename = "t")]
+    pub tenant: String,
     /// Upstream name.
-    pub u: String,
+    #[serde(rename = "u")]
+    pub upstream: String,
     /// The upstream path of this page, relative to its base: `""` for `_getpages` links,
     /// `…/_history` for history pages (HAPI pages history by `_offset`).
-    #[serde(default)]
-    pub p: String,
+    #[serde(rename = "p", default)]
+    pub path: String,
     /// The upstream's query string for this page (`_getpages=…&_getpagesoffset=…`, or `_count=…&_offset=…`).
-    pub q: String,
+    #[serde(rename = "q")]
+    pub query: String,
     /// The search could not be scoped upstream (type/system history): `total` is always removed.
-    #[serde(default)]
-    pub h: bool,
+    #[serde(rename = "h", default)]
+    pub unscoped: bool,
 }
 
 /// Opens a token for `ctx.tenant`; any mismatch is the same 404 as a forged token.
 pub fn open(ctx: &Ctx, token: &str) -> Result<PageToken, ScopeError> {
     let page: PageToken = ctx.snap.sealer.open(PURPOSE, token).map_err(|_| ScopeError::PageToken)?;
-    if page.t != ctx.tenant.name || page.u != ctx.upstream.name {
+    if page.tenant != ctx.tenant.name || page.upstream != ctx.upstream.name {
         return Err(ScopeError::PageToken);
     }
     Ok(page)
@@ -40,11 +44,11 @@ pub fn open(ctx: &Ctx, token: &str) -> Result<PageToken, ScopeError> {
 
 fn seal(ctx: &Ctx, (path, query): (&str, &str), unscoped: bool) -> String {
     let token = PageToken {
-        t: ctx.tenant.name.clone(),
-        u: ctx.upstream.name.clone(),
-        p: path.to_owned(),
-        q: query.to_owned(),
-        h: unscoped,
+        tenant: ctx.tenant.name.clone(),
+        upstream: ctx.upstream.name.clone(),
+        path: path.to_owned(),
+        query: query.to_owned(),
+        unscoped,
     };
     ctx.snap.sealer.seal(PURPOSE, &token, Duration::from_secs(ctx.snap.page_ttl_secs))
 }

@@ -164,7 +164,7 @@ pub async fn matching(
 pub async fn page(ctx: &Ctx<'_>, token: &str, self_url: &str) -> Result<ReadResult, ScopeError> {
     let page = paging::open(ctx, token)?;
     // An upstream page that is gone is as gone as a forged token (`page: true`).
-    fetch_inner(ctx, &format!("{}?{}", page.p, page.q), self_url, page.h, true).await
+    fetch_inner(ctx, &format!("{}?{}", page.path, page.query), self_url, page.unscoped, true).await
 }
 
 async fn fetch(ctx: &Ctx<'_>, path: &str, self_url: &str, unscoped: bool) -> Result<ReadResult, ScopeError> {

@@ -984,3 +984,16 @@ async fn subscriptions_are_scoped_and_deliver_only_to_allowed_destinations() {
         assert!(!path.contains(&format!("{theirs}-")) && !body.contains(&format!("{theirs}-")), "{path}: {body}");
     }
 }
+
+/// A feature the upstream refuses with 405 (HAPI: `:contains`, disabled by default) is answered
+/// 400 `not-supported` with the upstream's text withheld: the client's method was one fhir-fence
+/// routes, so a 405 would be wrong, and HAPI's reason stays in the log. (Found by an independent
+/// attacker.)
+#[tokio::test]
+async fn a_feature_the_upstream_refuses_is_400_not_405() {
+    let (f, ts) = fence(1).await;
+    let a = f.token(&ts[0].name);
+    let r = get(&f.url("Patient?name:contains=x")).bearer(&a).send().await;
+    assert_eq!((r.status, r.body["issue"][0]["code"].as_str()), (400, Some("not-supported")), "{}", r.body);
+    assert!(!r.diagnostics().contains("HAPI"), "{}", r.body);
+}

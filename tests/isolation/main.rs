@@ -543,6 +543,11 @@ async fn parser_gap_probes() {
         probe("definition url as a decoy literal", "PUT", "/Library/decoy", &[422]).json(json!({"resourceType": "Library", "id": "decoy", "url": format!("/{}", up("Library", "b-lib")), "status": "active", "type": {"text": "x"}})),
         probe("definition url naming the upstream", "PUT", "/Library/decoy", &[422]).json(json!({"resourceType": "Library", "id": "decoy", "url": format!("{}/{}", hapi(), up("Library", "b-lib")), "status": "active", "type": {"text": "x"}})),
         probe("definition squatting a shared url", "PUT", "/Questionnaire/squat", &[422]).json(json!({"resourceType": "Questionnaire", "id": "squat", "url": "http://hl7.org/fhir/Questionnaire/phq-9", "status": "active"})),
+        // white space HAPI keeps (uri) or trims (code) (found by an independent attacker)
+        probe("definition squatting a shared url behind a space", "PUT", "/Questionnaire/squat", &[400]).json(json!({"resourceType": "Questionnaire", "id": "squat", "url": " http://hl7.org/fhir/Questionnaire/phq-9", "status": "active"})),
+        probe("canonical naming B's definition behind a space", "POST", "/QuestionnaireResponse", &[400]).json(qr(json!(format!(" {b_only_url}")))),
+        probe("B's tenant code padded with spaces", "POST", "/Patient", &[400]).json(tag(json!([{"system": SYSTEM, "code": format!(" {tb} ")}]))),
+        probe("B's tenant code padded through meta-add", "POST", "/Patient/p1/$meta-add", &[400]).json(json!({"resourceType": "Parameters", "parameter": [{"name": "meta", "valueMeta": {"tag": [{"system": SYSTEM, "code": format!("{tb}\t")}]}}]})),
         // a JSON Patch whose copies never grow the document but keep the worker busy
         probe("patch of busy work", "PATCH", "/Patient/p1", &[422]).raw("application/json-patch+json", &patch(Value::Array(
             [json!({"op": "add", "path": "/name/-", "value": {"text": "w".repeat(10_000)}}), json!({"op": "add", "path": "/name/-", "value": {"text": "z"}})]
