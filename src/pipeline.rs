@@ -12,6 +12,8 @@ use crate::bundle::bundle;
 use crate::connection::Slot;
 use crate::dispatch::{dispatch, Outcome};
 use crate::error::Error;
+use crate::identity::Caller;
+use crate::limits::{Admitted, TenantLimits};
 use crate::metadata::metadata;
 use crate::request::{
     accepts_fhir_json, accepts_ndjson, check_headers, correlation_id, ensure_no_body, read_body, read_form, BodyKind,
@@ -26,6 +28,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::Full;
 use hyper::body::Incoming;
+use serde_json::Value;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -37,15 +40,15 @@ pub async fn handle(snap: Arc<Snapshot>, req: Request<Incoming>, conn: &Slot) ->
     // Correlation id first: every log line and every error body below can then name it.
     let correlation = correlation_id(req.headers());
     let method = req.method().clone();
-    let mut who = Who::default();
+    let mut facts = RequestFacts::default();
     // The upstream wait is counted apart, so the audit shows fhir-fence's own share.
     // (Pinned in place: `run`'s future is several KB, and `timed` then moves a reference.)
     let (result, upstream_micros) = {
-        let running = std::pin::pin!(run(&snap, req, conn, &correlation, &mut who));
+        let running = std::pin::pin!(run(&snap, req, conn, &correlation, &mut facts));
         crate::upstream::timed(running).await
     };
     let metrics = &snap.metrics;
-    let t = who.tenant.clone().unwrap_or_else(|| "-".into());
+    let t = facts.tenant.clone().unwrap_or_else(|| "-".into());
     let response = match result {
         Ok(response) => response,
         Err(e) => {
@@ -59,10 +62,10 @@ pub async fn handle(snap: Arc<Snapshot>, req: Request<Incoming>, conn: &Slot) ->
         }
     };
     let status = response.status();
-    metrics.requests.with_label_values(&[&t, who.interaction.unwrap_or("-"), status.as_str()]).inc();
+    metrics.requests.with_label_values(&[&t, facts.interaction.unwrap_or("-"), status.as_str()]).inc();
     metrics.latency.with_label_values(&[&t]).observe(started.elapsed().as_secs_f64());
-    if who.dropped > 0 {
-        metrics.entries_dropped.with_label_values(&[&t]).inc_by(who.dropped as u64);
+    if facts.dropped > 0 {
+        metrics.entries_dropped.with_label_values(&[&t]).inc_by(facts.dropped as u64);
     }
     let micros = started.elapsed().as_micros() as u64;
     // At debug level: the audit record below carries the same facts (and more) and is the
@@ -71,22 +74,22 @@ pub async fn handle(snap: Arc<Snapshot>, req: Request<Incoming>, conn: &Slot) ->
         target: "fhir_fence::access",
         correlation = %correlation,
         tenant = %t,
-        interaction = who.interaction.unwrap_or("-"),
+        interaction = facts.interaction.unwrap_or("-"),
         method = %method,
         status = status.as_u16(),
-        dropped = who.dropped,
+        dropped = facts.dropped,
         micros,
     );
     let record = Record {
         correlation: correlation.clone(),
-        tenant: who.tenant,
-        subject: who.subject,
-        client_id: who.client_id,
-        interaction: who.interaction,
+        tenant: facts.tenant,
+        subject: facts.subject,
+        client_id: facts.client_id,
+        interaction: facts.interaction,
         method: method.to_string(),
-        resource_type: who.rtype,
-        id: who.id,
-        dropped: who.dropped,
+        resource_type: facts.rtype,
+        id: facts.id,
+        dropped: facts.dropped,
         bytes: response.body().size_hint().exact(),
         micros,
         upstream_micros,
@@ -104,7 +107,7 @@ pub async fn handle(snap: Arc<Snapshot>, req: Request<Incoming>, conn: &Slot) ->
 /// What is known about the request so far, filled in as `run` learns it (for metrics, the
 /// access log and the audit record, also when the request fails half-way).
 #[derive(Default)]
-struct Who {
+struct RequestFacts {
     tenant: Option<String>,
     subject: Option<String>,
     client_id: Option<String>,
@@ -114,119 +117,39 @@ struct Who {
     dropped: usize,
 }
 
+/// The phases a FHIR request goes through, in order; each is a function below that says why
+/// it sits where it does.
 async fn run(
     snap: &Arc<Snapshot>,
     req: Request<Incoming>,
     conn: &Slot,
     correlation: &str,
-    who: &mut Who,
+    facts: &mut RequestFacts,
 ) -> Result<Response<Body>, Error> {
     let (parts, body) = req.into_parts();
-    let path = parts.uri.path();
-
-    // `metadata` is answered before identity: clients discover the server before they log in.
-    // It is served from the CapabilityStatement read at start-up, so it costs no upstream call.
-    if (parts.method == Method::GET || parts.method == Method::HEAD)
-        && path.strip_prefix(snap.base_path.as_str()) == Some("/metadata")
-    {
-        who.interaction = Some("metadata");
+    if is_metadata(snap, &parts) {
+        facts.interaction = Some("metadata");
         return Ok(boxed(metadata(snap).await?));
     }
-
-    // Identity before routing: an unauthenticated client learns nothing about what exists.
-    let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let caller = snap.verifier.verify_header(authorization)?;
-    who.tenant = Some(caller.tenant.name.clone());
-    who.subject = caller.subject.clone();
-    who.client_id = caller.client_id.clone();
+    let caller = identify(snap, &parts, facts)?;
     // Counted from here (the tenant is known) to the end of this request's handling.
     let _in_flight = snap.metrics.in_flight(&caller.tenant.name);
-    // The tenant's connection and in-flight caps as soon as the tenant is known, before any
-    // body is read: a tenant sending slow bodies spends its own slots, never another tenant's.
-    // The in-flight slot is held until this request is answered.
-    let limits = snap.limits.get(&caller.tenant.name);
-    conn.bind(&caller.tenant.name, limits.and_then(|l| l.connections()))?;
-    let _admitted = limits.map(|l| l.enter(&caller.tenant.name, &snap.metrics)).transpose()?;
-
+    let limits = snap.limits.get(&caller.tenant.name).map(Arc::as_ref);
+    let _admitted = admit(snap, &caller, limits, conn)?;
     // Request hygiene: refuse what the proxy cannot inspect or that changes the request's meaning.
     check_headers(&parts.headers)?;
-
-    // Routing: the allow-list of interactions; everything else ends here with a precise refusal.
-    let params = route::parse_query(parts.uri.query())?;
-
-    let interaction = route::classify(&parts.method, &snap.base_path, path, &params)?;
-    let name = interaction.name();
-    who.interaction = Some(name);
-    let (rtype, id) = interaction.target();
-    (who.rtype, who.id) = (rtype.map(str::to_owned), id.map(str::to_owned));
-    // Answers are FHIR JSON; the exceptions are a Binary read asking for its own content type
-    // and export files (NDJSON).
-    let binary_read =
-        matches!(&interaction, Interaction::Read { rtype, .. } | Interaction::Vread { rtype, .. } if rtype == "Binary");
-    let acceptable = match &interaction {
-        Interaction::ExportFile { .. } => accepts_ndjson(&parts.headers),
-        _ => accepts_fhir_json(&parts.headers) || binary_read,
-    };
-    if !acceptable {
-        return Err(RequestError::NotAcceptable.into());
-    }
-
-    // Bodies are read only where an interaction has one, bounded, of the expected media type,
-    // and parsed strictly; other requests must not have one. Form searches merge URL and body
-    // parameters here, so everything after sees one parameter list, validated once.
-    let limit = BodyLimits::of(&snap.loaded.config.server);
-    let mut params = params;
-    let body = match &interaction {
-        Interaction::Create { .. }
-        | Interaction::Update { .. }
-        | Interaction::ConditionalUpdate { .. }
-        | Interaction::Bundle
-        | Interaction::Export { form: true, .. }
-        | Interaction::Validate { id: None, .. } => {
-            Some(read_body(&parts.headers, body, limit, BodyKind::Resource).await?)
-        }
-        Interaction::Operation { op: route::Op::MetaAdd | route::Op::MetaDelete, .. } => {
-            Some(read_body(&parts.headers, body, limit, BodyKind::Resource).await?)
-        }
-        Interaction::Patch { .. } | Interaction::ConditionalPatch { .. } => {
-            Some(read_body(&parts.headers, body, limit, BodyKind::JsonPatch).await?)
-        }
-        Interaction::Search { form: true, .. } | Interaction::SystemSearch { form: true } => {
-            let form = read_form(&parts.headers, body, limit).await?;
-            params.extend(form);
-            None
-        }
-        _ => {
-            ensure_no_body(&parts.headers)?;
-            None
-        }
-    };
-
-    // The rate limit once the request is known whole: a Bundle costs what its entries cost,
-    // and everything refused above cost the upstream nothing.
-    if let Some(l) = limits {
-        l.charge(&caller.tenant.name, l.cost(name, body.as_ref()), &snap.metrics)?;
-    }
-
-    // Scope, upstream, and the outbound check, per interaction.
-    // The client's own URL for this answer; a form search is shown as the equivalent GET.
-    let self_url = match (&interaction, parts.uri.query()) {
-        (Interaction::Search { rtype, form: true }, _) => {
-            format!("{}/{}?{}", snap.public_base, rtype, route::encode_query(&params))
-        }
-        (Interaction::SystemSearch { form: true }, _) => {
-            format!("{}?{}", snap.public_base, route::encode_query(&params))
-        }
-        (_, Some(q)) => format!("{}{}?{}", snap.public_origin, path, q),
-        (_, None) => format!("{}{}", snap.public_origin, path),
-    };
+    let (interaction, params) = route_request(snap, &parts, facts)?;
+    let (body, params) = read_request_body(snap, &parts, &interaction, params, body).await?;
+    charge(snap, &caller, limits, &interaction, body.as_ref())?;
+    let self_url = self_url(snap, &parts, &interaction, &params);
     let upstream =
         snap.tenant_upstreams.get(&caller.tenant.name).ok_or(Error::from(ScopeError::CapabilitiesUnavailable))?;
     // Export files stream (constant memory, filtered line by line): the one answer not built
-    // as a whole, so it is answered here rather than in `dispatch`.
+    // as a whole, so it is answered here rather than through `dispatch`.
     if let Interaction::ExportFile { file } = &interaction {
         return crate::bulk::download::download(snap.clone(), &caller, upstream.clone(), file, correlation).await;
     }
+    // Scope, upstream and the outbound check, per interaction; then the answer.
     let ctx = Ctx { snap, tenant: &caller.tenant, upstream, correlation };
     let outcome = match interaction {
         // A Bundle's entries come back through `dispatch` one by one (batch) or are planned
@@ -237,6 +160,133 @@ async fn run(
         }
         _ => dispatch(&ctx, &caller, interaction, &params, body, &parts.headers, &self_url).await?,
     };
-    who.dropped = outcome.dropped();
+    facts.dropped = outcome.dropped();
     Ok(boxed(respond(&ctx, outcome, &parts.headers)?))
+}
+
+/// `metadata` is answered before identity: clients discover the server before they log in.
+/// It is served from the CapabilityStatement read at start-up, so it costs no upstream call.
+fn is_metadata(snap: &Snapshot, parts: &http::request::Parts) -> bool {
+    (parts.method == Method::GET || parts.method == Method::HEAD)
+        && parts.uri.path().strip_prefix(snap.base_path.as_str()) == Some("/metadata")
+}
+
+/// Identity before routing: an unauthenticated client learns nothing about what exists.
+fn identify(snap: &Snapshot, parts: &http::request::Parts, facts: &mut RequestFacts) -> Result<Caller, Error> {
+    let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let caller = snap.verifier.verify_header(authorization)?;
+    facts.tenant = Some(caller.tenant.name.clone());
+    facts.subject = caller.subject.clone();
+    facts.client_id = caller.client_id.clone();
+    Ok(caller)
+}
+
+/// The tenant's connection and in-flight caps as soon as the tenant is known, before any body
+/// is read: a tenant sending slow bodies spends its own slots, never another tenant's. The
+/// in-flight slot is held until this request is answered.
+fn admit(
+    snap: &Snapshot,
+    caller: &Caller,
+    limits: Option<&TenantLimits>,
+    conn: &Slot,
+) -> Result<Option<Admitted>, Error> {
+    conn.bind(&caller.tenant.name, limits.and_then(|l| l.connections()))?;
+    Ok(limits.map(|l| l.enter(&caller.tenant.name, &snap.metrics)).transpose()?)
+}
+
+/// Routing: the allow-list of interactions; everything else ends here with a precise refusal.
+/// Answers are FHIR JSON; the exceptions are a Binary read asking for its own content type and
+/// export files (NDJSON).
+fn route_request(
+    snap: &Snapshot,
+    parts: &http::request::Parts,
+    facts: &mut RequestFacts,
+) -> Result<(Interaction, route::Params), Error> {
+    let params = route::parse_query(parts.uri.query())?;
+    let interaction = route::classify(&parts.method, &snap.base_path, parts.uri.path(), &params)?;
+    facts.interaction = Some(interaction.name());
+    let (rtype, id) = interaction.target();
+    (facts.rtype, facts.id) = (rtype.map(str::to_owned), id.map(str::to_owned));
+    let binary_read =
+        matches!(&interaction, Interaction::Read { rtype, .. } | Interaction::Vread { rtype, .. } if rtype == "Binary");
+    let acceptable = match &interaction {
+        Interaction::ExportFile { .. } => accepts_ndjson(&parts.headers),
+        _ => accepts_fhir_json(&parts.headers) || binary_read,
+    };
+    if !acceptable {
+        return Err(RequestError::NotAcceptable.into());
+    }
+    Ok((interaction, params))
+}
+
+/// Bodies are read only where an interaction has one, bounded, of the expected media type, and
+/// parsed strictly (resources also pass the typed gate); other requests must not have one.
+/// Form searches merge URL and body parameters here, so everything after sees one parameter
+/// list, validated once.
+async fn read_request_body(
+    snap: &Snapshot,
+    parts: &http::request::Parts,
+    interaction: &Interaction,
+    mut params: route::Params,
+    body: Incoming,
+) -> Result<(Option<Value>, route::Params), Error> {
+    let limit = BodyLimits::of(&snap.loaded.config.server);
+    let body = match interaction {
+        Interaction::Create { .. }
+        | Interaction::Update { .. }
+        | Interaction::ConditionalUpdate { .. }
+        | Interaction::Bundle
+        | Interaction::Export { form: true, .. }
+        | Interaction::Validate { id: None, .. }
+        | Interaction::Operation { op: route::Op::MetaAdd | route::Op::MetaDelete, .. } => {
+            Some(read_body(&parts.headers, body, limit, BodyKind::Resource).await?)
+        }
+        Interaction::Patch { .. } | Interaction::ConditionalPatch { .. } => {
+            Some(read_body(&parts.headers, body, limit, BodyKind::JsonPatch).await?)
+        }
+        Interaction::Search { form: true, .. } | Interaction::SystemSearch { form: true } => {
+            params.extend(read_form(&parts.headers, body, limit).await?);
+            None
+        }
+        _ => {
+            ensure_no_body(&parts.headers)?;
+            None
+        }
+    };
+    Ok((body, params))
+}
+
+/// The rate limit once the request is known whole: a Bundle costs what its entries cost, and
+/// everything refused before cost the upstream nothing.
+fn charge(
+    snap: &Snapshot,
+    caller: &Caller,
+    limits: Option<&TenantLimits>,
+    interaction: &Interaction,
+    body: Option<&Value>,
+) -> Result<(), Error> {
+    if let Some(l) = limits {
+        l.charge(&caller.tenant.name, l.cost(interaction.name(), body), &snap.metrics)?;
+    }
+    Ok(())
+}
+
+/// The client's own URL for this answer; a form search is shown as the equivalent GET.
+fn self_url(
+    snap: &Snapshot,
+    parts: &http::request::Parts,
+    interaction: &Interaction,
+    params: &route::Params,
+) -> String {
+    let path = parts.uri.path();
+    match (interaction, parts.uri.query()) {
+        (Interaction::Search { rtype, form: true }, _) => {
+            format!("{}/{}?{}", snap.public_base, rtype, route::encode_query(params))
+        }
+        (Interaction::SystemSearch { form: true }, _) => {
+            format!("{}?{}", snap.public_base, route::encode_query(params))
+        }
+        (_, Some(q)) => format!("{}{}?{}", snap.public_origin, path, q),
+        (_, None) => format!("{}{}", snap.public_origin, path),
+    }
 }
