@@ -21,6 +21,10 @@ use crate::upstream::Upstream;
 use smallvec::SmallVec;
 use std::collections::HashSet;
 
+/// The longest number the one-pass check copies (`-` and 32 digits and a point): longer ones are
+/// judged by the strict parser, which refuses magnitudes `f64` cannot hold.
+const MAX_NUMBER: usize = 34;
+
 /// What one line's check needs to know: the caller's policy (borrowed, so a read builds one
 /// without copying anything) and scratch space kept between lines.
 pub struct FastLine<'p> {
@@ -276,7 +280,9 @@ impl<'a> Scan<'a> {
         }
     }
 
-    /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?` (exponents go the long way).
+    /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?` of at most [`MAX_NUMBER`] bytes (exponents and long
+    /// numbers go the long way: the strict parser refuses a magnitude past `f64`'s, found by
+    /// the `fastline_diff` fuzz target).
     #[inline]
     fn number(&mut self) -> R<()> {
         let b = self.b;
@@ -302,7 +308,7 @@ impl<'a> Scan<'a> {
                 i += 1;
             }
         }
-        if matches!(b.get(i), Some(b'e' | b'E')) {
+        if matches!(b.get(i), Some(b'e' | b'E')) || i - self.i > MAX_NUMBER {
             return Err(Unsure);
         }
         self.i = i;

@@ -68,6 +68,9 @@ fn edits(line: &str, p: &str, other: &str) -> Vec<String> {
         line.replacen("#c1", "urn:uuid:1", 1),
         line.replacen("12.5", "1.2e1", 1),
         line.replacen("12.5", "012", 1),
+        // A magnitude `f64` cannot hold: the strict parser refuses it (found by fuzzing).
+        line.replacen("12.5", &"5".repeat(400), 1),
+        line.replacen("12.5", &format!("-{}.5", "9".repeat(40)), 1),
         line.replacen(",\"status\"", ",\"status\":1,\"status\"", 1),
         line.replacen("}", "},", 1),
         format!("{line} x"),
