@@ -36,9 +36,8 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
 mod support;
-use support::{free_port, serve, wait_for, wait_port, Killed};
+use support::{free_port, serve, wait_for, wait_port, Killed, SYSTEM};
 
-const SYSTEM: &str = "https://fhir-fence.dev/CodeSystem/tenant";
 const LINES_IN_POOL: usize = 50_000;
 
 fn main() {
@@ -306,27 +305,7 @@ fn filter_alone(config: &std::path::Path, pool: &[Bytes], total: u64) -> (Durati
 
 /// The fhir-fence config for the benchmark: tenants `acme` and `globex` on `origin`.
 fn bench_config(public: u16, admin: u16, origin_base: &str) -> String {
-    let root = env!("CARGO_MANIFEST_DIR");
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:{public}"
-public_base = "http://127.0.0.1:{public}/fhir"
-[admin]
-listen = "127.0.0.1:{admin}"
-[tenancy]
-marker = "tag"
-system = "{SYSTEM}"
-[upstreams.origin]
-base_url = "{origin_base}"
-request_timeout_ms = 60000
-[issuers.dev]
-iss = "https://issuer.test/bench"
-audience = ["http://127.0.0.1:{public}/fhir"]
-algorithms = ["HS256"]
-secret_file = "{root}/fixtures/dev-hs256.secret"
-tenant_claim = "$.tenant"
-tenants = ["acme", "globex"]
+    let tenants = r#"
 [tenants.acme]
 prefix = "acme"
 upstream = "origin"
@@ -336,8 +315,8 @@ operations = ["export"]
 prefix = "glx"
 upstream = "origin"
 status = "active"
-"#
-    )
+"#;
+    support::config(public, admin, origin_base, tenants)
 }
 
 async fn bench(default_mb: u64) {

@@ -34,9 +34,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 mod support;
-use support::{free_port, serve, wait_for};
-
-const SYSTEM: &str = "https://fhir-fence.dev/CodeSystem/tenant";
+use support::{free_port, serve, wait_for, SYSTEM};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -89,26 +87,7 @@ fn capability_statement() -> serde_json::Value {
 }
 
 fn config(public: u16, admin: u16, origin_base: &str) -> String {
-    let root = env!("CARGO_MANIFEST_DIR");
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:{public}"
-public_base = "http://127.0.0.1:{public}/fhir"
-[admin]
-listen = "127.0.0.1:{admin}"
-[tenancy]
-marker = "tag"
-system = "{SYSTEM}"
-[upstreams.origin]
-base_url = "{origin_base}"
-[issuers.dev]
-iss = "https://issuer.test/bench"
-audience = ["http://127.0.0.1:{public}/fhir"]
-algorithms = ["HS256"]
-secret_file = "{root}/fixtures/dev-hs256.secret"
-tenant_claim = "$.tenant"
-tenants = ["acme", "globex"]
+    let tenants = r#"
 [tenants.acme]
 prefix = "acme"
 upstream = "origin"
@@ -122,8 +101,8 @@ max_connections = 32
 prefix = "globex"
 upstream = "origin"
 status = "active"
-"#
-    )
+"#;
+    support::config(public, admin, origin_base, tenants)
 }
 
 /// One read on a new connection: its latency, and whether it was a 200.

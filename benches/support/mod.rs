@@ -69,3 +69,34 @@ pub fn serve(config: &Path) -> Killed {
             .unwrap(),
     )
 }
+
+/// The tenant coding system the benchmarks' configs use.
+pub const SYSTEM: &str = "https://fhir-fence.dev/CodeSystem/tenant";
+
+/// A fhir-fence config for a benchmark: public and admin ports, one upstream `origin`, a
+/// development issuer for `acme` and `globex`, then `tenants` (their `[tenants.…]` sections).
+pub fn config(public: u16, admin: u16, origin_base: &str, tenants: &str) -> String {
+    let root = env!("CARGO_MANIFEST_DIR");
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:{public}"
+public_base = "http://127.0.0.1:{public}/fhir"
+[admin]
+listen = "127.0.0.1:{admin}"
+[tenancy]
+marker = "tag"
+system = "{SYSTEM}"
+[upstreams.origin]
+base_url = "{origin_base}"
+request_timeout_ms = 60000
+[issuers.dev]
+iss = "https://issuer.test/bench"
+audience = ["http://127.0.0.1:{public}/fhir"]
+algorithms = ["HS256"]
+secret_file = "{root}/fixtures/dev-hs256.secret"
+tenant_claim = "$.tenant"
+tenants = ["acme", "globex"]
+{tenants}"#
+    )
+}
