@@ -85,10 +85,7 @@ async fn batch_entry(ctx: &Ctx<'_>, caller: &Caller, entry: Value) -> (Map<Strin
     }
     .await;
     let (status, resource, outcome, headers) = match result {
-        Ok((outcome, request_headers)) => match entry_parts(ctx, outcome, &request_headers) {
-            Ok(parts) => parts,
-            Err(e) => failed(ctx, e.into()),
-        },
+        Ok((outcome, request_headers)) => entry_parts(ctx, outcome, &request_headers),
         Err(e) => failed(ctx, e),
     };
     let mut resp = serde_json::Map::new();
@@ -118,20 +115,21 @@ fn failed(ctx: &Ctx, e: Error) -> EntryParts {
 
 /// What a batch entry's response holds for an interaction's outcome: the same facts a single
 /// request's answer carries (`answer::respond`), as JSON.
-fn entry_parts(ctx: &Ctx, outcome: Outcome, request: &HeaderMap) -> Result<EntryParts, ScopeError> {
-    Ok(match outcome {
+fn entry_parts(ctx: &Ctx, outcome: Outcome, request: &HeaderMap) -> EntryParts {
+    match outcome {
         Outcome::Read(result) if conditional::not_modified(request, &result) => {
             (StatusCode::NOT_MODIFIED, None, None, result.headers)
         }
         Outcome::Read(result) | Outcome::Found(result) => (StatusCode::OK, Some(result.body), None, result.headers),
         Outcome::Written { rtype, done } => {
-            let mut headers = done.headers.clone();
-            if let Ok(v) = http::HeaderValue::from_str(&done.location(&ctx.snap.public_base, &rtype)) {
+            let location = done.location(&ctx.snap.public_base, &rtype);
+            let mut headers = done.headers;
+            if let Ok(v) = http::HeaderValue::from_str(&location) {
                 headers.insert(header::LOCATION, v);
             }
             (done.status, done.body, None, headers)
         }
         Outcome::Other { status, body, headers } if status.is_success() => (status, Some(body), None, headers),
         Outcome::Other { status, body, headers } => (status, None, Some(body), headers),
-    })
+    }
 }
