@@ -8,8 +8,8 @@ use crate::identity::Caller;
 use crate::outbound::{Checked, Composed};
 use crate::route::{self, Interaction};
 use crate::scope::{conditional, Ctx, ScopeError};
-use http::header::{self, HeaderValue};
-use http::{HeaderMap, Method, StatusCode};
+use http::header;
+use http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value};
 
 /// `POST [base]` with a Bundle: transactions go to `scope::transaction` (one atomic upstream
@@ -50,35 +50,11 @@ pub(crate) async fn bundle(ctx: &Ctx<'_>, caller: &Caller, body: Value) -> Resul
 /// its checked resource.
 async fn batch_entry(ctx: &Ctx<'_>, caller: &Caller, entry: Value) -> (Map<String, Value>, Option<Checked>) {
     let result = async {
-        let request =
-            entry.get("request").ok_or_else(|| Error::from(ScopeError::Body("entry without request".into())))?;
-        let method: Method = request
-            .get("method")
-            .and_then(Value::as_str)
-            .and_then(|m| m.parse().ok())
-            .ok_or_else(|| Error::from(ScopeError::Body("entry without a valid request.method".into())))?;
-        let url = request.get("url").and_then(Value::as_str).unwrap_or_default();
-        let url = url.strip_prefix(&format!("{}/", ctx.snap.public_base)).unwrap_or(url);
-        let (path, query) = match url.split_once('?') {
-            Some((p, q)) => (format!("{}/{p}", ctx.snap.base_path), Some(q)),
-            None => (format!("{}/{url}", ctx.snap.base_path), None),
-        };
-        let params = route::parse_query(query)?;
-        let interaction = route::classify(&method, &ctx.snap.base_path, &path, &params)?;
-        if matches!(interaction, Interaction::Bundle | Interaction::Page { .. } | Interaction::Metadata) {
+        let request = route::entry_request(&entry, &ctx.snap.public_base, &ctx.snap.base_path)?;
+        if matches!(request.interaction, Interaction::Bundle | Interaction::Page { .. } | Interaction::Metadata) {
             return Err(ScopeError::Body("this request cannot be a batch entry".into()).into());
         }
-        let mut headers = HeaderMap::new();
-        for (field, name) in [
-            ("ifMatch", header::IF_MATCH),
-            ("ifNoneMatch", header::IF_NONE_MATCH),
-            ("ifModifiedSince", header::IF_MODIFIED_SINCE),
-            ("ifNoneExist", header::HeaderName::from_static("if-none-exist")),
-        ] {
-            if let Some(v) = request.get(field).and_then(Value::as_str).and_then(|v| HeaderValue::from_str(v).ok()) {
-                headers.insert(name, v);
-            }
-        }
+        let route::EntryRequest { interaction, params, headers, url, .. } = request;
         let self_url = format!("{}/{url}", ctx.snap.public_base);
         let body = entry.get("resource").cloned();
         Box::pin(dispatch(ctx, caller, interaction, &params, body, &headers, &self_url)).await.map(|o| (o, headers))

@@ -74,3 +74,75 @@ fn outbound_canonical(ctx: &Ctx, c: &mut String) -> Result<(), ScopeError> {
 pub fn public_url(ctx: &Ctx, rtype: &str, local: &str) -> String {
     format!("{}/{}/{}", ctx.snap.public_base, rtype, local)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scope::testing::{ctx, marked, SYSTEM};
+    use serde_json::json;
+
+    fn stored(tenant: &str, id: &str, extra: Value) -> Value {
+        let mut r = json!({"resourceType": "Observation", "id": id, "meta": marked(tenant), "status": "final"});
+        r.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        r
+    }
+
+    #[test]
+    fn the_callers_own_resource_leaves_in_its_local_form() {
+        let r = stored(
+            "acme",
+            "acme-o1",
+            json!({"subject": {"reference": "Patient/acme-p1"},
+            "performer": [{"reference": "http://127.0.0.1:9/fhir/Practitioner/acme-d1"}, {"reference": "#c"}]}),
+        );
+        let out = resource(&ctx("acme"), r).unwrap().into_tree();
+        assert_eq!(out["id"], "o1");
+        assert_eq!(out["subject"]["reference"], "Patient/p1");
+        assert_eq!(out["performer"][0]["reference"], "Practitioner/d1");
+        assert_eq!(out["performer"][1]["reference"], "#c");
+        assert!(!out.to_string().contains(SYSTEM), "the tenant coding is stripped: {out}");
+    }
+
+    #[test]
+    fn what_cannot_be_proven_the_callers_does_not_leave() {
+        let acme = ctx("acme");
+        let cases = [
+            ("another tenant's", stored("globex", "globex-o1", json!({}))),
+            ("marker and prefix disagree", stored("acme", "globex-o1", json!({}))),
+            ("no marker", json!({"resourceType": "Observation", "id": "acme-o1"})),
+            (
+                "a reference into another tenant",
+                stored("acme", "acme-o1", json!({"subject": {"reference": "Patient/globex-p1"}})),
+            ),
+            ("an unprefixed reference", stored("acme", "acme-o1", json!({"subject": {"reference": "Patient/p1"}}))),
+            (
+                "a reference to a foreign server",
+                stored("acme", "acme-o1", json!({"subject": {"reference": "http://evil/fhir/Patient/acme-p1"}})),
+            ),
+            (
+                "an attachment naming the upstream",
+                stored(
+                    "acme",
+                    "acme-o1",
+                    json!({"content": [{"attachment": {"contentType": "text/plain", "url": "http://127.0.0.1:9/fhir/Binary/acme-b"}}]}),
+                ),
+            ),
+            ("not an object", json!(["acme-o1"])),
+        ];
+        for (why, r) in cases {
+            assert!(matches!(resource(&acme, r), Err(ScopeError::Unprovable)), "{why}");
+        }
+    }
+
+    #[test]
+    fn the_byte_path_agrees_or_declines() {
+        let acme = ctx("acme");
+        let own = stored("acme", "acme-o1", json!({"subject": {"reference": "Patient/acme-p1"}}));
+        let bytes = serde_json::to_vec(&own).unwrap();
+        if let Some(fast) = resource_bytes(&acme, "Observation", &bytes) {
+            assert_eq!(fast.into_tree(), resource(&acme, own).unwrap().into_tree());
+        }
+        let foreign = serde_json::to_vec(&stored("globex", "globex-o1", json!({}))).unwrap();
+        assert!(resource_bytes(&acme, "Observation", &foreign).is_none());
+    }
+}

@@ -26,17 +26,32 @@ pub async fn create(
     criteria: &str,
     body: Value,
 ) -> Result<WriteResult, ScopeError> {
-    let criteria = criteria_params(rtype, criteria)?;
-    let found = matching(ctx, caps, rtype, &criteria).await?;
-    match found.as_slice() {
-        [] => write::create_or_update(ctx, caps, rtype, None, body, None).await,
-        [existing] => Ok(WriteResult {
+    match if_none_exist(ctx, caps, rtype, criteria).await? {
+        None => write::create_or_update(ctx, caps, rtype, None, body, None).await,
+        Some(existing) => Ok(WriteResult {
             status: StatusCode::OK,
-            local_id: id_of(existing),
+            local_id: id_of(&existing),
             version: existing.pointer("/meta/versionId").and_then(Value::as_str).map(str::to_owned),
-            body: Some(existing.clone()),
+            body: Some(existing),
             headers: HeaderMap::new(),
         }),
+    }
+}
+
+/// What `If-None-Exist` criteria (a single create's header, a transaction entry's field) find
+/// among the caller's resources: nothing (create), the one resource (answer it), or more
+/// (refused).
+pub async fn if_none_exist(
+    ctx: &Ctx<'_>,
+    caps: &Capabilities,
+    rtype: &str,
+    criteria: &str,
+) -> Result<Option<Checked>, ScopeError> {
+    let criteria = criteria_params(rtype, criteria)?;
+    let mut found = matching(ctx, caps, rtype, &criteria).await?;
+    match found.len() {
+        0 => Ok(None),
+        1 => Ok(found.pop()),
         _ => Err(ScopeError::MultipleMatches),
     }
 }
@@ -49,12 +64,34 @@ pub async fn update(
     criteria: &Params,
     body: Value,
 ) -> Result<WriteResult, ScopeError> {
+    let (id, body) = resolve_update(ctx, caps, rtype, criteria, body).await?;
+    write::create_or_update(ctx, caps, rtype, id.as_deref(), body, None).await
+}
+
+/// A conditional update's target (alone or in a transaction): the id it writes to (`None`: a
+/// new one is chosen), and the body carrying that id.
+pub async fn resolve_update(
+    ctx: &Ctx<'_>,
+    caps: &Capabilities,
+    rtype: &str,
+    criteria: &Params,
+    mut body: Value,
+) -> Result<(Option<String>, Value), ScopeError> {
+    needs_criteria(criteria, "update")?;
     let id = update_target(&matching(ctx, caps, rtype, criteria).await?, &body)?;
-    let mut body = body;
     if let (Some(id), Some(o)) = (&id, body.as_object_mut()) {
         o.insert("id".into(), Value::String(id.clone()));
     }
-    write::create_or_update(ctx, caps, rtype, id.as_deref(), body, None).await
+    Ok((id, body))
+}
+
+/// `[type]?` with no criteria would match every resource of the caller's of that type: FHIR
+/// makes it an error, and so does fhir-fence, for update, patch and delete alike.
+fn needs_criteria(criteria: &Params, what: &str) -> Result<(), ScopeError> {
+    match criteria.iter().any(|(k, _)| k != "_pretty") {
+        true => Ok(()),
+        false => Err(ScopeError::Param(format!("a conditional {what} needs criteria"))),
+    }
 }
 
 /// The id a conditional update (`PUT [type]?criteria`, alone or in a transaction) writes to,
@@ -85,6 +122,7 @@ pub async fn patch(
     patch: Value,
     if_match: Option<&HeaderValue>,
 ) -> Result<WriteResult, ScopeError> {
+    needs_criteria(criteria, "patch")?;
     let found = matching(ctx, caps, rtype, criteria).await?;
     match found.as_slice() {
         [] => Err(ScopeError::NotFound(format!("{rtype}?{}", encode_query(criteria)))),
@@ -104,9 +142,7 @@ pub async fn delete(
     rtype: &str,
     criteria: &Params,
 ) -> Result<StatusCode, ScopeError> {
-    if criteria.is_empty() {
-        return Err(ScopeError::Param("a conditional delete needs criteria".into()));
-    }
+    needs_criteria(criteria, "delete")?;
     let scoped = scope_params(ctx, caps, &[rtype.to_owned()], criteria)?;
     let headers = crate::headers::strict_headers(ctx.correlation);
     let answer =

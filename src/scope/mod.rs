@@ -19,6 +19,8 @@ pub mod read;
 pub mod refcheck;
 pub mod search;
 pub mod subscription;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod transaction;
 pub mod write;
 

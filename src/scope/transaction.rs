@@ -10,14 +10,14 @@
 //!   criteria scoped, so the upstream resolves them inside the tenant.
 //! - `GET` entries are scoped reads and searches; every response entry passes `outbound`.
 use super::refcheck;
-use super::search::{matching, scope_params};
+use super::search::scope_params;
 use super::write::{prepare, InBundle, Prepared};
 use super::{Ctx, ScopeError};
 use crate::fhir::capabilities::Capabilities;
-use crate::fhir::reference::{self, is_id, is_resource_type};
+use crate::fhir::reference;
 use crate::headers::base_headers;
 use crate::outbound::{self, Checked, Composed};
-use crate::route::{encode_query, parse_query, Params};
+use crate::route::{self, encode_query, EntryRequest, Interaction};
 use http::{HeaderValue, Method, StatusCode};
 use serde_json::{json, Map, Value};
 
@@ -109,6 +109,9 @@ pub async fn run(ctx: &Ctx<'_>, caps: &Capabilities, entries: Vec<Value>) -> Res
     Ok(out.finish())
 }
 
+/// Plans one entry: routed by [`route::entry_request`] exactly like a single request (the same
+/// allow-list), then scoped by the functions single requests use (`conditional`, `search`,
+/// `write`). Only the interactions a transaction can hold atomically are accepted.
 async fn plan_entry(
     ctx: &Ctx<'_>,
     caps: &Capabilities,
@@ -117,40 +120,25 @@ async fn plan_entry(
     in_bundle: &mut InBundle<'_>,
 ) -> Result<Planned, ScopeError> {
     let bad = |why: String| ScopeError::Body(format!("entry {index}: {why}"));
-    let Value::Object(mut entry) = entry else { return Err(bad("not an object".into())) };
     let request =
-        entry.remove("request").and_then(|r| r.as_object().cloned()).ok_or_else(|| bad("no request".into()))?;
-    let method = request.get("method").and_then(Value::as_str).ok_or_else(|| bad("no request.method".into()))?;
-    let url = request.get("url").and_then(Value::as_str).ok_or_else(|| bad("no request.url".into()))?;
-    let url = url.strip_prefix(&format!("{}/", ctx.snap.public_base)).unwrap_or(url);
-    let (path, query) = match url.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (url, None),
-    };
-    let params: Params = parse_query(query).map_err(|e| bad(e.to_string()))?;
-    let segments: Vec<&str> = path.split('/').collect();
-    for s in &segments {
-        if s.is_empty() || s.contains(['%', ';', '$']) {
-            return Err(bad(format!("unsupported request.url {url:?}")));
-        }
-    }
-    if method != "GET" {
-        super::write::writable(ctx, segments[0])?;
+        route::entry_request(&entry, &ctx.snap.public_base, &ctx.snap.base_path).map_err(|e| bad(e.to_string()))?;
+    let Value::Object(mut entry) = entry else { return Err(bad("not an object".into())) };
+    let EntryRequest { method, interaction, params, headers, url } = request;
+    if let Some(rtype) = interaction.changes() {
+        super::write::writable(ctx, rtype)?;
     }
     let full_url = entry.get("fullUrl").and_then(Value::as_str).map(str::to_owned);
-    let resource = entry.remove("resource");
-    let if_match = request.get("ifMatch").and_then(Value::as_str);
-    let mut up = Map::new();
+    let mut resource = entry.remove("resource");
+    let condition = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let mut req = Map::new();
-    if let Some(m) = if_match {
+    if let Some(m) = condition("if-match") {
         req.insert("ifMatch".into(), m.into());
     }
     let prefixed = |id: &str| ctx.tenant.upstream_id(id).map_err(|e| bad(e.to_string()));
     let known = |t: &str| -> Result<String, ScopeError> {
-        if is_resource_type(t) && caps.has_type(t) {
-            Ok(t.to_owned())
-        } else {
-            Err(ScopeError::UnknownType(t.to_owned()))
+        match caps.has_type(t) {
+            true => Ok(t.to_owned()),
+            false => Err(ScopeError::UnknownType(t.to_owned())),
         }
     };
     let register = |rtype: &str, local: &str, in_bundle: &mut InBundle| -> Result<String, ScopeError> {
@@ -161,79 +149,72 @@ async fn plan_entry(
         in_bundle.written.insert(upstream.clone());
         Ok(upstream)
     };
-    let step = match (method, segments.as_slice(), params.is_empty()) {
-        ("POST", [t], true) => {
-            let rtype = known(t)?;
-            let body = resource.ok_or_else(|| bad("a POST entry needs a resource".into()))?;
-            if let Some(criteria) = request.get("ifNoneExist").and_then(Value::as_str) {
-                let criteria = parse_query(Some(criteria.trim_start_matches('?'))).map_err(|e| bad(e.to_string()))?;
-                match matching(ctx, caps, &rtype, &criteria).await?.as_slice() {
-                    [] => {}
-                    [existing] => {
-                        register(&rtype, &super::conditional::id_of(existing), in_bundle)?;
-                        return Ok(Planned {
-                            step: Step::Matched { rtype, resource: existing.clone() },
-                            entry: None,
-                            write: None,
-                        });
-                    }
-                    _ => return Err(ScopeError::MultipleMatches),
+    let mut needs = |what: &str| resource.take().ok_or_else(|| bad(format!("a {what} entry needs a resource")));
+    let step = match interaction {
+        Interaction::Create { rtype } => {
+            let rtype = known(&rtype)?;
+            let body = needs("POST")?;
+            if let Some(criteria) = condition("if-none-exist") {
+                if let Some(existing) = super::conditional::if_none_exist(ctx, caps, &rtype, criteria).await? {
+                    register(&rtype, &super::conditional::id_of(&existing), in_bundle)?;
+                    let step = Step::Matched { rtype, resource: existing };
+                    return Ok(Planned { step, entry: None, write: None });
                 }
             }
             let local = uuid::Uuid::new_v4().to_string();
             let url = register(&rtype, &local, in_bundle)?;
             return Ok(planned_put(req, url, rtype, local, body));
         }
-        ("PUT", [t, id], true) if is_id(id) => {
-            let rtype = known(t)?;
-            let body = resource.ok_or_else(|| bad("a PUT entry needs a resource".into()))?;
-            if body.get("id").and_then(Value::as_str) != Some(*id) {
+        Interaction::Update { rtype, id } => {
+            let rtype = known(&rtype)?;
+            let body = needs("PUT")?;
+            if body.get("id").and_then(Value::as_str) != Some(id.as_str()) {
                 return Err(bad("the resource id must equal the id in request.url".into()));
             }
-            let url = register(&rtype, id, in_bundle)?;
-            return Ok(planned_put(req, url, rtype, id.to_string(), body));
+            let url = register(&rtype, &id, in_bundle)?;
+            return Ok(planned_put(req, url, rtype, id, body));
         }
-        ("PUT", [t], false) => {
-            let rtype = known(t)?;
-            let mut body = resource.ok_or_else(|| bad("a PUT entry needs a resource".into()))?;
-            let found = matching(ctx, caps, &rtype, &params).await?;
-            let local = super::conditional::update_target(&found, &body)
-                .map_err(|e| if let ScopeError::Body(why) = e { bad(why) } else { e })?
-                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        Interaction::ConditionalUpdate { rtype } => {
+            let rtype = known(&rtype)?;
+            let (id, mut body) = super::conditional::resolve_update(ctx, caps, &rtype, &params, needs("PUT")?)
+                .await
+                .map_err(|e| if let ScopeError::Body(why) = e { bad(why) } else { e })?;
+            let local = id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
             if let Some(o) = body.as_object_mut() {
                 o.insert("id".into(), Value::String(local.clone()));
             }
             let url = register(&rtype, &local, in_bundle)?;
             return Ok(planned_put(req, url, rtype, local, body));
         }
-        ("DELETE", [t, id], true) if is_id(id) => {
-            req.insert("url".into(), format!("{}/{}", known(t)?, prefixed(id)?).into());
-            Step::Upstream { rtype: t.to_string(), local: Some(id.to_string()) }
+        Interaction::Delete { rtype, id } => {
+            req.insert("url".into(), format!("{}/{}", known(&rtype)?, prefixed(&id)?).into());
+            Step::Upstream { rtype, local: Some(id) }
         }
-        ("DELETE", [t], false) => {
-            let scoped = scope_params(ctx, caps, &[known(t)?], &params)?;
-            req.insert("url".into(), format!("{t}?{}", encode_query(&scoped)).into());
-            Step::Upstream { rtype: t.to_string(), local: None }
+        Interaction::ConditionalDelete { rtype } if !params.is_empty() => {
+            let scoped = scope_params(ctx, caps, &[known(&rtype)?], &params)?;
+            req.insert("url".into(), format!("{rtype}?{}", encode_query(&scoped)).into());
+            Step::Upstream { rtype, local: None }
         }
-        ("GET", [t, id], true) if is_id(id) => {
-            req.insert("url".into(), format!("{}/{}", known(t)?, prefixed(id)?).into());
-            Step::Upstream { rtype: t.to_string(), local: Some(id.to_string()) }
+        Interaction::Read { rtype, id } if method == Method::GET => {
+            req.insert("url".into(), format!("{}/{}", known(&rtype)?, prefixed(&id)?).into());
+            Step::Upstream { rtype, local: Some(id) }
         }
-        ("GET", [t, id, "_history", v], true) if is_id(id) && is_id(v) => {
-            req.insert("url".into(), format!("{}/{}/_history/{v}", known(t)?, prefixed(id)?).into());
-            Step::Upstream { rtype: t.to_string(), local: Some(id.to_string()) }
+        Interaction::Vread { rtype, id, version } if method == Method::GET => {
+            req.insert("url".into(), format!("{}/{}/_history/{version}", known(&rtype)?, prefixed(&id)?).into());
+            Step::Upstream { rtype, local: Some(id) }
         }
-        ("GET", [t], _) => {
-            let scoped = scope_params(ctx, caps, &[known(t)?], &params)?;
-            req.insert("url".into(), format!("{t}?{}", encode_query(&scoped)).into());
-            Step::Upstream { rtype: t.to_string(), local: None }
+        Interaction::Search { rtype, form: false } if method == Method::GET => {
+            let scoped = scope_params(ctx, caps, &[known(&rtype)?], &params)?;
+            req.insert("url".into(), format!("{rtype}?{}", encode_query(&scoped)).into());
+            Step::Upstream { rtype, local: None }
         }
-        _ => return Err(bad(format!("{method} {url} is not supported inside a transaction"))),
+        other => return Err(bad(format!("{method} {url} ({}) is not supported inside a transaction", other.name()))),
     };
     if resource.is_some() {
         return Err(bad(format!("a {method} entry must not carry a resource")));
     }
-    req.insert("method".into(), method.into());
+    req.insert("method".into(), method.as_str().into());
+    let mut up = Map::new();
     up.insert("request".into(), Value::Object(req));
     Ok(Planned { step, entry: Some(up), write: None })
 }
@@ -289,4 +270,104 @@ fn response_entry(ctx: &Ctx, rtype: &str, local: Option<&str>, answer: Value) ->
     }
     out.insert("response".into(), Value::Object(resp));
     (out, resource)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scope::testing::{capabilities, ctx, marked};
+
+    async fn plan(entry: Value) -> Result<(Planned, InBundle<'static>), ScopeError> {
+        let caps = Box::leak(Box::new(capabilities()));
+        let mut in_bundle = InBundle { conditional_refs: Some(caps), ..Default::default() };
+        let planned = plan_entry(&ctx("acme"), caps, 0, entry, &mut in_bundle).await?;
+        Ok((planned, in_bundle))
+    }
+
+    fn upstream_request(p: &Planned) -> &Value {
+        &p.entry.as_ref().expect("goes upstream")["request"]
+    }
+
+    #[tokio::test]
+    async fn entries_are_routed_by_the_same_allow_list_as_requests() {
+        // Each is refused before anything is sent: the upstream of this context refuses
+        // connections, so reaching it would be a different error.
+        let refused = [
+            json!({"request": {"method": "GET", "url": "Patient/p1/$everything"}}),
+            json!({"request": {"method": "GET", "url": "Patient/$everything"}}),
+            json!({"request": {"method": "GET", "url": "Patient/a%2Fb"}}),
+            json!({"request": {"method": "HEAD", "url": "Patient/p1"}}),
+            json!({"request": {"method": "GET", "url": "Patient/p1/_history"}}),
+            json!({"request": {"method": "POST", "url": "Patient/_search"}}),
+            json!({"request": {"method": "PATCH", "url": "Patient/p1"}, "resource": {"resourceType": "Binary"}}),
+            json!({"request": {"method": "DELETE", "url": "Patient"}}),
+            json!({"request": {"method": "DELETE", "url": "Patient/p1?_cascade=delete"}}),
+            json!({"request": {"method": "POST", "url": "Patient"}}),
+            json!({"request": {"method": "DELETE", "url": "Patient/p1"}, "resource": {"resourceType": "Patient"}}),
+            json!({"request": {"method": "PUT", "url": "Patient/p1"}, "resource": {"resourceType": "Patient", "id": "p2"}}),
+            json!({"request": {"method": "POST", "url": "Patient", "ifNoneExist": 7}, "resource": {"resourceType": "Patient"}}),
+            json!({"request": {"method": "GET"}}),
+            json!({"fullUrl": "urn:uuid:x"}),
+        ];
+        for entry in refused {
+            let result = plan(entry.clone()).await;
+            assert!(matches!(result, Err(ScopeError::Body(_))), "{entry}: {:?}", result.err());
+        }
+        let server_wide = json!({"request": {"method": "PUT", "url": "SearchParameter/s"},
+            "resource": {"resourceType": "SearchParameter", "id": "s"}});
+        assert!(matches!(plan(server_wide).await, Err(ScopeError::NotWritable(..))));
+        let unknown = json!({"request": {"method": "DELETE", "url": "Encounter/e1"}});
+        assert!(matches!(plan(unknown).await, Err(ScopeError::UnknownType(_))));
+    }
+
+    #[tokio::test]
+    async fn a_create_becomes_a_put_to_an_id_in_the_tenant() {
+        let entry = json!({"fullUrl": "urn:uuid:1", "request": {"method": "POST", "url": "Patient"},
+            "resource": {"resourceType": "Patient"}});
+        let (p, in_bundle) = plan(entry).await.unwrap();
+        let request = upstream_request(&p);
+        assert_eq!(request["method"], "PUT");
+        let url = request["url"].as_str().unwrap();
+        assert!(url.starts_with("Patient/acme-"), "{url}");
+        assert_eq!(in_bundle.full_urls["urn:uuid:1"], url);
+        assert!(in_bundle.written.contains(url));
+        assert!(p.write.is_some(), "the body is prepared once every fullUrl is known");
+    }
+
+    #[tokio::test]
+    async fn reads_searches_and_deletes_are_scoped() {
+        let (p, _) =
+            plan(json!({"request": {"method": "DELETE", "url": "Patient/p1", "ifMatch": "W/\"3\""}})).await.unwrap();
+        assert_eq!(upstream_request(&p), &json!({"method": "DELETE", "url": "Patient/acme-p1", "ifMatch": "W/\"3\""}));
+        let (p, _) = plan(json!({"request": {"method": "GET", "url": "http://fence.test/fhir/Patient/p1/_history/2"}}))
+            .await
+            .unwrap();
+        assert_eq!(upstream_request(&p)["url"], "Patient/acme-p1/_history/2");
+        let (p, _) =
+            plan(json!({"request": {"method": "GET", "url": "Observation?subject=Patient/p1"}})).await.unwrap();
+        let url = upstream_request(&p)["url"].as_str().unwrap();
+        assert!(url.contains("subject=Patient%2Facme-p1"), "{url}");
+        assert!(url.contains("_tag="), "the tenant parameter is added: {url}");
+    }
+
+    #[test]
+    fn a_response_entry_is_answered_in_the_callers_terms() {
+        let acme = ctx("acme");
+        let own = json!({"resourceType": "Patient", "id": "acme-p1", "meta": marked("acme")});
+        let answer = json!({"response": {"status": "201 Created", "location": "http://127.0.0.1:9/fhir/Patient/acme-p1/_history/1",
+            "outcome": {"resourceType": "OperationOutcome", "issue": [{"diagnostics": "upstream words"}]}}, "resource": own});
+        let (fields, resource) = response_entry(&acme, "Patient", Some("p1"), answer);
+        assert_eq!(fields["fullUrl"], "http://fence.test/fhir/Patient/p1");
+        assert_eq!(
+            fields["response"],
+            json!({"status": "201 Created", "location": "http://fence.test/fhir/Patient/p1/_history/1"})
+        );
+        assert_eq!(resource.unwrap().into_tree()["id"], "p1");
+        // Another tenant's resource and location are left out, whatever the upstream says.
+        let foreign = json!({"response": {"status": "200 OK", "location": "Patient/globex-p9/_history/1"},
+            "resource": {"resourceType": "Patient", "id": "globex-p9", "meta": marked("globex")}});
+        let (fields, resource) = response_entry(&acme, "Patient", None, foreign);
+        assert_eq!(fields["response"], json!({"status": "200 OK"}));
+        assert!(resource.is_none());
+    }
 }

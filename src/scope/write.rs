@@ -337,3 +337,67 @@ fn inbound_reference(
     *r = in_tenant(ctx, literal, r, bundle, targets)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scope::testing::{capabilities, ctx, marked, SYSTEM};
+    use serde_json::json;
+
+    fn prepared(body: Value) -> Result<Prepared, ScopeError> {
+        prepare(&ctx("acme"), &capabilities(), body, "o1", &InBundle::default())
+    }
+
+    #[test]
+    fn a_write_is_stamped_prefixed_and_its_references_moved_into_the_tenant() {
+        let p = prepared(json!({"resourceType": "Observation", "id": "o1", "status": "final",
+            "subject": {"reference": "Patient/p1"}, "meta": {"tag": [{"system": "http://x", "code": "y"}]}}))
+        .unwrap();
+        assert_eq!(p.body["id"], "acme-o1");
+        assert_eq!(p.body["subject"]["reference"], "Patient/acme-p1");
+        assert_eq!(
+            p.body["meta"]["tag"],
+            json!([{"system": "http://x", "code": "y"}, {"system": SYSTEM, "code": "acme"}])
+        );
+        let targets: Vec<&str> = p.targets.iter().map(|t| t.path.as_str()).collect();
+        assert_eq!(targets, ["Patient/acme-p1"], "the reference must still be proven to exist");
+        provable_once_stored(&ctx("acme"), &p.body).expect("what acme writes, acme can read back");
+    }
+
+    #[test]
+    fn another_tenants_marker_is_refused_wherever_it_hides() {
+        let foreign = json!({"resourceType": "Patient", "meta": marked("globex")});
+        assert!(matches!(prepared(foreign), Err(ScopeError::ForeignMarker)));
+        let contained = json!({"resourceType": "Observation", "status": "final",
+            "contained": [{"resourceType": "Patient", "id": "c", "meta": marked("acme")}]});
+        assert!(matches!(prepared(contained), Err(ScopeError::ForeignMarker)));
+        let not_a_list = json!({"resourceType": "Patient", "meta": {"tag": {"system": SYSTEM, "code": "globex"}}});
+        assert!(prepared(not_a_list).is_err());
+    }
+
+    #[test]
+    fn server_wide_types_are_not_writable() {
+        assert!(matches!(writable(&ctx("acme"), "SearchParameter"), Err(ScopeError::NotWritable(..))));
+        assert!(writable(&ctx("acme"), "Patient").is_ok());
+        let body = json!({"resourceType": "SearchParameter", "status": "active"});
+        assert!(matches!(prepared(body), Err(ScopeError::NotWritable(..))));
+    }
+
+    #[test]
+    fn only_what_could_be_read_back_is_sent() {
+        let acme = ctx("acme");
+        let mut p = prepared(json!({"resourceType": "Observation", "status": "final"})).unwrap().body;
+        // A conditional reference stands for one of the tenant's own resources once resolved.
+        p["subject"] = json!({"reference": "Patient?identifier=a"});
+        provable_once_stored(&acme, &p).unwrap();
+        // An id already in another tenant's namespace, or an upstream URL, can never be read back.
+        for reference in ["Patient/globex-p1", "http://127.0.0.1:9/fhir/Patient/globex-p1"] {
+            p["subject"] = json!({ "reference": reference });
+            assert!(matches!(provable_once_stored(&acme, &p), Err(ScopeError::Body(_))), "{reference}");
+        }
+        // Nor can a body stored under the other tenant's marker.
+        let globex =
+            prepare(&ctx("globex"), &capabilities(), json!({"resourceType": "Patient"}), "p", &InBundle::default());
+        assert!(provable_once_stored(&acme, &globex.unwrap().body).is_err());
+    }
+}

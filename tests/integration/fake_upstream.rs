@@ -440,3 +440,38 @@ async fn connections_the_upstream_closed_while_idle_are_not_reused() {
     }
     assert_eq!(connections.load(SeqCst) - before, 5, "one new connection per read");
 }
+
+/// Conditional writes with no criteria, and Bundle entries whose condition cannot be carried,
+/// are refused before the upstream sees anything (issue 16: one router, one planner).
+#[tokio::test]
+async fn writes_that_would_lose_their_condition_never_reach_the_upstream() {
+    let ts = tenants(1);
+    let up = fake::start(|_| Answer::Json(500, json!({}))).await;
+    let fence = support::start(Options::new(&up.base, &ts)).await;
+    let tok = fence.token(&ts[0].name);
+    let before = up.seen().len();
+    let patient = json!({"resourceType": "Patient"});
+    for (method, path) in [("PUT", "Patient"), ("PUT", "Patient?_pretty=true"), ("DELETE", "Patient")] {
+        let mut call = request(method, &fence.url(path)).bearer(&tok);
+        if method == "PUT" {
+            call = call.header("content-type", "application/fhir+json").raw_body(patient.to_string());
+        }
+        let r = call.send().await;
+        assert_eq!(r.status, 400, "{method} {path}: {}", r.diagnostics());
+        assert!(r.diagnostics().contains("needs criteria"), "{}", r.diagnostics());
+    }
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        // No header value holds a control character: before, this condition was dropped and
+        // the create ran unconditionally.
+        {"request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=a\u{7}"}, "resource": patient},
+        {"request": {"method": "POST", "url": "Patient", "ifNoneExist": "name=Zoë"}, "resource": patient},
+        {"request": {"method": "PUT", "url": "Patient/p1", "ifMatch": "W/\"1é\""}, "resource": patient}
+    ]});
+    let r = post(&fence.url(""), &batch).bearer(&tok).send().await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    for entry in r.body["entry"].as_array().unwrap() {
+        assert_eq!(entry["response"]["status"], "400 Bad Request", "{entry}");
+        assert!(entry["response"]["outcome"].to_string().contains("is not a valid condition"), "{entry}");
+    }
+    assert_eq!(up.seen().len(), before, "the upstream saw none of these: {:?}", &up.seen()[before..]);
+}
