@@ -17,7 +17,7 @@ use crate::headers::base_headers;
 use crate::identity::Caller;
 use crate::request::prefers;
 use crate::route::{encode_query, parse_query, ExportLevel, Params};
-use crate::scope::{read, refcheck, search, Ctx, ScopeError};
+use crate::scope::{params, read, refcheck, Ctx, ScopeError};
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Method, StatusCode};
 use serde_json::{json, Value};
@@ -242,7 +242,7 @@ fn validate(ctx: &Ctx, caps: &Capabilities, level: &ExportLevel, params: &Params
             }
             "_typeFilter" => filters.push(value.clone()),
             "_elements" => {
-                let with_meta = search::elements_with_meta(value)?;
+                let with_meta = params::elements_with_meta(value)?;
                 if request.elements.replace(with_meta).is_some() {
                     return Err(ExportError::Param("_elements given twice".into()).into());
                 }
@@ -276,7 +276,7 @@ fn validate(ctx: &Ctx, caps: &Capabilities, level: &ExportLevel, params: &Params
         if let Some((k, _)) = query.iter().find(|(k, _)| RESULT_PARAMS.contains(&k.split(':').next().unwrap_or(k))) {
             return Err(ExportError::Param(format!("{k} is not a filter parameter (in _typeFilter={f})")).into());
         }
-        let scoped = search::scope_params(ctx, caps, &[rtype.to_owned()], &query)?;
+        let scoped = params::scope_params(ctx, caps, &[rtype.to_owned()], &query)?;
         request.type_filters.push((rtype.to_owned(), scoped));
     }
     if request.types.is_empty() {

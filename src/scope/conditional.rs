@@ -8,8 +8,9 @@
 //! Limit: resolution and write are two upstream calls, so two concurrent conditional creates
 //! with the same criteria may both create (the upstream's own conditional create is atomic,
 //! but it would assign an id outside the tenant namespace).
+use super::params::scope_params;
 use super::read::ReadResult;
-use super::search::{matching, scope_params};
+use super::search::matching;
 use super::write::{self, WriteResult};
 use super::{Ctx, ScopeError};
 use crate::fhir::capabilities::Capabilities;

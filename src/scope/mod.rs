@@ -2,7 +2,8 @@
 //! that can only touch the caller's tenant; `outbound` checks every answer on the way out.
 //!
 //! - `read`     — read, vread, instance history (the id prefix makes foreign ids unreachable)
-//! - `search`   — type-level search: tenant parameter added, ids and references prefixed
+//! - `search`   — type, system and compartment searches, type and system history
+//! - `params`   — search parameters and criteria scoped: tenant parameter added, ids and references prefixed
 //! - `write`    — create, update, delete: stamp the marker, prefix ids, rewrite references
 //! - `subscription` — rest-hook Subscriptions: criteria scoped, destinations allow-listed
 //! - `refcheck` — every reference in a write must exist in the caller's tenant
@@ -11,10 +12,12 @@
 //! - `transaction` — transaction Bundles: every entry scoped, one atomic upstream transaction
 //! - `operation` — `$everything`, `$meta`, `$meta-add`, `$meta-delete`, `$validate` (per tenant allow-list)
 //! - `paging`   — sealed page tokens instead of upstream `_getpages` links
+//! - `testing`  — (tests only) a `Ctx` for the unit tests beside these modules
 pub mod canonicals;
 pub mod conditional;
 pub mod operation;
 pub mod paging;
+pub mod params;
 pub mod read;
 pub mod refcheck;
 pub mod search;

@@ -7,7 +7,7 @@
 //!   destinations (`tenants.X.subscription_destinations`; none by default);
 //! - extensions are refused (HAPI's payload-search-criteria extension runs an unscoped search),
 //!   and topic-based (backport) subscriptions are refused until a relay exists.
-use super::search::scope_params;
+use super::params::scope_params;
 use super::{Ctx, ScopeError};
 use crate::fhir::capabilities::Capabilities;
 use crate::fhir::reference::is_resource_type;

@@ -9,8 +9,8 @@
 //! - conditional `DELETE [type]?criteria` and conditional references are forwarded with the
 //!   criteria scoped, so the upstream resolves them inside the tenant.
 //! - `GET` entries are scoped reads and searches; every response entry passes `outbound`.
+use super::params::scope_params;
 use super::refcheck;
-use super::search::scope_params;
 use super::write::{prepare, InBundle, Prepared};
 use super::{Ctx, ScopeError};
 use crate::fhir::capabilities::Capabilities;

@@ -317,7 +317,7 @@ fn inbound_reference(
         Target::Absolute { base, literal } if base == ctx.snap.public_base => literal,
         Target::Conditional if bundle.conditional_refs.is_some() => {
             let caps = bundle.conditional_refs.expect("checked");
-            *r = super::search::scoped_conditional_reference(ctx, caps, r)?;
+            *r = super::params::scoped_conditional_reference(ctx, caps, r)?;
             return Ok(());
         }
         Target::Absolute { base, .. } if ctx.snap.external_bases.iter().any(|b| b == base) => return Ok(()),
