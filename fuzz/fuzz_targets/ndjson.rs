@@ -6,7 +6,9 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&split, data)) = data.split_first() else { return };
-    let mut filter = NdjsonFilter::new("Patient", 256, |v: serde_json::Value| Some(v));
+    let mut filter = NdjsonFilter::new("Patient", 256, |v: serde_json::Value| {
+        Some(fhir_fence::outbound::Checked::authored(v))
+    });
     let mut out = Vec::new();
     let cut = usize::from(split).min(data.len());
     let ok = filter.push(&data[..cut], &mut out).and_then(|_| filter.push(&data[cut..], &mut out));

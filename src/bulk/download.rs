@@ -9,18 +9,16 @@
 //! chunked. A failure mid-stream (an over-long line, a stalled or broken upstream) aborts the
 //! response, so a client can never mistake a cut-off file for a whole one.
 use super::handle::{self, File, Kind};
-use super::ndjson::{Check, FastPath, NdjsonFilter};
+use super::ndjson::{Check, NdjsonFilter};
 use super::ExportError;
 use crate::answer::{Body, BoxError};
 use crate::error::Error;
-use crate::fhir::reference;
 use crate::headers::base_headers;
 use crate::headers::set_correlation;
 use crate::identity::Caller;
 use crate::limits::GatePermit;
 use crate::metrics::Metrics;
 use crate::outbound;
-use crate::outbound::fast_line;
 use crate::scope::{Ctx, ScopeError};
 use crate::state::Snapshot;
 use crate::tenancy::Tenant;
@@ -31,7 +29,6 @@ use http::{Response, StatusCode};
 use http_body::{Body as HttpBody, Frame};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use serde_json::{json, Value};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -103,23 +100,14 @@ pub fn file_filter(
     match file.kind {
         // Subscriptions have their criteria restored by the full check; they take the long way.
         Kind::Output if file.rtype == "Subscription" => filter.with_needle(needle.as_bytes()),
-        Kind::Output => filter.with_needle(needle.as_bytes()).with_fast_path(fast_path(snap, tenant, upstream, file)),
+        Kind::Output => filter.with_needle(needle.as_bytes()).with_fast_path(outbound::ExportLines::new(
+            snap.clone(),
+            tenant.clone(),
+            upstream.clone(),
+            &file.rtype,
+        )),
         Kind::Error | Kind::Deleted => filter,
     }
-}
-
-/// The fast path for one output file's lines: it owns what the download outlives the request
-/// with, and lends it to a [`FastLine`] per line (which copies nothing), keeping the scratch.
-fn fast_path(snap: &Arc<Snapshot>, tenant: &Arc<Tenant>, upstream: &Arc<Upstream>, file: &File) -> FastPath {
-    let (snap, tenant, upstream, rtype) = (snap.clone(), tenant.clone(), upstream.clone(), file.rtype.clone());
-    let mut cuts = Vec::new();
-    Box::new(move |line, out| {
-        let mut fast = fast_line(&snap, &tenant, &upstream, Some(&rtype));
-        fast.cuts = std::mem::take(&mut cuts);
-        let accepted = fast.accept(line, out).is_ok();
-        cuts = fast.cuts;
-        accepted
-    })
 }
 
 fn expected_type(file: &File) -> &str {
@@ -143,45 +131,11 @@ fn check(
     match file.kind {
         Kind::Output => Box::new(move |v| {
             let ctx = Ctx { snap: &snap, tenant: &tenant, upstream: &upstream, correlation: &correlation };
-            outbound::resource(&ctx, v).ok().map(outbound::Checked::into_tree)
+            outbound::resource(&ctx, v).ok()
         }),
-        Kind::Error => Box::new(move |v| Some(sanitised_error(&v, &correlation))),
-        Kind::Deleted => Box::new(move |v| deleted_in_tenant(&tenant, v)),
+        Kind::Error => Box::new(move |v| Some(outbound::export::error_line(&v, &correlation))),
+        Kind::Deleted => Box::new(move |v| outbound::export::deleted_line(&tenant, v)),
     }
-}
-
-/// An error line as the client sees it: severity and code kept, diagnostics withheld.
-fn sanitised_error(v: &Value, correlation: &str) -> Value {
-    tracing::warn!(correlation, upstream_error = %v, "export error file line (withheld from the client)");
-    let issue = v.get("issue").and_then(Value::as_array).and_then(|i| i.first());
-    let token = |k: &str, default: &str| -> String {
-        issue
-            .and_then(|i| i.get(k))
-            .and_then(Value::as_str)
-            .filter(|s| s.len() <= 32 && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'))
-            .unwrap_or(default)
-            .to_owned()
-    };
-    json!({"resourceType": "OperationOutcome", "issue": [{
-        "severity": token("severity", "error"),
-        "code": token("code", "exception"),
-        "diagnostics": format!("the upstream reported an export error; details are withheld, correlation id {correlation}")
-    }]})
-}
-
-/// A deleted-files Bundle: only entries whose `request.url` is in the caller's namespace, as local ids.
-fn deleted_in_tenant(tenant: &Tenant, v: Value) -> Option<Value> {
-    let entries = v.get("entry")?.as_array()?;
-    let mut kept = Vec::new();
-    for e in entries {
-        let url = e.pointer("/request/url").and_then(Value::as_str)?;
-        let method = e.pointer("/request/method").and_then(Value::as_str)?;
-        let Some(l) = reference::literal(url) else { continue };
-        if let Some(local) = tenant.local_id(l.id) {
-            kept.push(json!({"request": {"method": method, "url": l.with_id(local)}}));
-        }
-    }
-    (!kept.is_empty()).then(|| json!({"resourceType": "Bundle", "type": "transaction", "entry": kept}))
 }
 
 /// Who to name when the stream ends.
@@ -286,31 +240,5 @@ impl HttpBody for Filtered {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn deleted_entries_only_in_namespace() {
-        let t = Tenant::for_tests("acme", "acme");
-        let b = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
-            {"request": {"method": "DELETE", "url": "Patient/acme-1"}},
-            {"request": {"method": "DELETE", "url": "Patient/glx-2"}}]});
-        let kept = deleted_in_tenant(&t, b).unwrap();
-        assert_eq!(kept["entry"], json!([{"request": {"method": "DELETE", "url": "Patient/1"}}]));
-        let foreign =
-            json!({"resourceType": "Bundle", "entry": [{"request": {"method": "DELETE", "url": "Patient/glx-2"}}]});
-        assert!(deleted_in_tenant(&t, foreign).is_none());
-    }
-
-    #[test]
-    fn error_lines_are_sanitised() {
-        let v = json!({"resourceType": "OperationOutcome", "issue": [
-            {"severity": "error", "code": "processing", "diagnostics": "Patient/glx-2 failed"}]});
-        let s = sanitised_error(&v, "c1").to_string();
-        assert!(!s.contains("glx") && s.contains("processing") && s.contains("c1"));
     }
 }

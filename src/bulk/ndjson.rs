@@ -9,6 +9,7 @@
 //! output file, `"{prefix}-`, which every line of the caller's must hold in its `id`) cannot
 //! pass the check, so it is dropped without being parsed.
 use crate::fhir::json::parse_strict;
+use crate::outbound::{Checked, ExportLines};
 use memchr::memchr;
 use memchr::memmem::Finder;
 use serde_json::Value;
@@ -52,19 +53,15 @@ pub struct NdjsonFilter<F> {
     partial: Vec<u8>,
     check: F,
     needle: Option<Finder<'static>>,
-    fast: Option<FastPath>,
+    fast: Option<ExportLines>,
     pub counts: Counts,
 }
 
-/// The per-line check, boxed, for filters chosen at run time.
-pub type Check = Box<dyn FnMut(Value) -> Option<Value> + Send + Sync>;
+/// The per-line check, boxed, for filters chosen at run time: what may leave of a line is
+/// [`Checked`] (only the outbound gate, or fhir-fence's own words, make one).
+pub type Check = Box<dyn FnMut(Value) -> Option<Checked> + Send + Sync>;
 
-/// The one-pass form of the check ([`FastLine`](super::fastline::FastLine)): appends what may
-/// leave of a line to the output and answers `true`, or answers `false` (unsure) leaving the
-/// output alone.
-pub type FastPath = Box<dyn FnMut(&[u8], &mut Vec<u8>) -> bool + Send + Sync>;
-
-impl<F: FnMut(Value) -> Option<Value>> NdjsonFilter<F> {
+impl<F: FnMut(Value) -> Option<Checked>> NdjsonFilter<F> {
     /// `check` gets each well-formed line of `expected_type` and returns what may leave, or `None`.
     pub fn new(expected_type: &str, max_line: usize, check: F) -> Self {
         NdjsonFilter {
@@ -80,7 +77,7 @@ impl<F: FnMut(Value) -> Option<Value>> NdjsonFilter<F> {
 
     /// Lines `fast` accepts are written as it wrote them; the others go through `check`.
     /// (`fast` must never accept what `check` would refuse, or change what it would write.)
-    pub fn with_fast_path(mut self, fast: FastPath) -> Self {
+    pub fn with_fast_path(mut self, fast: ExportLines) -> Self {
         self.fast = Some(fast);
         self
     }
@@ -134,15 +131,15 @@ impl<F: FnMut(Value) -> Option<Value>> NdjsonFilter<F> {
             return Ok(());
         }
         if let Some(fast) = &mut self.fast {
-            if fast(line, out) {
+            if fast.accept(line, out) {
                 out.push(b'\n');
                 self.counts.kept += 1;
                 return Ok(());
             }
         }
         match self.judge(line) {
-            Ok(v) => {
-                serde_json::to_writer(&mut *out, &v).expect("writing to a Vec cannot fail");
+            Ok(checked) => {
+                checked.write_to(out);
                 out.push(b'\n');
                 self.counts.kept += 1;
             }
@@ -153,7 +150,7 @@ impl<F: FnMut(Value) -> Option<Value>> NdjsonFilter<F> {
         Ok(())
     }
 
-    fn judge(&mut self, line: &[u8]) -> Result<Value, Dropped> {
+    fn judge(&mut self, line: &[u8]) -> Result<Checked, Dropped> {
         let value = parse_strict(line).map_err(|_| Dropped::Malformed)?;
         if !value.is_object() {
             return Err(Dropped::Malformed);
@@ -176,7 +173,7 @@ mod tests {
     }
 
     /// The check an export download will use: markers required, then stripped.
-    fn filter(max_line: usize) -> NdjsonFilter<impl FnMut(Value) -> Option<Value>> {
+    fn filter(max_line: usize) -> NdjsonFilter<impl FnMut(Value) -> Option<Checked>> {
         let (marking, acme) = (Marking { marker: Marker::Tag, system: "urn:t".into() }, tenant("acme"));
         NdjsonFilter::new("Observation", max_line, move |v: Value| {
             let Value::Object(mut m) = v else { return None };
@@ -184,7 +181,7 @@ mod tests {
                 return None;
             }
             marking.strip(&mut m, &acme);
-            Some(Value::Object(m))
+            Some(Checked::authored(Value::Object(m)))
         })
     }
 

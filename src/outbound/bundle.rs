@@ -4,7 +4,7 @@
 use super::resource::{public_url, tree};
 use super::Checked;
 use crate::fhir::reference;
-use crate::scope::paging;
+use crate::scope::paging::{self, Counted};
 use crate::scope::{Ctx, ScopeError};
 use serde_json::{Map, Value};
 
@@ -17,9 +17,9 @@ pub struct Filtered {
 
 /// Filters a searchset or history Bundle for the caller. `self_url` is the client's own URL
 /// for this page (it replaces the upstream's `self` link, which shows the injected tenant filter).
-/// `unscoped` marks answers the upstream could not scope (type/system history); their paging
-/// tokens remember it.
-pub fn bundle(ctx: &Ctx, value: Value, self_url: &str, unscoped: bool) -> Result<Filtered, ScopeError> {
+/// `counted` says what the upstream's search covered (and so whether its `total` may stay);
+/// paging tokens remember it.
+pub fn bundle(ctx: &Ctx, value: Value, self_url: &str, counted: Counted) -> Result<Filtered, ScopeError> {
     let Value::Object(mut b) = value else { return Err(ScopeError::Unprovable) };
     if b.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
         return Err(ScopeError::Unprovable);
@@ -54,7 +54,7 @@ pub fn bundle(ctx: &Ctx, value: Value, self_url: &str, unscoped: bool) -> Result
     // does not — and removing it then would tell the caller that something foreign was included
     // (an existence oracle on canonical URLs the upstream resolves server-wide).
     // An answer the upstream could not scope (type/system history) counts other tenants too.
-    if dropped_matches > 0 || unscoped {
+    if dropped_matches > 0 || counted == Counted::Server {
         b.remove("total");
     }
     if dropped > 0 {
@@ -67,7 +67,7 @@ pub fn bundle(ctx: &Ctx, value: Value, self_url: &str, unscoped: bool) -> Result
     }
     // The upstream's Bundle id names its cached search; never show it.
     b.insert("id".into(), Value::String(uuid::Uuid::new_v4().to_string()));
-    paging::rewrite_links(ctx, &mut b, self_url, unscoped)?;
+    paging::rewrite_links(ctx, &mut b, self_url, counted)?;
     Ok(Filtered { bundle: Checked::tree(Value::Object(b)), dropped })
 }
 

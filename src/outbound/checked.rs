@@ -70,6 +70,14 @@ impl Checked {
         }
     }
 
+    /// Appends the serialised body to `out` (an export line: no copy of the tree's bytes).
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        match &self.0 {
+            Form::Tree(v) => serde_json::to_writer(&mut *out, v).expect("writing to a Vec cannot fail"),
+            Form::Bytes(b) => out.extend_from_slice(b),
+        }
+    }
+
     /// The resources of the matches in a checked searchset (each checked with it).
     pub fn into_matches(self) -> Vec<Checked> {
         let Value::Object(mut bundle) = self.into_tree() else { return vec![] };

@@ -16,7 +16,7 @@ use super::fastline::{fast_line, FastLine};
 use super::resource::public_url;
 use super::Checked;
 use crate::fhir::json::parse_strict;
-use crate::scope::paging;
+use crate::scope::paging::{self, Counted};
 use crate::scope::Ctx;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -125,7 +125,7 @@ fn entry(ctx: &Ctx, env: &mut Envelope, fast: &mut FastLine, out: &mut Vec<u8>) 
 }
 
 /// The client's view of a searchset Bundle, serialised, or `None` to take the slow path.
-pub fn searchset(ctx: &Ctx, bytes: &[u8], self_url: &str, unscoped: bool) -> Option<Checked> {
+pub fn searchset(ctx: &Ctx, bytes: &[u8], self_url: &str, counted: Counted) -> Option<Checked> {
     let mut env = Envelope { b: bytes, i: 0 };
     let mut fast = fast_line(ctx.snap, ctx.tenant, ctx.upstream, None);
     let mut b = Map::new();
@@ -167,8 +167,8 @@ pub fn searchset(ctx: &Ctx, bytes: &[u8], self_url: &str, unscoped: bool) -> Opt
         b.insert("entry".into(), Value::Null);
     }
     b.insert("id".into(), Value::String(uuid::Uuid::new_v4().to_string()));
-    paging::rewrite_links(ctx, &mut b, self_url, unscoped).ok()?;
-    if unscoped {
+    paging::rewrite_links(ctx, &mut b, self_url, counted).ok()?;
+    if counted == Counted::Server {
         b.remove("total");
     }
     let mut out = Vec::with_capacity(out_entries.len() + 1024);

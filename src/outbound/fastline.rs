@@ -22,9 +22,13 @@ mod cuts;
 mod policy;
 mod scanner;
 
+use crate::state::Snapshot;
+use crate::tenancy::Tenant;
+use crate::upstream::Upstream;
 use policy::R;
 pub use policy::{fast_line, FastLine, Unsure};
 use scanner::{Place, Scan};
+use std::sync::Arc;
 
 impl FastLine<'_> {
     /// Appends the client's view of `line` to `out`, or answers `Unsure` leaving `out` alone.
@@ -75,5 +79,33 @@ impl FastLine<'_> {
             from = cut_end;
         }
         out.extend_from_slice(&buf[from..end]);
+    }
+}
+
+/// The one-pass check for the lines of one export file: it owns what a download outlives its
+/// request with, and lends it to a [`FastLine`] per line (which copies nothing), keeping the
+/// scratch space between lines. Only `outbound` makes one, so the export stream writes nothing
+/// but checked lines (this, or a [`Checked`](super::Checked)).
+pub struct ExportLines {
+    snap: Arc<Snapshot>,
+    tenant: Arc<Tenant>,
+    upstream: Arc<Upstream>,
+    rtype: String,
+    cuts: Vec<(usize, usize)>,
+}
+
+impl ExportLines {
+    pub fn new(snap: Arc<Snapshot>, tenant: Arc<Tenant>, upstream: Arc<Upstream>, rtype: &str) -> Self {
+        ExportLines { snap, tenant, upstream, rtype: rtype.to_owned(), cuts: Vec::new() }
+    }
+
+    /// Appends the client's view of `line` to `out` and answers `true`, or answers `false`
+    /// (unsure: the line takes the tree check) leaving `out` alone.
+    pub fn accept(&mut self, line: &[u8], out: &mut Vec<u8>) -> bool {
+        let mut fast = fast_line(&self.snap, &self.tenant, &self.upstream, Some(&self.rtype));
+        fast.cuts = std::mem::take(&mut self.cuts);
+        let accepted = fast.accept(line, out).is_ok();
+        self.cuts = fast.cuts;
+        accepted
     }
 }

@@ -9,11 +9,13 @@
 //! - `fastbundle` — a searchset Bundle in one pass, built from `fastline`'s cuts
 //! - `subscription` — a stored Subscription shown with the criteria its writer wrote
 //! - `parameters` — `$meta`'s Parameters and `$validate`'s OperationOutcome
+//! - `export`    — export error and deleted-file lines (resource lines: `resource`, `ExportLines`)
 //!
 //! Their product is [`Checked`], the only body `answer` sends and the only resource a Bundle
 //! fhir-fence composes ([`Composed`]) embeds.
 pub mod bundle;
 mod checked;
+pub mod export;
 pub mod fastbundle;
 pub mod fastline;
 pub mod parameters;
@@ -22,5 +24,5 @@ pub mod subscription;
 
 pub use bundle::{bundle, Filtered};
 pub use checked::{Checked, Composed};
-pub use fastline::{fast_line, FastLine};
+pub use fastline::{fast_line, ExportLines, FastLine};
 pub use resource::{public_url, resource, resource_bytes};

@@ -3,6 +3,7 @@
 //! The instance is proven the caller's before the upstream runs the operation; every answer is
 //! then checked like any other (`$everything` entry by entry, `$meta` with the tenant coding
 //! removed). `$meta-add` / `$meta-delete` may not touch the tenant coding system.
+use super::paging::Counted;
 use super::read::ReadResult;
 use super::{refcheck, Ctx, ScopeError};
 use crate::headers::strict_headers;
@@ -43,7 +44,7 @@ pub async fn run(
     let answer_body = answer.body.ok_or(ScopeError::Unprovable)?;
     match op {
         Op::Everything => {
-            let filtered = outbound::bundle(ctx, answer_body, self_url, false)?;
+            let filtered = outbound::bundle(ctx, answer_body, self_url, Counted::Tenant)?;
             Ok(ReadResult { body: filtered.bundle, headers: http::HeaderMap::new(), dropped: filtered.dropped })
         }
         Op::Validate => Err(ScopeError::Unprovable),

@@ -33,6 +33,28 @@ pub struct PageToken {
     pub unscoped: bool,
 }
 
+/// What the upstream's search covered: it decides whether the upstream's `Bundle.total` may be
+/// shown, and a page token remembers it for the pages after the first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    /// Run with the tenant parameter: its count is of the caller's resources (kept unless an
+    /// entry was dropped on the way out).
+    Tenant,
+    /// Run over the whole server (type and system history, which the upstream cannot scope):
+    /// its count is every tenant's, and is always removed.
+    Server,
+}
+
+impl PageToken {
+    pub fn counted(&self) -> Counted {
+        if self.unscoped {
+            Counted::Server
+        } else {
+            Counted::Tenant
+        }
+    }
+}
+
 /// Opens a token for `ctx.tenant`; any mismatch is the same 404 as a forged token.
 pub fn open(ctx: &Ctx, token: &str) -> Result<PageToken, ScopeError> {
     let page: PageToken = ctx.snap.sealer.open(PURPOSE, token).map_err(|_| ScopeError::PageToken)?;
@@ -42,13 +64,13 @@ pub fn open(ctx: &Ctx, token: &str) -> Result<PageToken, ScopeError> {
     Ok(page)
 }
 
-fn seal(ctx: &Ctx, (path, query): (&str, &str), unscoped: bool) -> String {
+fn seal(ctx: &Ctx, (path, query): (&str, &str), counted: Counted) -> String {
     let token = PageToken {
         tenant: ctx.tenant.name.clone(),
         upstream: ctx.upstream.name.clone(),
         path: path.to_owned(),
         query: query.to_owned(),
-        unscoped,
+        unscoped: counted == Counted::Server,
     };
     ctx.snap.sealer.seal(PURPOSE, &token, Duration::from_secs(ctx.snap.page_ttl_secs))
 }
@@ -59,7 +81,7 @@ pub fn rewrite_links(
     ctx: &Ctx,
     bundle: &mut Map<String, Value>,
     self_url: &str,
-    unscoped: bool,
+    counted: Counted,
 ) -> Result<(), ScopeError> {
     let links = match bundle.remove("link") {
         None => return Ok(()),
@@ -73,7 +95,7 @@ pub fn rewrite_links(
         let new_url = match relation {
             "self" => self_url.to_owned(),
             "next" | "previous" | "prev" | "first" | "last" => match upstream_page(ctx, url) {
-                Some(q) => format!("{}?_page={}", ctx.snap.public_base, encode_component(&seal(ctx, q, unscoped))),
+                Some(q) => format!("{}?_page={}", ctx.snap.public_base, encode_component(&seal(ctx, q, counted))),
                 None => continue,
             },
             _ => continue,

@@ -1,6 +1,7 @@
 //! Read, vread and instance history. The id prefix confines every id to the caller's
 //! namespace before the upstream is asked; the answer is still checked on the way out, and
 //! "missing", "deleted" and "another tenant's" all end as the same 404.
+use super::paging::Counted;
 use super::{Ctx, ScopeError};
 use crate::headers::{base_headers, version_headers};
 use crate::outbound::{self, Checked};
@@ -24,7 +25,7 @@ fn not_found(rtype: &str, id: &str) -> ScopeError {
 
 /// `GET [type]/[id]` and `GET [type]/[id]/_history/[vid]`, as a tree (for fhir-fence's own use).
 pub async fn read(ctx: &Ctx<'_>, rtype: &str, id: &str, version: Option<&str>) -> Result<ReadResult, ScopeError> {
-    fetch(ctx, rtype, id, version, false).await
+    fetch(ctx, rtype, id, version, Form::Tree).await
 }
 
 /// The same read answered to the client: serialised by the one-pass check
@@ -35,7 +36,15 @@ pub async fn read_for_client(
     id: &str,
     version: Option<&str>,
 ) -> Result<ReadResult, ScopeError> {
-    fetch(ctx, rtype, id, version, true).await
+    fetch(ctx, rtype, id, version, Form::OnePass).await
+}
+
+/// The form a read's body takes: the tree (fhir-fence's own reads look inside it), or the
+/// bytes of the one-pass check when it is sure (the client's reads; else the tree).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Form {
+    Tree,
+    OnePass,
 }
 
 async fn fetch(
@@ -43,7 +52,7 @@ async fn fetch(
     rtype: &str,
     id: &str,
     version: Option<&str>,
-    one_pass: bool,
+    form: Form,
 ) -> Result<ReadResult, ScopeError> {
     let upstream_id = ctx.tenant.upstream_id(id).map_err(|_| not_found(rtype, id))?;
     let path = match version {
@@ -52,7 +61,7 @@ async fn fetch(
     };
     let raw = ctx.upstream.get_raw(&path, base_headers(ctx.correlation)).await?;
     // A Binary may be answered as its own content (`answer::read_response` needs the tree).
-    if one_pass && raw.status == StatusCode::OK && rtype != "Binary" {
+    if form == Form::OnePass && raw.status == StatusCode::OK && rtype != "Binary" {
         if let Some(body) = outbound::resource_bytes(ctx, rtype, &raw.bytes) {
             return Ok(ReadResult { body, headers: version_headers(&raw.headers), dropped: 0 });
         }
@@ -96,6 +105,6 @@ pub async fn history(
         StatusCode::NOT_FOUND | StatusCode::GONE => return Err(not_found(rtype, id)),
         _ => return Err(super::refused(&answer)),
     }
-    let filtered = outbound::bundle(ctx, answer.body.ok_or(ScopeError::Unprovable)?, self_url, false)?;
+    let filtered = outbound::bundle(ctx, answer.body.ok_or(ScopeError::Unprovable)?, self_url, Counted::Tenant)?;
     Ok(ReadResult { body: filtered.bundle, headers: HeaderMap::new(), dropped: filtered.dropped })
 }

@@ -3,6 +3,7 @@
 //! Their parameters are scoped by `params` (tenant parameter, ids and references in the
 //! caller's namespace, allow-lists); `Prefer: handling=strict` makes the upstream refuse what
 //! it would silently ignore. Included and matched entries alike pass `outbound` on the way out.
+use super::paging::Counted;
 use super::params::scope_params;
 use super::read::ReadResult;
 use super::{paging, refcheck, Ctx, ScopeError};
@@ -21,7 +22,7 @@ pub async fn search(
     self_url: &str,
 ) -> Result<ReadResult, ScopeError> {
     let scoped = scope_params(ctx, caps, &[rtype.to_owned()], params)?;
-    fetch(ctx, &format!("{rtype}?{}", encode_query(&scoped)), self_url, false).await
+    fetch(ctx, &format!("{rtype}?{}", encode_query(&scoped)), self_url, Counted::Tenant, Asked::Search).await
 }
 
 /// `GET [base]?_type=…`, `POST [base]/_search`. Without `_type`, only parameters every type has.
@@ -53,7 +54,7 @@ pub async fn system(
     if !types.is_empty() {
         scoped.insert(0, ("_type".into(), types.join(",")));
     }
-    fetch(ctx, &format!("?{}", encode_query(&scoped)), self_url, false).await
+    fetch(ctx, &format!("?{}", encode_query(&scoped)), self_url, Counted::Tenant, Asked::Search).await
 }
 
 /// `GET [ctype]/[id]/[type]?…`: only after the compartment owner is proven the caller's.
@@ -69,7 +70,8 @@ pub async fn compartment(
     }
     let owner = refcheck::owned(ctx, ctype, id).await?;
     let scoped = scope_params(ctx, caps, &[rtype.to_owned()], params)?;
-    fetch(ctx, &format!("{ctype}/{owner}/{rtype}?{}", encode_query(&scoped)), self_url, false).await
+    fetch(ctx, &format!("{ctype}/{owner}/{rtype}?{}", encode_query(&scoped)), self_url, Counted::Tenant, Asked::Search)
+        .await
 }
 
 /// `GET [type]/_history`, `GET [base]/_history`: the upstream cannot scope these, so every
@@ -95,7 +97,7 @@ pub async fn history(
         None => "_history".to_owned(),
     };
     let path = if kept.is_empty() { path } else { format!("{path}?{}", encode_query(&kept)) };
-    fetch(ctx, &path, self_url, true).await
+    fetch(ctx, &path, self_url, Counted::Server, Asked::Search).await
 }
 
 /// The caller's resources of `rtype` matching `criteria` (client view), for conditional
@@ -125,7 +127,7 @@ pub async fn matching(
     if answer.status != StatusCode::OK {
         return Err(super::refused(&answer));
     }
-    let filtered = outbound::bundle(ctx, answer.body.ok_or(ScopeError::Unprovable)?, "", false)?;
+    let filtered = outbound::bundle(ctx, answer.body.ok_or(ScopeError::Unprovable)?, "", Counted::Tenant)?;
     if filtered.dropped > 0 {
         // A match fhir-fence cannot prove is the caller's makes the decision unsafe either way.
         return Err(ScopeError::Unprovable);
@@ -136,26 +138,29 @@ pub async fn matching(
 /// `GET [base]?_page=token`: a later page of a search this tenant made.
 pub async fn page(ctx: &Ctx<'_>, token: &str, self_url: &str) -> Result<ReadResult, ScopeError> {
     let page = paging::open(ctx, token)?;
-    // An upstream page that is gone is as gone as a forged token (`page: true`).
-    fetch_inner(ctx, &format!("{}?{}", page.path, page.query), self_url, page.unscoped, true).await
+    fetch(ctx, &format!("{}?{}", page.path, page.query), self_url, page.counted(), Asked::Page).await
 }
 
-async fn fetch(ctx: &Ctx<'_>, path: &str, self_url: &str, unscoped: bool) -> Result<ReadResult, ScopeError> {
-    fetch_inner(ctx, path, self_url, unscoped, false).await
+/// What a fetch asks the upstream for: a search's first page, or a later one (whose upstream
+/// page may have expired: that is as gone as a forged token).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Asked {
+    Search,
+    Page,
 }
 
-async fn fetch_inner(
+async fn fetch(
     ctx: &Ctx<'_>,
     path: &str,
     self_url: &str,
-    unscoped: bool,
-    page: bool,
+    counted: Counted,
+    asked: Asked,
 ) -> Result<ReadResult, ScopeError> {
     let headers = strict_headers(ctx.correlation);
     let raw = ctx.upstream.get_raw(path, headers).await?;
     if raw.status == StatusCode::OK {
         // The one-pass check first; whatever it is unsure of takes the tree below.
-        if let Some(bytes) = crate::outbound::fastbundle::searchset(ctx, &raw.bytes, self_url, unscoped) {
+        if let Some(bytes) = crate::outbound::fastbundle::searchset(ctx, &raw.bytes, self_url, counted) {
             return Ok(ReadResult { body: bytes, headers: http::HeaderMap::new(), dropped: 0 });
         }
     }
@@ -163,9 +168,9 @@ async fn fetch_inner(
     match answer.status {
         StatusCode::OK => {}
         // An expired upstream page is as gone as a forged token.
-        StatusCode::NOT_FOUND | StatusCode::GONE if page => return Err(ScopeError::PageToken),
+        StatusCode::NOT_FOUND | StatusCode::GONE if asked == Asked::Page => return Err(ScopeError::PageToken),
         _ => return Err(super::refused(&answer)),
     }
-    let filtered = outbound::bundle(ctx, answer.body.ok_or(ScopeError::Unprovable)?, self_url, unscoped)?;
+    let filtered = outbound::bundle(ctx, answer.body.ok_or(ScopeError::Unprovable)?, self_url, counted)?;
     Ok(ReadResult { body: filtered.bundle, headers: http::HeaderMap::new(), dropped: filtered.dropped })
 }

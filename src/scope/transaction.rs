@@ -9,6 +9,7 @@
 //! - conditional `DELETE [type]?criteria` and conditional references are forwarded with the
 //!   criteria scoped, so the upstream resolves them inside the tenant.
 //! - `GET` entries are scoped reads and searches; every response entry passes `outbound`.
+use super::paging::Counted;
 use super::params::scope_params;
 use super::refcheck;
 use super::write::{prepare, InBundle, Prepared};
@@ -256,7 +257,7 @@ fn response_entry(ctx: &Ctx, rtype: &str, local: Option<&str>, answer: Value) ->
     let mut resource = None;
     if let Some(res) = answer.get("resource").cloned() {
         let checked = if res.get("resourceType").and_then(Value::as_str) == Some("Bundle") {
-            outbound::bundle(ctx, res, &format!("{}/{rtype}", ctx.snap.public_base), false).map(|f| f.bundle)
+            outbound::bundle(ctx, res, &format!("{}/{rtype}", ctx.snap.public_base), Counted::Tenant).map(|f| f.bundle)
         } else {
             outbound::resource(ctx, res)
         };

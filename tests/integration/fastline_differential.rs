@@ -7,6 +7,7 @@ use crate::support::{scope_harness::ScopeHarness, SYSTEM};
 use fhir_fence::fhir::json::parse_strict;
 use fhir_fence::outbound;
 use fhir_fence::outbound::fast_line;
+use fhir_fence::scope::paging::Counted;
 use serde_json::Value;
 
 fn templates(p: &str, t: &str, base: &str) -> Vec<String> {
@@ -197,8 +198,11 @@ async fn the_bundle_fast_path_agrees_with_the_full_check() {
     }
     let mut fast_yes = 0;
     for case in &cases {
-        let slow = parse_strict(case.as_bytes()).ok().and_then(|v| outbound::bundle(&ctx, v, &self_url, false).ok());
-        if let Some(fast) = fhir_fence::outbound::fastbundle::searchset(&ctx, case.as_bytes(), &self_url, false) {
+        let slow =
+            parse_strict(case.as_bytes()).ok().and_then(|v| outbound::bundle(&ctx, v, &self_url, Counted::Tenant).ok());
+        if let Some(fast) =
+            fhir_fence::outbound::fastbundle::searchset(&ctx, case.as_bytes(), &self_url, Counted::Tenant)
+        {
             fast_yes += 1;
             let got: Value = serde_json::from_slice(&fast.into_bytes())
                 .unwrap_or_else(|e| panic!("fast output not JSON ({e}): {case}"));
@@ -210,7 +214,7 @@ async fn the_bundle_fast_path_agrees_with_the_full_check() {
     // The fast path carries the common Bundles (otherwise it is no fast path)...
     let plain: Vec<String> = [0usize, 1, 2, 5, 6, 7].iter().map(|&i| good[i].clone()).collect();
     let common = bundle(&plain, "");
-    assert!(fhir_fence::outbound::fastbundle::searchset(&ctx, common.as_bytes(), &self_url, false).is_some());
+    assert!(fhir_fence::outbound::fastbundle::searchset(&ctx, common.as_bytes(), &self_url, Counted::Tenant).is_some());
     // ...and stays out of what it does not handle.
     assert!(fast_yes > 10 && cases.len() > 1000, "{fast_yes} fast of {}", cases.len());
 }
