@@ -63,7 +63,14 @@ pub async fn dispatch(
         ctx.snap.capabilities(&caller.tenant.upstream).await.ok_or(Error::from(ScopeError::CapabilitiesUnavailable))
     };
     let written = |rtype: String, done: WriteResult| Outcome::Written { rtype, done };
-    let if_match = headers.get(header::IF_MATCH);
+    let if_match = write::if_match(headers.get(header::IF_MATCH))?;
+    let if_match = if_match.as_ref();
+    // The upstream ignores If-Match on a delete: refused rather than dropped.
+    if if_match.is_some() && matches!(interaction, Interaction::Delete { .. } | Interaction::ConditionalDelete { .. }) {
+        return Err(
+            ScopeError::Param("If-Match on a delete is not supported (the upstream would ignore it)".into()).into()
+        );
+    }
     Ok(match interaction {
         Interaction::Read { rtype, id } => Outcome::Read(read::read_for_client(ctx, &rtype, &id, None).await?),
         Interaction::Vread { rtype, id, version } => {
@@ -97,7 +104,8 @@ pub async fn dispatch(
             written(rtype, done)
         }
         Interaction::ConditionalUpdate { rtype } => {
-            let done = conditional::update(ctx, &*caps().await?, &rtype, params, body.unwrap_or_default()).await?;
+            let done =
+                conditional::update(ctx, &*caps().await?, &rtype, params, body.unwrap_or_default(), if_match).await?;
             written(rtype, done)
         }
         Interaction::ConditionalPatch { rtype } => {

@@ -8,7 +8,7 @@
 //! Limit: resolution and write are two upstream calls, so two concurrent conditional creates
 //! with the same criteria may both create (the upstream's own conditional create is atomic,
 //! but it would assign an id outside the tenant namespace).
-use super::params::scope_params;
+use super::params::{conditional_criteria, scope_params};
 use super::read::ReadResult;
 use super::search::matching;
 use super::write::{self, WriteResult};
@@ -64,9 +64,10 @@ pub async fn update(
     rtype: &str,
     criteria: &Params,
     body: Value,
+    if_match: Option<&HeaderValue>,
 ) -> Result<WriteResult, ScopeError> {
     let (id, body) = resolve_update(ctx, caps, rtype, criteria, body).await?;
-    write::create_or_update(ctx, caps, rtype, id.as_deref(), body, None).await
+    write::create_or_update(ctx, caps, rtype, id.as_deref(), body, if_match).await
 }
 
 /// A conditional update's target (alone or in a transaction): the id it writes to (`None`: a
@@ -78,21 +79,12 @@ pub async fn resolve_update(
     criteria: &Params,
     mut body: Value,
 ) -> Result<(Option<String>, Value), ScopeError> {
-    needs_criteria(criteria, "update")?;
+    conditional_criteria(criteria, "update")?;
     let id = update_target(&matching(ctx, caps, rtype, criteria).await?, &body)?;
     if let (Some(id), Some(o)) = (&id, body.as_object_mut()) {
         o.insert("id".into(), Value::String(id.clone()));
     }
     Ok((id, body))
-}
-
-/// `[type]?` with no criteria would match every resource of the caller's of that type: FHIR
-/// makes it an error, and so does fhir-fence, for update, patch and delete alike.
-fn needs_criteria(criteria: &Params, what: &str) -> Result<(), ScopeError> {
-    match criteria.iter().any(|(k, _)| k != "_pretty") {
-        true => Ok(()),
-        false => Err(ScopeError::Param(format!("a conditional {what} needs criteria"))),
-    }
 }
 
 /// The id a conditional update (`PUT [type]?criteria`, alone or in a transaction) writes to,
@@ -123,7 +115,7 @@ pub async fn patch(
     patch: Value,
     if_match: Option<&HeaderValue>,
 ) -> Result<WriteResult, ScopeError> {
-    needs_criteria(criteria, "patch")?;
+    conditional_criteria(criteria, "patch")?;
     let found = matching(ctx, caps, rtype, criteria).await?;
     match found.as_slice() {
         [] => Err(ScopeError::NotFound(format!("{rtype}?{}", encode_query(criteria)))),
@@ -143,7 +135,7 @@ pub async fn delete(
     rtype: &str,
     criteria: &Params,
 ) -> Result<StatusCode, ScopeError> {
-    needs_criteria(criteria, "delete")?;
+    conditional_criteria(criteria, "delete")?;
     let scoped = scope_params(ctx, caps, &[rtype.to_owned()], criteria)?;
     let headers = crate::headers::strict_headers(ctx.correlation);
     let answer =
@@ -169,9 +161,7 @@ fn criteria_params(rtype: &str, header: &str) -> Result<Params, ScopeError> {
     let q = header.strip_prefix(rtype).unwrap_or(header);
     let q = q.strip_prefix('?').unwrap_or(q);
     let params = parse_query(Some(q)).map_err(|e| ScopeError::Param(format!("If-None-Exist: {e}")))?;
-    if params.is_empty() {
-        return Err(ScopeError::Param("If-None-Exist has no criteria".into()));
-    }
+    conditional_criteria(&params, "create (If-None-Exist)")?;
     Ok(params)
 }
 

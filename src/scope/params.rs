@@ -328,14 +328,52 @@ fn check_result_param(caps: &Capabilities, types: &[String], name: &str, value: 
     }
 }
 
+/// Parameters that shape a result rather than select resources.
+const SHAPING: &[&str] = &[
+    "_pretty",
+    "_count",
+    "_sort",
+    "_summary",
+    "_elements",
+    "_total",
+    "_include",
+    "_revinclude",
+    "_format",
+    "_contained",
+    "_containedType",
+];
+
+/// The criteria of a conditional interaction (update, patch, delete, `If-None-Exist`, a
+/// conditional reference) must select resources the way the upstream reads them when it
+/// resolves them itself: at least one parameter that selects (`DELETE Flag?_count=1` would
+/// delete whatever Flag the tenant has), no empty value (the upstream ignores it there, while a
+/// search matches nothing), and no modifier on `_id` (the upstream drops it there:
+/// `_id:not=x` would select x). `what` names the interaction in the refusal.
+pub fn conditional_criteria(criteria: &Params, what: &str) -> Result<(), ScopeError> {
+    if let Some((k, _)) = criteria.iter().find(|(k, _)| k.starts_with("_id:")) {
+        return Err(ScopeError::Param(format!("{k} is refused in the criteria of a conditional {what}")));
+    }
+    if let Some((k, _)) = criteria.iter().find(|(k, v)| v.is_empty() && k != "_pretty") {
+        return Err(ScopeError::Param(format!("{k} has no value in the criteria of a conditional {what}")));
+    }
+    let selects = |k: &str| !SHAPING.contains(&k.split([':', '.']).next().unwrap_or(k));
+    if !criteria.iter().any(|(k, _)| selects(k)) {
+        return Err(ScopeError::Param(format!("a conditional {what} needs criteria that select resources")));
+    }
+    Ok(())
+}
+
 /// A conditional reference `Type?criteria` with the criteria scoped like a search.
 pub fn scoped_conditional_reference(ctx: &Ctx, caps: &Capabilities, r: &str) -> Result<String, ScopeError> {
     let (t, q) =
         r.split_once('?').ok_or_else(|| ScopeError::ReferenceForm(r.to_owned(), "not a conditional reference"))?;
     let params = crate::route::parse_query(Some(q))
         .map_err(|_| ScopeError::ReferenceForm(r.to_owned(), "malformed criteria"))?;
-    if params.is_empty() {
-        return Err(ScopeError::ReferenceForm(r.to_owned(), "conditional references need criteria"));
+    if conditional_criteria(&params, "reference").is_err() {
+        return Err(ScopeError::ReferenceForm(
+            r.to_owned(),
+            "conditional references need criteria that select resources",
+        ));
     }
     let scoped = scope_params(ctx, caps, &[t.to_owned()], &params)?;
     Ok(format!("{t}?{}", encode_query(&scoped)))
@@ -344,6 +382,32 @@ pub fn scoped_conditional_reference(ctx: &Ctx, caps: &Capabilities, r: &str) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn conditional_criteria_must_select() {
+        let q = |s: &str| crate::route::parse_query(Some(s)).unwrap();
+        for ok in ["identifier=a%7Cb", "name=x&_count=1", "_id=p1", "subject.name=x", "_tag=urn:x%7Cy"] {
+            assert!(conditional_criteria(&q(ok), "delete").is_ok(), "{ok}");
+        }
+        // Found by the attacker run on issue 16: each of these deleted the tenant's only Flag.
+        for refused in [
+            "",
+            "_pretty=true",
+            "_count=1",
+            "_sort=_id",
+            "_summary=count",
+            "_elements=id",
+            "_total=accurate",
+            "_include=Flag:subject",
+            "_revinclude:iterate=Provenance:target",
+            "identifier=",
+            "identifier=a&date=",
+            "_id:not=keepme",
+            "_id:missing=false",
+        ] {
+            assert!(conditional_criteria(&q(refused), "delete").is_err(), "{refused}");
+        }
+    }
 
     #[test]
     fn elements_always_keep_meta() {

@@ -10,7 +10,7 @@
 //!   criteria scoped, so the upstream resolves them inside the tenant.
 //! - `GET` entries are scoped reads and searches; every response entry passes `outbound`.
 use super::paging::Counted;
-use super::params::scope_params;
+use super::params::{conditional_criteria, scope_params};
 use super::refcheck;
 use super::write::{prepare, InBundle, Prepared};
 use super::{Ctx, ScopeError};
@@ -22,10 +22,19 @@ use crate::route::{self, encode_query, EntryRequest, Interaction};
 use http::{HeaderValue, Method, StatusCode};
 use serde_json::{json, Map, Value};
 
+/// What an upstream response entry's resource is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// A resource (written or read): `outbound::resource`, whatever its type.
+    Resource,
+    /// A search's searchset Bundle: `outbound::bundle`.
+    Search,
+}
+
 /// What the client gets back for one entry.
 enum Step {
     /// Sent upstream; its response entry is rewritten. `local` names the resource written.
-    Upstream { rtype: String, local: Option<String> },
+    Upstream { rtype: String, local: Option<String>, answer: Answer },
     /// An `ifNoneExist` that matched: answered by fhir-fence with the existing resource.
     Matched { rtype: String, resource: Checked },
 }
@@ -93,9 +102,9 @@ pub async fn run(ctx: &Ctx<'_>, caps: &Capabilities, entries: Vec<Value>) -> Res
     let mut out = Composed::new("transaction-response");
     for p in plan {
         match p.step {
-            Step::Upstream { rtype, local } => {
+            Step::Upstream { rtype, local, answer } => {
                 let (fields, resource) =
-                    response_entry(ctx, &rtype, local.as_deref(), answers.next().unwrap_or_default());
+                    response_entry(ctx, &rtype, local.as_deref(), answer, answers.next().unwrap_or_default());
                 out.entry(fields, resource);
             }
             Step::Matched { rtype, resource } => {
@@ -130,10 +139,23 @@ async fn plan_entry(
     }
     let full_url = entry.get("fullUrl").and_then(Value::as_str).map(str::to_owned);
     let mut resource = entry.remove("resource");
+    // A condition is honoured where the upstream transaction (or fhir-fence) applies it, and
+    // refused elsewhere: never dropped.
+    let allowed: &[&str] = match interaction {
+        Interaction::Create { .. } => &["if-none-exist"],
+        Interaction::Update { .. } | Interaction::ConditionalUpdate { .. } => &["if-match"],
+        _ => &[],
+    };
+    if let Some(name) = headers.keys().find(|h| !allowed.contains(&h.as_str())) {
+        return Err(bad(format!(
+            "the condition {name} is not supported on a {} entry of a transaction",
+            interaction.name()
+        )));
+    }
     let condition = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let mut req = Map::new();
-    if let Some(m) = condition("if-match") {
-        req.insert("ifMatch".into(), m.into());
+    if let Some(m) = super::write::if_match(headers.get(http::header::IF_MATCH)).map_err(|e| bad(e.to_string()))? {
+        req.insert("ifMatch".into(), m.to_str().unwrap_or_default().into());
     }
     let prefixed = |id: &str| ctx.tenant.upstream_id(id).map_err(|e| bad(e.to_string()));
     let known = |t: &str| -> Result<String, ScopeError> {
@@ -156,7 +178,12 @@ async fn plan_entry(
             let rtype = known(&rtype)?;
             let body = needs("POST")?;
             if let Some(criteria) = condition("if-none-exist") {
-                if let Some(existing) = super::conditional::if_none_exist(ctx, caps, &rtype, criteria).await? {
+                let found =
+                    super::conditional::if_none_exist(ctx, caps, &rtype, criteria).await.map_err(|e| match e {
+                        ScopeError::Param(why) => bad(why),
+                        other => other,
+                    })?;
+                if let Some(existing) = found {
                     register(&rtype, &super::conditional::id_of(&existing), in_bundle)?;
                     let step = Step::Matched { rtype, resource: existing };
                     return Ok(Planned { step, entry: None, write: None });
@@ -189,25 +216,26 @@ async fn plan_entry(
         }
         Interaction::Delete { rtype, id } => {
             req.insert("url".into(), format!("{}/{}", known(&rtype)?, prefixed(&id)?).into());
-            Step::Upstream { rtype, local: Some(id) }
+            Step::Upstream { rtype, local: Some(id), answer: Answer::Resource }
         }
-        Interaction::ConditionalDelete { rtype } if !params.is_empty() => {
+        Interaction::ConditionalDelete { rtype } => {
+            conditional_criteria(&params, "delete").map_err(|e| bad(e.to_string()))?;
             let scoped = scope_params(ctx, caps, &[known(&rtype)?], &params)?;
             req.insert("url".into(), format!("{rtype}?{}", encode_query(&scoped)).into());
-            Step::Upstream { rtype, local: None }
+            Step::Upstream { rtype, local: None, answer: Answer::Resource }
         }
         Interaction::Read { rtype, id } if method == Method::GET => {
             req.insert("url".into(), format!("{}/{}", known(&rtype)?, prefixed(&id)?).into());
-            Step::Upstream { rtype, local: Some(id) }
+            Step::Upstream { rtype, local: Some(id), answer: Answer::Resource }
         }
         Interaction::Vread { rtype, id, version } if method == Method::GET => {
             req.insert("url".into(), format!("{}/{}/_history/{version}", known(&rtype)?, prefixed(&id)?).into());
-            Step::Upstream { rtype, local: Some(id) }
+            Step::Upstream { rtype, local: Some(id), answer: Answer::Resource }
         }
         Interaction::Search { rtype, form: false } if method == Method::GET => {
             let scoped = scope_params(ctx, caps, &[known(&rtype)?], &params)?;
             req.insert("url".into(), format!("{rtype}?{}", encode_query(&scoped)).into());
-            Step::Upstream { rtype, local: None }
+            Step::Upstream { rtype, local: None, answer: Answer::Search }
         }
         other => return Err(bad(format!("{method} {url} ({}) is not supported inside a transaction", other.name()))),
     };
@@ -228,7 +256,7 @@ fn planned_put(mut req: Map<String, Value>, url: String, rtype: String, local: S
     let mut entry = Map::new();
     entry.insert("request".into(), Value::Object(req));
     Planned {
-        step: Step::Upstream { rtype: rtype.clone(), local: Some(local.clone()) },
+        step: Step::Upstream { rtype: rtype.clone(), local: Some(local.clone()), answer: Answer::Resource },
         entry: Some(entry),
         write: Some((rtype, local, body)),
     }
@@ -237,7 +265,13 @@ fn planned_put(mut req: Map<String, Value>, url: String, rtype: String, local: S
 /// One upstream response entry in the client's view: its own fields and the checked resource.
 /// Resources that cannot be proven the caller's are left out (and logged); `outcome` never
 /// passes (it carries upstream text).
-fn response_entry(ctx: &Ctx, rtype: &str, local: Option<&str>, answer: Value) -> (Map<String, Value>, Option<Checked>) {
+fn response_entry(
+    ctx: &Ctx,
+    rtype: &str,
+    local: Option<&str>,
+    kind: Answer,
+    answer: Value,
+) -> (Map<String, Value>, Option<Checked>) {
     let mut out = Map::new();
     let response = answer.get("response").and_then(Value::as_object).cloned().unwrap_or_default();
     let mut resp = Map::new();
@@ -245,6 +279,10 @@ fn response_entry(ctx: &Ctx, rtype: &str, local: Option<&str>, answer: Value) ->
         if let Some(v) = response.get(k) {
             resp.insert(k.into(), v.clone());
         }
+    }
+    // Deleted and never there are one answer, as for single reads.
+    if resp.get("status").and_then(Value::as_str).is_some_and(|s| s.starts_with("410")) {
+        resp.insert("status".into(), "404 Not Found".into());
     }
     if let Some(loc) = response.get("location").and_then(Value::as_str) {
         let rel = loc.strip_prefix(&format!("{}/", ctx.upstream.base)).unwrap_or(loc);
@@ -256,7 +294,7 @@ fn response_entry(ctx: &Ctx, rtype: &str, local: Option<&str>, answer: Value) ->
     }
     let mut resource = None;
     if let Some(res) = answer.get("resource").cloned() {
-        let checked = if res.get("resourceType").and_then(Value::as_str) == Some("Bundle") {
+        let checked = if kind == Answer::Search {
             outbound::bundle(ctx, res, &format!("{}/{rtype}", ctx.snap.public_base), Counted::Tenant).map(|f| f.bundle)
         } else {
             outbound::resource(ctx, res)
@@ -309,6 +347,17 @@ mod tests {
             json!({"request": {"method": "POST", "url": "Patient", "ifNoneExist": 7}, "resource": {"resourceType": "Patient"}}),
             json!({"request": {"method": "GET"}}),
             json!({"fullUrl": "urn:uuid:x"}),
+            // Found by the attacker run on issue 16: criteria that select nothing, conditions dropped.
+            json!({"request": {"method": "DELETE", "url": "Flag?_pretty=true"}}),
+            json!({"request": {"method": "DELETE", "url": "Patient?_count=1"}}),
+            json!({"request": {"method": "DELETE", "url": "Patient?identifier="}}),
+            json!({"request": {"method": "DELETE", "url": "Patient?_id:not=p1"}}),
+            json!({"request": {"method": "GET", "url": "Patient/p1", "ifNoneMatch": "W/\"1\""}}),
+            json!({"request": {"method": "GET", "url": "Patient/p1", "ifModifiedSince": "Thu, 26 Nov 2026 10:00:00 GMT"}}),
+            json!({"request": {"method": "DELETE", "url": "Patient/p1", "ifMatch": "W/\"1\""}}),
+            json!({"request": {"method": "PUT", "url": "Patient/p1", "ifMatch": "garbage"}, "resource": {"resourceType": "Patient", "id": "p1"}}),
+            json!({"request": {"method": "PUT", "url": "Patient/p1", "ifNoneExist": "name=x"}, "resource": {"resourceType": "Patient", "id": "p1"}}),
+            json!({"request": {"method": "POST", "url": "Patient", "ifNoneExist": "_pretty=true"}, "resource": {"resourceType": "Patient"}}),
         ];
         for entry in refused {
             let result = plan(entry.clone()).await;
@@ -337,9 +386,12 @@ mod tests {
 
     #[tokio::test]
     async fn reads_searches_and_deletes_are_scoped() {
-        let (p, _) =
-            plan(json!({"request": {"method": "DELETE", "url": "Patient/p1", "ifMatch": "W/\"3\""}})).await.unwrap();
-        assert_eq!(upstream_request(&p), &json!({"method": "DELETE", "url": "Patient/acme-p1", "ifMatch": "W/\"3\""}));
+        let (p, _) = plan(json!({"request": {"method": "DELETE", "url": "Patient/p1"}})).await.unwrap();
+        assert_eq!(upstream_request(&p), &json!({"method": "DELETE", "url": "Patient/acme-p1"}));
+        let put = json!({"request": {"method": "PUT", "url": "Patient/p1", "ifMatch": "W/\"3\""},
+            "resource": {"resourceType": "Patient", "id": "p1"}});
+        let (p, _) = plan(put).await.unwrap();
+        assert_eq!(upstream_request(&p), &json!({"method": "PUT", "url": "Patient/acme-p1", "ifMatch": "W/\"3\""}));
         let (p, _) = plan(json!({"request": {"method": "GET", "url": "http://fence.test/fhir/Patient/p1/_history/2"}}))
             .await
             .unwrap();
@@ -357,7 +409,7 @@ mod tests {
         let own = json!({"resourceType": "Patient", "id": "acme-p1", "meta": marked("acme")});
         let answer = json!({"response": {"status": "201 Created", "location": "http://127.0.0.1:9/fhir/Patient/acme-p1/_history/1",
             "outcome": {"resourceType": "OperationOutcome", "issue": [{"diagnostics": "upstream words"}]}}, "resource": own});
-        let (fields, resource) = response_entry(&acme, "Patient", Some("p1"), answer);
+        let (fields, resource) = response_entry(&acme, "Patient", Some("p1"), Answer::Resource, answer);
         assert_eq!(fields["fullUrl"], "http://fence.test/fhir/Patient/p1");
         assert_eq!(
             fields["response"],
@@ -367,8 +419,19 @@ mod tests {
         // Another tenant's resource and location are left out, whatever the upstream says.
         let foreign = json!({"response": {"status": "200 OK", "location": "Patient/globex-p9/_history/1"},
             "resource": {"resourceType": "Patient", "id": "globex-p9", "meta": marked("globex")}});
-        let (fields, resource) = response_entry(&acme, "Patient", None, foreign);
+        let (fields, resource) = response_entry(&acme, "Patient", None, Answer::Resource, foreign);
         assert_eq!(fields["response"], json!({"status": "200 OK"}));
         assert!(resource.is_none());
+        // Deleted is answered as never there; a read Bundle is a resource, not a search's page.
+        let gone = json!({"response": {"status": "410 Gone"}});
+        let (fields, _) = response_entry(&acme, "Patient", Some("p2"), Answer::Resource, gone);
+        assert_eq!(fields["response"]["status"], "404 Not Found");
+        let stored = json!({"response": {"status": "200 OK"}, "resource": {"resourceType": "Bundle", "type": "searchset",
+            "id": "acme-b1", "meta": marked("acme"),
+            "link": [{"relation": "next", "url": "http://127.0.0.1:9/fhir/Patient/globex-p1/_history?_count=1"}]}});
+        let (_, resource) = response_entry(&acme, "Bundle", Some("b1"), Answer::Resource, stored);
+        let bundle = resource.expect("the tenant's own Bundle").into_tree();
+        assert_eq!(bundle["id"], "b1");
+        assert!(!bundle.to_string().contains("_page="), "its links are data, never turned into page tokens: {bundle}");
     }
 }

@@ -91,6 +91,19 @@ pub async fn create_or_update(
     Ok(WriteResult { status, body: Some(stored), local_id: local, version, headers })
 }
 
+/// An `If-Match` as the upstream reads it: a version tag, `W/"<version id>"` or `"<version id>"`.
+/// Anything else is refused here (HAPI answers 500 to a tag it cannot read, and takes `W/""` as
+/// no condition at all).
+pub fn if_match(value: Option<&HeaderValue>) -> Result<Option<HeaderValue>, ScopeError> {
+    let Some(value) = value else { return Ok(None) };
+    let tag = value.to_str().ok().map(|v| v.trim());
+    let version = tag.and_then(|t| t.strip_prefix("W/").unwrap_or(t).strip_prefix('"')?.strip_suffix('"'));
+    match version {
+        Some(v) if reference::is_id(v) => Ok(Some(value.clone())),
+        _ => Err(ScopeError::Param("If-Match must be one version tag, W/\"<version id>\"".into())),
+    }
+}
+
 /// `PATCH [type]/[id]` with JSON Patch: read-modify-write. The caller's own resource is read
 /// (in the client's view), the patch applied here within bounds (`fhir::patch`: operation count,
 /// the document's size at every step), and the result written back through
@@ -228,9 +241,9 @@ pub fn prepare(
     let upstream_id = ctx.tenant.upstream_id(local)?;
     resource.insert("id".into(), Value::String(upstream_id));
     ctx.snap.marking.stamp(&mut resource, ctx.tenant)?;
-    // Contained resources cannot carry a tenant marker of their own (only the container is judged).
-    let contained = resource.get("contained").and_then(Value::as_array).into_iter().flatten();
-    if contained.filter_map(|c| c.get("meta")).any(|m| ctx.snap.marking.mentions_system(m)) {
+    // A resource inside this one (contained, a Bundle's entry, a Parameters' resource) cannot
+    // carry a tenant marker of its own: only the outermost is stamped and judged.
+    if resource.iter().filter(|(k, _)| *k != "meta").any(|(_, v)| marks_nested(ctx, v)) {
         return Err(ScopeError::ForeignMarker);
     }
     let mut body = Value::Object(resource);
@@ -244,6 +257,19 @@ pub fn prepare(
 
 /// `Attachment.url` is treated as a reference: a `Binary` of the caller's (relative, or under the
 /// public base, kept as written) or an allow-listed base; anything else is refused.
+/// Whether `value` holds, at any depth, a resource whose `meta` names the tenant coding system.
+fn marks_nested(ctx: &Ctx, value: &Value) -> bool {
+    match value {
+        Value::Object(o) => {
+            let marked =
+                o.contains_key("resourceType") && o.get("meta").is_some_and(|m| ctx.snap.marking.mentions_system(m));
+            marked || o.values().any(|v| marks_nested(ctx, v))
+        }
+        Value::Array(items) => items.iter().any(|v| marks_nested(ctx, v)),
+        _ => false,
+    }
+}
+
 fn attachment_url(ctx: &Ctx, url: &str, targets: &mut Vec<RefTarget>) -> Result<(), ScopeError> {
     let literal = match reference::parse(url) {
         Target::Relative(l) => l,
@@ -371,8 +397,27 @@ mod tests {
         let contained = json!({"resourceType": "Observation", "status": "final",
             "contained": [{"resourceType": "Patient", "id": "c", "meta": marked("acme")}]});
         assert!(matches!(prepared(contained), Err(ScopeError::ForeignMarker)));
+        let in_a_bundle = json!({"resourceType": "Bundle", "type": "collection",
+            "entry": [{"resource": {"resourceType": "Patient", "id": "globex-p1", "meta": marked("globex")}}]});
+        assert!(matches!(prepared(in_a_bundle), Err(ScopeError::ForeignMarker)));
+        let in_parameters = json!({"resourceType": "Parameters", "parameter": [{"name": "p", "part": [
+            {"name": "r", "resource": {"resourceType": "Patient", "meta": marked("acme")}}]}]});
+        assert!(matches!(prepared(in_parameters), Err(ScopeError::ForeignMarker)));
         let not_a_list = json!({"resourceType": "Patient", "meta": {"tag": {"system": SYSTEM, "code": "globex"}}});
         assert!(prepared(not_a_list).is_err());
+    }
+
+    #[test]
+    fn if_match_is_one_version_tag() {
+        let h = |s: &str| HeaderValue::from_str(s).unwrap();
+        for ok in ["W/\"1\"", "\"12\"", " W/\"a.b-c\" "] {
+            assert!(if_match(Some(&h(ok))).unwrap().is_some(), "{ok}");
+        }
+        // HAPI answers these 500 (or, for W/"", takes them as no condition at all).
+        for refused in ["garbage", "W/\"abc def\"", "*", "W/\"1\", W/\"2\"", "W/1", "W/\"\""] {
+            assert!(matches!(if_match(Some(&h(refused))), Err(ScopeError::Param(_))), "{refused}");
+        }
+        assert!(if_match(None).unwrap().is_none());
     }
 
     #[test]

@@ -460,6 +460,28 @@ async fn writes_that_would_lose_their_condition_never_reach_the_upstream() {
         assert_eq!(r.status, 400, "{method} {path}: {}", r.diagnostics());
         assert!(r.diagnostics().contains("needs criteria"), "{}", r.diagnostics());
     }
+    // Criteria the upstream would read as none (found by the attacker run on issue 16: each of
+    // these deleted the tenant's only Flag on HAPI), and conditions the upstream would misread.
+    for (method, path, if_match) in [
+        ("DELETE", "Flag?_count=1", None),
+        ("DELETE", "Flag?_summary=count&_include=Flag:subject", None),
+        ("DELETE", "Flag?identifier=", None),
+        ("DELETE", "Basic?_id:not=keep", None),
+        ("DELETE", "Patient/p1", Some("W/\"1\"")),
+        ("PUT", "Patient/p1", Some("garbage")),
+        ("PUT", "Patient/p1", Some("W/\"\"")),
+    ] {
+        let mut call = request(method, &fence.url(path)).bearer(&tok);
+        if method == "PUT" {
+            let body = json!({"resourceType": "Patient", "id": "p1"});
+            call = call.header("content-type", "application/fhir+json").raw_body(body.to_string());
+        }
+        if let Some(v) = if_match {
+            call = call.header("if-match", v);
+        }
+        let r = call.send().await;
+        assert_eq!(r.status, 400, "{method} {path} {if_match:?}: {}", r.diagnostics());
+    }
     let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
         // No header value holds a control character: before, this condition was dropped and
         // the create ran unconditionally.

@@ -535,6 +535,13 @@ async fn conditional_interactions_only_see_the_callers_resources() {
     assert!(r.body["issue"][0]["diagnostics"].as_str().unwrap().contains("entry 0: the id in the body differs"));
     let now = get(&f.url(&format!("Patient/{}", c1.body["id"].as_str().unwrap()))).bearer(&a).send().await;
     assert_eq!(now.body["meta"]["versionId"], "2", "nothing was written");
+    // A stale If-Match on a conditional update is the upstream's 409, not a lost update (before,
+    // the condition was dropped and version 3 written: found by the attacker run on issue 16).
+    let r =
+        put(&f.url("Patient?identifier=urn:mrn|456"), &changed).bearer(&a).header("if-match", "W/\"1\"").send().await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    let now = get(&f.url(&format!("Patient/{}", c1.body["id"].as_str().unwrap()))).bearer(&a).send().await;
+    assert_eq!(now.body["meta"]["versionId"], "2", "nothing was written");
     assert_eq!(get(&f.url("Patient/some-other-id")).bearer(&a).send().await.status, 404);
 
     // Several matches → 412, for update and patch.
