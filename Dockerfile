@@ -46,8 +46,8 @@ LABEL org.opencontainers.image.title="fhir-fence" \
       org.opencontainers.image.source="${SOURCE}" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.licenses="Apache-2.0"
-COPY --from=files /out/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
-COPY --from=files /out/fhir-fence /usr/local/bin/fhir-fence
+COPY --from=files --chmod=0444 /out/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+COPY --from=files --chmod=0555 /out/fhir-fence /usr/local/bin/fhir-fence
 ENV PATH=/usr/local/bin \
     SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
 # 65532: the "nonroot" uid of distroless images; numeric, so runAsNonRoot can verify it
