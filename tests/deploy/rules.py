@@ -34,6 +34,30 @@ def check(docs: list[dict]) -> list[str]:
         out.append("sidecar-once: no workload in the manifests")
     for name, meta, spec in pods:
         out += _check_pod(name, meta, spec, docs)
+    out += _check_service_monitors(docs)
+    return out
+
+
+def _check_service_monitors(docs) -> list[str]:
+    """A ServiceMonitor (no schema is bundled for it) must select a metrics Service by its
+    labels and scrape a port that Service names."""
+    out = []
+    for m in (d for d in docs if d.get("kind") == "ServiceMonitor"):
+        mname = m["metadata"].get("name")
+        selected = [
+            d for d in docs
+            if d.get("kind") == "Service" and _selects(m["spec"].get("selector"), d["metadata"].get("labels") or {})
+        ]
+        if not selected or any((s["metadata"].get("labels") or {}).get("fhir-fence.dev/role") != "metrics"
+                               for s in selected):
+            out.append(f"monitoring: ServiceMonitor/{mname} selects {[s['metadata']['name'] for s in selected]}, "
+                       f"not exactly the metrics Services")
+            continue
+        names = {p.get("name") for s in selected for p in s["spec"].get("ports") or []}
+        for e in m["spec"].get("endpoints") or [{}]:
+            if e.get("port") not in names or e.get("path", "/metrics") != "/metrics":
+                out.append(f"monitoring: ServiceMonitor/{mname} scrapes port {e.get('port')!r} path "
+                           f"{e.get('path')!r}; the metrics Service names {sorted(names)}, path /metrics")
     return out
 
 

@@ -123,6 +123,11 @@ BROKEN = {
         "service", "overlays/monitoring",
         lambda d: [s for s in d if s["metadata"]["name"].startswith("fhir-fence-metrics")][0]["spec"]["ports"][0].update(
             targetPort="fhir")),
+    "ServiceMonitor scrapes a port the Service lacks": (
+        "monitoring", "overlays/monitoring", lambda d: one(d, "ServiceMonitor")["spec"]["endpoints"][0].update(port="http")),
+    "ServiceMonitor selects the FHIR Service": (
+        "monitoring", "overlays/monitoring",
+        lambda d: one(d, "ServiceMonitor")["spec"]["selector"]["matchLabels"].pop("fhir-fence.dev/role")),
     "config mounted writable": (
         "mounts", "overlays/shared", lambda d: fence(d)["volumeMounts"][0].update(readOnly=False)),
     "config mounted by subPath": (
