@@ -3,6 +3,8 @@
 #
 # With a registry (the Rust image is pulled, the binary built inside it):
 #   docker build -t fhir-fence .
+# (BuildKit, Docker's default builder since 23.0, buildah or podman: they build only the stages
+# the image needs, and understand COPY --chmod.)
 #
 # Offline, from a static binary cargo built beforehand (what scripts/image and CI do; the Rust
 # stage is never used, so nothing is pulled):
@@ -34,7 +36,7 @@ RUN target="$(uname -m)-unknown-linux-gnu" \
 FROM scratch AS prebuilt
 COPY target/image-context/fhir-fence target/image-context/ca-certificates.crt /out/
 
-# hadolint ignore=DL3006
+# The stage chosen by FILES; the other one is never built (nothing pulled offline).
 FROM ${FILES} AS files
 
 FROM scratch
