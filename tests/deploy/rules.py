@@ -83,7 +83,9 @@ def _check_pod(name: str, meta: dict, spec: dict, docs: list[dict]) -> list[str]
     if len(found) != 1:
         return [f"sidecar-once: {name}: fhir-fence appears {len(found)} times (want exactly 1)"]
     where, fence = found[0]
-    others = [c for c in inits + mains if c is not fence]
+    # The containers serving beside fhir-fence: the FHIR server (init containers that run to
+    # completion before it, such as a hook-tool copy, serve nothing).
+    others = [c for c in mains if c is not fence]
 
     # Native sidecar: an init container that keeps running needs exactly `Always` (an unknown
     # value passes schema validation). A classic sidecar has no restartPolicy of its own.
@@ -256,7 +258,14 @@ def _check_mounts(name, fence, spec) -> list[str]:
 
 
 def _prestop_secs(c) -> int:
-    return int((((c.get("lifecycle") or {}).get("preStop") or {}).get("sleep") or {}).get("seconds") or 0)
+    """How long a container's preStop waits: a `sleep` action, or an exec of `... sleep N`."""
+    hook = (c.get("lifecycle") or {}).get("preStop") or {}
+    if "sleep" in hook:
+        return int(hook["sleep"].get("seconds") or 0)
+    command = [str(a) for a in (hook.get("exec") or {}).get("command") or []]
+    if len(command) >= 2 and command[-2] == "sleep" and command[-1].isdigit():
+        return int(command[-1])
+    return 0
 
 
 def _check_grace(name, spec, fence, others, where) -> list[str]:

@@ -75,6 +75,9 @@ BROKEN = {
     "classic sidecar with restartPolicy": (
         "restart-policy", "overlays/classic-sidecar", lambda d: fence(d).update(restartPolicy="Always")),
     "sidecar twice": ("sidecar-once", "overlays/shared", lambda d: pod(d)["containers"].append(copy.deepcopy(fence(d)))),
+    "classic: the hook tool copier runs as root": (
+        "security", "overlays/classic-sidecar",
+        lambda d: pod(d)["initContainers"][0]["securityContext"].update(runAsNonRoot=False, runAsUser=0)),
     "sidecar missing": ("sidecar-once", "overlays/shared", lambda d: pod(d).pop("initContainers")),
     "startupProbe on /readyz": (
         "probes", "overlays/shared", lambda d: fence(d)["startupProbe"]["httpGet"].update(path="/readyz")),
@@ -135,7 +138,8 @@ BROKEN = {
     "grace shorter than the drain": (
         "grace", "overlays/shared", lambda d: pod(d).update(terminationGracePeriodSeconds=30)),
     "classic: FHIR server stops before the drain ends": (
-        "grace", "overlays/classic-sidecar", lambda d: set_path(server(d), ["lifecycle", "preStop", "sleep", "seconds"], 10)),
+        "grace", "overlays/classic-sidecar",
+        lambda d: set_path(server(d), ["lifecycle", "preStop", "exec", "command"], ["/hooks/busybox", "sleep", "10"])),
     "no PodDisruptionBudget": ("pdb", "overlays/shared", lambda d: d.remove(one(d, "PodDisruptionBudget"))),
     "listen port is not the container port": (
         "ports", "overlays/shared", lambda d: config_text(d, lambda t: t.replace('"0.0.0.0:8080"', '"0.0.0.0:8081"'))),
