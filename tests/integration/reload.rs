@@ -1,6 +1,7 @@
 //! Live configuration: a reload through the admin endpoint, on a file change and on SIGHUP
 //! swaps the snapshot whole; a bad config is refused whole and the old one keeps serving;
-//! requests in flight finish under the snapshot they began with.
+//! requests in flight finish under the snapshot they began with; a Kubernetes ConfigMap
+//! update (the `..data` link swapped) is seen like a file change.
 use crate::support::client::{get, request};
 use crate::support::fake::{self, stored, Answer};
 use crate::support::{self, config_text, tenants, write_config, Options};
@@ -125,6 +126,63 @@ async fn a_changed_config_file_is_reloaded_by_itself() {
         .expect("the file change was noticed")
         .unwrap();
     assert_eq!(get(&fence.url("Patient/p1")).bearer(&a).send().await.status, 403);
+}
+
+/// A Kubernetes ConfigMap volume: each key is a link through `..data`, which links to a
+/// timestamped directory holding the files. The kubelet updates it by writing a new timestamped
+/// directory, renaming a new link over `..data` (one atomic step) and removing the old
+/// directory; the key's own link never changes. The watcher sees that swap and reloads.
+#[tokio::test]
+async fn a_kubernetes_configmap_update_is_reloaded_by_itself() {
+    let ts = tenants(2);
+    let up = upstream(&ts, Arc::new(Notify::new()), Arc::new(Notify::new())).await;
+    let mut o = Options::new(&up.base, &ts);
+    let volume = std::env::temp_dir().join(format!("fhir-fence-configmap-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&volume).unwrap();
+    let fence = support::start_with(o.clone(), |text| {
+        configmap::project(&volume, "..2026_11_30_10_00_00.000000001", text);
+        std::os::unix::fs::symlink("..data/fence.toml", volume.join("fence.toml")).unwrap();
+        volume.join("fence.toml")
+    })
+    .await;
+    fhir_fence::live::spawn_triggers(fence.live.clone());
+    let a = fence.token(&ts[0].name);
+    assert_eq!(get(&fence.url("Patient/p1")).bearer(&a).send().await.status, 200);
+
+    let mut generation = fence.live.generation();
+    o.tenants[0].suspended = true;
+    configmap::project(&volume, "..2026_11_30_10_05_00.000000002", &config_text(&o, fence.ports.0, fence.ports.1));
+    std::fs::remove_dir_all(volume.join("..2026_11_30_10_00_00.000000001")).unwrap();
+    tokio::time::timeout(Duration::from_secs(20), generation.wait_for(|g| *g >= 1))
+        .await
+        .expect("the ConfigMap update was noticed")
+        .unwrap();
+    assert_eq!(get(&fence.url("Patient/p1")).bearer(&a).send().await.status, 403, "the new config serves");
+    assert_eq!(get(&fence.url("Patient/p1")).bearer(&fence.token(&ts[1].name)).send().await.status, 200);
+
+    // A second update is seen too (the watch survives the swap of the directory it reads through).
+    o.tenants[0].suspended = false;
+    configmap::project(&volume, "..2026_11_30_10_10_00.000000003", &config_text(&o, fence.ports.0, fence.ports.1));
+    tokio::time::timeout(Duration::from_secs(20), generation.wait_for(|g| *g >= 2))
+        .await
+        .expect("the second ConfigMap update was noticed")
+        .unwrap();
+    assert_eq!(get(&fence.url("Patient/p1")).bearer(&a).send().await.status, 200);
+    let _ = std::fs::remove_dir_all(&volume);
+}
+
+/// What the kubelet's atomic writer does to a ConfigMap volume.
+mod configmap {
+    use std::path::Path;
+
+    /// Writes `fence.toml` into the new directory `stamp`, then points `..data` at it by
+    /// renaming a fresh link over it.
+    pub fn project(volume: &Path, stamp: &str, text: &str) {
+        std::fs::create_dir(volume.join(stamp)).unwrap();
+        std::fs::write(volume.join(stamp).join("fence.toml"), text).unwrap();
+        std::os::unix::fs::symlink(stamp, volume.join("..data_tmp")).unwrap();
+        std::fs::rename(volume.join("..data_tmp"), volume.join("..data")).unwrap();
+    }
 }
 
 /// The binary reloads on SIGHUP (its log says so), and `fhir-fence check` agrees with a reload.

@@ -227,6 +227,12 @@ pub fn write_config(text: &str) -> PathBuf {
 
 /// Starts fhir-fence in-process and waits until it has read the upstream's CapabilityStatement.
 pub async fn start(o: Options) -> Fence {
+    start_with(o, write_config).await
+}
+
+/// [`start`], with the config file written by `place` (given the config's text; it returns
+/// the path fhir-fence is started with), e.g. laid out like a Kubernetes ConfigMap volume.
+pub async fn start_with(o: Options, place: impl FnOnce(&str) -> PathBuf) -> Fence {
     // `FHIR_FENCE_TEST_LOG=info cargo test … -- --nocapture` shows fhir-fence's own log (with
     // the upstream diagnostics it withholds from clients).
     if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("FHIR_FENCE_TEST_LOG") {
@@ -235,7 +241,7 @@ pub async fn start(o: Options) -> Fence {
     let sockets = fhir_fence::workers::bind("127.0.0.1:0".parse().unwrap(), o.workers.unwrap_or(1)).unwrap();
     let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (pp, ap) = (sockets[0].local_addr().unwrap().port(), admin.local_addr().unwrap().port());
-    let path = write_config(&config_text(&o, pp, ap));
+    let path = place(&config_text(&o, pp, ap));
     let snap = Arc::new(Snapshot::build(config::load(&path).unwrap()).unwrap());
     assert!(
         snap.capabilities("main").await.is_some(),
