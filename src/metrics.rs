@@ -98,6 +98,8 @@ impl Metrics {
             IntGaugeVec::new(Opts::new("fhir_fence_in_flight", "FHIR requests being handled, by tenant"), &["tenant"])
                 .expect("valid metric");
         registry.register(Box::new(in_flight.clone())).expect("registered once");
+        // Counted where the keys are fetched (`identity::remote`), shown here.
+        registry.register(Box::new(crate::identity::remote::REFRESHES.clone())).expect("registered once");
         Metrics {
             registry,
             requests,

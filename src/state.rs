@@ -89,7 +89,7 @@ impl Snapshot {
                 (name.clone(), Arc::new(tenant))
             })
             .collect();
-        let verifier = Verifier::build(&loaded, &tenants)?;
+        let verifier = Verifier::build(&loaded, &tenants, prev.map(|p| &p.verifier))?;
         // An upstream whose settings did not change keeps its connection pool and capabilities.
         let unchanged_upstream = |name: &str| {
             let same = old.is_some_and(|o| {

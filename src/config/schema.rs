@@ -200,6 +200,21 @@ pub struct Issuer {
     pub secret_file: Option<PathBuf>,
     /// PEM private key for `fhir-fence token` with an asymmetric issuer (development aid).
     pub signing_key_file: Option<PathBuf>,
+    /// The identity provider's OpenID discovery document (`https://…/.well-known/openid-configuration`):
+    /// its `issuer` must equal `iss`; the keys come from its `jwks_uri` and are refreshed as the
+    /// provider rotates them.
+    pub discovery: Option<String>,
+    /// The provider's JWKS (`https://…`), for a provider without a discovery document.
+    pub jwks_uri: Option<String>,
+    /// PEM CA certificates that verify the provider's TLS certificate (default: the Web PKI roots).
+    pub ca_file: Option<PathBuf>,
+    /// How long the provider's keys keep verifying while it cannot be reached, counted from
+    /// when they were last refreshed (300 s) plus this (default 3600).
+    #[serde(default = "default_keys_grace_secs")]
+    pub keys_grace_secs: u64,
+    /// `at+jwt`: the token's header must say `typ: at+jwt` (RFC 9068 access tokens; a provider's
+    /// ID tokens are then refused). Default: not checked.
+    pub token_type: Option<String>,
     /// JSONPath (RFC 9535) to the tenant claim, e.g. `$.tenant` or `$.org.id`.
     pub tenant_claim: String,
     /// The tenants this issuer may assert.
@@ -328,4 +343,8 @@ fn default_request_timeout() -> u64 {
 }
 fn default_pool() -> usize {
     32
+}
+
+fn default_keys_grace_secs() -> u64 {
+    3600
 }

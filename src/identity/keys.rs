@@ -1,9 +1,13 @@
 //! Key material per issuer: an algorithm allow-list and the keys that may verify (and, for
-//! development, sign) its tokens. Built and checked at config load.
+//! development, sign) its tokens. Built and checked at config load; keys from an identity
+//! provider (`discovery`, `jwks_uri`) are fetched and rotated by `remote`.
+use super::remote::{https_uri, RemoteKeys, Source};
 use crate::config::{ConfigError, Issuer, Loaded};
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, EncodingKey};
 use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
 
 pub struct IssuerKeys {
     pub name: String,
@@ -11,6 +15,9 @@ pub struct IssuerKeys {
     pub verify: VerifyKeys,
     /// Present when the config gives a way to sign (HS secret, or `signing_key_file`).
     pub signing: Option<(Algorithm, EncodingKey, Option<String>)>,
+    /// What the provider's keys were built with (a reload keeps them when these are unchanged).
+    ca_file: Option<std::path::PathBuf>,
+    grace: Duration,
 }
 
 pub enum VerifyKeys {
@@ -18,6 +25,8 @@ pub enum VerifyKeys {
     Secret(DecodingKey),
     /// Public keys from a JWKS file, each with its `kid` and the algorithm family it serves.
     Jwks(Vec<JwksKey>),
+    /// Public keys from the issuer's identity provider, fetched and refreshed.
+    Remote(Arc<RemoteKeys>),
 }
 
 pub struct JwksKey {
@@ -28,7 +37,9 @@ pub struct JwksKey {
 }
 
 impl IssuerKeys {
-    pub fn build(loaded: &Loaded, name: &str, issuer: &Issuer) -> Result<Self, ConfigError> {
+    /// `prev`: the same issuer in the snapshot being replaced; its provider's keys are kept
+    /// when the provider settings did not change (a reload does not refetch them).
+    pub fn build(loaded: &Loaded, name: &str, issuer: &Issuer, prev: Option<&IssuerKeys>) -> Result<Self, ConfigError> {
         let key = |k: &str| format!("issuers.{name}.{k}");
         if issuer.algorithms.is_empty() {
             return Err(ConfigError::invalid(key("algorithms"), "list at least one algorithm"));
@@ -49,6 +60,44 @@ impl IssuerKeys {
                 "do not mix HS* with public-key algorithms in one issuer (RFC 8725 §2.1)",
             ));
         }
+        if let Some(remote) = remote_source(name, issuer)? {
+            if hmac > 0
+                || issuer.secret_file.is_some()
+                || issuer.jwks_file.is_some()
+                || issuer.signing_key_file.is_some()
+            {
+                return Err(ConfigError::invalid(
+                    key("discovery"),
+                    "keys from an identity provider go with public-key algorithms only, and no key files",
+                ));
+            }
+            let kept = prev.and_then(|p| match &p.verify {
+                VerifyKeys::Remote(r)
+                    if r.source() == &remote && p.ca_file == issuer.ca_file && p.grace == grace(issuer) =>
+                {
+                    Some(r.clone())
+                }
+                _ => None,
+            });
+            let keys = match kept {
+                Some(k) => k,
+                None => {
+                    let tls = super::tls::client_config(loaded, &key("ca_file"), issuer.ca_file.as_deref())?;
+                    let keys = Arc::new(RemoteKeys::new(name, &issuer.iss, remote, tls, grace(issuer)));
+                    keys.prefetch();
+                    keys
+                }
+            };
+            let verify = VerifyKeys::Remote(keys);
+            return Ok(IssuerKeys {
+                name: name.to_owned(),
+                algorithms,
+                verify,
+                signing: None,
+                ca_file: issuer.ca_file.clone(),
+                grace: grace(issuer),
+            });
+        }
         let (verify, signing) = match (hmac > 0, &issuer.secret_file, &issuer.jwks_file) {
             (true, Some(path), None) => {
                 let secret = loaded.read_file(&key("secret_file"), path)?;
@@ -64,21 +113,7 @@ impl IssuerKeys {
             }
             (false, None, Some(path)) => {
                 let bytes = loaded.read_file(&key("jwks_file"), path)?;
-                let set: JwkSet = serde_json::from_slice(&bytes)
-                    .map_err(|e| ConfigError::invalid(key("jwks_file"), format!("not a JWKS: {e}")))?;
-                let mut keys = Vec::new();
-                for jwk in &set.keys {
-                    let dk = DecodingKey::from_jwk(jwk)
-                        .map_err(|e| ConfigError::invalid(key("jwks_file"), format!("unusable key: {e}")))?;
-                    let alg = jwk.common.key_algorithm.and_then(|a| Algorithm::from_str(&a.to_string()).ok());
-                    keys.push(JwksKey { kid: jwk.common.key_id.clone(), family: dk.family(), alg, key: dk });
-                }
-                if keys.is_empty() {
-                    return Err(ConfigError::invalid(key("jwks_file"), "the JWKS holds no keys"));
-                }
-                if keys.len() > 1 && keys.iter().any(|k| k.kid.is_none()) {
-                    return Err(ConfigError::invalid(key("jwks_file"), "with several keys, every key needs a kid"));
-                }
+                let keys = parse_jwks(&bytes).map_err(|e| ConfigError::invalid(key("jwks_file"), e))?;
                 let signing = match &issuer.signing_key_file {
                     None => None,
                     Some(p) => {
@@ -110,23 +145,76 @@ impl IssuerKeys {
                 ))
             }
         };
-        Ok(IssuerKeys { name: name.to_owned(), algorithms, verify, signing })
+        Ok(IssuerKeys { name: name.to_owned(), algorithms, verify, signing, ca_file: None, grace: grace(issuer) })
     }
 
-    /// The key that may verify a token with this header, or `None` (no guessing across kids).
-    pub fn key_for(&self, alg: Algorithm, kid: Option<&str>) -> Option<&DecodingKey> {
+    /// Calls `f` with the key that may verify a token with this header; `None` when there is
+    /// none (no guessing across kids).
+    pub fn with_key<T>(&self, alg: Algorithm, kid: Option<&str>, f: impl FnOnce(&DecodingKey) -> T) -> Option<T> {
         match &self.verify {
-            VerifyKeys::Secret(k) => (alg.family() == AlgorithmFamily::Hmac).then_some(k),
-            VerifyKeys::Jwks(keys) => {
-                let fits = |k: &&JwksKey| k.family == alg.family() && k.alg.is_none_or(|a| a == alg);
-                match kid {
-                    Some(kid) => keys.iter().filter(fits).find(|k| k.kid.as_deref() == Some(kid)).map(|k| &k.key),
-                    None if keys.len() == 1 => keys.iter().find(fits).map(|k| &k.key),
-                    None => None,
-                }
-            }
+            VerifyKeys::Secret(k) => (alg.family() == AlgorithmFamily::Hmac).then(|| f(k)),
+            VerifyKeys::Jwks(keys) => pick(keys, alg, kid).map(f),
+            VerifyKeys::Remote(remote) => remote.with_keys(|keys| pick(keys, alg, kid).map(f)),
         }
     }
+
+    /// The provider's keys, when they come from one.
+    pub fn remote(&self) -> Option<&Arc<RemoteKeys>> {
+        match &self.verify {
+            VerifyKeys::Remote(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+/// The key for `alg` and `kid` among `keys`: by kid, or the only key when the token names none.
+fn pick<'k>(keys: &'k [JwksKey], alg: Algorithm, kid: Option<&str>) -> Option<&'k DecodingKey> {
+    let fits = |k: &&JwksKey| k.family == alg.family() && k.alg.is_none_or(|a| a == alg);
+    match kid {
+        Some(kid) => keys.iter().filter(fits).find(|k| k.kid.as_deref() == Some(kid)).map(|k| &k.key),
+        None if keys.len() == 1 => keys.iter().find(fits).map(|k| &k.key),
+        None => None,
+    }
+}
+
+/// A JWKS (a file's or a provider's) as verifying keys: every key usable, a `kid` on each when
+/// there are several.
+pub fn parse_jwks(bytes: &[u8]) -> Result<Vec<JwksKey>, String> {
+    let set: JwkSet = serde_json::from_slice(bytes).map_err(|e| format!("not a JWKS: {e}"))?;
+    let mut keys = Vec::new();
+    for jwk in &set.keys {
+        // A provider publishes encryption keys too; only signature keys verify.
+        if jwk.common.public_key_use.as_ref().is_some_and(|u| *u != jsonwebtoken::jwk::PublicKeyUse::Signature) {
+            continue;
+        }
+        let dk = DecodingKey::from_jwk(jwk).map_err(|e| format!("unusable key: {e}"))?;
+        let alg = jwk.common.key_algorithm.and_then(|a| Algorithm::from_str(&a.to_string()).ok());
+        keys.push(JwksKey { kid: jwk.common.key_id.clone(), family: dk.family(), alg, key: dk });
+    }
+    if keys.is_empty() {
+        return Err("the JWKS holds no keys".into());
+    }
+    if keys.len() > 1 && keys.iter().any(|k| k.kid.is_none()) {
+        return Err("with several keys, every key needs a kid".into());
+    }
+    Ok(keys)
+}
+
+/// Where an issuer's keys come from when an identity provider serves them.
+fn remote_source(name: &str, issuer: &Issuer) -> Result<Option<Source>, ConfigError> {
+    let key = |k: &str| format!("issuers.{name}.{k}");
+    match (&issuer.discovery, &issuer.jwks_uri) {
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => Err(ConfigError::invalid(key("jwks_uri"), "give discovery or jwks_uri, not both")),
+        (Some(d), None) => {
+            Ok(Some(Source::Discovery(https_uri(d).map_err(|e| ConfigError::invalid(key("discovery"), e))?)))
+        }
+        (None, Some(j)) => Ok(Some(Source::Jwks(https_uri(j).map_err(|e| ConfigError::invalid(key("jwks_uri"), e))?))),
+    }
+}
+
+fn grace(issuer: &Issuer) -> Duration {
+    Duration::from_secs(issuer.keys_grace_secs)
 }
 
 fn trim_newline(b: &[u8]) -> &[u8] {
@@ -135,4 +223,52 @@ fn trim_newline(b: &[u8]) -> &[u8] {
         end -= 1;
     }
     &b[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issuer(extra: &str) -> Issuer {
+        toml::from_str(&format!(
+            "iss = \"https://idp.test\"\naudience = [\"a\"]\nalgorithms = [\"RS256\"]\ntenant_claim = \"$.t\"\ntenants = []\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn keys_from_a_provider_come_over_https_only() {
+        let source = |extra: &str| remote_source("idp", &issuer(extra));
+        assert!(matches!(source(""), Ok(None)));
+        assert!(matches!(
+            source("discovery = \"https://idp.test/.well-known/openid-configuration\""),
+            Ok(Some(Source::Discovery(_)))
+        ));
+        assert!(matches!(source("jwks_uri = \"https://idp.test/jwks\""), Ok(Some(Source::Jwks(_)))));
+        for refused in [
+            "discovery = \"http://idp.test/.well-known/openid-configuration\"",
+            "jwks_uri = \"file:///etc/jwks.json\"",
+            "jwks_uri = \"https:///jwks\"",
+            "discovery = \"https://a\"\njwks_uri = \"https://a/jwks\"",
+        ] {
+            assert!(source(refused).is_err(), "{refused}");
+        }
+        assert_eq!(issuer("").keys_grace_secs, 3600);
+    }
+
+    #[test]
+    fn a_providers_jwks_keeps_signature_keys_only() {
+        let rsa = r#"{"kty":"RSA","n":"sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw","e":"AQAB"}"#;
+        let with = |extra: &str| format!(r#"{{"keys":[{}]}}"#, rsa.replacen('{', &format!("{{{extra}"), 1));
+        assert_eq!(parse_jwks(with(r#""kid":"s","use":"sig","#).as_bytes()).unwrap().len(), 1);
+        let mixed = format!(
+            r#"{{"keys":[{},{}]}}"#,
+            rsa.replacen('{', r#"{"kid":"e","use":"enc","#, 1),
+            rsa.replacen('{', r#"{"kid":"s","#, 1)
+        );
+        let keys = parse_jwks(mixed.as_bytes()).unwrap();
+        assert_eq!(keys.iter().map(|k| k.kid.as_deref()).collect::<Vec<_>>(), [Some("s")]);
+        assert!(parse_jwks(with(r#""use":"enc","#).as_bytes()).is_err(), "no signature key at all");
+        assert!(parse_jwks(b"{}").is_err());
+    }
 }

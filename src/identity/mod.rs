@@ -1,9 +1,12 @@
 //! Who is calling: verified bearer JWTs (RFC 8725) → a [`Caller`] bound to one tenant.
 //!
-//! `keys` turns the config's key sources into decoding keys, `verify` checks a token and
-//! resolves the tenant, `mint` signs development tokens for `fhir-fence token`.
+//! `keys` turns the config's key sources into decoding keys (`remote`: an identity provider's,
+//! fetched and rotated over HTTPS, `tls`), `verify` checks a token and resolves the tenant,
+//! `mint` signs development tokens for `fhir-fence token`.
 mod keys;
 mod mint;
+pub mod remote;
+mod tls;
 mod verify;
 
 pub use keys::IssuerKeys;

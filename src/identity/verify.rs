@@ -1,8 +1,10 @@
 //! Bearer JWT verification per RFC 8725, ending in the caller's tenant.
 //!
 //! Order: find the issuer by `iss` (unverified, only to pick keys) → `alg` must be on that
-//! issuer's allow-list → key by `kid` → signature, `iss`, `aud`, `exp`, `nbf`, `iat` →
-//! tenant claim (JSONPath) → the issuer may assert that tenant → tenant must be active.
+//! issuer's allow-list → `typ` when the issuer requires one → key by `kid` (an unknown `kid` of
+//! an identity provider's issuer waits for one bounded refresh, `remote`) → signature, `iss`,
+//! `aud`, `exp`, `nbf`, `iat` → tenant claim (JSONPath) → the issuer may assert that tenant →
+//! tenant must be active.
 use super::keys::IssuerKeys;
 use crate::config::{ConfigError, Loaded, TenantStatus};
 use crate::tenancy::Tenant;
@@ -48,6 +50,8 @@ pub enum AuthError {
     Suspended,
     #[error("the token's header marks extensions critical that fhir-fence does not understand (crit)")]
     Critical,
+    #[error("the token is not of the type its issuer issues access tokens as ({0})")]
+    WrongType(String),
 }
 
 struct TrustedIssuer {
@@ -56,6 +60,8 @@ struct TrustedIssuer {
     keys: IssuerKeys,
     tenant_claim: JpQuery,
     tenants: Vec<String>,
+    /// The `typ` every token must carry (`at+jwt`), when the issuer says so.
+    token_type: Option<String>,
 }
 
 pub struct Verifier {
@@ -70,10 +76,24 @@ pub struct Verifier {
 const VERIFIED_TTL: std::time::Duration = std::time::Duration::from_secs(300);
 
 impl Verifier {
-    pub fn build(loaded: &Loaded, tenants: &HashMap<String, Arc<Tenant>>) -> Result<Self, ConfigError> {
+    /// `prev`: the verifier being replaced, whose identity providers' keys are kept where the
+    /// issuer's provider settings did not change.
+    pub fn build(
+        loaded: &Loaded,
+        tenants: &HashMap<String, Arc<Tenant>>,
+        prev: Option<&Verifier>,
+    ) -> Result<Self, ConfigError> {
         let mut issuers = Vec::new();
         for (name, i) in &loaded.config.issuers {
-            let keys = IssuerKeys::build(loaded, name, i)?;
+            let keys = IssuerKeys::build(loaded, name, i, prev.and_then(|p| p.issuer_keys(name)))?;
+            if let Some(t) = &i.token_type {
+                if t != "at+jwt" {
+                    return Err(ConfigError::invalid(
+                        format!("issuers.{name}.token_type"),
+                        "only \"at+jwt\" (RFC 9068)",
+                    ));
+                }
+            }
             let tenant_claim = compile_claim_path(&i.tenant_claim)
                 .map_err(|e| ConfigError::invalid(format!("issuers.{name}.tenant_claim"), e))?;
             issuers.push(TrustedIssuer {
@@ -82,6 +102,7 @@ impl Verifier {
                 keys,
                 tenant_claim,
                 tenants: i.tenants.clone(),
+                token_type: i.token_type.clone(),
             });
         }
         let verified = moka::sync::Cache::builder().max_capacity(10_000).time_to_live(VERIFIED_TTL).build();
@@ -94,18 +115,18 @@ impl Verifier {
     }
 
     /// Verifies the value of an `Authorization` header.
-    pub fn verify_header(&self, authorization: Option<&str>) -> Result<Caller, AuthError> {
+    pub async fn verify_header(&self, authorization: Option<&str>) -> Result<Caller, AuthError> {
         let value = authorization.ok_or(AuthError::Missing)?;
         let (scheme, token) = value.split_once(' ').ok_or(AuthError::Malformed)?;
         if !scheme.eq_ignore_ascii_case("bearer") {
             return Err(AuthError::Missing);
         }
-        self.verify(token.trim())
+        self.verify(token.trim()).await
     }
 
     /// Verifies a token, or answers from the cache of tokens verified before (same snapshot:
     /// a reload or a suspension builds a new verifier, so the cache never outlives the config).
-    pub fn verify(&self, token: &str) -> Result<Caller, AuthError> {
+    pub async fn verify(&self, token: &str) -> Result<Caller, AuthError> {
         let key: [u8; 32] = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes())
             .as_ref()
             .try_into()
@@ -116,13 +137,13 @@ impl Verifier {
             }
             self.verified.invalidate(&key);
         }
-        let (caller, exp) = self.verify_signed(token)?;
+        let (caller, exp) = self.verify_signed(token).await?;
         self.verified.insert(key, (caller.clone(), exp));
         Ok(caller)
     }
 
     /// The full check of RFC 8725: issuer, algorithm, key, signature, claims, tenant; with `exp`.
-    fn verify_signed(&self, token: &str) -> Result<(Caller, u64), AuthError> {
+    async fn verify_signed(&self, token: &str) -> Result<(Caller, u64), AuthError> {
         strict_header(token)?;
         let header = decode_header(token).map_err(|_| AuthError::Malformed)?;
         let unverified: Value =
@@ -132,8 +153,11 @@ impl Verifier {
         if !issuer.keys.algorithms.contains(&header.alg) {
             return Err(AuthError::AlgorithmNotAllowed);
         }
-        let key = issuer.keys.key_for(header.alg, header.kid.as_deref()).ok_or(AuthError::NoKey)?;
-
+        if let Some(required) = &issuer.token_type {
+            if !is_type(header.typ.as_deref(), required) {
+                return Err(AuthError::WrongType(required.clone()));
+            }
+        }
         let mut validation = Validation::new(header.alg);
         validation.leeway = LEEWAY_SECS;
         validation.validate_exp = true;
@@ -141,7 +165,17 @@ impl Verifier {
         validation.set_issuer(&[&issuer.iss]);
         validation.set_audience(&issuer.audience);
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
-        let claims = decode::<Value>(token, key, &validation).map_err(|e| AuthError::Invalid(e.to_string()))?.claims;
+        let check = |key: &jsonwebtoken::DecodingKey| decode::<Value>(token, key, &validation);
+        let decoded = match issuer.keys.with_key(header.alg, header.kid.as_deref(), check) {
+            Some(decoded) => decoded,
+            // A kid the provider's cached keys do not have: perhaps a key it rotated in.
+            None => {
+                let remote = issuer.keys.remote().ok_or(AuthError::NoKey)?;
+                remote.refresh_for_unknown_kid().await;
+                issuer.keys.with_key(header.alg, header.kid.as_deref(), check).ok_or(AuthError::NoKey)?
+            }
+        };
+        let claims = decoded.map_err(|e| AuthError::Invalid(e.to_string()))?.claims;
         if let Some(iat) = claims.get("iat") {
             let iat = iat.as_u64().ok_or_else(|| AuthError::Invalid("iat is not a number".into()))?;
             if iat > jsonwebtoken::get_current_timestamp() + LEEWAY_SECS {
@@ -184,6 +218,14 @@ pub fn strict_header(token: &str) -> Result<(), AuthError> {
     Ok(())
 }
 
+/// Whether a header's `typ` is `required` (RFC 9068 §4: `at+jwt`, or its media type
+/// `application/at+jwt`; media types compare case-insensitively).
+fn is_type(typ: Option<&str>, required: &str) -> bool {
+    let typ = typ.map(|t| t.to_ascii_lowercase());
+    let typ = typ.as_deref().map(|t| t.strip_prefix("application/").unwrap_or(t));
+    typ == Some(required)
+}
+
 pub(crate) fn compile_claim_path(path: &str) -> Result<JpQuery, String> {
     parse_json_path(path).map_err(|e| format!("not a JSONPath expression: {e}"))
 }
@@ -211,6 +253,17 @@ mod tests {
         assert!(matches!(strict_header(&token(r#"{"alg":"RS256","crit":["exp"],"exp":1}"#)), Err(AuthError::Critical)));
         assert!(matches!(strict_header(&token(r#"{"alg":"RS256","alg":"none"}"#)), Err(AuthError::Malformed)));
         assert!(matches!(strict_header("%%%.x.y"), Err(AuthError::Malformed)));
+    }
+
+    #[test]
+    fn access_tokens_are_told_from_other_tokens() {
+        for ok in ["at+jwt", "AT+JWT", "application/at+jwt"] {
+            assert!(is_type(Some(ok), "at+jwt"), "{ok}");
+        }
+        // An ID token or a plain JWT from the same provider is no access token (RFC 9068 §4).
+        for refused in [None, Some("JWT"), Some("jwt"), Some("application/jwt"), Some("at+jwt2"), Some("")] {
+            assert!(!is_type(refused, "at+jwt"), "{refused:?}");
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod fake_upstream;
 mod fastline_differential;
 mod hapi_e2e;
 mod identity;
+mod identity_provider;
 mod limits;
 mod metrics;
 mod module_cycles;

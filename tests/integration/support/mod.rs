@@ -87,6 +87,8 @@ pub struct Options {
     /// Serve as `fhir-fence serve` does, on this many worker threads (`workers.rs`); `None`:
     /// everything on the test's own runtime (`server::run`).
     pub workers: Option<usize>,
+    /// Tables appended to the config (e.g. another issuer).
+    pub extra: String,
 }
 
 impl Options {
@@ -102,6 +104,7 @@ impl Options {
             server_extra: String::new(),
             workers: None,
             audit_fhir: None,
+            extra: String::new(),
         }
     }
 }
@@ -214,6 +217,8 @@ tenants = [{first}]
             s.push_str(&format!("[tenants.{}.limits]\n{}\n", t.name, t.limits));
         }
     }
+    s.push('\n');
+    s.push_str(&o.extra);
     s
 }
 

@@ -1,0 +1,143 @@
+//! Keys from a real identity provider (`scripts/idp`: the npm package oidc-provider, over HTTPS
+//! with a test CA): found through its discovery document, refreshed when it rotates its signing
+//! key, kept while it cannot be reached — and an unknown key then refused with 401, not a stall
+//! or a 500. Tokens are the provider's own (`client_credentials`, RFC 9068 `at+jwt`), for a
+//! client registered with the tenant it may act for.
+use crate::support::client::get;
+use crate::support::fake::{self, searchset, Answer};
+use crate::support::{self, tenants, Options};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::Command;
+
+const AUDIENCE: &str = "urn:fhir-fence:idp-test";
+
+struct Provider {
+    url: String,
+    ca: PathBuf,
+}
+
+impl Provider {
+    fn from_env() -> Provider {
+        let url = std::env::var("IDP_URL").unwrap_or_else(|_| "https://127.0.0.1:8095".into());
+        let ca = std::env::var("IDP_CA")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/idp/ca.pem"));
+        Provider { url, ca }
+    }
+
+    /// One HTTPS call to the provider (curl, verifying it with the test CA); the JSON answer.
+    fn call(&self, path: &str, args: &[&str]) -> Value {
+        let out = Command::new("curl")
+            .args(["-sS", "--fail-with-body", "--max-time", "10", "--cacert"])
+            .arg(&self.ca)
+            .args(args)
+            .arg(format!("{}{path}", self.url))
+            .output()
+            .expect("curl runs");
+        let body = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{path}: {body} {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+    }
+
+    /// A client whose tokens name `tenant`: (client_id, client_secret).
+    fn register(&self, tenant: &str) -> (String, String) {
+        let metadata = serde_json::json!({"grant_types": ["client_credentials"], "response_types": [],
+            "redirect_uris": [], "token_endpoint_auth_method": "client_secret_basic", "tenant": tenant});
+        let c = self.call("/reg", &["-H", "content-type: application/json", "-d", &metadata.to_string()]);
+        (c["client_id"].as_str().unwrap().to_owned(), c["client_secret"].as_str().unwrap().to_owned())
+    }
+
+    fn token(&self, (id, secret): &(String, String)) -> String {
+        let t = self.call(
+            "/token",
+            &[
+                "-u",
+                &format!("{id}:{secret}"),
+                "-d",
+                "grant_type=client_credentials",
+                "-d",
+                &format!("resource={AUDIENCE}"),
+            ],
+        );
+        t["access_token"].as_str().unwrap().to_owned()
+    }
+
+    fn admin(&self, action: &str) -> Value {
+        self.call(&format!("/admin/{action}"), &["-X", "POST"])
+    }
+}
+
+/// Brings the provider back however the test ends.
+struct Online<'p>(&'p Provider);
+
+impl Drop for Online<'_> {
+    fn drop(&mut self) {
+        self.0.admin("online");
+    }
+}
+
+fn kid(token: &str) -> String {
+    use base64::Engine;
+    let header = token.split('.').next().unwrap();
+    let header: Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap();
+    header["kid"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn keys_follow_the_provider_and_outlast_it_for_a_while() {
+    let idp = Provider::from_env();
+    let ts = tenants(2);
+    let up = fake::start(|s| {
+        Answer::Json(200, searchset(&format!("http://{}/fhir", s.headers["host"].to_str().unwrap()), vec![], None))
+    })
+    .await;
+    let mut o = Options::new(&up.base, &ts);
+    o.extra = format!(
+        "[issuers.idp]\niss = \"{url}\"\ndiscovery = \"{url}/.well-known/openid-configuration\"\nca_file = {ca:?}\n\
+         audience = [\"{AUDIENCE}\"]\nalgorithms = [\"RS256\"]\ntoken_type = \"at+jwt\"\ntenant_claim = \"$.tenant\"\n\
+         tenants = [{first:?}]\n",
+        url = idp.url,
+        ca = idp.ca.display().to_string(),
+        first = ts[0].name,
+    );
+    let fence = support::start(o).await;
+    let search = |token: String| {
+        let url = fence.url("Patient?name=x");
+        async move { get(&url).bearer(&token).send().await }
+    };
+
+    // The provider's token verifies with keys fhir-fence found by discovery.
+    let client = idp.register(&ts[0].name);
+    let first = idp.token(&client);
+    let r = search(first.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // The provider may name only the tenants the config lets it assert.
+    let other = idp.token(&idp.register(&ts[1].name));
+    assert_eq!(search(other).await.status, 401);
+
+    // A rotation: the new key's tokens verify after one refresh, the old key's still do.
+    idp.admin("rotate");
+    let second = idp.token(&client);
+    assert_ne!(kid(&first), kid(&second), "the provider signs with its new key");
+    assert_eq!(search(second).await.status, 200);
+    assert_eq!(search(first).await.status, 200);
+    // Signed with the same key, not presented yet (so no verified-token cache entry).
+    let unseen = idp.token(&client);
+    let metrics = String::from_utf8_lossy(&get(&format!("{}/metrics", fence.admin)).send().await.raw).into_owned();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("fhir_fence_jwks_refreshes_total{issuer=\"idp\",result=\"ok\"}")),
+        "{metrics}"
+    );
+
+    // The provider goes down after signing with a key fhir-fence has not seen: cached keys
+    // still verify, the unknown one is a 401 (never a 500), and nothing waits forever.
+    idp.admin("rotate");
+    let third = idp.token(&client);
+    let _online = Online(&idp);
+    idp.admin("offline");
+    assert_eq!(search(unseen).await.status, 200, "the cached key outlasts the provider");
+    let r = search(third).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+}
