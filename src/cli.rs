@@ -1,5 +1,5 @@
-//! The command line: `serve`, `check`, `token`, `record`, `replay`. The interface is a contract
-//! other tools rely on.
+//! The command line: `serve`, `check`, `token`, `record`, `replay`, `inject`. The interface is a
+//! contract other tools rely on.
 use crate::config;
 use crate::identity::mint;
 use crate::state::Snapshot;
@@ -56,6 +56,16 @@ enum Command {
         #[arg(long, default_value_t = 120)]
         timeout: u64,
     },
+    /// Add the fhir-fence sidecar to the Kubernetes manifests annotated `fhir-fence.dev/inject:
+    /// enabled` (multi-document YAML, a file or stdin; the result on stdout).
+    Inject {
+        /// The manifests; `-` or absent: stdin.
+        #[arg(short = 'f', long = "filename")]
+        file: Option<PathBuf>,
+        /// The image when a workload does not name one (`fhir-fence.dev/image`).
+        #[arg(long, default_value = concat!("ghcr.io/fhir-fence/fhir-fence:", env!("CARGO_PKG_VERSION")))]
+        image: String,
+    },
     /// Replay recorded traffic as several tenants at once and check isolation and transparency.
     #[command(args_conflicts_with_subcommands = true)]
     Replay {
@@ -93,6 +103,25 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Inject { file, image } => {
+            let text = match file.as_deref().filter(|f| f.as_os_str() != "-") {
+                Some(f) => std::fs::read_to_string(f),
+                None => std::io::read_to_string(std::io::stdin()),
+            };
+            let injected = text
+                .map_err(|e| e.to_string())
+                .and_then(|t| crate::kube::inject::inject(&t, &image).map_err(|e| e.to_string()));
+            match injected {
+                Ok(out) => {
+                    print!("{out}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("fhir-fence inject: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Token { config, tenant, sub, ttl, issuer } => {
             match token(&config, &tenant, &sub, ttl, issuer.as_deref()) {
                 Ok(t) => {

@@ -18,6 +18,7 @@ pub mod error;
 pub mod fhir;
 pub mod headers;
 pub mod identity;
+pub mod kube;
 pub mod limits;
 pub mod live;
 pub mod metadata;
