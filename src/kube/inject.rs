@@ -26,13 +26,31 @@ pub enum InjectError {
 
 /// The manifests with the sidecar injected where asked; untouched documents are unchanged.
 pub fn inject(manifests: &str, default_image: &str) -> Result<String, InjectError> {
+    let docs = documents(manifests);
+    let mut planned = Vec::with_capacity(docs.len());
+    for (i, doc) in docs.iter().enumerate() {
+        let rest = doc.separator.trim_end().trim_start_matches("---").trim();
+        if !rest.is_empty() && !rest.starts_with('#') {
+            return Err(InjectError::Yaml(i, "content on the --- line: put the document on the next line".into()));
+        }
+        planned.push(plan(i, doc.body, default_image)?);
+    }
+    // No Service of the same stream may still reach the FHIR server's port.
+    let closed: Vec<(u16, Vec<String>)> = planned.iter().flatten().map(|p| (p.port, p.port_names.clone())).collect();
+    for (i, doc) in docs.iter().enumerate() {
+        if let Some(service) = reaching_service(doc.body, &closed) {
+            return Err(InjectError::Invalid(i, format!("Service/{service}"), "it targets the FHIR server's port, which only fhir-fence may reach: target fhir-fence's port 8080 (named fhir)".into()));
+        }
+    }
     let mut out = String::with_capacity(manifests.len() + 4096);
-    for (i, doc) in documents(manifests).into_iter().enumerate() {
-        match inject_one(i, doc.body, default_image)? {
+    for (doc, plan) in docs.iter().zip(planned) {
+        match plan {
             None => out.push_str(doc.raw),
-            Some(changed) => {
-                out.push_str(doc.separator);
-                out.push_str(&changed);
+            Some(p) => {
+                out.push_str(if doc.separator.is_empty() { "" } else { "---\n" });
+                // JSON is YAML too, and reads the same under YAML 1.1 (Kubernetes) and 1.2.
+                out.push_str(&serde_json::to_string_pretty(&p.doc).expect("serialisable"));
+                out.push('\n');
             }
         }
     }
@@ -63,15 +81,23 @@ fn documents(text: &str) -> Vec<Document<'_>> {
         .map(|w| {
             let raw = &text[w[0]..w[1]];
             let first = raw.split_inclusive('\n').next().unwrap_or("");
-            let is_separator = first.trim_end_matches(['\n', '\r']).starts_with("---");
+            let bare = first.trim_end_matches(['\n', '\r']);
+            let is_separator = bare == "---" || bare.starts_with("--- ") || bare.starts_with("---\t");
             let cut = if is_separator { first.len() } else { 0 };
             Document { raw, separator: &raw[..cut], body: &raw[cut..] }
         })
         .collect()
 }
 
-/// The injected document as YAML, or `None` when it is left alone.
-fn inject_one(index: usize, body: &str, default_image: &str) -> Result<Option<String>, InjectError> {
+/// An injected document, and the FHIR server port it closed (with the names it had).
+struct Planned {
+    doc: Value,
+    port: u16,
+    port_names: Vec<String>,
+}
+
+/// The injected document, or `None` when it is left alone.
+fn plan(index: usize, body: &str, default_image: &str) -> Result<Option<Planned>, InjectError> {
     if body.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
         return Ok(None);
     }
@@ -80,9 +106,14 @@ fn inject_one(index: usize, body: &str, default_image: &str) -> Result<Option<St
     let name = doc.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("?").to_owned();
     let what = format!("{kind}/{name}");
     let invalid = |why: &str| InjectError::Invalid(index, what.clone(), why.to_owned());
+    if kind.ends_with("List") && doc.get("items").and_then(Value::as_array).is_some_and(|items| items.iter().any(asks))
+    {
+        return Err(invalid("inject the items of a List one by one (as separate documents)"));
+    }
     let (meta_path, spec_path) = match kind.as_str() {
         "Pod" => ("/metadata", "/spec"),
         k if WORKLOADS.contains(&k) => ("/spec/template/metadata", "/spec/template/spec"),
+        _ if asks(&doc) => return Err(invalid("only Deployments, StatefulSets, DaemonSets and Pods are injected")),
         _ => return Ok(None),
     };
     let annotations = |path: &str| doc.pointer(&format!("{path}/annotations")).and_then(Value::as_object).cloned();
@@ -91,56 +122,130 @@ fn inject_one(index: usize, body: &str, default_image: &str) -> Result<Option<St
     if found.get(ANNOTATION).and_then(Value::as_str) != Some("enabled") {
         return Ok(None);
     }
+    if let Some((k, _)) = found.iter().find(|(k, v)| k.starts_with("fhir-fence.dev/") && !v.is_string()) {
+        return Err(invalid(&format!("annotation {k} must be a string (quote it)")));
+    }
+    // What a YAML 1.2 reader and Kubernetes' YAML 1.1 reader read differently is refused
+    // rather than rewritten with another meaning.
+    if let Some(why) = ambiguous(&doc) {
+        return Err(invalid(&why));
+    }
     let text = |k: &str| found.get(&format!("fhir-fence.dev/{k}")).and_then(Value::as_str).map(str::to_owned);
-    let upstream_port = match text("upstream-port") {
-        None => None,
-        Some(p) => Some(p.parse::<u16>().map_err(|_| invalid("fhir-fence.dev/upstream-port is not a port"))?),
-    };
+    let port = text("upstream-port")
+        .ok_or_else(|| invalid("name the FHIR server's port: fhir-fence.dev/upstream-port"))?
+        .parse::<u16>()
+        .map_err(|_| invalid("fhir-fence.dev/upstream-port is not a port"))?;
+    if port == sidecar::FHIR_PORT || port == sidecar::ADMIN_PORT {
+        return Err(invalid("the FHIR server's port is one fhir-fence listens on (8080, 9090)"));
+    }
     let sidecar = Sidecar {
         image: text("image").unwrap_or_else(|| default_image.to_owned()),
         config_map: text("config").unwrap_or_else(|| sidecar::CONFIG_MAP.to_owned()),
         keys_secret: text("keys").unwrap_or_else(|| sidecar::KEYS_SECRET.to_owned()),
     };
-    if upstream_port.is_some_and(|p| p == sidecar::FHIR_PORT || p == sidecar::ADMIN_PORT) {
-        return Err(invalid("the FHIR server's port is one fhir-fence listens on (8080, 9090)"));
-    }
+    let asserted_loopback = text("upstream-loopback").as_deref() == Some("true");
     let spec = doc.pointer_mut(spec_path).and_then(Value::as_object_mut).ok_or_else(|| invalid("no pod spec"))?;
-    if !add_sidecar(spec, &sidecar, upstream_port).map_err(|e| invalid(&e))? {
-        return Ok(None);
-    }
-    yaml_serde::to_string(&doc).map(Some).map_err(|e| InjectError::Yaml(index, e.to_string()))
+    let port_names = match add_sidecar(spec, &sidecar, port, asserted_loopback).map_err(|e| invalid(&e))? {
+        None => return Ok(None),
+        Some(names) => names,
+    };
+    Ok(Some(Planned { doc, port, port_names }))
 }
 
-/// Adds the sidecar, its volumes, and takes the FHIR server's port out of the other
-/// containers' declared ports. `false` when the sidecar is there already (injected before).
-fn add_sidecar(spec: &mut Map<String, Value>, sidecar: &Sidecar, upstream_port: Option<u16>) -> Result<bool, String> {
+/// Whether an object asks for injection (on itself or its pod template).
+fn asks(doc: &Value) -> bool {
+    [
+        "/metadata/annotations",
+        "/spec/template/metadata/annotations",
+        "/spec/jobTemplate/spec/template/metadata/annotations",
+    ]
+    .iter()
+    .any(|p| doc.pointer(p).and_then(|a| a.get(ANNOTATION)).is_some())
+}
+
+/// Why a document reads differently under YAML 1.1 than as `yaml_serde` (1.2) read it: merge
+/// keys (`<<`, which 1.2 keeps as a plain key) and strings that 1.1 reads as octal numbers.
+fn ambiguous(v: &Value) -> Option<String> {
+    match v {
+        Value::Object(o) => {
+            if o.contains_key("<<") {
+                return Some("merge keys (<<) are not supported: write the merged mapping out".into());
+            }
+            o.values().find_map(ambiguous)
+        }
+        Value::Array(items) => items.iter().find_map(ambiguous),
+        Value::String(s) if s.len() > 1 && s.starts_with('0') && s.bytes().all(|b| matches!(b, b'0'..=b'7')) => {
+            Some(format!(
+                "{s} is an octal number to Kubernetes and a string here: write it in decimal or quote it differently"
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// Whether a container shows the FHIR server bound to loopback (Spring Boot's
+/// `SERVER_ADDRESS`, which HAPI reads).
+fn binds_loopback(container: &Value) -> bool {
+    let env = container.get("env").and_then(Value::as_array).into_iter().flatten();
+    env.filter(|e| e.get("name").and_then(Value::as_str) == Some("SERVER_ADDRESS"))
+        .any(|e| matches!(e.get("value").and_then(Value::as_str), Some("127.0.0.1" | "localhost" | "::1")))
+}
+
+/// Adds the sidecar and its volumes, and takes the FHIR server's port out of the containers'
+/// declared ports; answers the names that port had (`None`: injected before). Refuses what
+/// would leave the FHIR server reachable around fhir-fence.
+fn add_sidecar(
+    spec: &mut Map<String, Value>,
+    sidecar: &Sidecar,
+    upstream: u16,
+    asserted_loopback: bool,
+) -> Result<Option<Vec<String>>, String> {
+    if spec.get("hostNetwork").is_some_and(|v| *v != Value::Bool(false)) {
+        return Err("hostNetwork would expose the FHIR server beside fhir-fence".into());
+    }
     let named = |v: &Value, n: &str| v.get("name").and_then(Value::as_str) == Some(n);
     for list in ["initContainers", "containers"] {
         if spec.get(list).and_then(Value::as_array).is_some_and(|l| l.iter().any(|c| named(c, sidecar::NAME))) {
-            return Ok(false);
+            return Ok(None);
         }
     }
-    if spec.get("hostNetwork").and_then(Value::as_bool) == Some(true) {
-        return Err("hostNetwork would expose the FHIR server beside fhir-fence".into());
+    let containers = spec.get("containers").and_then(Value::as_array).ok_or("no containers")?;
+    if !asserted_loopback && !containers.iter().any(binds_loopback) {
+        return Err("the FHIR server must listen on 127.0.0.1 only (for HAPI: env SERVER_ADDRESS=127.0.0.1), \
+                    or say so with fhir-fence.dev/upstream-loopback: \"true\""
+            .into());
     }
-    let containers = spec.get_mut("containers").and_then(Value::as_array_mut).ok_or("no containers")?;
-    for c in containers.iter_mut() {
-        let Some(ports) = c.get_mut("ports").and_then(Value::as_array_mut) else { continue };
-        let clash = |p: &Value| {
-            let port = p.get("containerPort").and_then(Value::as_u64);
-            port == Some(u64::from(sidecar::FHIR_PORT)) || port == Some(u64::from(sidecar::ADMIN_PORT))
-        };
-        if ports.iter().any(clash) && upstream_port.is_none() {
-            return Err("a container declares port 8080 or 9090, which fhir-fence listens on".into());
-        }
-        ports.retain(|p| {
-            upstream_port.is_none_or(|u| p.get("containerPort").and_then(Value::as_u64) != Some(u64::from(u)))
-        });
-        if ports.iter().any(clash) {
-            return Err("a container declares port 8080 or 9090, which fhir-fence listens on".into());
-        }
-        if ports.is_empty() {
-            c.as_object_mut().expect("a container").remove("ports");
+    let mut names = Vec::new();
+    for list in ["initContainers", "containers"] {
+        let Some(containers) = spec.get_mut(list).and_then(Value::as_array_mut) else { continue };
+        for c in containers.iter_mut() {
+            for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+                let port = c
+                    .pointer(&format!("/{probe}/httpGet/port"))
+                    .or_else(|| c.pointer(&format!("/{probe}/tcpSocket/port")));
+                if port.is_some_and(|p| p.as_u64() == Some(u64::from(upstream))) {
+                    return Err(format!(
+                        "{probe} on the FHIR server's port: the kubelet reaches it only if it is not on loopback"
+                    ));
+                }
+            }
+            let Some(ports) = c.get_mut("ports").and_then(Value::as_array_mut) else { continue };
+            if ports.iter().any(|p| p.get("hostPort").is_some()) {
+                return Err("hostPort would expose a container on the node".into());
+            }
+            let number = |p: &Value| p.get("containerPort").and_then(Value::as_u64);
+            if ports.iter().any(|p| {
+                number(p) == Some(u64::from(sidecar::FHIR_PORT)) || number(p) == Some(u64::from(sidecar::ADMIN_PORT))
+            }) {
+                return Err("a container declares port 8080 or 9090, which fhir-fence listens on".into());
+            }
+            for p in ports.iter().filter(|p| number(p) == Some(u64::from(upstream))) {
+                names.extend(p.get("name").and_then(Value::as_str).map(str::to_owned));
+            }
+            ports.retain(|p| number(p) != Some(u64::from(upstream)));
+            if ports.is_empty() {
+                c.as_object_mut().expect("a container").remove("ports");
+            }
         }
     }
     let init = spec.entry("initContainers").or_insert_with(|| Value::Array(vec![]));
@@ -155,7 +260,26 @@ fn add_sidecar(spec: &mut Map<String, Value>, sidecar: &Sidecar, upstream_port: 
         }
         volumes.push(volume);
     }
-    Ok(true)
+    Ok(Some(names))
+}
+
+/// The name of a Service in `body` whose target is a FHIR server port that was closed (by
+/// number, or by a name that port had).
+fn reaching_service(body: &str, closed: &[(u16, Vec<String>)]) -> Option<String> {
+    let doc: Value = yaml_serde::from_str(body).ok()?;
+    if doc.get("kind").and_then(Value::as_str) != Some("Service") {
+        return None;
+    }
+    let ports = doc.pointer("/spec/ports").and_then(Value::as_array)?;
+    let reaches = |p: &Value| {
+        let target = p.get("targetPort").or_else(|| p.get("port"));
+        closed.iter().any(|(port, names)| match target {
+            Some(Value::Number(n)) => n.as_u64() == Some(u64::from(*port)),
+            Some(Value::String(s)) => names.contains(s) || s.parse::<u16>().ok() == Some(*port),
+            _ => false,
+        })
+    };
+    ports.iter().any(reaches).then(|| doc.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("?").to_owned())
 }
 
 #[cfg(test)]
@@ -164,7 +288,7 @@ mod tests {
 
     const IMAGE: &str = "ghcr.io/fhir-fence/fhir-fence:test";
 
-    const MANIFESTS: &str = "# my app\napiVersion: v1\nkind: Service\nmetadata:\n  name: hapi   # a comment kept\nspec:\n  ports: [{port: 80}]\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: hapi\nspec:\n  selector: {matchLabels: {app: hapi}}\n  template:\n    metadata:\n      labels: {app: hapi}\n      annotations:\n        fhir-fence.dev/inject: enabled\n        fhir-fence.dev/upstream-port: \"8090\"\n    spec:\n      containers:\n        - name: hapi\n          image: hapiproject/hapi\n          ports: [{containerPort: 8090}]\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: other\nspec:\n  template:\n    spec:\n      containers: [{name: x, image: y}]\n";
+    const MANIFESTS: &str = "# my app\napiVersion: v1\nkind: Service\nmetadata:\n  name: hapi   # a comment kept\nspec:\n  ports: [{port: 80}]\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: hapi\nspec:\n  selector: {matchLabels: {app: hapi}}\n  template:\n    metadata:\n      labels: {app: hapi}\n      annotations:\n        fhir-fence.dev/inject: enabled\n        fhir-fence.dev/upstream-port: \"8090\"\n    spec:\n      containers:\n        - name: hapi\n          image: hapiproject/hapi\n          env: [{name: SERVER_ADDRESS, value: 127.0.0.1}]\n          ports: [{containerPort: 8090, name: http}]\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: other\nspec:\n  template:\n    spec:\n      containers: [{name: x, image: y}]\n";
 
     fn docs(text: &str) -> Vec<Value> {
         documents(text).iter().map(|d| yaml_serde::from_str(d.body).unwrap()).collect()
@@ -189,6 +313,31 @@ mod tests {
         assert_eq!(volumes, ["fhir-fence-config", "fhir-fence-keys"]);
     }
 
+    /// Found in review: what would leave the FHIR server reachable, or be read differently by
+    /// Kubernetes, is refused, naming the document.
+    #[test]
+    fn what_would_leave_the_fhir_server_reachable_is_refused() {
+        let refused = [
+            ("no port named", MANIFESTS.replace("        fhir-fence.dev/upstream-port: \"8090\"\n", "")),
+            ("not on loopback", MANIFESTS.replace("          env: [{name: SERVER_ADDRESS, value: 127.0.0.1}]\n", "")),
+            ("a Service by number", MANIFESTS.replace("ports: [{port: 80}]", "ports: [{port: 80, targetPort: 8090}]")),
+            ("a Service by name", MANIFESTS.replace("ports: [{port: 80}]", "ports: [{port: 80, targetPort: http}]")),
+            ("a hostPort", MANIFESTS.replace("containerPort: 8090, name: http", "containerPort: 8090, hostPort: 8090")),
+            ("a probe", MANIFESTS.replace("          ports: [{containerPort: 8090, name: http}]", "          readinessProbe: {httpGet: {path: /, port: 8090}}")),
+            ("hostNetwork: yes", MANIFESTS.replace("    spec:\n      containers:", "    spec:\n      hostNetwork: yes\n      containers:")),
+            ("a merge key", MANIFESTS.replace("      labels: {app: hapi}\n      annotations:", "      labels: {<<: {app: hapi}}\n      annotations:")),
+            ("an octal mode", MANIFESTS.replace("          env:", "          volumeMounts: [{name: v, mountPath: /v, defaultMode: 0644}]\n          env:")),
+            ("a Job", MANIFESTS.replace("kind: Deployment\nmetadata:\n  name: hapi", "kind: Job\nmetadata:\n  name: hapi")),
+            ("an unquoted port", MANIFESTS.replace("upstream-port: \"8090\"", "upstream-port: 8090")),
+            ("a document on the --- line", MANIFESTS.replace("---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: other", "--- {apiVersion: v1, kind: ConfigMap, metadata: {name: c}}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: other")),
+        ];
+        for (why, text) in refused {
+            assert!(inject(&text, IMAGE).is_err(), "{why}");
+        }
+        let list = "apiVersion: v1\nkind: List\nitems:\n- kind: Pod\n  metadata: {name: p, annotations: {fhir-fence.dev/inject: enabled}}\n";
+        assert!(inject(list, IMAGE).is_err(), "a List's items");
+    }
+
     #[test]
     fn twice_is_once() {
         let once = inject(MANIFESTS, IMAGE).unwrap();
@@ -197,7 +346,7 @@ mod tests {
 
     #[test]
     fn refusals_name_the_document() {
-        let clash = MANIFESTS.replace("fhir-fence.dev/upstream-port: \"8090\"", "x: y").replace("8090", "8080");
+        let clash = MANIFESTS.replace("containerPort: 8090", "containerPort: 8080");
         assert!(matches!(inject(&clash, IMAGE), Err(InjectError::Invalid(1, _, _))));
         let host = MANIFESTS.replace(
             "    spec:\n      containers:\n        - name: hapi",
@@ -205,7 +354,7 @@ mod tests {
         );
         assert!(matches!(inject(&host, IMAGE), Err(InjectError::Invalid(1, _, _))));
         assert!(matches!(inject("kind: [", IMAGE), Err(InjectError::Yaml(0, _))));
-        let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  annotations: {fhir-fence.dev/inject: enabled, fhir-fence.dev/config: mine}\nspec:\n  containers: [{name: a, image: b}]\n";
+        let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  annotations: {fhir-fence.dev/inject: enabled, fhir-fence.dev/config: mine, fhir-fence.dev/upstream-port: '8090', fhir-fence.dev/upstream-loopback: 'true'}\nspec:\n  containers: [{name: a, image: b}]\n";
         let out = docs(&inject(pod, IMAGE).unwrap()).remove(0);
         assert_eq!(out["spec"]["volumes"][0]["configMap"]["name"], "mine");
     }
