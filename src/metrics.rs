@@ -7,6 +7,17 @@
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use std::sync::LazyLock;
+
+/// `fhir_fence_jwks_refreshes_total{issuer, result}`: `ok`, `failed`, and `skipped` (an unknown
+/// kid inside a back-off after failures, answered from the cache).
+pub static JWKS_REFRESHES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    IntCounterVec::new(
+        Opts::new("fhir_fence_jwks_refreshes_total", "Key refreshes from identity providers, by issuer and result"),
+        &["issuer", "result"],
+    )
+    .expect("valid metric")
+});
 
 pub struct Metrics {
     registry: Registry,
@@ -98,8 +109,8 @@ impl Metrics {
             IntGaugeVec::new(Opts::new("fhir_fence_in_flight", "FHIR requests being handled, by tenant"), &["tenant"])
                 .expect("valid metric");
         registry.register(Box::new(in_flight.clone())).expect("registered once");
-        // Counted where the keys are fetched (`identity::remote`), shown here.
-        registry.register(Box::new(crate::identity::remote::REFRESHES.clone())).expect("registered once");
+        // Counted where the keys are fetched (`identity::remote`), process-wide.
+        registry.register(Box::new(JWKS_REFRESHES.clone())).expect("registered once");
         Metrics {
             registry,
             requests,

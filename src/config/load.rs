@@ -42,11 +42,9 @@ impl Loaded {
     /// (not the audit file, which fhir-fence writes). A change to any of them is a reload.
     pub fn source_files(&self, config_path: &Path) -> Vec<PathBuf> {
         let c = &self.config;
-        let named = c
-            .paging
-            .key_file
-            .iter()
-            .chain(c.issuers.values().flat_map(|i| [&i.jwks_file, &i.secret_file, &i.signing_key_file]).flatten());
+        let named = c.paging.key_file.iter().chain(
+            c.issuers.values().flat_map(|i| [&i.jwks_file, &i.secret_file, &i.signing_key_file, &i.ca_file]).flatten(),
+        );
         std::iter::once(config_path.to_path_buf()).chain(named.map(|p| self.resolve(p))).collect()
     }
 

@@ -1,9 +1,9 @@
 //! Key material per issuer: an algorithm allow-list and the keys that may verify (and, for
 //! development, sign) its tokens. Built and checked at config load; keys from an identity
 //! provider (`discovery`, `jwks_uri`) are fetched and rotated by `remote`.
+use super::jwks::{parse_jwks, JwksKey, Strictness};
 use super::remote::{https_uri, RemoteKeys, Source};
 use crate::config::{ConfigError, Issuer, Loaded};
-use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, EncodingKey};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -15,10 +15,13 @@ pub struct IssuerKeys {
     pub verify: VerifyKeys,
     /// Present when the config gives a way to sign (HS secret, or `signing_key_file`).
     pub signing: Option<(Algorithm, EncodingKey, Option<String>)>,
-    /// What the provider's keys were built with (a reload keeps them when these are unchanged).
-    ca_file: Option<std::path::PathBuf>,
-    grace: Duration,
+    /// What the provider's keys were built with: source, `iss`, grace, CA certificates (a
+    /// reload keeps the keys when these are unchanged).
+    remote_settings: Option<(Source, String, Duration, Option<Vec<u8>>)>,
 }
+
+/// The longest `keys_grace_secs`: a week.
+const MAX_GRACE_SECS: u64 = 7 * 24 * 3600;
 
 pub enum VerifyKeys {
     /// HS* with a shared secret (development).
@@ -27,13 +30,6 @@ pub enum VerifyKeys {
     Jwks(Vec<JwksKey>),
     /// Public keys from the issuer's identity provider, fetched and refreshed.
     Remote(Arc<RemoteKeys>),
-}
-
-pub struct JwksKey {
-    pub kid: Option<String>,
-    pub family: AlgorithmFamily,
-    pub alg: Option<Algorithm>,
-    pub key: DecodingKey,
 }
 
 impl IssuerKeys {
@@ -71,18 +67,25 @@ impl IssuerKeys {
                     "keys from an identity provider go with public-key algorithms only, and no key files",
                 ));
             }
+            if issuer.keys_grace_secs > MAX_GRACE_SECS {
+                return Err(ConfigError::invalid(key("keys_grace_secs"), format!("at most {MAX_GRACE_SECS} (a week)")));
+            }
+            // The provider's keys are kept over a reload only when nothing they were fetched
+            // with changed: the source, the issuer its discovery must name, the grace, and the
+            // CA certificates themselves (a CA removed from the file is not trusted any more).
+            let ca = match &issuer.ca_file {
+                Some(path) => Some(loaded.read_file(&key("ca_file"), path)?),
+                None => None,
+            };
+            let settings = (remote.clone(), issuer.iss.clone(), grace(issuer), ca.clone());
             let kept = prev.and_then(|p| match &p.verify {
-                VerifyKeys::Remote(r)
-                    if r.source() == &remote && p.ca_file == issuer.ca_file && p.grace == grace(issuer) =>
-                {
-                    Some(r.clone())
-                }
+                VerifyKeys::Remote(r) if p.remote_settings.as_ref() == Some(&settings) => Some(r.clone()),
                 _ => None,
             });
             let keys = match kept {
                 Some(k) => k,
                 None => {
-                    let tls = super::tls::client_config(loaded, &key("ca_file"), issuer.ca_file.as_deref())?;
+                    let tls = super::tls::client_config(&key("ca_file"), ca.as_deref())?;
                     let keys = Arc::new(RemoteKeys::new(name, &issuer.iss, remote, tls, grace(issuer)));
                     keys.prefetch();
                     keys
@@ -94,8 +97,7 @@ impl IssuerKeys {
                 algorithms,
                 verify,
                 signing: None,
-                ca_file: issuer.ca_file.clone(),
-                grace: grace(issuer),
+                remote_settings: Some(settings),
             });
         }
         let (verify, signing) = match (hmac > 0, &issuer.secret_file, &issuer.jwks_file) {
@@ -113,7 +115,8 @@ impl IssuerKeys {
             }
             (false, None, Some(path)) => {
                 let bytes = loaded.read_file(&key("jwks_file"), path)?;
-                let keys = parse_jwks(&bytes).map_err(|e| ConfigError::invalid(key("jwks_file"), e))?;
+                let keys =
+                    parse_jwks(&bytes, Strictness::File).map_err(|e| ConfigError::invalid(key("jwks_file"), e))?;
                 let signing = match &issuer.signing_key_file {
                     None => None,
                     Some(p) => {
@@ -145,7 +148,13 @@ impl IssuerKeys {
                 ))
             }
         };
-        Ok(IssuerKeys { name: name.to_owned(), algorithms, verify, signing, ca_file: None, grace: grace(issuer) })
+        if issuer.ca_file.is_some() {
+            return Err(ConfigError::invalid(
+                key("ca_file"),
+                "only for keys from an identity provider (discovery, jwks_uri)",
+            ));
+        }
+        Ok(IssuerKeys { name: name.to_owned(), algorithms, verify, signing, remote_settings: None })
     }
 
     /// Calls `f` with the key that may verify a token with this header; `None` when there is
@@ -175,29 +184,6 @@ fn pick<'k>(keys: &'k [JwksKey], alg: Algorithm, kid: Option<&str>) -> Option<&'
         None if keys.len() == 1 => keys.iter().find(fits).map(|k| &k.key),
         None => None,
     }
-}
-
-/// A JWKS (a file's or a provider's) as verifying keys: every key usable, a `kid` on each when
-/// there are several.
-pub fn parse_jwks(bytes: &[u8]) -> Result<Vec<JwksKey>, String> {
-    let set: JwkSet = serde_json::from_slice(bytes).map_err(|e| format!("not a JWKS: {e}"))?;
-    let mut keys = Vec::new();
-    for jwk in &set.keys {
-        // A provider publishes encryption keys too; only signature keys verify.
-        if jwk.common.public_key_use.as_ref().is_some_and(|u| *u != jsonwebtoken::jwk::PublicKeyUse::Signature) {
-            continue;
-        }
-        let dk = DecodingKey::from_jwk(jwk).map_err(|e| format!("unusable key: {e}"))?;
-        let alg = jwk.common.key_algorithm.and_then(|a| Algorithm::from_str(&a.to_string()).ok());
-        keys.push(JwksKey { kid: jwk.common.key_id.clone(), family: dk.family(), alg, key: dk });
-    }
-    if keys.is_empty() {
-        return Err("the JWKS holds no keys".into());
-    }
-    if keys.len() > 1 && keys.iter().any(|k| k.kid.is_none()) {
-        return Err("with several keys, every key needs a kid".into());
-    }
-    Ok(keys)
 }
 
 /// Where an issuer's keys come from when an identity provider serves them.
@@ -260,15 +246,28 @@ mod tests {
     fn a_providers_jwks_keeps_signature_keys_only() {
         let rsa = r#"{"kty":"RSA","n":"sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw","e":"AQAB"}"#;
         let with = |extra: &str| format!(r#"{{"keys":[{}]}}"#, rsa.replacen('{', &format!("{{{extra}"), 1));
-        assert_eq!(parse_jwks(with(r#""kid":"s","use":"sig","#).as_bytes()).unwrap().len(), 1);
+        assert_eq!(parse_jwks(with(r#""kid":"s","use":"sig","#).as_bytes(), Strictness::File).unwrap().len(), 1);
         let mixed = format!(
             r#"{{"keys":[{},{}]}}"#,
             rsa.replacen('{', r#"{"kid":"e","use":"enc","#, 1),
             rsa.replacen('{', r#"{"kid":"s","#, 1)
         );
-        let keys = parse_jwks(mixed.as_bytes()).unwrap();
+        let keys = parse_jwks(mixed.as_bytes(), Strictness::Provider).unwrap();
         assert_eq!(keys.iter().map(|k| k.kid.as_deref()).collect::<Vec<_>>(), [Some("s")]);
-        assert!(parse_jwks(with(r#""use":"enc","#).as_bytes()).is_err(), "no signature key at all");
-        assert!(parse_jwks(b"{}").is_err());
+        assert!(
+            parse_jwks(with(r#""use":"enc","#).as_bytes(), Strictness::Provider).is_err(),
+            "no signature key at all"
+        );
+        assert!(parse_jwks(b"{}", Strictness::Provider).is_err());
+        // Found in review: keys for encryption by key_ops or alg, symmetric and unknown keys.
+        let odd = format!(
+            r#"{{"keys":[{},{},{{"kty":"oct","kid":"o","k":"c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"}},{{"kty":"AKP","kid":"pq","alg":"ML-DSA-44"}},{}]}}"#,
+            rsa.replacen('{', r#"{"kid":"ops","key_ops":["encrypt"],"#, 1),
+            rsa.replacen('{', r#"{"kid":"oaep","alg":"RSA-OAEP","#, 1),
+            rsa.replacen('{', r#"{"kid":"good","alg":"RS256","#, 1)
+        );
+        let keys = parse_jwks(odd.as_bytes(), Strictness::Provider).unwrap();
+        assert_eq!(keys.iter().map(|k| k.kid.as_deref()).collect::<Vec<_>>(), [Some("good")]);
+        assert!(parse_jwks(odd.as_bytes(), Strictness::File).is_err(), "a file's odd key is an error");
     }
 }

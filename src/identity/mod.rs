@@ -3,6 +3,7 @@
 //! `keys` turns the config's key sources into decoding keys (`remote`: an identity provider's,
 //! fetched and rotated over HTTPS, `tls`), `verify` checks a token and resolves the tenant,
 //! `mint` signs development tokens for `fhir-fence token`.
+mod jwks;
 mod keys;
 mod mint;
 pub mod remote;

@@ -7,14 +7,16 @@
 //!   wait), at most one per [`MIN_REFRESH`] (a flood of made-up kids cannot flood the
 //!   provider: a request inside the interval waits for its end, so a key rotated in just after
 //!   a fetch is still found), with a jittered back-off after failures (a request inside a
-//!   back-off is answered at once); the request waits at most [`MIN_REFRESH`] plus
-//!   [`FETCH_TIMEOUT`], then gets 401 — never 500, never a stall.
+//!   back-off is answered at once); the request waits at most [`WAIT`] in all, then gets
+//!   401 — never 500, never a stall. The discovery document is read once; its `jwks_uri` is
+//!   kept until a fetch from it fails.
 //! - Keys are refreshed in the background once older than [`MAX_AGE`]. While the provider
 //!   cannot be reached, the cached keys keep verifying for the issuer's grace
 //!   (`keys_grace_secs`) after the last successful fetch; past it, nothing verifies (fail
 //!   closed: a key the provider may have revoked long ago is not trusted forever).
 //! - Refreshes and their failures are counted (`fhir_fence_jwks_refreshes_total`).
-use super::keys::{parse_jwks, JwksKey};
+use super::jwks::{parse_jwks, JwksKey, Strictness};
+use crate::metrics::JWKS_REFRESHES;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, StatusCode, Uri};
@@ -23,29 +25,21 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use prometheus::{IntCounterVec, Opts};
 use serde_json::Value;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// The longest a request waits for a refresh its unknown `kid` started.
+/// The longest one fetch from the provider may take.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
+/// The longest a request with an unknown `kid` waits in all (for the lock, the next refresh
+/// slot and the fetch).
+pub const WAIT: Duration = Duration::from_secs(5);
 /// Refreshes are at least this far apart; after failures the pause doubles, up to five minutes.
-pub const MIN_REFRESH: Duration = Duration::from_secs(1);
+pub const MIN_REFRESH: Duration = Duration::from_secs(2);
 /// Keys older than this are refreshed in the background on the next use.
 pub const MAX_AGE: Duration = Duration::from_secs(300);
 /// The largest discovery document or JWKS accepted.
 const MAX_BODY: usize = 256 * 1024;
-
-/// `fhir_fence_jwks_refreshes_total{issuer, result}`: `ok`, `failed`, and `skipped` (an unknown
-/// kid inside a back-off after failures, answered from the cache).
-pub static REFRESHES: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    IntCounterVec::new(
-        Opts::new("fhir_fence_jwks_refreshes_total", "Key refreshes from identity providers, by issuer and result"),
-        &["issuer", "result"],
-    )
-    .expect("valid metric")
-});
 
 /// Where the keys come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +78,8 @@ pub struct RemoteKeys {
     refresh: tokio::sync::Mutex<Attempts>,
     /// Set while a background refresh runs (no second one is started).
     background: Mutex<bool>,
+    /// The discovery document's `jwks_uri`, once read (dropped when a fetch from it fails).
+    jwks_uri: Mutex<Option<Uri>>,
 }
 
 /// The keys and when they were fetched (`None`: never).
@@ -112,6 +108,7 @@ impl RemoteKeys {
             keys: ArcSwap::from_pointee(Fetched { keys: Vec::new(), at: None }),
             refresh: tokio::sync::Mutex::new(Attempts::default()),
             background: Mutex::new(false),
+            jwks_uri: Mutex::new(None),
         }
     }
 
@@ -135,12 +132,14 @@ impl RemoteKeys {
     }
 
     /// For an unknown `kid`: one refresh (single-flight, rate-limited, backed off after
-    /// failures), waited for at most [`FETCH_TIMEOUT`]. Answers whether the keys changed.
+    /// failures), waited for at most [`WAIT`] in all. Answers whether the keys changed.
     pub async fn refresh_for_unknown_kid(&self) -> bool {
+        tokio::time::timeout(WAIT, self.refresh()).await.unwrap_or(false)
+    }
+
+    async fn refresh(&self) -> bool {
         let before = self.keys.load().at;
-        let Ok(mut attempts) = tokio::time::timeout(FETCH_TIMEOUT, self.refresh.lock()).await else {
-            return false;
-        };
+        let mut attempts = self.refresh.lock().await;
         // Another request's refresh finished while this one waited: use its keys.
         if self.keys.load().at != before {
             return true;
@@ -150,7 +149,7 @@ impl RemoteKeys {
             let elapsed = last.elapsed();
             if elapsed < pause {
                 if attempts.failures > 0 {
-                    REFRESHES.with_label_values(&[&self.name, "skipped"]).inc();
+                    JWKS_REFRESHES.with_label_values(&[&self.name, "skipped"]).inc();
                     return false;
                 }
                 // Just after a fetch: wait for the interval's end (the lock keeps this single-flight).
@@ -183,13 +182,13 @@ impl RemoteKeys {
 
     fn failed(&self, attempts: &mut Attempts, why: &str) -> bool {
         attempts.failures = attempts.failures.saturating_add(1);
-        REFRESHES.with_label_values(&[&self.name, "failed"]).inc();
+        JWKS_REFRESHES.with_label_values(&[&self.name, "failed"]).inc();
         tracing::warn!(issuer = %self.name, error = why, failures = attempts.failures, "could not refresh the issuer's keys");
         false
     }
 
     fn store(&self, keys: Vec<JwksKey>) {
-        REFRESHES.with_label_values(&[&self.name, "ok"]).inc();
+        JWKS_REFRESHES.with_label_values(&[&self.name, "ok"]).inc();
         tracing::info!(issuer = %self.name, keys = keys.len(), "fetched the issuer's keys");
         self.keys.store(Arc::new(Fetched { keys, at: Some(Instant::now()) }));
     }
@@ -208,7 +207,17 @@ impl RemoteKeys {
             }
             *running = true;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let backing_off = self
+            .refresh
+            .try_lock()
+            .is_ok_and(|a| a.failures > 0 && a.last.is_some_and(|last| last.elapsed() < self.pause(a.failures)));
+        let Ok(runtime) = tokio::runtime::Handle::try_current().map_err(drop).and_then(|r| match backing_off {
+            true => Err(()),
+            false => Ok(r),
+        }) else {
+            *self.background.lock().expect("not poisoned") = false;
+            return;
+        };
         let this = self.clone();
         runtime.spawn(async move {
             this.refresh_for_unknown_kid().await;
@@ -216,21 +225,33 @@ impl RemoteKeys {
         });
     }
 
-    /// The keys from the provider: the discovery document first when there is one.
+    /// The keys from the provider: through the discovery document when there is one (read once;
+    /// again after a fetch from its `jwks_uri` failed).
     async fn fetch(&self) -> Result<Vec<JwksKey>, RemoteError> {
-        let jwks_uri = match &self.source {
-            Source::Jwks(uri) => uri.clone(),
-            Source::Discovery(uri) => {
+        let cached = self.jwks_uri.lock().expect("not poisoned").clone();
+        let jwks_uri = match (&self.source, cached) {
+            (Source::Jwks(uri), _) => uri.clone(),
+            (Source::Discovery(_), Some(uri)) => uri,
+            (Source::Discovery(uri), None) => {
                 let doc: Value = serde_json::from_slice(&self.get(uri).await?)
                     .map_err(|e| RemoteError::Discovery(format!("not JSON: {e}")))?;
                 if doc.get("issuer").and_then(Value::as_str) != Some(self.iss.as_str()) {
                     return Err(RemoteError::Discovery(format!("its issuer is not {:?}", self.iss)));
                 }
                 let jwks = doc.get("jwks_uri").and_then(Value::as_str).unwrap_or_default();
-                https_uri(jwks).map_err(RemoteError::Discovery)?
+                let jwks = https_uri(jwks).map_err(RemoteError::Discovery)?;
+                *self.jwks_uri.lock().expect("not poisoned") = Some(jwks.clone());
+                jwks
             }
         };
-        parse_jwks(&self.get(&jwks_uri).await?).map_err(RemoteError::Jwks)
+        let fetched = match self.get(&jwks_uri).await {
+            Ok(bytes) => parse_jwks(&bytes, Strictness::Provider).map_err(RemoteError::Jwks),
+            Err(e) => Err(e),
+        };
+        if fetched.is_err() {
+            *self.jwks_uri.lock().expect("not poisoned") = None;
+        }
+        fetched
     }
 
     async fn get(&self, uri: &Uri) -> Result<Bytes, RemoteError> {

@@ -117,10 +117,41 @@ async fn keys_follow_the_provider_and_outlast_it_for_a_while() {
     let other = idp.token(&idp.register(&ts[1].name));
     assert_eq!(search(other).await.status, 401);
 
-    // A rotation: the new key's tokens verify after one refresh, the old key's still do.
+    // Reached over verified TLS only: trusting other CAs than the one that signed the
+    // provider's certificate, fhir-fence gets no keys, and the same token is a 401.
+    let up_untrusted = fake::start(|_| Answer::Json(200, serde_json::json!({}))).await;
+    let mut o2 = Options::new(&up_untrusted.base, &ts);
+    // The machine's public roots: a real CA list, without the test CA.
+    let public_roots = "/etc/ssl/certs/ca-certificates.crt";
+    o2.extra = format!(
+        "[issuers.untrusted]\niss = \"{url}\"\ndiscovery = \"{url}/.well-known/openid-configuration\"\nca_file = {public_roots:?}\n\
+         audience = [\"{AUDIENCE}\"]\nalgorithms = [\"RS256\"]\ntenant_claim = \"$.tenant\"\ntenants = [{first:?}]\n",
+        url = idp.url,
+        first = ts[0].name,
+    );
+    let untrusted = support::start(o2).await;
+    let token = idp.token(&client);
+    let r = get(&untrusted.url("Patient?name=x")).bearer(&token).send().await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    drop(untrusted);
+
+    // A rotation: the new key's tokens verify after one refresh — one fetch however many
+    // requests wait for it — and the old key's still do.
     idp.admin("rotate");
     let second = idp.token(&client);
     assert_ne!(kid(&first), kid(&second), "the provider signs with its new key");
+    let refreshes = || async {
+        let text = String::from_utf8_lossy(&get(&format!("{}/metrics", fence.admin)).send().await.raw).into_owned();
+        let line =
+            text.lines().find(|l| l.starts_with("fhir_fence_jwks_refreshes_total{issuer=\"idp\",result=\"ok\"}"));
+        line.and_then(|l| l.rsplit(' ').next()).and_then(|n| n.parse::<u64>().ok()).unwrap_or(0)
+    };
+    let before = refreshes().await;
+    let waiting: Vec<_> = (0..8).map(|_| search(second.clone())).collect();
+    for r in futures::future::join_all(waiting).await {
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    assert_eq!(refreshes().await, before + 1, "eight requests with the new kid, one fetch");
     assert_eq!(search(second).await.status, 200);
     assert_eq!(search(first).await.status, 200);
     // Signed with the same key, not presented yet (so no verified-token cache entry).
