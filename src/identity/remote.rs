@@ -112,10 +112,6 @@ impl RemoteKeys {
         }
     }
 
-    pub fn source(&self) -> &Source {
-        &self.source
-    }
-
     /// Calls `f` with the cached keys while they may be used (fetched, and within the grace of
     /// the last successful fetch); starts a background refresh when they are old.
     pub fn with_keys<T>(self: &Arc<Self>, f: impl FnOnce(&[JwksKey]) -> Option<T>) -> Option<T> {
