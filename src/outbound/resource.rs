@@ -142,6 +142,10 @@ mod tests {
         if let Some(fast) = resource_bytes(&acme, "Observation", &bytes) {
             assert_eq!(fast.into_tree(), resource(&acme, own).unwrap().into_tree());
         }
+        // Found by the fastline_diff fuzz target: serde_json reads `meta` with its private
+        // raw-value key as the number 0, the one-pass check read the real object; it now declines.
+        let line = br#"{"resourceType":"Observation","id":"acme-o2","meta":{"$serde_json::private::RawValue":"0","tag":[{"system":"https://fhir-fence.dev/CodeSystem/tenant","code":"acme"}]}}"#;
+        assert!(resource_bytes(&acme, "Observation", line).is_none());
         let foreign = serde_json::to_vec(&stored("globex", "globex-o1", json!({}))).unwrap();
         assert!(resource_bytes(&acme, "Observation", &foreign).is_none());
     }
