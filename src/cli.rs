@@ -1,4 +1,4 @@
-//! The command line: `serve`, `check`, `token`, `record`, `replay`, `inject`. The interface is a
+//! The command line: `serve`, `check`, `token`, `record`, `replay`, `inject`, `webhook`. The interface is a
 //! contract other tools rely on.
 use crate::config;
 use crate::identity::mint;
@@ -63,6 +63,22 @@ enum Command {
         #[arg(short = 'f', long = "filename")]
         file: Option<PathBuf>,
         /// The image when a workload does not name one (`fhir-fence.dev/image`).
+        #[arg(long, default_value = concat!("ghcr.io/fhir-fence/fhir-fence:", env!("CARGO_PKG_VERSION")))]
+        image: String,
+    },
+    /// Serve the mutating admission webhook that adds the sidecar to Pods annotated
+    /// `fhir-fence.dev/inject: enabled` (HTTPS, `POST /mutate`; certificate files re-read on change).
+    Webhook {
+        /// Where the API server connects, `IP:port`.
+        #[arg(long, default_value = "0.0.0.0:8443")]
+        listen: String,
+        /// The PEM certificate chain (e.g. a Secret's `tls.crt`).
+        #[arg(long)]
+        cert: PathBuf,
+        /// The PEM private key (e.g. a Secret's `tls.key`).
+        #[arg(long)]
+        key: PathBuf,
+        /// The image when a Pod does not name one (`fhir-fence.dev/image`).
         #[arg(long, default_value = concat!("ghcr.io/fhir-fence/fhir-fence:", env!("CARGO_PKG_VERSION")))]
         image: String,
     },
@@ -135,6 +151,7 @@ pub fn main() -> ExitCode {
             }
         }
         Command::Serve { config } => serve(&config),
+        Command::Webhook { listen, cert, key, image } => webhook(&listen, &cert, &key, &image),
         Command::Record { listen, upstream, out, timeout } => {
             crate::replay::command::record(&listen, &upstream, timeout, &out)
         }
@@ -176,11 +193,12 @@ fn token(path: &std::path::Path, tenant: &str, sub: &str, ttl: u64, issuer: Opti
     mint(cfg, keys, tenant, sub, ttl).map_err(|e| e.to_string())
 }
 
-fn serve(path: &std::path::Path) -> ExitCode {
-    // Log lines are written by a background thread, so a request never waits on stdout
-    // (lines beyond its buffer are dropped rather than delay requests; the audit trail is
-    // the record that counts its losses).
-    let (stdout, _flush_on_exit) = tracing_appender::non_blocking(std::io::stdout());
+/// JSON log lines on stdout, at the level `FHIR_FENCE_LOG` sets (`info`). Lines are written by a
+/// background thread, so a request never waits on stdout (lines beyond its buffer are dropped
+/// rather than delay requests; the audit trail is the record that counts its losses). Keep the
+/// guard until exit: it flushes.
+fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
+    let (stdout, flush_on_exit) = tracing_appender::non_blocking(std::io::stdout());
     tracing_subscriber::fmt()
         .json()
         .with_writer(stdout)
@@ -188,6 +206,41 @@ fn serve(path: &std::path::Path) -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("FHIR_FENCE_LOG").unwrap_or_else(|_| "info".into()),
         )
         .init();
+    flush_on_exit
+}
+
+fn webhook(listen: &str, cert: &std::path::Path, key: &std::path::Path, image: &str) -> ExitCode {
+    let _flush_on_exit = init_logging();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    rt.block_on(async move {
+        let cert = match crate::server_cert::ServerCert::load(cert, key) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("fhir-fence webhook: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        cert.follow();
+        let listener = match tokio::net::TcpListener::bind(listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("fhir-fence webhook: cannot listen on {listen}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!(listen, "webhook: serving POST /mutate");
+        match crate::kube::webhook::serve(listener, cert, image.into(), crate::server::shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("fhir-fence webhook: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn serve(path: &std::path::Path) -> ExitCode {
+    let _flush_on_exit = init_logging();
     // The main thread's runtime runs the admin listener, the reload triggers and the audit
     // writers (started on the runtime that builds the snapshot); the public listener runs on
     // the worker threads (`workers.rs`).

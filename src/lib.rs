@@ -31,6 +31,7 @@ pub mod route;
 pub mod scope;
 pub mod seal;
 pub mod server;
+pub mod server_cert;
 pub mod state;
 pub mod tenancy;
 pub mod upstream;

@@ -102,18 +102,45 @@ fn plan(index: usize, body: &str, default_image: &str) -> Result<Option<Planned>
         return Ok(None);
     }
     let mut doc: Value = yaml_serde::from_str(body).map_err(|e| InjectError::Yaml(index, e.to_string()))?;
+    let what = describe(&doc);
+    let invalid = |why: String| InjectError::Invalid(index, what.clone(), why);
+    let Some(closed) = inject_object(&mut doc, default_image).map_err(invalid)? else { return Ok(None) };
+    // What a YAML 1.2 reader and Kubernetes' YAML 1.1 reader read differently is refused
+    // rather than rewritten with another meaning (the sidecar itself holds no such value).
+    if let Some(why) = ambiguous(&doc) {
+        return Err(invalid(why));
+    }
+    Ok(Some(Planned { doc, port: closed.port, port_names: closed.port_names }))
+}
+
+/// `Kind/name` of an object, for messages.
+pub fn describe(doc: &Value) -> String {
+    let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default();
+    let name = doc.pointer("/metadata/name").and_then(Value::as_str);
+    let name = name.or_else(|| doc.pointer("/metadata/generateName").and_then(Value::as_str)).unwrap_or("?");
+    format!("{kind}/{name}")
+}
+
+/// The FHIR server port an injection closed, with the names it had.
+pub struct Closed {
+    pub port: u16,
+    pub port_names: Vec<String>,
+}
+
+/// Adds the sidecar to one Kubernetes object (a Pod or a workload's pod template) when its
+/// annotations ask for it: `Ok(None)` when they do not, or when it is there already (so
+/// injecting twice is injecting once). The one place the annotations are read, for `inject`
+/// and the admission webhook alike; an `Err` says why the object cannot be injected safely.
+pub fn inject_object(doc: &mut Value, default_image: &str) -> Result<Option<Closed>, String> {
     let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default().to_owned();
-    let name = doc.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("?").to_owned();
-    let what = format!("{kind}/{name}");
-    let invalid = |why: &str| InjectError::Invalid(index, what.clone(), why.to_owned());
     if kind.ends_with("List") && doc.get("items").and_then(Value::as_array).is_some_and(|items| items.iter().any(asks))
     {
-        return Err(invalid("inject the items of a List one by one (as separate documents)"));
+        return Err("inject the items of a List one by one (as separate documents)".into());
     }
     let (meta_path, spec_path) = match kind.as_str() {
         "Pod" => ("/metadata", "/spec"),
         k if WORKLOADS.contains(&k) => ("/spec/template/metadata", "/spec/template/spec"),
-        _ if asks(&doc) => return Err(invalid("only Deployments, StatefulSets, DaemonSets and Pods are injected")),
+        _ if asks(doc) => return Err("only Deployments, StatefulSets, DaemonSets and Pods are injected".into()),
         _ => return Ok(None),
     };
     let annotations = |path: &str| doc.pointer(&format!("{path}/annotations")).and_then(Value::as_object).cloned();
@@ -123,20 +150,15 @@ fn plan(index: usize, body: &str, default_image: &str) -> Result<Option<Planned>
         return Ok(None);
     }
     if let Some((k, _)) = found.iter().find(|(k, v)| k.starts_with("fhir-fence.dev/") && !v.is_string()) {
-        return Err(invalid(&format!("annotation {k} must be a string (quote it)")));
-    }
-    // What a YAML 1.2 reader and Kubernetes' YAML 1.1 reader read differently is refused
-    // rather than rewritten with another meaning.
-    if let Some(why) = ambiguous(&doc) {
-        return Err(invalid(&why));
+        return Err(format!("annotation {k} must be a string (quote it)"));
     }
     let text = |k: &str| found.get(&format!("fhir-fence.dev/{k}")).and_then(Value::as_str).map(str::to_owned);
     let port = text("upstream-port")
-        .ok_or_else(|| invalid("name the FHIR server's port: fhir-fence.dev/upstream-port"))?
+        .ok_or("name the FHIR server's port: fhir-fence.dev/upstream-port")?
         .parse::<u16>()
-        .map_err(|_| invalid("fhir-fence.dev/upstream-port is not a port"))?;
+        .map_err(|_| "fhir-fence.dev/upstream-port is not a port")?;
     if port == sidecar::FHIR_PORT || port == sidecar::ADMIN_PORT {
-        return Err(invalid("the FHIR server's port is one fhir-fence listens on (8080, 9090)"));
+        return Err("the FHIR server's port is one fhir-fence listens on (8080, 9090)".into());
     }
     let sidecar = Sidecar {
         image: text("image").unwrap_or_else(|| default_image.to_owned()),
@@ -144,12 +166,8 @@ fn plan(index: usize, body: &str, default_image: &str) -> Result<Option<Planned>
         keys_secret: text("keys").unwrap_or_else(|| sidecar::KEYS_SECRET.to_owned()),
     };
     let asserted_loopback = text("upstream-loopback").as_deref() == Some("true");
-    let spec = doc.pointer_mut(spec_path).and_then(Value::as_object_mut).ok_or_else(|| invalid("no pod spec"))?;
-    let port_names = match add_sidecar(spec, &sidecar, port, asserted_loopback).map_err(|e| invalid(&e))? {
-        None => return Ok(None),
-        Some(names) => names,
-    };
-    Ok(Some(Planned { doc, port, port_names }))
+    let spec = doc.pointer_mut(spec_path).and_then(Value::as_object_mut).ok_or("no pod spec")?;
+    Ok(add_sidecar(spec, &sidecar, port, asserted_loopback)?.map(|port_names| Closed { port, port_names }))
 }
 
 /// Whether an object asks for injection (on itself or its pod template).

@@ -33,8 +33,131 @@ def check(docs: list[dict]) -> list[str]:
     if not pods:
         out.append("sidecar-once: no workload in the manifests")
     for name, meta, spec in pods:
-        out += _check_pod(name, meta, spec, docs)
+        if _webhook_container(spec) is not None:
+            out += _check_webhook_pod(name, meta, spec, docs)
+        else:
+            out += _check_pod(name, meta, spec, docs)
     out += _check_service_monitors(docs)
+    out += _check_webhook_configs(docs)
+    return out
+
+
+def _webhook_container(spec: dict):
+    """The container running `fhir-fence webhook` (the admission webhook), if any."""
+    for c in spec.get("containers") or []:
+        image = str(c.get("image", "")).rsplit("/", 1)[-1].split(":", 1)[0].split("@", 1)[0]
+        if image == SIDECAR and [str(a) for a in c.get("args") or []][:1] == ["webhook"]:
+            return c
+    return None
+
+
+def _flag(c: dict, name: str):
+    """The value of `--name=value` or `--name value` in a container's args."""
+    args = [str(a) for a in (c.get("command") or []) + (c.get("args") or [])]
+    for i, a in enumerate(args):
+        if a.startswith(f"--{name}="):
+            return a.split("=", 1)[1]
+        if a == f"--{name}" and i + 1 < len(args):
+            return args[i + 1]
+    return None
+
+
+def _check_webhook_pod(name: str, meta: dict, spec: dict, docs: list[dict]) -> list[str]:
+    """The admission webhook's pod: restricted like the sidecar, its certificate from a Secret
+    mounted read-only, probes over HTTPS on its port, a Service, a NetworkPolicy admitting only
+    that port, and a PodDisruptionBudget (with failurePolicy Fail, no replica means no Pods)."""
+    out: list[str] = []
+    hook = _webhook_container(spec)
+    for c in (spec.get("initContainers") or []) + (spec.get("containers") or []):
+        out += _check_security(name, c, spec.get("securityContext") or {})
+    out += _check_mounts(name, hook, spec)
+    if spec.get("hostNetwork"):
+        out.append(f"webhook: {name}: hostNetwork")
+    ports = {p.get("name"): p.get("containerPort") for p in hook.get("ports") or [] if p.get("name")}
+    listen = _flag(hook, "listen") or "0.0.0.0:8443"
+    port = int(listen.rsplit(":", 1)[-1]) if listen.rsplit(":", 1)[-1].isdigit() else None
+    if port is None or port not in ports.values():
+        out.append(f"webhook: {name}: --listen {listen!r} is not a declared container port {ports}")
+        return out
+    volumes = {v.get("name"): v for v in spec.get("volumes") or []}
+    for flag in ("cert", "key"):
+        path = _flag(hook, flag)
+        directory = (path or "").rpartition("/")[0]
+        mount = next((m for m in hook.get("volumeMounts") or [] if m.get("mountPath") == directory), None)
+        if path is None or mount is None or "secret" not in volumes.get(mount.get("name"), {}):
+            out.append(f"webhook: {name}: --{flag} {path!r} is not in a mounted Secret")
+    for probe in ("readinessProbe", "livenessProbe"):
+        get = (hook.get(probe) or {}).get("httpGet") or {}
+        if _resolve(get.get("port"), ports) != port or get.get("scheme") != "HTTPS" or get.get("path") != "/healthz":
+            out.append(f"webhook: {name}: {probe} is not an HTTPS GET /healthz on port {port} (got {get})")
+    labels = meta.get("labels") or {}
+    services = [d for d in docs if d.get("kind") == "Service" and _selects(d["spec"].get("selector"), labels)]
+    for s in services:
+        for p in s["spec"].get("ports") or []:
+            if _resolve(p.get("targetPort", p.get("port")), ports) != port:
+                out.append(f"webhook: {name}: Service {s['metadata'].get('name')} targets {p.get('targetPort')!r}, "
+                           f"not the webhook's port {port}")
+    if not services:
+        out.append(f"webhook: {name}: no Service selects the pod (the API server calls a Service)")
+    policies = [d for d in docs if d.get("kind") == "NetworkPolicy" and _selects(d["spec"].get("podSelector"), labels)]
+    if not policies:
+        out.append(f"network-policy: {name}: no NetworkPolicy selects the pod")
+    for pol in policies:
+        for rule in pol["spec"].get("ingress") or []:
+            admitted = [_resolve(rp.get("port"), ports) for rp in rule.get("ports") or [{}]]
+            if any(a != port for a in admitted):
+                out.append(f"network-policy: {name}: {pol['metadata'].get('name')} admits more than the webhook's port")
+    if not any(d.get("kind") == "PodDisruptionBudget" and _selects(d["spec"].get("selector"), labels) for d in docs):
+        out.append(f"pdb: {name}: no PodDisruptionBudget selects the pod")
+    return out
+
+
+def _check_webhook_configs(docs: list[dict]) -> list[str]:
+    """Each webhook of a MutatingWebhookConfiguration calling fhir-fence: Pods on CREATE only,
+    v1 reviews, no side effects, failing closed, a bounded timeout, reinvoked when another
+    webhook changes the Pod, never sent its own namespace (or no webhook Pod could start), and
+    calling an existing Service's port over a CA the API server is given."""
+    out: list[str] = []
+    for conf in (d for d in docs if d.get("kind") == "MutatingWebhookConfiguration"):
+        annotations = conf.get("metadata", {}).get("annotations") or {}
+        for w in conf.get("webhooks") or []:
+            who = f"MutatingWebhookConfiguration/{conf['metadata'].get('name')}: {w.get('name')}"
+            if "v1" not in (w.get("admissionReviewVersions") or []):
+                out.append(f"webhook: {who}: admissionReviewVersions lacks v1")
+            if w.get("sideEffects") != "None":
+                out.append(f"webhook: {who}: sideEffects is {w.get('sideEffects')!r}, not None")
+            if w.get("failurePolicy", "Fail") != "Fail":
+                out.append(f"webhook: {who}: failurePolicy {w.get('failurePolicy')!r} admits annotated Pods "
+                           f"without the sidecar while the webhook is down")
+            if not 1 <= int(w.get("timeoutSeconds", 10)) <= 10:
+                out.append(f"webhook: {who}: timeoutSeconds {w.get('timeoutSeconds')} outside 1..10")
+            if w.get("reinvocationPolicy") != "IfNeeded":
+                out.append(f"webhook: {who}: reinvocationPolicy is not IfNeeded")
+            for r in w.get("rules") or [{}]:
+                if r.get("operations") != ["CREATE"] or r.get("resources") != ["pods"] or r.get("apiGroups") != [""]:
+                    out.append(f"webhook: {who}: rule {r} is not Pods on CREATE")
+            client = w.get("clientConfig") or {}
+            service = client.get("service")
+            if service is None:
+                out.append(f"webhook: {who}: clientConfig does not name a Service")
+                continue
+            if service.get("path") != "/mutate":
+                out.append(f"webhook: {who}: path {service.get('path')!r}, the webhook serves /mutate")
+            target = next((d for d in docs if d.get("kind") == "Service"
+                           and d["metadata"].get("name") == service.get("name")
+                           and d["metadata"].get("namespace") == service.get("namespace")), None)
+            if target is None:
+                out.append(f"webhook: {who}: Service {service.get('namespace')}/{service.get('name')} "
+                           f"is not in the manifests")
+            elif service.get("port", 443) not in [p.get("port") for p in target["spec"].get("ports") or []]:
+                out.append(f"webhook: {who}: the Service has no port {service.get('port', 443)}")
+            if not client.get("caBundle") and "cert-manager.io/inject-ca-from" not in annotations:
+                out.append(f"webhook: {who}: neither a caBundle nor cert-manager's inject-ca-from annotation")
+            excluded = [e for e in (w.get("namespaceSelector") or {}).get("matchExpressions") or []
+                        if e.get("key") == "kubernetes.io/metadata.name" and e.get("operator") == "NotIn"]
+            if not any(service.get("namespace") in (e.get("values") or []) for e in excluded):
+                out.append(f"webhook: {who}: its own namespace {service.get('namespace')!r} is not excluded "
+                           f"by the namespaceSelector")
     return out
 
 

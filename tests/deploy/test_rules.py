@@ -17,7 +17,8 @@ import yaml
 import rules
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-OVERLAYS = ["base", "overlays/shared", "overlays/dedicated", "overlays/classic-sidecar", "overlays/monitoring"]
+OVERLAYS = ["base", "overlays/shared", "overlays/dedicated", "overlays/classic-sidecar", "overlays/monitoring",
+            "webhook", "overlays/webhook-cert-manager"]
 
 
 def render(overlay: str) -> list[dict]:
@@ -68,8 +69,36 @@ def set_path(d, path, value):
         d[last] = value
 
 
+def hook(docs):
+    return one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+
+
+def webhook(docs):
+    return one(docs, "MutatingWebhookConfiguration")["webhooks"][0]
+
+
 # (rule id, overlay, what breaks it)
 BROKEN = {
+    "webhook fails open": ("webhook", "webhook", lambda d: webhook(d).update(failurePolicy="Ignore")),
+    "webhook with side effects": ("webhook", "webhook", lambda d: webhook(d).update(sideEffects="Some")),
+    "webhook on updates too": ("webhook", "webhook", lambda d: webhook(d)["rules"][0].update(operations=["CREATE", "UPDATE"])),
+    "webhook sent its own namespace": (
+        "webhook", "webhook", lambda d: webhook(d)["namespaceSelector"]["matchExpressions"].pop(1)),
+    "webhook calls a missing Service": (
+        "webhook", "webhook", lambda d: webhook(d)["clientConfig"]["service"].update(name="fhir-fence")),
+    "webhook on another path": ("webhook", "webhook", lambda d: webhook(d)["clientConfig"]["service"].update(path="/")),
+    "webhook without a CA": (
+        "webhook", "webhook", lambda d: one(d, "MutatingWebhookConfiguration")["metadata"].pop("annotations")),
+    "webhook not reinvoked": ("webhook", "webhook", lambda d: webhook(d).pop("reinvocationPolicy")),
+    "webhook probe over HTTP": ("webhook", "webhook", lambda d: hook(d)["readinessProbe"]["httpGet"].pop("scheme")),
+    "webhook key outside a Secret": ("webhook", "webhook", lambda d: hook(d)["args"].__setitem__(3, "--key=/tmp/tls.key")),
+    "webhook listens elsewhere": ("webhook", "webhook", lambda d: hook(d)["args"].__setitem__(1, "--listen=0.0.0.0:9443")),
+    "webhook runs as root": ("security", "webhook", lambda d: hook(d)["securityContext"].update(runAsUser=0)),
+    "webhook's certificate mounted writable": (
+        "mounts", "webhook", lambda d: hook(d)["volumeMounts"][0].update(readOnly=False)),
+    "webhook's NetworkPolicy admits any port": (
+        "network-policy", "webhook", lambda d: one(d, "NetworkPolicy")["spec"]["ingress"][0].pop("ports")),
+    "webhook without a PodDisruptionBudget": ("pdb", "webhook", lambda d: d.remove(one(d, "PodDisruptionBudget"))),
     "restartPolicy misspelt": ("restart-policy", "overlays/shared", lambda d: fence(d).update(restartPolicy="Alway")),
     "restartPolicy missing": ("restart-policy", "overlays/shared", lambda d: fence(d).pop("restartPolicy")),
     "classic sidecar with restartPolicy": (

@@ -19,5 +19,6 @@ mod reload;
 mod replay;
 mod shape_r4;
 mod shutdown;
+mod webhook;
 mod workers;
 mod write_guard;
