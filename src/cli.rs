@@ -177,7 +177,7 @@ fn token(path: &std::path::Path, tenant: &str, sub: &str, ttl: u64, issuer: Opti
         Some(n) => n.to_owned(),
         None => {
             let candidates: Vec<&String> =
-                issuers.iter().filter(|(_, i)| i.tenants.iter().any(|t| t == tenant)).map(|(n, _)| n).collect();
+                issuers.iter().filter(|(_, i)| i.asserts().iter().any(|t| t == tenant)).map(|(n, _)| n).collect();
             match candidates.as_slice() {
                 [one] => (*one).clone(),
                 [] => return Err(format!("no issuer may assert tenant {tenant:?}")),
@@ -186,7 +186,7 @@ fn token(path: &std::path::Path, tenant: &str, sub: &str, ttl: u64, issuer: Opti
         }
     };
     let cfg = issuers.get(&name).ok_or_else(|| format!("no issuer named {name:?}"))?;
-    if !cfg.tenants.iter().any(|t| t == tenant) {
+    if !cfg.asserts().iter().any(|t| t == tenant) {
         return Err(format!("issuer {name:?} may not assert tenant {tenant:?}"));
     }
     let keys = snap.verifier.issuer_keys(&name).ok_or_else(|| format!("no issuer named {name:?}"))?;

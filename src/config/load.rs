@@ -210,13 +210,13 @@ fn validate(c: &Config) -> Result<Url, ConfigError> {
         if i.audience.is_empty() {
             return Err(ConfigError::invalid(format!("{key}.audience"), "at least one audience is needed"));
         }
-        if i.tenants.is_empty() {
+        if i.asserts().is_empty() {
             return Err(ConfigError::invalid(
                 format!("{key}.tenants"),
                 "an issuer must be allowed at least one tenant",
             ));
         }
-        for t in &i.tenants {
+        for t in &i.asserts() {
             if !c.tenants.contains_key(t) {
                 return Err(ConfigError::invalid(format!("{key}.tenants"), format!("no tenant named {t:?}")));
             }

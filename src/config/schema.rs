@@ -215,10 +215,29 @@ pub struct Issuer {
     /// `at+jwt`: the token's header must say `typ: at+jwt` (RFC 9068 access tokens; a provider's
     /// ID tokens are then refused). Default: not checked.
     pub token_type: Option<String>,
+    /// Where a token's tenant comes from, exactly one of: `tenant_claim`, `tenant`, or
+    /// `{tenant}` in `iss` (`identity::tenant_source`).
     /// JSONPath (RFC 9535) to the tenant claim, e.g. `$.tenant` or `$.org.id`.
-    pub tenant_claim: String,
-    /// The tenants this issuer may assert.
+    pub tenant_claim: Option<String>,
+    /// The one tenant every token of this issuer is for (one identity-provider realm per tenant).
+    pub tenant: Option<String>,
+    /// With `{tenant}` in `iss`: the values it takes (e.g. Entra ID's `tid`) mapped to tenant
+    /// names. Empty: the value is the tenant's name.
+    #[serde(default)]
+    pub tenant_ids: std::collections::BTreeMap<String, String>,
+    /// The tenants this issuer may assert (with `tenant`: that one, which may be left out here).
+    #[serde(default)]
     pub tenants: Vec<String>,
+}
+
+impl Issuer {
+    /// The tenants this issuer may assert.
+    pub fn asserts(&self) -> Vec<String> {
+        match (&self.tenant, self.tenants.is_empty()) {
+            (Some(t), true) => vec![t.clone()],
+            _ => self.tenants.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

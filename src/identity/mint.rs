@@ -1,5 +1,6 @@
 //! Development tokens: `fhir-fence token` signs a JWT with an issuer's configured signing key.
 use super::keys::IssuerKeys;
+use super::tenant_source::IssPattern;
 use crate::config::Issuer;
 use jsonwebtoken::{encode, get_current_timestamp, Header};
 use serde_json::{Map, Value};
@@ -19,13 +20,18 @@ pub fn mint(issuer: &Issuer, keys: &IssuerKeys, tenant: &str, sub: &str, ttl_sec
     let (alg, key, kid) = keys.signing.as_ref().ok_or_else(|| MintError::NoSigningKey(keys.name.clone()))?;
     let now = get_current_timestamp();
     let mut claims = Map::new();
-    claims.insert("iss".into(), issuer.iss.clone().into());
+    // A template issuer's `iss` carries the tenant (or the id `tenant_ids` maps to it).
+    let pattern = IssPattern::parse("iss", &issuer.iss).map_err(|e| MintError::ClaimPath(e.to_string()))?;
+    let part = issuer.tenant_ids.iter().find(|(_, t)| *t == tenant).map_or(tenant, |(id, _)| id.as_str());
+    claims.insert("iss".into(), pattern.fill(part).into());
     claims.insert("sub".into(), sub.into());
     claims.insert("aud".into(), issuer.audience[0].clone().into());
     claims.insert("iat".into(), now.into());
     claims.insert("nbf".into(), now.into());
     claims.insert("exp".into(), (now + ttl_secs).into());
-    place_claim(&mut claims, &issuer.tenant_claim, tenant)?;
+    if let Some(path) = &issuer.tenant_claim {
+        place_claim(&mut claims, path, tenant)?;
+    }
     let mut header = Header::new(*alg);
     header.kid = kid.clone();
     encode(&header, &Value::Object(claims), key).map_err(|e| MintError::Sign(e.to_string()))

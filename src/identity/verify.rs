@@ -1,11 +1,13 @@
 //! Bearer JWT verification per RFC 8725, ending in the caller's tenant.
 //!
-//! Order: find the issuer by `iss` (unverified, only to pick keys) → `alg` must be on that
-//! issuer's allow-list → `typ` when the issuer requires one → key by `kid` (an unknown `kid` of
-//! an identity provider's issuer waits for one bounded refresh, `remote`) → signature, `iss`,
-//! `aud`, `exp`, `nbf`, `iat` → tenant claim (JSONPath) → the issuer may assert that tenant →
-//! tenant must be active.
+//! Order: find the issuer by `iss` (unverified, only to pick keys: an exact `iss` first, else
+//! the one issuer template it matches) → `alg` must be on that issuer's allow-list → `typ` when
+//! the issuer requires one → key by `kid` (an unknown `kid` of an identity provider's issuer
+//! waits for one bounded refresh, `remote`) → signature, `iss`, `aud`, `exp`, `nbf`, `iat` →
+//! the tenant (`tenant_source`: a claim, the issuer's own, or its `iss`) → the issuer may assert
+//! that tenant → tenant must be active.
 use super::keys::IssuerKeys;
+use super::tenant_source::{IssPattern, TenantSource};
 use crate::config::{ConfigError, Loaded, TenantStatus};
 use crate::tenancy::Tenant;
 use jsonpath_rust::parser::model::JpQuery;
@@ -55,10 +57,10 @@ pub enum AuthError {
 }
 
 struct TrustedIssuer {
-    iss: String,
+    iss: IssPattern,
     audience: Vec<String>,
     keys: IssuerKeys,
-    tenant_claim: JpQuery,
+    tenant_source: TenantSource,
     tenants: Vec<String>,
     /// The `typ` every token must carry (`at+jwt`), when the issuer says so.
     token_type: Option<String>,
@@ -94,19 +96,32 @@ impl Verifier {
                     ));
                 }
             }
-            let tenant_claim = compile_claim_path(&i.tenant_claim)
-                .map_err(|e| ConfigError::invalid(format!("issuers.{name}.tenant_claim"), e))?;
+            let tenant_source = TenantSource::build(name, i)?;
             issuers.push(TrustedIssuer {
-                iss: i.iss.clone(),
+                iss: IssPattern::parse(&format!("issuers.{name}.iss"), &i.iss)?,
                 audience: i.audience.clone(),
                 keys,
-                tenant_claim,
-                tenants: i.tenants.clone(),
+                tenant_source,
+                tenants: i.asserts(),
                 token_type: i.token_type.clone(),
             });
         }
         let verified = moka::sync::Cache::builder().max_capacity(10_000).time_to_live(VERIFIED_TTL).build();
         Ok(Verifier { issuers, tenants: tenants.clone(), verified })
+    }
+
+    /// The issuer of an `iss` value, and the value of its template's placeholder: the issuer
+    /// with exactly that `iss`, else the one template it matches (two: refused, as unknown).
+    fn issuer_of<'a>(&self, iss: &'a str) -> Result<(&TrustedIssuer, &'a str), AuthError> {
+        let exact = self.issuers.iter().find(|i| matches!(&i.iss, IssPattern::Exact(e) if e == iss));
+        if let Some(issuer) = exact {
+            return Ok((issuer, ""));
+        }
+        let mut templates = self.issuers.iter().filter_map(|i| i.iss.matches(iss).map(|part| (i, part)));
+        match (templates.next(), templates.next()) {
+            (Some(one), None) => Ok(one),
+            _ => Err(AuthError::UnknownIssuer),
+        }
     }
 
     /// The issuer's keys by config name (for `fhir-fence token`).
@@ -149,7 +164,7 @@ impl Verifier {
         let unverified: Value =
             jsonwebtoken::dangerous::insecure_decode_claims(token).map_err(|_| AuthError::Malformed)?;
         let iss = unverified.get("iss").and_then(Value::as_str).ok_or(AuthError::UnknownIssuer)?;
-        let issuer = self.issuers.iter().find(|i| i.iss == iss).ok_or(AuthError::UnknownIssuer)?;
+        let (issuer, part) = self.issuer_of(iss)?;
         if !issuer.keys.algorithms.contains(&header.alg) {
             return Err(AuthError::AlgorithmNotAllowed);
         }
@@ -162,7 +177,7 @@ impl Verifier {
         validation.leeway = LEEWAY_SECS;
         validation.validate_exp = true;
         validation.validate_nbf = true;
-        validation.set_issuer(&[&issuer.iss]);
+        validation.set_issuer(&[iss]);
         validation.set_audience(&issuer.audience);
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         let check = |key: &jsonwebtoken::DecodingKey| decode::<Value>(token, key, &validation);
@@ -183,7 +198,7 @@ impl Verifier {
             }
         }
 
-        let tenant_name = claim_string(&issuer.tenant_claim, &claims).ok_or(AuthError::NoTenantClaim)?;
+        let tenant_name = issuer.tenant_source.tenant(part, &claims).ok_or(AuthError::NoTenantClaim)?;
         if !issuer.tenants.contains(&tenant_name) {
             return Err(AuthError::TenantNotAllowed);
         }
@@ -226,12 +241,12 @@ fn is_type(typ: Option<&str>, required: &str) -> bool {
     typ == Some(required)
 }
 
-pub(crate) fn compile_claim_path(path: &str) -> Result<JpQuery, String> {
+pub(super) fn compile_claim_path(path: &str) -> Result<JpQuery, String> {
     parse_json_path(path).map_err(|e| format!("not a JSONPath expression: {e}"))
 }
 
 /// The claim at `path` when it is exactly one string.
-fn claim_string(path: &JpQuery, claims: &Value) -> Option<String> {
+pub(super) fn claim_string(path: &JpQuery, claims: &Value) -> Option<String> {
     let found = js_path_process(path, claims).ok()?;
     match found.as_slice() {
         [one] => one.clone().val().as_str().map(str::to_owned),

@@ -206,3 +206,129 @@ fn check_names_the_bad_key() {
     let err = fhir_fence::config::load(&support::write_config(&prefix)).err().unwrap();
     assert!(err.to_string().contains(&format!("tenants.{}.prefix", ts[0].name)), "{err}");
 }
+
+/// Tenants named by the issuer itself: one issuer per tenant (a realm each, no tenant claim),
+/// and an issuer template whose `{tenant}` is the tenant's name or an id mapped to one (as
+/// Entra ID's `tid`). A claim naming another tenant changes nothing; an `iss` the template
+/// does not cover, an unmapped id, or an issuer's tenant it may not assert is 401.
+#[tokio::test]
+async fn the_issuer_itself_names_the_tenant() {
+    let ts = tenants(2);
+    let (a, b) = (ts[0].name.clone(), ts[1].name.clone());
+    let (a_name, a_prefix) = (a.clone(), ts[0].prefix.clone());
+    let upstream = fake::start(move |_| Answer::Json(200, fake::stored("Patient", &a_prefix, &a_name, "p1"))).await;
+    let mut o = Options::new(&upstream.base, &ts);
+    let secret = fixture("dev-hs256.secret");
+    o.extra = format!(
+        r#"
+[issuers.realm_a]
+iss = "https://kc.test/realms/{a}"
+audience = ["realm-aud"]
+algorithms = ["HS256"]
+secret_file = "{secret}"
+tenant = "{a}"
+
+[issuers.entra]
+iss = "https://login.test/{{tenant}}/v2.0"
+audience = ["entra-aud"]
+algorithms = ["HS256"]
+secret_file = "{secret}"
+tenant_ids = {{ "9188040d-6c67-4c5b-b112-36a304b66dad" = "{a}" }}
+tenants = ["{a}"]
+
+[issuers.named]
+iss = "https://named.test/t/{{tenant}}"
+audience = ["named-aud"]
+algorithms = ["HS256"]
+secret_file = "{secret}"
+tenants = ["{a}"]
+"#
+    );
+    let fence = support::start(o).await;
+    let token = |iss: &str, aud: &str, claims: Value| {
+        let now = get_current_timestamp();
+        let mut c = json!({"iss": iss, "aud": aud, "sub": "u", "iat": now, "exp": now + 300});
+        c.as_object_mut().unwrap().extend(claims.as_object().unwrap().clone());
+        hs_token(&fence, c)
+    };
+    let ok = [
+        ("the realm's own tenant", token(&format!("https://kc.test/realms/{a}"), "realm-aud", json!({}))),
+        ("a claim cannot move it", token(&format!("https://kc.test/realms/{a}"), "realm-aud", json!({"tenant": b}))),
+        ("a mapped tid", token("https://login.test/9188040d-6c67-4c5b-b112-36a304b66dad/v2.0", "entra-aud", json!({}))),
+        ("the tenant's name", token(&format!("https://named.test/t/{a}"), "named-aud", json!({"tenant": b}))),
+    ];
+    for (why, t) in ok {
+        let (status, d) = status_with(&fence, &t).await;
+        assert_eq!(status, 200, "{why}: {d}");
+    }
+    let refused = [
+        ("another realm", token(&format!("https://kc.test/realms/{b}"), "realm-aud", json!({}))),
+        (
+            "an unmapped tid",
+            token("https://login.test/00000000-0000-0000-0000-000000000000/v2.0", "entra-aud", json!({})),
+        ),
+        ("a name where ids are mapped", token(&format!("https://login.test/{a}/v2.0"), "entra-aud", json!({}))),
+        ("a tenant the issuer may not assert", token(&format!("https://named.test/t/{b}"), "named-aud", json!({}))),
+        ("a path beyond the template", token(&format!("https://named.test/t/{a}/x"), "named-aud", json!({}))),
+        ("another issuer's audience", token(&format!("https://named.test/t/{a}"), "entra-aud", json!({}))),
+    ];
+    for (why, t) in refused {
+        let (status, d) = status_with(&fence, &t).await;
+        assert_eq!(status, 401, "{why}: {d}");
+    }
+}
+
+/// `fhir-fence check` names an issuer whose tenant source is missing, doubled or malformed.
+#[test]
+fn issuers_name_their_tenant_source_exactly_once() {
+    let ts = tenants(1);
+    let base = support::config_text(&Options::new("http://127.0.0.1:9/fhir", &ts), 1, 2);
+    let t = ts[0].name.clone();
+    let secret = fixture("dev-hs256.secret");
+    let cases = [
+        ("no source", format!("iss = \"https://x.test/a\"\ntenants = [\"{t}\"]"), "exactly one of"),
+        (
+            "two sources",
+            format!("iss = \"https://x.test/a\"\ntenant = \"{t}\"\ntenant_claim = \"$.t\""),
+            "exactly one of",
+        ),
+        (
+            "a template and a claim",
+            format!("iss = \"https://x.test/{{tenant}}\"\ntenant_claim = \"$.t\"\ntenants = [\"{t}\"]"),
+            "exactly one of",
+        ),
+        (
+            "the placeholder in the host",
+            format!("iss = \"https://{{tenant}}.x.test/\"\ntenants = [\"{t}\"]"),
+            "in the path",
+        ),
+        ("another placeholder", format!("iss = \"https://x.test/{{tid}}\"\ntenants = [\"{t}\"]"), "placeholder"),
+        (
+            "ids without a template",
+            format!("iss = \"https://x.test/a\"\ntenant = \"{t}\"\ntenant_ids = {{ a = \"{t}\" }}"),
+            "tenant_ids",
+        ),
+        (
+            "an id mapped outside",
+            format!("iss = \"https://x.test/{{tenant}}\"\ntenant_ids = {{ a = \"nobody\" }}\ntenants = [\"{t}\"]"),
+            "tenant_ids",
+        ),
+        (
+            "a fixed tenant and others",
+            format!("iss = \"https://x.test/a\"\ntenant = \"{t}\"\ntenants = [\"{t}\", \"zz\"]"),
+            "tenants",
+        ),
+    ];
+    for (why, lines, says) in cases {
+        let text = format!("{base}\n[issuers.extra]\naudience = [\"a\"]\nalgorithms = [\"HS256\"]\nsecret_file = \"{secret}\"\n{lines}\n");
+        let path = support::write_config(&text);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_fhir-fence"))
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{why}: accepted");
+        assert!(err.contains("issuers.extra") && err.contains(says), "{why}: {err}");
+    }
+}

@@ -1,0 +1,198 @@
+//! How a token names its tenant, per issuer: a claim (JSONPath, `tenant_claim`), the issuer
+//! itself (`tenant`: one identity-provider realm per tenant), or a part of the issuer's URL
+//! (`iss = "https://login.example.com/{tenant}/v2.0"`, as Entra ID puts its `tid` there,
+//! optionally mapped to fhir-fence's tenant names by `tenant_ids`). Exactly one per issuer,
+//! checked at load; the verified `iss` is then matched here, and the tenant found here must
+//! still be one the issuer may assert.
+use super::verify::{claim_string, compile_claim_path};
+use crate::config::{ConfigError, Issuer};
+use jsonpath_rust::parser::model::JpQuery;
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// The placeholder an issuer template holds once.
+pub const PLACEHOLDER: &str = "{tenant}";
+
+/// The longest value the placeholder stands for.
+const MAX_PART: usize = 128;
+
+/// What the `iss` claim must be for an issuer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IssPattern {
+    Exact(String),
+    /// `prefix{tenant}suffix`.
+    Template {
+        prefix: String,
+        suffix: String,
+    },
+}
+
+impl IssPattern {
+    pub fn parse(key: &str, iss: &str) -> Result<IssPattern, ConfigError> {
+        match iss.matches(PLACEHOLDER).count() {
+            0 if iss.contains('{') || iss.contains('}') => {
+                Err(ConfigError::invalid(key, format!("the only placeholder is {PLACEHOLDER}")))
+            }
+            0 => Ok(IssPattern::Exact(iss.to_owned())),
+            1 => {
+                let (prefix, suffix) = iss.split_once(PLACEHOLDER).expect("one placeholder");
+                if prefix.contains(['{', '}']) || suffix.contains(['{', '}']) {
+                    return Err(ConfigError::invalid(key, format!("the only placeholder is {PLACEHOLDER}")));
+                }
+                // The placeholder must sit after the authority: the keys are one provider's, and a
+                // tenant part in the host name would be read across a `.` boundary.
+                let authority_end = prefix.strip_prefix("https://").and_then(|rest| rest.find('/'));
+                if authority_end.is_none() {
+                    return Err(ConfigError::invalid(
+                        key,
+                        "an issuer template is https://host/…{tenant}…, the placeholder in the path",
+                    ));
+                }
+                Ok(IssPattern::Template { prefix: prefix.to_owned(), suffix: suffix.to_owned() })
+            }
+            _ => Err(ConfigError::invalid(key, format!("{PLACEHOLDER} may appear once"))),
+        }
+    }
+
+    /// The placeholder's value when `iss` matches (`Some("")` for an exact match).
+    pub fn matches<'a>(&self, iss: &'a str) -> Option<&'a str> {
+        match self {
+            IssPattern::Exact(e) => (e == iss).then_some(""),
+            IssPattern::Template { prefix, suffix } => {
+                let part = iss.strip_prefix(prefix.as_str())?.strip_suffix(suffix.as_str())?;
+                let plain = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
+                let ok = !part.is_empty()
+                    && part.len() <= MAX_PART
+                    && part.bytes().all(plain)
+                    && part != "."
+                    && part != "..";
+                ok.then_some(part)
+            }
+        }
+    }
+
+    /// The `iss` a token for the placeholder value `part` carries (development tokens).
+    pub fn fill(&self, part: &str) -> String {
+        match self {
+            IssPattern::Exact(e) => e.clone(),
+            IssPattern::Template { prefix, suffix } => format!("{prefix}{part}{suffix}"),
+        }
+    }
+}
+
+/// Where an issuer's tokens name their tenant.
+pub enum TenantSource {
+    Claim(JpQuery),
+    Fixed(String),
+    /// The template's placeholder: a tenant name, or an id `tenant_ids` maps to one.
+    FromIss(BTreeMap<String, String>),
+}
+
+impl TenantSource {
+    /// Builds (and checks) an issuer's source; `name` is its config name.
+    pub fn build(name: &str, i: &Issuer) -> Result<TenantSource, ConfigError> {
+        let key = |k: &str| format!("issuers.{name}.{k}");
+        let pattern = IssPattern::parse(&key("iss"), &i.iss)?;
+        let templated = matches!(pattern, IssPattern::Template { .. });
+        let given = [i.tenant_claim.is_some(), i.tenant.is_some(), templated].iter().filter(|g| **g).count();
+        if given != 1 {
+            return Err(ConfigError::invalid(
+                format!("issuers.{name}"),
+                "name where its tokens' tenant comes from, exactly one of: tenant_claim (a claim), \
+                 tenant (the issuer is that tenant's), or {tenant} in iss",
+            ));
+        }
+        if !i.tenant_ids.is_empty() && !templated {
+            return Err(ConfigError::invalid(key("tenant_ids"), "only with {tenant} in iss"));
+        }
+        if templated && i.discovery.is_some() {
+            return Err(ConfigError::invalid(
+                key("discovery"),
+                "an issuer template has one issuer per tenant; give the keys shared by all of them with jwks_uri",
+            ));
+        }
+        for (id, tenant) in &i.tenant_ids {
+            if pattern.matches(&pattern.fill(id)) != Some(id.as_str()) {
+                return Err(ConfigError::invalid(
+                    key("tenant_ids"),
+                    format!("{id:?} is not a value {{tenant}} can take"),
+                ));
+            }
+            if !i.asserts().contains(tenant) {
+                return Err(ConfigError::invalid(
+                    key("tenant_ids"),
+                    format!("{tenant:?} is not in this issuer's tenants"),
+                ));
+            }
+        }
+        Ok(match (&i.tenant_claim, &i.tenant) {
+            (Some(path), _) => {
+                TenantSource::Claim(compile_claim_path(path).map_err(|e| ConfigError::invalid(key("tenant_claim"), e))?)
+            }
+            (None, Some(t)) => {
+                if i.asserts() != [t.clone()] {
+                    return Err(ConfigError::invalid(
+                        key("tenants"),
+                        format!("an issuer of tenant {t:?} asserts that tenant only: tenants = [{t:?}]"),
+                    ));
+                }
+                TenantSource::Fixed(t.clone())
+            }
+            (None, None) => TenantSource::FromIss(i.tenant_ids.clone()),
+        })
+    }
+
+    /// The tenant a verified token names: `part` is the placeholder's value of its `iss`.
+    pub fn tenant(&self, part: &str, claims: &Value) -> Option<String> {
+        match self {
+            TenantSource::Claim(path) => claim_string(path, claims),
+            TenantSource::Fixed(t) => Some(t.clone()),
+            TenantSource::FromIss(ids) if ids.is_empty() => Some(part.to_owned()),
+            TenantSource::FromIss(ids) => ids.get(part).cloned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn templates_match_one_path_part() {
+        let p = IssPattern::parse("k", "https://login.example.com/{tenant}/v2.0").unwrap();
+        assert_eq!(p.matches("https://login.example.com/acme/v2.0"), Some("acme"));
+        assert_eq!(
+            p.matches("https://login.example.com/9188040d-6c67-4c5b-b112-36a304b66dad/v2.0"),
+            Some("9188040d-6c67-4c5b-b112-36a304b66dad")
+        );
+        for other in [
+            "https://login.example.com//v2.0",
+            "https://login.example.com/a/b/v2.0",
+            "https://login.example.com/../v2.0",
+            "https://login.example.com/a%2Fb/v2.0",
+            "https://login.example.com/acme/v2.0/",
+            "https://login.example.com.evil/acme/v2.0",
+            "http://login.example.com/acme/v2.0",
+        ] {
+            assert_eq!(p.matches(other), None, "{other}");
+        }
+        assert_eq!(p.fill("acme"), "https://login.example.com/acme/v2.0");
+        for bad in ["https://{tenant}.example.com/", "https://x/{tenant}/{tenant}", "https://x/{tid}", "x{tenant}"] {
+            assert!(IssPattern::parse("k", bad).is_err(), "{bad}");
+        }
+        assert_eq!(IssPattern::parse("k", "https://x/realms/acme").unwrap().matches("https://x/realms/acme"), Some(""));
+    }
+
+    #[test]
+    fn each_source_finds_its_tenant() {
+        let claims = json!({"tenant": "globex"});
+        let claim = TenantSource::Claim(compile_claim_path("$.tenant").unwrap());
+        assert_eq!(claim.tenant("", &claims).as_deref(), Some("globex"));
+        assert_eq!(TenantSource::Fixed("acme".into()).tenant("", &claims).as_deref(), Some("acme"));
+        assert_eq!(TenantSource::FromIss(BTreeMap::new()).tenant("acme", &claims).as_deref(), Some("acme"));
+        let ids = TenantSource::FromIss(BTreeMap::from([("9188".to_owned(), "acme".to_owned())]));
+        assert_eq!(ids.tenant("9188", &claims).as_deref(), Some("acme"));
+        assert_eq!(ids.tenant("acme", &claims), None, "with tenant_ids, only a mapped id names a tenant");
+    }
+}
