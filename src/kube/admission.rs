@@ -91,6 +91,7 @@ fn decide(request: &Request, default_image: &str) -> Decision {
     let mut injected = object.clone();
     match inject::inject_object(&mut injected, default_image) {
         Ok(None) => Decision::Unchanged,
+        Ok(Some(i)) if !i.changed => Decision::Unchanged,
         Ok(Some(_)) => Decision::Patch(json_patch::diff(object, &injected)),
         Err(why) => Decision::Refuse(
             403,

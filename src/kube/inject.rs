@@ -10,10 +10,13 @@
 //! `fhir-fence-config`), `fhir-fence.dev/keys` (the key Secret, `fhir-fence-keys`),
 //! `fhir-fence.dev/image`, `fhir-fence.dev/upstream-port` (the FHIR server's port: removed from
 //! the FHIR server's declared ports; it must differ from fhir-fence's own 8080 and 9090).
+use super::exposure;
 use super::sidecar::{self, Sidecar};
 use serde_json::{Map, Value};
 
 pub const ANNOTATION: &str = "fhir-fence.dev/inject";
+/// The FHIR server's container, as the user names it or as `inject` judged it.
+const UPSTREAM_CONTAINER: &str = "fhir-fence.dev/upstream-container";
 const WORKLOADS: &[&str] = &["Deployment", "StatefulSet", "DaemonSet"];
 
 #[derive(Debug, thiserror::Error)]
@@ -26,7 +29,12 @@ pub enum InjectError {
 
 /// The manifests with the sidecar injected where asked; untouched documents are unchanged.
 pub fn inject(manifests: &str, default_image: &str) -> Result<String, InjectError> {
-    let docs = documents(manifests);
+    // A byte-order mark is no part of the first document (Kubernetes skips it too).
+    let (bom, text) = match manifests.strip_prefix('\u{feff}') {
+        Some(rest) => ("\u{feff}", rest),
+        None => ("", manifests),
+    };
+    let docs = documents(text);
     let mut planned = Vec::with_capacity(docs.len());
     for (i, doc) in docs.iter().enumerate() {
         let rest = doc.separator.trim_end().trim_start_matches("---").trim();
@@ -35,23 +43,25 @@ pub fn inject(manifests: &str, default_image: &str) -> Result<String, InjectErro
         }
         planned.push(plan(i, doc.body, default_image)?);
     }
-    // No Service of the same stream may still reach the FHIR server's port.
-    let closed: Vec<(u16, Vec<String>)> = planned.iter().flatten().map(|p| (p.port, p.port_names.clone())).collect();
-    for (i, doc) in docs.iter().enumerate() {
-        if let Some(service) = reaching_service(doc.body, &closed) {
-            return Err(InjectError::Invalid(i, format!("Service/{service}"), "it targets the FHIR server's port, which only fhir-fence may reach: target fhir-fence's port 8080 (named fhir)".into()));
+    // No Service of the same stream may still reach the FHIR server's port (of a workload
+    // injected now or before).
+    let closed: Vec<&Closed> = planned.iter().flatten().map(|p| &p.closed).collect();
+    if !closed.is_empty() {
+        for (i, doc) in docs.iter().enumerate() {
+            reaching_service(doc.body, &closed).map_err(|(what, why)| InjectError::Invalid(i, what, why))?;
         }
     }
     let mut out = String::with_capacity(manifests.len() + 4096);
+    out.push_str(bom);
     for (doc, plan) in docs.iter().zip(planned) {
         match plan {
-            None => out.push_str(doc.raw),
-            Some(p) => {
+            Some(p) if p.changed => {
                 out.push_str(if doc.separator.is_empty() { "" } else { "---\n" });
                 // JSON is YAML too, and reads the same under YAML 1.1 (Kubernetes) and 1.2.
                 out.push_str(&serde_json::to_string_pretty(&p.doc).expect("serialisable"));
                 out.push('\n');
             }
+            _ => out.push_str(doc.raw),
         }
     }
     Ok(out)
@@ -89,28 +99,47 @@ fn documents(text: &str) -> Vec<Document<'_>> {
         .collect()
 }
 
-/// An injected document, and the FHIR server port it closed (with the names it had).
+/// An annotated document: as injected (or as it was, when it carried the sidecar already), and
+/// the FHIR server port it closes.
 struct Planned {
     doc: Value,
-    port: u16,
-    port_names: Vec<String>,
+    closed: Closed,
+    changed: bool,
 }
 
-/// The injected document, or `None` when it is left alone.
+/// Kinds whose documents are read for the annotation or for ports (and so must read the same
+/// to fhir-fence as to Kubernetes).
+const READ_KINDS: &[&str] =
+    &["Pod", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob", "Service"];
+
+/// The annotated document, or `None` when it is left alone.
 fn plan(index: usize, body: &str, default_image: &str) -> Result<Option<Planned>, InjectError> {
-    if body.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
+    // Blank lines, comments and directives (`%YAML 1.1` before the first `---`) are no object.
+    if body.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#') || l.starts_with('%')) {
         return Ok(None);
     }
     let mut doc: Value = yaml_serde::from_str(body).map_err(|e| InjectError::Yaml(index, e.to_string()))?;
     let what = describe(&doc);
     let invalid = |why: String| InjectError::Invalid(index, what.clone(), why);
-    let Some(closed) = inject_object(&mut doc, default_image).map_err(invalid)? else { return Ok(None) };
+    let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default();
+    if READ_KINDS.contains(&kind) || kind.ends_with("List") {
+        // Kubernetes (YAML 1.1) applies merge keys and decodes !!binary; yaml_serde (1.2)
+        // keeps `<<` as a key and binary as its base64 text, so an annotation or a port could
+        // read differently. Refused, not guessed.
+        if let Some(why) = merge_keys(&doc) {
+            return Err(invalid(why));
+        }
+        if body.contains("!!binary") || body.contains("tag:yaml.org,2002:binary") {
+            return Err(invalid("a !!binary value reads differently to Kubernetes: write it as text".into()));
+        }
+    }
+    let Some(injection) = inject_object(&mut doc, default_image).map_err(invalid)? else { return Ok(None) };
     // What a YAML 1.2 reader and Kubernetes' YAML 1.1 reader read differently is refused
     // rather than rewritten with another meaning (the sidecar itself holds no such value).
     if let Some(why) = ambiguous(&doc) {
         return Err(invalid(why));
     }
-    Ok(Some(Planned { doc, port: closed.port, port_names: closed.port_names }))
+    Ok(Some(Planned { doc, closed: injection.closed, changed: injection.changed }))
 }
 
 /// `Kind/name` of an object, for messages.
@@ -121,17 +150,25 @@ pub fn describe(doc: &Value) -> String {
     format!("{kind}/{name}")
 }
 
-/// The FHIR server port an injection closed, with the names it had.
+/// The FHIR server port an injection closes, with the names it had.
 pub struct Closed {
     pub port: u16,
     pub port_names: Vec<String>,
 }
 
+/// An annotated object: the port it closes, and whether the sidecar was added now (`false`:
+/// it was there already, exactly as `inject` adds it, and every check still passed).
+pub struct Injection {
+    pub closed: Closed,
+    pub changed: bool,
+}
+
 /// Adds the sidecar to one Kubernetes object (a Pod or a workload's pod template) when its
-/// annotations ask for it: `Ok(None)` when they do not, or when it is there already (so
-/// injecting twice is injecting once). The one place the annotations are read, for `inject`
-/// and the admission webhook alike; an `Err` says why the object cannot be injected safely.
-pub fn inject_object(doc: &mut Value, default_image: &str) -> Result<Option<Closed>, String> {
+/// annotations ask for it: `Ok(None)` when they do not; `changed: false` when it is there
+/// already (so injecting twice is injecting once; the checks run again all the same). The one
+/// place the annotations are read, for `inject` and the admission webhook alike; an `Err` says
+/// why the object cannot be injected safely.
+pub fn inject_object(doc: &mut Value, default_image: &str) -> Result<Option<Injection>, String> {
     let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default().to_owned();
     if kind.ends_with("List") && doc.get("items").and_then(Value::as_array).is_some_and(|items| items.iter().any(asks))
     {
@@ -166,8 +203,21 @@ pub fn inject_object(doc: &mut Value, default_image: &str) -> Result<Option<Clos
         keys_secret: text("keys").unwrap_or_else(|| sidecar::KEYS_SECRET.to_owned()),
     };
     let asserted_loopback = text("upstream-loopback").as_deref() == Some("true");
+    let chosen = text("upstream-container");
     let spec = doc.pointer_mut(spec_path).and_then(Value::as_object_mut).ok_or("no pod spec")?;
-    Ok(add_sidecar(spec, &sidecar, port, asserted_loopback)?.map(|port_names| Closed { port, port_names }))
+    let (port_names, servers, changed) = add_sidecar(spec, &sidecar, port, asserted_loopback, chosen.as_deref())?;
+    // The container judged to be the FHIR server is written down, so that a second run (which
+    // no longer sees the port it declared) judges the same one.
+    if let (true, None, [server]) = (changed, &chosen, servers.as_slice()) {
+        let mut at: &mut Value = doc;
+        for key in meta_path.trim_start_matches('/').split('/').chain(["annotations"]) {
+            let map = at.as_object_mut().ok_or("the pod's metadata is not a mapping")?;
+            at = map.entry(key).or_insert_with(|| Value::Object(Map::new()));
+        }
+        let annotations = at.as_object_mut().ok_or("the annotations are not a mapping")?;
+        annotations.insert(UPSTREAM_CONTAINER.into(), Value::String(server.clone()));
+    }
+    Ok(Some(Injection { closed: Closed { port, port_names }, changed }))
 }
 
 /// Whether an object asks for injection (on itself or its pod template).
@@ -181,16 +231,26 @@ fn asks(doc: &Value) -> bool {
     .any(|p| doc.pointer(p).and_then(|a| a.get(ANNOTATION)).is_some())
 }
 
-/// Why a document reads differently under YAML 1.1 than as `yaml_serde` (1.2) read it: merge
-/// keys (`<<`, which 1.2 keeps as a plain key) and strings that 1.1 reads as octal numbers.
-fn ambiguous(v: &Value) -> Option<String> {
+/// Merge keys (`<<`, which YAML 1.1 merges and 1.2 keeps as a plain key) anywhere in a document.
+fn merge_keys(v: &Value) -> Option<String> {
     match v {
-        Value::Object(o) => {
-            if o.contains_key("<<") {
-                return Some("merge keys (<<) are not supported: write the merged mapping out".into());
-            }
-            o.values().find_map(ambiguous)
+        Value::Object(o) if o.contains_key("<<") => {
+            Some("merge keys (<<) are not supported: write the merged mapping out".into())
         }
+        Value::Object(o) => o.values().find_map(merge_keys),
+        Value::Array(items) => items.iter().find_map(merge_keys),
+        _ => None,
+    }
+}
+
+/// Why a document reads differently under YAML 1.1 than as `yaml_serde` (1.2) read it: merge
+/// keys and strings that 1.1 reads as octal numbers.
+fn ambiguous(v: &Value) -> Option<String> {
+    if let Some(why) = merge_keys(v) {
+        return Some(why);
+    }
+    match v {
+        Value::Object(o) => o.values().find_map(ambiguous),
         Value::Array(items) => items.iter().find_map(ambiguous),
         Value::String(s) if s.len() > 1 && s.starts_with('0') && s.bytes().all(|b| matches!(b, b'0'..=b'7')) => {
             Some(format!(
@@ -201,66 +261,73 @@ fn ambiguous(v: &Value) -> Option<String> {
     }
 }
 
-/// Whether a container shows the FHIR server bound to loopback (Spring Boot's
-/// `SERVER_ADDRESS`, which HAPI reads).
-fn binds_loopback(container: &Value) -> bool {
-    let env = container.get("env").and_then(Value::as_array).into_iter().flatten();
-    env.filter(|e| e.get("name").and_then(Value::as_str) == Some("SERVER_ADDRESS"))
-        .any(|e| matches!(e.get("value").and_then(Value::as_str), Some("127.0.0.1" | "localhost" | "::1")))
-}
-
 /// Adds the sidecar and its volumes, and takes the FHIR server's port out of the containers'
-/// declared ports; answers the names that port had (`None`: injected before). Refuses what
-/// would leave the FHIR server reachable around fhir-fence.
+/// declared ports; answers the names that port had, and whether anything changed (`false`: the
+/// sidecar was there already). Refuses what would leave the FHIR server reachable around
+/// fhir-fence (`exposure`), also when the sidecar is there already: a container merely named
+/// fhir-fence proves nothing.
 fn add_sidecar(
     spec: &mut Map<String, Value>,
     sidecar: &Sidecar,
     upstream: u16,
     asserted_loopback: bool,
-) -> Result<Option<Vec<String>>, String> {
+    chosen: Option<&str>,
+) -> Result<(Vec<String>, Vec<String>, bool), String> {
     if spec.get("hostNetwork").is_some_and(|v| *v != Value::Bool(false)) {
         return Err("hostNetwork would expose the FHIR server beside fhir-fence".into());
     }
     let named = |v: &Value, n: &str| v.get("name").and_then(Value::as_str) == Some(n);
-    for list in ["initContainers", "containers"] {
-        if spec.get(list).and_then(Value::as_array).is_some_and(|l| l.iter().any(|c| named(c, sidecar::NAME))) {
-            return Ok(None);
+    let present = present_sidecar(spec, sidecar)?;
+    let list = |k: &str| spec.get(k).and_then(Value::as_array).cloned().unwrap_or_default();
+    let (inits, mains) = (list("initContainers"), list("containers"));
+    if mains.is_empty() {
+        return Err("no containers".into());
+    }
+    let others: Vec<&Value> = mains.iter().filter(|c| !named(c, sidecar::NAME)).collect();
+    let servers = match exposure::fhir_servers_on_loopback(&others, u64::from(upstream), chosen) {
+        Ok(servers) => servers,
+        Err(_) if asserted_loopback => vec![],
+        Err(why) => return Err(why),
+    };
+    // The names the FHIR server's port is declared under (a probe or Service may use them).
+    let mut names = Vec::new();
+    for c in inits.iter().chain(&mains).filter(|c| !(present && named(c, sidecar::NAME))) {
+        for p in c.get("ports").and_then(Value::as_array).into_iter().flatten() {
+            if p.get("hostPort").is_some() {
+                return Err("hostPort would expose a container on the node".into());
+            }
+            let number = exposure::port_ref(p.get("containerPort").unwrap_or(&Value::Null))
+                .map_err(|e| format!("container {}: containerPort {e}", c["name"]))?;
+            let exposure::PortRef::Number(number) = number else {
+                return Err(format!("container {}: containerPort must be a number", c["name"]));
+            };
+            if number == u64::from(sidecar::FHIR_PORT) || number == u64::from(sidecar::ADMIN_PORT) {
+                return Err("a container declares port 8080 or 9090, which fhir-fence listens on".into());
+            }
+            if number == u64::from(upstream) {
+                names.extend(p.get("name").and_then(Value::as_str).map(str::to_owned));
+            }
         }
     }
-    let containers = spec.get("containers").and_then(Value::as_array).ok_or("no containers")?;
-    if !asserted_loopback && !containers.iter().any(binds_loopback) {
-        return Err("the FHIR server must listen on 127.0.0.1 only (for HAPI: env SERVER_ADDRESS=127.0.0.1), \
-                    or say so with fhir-fence.dev/upstream-loopback: \"true\""
-            .into());
+    for c in inits.iter().chain(&mains).filter(|c| !(present && named(c, sidecar::NAME))) {
+        for (what, port) in exposure::called_ports(c) {
+            let port = exposure::port_ref(port).map_err(|e| format!("container {}: {what}: {e}", c["name"]))?;
+            if exposure::reaches(&port, u64::from(upstream), &names) {
+                return Err(format!(
+                    "container {}: {what} on the FHIR server's port: the kubelet reaches it only if it is not on loopback",
+                    c["name"]
+                ));
+            }
+        }
     }
-    let mut names = Vec::new();
+    if present {
+        return Ok((names, servers, false));
+    }
     for list in ["initContainers", "containers"] {
         let Some(containers) = spec.get_mut(list).and_then(Value::as_array_mut) else { continue };
         for c in containers.iter_mut() {
-            for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
-                let port = c
-                    .pointer(&format!("/{probe}/httpGet/port"))
-                    .or_else(|| c.pointer(&format!("/{probe}/tcpSocket/port")));
-                if port.is_some_and(|p| p.as_u64() == Some(u64::from(upstream))) {
-                    return Err(format!(
-                        "{probe} on the FHIR server's port: the kubelet reaches it only if it is not on loopback"
-                    ));
-                }
-            }
             let Some(ports) = c.get_mut("ports").and_then(Value::as_array_mut) else { continue };
-            if ports.iter().any(|p| p.get("hostPort").is_some()) {
-                return Err("hostPort would expose a container on the node".into());
-            }
-            let number = |p: &Value| p.get("containerPort").and_then(Value::as_u64);
-            if ports.iter().any(|p| {
-                number(p) == Some(u64::from(sidecar::FHIR_PORT)) || number(p) == Some(u64::from(sidecar::ADMIN_PORT))
-            }) {
-                return Err("a container declares port 8080 or 9090, which fhir-fence listens on".into());
-            }
-            for p in ports.iter().filter(|p| number(p) == Some(u64::from(upstream))) {
-                names.extend(p.get("name").and_then(Value::as_str).map(str::to_owned));
-            }
-            ports.retain(|p| number(p) != Some(u64::from(upstream)));
+            ports.retain(|p| p.get("containerPort").and_then(Value::as_u64) != Some(u64::from(upstream)));
             if ports.is_empty() {
                 c.as_object_mut().expect("a container").remove("ports");
             }
@@ -278,26 +345,63 @@ fn add_sidecar(
         }
         volumes.push(volume);
     }
-    Ok(Some(names))
+    Ok((names, servers, true))
 }
 
-/// The name of a Service in `body` whose target is a FHIR server port that was closed (by
-/// number, or by a name that port had).
-fn reaching_service(body: &str, closed: &[(u16, Vec<String>)]) -> Option<String> {
-    let doc: Value = yaml_serde::from_str(body).ok()?;
-    if doc.get("kind").and_then(Value::as_str) != Some("Service") {
-        return None;
+/// Whether the pod carries the sidecar already, exactly as `inject` adds it (the first init
+/// container, its volumes beside it; the image may differ: a registry or kustomize sets it). A
+/// container of that name that is anything else is refused.
+fn present_sidecar(spec: &Map<String, Value>, sidecar: &Sidecar) -> Result<bool, String> {
+    let named = |v: &Value| v.get("name").and_then(Value::as_str) == Some(sidecar::NAME);
+    let count = |k: &str| spec.get(k).and_then(Value::as_array).map_or(0, |l| l.iter().filter(|c| named(c)).count());
+    match (count("initContainers"), count("containers")) {
+        (0, 0) => return Ok(false),
+        (1, 0) => {}
+        _ => return Err(format!("a container named {} that is not the sidecar inject adds", sidecar::NAME)),
     }
-    let ports = doc.pointer("/spec/ports").and_then(Value::as_array)?;
-    let reaches = |p: &Value| {
-        let target = p.get("targetPort").or_else(|| p.get("port"));
-        closed.iter().any(|(port, names)| match target {
-            Some(Value::Number(n)) => n.as_u64() == Some(u64::from(*port)),
-            Some(Value::String(s)) => names.contains(s) || s.parse::<u16>().ok() == Some(*port),
-            _ => false,
-        })
+    let first = spec.get("initContainers").and_then(Value::as_array).and_then(|l| l.first());
+    let without_image = |c: &Value| {
+        let mut c = c.clone();
+        c.as_object_mut().map(|o| o.remove("image"));
+        c
     };
-    ports.iter().any(reaches).then(|| doc.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("?").to_owned())
+    let volumes = spec.get("volumes").and_then(Value::as_array).cloned().unwrap_or_default();
+    let same = first.is_some_and(|c| named(c) && without_image(c) == without_image(&sidecar.container()))
+        && sidecar.volumes().iter().all(|v| volumes.contains(v));
+    if same {
+        Ok(true)
+    } else {
+        Err(format!(
+            "a container named {} that is not the sidecar inject adds (its first init container, with its volumes; \
+             remove it to inject again)",
+            sidecar::NAME
+        ))
+    }
+}
+
+/// Refuses a Service in `body` whose target is a FHIR server port that is closed (by number,
+/// or by a name that port had), or whose ports cannot be read as Kubernetes reads them.
+fn reaching_service(body: &str, closed: &[&Closed]) -> Result<(), (String, String)> {
+    let Ok(doc) = yaml_serde::from_str::<Value>(body) else { return Ok(()) };
+    if doc.get("kind").and_then(Value::as_str) != Some("Service") {
+        return Ok(());
+    }
+    let what = describe(&doc);
+    let refuse = |why: String| Err((what.clone(), why));
+    for p in doc.pointer("/spec/ports").and_then(Value::as_array).into_iter().flatten() {
+        let Some(target) = p.get("targetPort").or_else(|| p.get("port")) else { continue };
+        let target = match exposure::port_ref(target) {
+            Ok(t) => t,
+            Err(e) => return refuse(format!("targetPort {e}")),
+        };
+        if closed.iter().any(|c| exposure::reaches(&target, u64::from(c.port), &c.port_names)) {
+            return refuse(
+                "it targets the FHIR server's port, which only fhir-fence may reach: target fhir-fence's port 8080 (named fhir)"
+                    .into(),
+            );
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -354,6 +458,84 @@ mod tests {
         }
         let list = "apiVersion: v1\nkind: List\nitems:\n- kind: Pod\n  metadata: {name: p, annotations: {fhir-fence.dev/inject: enabled}}\n";
         assert!(inject(list, IMAGE).is_err(), "a List's items");
+    }
+
+    /// Found by an attacker: what only looked injected, or hid the annotation or the port
+    /// from fhir-fence but not from Kubernetes.
+    #[test]
+    fn what_only_looks_safe_is_refused() {
+        let pod = |extra: &str| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: hapi\n  annotations: {{fhir-fence.dev/inject: enabled, fhir-fence.dev/upstream-port: '8090'}}\nspec:\n  containers:\n  - name: hapi\n    image: hapiproject/hapi\n    env: [{{name: SERVER_ADDRESS, value: 127.0.0.1}}]\n    ports: [{{containerPort: 8090, name: http}}]\n{extra}"
+            )
+        };
+        let refused = [
+            ("a stand-in named fhir-fence", pod("  - {name: fhir-fence, image: busybox}\n")),
+            (
+                "a second entry of the address",
+                pod("").replace("value: 127.0.0.1}]", "value: 127.0.0.1}, {name: SERVER_ADDRESS, value: 0.0.0.0}]"),
+            ),
+            (
+                "the address on another container",
+                pod("  - {name: logger, image: x, env: [{name: SERVER_ADDRESS, value: 127.0.0.1}]}\n")
+                    .replace("env: [{name: SERVER_ADDRESS, value: 127.0.0.1}]\n    ports", "ports"),
+            ),
+            ("a grpc probe", pod("").replace("    ports:", "    startupProbe: {grpc: {port: 8090}}\n    ports:")),
+            (
+                "a probe by the port's name",
+                pod("").replace("    ports:", "    readinessProbe: {httpGet: {port: http}}\n    ports:"),
+            ),
+            (
+                "a lifecycle hook",
+                pod("").replace("    ports:", "    lifecycle: {postStart: {tcpSocket: {port: 8090}}}\n    ports:"),
+            ),
+            ("a float port", pod("").replace("containerPort: 8090,", "containerPort: 8090.0,")),
+            (
+                "the annotation under a merge key",
+                pod("")
+                    .replace("annotations: {fhir-fence.dev/inject", "annotations: {<<: {fhir-fence.dev/inject")
+                    .replace("'8090'}", "'8090'}}"),
+            ),
+            ("the annotation as !!binary", pod("").replace("inject: enabled", "inject: !!binary ZW5hYmxlZA==")),
+        ];
+        for (why, text) in refused {
+            assert!(inject(&text, IMAGE).is_err(), "{why}");
+        }
+        for target in ["8_090", "8090.0", "017632", "8.09e+3"] {
+            let text = format!("apiVersion: v1\nkind: Service\nmetadata: {{name: s}}\nspec:\n  ports: [{{port: 80, targetPort: {target}}}]\n---\n{}", pod(""));
+            assert!(inject(&text, IMAGE).is_err(), "a Service's targetPort {target}");
+        }
+        // Injected before, then opened up again: every check runs again.
+        let once = inject(&pod(""), IMAGE).unwrap();
+        assert!(inject(&once.replace("\"127.0.0.1\"", "\"0.0.0.0\""), IMAGE).is_err(), "re-exposed after injection");
+        let service =
+            "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec:\n  ports: [{port: 80, targetPort: 8090}]\n---\n";
+        assert!(inject(&format!("{service}{once}"), IMAGE).is_err(), "a Service added after injection");
+    }
+
+    #[test]
+    fn the_fhir_server_judged_once_is_judged_again() {
+        // Beside the FHIR server, a container with no address of its own: the FHIR server is
+        // the one declaring the port, which injection removes; the annotation keeps the choice.
+        let two = MANIFESTS.replace(
+            "          ports: [{containerPort: 8090, name: http}]\n",
+            "          ports: [{containerPort: 8090, name: http}]\n        - name: logger\n          image: fluent-bit\n",
+        );
+        let once = inject(&two, IMAGE).unwrap();
+        let hapi = &docs(&once)[1];
+        assert_eq!(hapi["spec"]["template"]["metadata"]["annotations"]["fhir-fence.dev/upstream-container"], "hapi");
+        assert_eq!(inject(&once, IMAGE).unwrap(), once);
+    }
+
+    #[test]
+    fn marks_and_directives_are_kept_and_skipped() {
+        for prefix in ["\u{feff}", "%YAML 1.1\n---\n"] {
+            let text = format!("{prefix}{MANIFESTS}");
+            let out = inject(&text, IMAGE).unwrap();
+            assert!(out.starts_with(prefix), "{prefix:?}");
+            let plain = MANIFESTS.replace("fhir-fence.dev/inject: enabled", "team: a");
+            assert_eq!(inject(&format!("{prefix}{plain}"), IMAGE).unwrap(), format!("{prefix}{plain}"));
+        }
     }
 
     #[test]

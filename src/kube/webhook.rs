@@ -23,12 +23,15 @@ use tokio_rustls::TlsAcceptor;
 /// The largest review read: an object may be 1.5 MiB in etcd, and an update's review carries it
 /// twice (object and oldObject).
 const MAX_BODY: usize = 4 * 1024 * 1024;
-/// The API server waits `timeoutSeconds` (at most 30 s) for the whole answer: the handshake,
-/// the request head and the body each get 10 s, the drain 30 s.
-const HANDSHAKE: Duration = Duration::from_secs(10);
+/// The API server waits `timeoutSeconds` (at most 30 s) for the whole answer: the request head
+/// and the body each get 10 s, the drain 30 s. The TLS handshake gets 3 s: the API server's
+/// takes milliseconds, and a connection that sends nothing must not hold a slot for long.
+const HANDSHAKE: Duration = Duration::from_secs(3);
+const READ: Duration = Duration::from_secs(10);
 const DRAIN: Duration = Duration::from_secs(30);
-/// Connections served at once (the API server keeps a few open).
-const MAX_CONNECTIONS: usize = 256;
+/// Connections served at once (the API server keeps a few open; beyond this, new connections
+/// are closed at once).
+const MAX_CONNECTIONS: usize = 1024;
 
 /// Serves reviews on `listener` until `shutdown` resolves, then drains (at most 30 s).
 pub async fn serve(
@@ -60,7 +63,7 @@ pub async fn serve(
                         async move { Ok::<_, Infallible>(answer(req, &image).await) }
                     });
                     let mut builder = hyper::server::conn::http1::Builder::new();
-                    builder.timer(TokioTimer::new()).header_read_timeout(HANDSHAKE);
+                    builder.timer(TokioTimer::new()).header_read_timeout(READ);
                     let _ = watcher.watch(builder.serve_connection(TokioIo::new(tls), service)).await;
                 });
             }
@@ -101,7 +104,7 @@ async fn answer(req: Request<Incoming>, image: &str) -> Response<Full<Bytes>> {
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
         return error(StatusCode::PAYLOAD_TOO_LARGE, format!("a review is at most {MAX_BODY} bytes"));
     }
-    let body = match tokio::time::timeout(HANDSHAKE, Limited::new(req.into_body(), MAX_BODY).collect()).await {
+    let body = match tokio::time::timeout(READ, Limited::new(req.into_body(), MAX_BODY).collect()).await {
         Ok(Ok(body)) => body.to_bytes(),
         Ok(Err(e)) => {
             return error(StatusCode::PAYLOAD_TOO_LARGE, format!("body unreadable or over {MAX_BODY} bytes: {e}"))
