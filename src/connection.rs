@@ -15,6 +15,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 #[derive(Default)]
 pub struct Slot {
     held: Mutex<Option<Held>>,
+    /// The names of the client certificate the connection was opened with (TLS with client
+    /// certificates; empty otherwise): fixed for the connection's life.
+    peer: Vec<String>,
 }
 
 struct Held {
@@ -26,6 +29,16 @@ struct Held {
 }
 
 impl Slot {
+    /// A connection whose client presented a certificate with these names.
+    pub fn with_peer(peer: Vec<String>) -> Slot {
+        Slot { held: Mutex::default(), peer }
+    }
+
+    /// The client certificate's names (SAN URIs and DNS names).
+    pub fn peer(&self) -> &[String] {
+        &self.peer
+    }
+
     /// Counts this connection against `tenant`'s cap (`cap`: its semaphore and whether the
     /// tenant's limits are in shadow mode), or refuses. Without a cap the connection holds nothing.
     pub fn bind(&self, tenant: &str, cap: Option<(&Arc<Semaphore>, bool)>) -> Result<(), LimitError> {

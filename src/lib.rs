@@ -20,6 +20,7 @@ pub mod headers;
 pub mod identity;
 pub mod kube;
 pub mod limits;
+pub mod listener_tls;
 pub mod live;
 pub mod metadata;
 pub mod metrics;

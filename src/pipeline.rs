@@ -131,7 +131,7 @@ async fn run(
         facts.interaction = Some("metadata");
         return Ok(boxed(metadata(snap).await?));
     }
-    let caller = identify(snap, &parts, facts).await?;
+    let caller = identify(snap, &parts, conn, facts).await?;
     // Counted from here (the tenant is known) to the end of this request's handling.
     let _in_flight = snap.metrics.in_flight(&caller.tenant.name);
     let limits = snap.limits.get(&caller.tenant.name).map(Arc::as_ref);
@@ -172,9 +172,15 @@ fn is_metadata(snap: &Snapshot, parts: &http::request::Parts) -> bool {
 }
 
 /// Identity before routing: an unauthenticated client learns nothing about what exists.
-async fn identify(snap: &Snapshot, parts: &http::request::Parts, facts: &mut RequestFacts) -> Result<Caller, Error> {
+/// The client certificate of the connection (TLS) counts with the token (`Verifier::identify`).
+async fn identify(
+    snap: &Snapshot,
+    parts: &http::request::Parts,
+    conn: &Slot,
+    facts: &mut RequestFacts,
+) -> Result<Caller, Error> {
     let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let caller = snap.verifier.verify_header(authorization).await?;
+    let caller = snap.verifier.identify(authorization, conn.peer()).await?;
     facts.tenant = Some(caller.tenant.name.clone());
     facts.subject = caller.subject.clone();
     facts.client_id = caller.client_id.clone();

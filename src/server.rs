@@ -57,19 +57,21 @@ pub async fn serve_public(live: Arc<Live>, public: TcpListener, shutdown: impl F
                     tokio::spawn(refuse_connection(stream));
                     continue;
                 };
-                let live = live.clone();
-                // What the connection carries between its requests: the tenant it counts against.
-                let slot = Arc::new(Slot::default());
-                // Each request takes the snapshot current when it arrives and keeps it to the end.
-                let service = service_fn(move |req| {
-                    let (snap, slot) = (live.snapshot(), slot.clone());
-                    async move { Ok::<_, Infallible>(pipeline::handle(snap, req, &slot).await) }
-                });
-                let conn = builder().serve_connection(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn);
+                // TLS as the config says when the connection is accepted; the handshake runs in
+                // the connection's own task, so a slow one holds up no other client.
+                let tls = live.snapshot().tls.clone();
+                let (live, watcher) = (live.clone(), graceful.watcher());
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "public connection ended with an error");
+                    match tls {
+                        None => serve_connection(live, stream, Slot::default(), watcher).await,
+                        Some(tls) => match tokio::time::timeout(HEADER_READ_TIMEOUT, tls.acceptor.accept(stream)).await {
+                            Ok(Ok(stream)) => {
+                                let peer = crate::listener_tls::peer_names(stream.get_ref().1);
+                                serve_connection(live, stream, Slot::with_peer(peer), watcher).await;
+                            }
+                            Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                            Err(_) => tracing::debug!("TLS handshake timed out"),
+                        },
                     }
                     drop(open);
                 });
@@ -78,6 +80,24 @@ pub async fn serve_public(live: Arc<Live>, public: TcpListener, shutdown: impl F
         }
     }
     drain(graceful).await;
+}
+
+/// Serves one client connection (plain or TLS) until it closes or the drain ends it. `slot` is
+/// what the connection carries between its requests: the tenant it counts against, and the
+/// names of its client certificate.
+async fn serve_connection<IO>(live: Arc<Live>, io: IO, slot: Slot, watcher: hyper_util::server::graceful::Watcher)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let slot = Arc::new(slot);
+    // Each request takes the snapshot current when it arrives and keeps it to the end.
+    let service = service_fn(move |req| {
+        let (snap, slot) = (live.snapshot(), slot.clone());
+        async move { Ok::<_, Infallible>(pipeline::handle(snap, req, &slot).await) }
+    });
+    if let Err(e) = watcher.watch(builder().serve_connection(TokioIo::new(io), service)).await {
+        tracing::debug!(error = %e, "public connection ended with an error");
+    }
 }
 
 /// Serves the admin endpoints (health, metrics, reload) until `shutdown` resolves.

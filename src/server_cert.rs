@@ -3,7 +3,7 @@
 //! checked to belong together, and re-read every few seconds. A changed pair that is whole and
 //! matching replaces the old one for the next handshake; a half-written or mismatched pair is
 //! logged and counted, and the old pair keeps serving (a rotation never takes a listener down).
-//! Used by the admission webhook's listener (`kube::webhook`).
+//! Used by the public listener (`listener_tls`) and the admission webhook's (`kube::webhook`).
 use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;

@@ -11,6 +11,7 @@ use crate::config::{ConfigError, Loaded};
 use crate::fhir::capabilities::Capabilities;
 use crate::identity::Verifier;
 use crate::limits::TenantLimits;
+use crate::listener_tls::ListenerTls;
 use crate::metrics::Metrics;
 use crate::seal::Sealer;
 use crate::tenancy::{Marking, Tenant};
@@ -47,6 +48,9 @@ pub struct Snapshot {
     pub audit: Arc<Audit>,
     /// Per tenant: its effective limits (the defaults overridden by its own table).
     pub limits: HashMap<String, Arc<TenantLimits>>,
+    /// TLS on the public listener (`None`: plain HTTP); each connection takes the one current
+    /// when it is accepted.
+    pub tls: Option<Arc<ListenerTls>>,
 }
 
 impl Snapshot {
@@ -174,7 +178,9 @@ impl Snapshot {
             Some(p) if p.loaded.config.audit == c.audit && p.loaded.dir == loaded.dir => p.audit.clone(),
             _ => Arc::new(Audit::new(&loaded, metrics.clone())),
         };
+        let tls = ListenerTls::build(&loaded, prev.and_then(|p| p.tls.as_ref()))?;
         Ok(Snapshot {
+            tls,
             limits,
             audit,
             metrics,

@@ -1,6 +1,6 @@
 //! Reading and validating a config file. Every error names the offending key and says why.
 use super::schema::*;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use url::Url;
 
@@ -42,7 +42,7 @@ impl Loaded {
     /// (not the audit file, which fhir-fence writes). A change to any of them is a reload.
     pub fn source_files(&self, config_path: &Path) -> Vec<PathBuf> {
         let c = &self.config;
-        let named = c.paging.key_file.iter().chain(
+        let named = c.paging.key_file.iter().chain(c.server.tls.iter().flat_map(|t| &t.client_ca_file)).chain(
             c.issuers.values().flat_map(|i| [&i.jwks_file, &i.secret_file, &i.signing_key_file, &i.ca_file]).flatten(),
         );
         std::iter::once(config_path.to_path_buf()).chain(named.map(|p| self.resolve(p))).collect()
@@ -199,6 +199,33 @@ fn validate(c: &Config) -> Result<Url, ConfigError> {
         }
         if !c.upstreams.contains_key(&t.upstream) {
             return Err(ConfigError::invalid(format!("{key}.upstream"), format!("no upstream named {:?}", t.upstream)));
+        }
+    }
+    let mut cert_names: HashMap<&str, &str> = HashMap::new();
+    for (name, t) in &c.tenants {
+        let key = format!("tenants.{name}");
+        if !t.client_certs.is_empty() && c.server.tls.as_ref().and_then(|t| t.client_ca_file.as_ref()).is_none() {
+            return Err(ConfigError::invalid(
+                format!("{key}.client_certs"),
+                "client certificates need server.tls.client_ca_file (the CA that issues them)",
+            ));
+        }
+        if t.client_auth == crate::config::ClientAuth::Certificate && t.client_certs.is_empty() {
+            return Err(ConfigError::invalid(format!("{key}.client_auth"), "name the tenant's client_certs"));
+        }
+        for n in &t.client_certs {
+            if n.is_empty() || n.chars().any(char::is_whitespace) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.client_certs"),
+                    format!("{n:?} is no SAN URI or DNS name"),
+                ));
+            }
+            if let Some(other) = cert_names.insert(n, name) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.client_certs"),
+                    format!("{n:?} identifies tenant {other:?} already"),
+                ));
+            }
         }
     }
     let mut isses = HashSet::new();

@@ -53,6 +53,46 @@ pub struct Server {
     /// Worker threads serving clients (`workers.rs`); by default one per core. Needs a restart.
     #[serde(default)]
     pub workers: Option<usize>,
+    /// TLS on the public listener (`listener_tls.rs`); without it, plain HTTP (a sidecar behind
+    /// a TLS-terminating ingress or mesh).
+    pub tls: Option<ListenerTls>,
+}
+
+/// TLS on the public listener. The certificate and key files are followed on disk (re-read
+/// every 2 s); `client_ca_file` is read like the config (an edit is a reload).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    /// PEM certificate chain, the server's own first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// PEM CA certificates that issue client certificates: clients are asked for one.
+    pub client_ca_file: Option<PathBuf>,
+    /// `optional` (default): a client may connect without a certificate (and use a token);
+    /// `required`: the handshake fails without a certificate of `client_ca_file`'s CAs.
+    #[serde(default)]
+    pub client_certs: ClientCerts,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientCerts {
+    #[default]
+    Optional,
+    Required,
+}
+
+/// What a tenant's client certificate is for (`tenants.NAME.client_auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// Every request of the tenant needs its certificate and a token of the same tenant.
+    #[default]
+    CertificateAndToken,
+    /// The certificate alone identifies the tenant (service to service); a token, if sent,
+    /// must be the same tenant's.
+    Certificate,
 }
 
 /// The admin listener: health, readiness (and later metrics). Never exposes FHIR data.
@@ -266,6 +306,14 @@ pub struct Tenant {
     /// Overrides of the top-level `[limits]` for this tenant (key by key).
     #[serde(default)]
     pub limits: Limits,
+    /// Client certificates that identify this tenant: SAN URIs (e.g. SPIFFE IDs) or DNS names,
+    /// matched exactly. Needs `server.tls.client_ca_file`.
+    #[serde(default)]
+    pub client_certs: Vec<String>,
+    /// With `client_certs`: whether the certificate alone identifies the tenant, or must come
+    /// with the tenant's token (default).
+    #[serde(default)]
+    pub client_auth: ClientAuth,
 }
 
 /// Per-tenant workload limits. Every key is optional: unset at both levels means no limit.

@@ -18,6 +18,9 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+/// The `issuer` of a caller identified by its client certificate alone.
+pub const CLIENT_CERTIFICATE: &str = "client-certificate";
+
 /// Clock skew tolerated on `exp`, `nbf` and `iat` (RFC 8725 suggests minutes at most; we allow 60 s).
 pub const LEEWAY_SECS: u64 = 60;
 
@@ -54,6 +57,21 @@ pub enum AuthError {
     Critical,
     #[error("the token is not of the type its issuer issues access tokens as ({0})")]
     WrongType(String),
+    #[error("the client certificate names more than one tenant")]
+    CertificateAmbiguous,
+    #[error("the token's tenant is not the client certificate's")]
+    CertificateMismatch,
+    #[error("this tenant's requests need its client certificate")]
+    CertificateRequired,
+}
+
+/// The client certificates that identify tenants (`tenants.NAME.client_certs`).
+#[derive(Default)]
+struct CertificateTenants {
+    /// A certificate name (SAN URI or DNS name) → its tenant.
+    by_name: HashMap<String, String>,
+    /// Tenants whose certificate identifies them alone (`client_auth = "certificate"`).
+    alone: std::collections::HashSet<String>,
 }
 
 struct TrustedIssuer {
@@ -72,6 +90,7 @@ pub struct Verifier {
     /// Tokens verified recently (by SHA-256), with their `exp`: a signature is checked once per
     /// token, not once per request. Bounded; an entry is used only while its token is valid.
     verified: moka::sync::Cache<[u8; 32], (Caller, u64)>,
+    certificates: CertificateTenants,
 }
 
 /// How long a verified token is remembered at most (its own `exp` still applies on every use).
@@ -107,7 +126,14 @@ impl Verifier {
             });
         }
         let verified = moka::sync::Cache::builder().max_capacity(10_000).time_to_live(VERIFIED_TTL).build();
-        Ok(Verifier { issuers, tenants: tenants.clone(), verified })
+        let mut certificates = CertificateTenants::default();
+        for (name, t) in &loaded.config.tenants {
+            certificates.by_name.extend(t.client_certs.iter().map(|n| (n.clone(), name.clone())));
+            if t.client_auth == crate::config::ClientAuth::Certificate {
+                certificates.alone.insert(name.clone());
+            }
+        }
+        Ok(Verifier { issuers, tenants: tenants.clone(), verified, certificates })
     }
 
     /// The issuer of an `iss` value, and the value of its template's placeholder: the issuer
@@ -127,6 +153,51 @@ impl Verifier {
     /// The issuer's keys by config name (for `fhir-fence token`).
     pub fn issuer_keys(&self, name: &str) -> Option<&IssuerKeys> {
         self.issuers.iter().map(|i| &i.keys).find(|k| k.name == name)
+    }
+
+    /// The caller of a request: its `Authorization` header and the names of the client
+    /// certificate its connection was opened with (`peer`, empty without one).
+    ///
+    /// A certificate that names a tenant (`tenants.NAME.client_certs`) binds the request to it:
+    /// a token must be that tenant's, and without a token the certificate alone identifies the
+    /// tenant only where `client_auth = "certificate"`. A tenant with client certificates is
+    /// never served on a token alone. A certificate naming no tenant changes nothing.
+    pub async fn identify(&self, authorization: Option<&str>, peer: &[String]) -> Result<Caller, AuthError> {
+        let named: std::collections::BTreeSet<&String> =
+            peer.iter().filter_map(|n| self.certificates.by_name.get(n)).collect();
+        if named.len() > 1 {
+            return Err(AuthError::CertificateAmbiguous);
+        }
+        let by_certificate = peer.iter().find_map(|n| self.certificates.by_name.get(n).map(|t| (n, t)));
+        match (by_certificate, authorization) {
+            (Some((_, tenant)), Some(_)) => {
+                let caller = self.verify_header(authorization).await?;
+                if &caller.tenant.name != tenant {
+                    return Err(AuthError::CertificateMismatch);
+                }
+                Ok(caller)
+            }
+            (Some((name, tenant)), None) if self.certificates.alone.contains(tenant) => {
+                let tenant = self.tenants.get(tenant).ok_or(AuthError::TenantNotAllowed)?;
+                if tenant.status == TenantStatus::Suspended {
+                    return Err(AuthError::Suspended);
+                }
+                Ok(Caller {
+                    tenant: tenant.clone(),
+                    subject: Some(name.clone()),
+                    client_id: None,
+                    issuer: CLIENT_CERTIFICATE.into(),
+                })
+            }
+            (Some(_), None) => Err(AuthError::Missing),
+            (None, _) => {
+                let caller = self.verify_header(authorization).await?;
+                if self.certificates.by_name.values().any(|t| t == &caller.tenant.name) {
+                    return Err(AuthError::CertificateRequired);
+                }
+                Ok(caller)
+            }
+        }
     }
 
     /// Verifies the value of an `Authorization` header.

@@ -13,6 +13,7 @@ mod hapi_e2e;
 mod identity;
 mod identity_provider;
 mod limits;
+mod listener_tls;
 mod metrics;
 mod module_cycles;
 mod reload;

@@ -48,6 +48,8 @@ pub struct T {
     pub destinations: Vec<String>,
     /// TOML lines for `[tenants.NAME.limits]` (none by default).
     pub limits: String,
+    /// More `key = value` lines for `[tenants.NAME]` (none by default).
+    pub extra: String,
 }
 
 /// Tenant names and prefixes unique to this test, so tests sharing one HAPI never see each other.
@@ -63,6 +65,7 @@ pub fn tenants(n: usize) -> Vec<T> {
                 operations: vec!["everything", "meta", "meta-add", "meta-delete", "validate", "export"],
                 destinations: vec![],
                 limits: String::new(),
+                extra: String::new(),
             }
         })
         .collect()
@@ -213,6 +216,8 @@ tenants = [{first}]
             ops = t.operations,
             dest = t.destinations
         ));
+        s.push_str(&t.extra);
+        s.push('\n');
         if !t.limits.is_empty() {
             s.push_str(&format!("[tenants.{}.limits]\n{}\n", t.name, t.limits));
         }
