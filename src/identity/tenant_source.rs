@@ -4,9 +4,10 @@
 //! optionally mapped to fhir-fence's tenant names by `tenant_ids`). Exactly one per issuer,
 //! checked at load; the verified `iss` is then matched here, and the tenant found here must
 //! still be one the issuer may assert.
-use super::verify::{claim_string, compile_claim_path};
 use crate::config::{ConfigError, Issuer};
 use jsonpath_rust::parser::model::JpQuery;
+use jsonpath_rust::parser::parse_json_path;
+use jsonpath_rust::query::js_path_process;
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -153,6 +154,19 @@ impl TenantSource {
     }
 }
 
+fn compile_claim_path(path: &str) -> Result<JpQuery, String> {
+    parse_json_path(path).map_err(|e| format!("not a JSONPath expression: {e}"))
+}
+
+/// The claim at `path` when it is exactly one string.
+fn claim_string(path: &JpQuery, claims: &Value) -> Option<String> {
+    let found = js_path_process(path, claims).ok()?;
+    match found.as_slice() {
+        [one] => one.clone().val().as_str().map(str::to_owned),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,5 +208,15 @@ mod tests {
         let ids = TenantSource::FromIss(BTreeMap::from([("9188".to_owned(), "acme".to_owned())]));
         assert_eq!(ids.tenant("9188", &claims).as_deref(), Some("acme"));
         assert_eq!(ids.tenant("acme", &claims), None, "with tenant_ids, only a mapped id names a tenant");
+    }
+    #[test]
+    fn claim_paths() {
+        let p = compile_claim_path("$.org.id").unwrap();
+        assert_eq!(claim_string(&p, &json!({"org": {"id": "acme"}})), Some("acme".into()));
+        assert_eq!(claim_string(&p, &json!({"org": {"id": 3}})), None);
+        assert_eq!(claim_string(&p, &json!({})), None);
+        let many = compile_claim_path("$.t[*]").unwrap();
+        assert_eq!(claim_string(&many, &json!({"t": ["a", "b"]})), None);
+        assert!(compile_claim_path("not a path").is_err());
     }
 }

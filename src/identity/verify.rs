@@ -10,9 +10,6 @@ use super::keys::IssuerKeys;
 use super::tenant_source::{IssPattern, TenantSource};
 use crate::config::{ConfigError, Loaded, TenantStatus};
 use crate::tenancy::Tenant;
-use jsonpath_rust::parser::model::JpQuery;
-use jsonpath_rust::parser::parse_json_path;
-use jsonpath_rust::query::js_path_process;
 use jsonwebtoken::{decode, decode_header, Validation};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -312,23 +309,9 @@ fn is_type(typ: Option<&str>, required: &str) -> bool {
     typ == Some(required)
 }
 
-pub(super) fn compile_claim_path(path: &str) -> Result<JpQuery, String> {
-    parse_json_path(path).map_err(|e| format!("not a JSONPath expression: {e}"))
-}
-
-/// The claim at `path` when it is exactly one string.
-pub(super) fn claim_string(path: &JpQuery, claims: &Value) -> Option<String> {
-    let found = js_path_process(path, claims).ok()?;
-    match found.as_slice() {
-        [one] => one.clone().val().as_str().map(str::to_owned),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn critical_headers_are_refused() {
@@ -350,16 +333,5 @@ mod tests {
         for refused in [None, Some("JWT"), Some("jwt"), Some("application/jwt"), Some("at+jwt2"), Some("")] {
             assert!(!is_type(refused, "at+jwt"), "{refused:?}");
         }
-    }
-
-    #[test]
-    fn claim_paths() {
-        let p = compile_claim_path("$.org.id").unwrap();
-        assert_eq!(claim_string(&p, &json!({"org": {"id": "acme"}})), Some("acme".into()));
-        assert_eq!(claim_string(&p, &json!({"org": {"id": 3}})), None);
-        assert_eq!(claim_string(&p, &json!({})), None);
-        let many = compile_claim_path("$.t[*]").unwrap();
-        assert_eq!(claim_string(&many, &json!({"t": ["a", "b"]})), None);
-        assert!(compile_claim_path("not a path").is_err());
     }
 }
