@@ -66,6 +66,13 @@ impl ListenerTls {
         };
         let mut config = builder.with_cert_resolver(cert.clone());
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        if ca.is_some() {
+            // A resumed session skips the certificate check: an expired (or no longer
+            // trusted) client certificate would keep its tenant through session tickets. With
+            // client certificates, every connection does a full handshake.
+            config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+            config.send_tls13_tickets = 0;
+        }
         Ok(Some(Arc::new(ListenerTls {
             acceptor: TlsAcceptor::from(Arc::new(config)),
             settings: settings.clone(),
@@ -75,8 +82,19 @@ impl ListenerTls {
     }
 }
 
-/// The names a verified client certificate carries: its SAN URIs and DNS names (empty without
-/// a certificate, or for one whose names cannot be read).
+/// A name of `tenants.NAME.client_certs` as `peer_names` writes a certificate's: with `://`, a
+/// SAN URI (`uri:…`), else a DNS name (`dns:…`). The kinds never match each other: a CA that
+/// lets a workload pick DNS names must not let it pick a SPIFFE ID.
+pub fn configured_name(name: &str) -> String {
+    if name.contains("://") {
+        format!("uri:{name}")
+    } else {
+        format!("dns:{name}")
+    }
+}
+
+/// The names a verified client certificate carries: its SAN URIs (`uri:…`) and DNS names
+/// (`dns:…`); empty without a certificate, or for one whose names cannot be read.
 pub fn peer_names(conn: &rustls::ServerConnection) -> Vec<String> {
     use x509_parser::extensions::GeneralName;
     let Some(leaf) = conn.peer_certificates().and_then(|c| c.first()) else { return vec![] };
@@ -86,8 +104,8 @@ pub fn peer_names(conn: &rustls::ServerConnection) -> Vec<String> {
         .general_names
         .iter()
         .filter_map(|n| match n {
-            GeneralName::URI(u) => Some((*u).to_owned()),
-            GeneralName::DNSName(d) => Some((*d).to_owned()),
+            GeneralName::URI(u) => Some(format!("uri:{u}")),
+            GeneralName::DNSName(d) => Some(format!("dns:{d}")),
             _ => None,
         })
         .collect()

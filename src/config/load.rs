@@ -228,12 +228,18 @@ fn validate(c: &Config) -> Result<Url, ConfigError> {
             }
         }
     }
-    let mut isses = HashSet::new();
+    let mut isses: Vec<(&str, super::IssPattern)> = Vec::new();
     for (name, i) in &c.issuers {
         let key = format!("issuers.{name}");
-        if !isses.insert(i.iss.as_str()) {
-            return Err(ConfigError::invalid(format!("{key}.iss"), "another issuer has the same iss"));
+        // One `iss` value, one issuer: no two issuers (exact or templates) may both match one.
+        let pattern = super::IssPattern::parse(&i.iss).map_err(|e| ConfigError::invalid(format!("{key}.iss"), e))?;
+        if let Some((other, _)) = isses.iter().find(|(_, p)| p.overlaps(&pattern)) {
+            return Err(ConfigError::invalid(
+                format!("{key}.iss"),
+                format!("an iss can match both this issuer and issuer {other:?}"),
+            ));
         }
+        isses.push((name, pattern));
         if i.audience.is_empty() {
             return Err(ConfigError::invalid(format!("{key}.audience"), "at least one audience is needed"));
         }

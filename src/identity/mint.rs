@@ -1,6 +1,6 @@
 //! Development tokens: `fhir-fence token` signs a JWT with an issuer's configured signing key.
 use super::keys::IssuerKeys;
-use super::tenant_source::IssPattern;
+use crate::config::IssPattern;
 use crate::config::Issuer;
 use jsonwebtoken::{encode, get_current_timestamp, Header};
 use serde_json::{Map, Value};
@@ -21,7 +21,7 @@ pub fn mint(issuer: &Issuer, keys: &IssuerKeys, tenant: &str, sub: &str, ttl_sec
     let now = get_current_timestamp();
     let mut claims = Map::new();
     // A template issuer's `iss` carries the tenant (or the id `tenant_ids` maps to it).
-    let pattern = IssPattern::parse("iss", &issuer.iss).map_err(|e| MintError::ClaimPath(e.to_string()))?;
+    let pattern = IssPattern::parse(&issuer.iss).map_err(MintError::ClaimPath)?;
     let part = issuer.tenant_ids.iter().find(|(_, t)| *t == tenant).map_or(tenant, |(id, _)| id.as_str());
     claims.insert("iss".into(), pattern.fill(part).into());
     claims.insert("sub".into(), sub.into());

@@ -7,7 +7,8 @@
 //! the tenant (`tenant_source`: a claim, the issuer's own, or its `iss`) → the issuer may assert
 //! that tenant → tenant must be active.
 use super::keys::IssuerKeys;
-use super::tenant_source::{IssPattern, TenantSource};
+use super::tenant_source::TenantSource;
+use crate::config::IssPattern;
 use crate::config::{ConfigError, Loaded, TenantStatus};
 use crate::tenancy::Tenant;
 use jsonwebtoken::{decode, decode_header, Validation};
@@ -65,7 +66,7 @@ pub enum AuthError {
 /// The client certificates that identify tenants (`tenants.NAME.client_certs`).
 #[derive(Default)]
 struct CertificateTenants {
-    /// A certificate name (SAN URI or DNS name) → its tenant.
+    /// A certificate name (`uri:…` or `dns:…`, as `listener_tls` writes them) → its tenant.
     by_name: HashMap<String, String>,
     /// Tenants whose certificate identifies them alone (`client_auth = "certificate"`).
     alone: std::collections::HashSet<String>,
@@ -114,7 +115,7 @@ impl Verifier {
             }
             let tenant_source = TenantSource::build(name, i)?;
             issuers.push(TrustedIssuer {
-                iss: IssPattern::parse(&format!("issuers.{name}.iss"), &i.iss)?,
+                iss: IssPattern::parse(&i.iss).map_err(|e| ConfigError::invalid(format!("issuers.{name}.iss"), e))?,
                 audience: i.audience.clone(),
                 keys,
                 tenant_source,
@@ -125,7 +126,9 @@ impl Verifier {
         let verified = moka::sync::Cache::builder().max_capacity(10_000).time_to_live(VERIFIED_TTL).build();
         let mut certificates = CertificateTenants::default();
         for (name, t) in &loaded.config.tenants {
-            certificates.by_name.extend(t.client_certs.iter().map(|n| (n.clone(), name.clone())));
+            certificates
+                .by_name
+                .extend(t.client_certs.iter().map(|n| (crate::listener_tls::configured_name(n), name.clone())));
             if t.client_auth == crate::config::ClientAuth::Certificate {
                 certificates.alone.insert(name.clone());
             }
@@ -286,8 +289,8 @@ impl Verifier {
     }
 }
 
-/// The JOSE header read as fhir-fence reads every JSON (duplicate keys refused), and refused
-/// when it names critical extensions: fhir-fence understands none, and RFC 7515 §4.1.11 says
+/// The JOSE header and the claims read as fhir-fence reads every JSON (duplicate keys
+/// refused), and the header refused when it names critical extensions: fhir-fence understands none, and RFC 7515 §4.1.11 says
 /// a token whose `crit` the recipient does not understand is invalid.
 pub fn strict_header(token: &str) -> Result<(), AuthError> {
     use base64::Engine;
@@ -298,6 +301,13 @@ pub fn strict_header(token: &str) -> Result<(), AuthError> {
     if header.contains_key("crit") {
         return Err(AuthError::Critical);
     }
+    // The claims too are read without duplicate keys: `{"tenant":"a","tenant":"b"}` is no
+    // claim set fhir-fence judges (another reader could take the first).
+    let claims = token.split('.').nth(1).ok_or(AuthError::Malformed)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(claims).map_err(|_| AuthError::Malformed)?;
+    let Value::Object(_) = crate::fhir::json::parse_strict(&bytes).map_err(|_| AuthError::Malformed)? else {
+        return Err(AuthError::Malformed);
+    };
     Ok(())
 }
 
@@ -322,6 +332,10 @@ mod tests {
         assert!(matches!(strict_header(&token(r#"{"alg":"RS256","crit":["exp"],"exp":1}"#)), Err(AuthError::Critical)));
         assert!(matches!(strict_header(&token(r#"{"alg":"RS256","alg":"none"}"#)), Err(AuthError::Malformed)));
         assert!(matches!(strict_header("%%%.x.y"), Err(AuthError::Malformed)));
+        let claims = |c: &str| format!("{}.{}.sig", b64(r#"{"alg":"RS256"}"#), b64(c));
+        assert!(strict_header(&claims(r#"{"tenant":"a"}"#)).is_ok());
+        assert!(matches!(strict_header(&claims(r#"{"tenant":"a","tenant":"b"}"#)), Err(AuthError::Malformed)));
+        assert!(matches!(strict_header(&claims("[]")), Err(AuthError::Malformed)));
     }
 
     #[test]

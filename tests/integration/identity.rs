@@ -314,6 +314,16 @@ fn issuers_name_their_tenant_source_exactly_once() {
             "tenant_ids",
         ),
         (
+            "a template over another issuer's iss",
+            format!("iss = \"https://issuer.test/{{tenant}}\"\ntenants = [\"{t}\"]"),
+            "can match both",
+        ),
+        (
+            "a placeholder in the query",
+            format!("iss = \"https://x.test/a?t={{tenant}}\"\ntenants = [\"{t}\"]"),
+            "no query",
+        ),
+        (
             "a fixed tenant and others",
             format!("iss = \"https://x.test/a\"\ntenant = \"{t}\"\ntenants = [\"{t}\", \"zz\"]"),
             "tenants",

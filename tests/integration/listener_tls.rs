@@ -33,11 +33,14 @@ impl Ca {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         for n in names {
-            params.subject_alt_names.push(if n.contains("://") {
-                rcgen::SanType::URI(rcgen::string::Ia5String::try_from(*n).unwrap())
-            } else {
-                rcgen::SanType::DnsName(rcgen::string::Ia5String::try_from(*n).unwrap())
-            });
+            // `uri:` / `dns:` force the kind; otherwise `://` makes a URI.
+            let (uri, n) = match (n.strip_prefix("uri:"), n.strip_prefix("dns:")) {
+                (Some(rest), _) => (true, rest),
+                (_, Some(rest)) => (false, rest),
+                _ => (n.contains("://"), *n),
+            };
+            let name = rcgen::string::Ia5String::try_from(n).unwrap();
+            params.subject_alt_names.push(if uri { rcgen::SanType::URI(name) } else { rcgen::SanType::DnsName(name) });
         }
         let cert = params.signed_by(&key, &self.0).unwrap();
         (cert.pem(), key.serialize_pem(), cert.der().clone(), key)
@@ -84,13 +87,8 @@ impl Drop for Volume {
     }
 }
 
-/// A client connection over TLS (trusting `ca`, presenting `client` if given): the sender for
-/// its requests and the certificate the server showed.
-async fn connect(
-    addr: &str,
-    ca: &Ca,
-    client: Client<'_>,
-) -> Result<(SendRequest<Full<Bytes>>, CertificateDer<'static>), String> {
+/// A client configuration trusting `ca`, presenting `client` if given.
+fn client_config(ca: &Ca, client: Client<'_>) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.0.der().clone()).unwrap();
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -98,22 +96,49 @@ async fn connect(
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots);
-    let config = match client {
+    Arc::new(match client {
         None => builder.with_no_client_auth(),
         Some((cert, key)) => {
             let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
             builder.with_client_auth_cert(vec![cert], key).unwrap()
         }
-    };
+    })
+}
+
+/// A client connection over TLS: the sender for its requests, the certificate the server
+/// showed, and whether the handshake resumed an earlier session.
+async fn connect_with(
+    addr: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<(SendRequest<Full<Bytes>>, CertificateDer<'static>, bool), String> {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    let tls = tokio_rustls::TlsConnector::from(config)
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
         .map_err(|e| e.to_string())?;
     let served = tls.get_ref().1.peer_certificates().unwrap()[0].clone().into_owned();
+    let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
     tokio::spawn(conn);
-    Ok((sender, served))
+    Ok((sender, served, resumed))
+}
+
+/// A client connection over TLS (trusting `ca`, presenting `client` if given): the sender for
+/// its requests and the certificate the server showed.
+async fn connect(
+    addr: &str,
+    ca: &Ca,
+    client: Client<'_>,
+) -> Result<(SendRequest<Full<Bytes>>, CertificateDer<'static>), String> {
+    connect_with(addr, client_config(ca, client)).await.map(|(s, c, _)| (s, c))
+}
+
+/// Whether a second connection with the same client configuration resumes the first's session
+/// (after a request, so that a TLS 1.3 ticket has arrived).
+async fn resumes(addr: &str, config: Arc<rustls::ClientConfig>, token: Option<&str>) -> bool {
+    let (mut first, _, _) = connect_with(addr, config.clone()).await.unwrap();
+    let _ = get(&mut first, "/fhir/Patient/p1", token).await;
+    connect_with(addr, config).await.unwrap().2
 }
 
 /// GET `path` on an open connection: (status, body); `None` when the connection failed (a
@@ -159,6 +184,8 @@ async fn a_renewed_certificate_serves_new_handshakes_and_open_connections_carry_
 
     let (mut open, served) = connect(&addr, &ca, None).await.unwrap();
     assert_eq!(served, first);
+    // Without client certificates, sessions resume (the control for the test below).
+    assert!(resumes(&addr, client_config(&ca, None), Some(&token)).await, "no resumption without client certificates");
     assert_eq!(get(&mut open, "/fhir/Patient/p1", Some(&token)).await.unwrap().0, 200);
 
     // Plain HTTP on the TLS port gets no HTTP answer.
@@ -208,6 +235,9 @@ async fn client_certificates_name_their_tenant_alone_or_with_its_token() {
     let (_, _, b_cert, b_key) = ca.issue(&[&format!("{b}.svc.test")]);
     let (_, _, nobody_cert, nobody_key) = ca.issue(&["spiffe://test/nobody"]);
     let (_, _, both_cert, both_key) = ca.issue(&[&format!("spiffe://test/{a}"), &format!("spiffe://test/{b}")]);
+    // The same text under the other kind of name: a DNS name is no SPIFFE ID, nor the reverse.
+    let (_, _, dns_as_uri, dns_as_uri_key) = ca.issue(&[&format!("dns:spiffe://test/{a}")]);
+    let (_, _, uri_as_dns, uri_as_dns_key) = ca.issue(&[&format!("uri:{b}.svc.test")]);
     let stranger = Ca::new();
     let (_, _, foreign_cert, foreign_key) = stranger.issue(&[&format!("spiffe://test/{a}")]);
 
@@ -221,12 +251,18 @@ async fn client_certificates_name_their_tenant_alone_or_with_its_token() {
         ("c's token alone", None, Some(fence.token(c)), 200),
         ("a certificate of no tenant, c's token", Some((nobody_cert, &nobody_key)), Some(fence.token(c)), 200),
         ("a certificate naming two tenants", Some((both_cert, &both_key)), None, 401),
+        ("a's SPIFFE ID as a DNS name", Some((dns_as_uri, &dns_as_uri_key)), None, 401),
+        ("b's DNS name as a URI, b's token", Some((uri_as_dns, &uri_as_dns_key)), Some(fence.token(b)), 401),
     ];
     for (why, client, token, want) in cases {
         let (mut sender, _) = connect(&addr, &ca, client).await.unwrap();
         let (status, body) = get(&mut sender, "/fhir/Patient/p1", token.as_deref()).await.unwrap();
         assert_eq!(status, want, "{why}: {body}");
     }
+    // With client certificates, no session resumes: a resumed session would skip the check of
+    // the certificate (found in an attack: an expired certificate kept its tenant by tickets).
+    let (_, _, a2_cert, a2_key) = ca.issue(&[&format!("spiffe://test/{a}")]);
+    assert!(!resumes(&addr, client_config(&ca, Some((a2_cert, &a2_key))), None).await, "a session resumed");
     // Another CA's certificate: no connection at all.
     let refused = match connect(&addr, &ca, Some((foreign_cert, &foreign_key))).await {
         Err(_) => true,
