@@ -36,4 +36,5 @@ pub mod server_cert;
 pub mod state;
 pub mod tenancy;
 pub mod upstream;
+pub mod upstream_link;
 pub mod workers;

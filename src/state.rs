@@ -16,6 +16,7 @@ use crate::metrics::Metrics;
 use crate::seal::Sealer;
 use crate::tenancy::{Marking, Tenant};
 use crate::upstream::Upstream;
+use crate::upstream_link::Link;
 use arc_swap::ArcSwapOption;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -95,12 +96,19 @@ impl Snapshot {
             .collect();
         let verifier = Verifier::build(&loaded, &tenants, prev.map(|p| &p.verifier))?;
         // An upstream whose settings did not change keeps its connection pool and capabilities.
+        // Each upstream's TLS and credentials, from the files the config names.
+        let links: HashMap<&String, Arc<Link>> = c
+            .upstreams
+            .iter()
+            .map(|(name, u)| Ok((name, Arc::new(Link::build(&loaded, name, u)?))))
+            .collect::<Result<_, ConfigError>>()?;
         let unchanged_upstream = |name: &str| {
             let same = old.is_some_and(|o| {
                 o.upstreams.get(name) == c.upstreams.get(name)
                     && o.server.max_upstream_body_bytes == c.server.max_upstream_body_bytes
                     && o.tenancy == c.tenancy
-            });
+            }) && prev.and_then(|p| p.upstreams.get(name)).map(|u| &u.link.files)
+                == links.get(&name.to_owned()).map(|l| &l.files);
             prev.filter(|_| same)
         };
         let upstreams: HashMap<String, Arc<Upstream>> = c
@@ -110,7 +118,9 @@ impl Snapshot {
                 let kept = unchanged_upstream(name).and_then(|p| p.upstreams.get(name).cloned());
                 (
                     name.clone(),
-                    kept.unwrap_or_else(|| Arc::new(Upstream::new(name, u, c.server.max_upstream_body_bytes))),
+                    kept.unwrap_or_else(|| {
+                        Arc::new(Upstream::new(name, u, c.server.max_upstream_body_bytes, links[name].clone()))
+                    }),
                 )
             })
             .collect();

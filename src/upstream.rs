@@ -1,4 +1,5 @@
-//! The connection to an upstream FHIR server: pooled HTTP/1.1, JSON only, bounded, timed.
+//! The connection to an upstream FHIR server: pooled HTTP/1.1 (over TLS for an `https://`
+//! base, `upstream_link`), JSON only, bounded, timed.
 //!
 //! Requests are built here from scratch (method, path, an explicit header set), never copied
 //! from the client, so nothing the client sent reaches the upstream unless a scope module
@@ -6,6 +7,7 @@
 use crate::config::Upstream as UpstreamConfig;
 use crate::fhir::json::{parse_strict, JsonError};
 use crate::limits::{Gate, GatePermit};
+use crate::upstream_link::Link;
 use bytes::Bytes;
 use http::header::{ACCEPT, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
@@ -79,6 +81,8 @@ pub struct Upstream {
     max_body: usize,
     /// The tenant's cap on upstream connections, in a tenant's view of the upstream ([`Upstream::gated`]).
     gate: Option<Gate>,
+    /// TLS and fhir-fence's own credentials for this upstream (`upstream_link`).
+    pub link: Arc<Link>,
 }
 
 /// An upstream answer whose body, if any, is strictly parsed JSON.
@@ -115,12 +119,14 @@ pub enum UpstreamError {
 }
 
 impl Upstream {
-    /// `cfg.base_url` was checked at load to be an `http://` URL with a host.
-    pub fn new(name: &str, cfg: &UpstreamConfig, max_body: usize) -> Self {
+    /// `cfg.base_url` was checked at load to be an `http(s)://` URL with a host; `link` was
+    /// built from the same settings.
+    pub fn new(name: &str, cfg: &UpstreamConfig, max_body: usize, link: Arc<Link>) -> Self {
         let base = cfg.base_url.trim_end_matches('/').to_owned();
         let url = url::Url::parse(&base).expect("checked at load");
         let host = url.host_str().unwrap_or("localhost");
         let address = format!("{}:{}", host, url.port_or_known_default().unwrap_or(80));
+        // (`host_str` keeps an IPv6 address's brackets, as `connect` needs them.)
         let host = match url.port() {
             Some(port) => format!("{host}:{port}"),
             None => host.to_owned(),
@@ -137,6 +143,7 @@ impl Upstream {
             request_timeout: Duration::from_millis(cfg.request_timeout_ms),
             max_body,
             gate: None,
+            link,
         }
     }
 
@@ -163,15 +170,39 @@ impl Upstream {
         }
     }
 
-    /// A new connection, driven by a task on this thread's runtime.
+    /// A new connection (TCP, then TLS for an `https://` base, both within the connect
+    /// timeout), driven by a task on this thread's runtime. A TLS failure (an unknown CA, the
+    /// wrong name, an expired certificate) is a connect error: 502, and logged with its reason.
     async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, UpstreamError> {
         let failed = |e: &dyn std::fmt::Display| UpstreamError::Connect(self.name.clone(), e.to_string());
-        let stream = tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(&self.address))
+        let open = async {
+            let stream = tokio::net::TcpStream::connect(&self.address).await.map_err(|e| failed(&e))?;
+            let _ = stream.set_nodelay(true);
+            match &self.link.tls {
+                None => Ok(Stream::Plain(stream)),
+                Some((connector, name)) => match connector.connect(name.clone(), stream).await {
+                    Ok(tls) => Ok(Stream::Tls(Box::new(tls))),
+                    Err(e) => Err(failed(&format!("TLS: {e}"))),
+                },
+            }
+        };
+        let stream =
+            tokio::time::timeout(self.connect_timeout, open).await.map_err(|_| failed(&"connect timed out"))??;
+        let send = match stream {
+            Stream::Plain(s) => self.handshake(s).await?,
+            Stream::Tls(s) => self.handshake(*s).await?,
+        };
+        Ok(send)
+    }
+
+    /// HTTP/1.1 on an open connection, driven by a task of its own.
+    async fn handshake<IO>(&self, io: IO) -> Result<SendRequest<Full<Bytes>>, UpstreamError>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
-            .map_err(|_| failed(&"connect timed out"))?
-            .map_err(|e| failed(&e))?;
-        let _ = stream.set_nodelay(true);
-        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| failed(&e))?;
+            .map_err(|e| UpstreamError::Connect(self.name.clone(), e.to_string()))?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "upstream connection ended with an error");
@@ -364,6 +395,9 @@ impl Upstream {
         body: Bytes,
     ) -> Result<Request<Full<Bytes>>, UpstreamError> {
         headers.insert(http::header::HOST, self.host.clone());
+        if let Some(authorization) = &self.link.authorization {
+            headers.insert(http::header::AUTHORIZATION, authorization.clone());
+        }
         let mut req = Request::builder()
             .method(method)
             .uri(uri)
@@ -372,6 +406,12 @@ impl Upstream {
         *req.headers_mut() = headers;
         Ok(req)
     }
+}
+
+/// A connection to an upstream, plain or TLS.
+enum Stream {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
 }
 
 /// The media type of an answer (`Content-Type` without parameters; "" if none).

@@ -42,9 +42,23 @@ impl Loaded {
     /// (not the audit file, which fhir-fence writes). A change to any of them is a reload.
     pub fn source_files(&self, config_path: &Path) -> Vec<PathBuf> {
         let c = &self.config;
-        let named = c.paging.key_file.iter().chain(c.server.tls.iter().flat_map(|t| &t.client_ca_file)).chain(
-            c.issuers.values().flat_map(|i| [&i.jwks_file, &i.secret_file, &i.signing_key_file, &i.ca_file]).flatten(),
-        );
+        let named = c
+            .paging
+            .key_file
+            .iter()
+            .chain(c.server.tls.iter().flat_map(|t| &t.client_ca_file))
+            .chain(
+                c.upstreams
+                    .values()
+                    .flat_map(|u| [&u.ca_file, &u.client_cert_file, &u.client_key_file, &u.bearer_file])
+                    .flatten(),
+            )
+            .chain(
+                c.issuers
+                    .values()
+                    .flat_map(|i| [&i.jwks_file, &i.secret_file, &i.signing_key_file, &i.ca_file])
+                    .flatten(),
+            );
         std::iter::once(config_path.to_path_buf()).chain(named.map(|p| self.resolve(p))).collect()
     }
 
@@ -134,10 +148,18 @@ fn validate(c: &Config) -> Result<Url, ConfigError> {
     }
     for (name, u) in &c.upstreams {
         let url = http_url(&format!("upstreams.{name}.base_url"), &u.base_url)?;
-        if url.scheme() != "http" {
+        if url.scheme() != "https"
+            && (u.ca_file.is_some() || u.client_cert_file.is_some() || u.client_key_file.is_some())
+        {
             return Err(ConfigError::invalid(
-                format!("upstreams.{name}.base_url"),
-                "only http:// upstreams are supported (a sidecar on a trusted link); TLS to the upstream is not built yet",
+                format!("upstreams.{name}"),
+                "ca_file and client certificates are for an https:// base_url",
+            ));
+        }
+        if u.client_cert_file.is_some() != u.client_key_file.is_some() {
+            return Err(ConfigError::invalid(
+                format!("upstreams.{name}"),
+                "client_cert_file and client_key_file go together",
             ));
         }
         if u.request_timeout_ms == 0 || u.connect_timeout_ms == 0 {

@@ -214,7 +214,8 @@ impl Default for Export {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
-    /// The upstream FHIR base, e.g. `http://127.0.0.1:8090/fhir` (plain HTTP on a trusted link for now).
+    /// The upstream FHIR base, e.g. `http://127.0.0.1:8090/fhir` (a sidecar's loopback) or
+    /// `https://fhir.internal.example/fhir`.
     pub base_url: String,
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_ms: u64,
@@ -223,6 +224,16 @@ pub struct Upstream {
     /// Idle keep-alive connections kept per upstream.
     #[serde(default = "default_pool")]
     pub pool_size: usize,
+    /// With an `https://` base: PEM CA certificates that verify the upstream (default: the Web
+    /// PKI roots). The upstream's name is always verified against its certificate.
+    pub ca_file: Option<PathBuf>,
+    /// With an `https://` base: a PEM client certificate chain and its key, for an upstream
+    /// that asks for one (both or neither).
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+    /// A file holding a bearer token fhir-fence sends to this upstream on every request (as
+    /// `Authorization: Bearer …`; a client's own credentials never reach an upstream).
+    pub bearer_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -3,94 +3,32 @@
 //! no answer, and client certificates map to tenants — alone where the tenant allows it, else
 //! only together with the same tenant's token.
 use crate::support::fake::{self, Answer};
+use crate::support::pki::{Ca, Volume};
 use crate::support::{self, tenants, Options};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rcgen::KeyPair;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use serde_json::Value;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-struct Ca(CertifiedIssuer<'static, KeyPair>);
-
 /// A client certificate and its key, or none.
 type Client<'a> = Option<(CertificateDer<'static>, &'a KeyPair)>;
 
-impl Ca {
-    fn new() -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        Ca(CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap())
-    }
-
-    /// (certificate PEM, key PEM, DER) for `names` (DNS names, or a URI SAN for `spiffe://`).
-    fn issue(&self, names: &[&str]) -> (String, String, CertificateDer<'static>, KeyPair) {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        for n in names {
-            // `uri:` / `dns:` force the kind; otherwise `://` makes a URI.
-            let (uri, n) = match (n.strip_prefix("uri:"), n.strip_prefix("dns:")) {
-                (Some(rest), _) => (true, rest),
-                (_, Some(rest)) => (false, rest),
-                _ => (n.contains("://"), *n),
-            };
-            let name = rcgen::string::Ia5String::try_from(n).unwrap();
-            params.subject_alt_names.push(if uri { rcgen::SanType::URI(name) } else { rcgen::SanType::DnsName(name) });
-        }
-        let cert = params.signed_by(&key, &self.0).unwrap();
-        (cert.pem(), key.serialize_pem(), cert.der().clone(), key)
-    }
-
-    fn pem(&self) -> String {
-        self.0.pem()
-    }
-}
-
-/// A directory laid out like a mounted Secret (files are links through `..data`).
-struct Volume(PathBuf);
-
-impl Volume {
-    fn new() -> Volume {
-        let dir = std::env::temp_dir().join(format!("fhir-fence-tls-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Volume(dir)
-    }
-
-    fn swap(&self, files: &[(&str, &str)]) {
-        let stamp = format!("..{}", uuid::Uuid::new_v4());
-        std::fs::create_dir(self.0.join(&stamp)).unwrap();
-        for (name, text) in files {
-            std::fs::write(self.0.join(&stamp).join(name), text).unwrap();
-            let link = self.0.join(name);
-            if !link.exists() {
-                std::os::unix::fs::symlink(format!("..data/{name}"), link).unwrap();
-            }
-        }
-        let _ = std::fs::remove_file(self.0.join("..data_tmp"));
-        std::os::unix::fs::symlink(&stamp, self.0.join("..data_tmp")).unwrap();
-        std::fs::rename(self.0.join("..data_tmp"), self.0.join("..data")).unwrap();
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.0.join(name).display().to_string()
-    }
-}
-
-impl Drop for Volume {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// (certificate PEM, key PEM, DER, key) for `names` (see `pki::Ca::issue`).
+fn issue(ca: &Ca, names: &[&str]) -> (String, String, CertificateDer<'static>, KeyPair) {
+    let i = ca.issue(names);
+    (i.pem, i.key_pem, i.der, i.key)
 }
 
 /// A client configuration trusting `ca`, presenting `client` if given.
 fn client_config(ca: &Ca, client: Client<'_>) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.0.der().clone()).unwrap();
+    roots.add(ca.der()).unwrap();
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -170,7 +108,7 @@ async fn upstream(ts: &[support::T]) -> fake::Fake {
 #[tokio::test]
 async fn a_renewed_certificate_serves_new_handshakes_and_open_connections_carry_on() {
     let ca = Ca::new();
-    let (cert, key, first, _) = ca.issue(&["localhost"]);
+    let (cert, key, first, _) = issue(&ca, &["localhost"]);
     let volume = Volume::new();
     volume.swap(&[("tls.crt", &cert), ("tls.key", &key)]);
     let ts = tenants(1);
@@ -195,7 +133,7 @@ async fn a_renewed_certificate_serves_new_handshakes_and_open_connections_carry_
     let _ = tokio::time::timeout(Duration::from_secs(15), plain.read_to_end(&mut answer)).await;
     assert!(!answer.starts_with(b"HTTP/"), "plain HTTP was answered");
 
-    let (cert2, key2, second, _) = ca.issue(&["localhost"]);
+    let (cert2, key2, second, _) = issue(&ca, &["localhost"]);
     volume.swap(&[("tls.crt", &cert2), ("tls.key", &key2)]);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -213,7 +151,7 @@ async fn a_renewed_certificate_serves_new_handshakes_and_open_connections_carry_
 #[tokio::test]
 async fn client_certificates_name_their_tenant_alone_or_with_its_token() {
     let ca = Ca::new();
-    let (cert, key, _, _) = ca.issue(&["localhost"]);
+    let (cert, key, _, _) = issue(&ca, &["localhost"]);
     let volume = Volume::new();
     volume.swap(&[("tls.crt", &cert), ("tls.key", &key), ("clients.pem", &ca.pem())]);
     let mut ts = tenants(3);
@@ -231,15 +169,15 @@ async fn client_certificates_name_their_tenant_alone_or_with_its_token() {
     let fence = support::start(o).await;
     let addr = fence.base.trim_start_matches("http://").split('/').next().unwrap().to_owned();
     let (a, b, c) = (&ts[0].name, &ts[1].name, &ts[2].name);
-    let (_, _, a_cert, a_key) = ca.issue(&[&format!("spiffe://test/{a}")]);
-    let (_, _, b_cert, b_key) = ca.issue(&[&format!("{b}.svc.test")]);
-    let (_, _, nobody_cert, nobody_key) = ca.issue(&["spiffe://test/nobody"]);
-    let (_, _, both_cert, both_key) = ca.issue(&[&format!("spiffe://test/{a}"), &format!("spiffe://test/{b}")]);
+    let (_, _, a_cert, a_key) = issue(&ca, &[&format!("spiffe://test/{a}")]);
+    let (_, _, b_cert, b_key) = issue(&ca, &[&format!("{b}.svc.test")]);
+    let (_, _, nobody_cert, nobody_key) = issue(&ca, &["spiffe://test/nobody"]);
+    let (_, _, both_cert, both_key) = issue(&ca, &[&format!("spiffe://test/{a}"), &format!("spiffe://test/{b}")]);
     // The same text under the other kind of name: a DNS name is no SPIFFE ID, nor the reverse.
-    let (_, _, dns_as_uri, dns_as_uri_key) = ca.issue(&[&format!("dns:spiffe://test/{a}")]);
-    let (_, _, uri_as_dns, uri_as_dns_key) = ca.issue(&[&format!("uri:{b}.svc.test")]);
+    let (_, _, dns_as_uri, dns_as_uri_key) = issue(&ca, &[&format!("dns:spiffe://test/{a}")]);
+    let (_, _, uri_as_dns, uri_as_dns_key) = issue(&ca, &[&format!("uri:{b}.svc.test")]);
     let stranger = Ca::new();
-    let (_, _, foreign_cert, foreign_key) = stranger.issue(&[&format!("spiffe://test/{a}")]);
+    let (_, _, foreign_cert, foreign_key) = issue(&stranger, &[&format!("spiffe://test/{a}")]);
 
     let cases: Vec<(&str, Client, Option<String>, u16)> = vec![
         ("a's certificate alone", Some((a_cert.clone(), &a_key)), None, 200),
@@ -261,7 +199,7 @@ async fn client_certificates_name_their_tenant_alone_or_with_its_token() {
     }
     // With client certificates, no session resumes: a resumed session would skip the check of
     // the certificate (found in an attack: an expired certificate kept its tenant by tickets).
-    let (_, _, a2_cert, a2_key) = ca.issue(&[&format!("spiffe://test/{a}")]);
+    let (_, _, a2_cert, a2_key) = issue(&ca, &[&format!("spiffe://test/{a}")]);
     assert!(!resumes(&addr, client_config(&ca, Some((a2_cert, &a2_key))), None).await, "a session resumed");
     // Another CA's certificate: no connection at all.
     let refused = match connect(&addr, &ca, Some((foreign_cert, &foreign_key))).await {
@@ -277,8 +215,8 @@ async fn client_certificates_name_their_tenant_alone_or_with_its_token() {
 #[test]
 fn check_names_unusable_tls_settings() {
     let ca = Ca::new();
-    let (cert, key, _, _) = ca.issue(&["localhost"]);
-    let (other_cert, _, _, _) = ca.issue(&["localhost"]);
+    let (cert, key, _, _) = issue(&ca, &["localhost"]);
+    let (other_cert, _, _, _) = issue(&ca, &["localhost"]);
     let volume = Volume::new();
     volume.swap(&[("tls.crt", &cert), ("tls.key", &key), ("other.crt", &other_cert), ("ca.pem", &ca.pem())]);
     let tls = |cert: &str, ca: bool| {

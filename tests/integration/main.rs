@@ -20,6 +20,7 @@ mod reload;
 mod replay;
 mod shape_r4;
 mod shutdown;
+mod upstream_tls;
 mod webhook;
 mod workers;
 mod write_guard;
