@@ -331,14 +331,7 @@ fn issuers_name_their_tenant_source_exactly_once() {
     ];
     for (why, lines, says) in cases {
         let text = format!("{base}\n[issuers.extra]\naudience = [\"a\"]\nalgorithms = [\"HS256\"]\nsecret_file = \"{secret}\"\n{lines}\n");
-        let path = support::write_config(&text);
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_fhir-fence"))
-            .args(["check", "--config"])
-            .arg(&path)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{why}: accepted");
+        let err = support::check_config(&text).expect_err(why);
         assert!(err.contains("issuers.extra") && err.contains(says), "{why}: {err}");
     }
 }

@@ -241,13 +241,7 @@ fn check_names_unusable_tls_settings() {
         ts[1].extra = b.into();
         let mut o = Options::new("http://127.0.0.1:9/fhir", &ts);
         o.extra = extra;
-        let path = support::write_config(&support::config_text(&o, 1, 2));
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_fhir-fence"))
-            .args(["check", "--config"])
-            .arg(&path)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && err.contains(says), "{why}: {err}");
+        let err = support::check_config(&support::config_text(&o, 1, 2)).expect_err(why);
+        assert!(err.contains(says), "{why}: {err}");
     }
 }

@@ -3,86 +3,40 @@
 //! sidecar as a JSON Patch, an unannotated one `allowed` and no patch, a malformed review a 400
 //! with the reason), and a certificate renewed on disk (a Secret's `..data` link swapped) is
 //! served from the next handshake, while a half-written one is not.
+use crate::support::pki::{Ca, Volume};
 use base64::Engine;
 use fhir_fence::kube::webhook;
 use fhir_fence::server_cert::ServerCert;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-struct Ca(CertifiedIssuer<'static, KeyPair>);
-
-impl Ca {
-    fn new() -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        Ca(CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap())
-    }
-
-    /// A server certificate for the webhook's Service name and loopback: (cert PEM, key PEM, DER).
-    fn issue(&self) -> (String, String, CertificateDer<'static>) {
-        let key = KeyPair::generate().unwrap();
-        let names = vec!["fhir-fence-webhook.fhir-fence.svc".to_owned(), "localhost".to_owned()];
-        let cert = CertificateParams::new(names).unwrap().signed_by(&key, &self.0).unwrap();
-        (cert.pem(), key.serialize_pem(), cert.der().clone())
-    }
-
-    fn client(&self) -> tokio_rustls::TlsConnector {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.0.der().clone()).unwrap();
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        tokio_rustls::TlsConnector::from(Arc::new(config))
-    }
+/// A server certificate for the webhook's Service name and loopback: (cert PEM, key PEM, DER).
+fn issue(ca: &Ca) -> (String, String, CertificateDer<'static>) {
+    let i = ca.issue(&["fhir-fence-webhook.fhir-fence.svc", "localhost"]);
+    (i.pem, i.key_pem, i.der)
 }
 
-/// A directory laid out like a mounted Secret: the files are links through `..data`, which a
-/// renewal swaps in one rename.
-struct SecretVolume(PathBuf);
-
-impl SecretVolume {
-    fn new(cert: &str, key: &str) -> SecretVolume {
-        let dir = std::env::temp_dir().join(format!("fhir-fence-webhook-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let volume = SecretVolume(dir);
-        volume.swap(cert, key);
-        for name in ["tls.crt", "tls.key"] {
-            std::os::unix::fs::symlink(format!("..data/{name}"), volume.0.join(name)).unwrap();
-        }
-        volume
-    }
-
-    fn swap(&self, cert: &str, key: &str) {
-        let stamp = format!("..{}", uuid::Uuid::new_v4());
-        std::fs::create_dir(self.0.join(&stamp)).unwrap();
-        std::fs::write(self.0.join(&stamp).join("tls.crt"), cert).unwrap();
-        std::fs::write(self.0.join(&stamp).join("tls.key"), key).unwrap();
-        let _ = std::fs::remove_file(self.0.join("..data_tmp"));
-        std::os::unix::fs::symlink(&stamp, self.0.join("..data_tmp")).unwrap();
-        std::fs::rename(self.0.join("..data_tmp"), self.0.join("..data")).unwrap();
-    }
-
-    fn cert(&self) -> PathBuf {
-        self.0.join("tls.crt")
-    }
-
-    fn key(&self) -> PathBuf {
-        self.0.join("tls.key")
-    }
+fn client(ca: &Ca) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der()).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
-impl Drop for SecretVolume {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A Secret volume holding the webhook's `tls.crt` and `tls.key`.
+fn secret(cert: &str, key: &str) -> Volume {
+    let v = Volume::new();
+    v.swap(&[("tls.crt", cert), ("tls.key", key)]);
+    v
 }
 
 struct Webhook {
@@ -121,7 +75,7 @@ async fn exchange(
 ) -> (u16, Value, CertificateDer<'static>) {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = ServerName::try_from("fhir-fence-webhook.fhir-fence.svc").unwrap();
-    let mut tls = ca.client().connect(name, tcp).await.unwrap();
+    let mut tls = client(ca).connect(name, tcp).await.unwrap();
     let served = tls.get_ref().1.peer_certificates().unwrap()[0].clone().into_owned();
     let length =
         if head.contains("Content-Length") { String::new() } else { format!("\r\nContent-Length: {}", body.len()) };
@@ -174,9 +128,9 @@ const POST: &str = "POST /mutate HTTP/1.1\r\nContent-Type: application/json";
 #[tokio::test]
 async fn an_annotated_pod_is_patched_and_an_unannotated_one_allowed_as_it_is() {
     let ca = Ca::new();
-    let (cert, key, _) = ca.issue();
-    let volume = SecretVolume::new(&cert, &key);
-    let hook = start(&volume.cert(), &volume.key()).await;
+    let (cert, key, _) = issue(&ca);
+    let volume = secret(&cert, &key);
+    let hook = start(volume.path("tls.crt").as_ref(), volume.path("tls.key").as_ref()).await;
 
     let (pod, body) = review(json!({"fhir-fence.dev/inject": "enabled", "fhir-fence.dev/upstream-port": "8090"}));
     let (status, answer, _) = exchange(&ca, hook.addr, POST, &body).await;
@@ -217,9 +171,9 @@ async fn an_annotated_pod_is_patched_and_an_unannotated_one_allowed_as_it_is() {
 #[tokio::test]
 async fn malformed_requests_get_a_clear_error_and_the_webhook_keeps_serving() {
     let ca = Ca::new();
-    let (cert, key, _) = ca.issue();
-    let volume = SecretVolume::new(&cert, &key);
-    let hook = start(&volume.cert(), &volume.key()).await;
+    let (cert, key, _) = issue(&ca);
+    let volume = secret(&cert, &key);
+    let hook = start(volume.path("tls.crt").as_ref(), volume.path("tls.key").as_ref()).await;
     let cases: [(&str, &[u8], u16, &str); 6] = [
         (POST, b"{\"apiVersion\": ", 400, "AdmissionReview"),
         (
@@ -249,22 +203,22 @@ async fn malformed_requests_get_a_clear_error_and_the_webhook_keeps_serving() {
 #[tokio::test]
 async fn a_renewed_certificate_serves_from_the_next_handshake_and_a_broken_one_never() {
     let ca = Ca::new();
-    let (cert, key, first) = ca.issue();
-    let volume = SecretVolume::new(&cert, &key);
-    let hook = start(&volume.cert(), &volume.key()).await;
+    let (cert, key, first) = issue(&ca);
+    let volume = secret(&cert, &key);
+    let hook = start(volume.path("tls.crt").as_ref(), volume.path("tls.key").as_ref()).await;
     hook.cert.follow();
     let (_, _, served) = exchange(&ca, hook.addr, "GET /healthz HTTP/1.1", b"").await;
     assert_eq!(served, first);
 
     // Half a renewal (the new certificate with the old key): refused, the old pair serves on.
-    let (cert2, key2, second) = ca.issue();
-    volume.swap(&cert2, &key);
+    let (cert2, key2, second) = issue(&ca);
+    volume.swap(&[("tls.crt", &cert2), ("tls.key", &key)]);
     assert!(hook.cert.recheck().is_err(), "a certificate with another's key is no pair");
     let (_, _, served) = exchange(&ca, hook.addr, "GET /healthz HTTP/1.1", b"").await;
     assert_eq!(served, first);
 
     // The whole renewal: picked up by the follower within a few of its rechecks.
-    volume.swap(&cert2, &key2);
+    volume.swap(&[("tls.crt", &cert2), ("tls.key", &key2)]);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (_, _, served) = exchange(&ca, hook.addr, "GET /healthz HTTP/1.1", b"").await;

@@ -228,6 +228,21 @@ tenants = [{first}]
     s
 }
 
+/// `fhir-fence check` on a config text: `Err(stderr)` when it refuses it.
+pub fn check_config(text: &str) -> Result<(), String> {
+    let path = write_config(text);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fhir-fence"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
 pub fn write_config(text: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("fhir-fence-test-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
