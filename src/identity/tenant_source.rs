@@ -122,5 +122,8 @@ mod tests {
         let many = compile_claim_path("$.t[*]").unwrap();
         assert_eq!(claim_string(&many, &json!({"t": ["a", "b"]})), None);
         assert!(compile_claim_path("not a path").is_err());
+        // Auth0's namespaced claims (README, provider snippets).
+        let namespaced = compile_claim_path("$['https://fhir.example.com/tenant']").unwrap();
+        assert_eq!(claim_string(&namespaced, &json!({"https://fhir.example.com/tenant": "acme"})), Some("acme".into()));
     }
 }
