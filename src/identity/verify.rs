@@ -70,6 +70,8 @@ struct CertificateTenants {
     by_name: HashMap<String, String>,
     /// Tenants whose certificate identifies them alone (`client_auth = "certificate"`).
     alone: std::collections::HashSet<String>,
+    /// Tenants with client certificates: never served on a token alone (looked up per request).
+    bound: std::collections::HashSet<String>,
 }
 
 struct TrustedIssuer {
@@ -132,6 +134,9 @@ impl Verifier {
             if t.client_auth == crate::config::ClientAuth::Certificate {
                 certificates.alone.insert(name.clone());
             }
+            if !t.client_certs.is_empty() {
+                certificates.bound.insert(name.clone());
+            }
         }
         Ok(Verifier { issuers, tenants: tenants.clone(), verified, certificates })
     }
@@ -192,7 +197,7 @@ impl Verifier {
             (Some(_), None) => Err(AuthError::Missing),
             (None, _) => {
                 let caller = self.verify_header(authorization).await?;
-                if self.certificates.by_name.values().any(|t| t == &caller.tenant.name) {
+                if self.certificates.bound.contains(&caller.tenant.name) {
                     return Err(AuthError::CertificateRequired);
                 }
                 Ok(caller)
