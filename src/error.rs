@@ -66,6 +66,11 @@ impl Error {
         let shown = || self.to_string();
         match self {
             Error::Auth(AuthError::Suspended) => (S::FORBIDDEN, "suspended", shown()),
+            Error::Auth(AuthError::Unavailable(_)) => (
+                S::SERVICE_UNAVAILABLE,
+                "transient",
+                format!("the token could not be checked with its identity provider now; retry shortly (correlation id {correlation})"),
+            ),
             Error::Auth(_) => (S::UNAUTHORIZED, "login", shown()),
             Error::Route(RouteError::NotFhir(_)) => (S::NOT_FOUND, "not-found", shown()),
             Error::Route(RouteError::Method(_)) => (S::METHOD_NOT_ALLOWED, "not-supported", shown()),
@@ -174,6 +179,7 @@ impl Error {
     pub fn refusal_reason(&self) -> Option<&'static str> {
         match self {
             Error::Auth(AuthError::Suspended) => Some("suspended"),
+            Error::Auth(AuthError::Unavailable(_)) => Some("identity-provider"),
             Error::Auth(_) => Some("unauthenticated"),
             Error::Route(_) => Some("route"),
             Error::Request(_) => Some("request"),
@@ -232,6 +238,9 @@ impl Error {
         crate::headers::set_correlation(h, correlation);
         if matches!(self, Error::Upstream(UpstreamError::Saturated(_)) | Error::Overloaded) {
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if matches!(self, Error::Auth(AuthError::Unavailable(_))) {
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
         // A refused connection (the tenant's connection cap, a body that arrived too slowly) is
         // closed after this answer rather than kept for the next request.

@@ -19,6 +19,17 @@ pub static JWKS_REFRESHES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("valid metric")
 });
 
+pub static INTROSPECTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    IntCounterVec::new(
+        Opts::new(
+            "fhir_fence_introspections_total",
+            "Opaque tokens sent to an identity provider's introspection endpoint, by issuer and result",
+        ),
+        &["issuer", "result"],
+    )
+    .expect("valid metric")
+});
+
 pub struct Metrics {
     registry: Registry,
     pub requests: IntCounterVec,
@@ -111,6 +122,7 @@ impl Metrics {
         registry.register(Box::new(in_flight.clone())).expect("registered once");
         // Counted where the keys are fetched (`identity::remote`), process-wide.
         registry.register(Box::new(JWKS_REFRESHES.clone())).expect("registered once");
+        registry.register(Box::new(INTROSPECTIONS.clone())).expect("registered once");
         Metrics {
             registry,
             requests,

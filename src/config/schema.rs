@@ -243,7 +243,9 @@ pub struct Issuer {
     pub iss: String,
     /// Accepted `aud` values (at least one must be in the token).
     pub audience: Vec<String>,
-    /// Allowed `alg` values, e.g. `["RS256"]`. `none` can never be listed.
+    /// Allowed `alg` values, e.g. `["RS256"]`. `none` can never be listed. Left out only by an
+    /// issuer whose tokens are all opaque (`introspection` and no keys).
+    #[serde(default)]
     pub algorithms: Vec<String>,
     /// JWKS file with the issuer's public keys (RS*, PS*, ES*, EdDSA).
     pub jwks_file: Option<PathBuf>,
@@ -279,6 +281,36 @@ pub struct Issuer {
     /// The tenants this issuer may assert (with `tenant`: that one, which may be left out here).
     #[serde(default)]
     pub tenants: Vec<String>,
+    /// Opaque (non-JWT) access tokens are checked at the provider's RFC 7662 introspection
+    /// endpoint. At most one issuer has this: an opaque token names no issuer, and fhir-fence
+    /// never shows a token to a provider that may not have issued it.
+    pub introspection: Option<Introspection>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Introspection {
+    /// The provider's introspection endpoint (`https://…`).
+    pub endpoint: String,
+    /// fhir-fence's own client at the provider (never a tenant's).
+    pub client_id: String,
+    /// A file holding that client's secret.
+    pub client_secret_file: PathBuf,
+    /// How the secret is sent (RFC 6749 §2.3.1): `client_secret_basic` (default) or `client_secret_post`.
+    #[serde(default)]
+    pub client_auth: IntrospectionAuth,
+    /// The longest an answer is reused (never past the token's `exp`), 1..=3600 (default 60):
+    /// a token revoked at the provider keeps working here for at most this long.
+    #[serde(default = "default_introspection_cache_secs")]
+    pub cache_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IntrospectionAuth {
+    #[default]
+    ClientSecretBasic,
+    ClientSecretPost,
 }
 
 impl Issuer {
@@ -425,4 +457,8 @@ fn default_pool() -> usize {
 
 fn default_keys_grace_secs() -> u64 {
     3600
+}
+
+fn default_introspection_cache_secs() -> u64 {
+    60
 }

@@ -30,6 +30,8 @@ pub enum VerifyKeys {
     Jwks(Vec<JwksKey>),
     /// Public keys from the issuer's identity provider, fetched and refreshed.
     Remote(Arc<RemoteKeys>),
+    /// None: the issuer's tokens are opaque, checked by introspection.
+    None,
 }
 
 impl IssuerKeys {
@@ -37,6 +39,18 @@ impl IssuerKeys {
     /// when the provider settings did not change (a reload does not refetch them).
     pub fn build(loaded: &Loaded, name: &str, issuer: &Issuer, prev: Option<&IssuerKeys>) -> Result<Self, ConfigError> {
         let key = |k: &str| format!("issuers.{name}.{k}");
+        let no_keys = [&issuer.discovery, &issuer.jwks_uri].iter().all(|k| k.is_none())
+            && [&issuer.jwks_file, &issuer.secret_file, &issuer.signing_key_file].iter().all(|k| k.is_none());
+        if issuer.introspection.is_some() && no_keys && issuer.algorithms.is_empty() {
+            // Opaque tokens only: no JWT of this issuer verifies.
+            return Ok(IssuerKeys {
+                name: name.to_owned(),
+                algorithms: Vec::new(),
+                verify: VerifyKeys::None,
+                signing: None,
+                remote_settings: None,
+            });
+        }
         if issuer.algorithms.is_empty() {
             return Err(ConfigError::invalid(key("algorithms"), "list at least one algorithm"));
         }
@@ -148,10 +162,10 @@ impl IssuerKeys {
                 ))
             }
         };
-        if issuer.ca_file.is_some() {
+        if issuer.ca_file.is_some() && issuer.introspection.is_none() {
             return Err(ConfigError::invalid(
                 key("ca_file"),
-                "only for keys from an identity provider (discovery, jwks_uri)",
+                "only for an identity provider (discovery, jwks_uri, introspection)",
             ));
         }
         Ok(IssuerKeys { name: name.to_owned(), algorithms, verify, signing, remote_settings: None })
@@ -164,6 +178,7 @@ impl IssuerKeys {
             VerifyKeys::Secret(k) => (alg.family() == AlgorithmFamily::Hmac).then(|| f(k)),
             VerifyKeys::Jwks(keys) => pick(keys, alg, kid).map(f),
             VerifyKeys::Remote(remote) => remote.with_keys(|keys| pick(keys, alg, kid).map(f)),
+            VerifyKeys::None => None,
         }
     }
 

@@ -1,9 +1,11 @@
 //! Who is calling: verified bearer JWTs (RFC 8725) → a [`Caller`] bound to one tenant.
 //!
 //! `keys` turns the config's key sources into decoding keys (`remote`: an identity provider's,
-//! fetched and rotated over HTTPS, `tls`), `verify` checks a token and resolves the tenant
+//! fetched and rotated over HTTPS, `tls`), `verify` checks a token (`introspect`: an opaque one,
+//! at its provider) and resolves the tenant
 //! (`tenant_source`: from a claim, the issuer, or the issuer's URL), `mint` signs development
 //! tokens for `fhir-fence token`.
+mod introspect;
 mod jwks;
 mod keys;
 mod mint;

@@ -24,7 +24,6 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -96,9 +95,7 @@ struct Attempts {
 
 impl RemoteKeys {
     pub fn new(name: &str, iss: &str, source: Source, tls: rustls::ClientConfig, grace: Duration) -> Self {
-        let connector =
-            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_only().enable_http1().build();
-        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
+        let client = super::tls::https_client(tls);
         RemoteKeys {
             name: name.to_owned(),
             iss: iss.to_owned(),

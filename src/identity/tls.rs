@@ -1,5 +1,6 @@
 //! TLS for fhir-fence's own outgoing calls (identity providers): rustls with the Web PKI roots,
-//! or the CA certificates of a PEM file when the config names one (a private CA).
+//! or the CA certificates of a PEM file when the config names one (a private CA), and the
+//! HTTPS-only client those calls go through.
 use crate::config::ConfigError;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
@@ -30,4 +31,21 @@ pub fn client_config(key: &str, ca: Option<&[u8]>) -> Result<rustls::ClientConfi
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(config)
+}
+
+/// An HTTPS-only HTTP/1 client over `tls` (plain `http://` is refused by the connector).
+pub fn https_client<B>(
+    tls: rustls::ClientConfig,
+) -> hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    B,
+>
+where
+    B: http_body::Body + Send,
+    B::Data: Send,
+{
+    let connector = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_only().enable_http1().build();
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_idle_timeout(std::time::Duration::from_secs(30))
+        .build(connector)
 }

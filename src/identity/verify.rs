@@ -6,6 +6,11 @@
 //! waits for one bounded refresh, `remote`) → signature, `iss`, `aud`, `exp`, `nbf`, `iat` →
 //! the tenant (`tenant_source`: a claim, the issuer's own, or its `iss`) → the issuer may assert
 //! that tenant → tenant must be active.
+//!
+//! A token that is not a JWS (not three dot-separated parts) is opaque: it goes to the one
+//! issuer with an introspection endpoint (`introspect`), and its answer is judged like a JWT's
+//! claims (`exp`, `nbf`, `iss`, `aud`, then the same tenant rules).
+use super::introspect::{is_opaque_token, Introspected, Introspector};
 use super::keys::IssuerKeys;
 use super::tenant_source::TenantSource;
 use crate::config::IssPattern;
@@ -61,6 +66,13 @@ pub enum AuthError {
     CertificateMismatch,
     #[error("this tenant's requests need its client certificate")]
     CertificateRequired,
+    #[error("the token is not active")]
+    Inactive,
+    #[error("the token is bound to a key (cnf) or is not a bearer token; fhir-fence accepts bearer tokens only")]
+    NotBearer,
+    /// The issuer's provider could not be asked (introspection): 503, the client may retry.
+    #[error(transparent)]
+    Unavailable(#[from] super::introspect::IntrospectError),
 }
 
 /// The client certificates that identify tenants (`tenants.NAME.client_certs`).
@@ -82,15 +94,19 @@ struct TrustedIssuer {
     tenants: Vec<String>,
     /// The `typ` every token must carry (`at+jwt`), when the issuer says so.
     token_type: Option<String>,
+    introspector: Option<Introspector>,
 }
 
 pub struct Verifier {
     issuers: Vec<TrustedIssuer>,
     tenants: HashMap<String, Arc<Tenant>>,
-    /// Tokens verified recently (by SHA-256), with their `exp`: a signature is checked once per
-    /// token, not once per request. Bounded; an entry is used only while its token is valid.
+    /// Tokens verified recently (by SHA-256), with the time (Unix seconds) up to which the
+    /// entry may be used: a signature is checked (an opaque token introspected) once per token,
+    /// not once per request. Bounded; an entry is used only while its token is valid.
     verified: moka::sync::Cache<[u8; 32], (Caller, u64)>,
     certificates: CertificateTenants,
+    /// The issuer opaque tokens go to (the one with `introspection`), by index in `issuers`.
+    opaque: Option<usize>,
 }
 
 /// How long a verified token is remembered at most (its own `exp` still applies on every use).
@@ -116,6 +132,16 @@ impl Verifier {
                 }
             }
             let tenant_source = TenantSource::build(name, i)?;
+            let introspector = match &i.introspection {
+                None => None,
+                Some(section) => {
+                    let ca = match &i.ca_file {
+                        Some(path) => Some(loaded.read_file(&format!("issuers.{name}.ca_file"), path)?),
+                        None => None,
+                    };
+                    Some(Introspector::build(loaded, name, section, ca.as_deref())?)
+                }
+            };
             issuers.push(TrustedIssuer {
                 iss: IssPattern::parse(&i.iss).map_err(|e| ConfigError::invalid(format!("issuers.{name}.iss"), e))?,
                 audience: i.audience.clone(),
@@ -123,7 +149,17 @@ impl Verifier {
                 tenant_source,
                 tenants: i.asserts(),
                 token_type: i.token_type.clone(),
+                introspector,
             });
+        }
+        let mut introspecting = issuers.iter().enumerate().filter(|(_, i)| i.introspector.is_some());
+        let opaque = introspecting.next().map(|(n, _)| n);
+        if let Some((_, second)) = introspecting.next() {
+            return Err(ConfigError::invalid(
+                format!("issuers.{}.introspection", second.keys.name),
+                "only one issuer may introspect: an opaque token does not name its issuer, and it is \
+                 never shown to a provider that may not have issued it",
+            ));
         }
         let verified = moka::sync::Cache::builder().max_capacity(10_000).time_to_live(VERIFIED_TTL).build();
         let mut certificates = CertificateTenants::default();
@@ -138,7 +174,7 @@ impl Verifier {
                 certificates.bound.insert(name.clone());
             }
         }
-        Ok(Verifier { issuers, tenants: tenants.clone(), verified, certificates })
+        Ok(Verifier { issuers, tenants: tenants.clone(), verified, certificates, opaque })
     }
 
     /// The issuer of an `iss` value, and the value of its template's placeholder: the issuer
@@ -222,15 +258,100 @@ impl Verifier {
             .as_ref()
             .try_into()
             .expect("SHA-256 is 32 bytes");
-        if let Some((caller, exp)) = self.verified.get(&key) {
-            if jsonwebtoken::get_current_timestamp() <= exp + LEEWAY_SECS {
+        if let Some((caller, until)) = self.verified.get(&key) {
+            if jsonwebtoken::get_current_timestamp() <= until {
                 return Ok(caller);
             }
             self.verified.invalidate(&key);
         }
-        let (caller, exp) = self.verify_signed(token).await?;
-        self.verified.insert(key, (caller.clone(), exp));
+        let (caller, until) = match token.split('.').count() {
+            3 => {
+                let (caller, exp) = self.verify_signed(token).await?;
+                (caller, exp + LEEWAY_SECS)
+            }
+            _ => self.verify_opaque(token, &key).await?,
+        };
+        self.verified.insert(key, (caller.clone(), until));
         Ok(caller)
+    }
+
+    /// An opaque token: introspected at the introspecting issuer's provider; the answer's
+    /// claims are judged as a JWT's are. With the time up to which the answer may be reused:
+    /// the issuer's `cache_secs`, never past `exp`.
+    async fn verify_opaque(&self, token: &str, hash: &[u8; 32]) -> Result<(Caller, u64), AuthError> {
+        let issuer = self.opaque.map(|n| &self.issuers[n]).ok_or(AuthError::Malformed)?;
+        let introspector = issuer.introspector.as_ref().expect("the introspecting issuer");
+        if !is_opaque_token(token) {
+            return Err(AuthError::Malformed);
+        }
+        let Introspected::Active(claims) = introspector.introspect(token, hash).await? else {
+            return Err(AuthError::Inactive);
+        };
+        let now = jsonwebtoken::get_current_timestamp();
+        let number = |k: &str| match claims.get(k) {
+            None => Ok(None),
+            Some(v) => v.as_u64().map(Some).ok_or_else(|| AuthError::Invalid(format!("{k} is not a number"))),
+        };
+        let exp = number("exp")?;
+        if exp.is_some_and(|exp| exp + LEEWAY_SECS < now) {
+            return Err(AuthError::Invalid("the token has expired".into()));
+        }
+        if number("nbf")?.is_some_and(|nbf| nbf > now + LEEWAY_SECS) {
+            return Err(AuthError::Invalid("the token is not valid yet".into()));
+        }
+        // The issuer the answer names is the introspecting issuer (its template's, with the part).
+        let part = match (claims.get("iss"), &issuer.iss) {
+            (Some(Value::String(iss)), IssPattern::Exact(e)) if iss == e => "",
+            (None, IssPattern::Exact(_)) => "",
+            (Some(Value::String(iss)), pattern) => pattern.matches(iss).ok_or(AuthError::UnknownIssuer)?,
+            _ => return Err(AuthError::UnknownIssuer),
+        };
+        let part = part.to_owned();
+        if !issuer.audience.is_empty() {
+            let named = match claims.get("aud") {
+                Some(Value::String(a)) => issuer.audience.contains(a),
+                Some(Value::Array(list)) => {
+                    list.iter().any(|a| a.as_str().is_some_and(|a| issuer.audience.iter().any(|x| x == a)))
+                }
+                _ => false,
+            };
+            if !named {
+                return Err(AuthError::Invalid("the token is not for this audience".into()));
+            }
+        }
+        // A sender-constrained token (DPoP, mTLS-bound) needs a proof fhir-fence does not check.
+        let bearer = match claims.get("token_type") {
+            None => true,
+            Some(Value::String(t)) => t.eq_ignore_ascii_case("bearer"),
+            Some(_) => false,
+        };
+        if !bearer || claims.contains_key("cnf") {
+            return Err(AuthError::NotBearer);
+        }
+        let claims = Value::Object(claims);
+        let caller = self.caller(issuer, &part, &claims)?;
+        let cached = now + introspector.cache.as_secs();
+        Ok((caller, exp.map_or(cached, |exp| exp.min(cached))))
+    }
+
+    /// The caller a verified token's claims name: the tenant (which the issuer must be allowed
+    /// to assert, and which must not be suspended), subject and client.
+    fn caller(&self, issuer: &TrustedIssuer, part: &str, claims: &Value) -> Result<Caller, AuthError> {
+        let tenant_name = issuer.tenant_source.tenant(part, claims).ok_or(AuthError::NoTenantClaim)?;
+        if !issuer.tenants.contains(&tenant_name) {
+            return Err(AuthError::TenantNotAllowed);
+        }
+        let tenant = self.tenants.get(&tenant_name).ok_or(AuthError::TenantNotAllowed)?;
+        if tenant.status == TenantStatus::Suspended {
+            return Err(AuthError::Suspended);
+        }
+        let text = |k: &str| claims.get(k).and_then(Value::as_str).map(str::to_owned);
+        Ok(Caller {
+            tenant: tenant.clone(),
+            subject: text("sub"),
+            client_id: text("client_id").or_else(|| text("azp")),
+            issuer: issuer.keys.name.clone(),
+        })
     }
 
     /// The full check of RFC 8725: issuer, algorithm, key, signature, claims, tenant; with `exp`.
@@ -274,22 +395,8 @@ impl Verifier {
             }
         }
 
-        let tenant_name = issuer.tenant_source.tenant(part, &claims).ok_or(AuthError::NoTenantClaim)?;
-        if !issuer.tenants.contains(&tenant_name) {
-            return Err(AuthError::TenantNotAllowed);
-        }
-        let tenant = self.tenants.get(&tenant_name).ok_or(AuthError::TenantNotAllowed)?;
-        if tenant.status == TenantStatus::Suspended {
-            return Err(AuthError::Suspended);
-        }
-        let text = |k: &str| claims.get(k).and_then(Value::as_str).map(str::to_owned);
+        let caller = self.caller(issuer, part, &claims)?;
         let exp = claims.get("exp").and_then(Value::as_u64).ok_or_else(|| AuthError::Invalid("exp".into()))?;
-        let caller = Caller {
-            tenant: tenant.clone(),
-            subject: text("sub"),
-            client_id: text("client_id").or_else(|| text("azp")),
-            issuer: issuer.keys.name.clone(),
-        };
         Ok((caller, exp))
     }
 }

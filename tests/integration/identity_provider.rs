@@ -37,6 +37,9 @@ impl Provider {
             .expect("curl runs");
         let body = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{path}: {body} {}", String::from_utf8_lossy(&out.stderr));
+        if body.is_empty() {
+            return Value::Null; // revocation answers 200 with no body
+        }
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
     }
 
@@ -48,7 +51,21 @@ impl Provider {
         (c["client_id"].as_str().unwrap().to_owned(), c["client_secret"].as_str().unwrap().to_owned())
     }
 
-    fn token(&self, (id, secret): &(String, String)) -> String {
+    /// A confidential client with no tenant (fhir-fence's own, for introspection):
+    /// (client_id, client_secret).
+    fn register_service(&self) -> (String, String) {
+        let metadata = serde_json::json!({"grant_types": ["client_credentials"], "response_types": [],
+            "redirect_uris": [], "token_endpoint_auth_method": "client_secret_basic"});
+        let c = self.call("/reg", &["-H", "content-type: application/json", "-d", &metadata.to_string()]);
+        (c["client_id"].as_str().unwrap().to_owned(), c["client_secret"].as_str().unwrap().to_owned())
+    }
+
+    fn token(&self, client: &(String, String)) -> String {
+        self.token_for(client, AUDIENCE)
+    }
+
+    /// A client-credentials token for `resource` (opaque when its URL says "opaque").
+    fn token_for(&self, (id, secret): &(String, String), resource: &str) -> String {
         let t = self.call(
             "/token",
             &[
@@ -57,7 +74,7 @@ impl Provider {
                 "-d",
                 "grant_type=client_credentials",
                 "-d",
-                &format!("resource={AUDIENCE}"),
+                &format!("resource={resource}"),
             ],
         );
         t["access_token"].as_str().unwrap().to_owned()
@@ -67,6 +84,10 @@ impl Provider {
         self.call(&format!("/admin/{action}"), &["-X", "POST"])
     }
 }
+
+/// The provider is one process: a test that takes it offline holds this, and every test here
+/// takes it, so none sees another's outage.
+static PROVIDER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Brings the provider back however the test ends.
 struct Online<'p>(&'p Provider);
@@ -87,6 +108,7 @@ fn kid(token: &str) -> String {
 
 #[tokio::test]
 async fn keys_follow_the_provider_and_outlast_it_for_a_while() {
+    let _one = PROVIDER.lock().await;
     let idp = Provider::from_env();
     let ts = tenants(2);
     let up = fake::start(|s| {
@@ -171,4 +193,65 @@ async fn keys_follow_the_provider_and_outlast_it_for_a_while() {
     assert_eq!(search(unseen).await.status, 200, "the cached key outlasts the provider");
     let r = search(third).await;
     assert_eq!(r.status, 401, "{}", r.body);
+}
+
+#[tokio::test]
+async fn opaque_tokens_are_introspected_at_the_provider() {
+    let _one = PROVIDER.lock().await;
+    let idp = Provider::from_env();
+    let ts = tenants(2);
+    let up = fake::start(|s| {
+        Answer::Json(200, searchset(&format!("http://{}/fhir", s.headers["host"].to_str().unwrap()), vec![], None))
+    })
+    .await;
+    // fhir-fence's own client at the provider (no tenant): it may introspect, nothing else.
+    let (fence_id, fence_secret) = idp.register_service();
+    let secret = support::write_config(&fence_secret);
+    let opaque = "urn:fhir-fence:opaque-test";
+    let mut o = Options::new(&up.base, &ts);
+    o.extra = format!(
+        "[issuers.idp]\niss = \"{url}\"\nca_file = {ca:?}\naudience = [\"{opaque}\"]\ntenant_claim = \"$.tenant\"\n\
+         tenants = [{first:?}]\n[issuers.idp.introspection]\nendpoint = \"{url}/token/introspection\"\n\
+         client_id = \"{fence_id}\"\nclient_secret_file = {secret:?}\n",
+        url = idp.url,
+        ca = idp.ca.display().to_string(),
+        first = ts[0].name,
+        secret = secret.display().to_string(),
+    );
+    let fence = support::start(o).await;
+    let search = |token: String| {
+        let url = fence.url("Patient?name=x");
+        async move { get(&url).bearer(&token).send().await }
+    };
+
+    let client = idp.register(&ts[0].name);
+    let token = idp.token_for(&client, opaque);
+    assert_eq!(token.split('.').count(), 1, "the provider issued an opaque token: {token}");
+    let r = search(token.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // The same tenant rules as for JWTs: a client of a tenant the issuer may not assert is 401,
+    // and so is a token for another resource server.
+    let other = idp.token_for(&idp.register(&ts[1].name), opaque);
+    assert_eq!(search(other).await.status, 401);
+    let elsewhere = idp.token_for(&client, "urn:fhir-fence:opaque-elsewhere");
+    assert_eq!(search(elsewhere).await.status, 401);
+    // A token the provider revoked before it was presented is inactive.
+    let revoked = idp.token_for(&client, opaque);
+    idp.call("/token/revocation", &["-u", &format!("{}:{}", client.0, client.1), "-d", &format!("token={revoked}")]);
+    let r = search(revoked).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    // Made-up tokens are inactive, not errors.
+    assert_eq!(search("madeUpToken123".into()).await.status, 401);
+
+    // The provider goes down: a token answered before keeps working (for its cache_secs), a
+    // new one gets 503 with Retry-After — quickly, never a 500 or a stall.
+    let unseen = idp.token_for(&client, opaque);
+    let _online = Online(&idp);
+    idp.admin("offline");
+    assert_eq!(search(token).await.status, 200, "answered before, still cached");
+    let started = std::time::Instant::now();
+    let r = search(unseen).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.header("retry-after"), Some("5"));
+    assert!(started.elapsed() < std::time::Duration::from_secs(8), "{:?}", started.elapsed());
 }

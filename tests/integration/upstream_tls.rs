@@ -5,48 +5,11 @@
 //! client gets 502); `bearer_file` reaches the upstream, a client's own token never does.
 use crate::support::client::get;
 use crate::support::fake::{self, Answer};
-use crate::support::pki::{Ca, Issued, Volume};
+use crate::support::pki::{self, Ca, Volume};
 use crate::support::{self, tenants, Options};
 use fhir_fence::config;
 use fhir_fence::state::Snapshot;
 use http::{HeaderMap, Method};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::PrivateKeyDer;
-use std::sync::Arc;
-
-/// A TLS front for `backend` (`host:port`) serving `cert`, asking for client certificates of
-/// `clients` when given; answers its own `host:port`.
-async fn tls_front(backend: String, cert: &Issued, clients: Option<&Ca>) -> String {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder =
-        rustls::ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions().unwrap();
-    let builder = match clients {
-        None => builder.with_no_client_auth(),
-        Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            roots.add(ca.der()).unwrap();
-            let verifier =
-                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build().unwrap();
-            builder.with_client_cert_verifier(verifier)
-        }
-    };
-    let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap();
-    let config = builder.with_single_cert(vec![cert.der.clone()], key).unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let (acceptor, backend) = (acceptor.clone(), backend.clone());
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
-                let Ok(mut plain) = tokio::net::TcpStream::connect(&backend).await else { return };
-                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
-            });
-        }
-    });
-    addr
-}
 
 fn backend(up: &fake::Fake) -> String {
     up.base.trim_start_matches("http://").split('/').next().unwrap().to_owned()
@@ -71,8 +34,8 @@ async fn https_upstreams_are_verified_by_ca_name_and_date() {
     let ts = tenants(1);
     let up = fake::start(|_| Answer::Json(200, serde_json::json!({"resourceType": "OperationOutcome"}))).await;
     let (ca, other) = (Ca::new(), Ca::new());
-    let good = tls_front(backend(&up), &ca.issue(&["localhost"]), None).await;
-    let expired = tls_front(
+    let good = pki::tls_front(backend(&up), &ca.issue(&["localhost"]), None).await;
+    let expired = pki::tls_front(
         backend(&up),
         &ca.issue_with(&["localhost"], |p| {
             p.not_before = rcgen::date_time_ymd(2020, 1, 1);
@@ -116,7 +79,7 @@ async fn client_certificates_and_credentials_reach_the_upstream_and_client_token
     let (name, prefix) = (ts[0].name.clone(), ts[0].prefix.clone());
     let up = fake::start(move |_| Answer::Json(200, fake::stored("Patient", &prefix, &name, "p1"))).await;
     let ca = Ca::new();
-    let front = tls_front(backend(&up), &ca.issue(&["localhost"]), Some(&ca)).await;
+    let front = pki::tls_front(backend(&up), &ca.issue(&["localhost"]), Some(&ca)).await;
     let client = ca.issue(&["spiffe://test/fhir-fence"]);
     let files = Volume::new();
     files.swap(&[

@@ -2,7 +2,8 @@
 // (OpenID Certified), unmodified, served over HTTPS on 127.0.0.1 with a certificate of the test
 // CA that scripts/idp makes. What it offers: discovery, JWKS, dynamic client registration (a
 // client carries the `tenant` its tokens name), client_credentials with JWT access tokens
-// (RFC 9068, `typ: at+jwt`) for a resource indicator, introspection and revocation.
+// (RFC 9068, `typ: at+jwt`) for a resource indicator (opaque ones for a resource whose URL
+// contains "opaque"), introspection and revocation.
 //
 // Test controls, on the same port under /admin/ (loopback only, no authentication: a harness):
 //   POST /admin/rotate   a new signing key first in the JWKS; the old keys stay published
@@ -85,12 +86,14 @@ function build() {
         enabled: true,
         defaultResource: () => undefined,
         useGrantedResource: () => true,
+        // A resource whose URL contains "opaque" gets opaque tokens (checked by introspection).
         getResourceServerInfo: (ctx, resource) => ({
           scope: 'system/*.rs system/*.cruds patient/*.rs',
           audience: resource,
           accessTokenTTL: 600,
-          accessTokenFormat: 'jwt',
-          jwt: { sign: { alg: 'RS256' } },
+          ...(resource.includes('opaque')
+            ? { accessTokenFormat: 'opaque' }
+            : { accessTokenFormat: 'jwt', jwt: { sign: { alg: 'RS256' } } }),
         }),
       },
     },

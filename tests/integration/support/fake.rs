@@ -48,6 +48,8 @@ pub struct Seen {
     pub query: Vec<(String, String)>,
     pub headers: HeaderMap,
     pub body: Option<Value>,
+    /// The body as received.
+    pub raw: Bytes,
 }
 
 impl Seen {
@@ -116,6 +118,7 @@ pub async fn start_with(cs: Value, handler: impl Fn(&Seen) -> Answer + Send + Sy
                                 .collect(),
                             headers: parts.headers.clone(),
                             body: if bytes.is_empty() { None } else { serde_json::from_slice(&bytes).ok() },
+                            raw: bytes,
                         };
                         seen.lock().unwrap().push(s.clone());
                         let answer =
