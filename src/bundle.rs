@@ -30,7 +30,10 @@ pub(crate) async fn bundle(ctx: &Ctx<'_>, caller: &Caller, body: Value) -> Resul
     }
     let caps = ctx.snap.capabilities(&caller.tenant.upstream).await.ok_or(ScopeError::CapabilitiesUnavailable)?;
     match kind.as_str() {
-        "transaction" => Ok(crate::scope::transaction::run(ctx, &caps, entries).await?),
+        "transaction" => {
+            permit_transaction(caller, &entries, ctx)?;
+            Ok(crate::scope::transaction::run(ctx, &caps, entries).await?)
+        }
         "batch" => {
             let mut out = Composed::new("batch-response");
             for entry in entries {
@@ -43,6 +46,25 @@ pub(crate) async fn bundle(ctx: &Ctx<'_>, caller: &Caller, body: Value) -> Resul
             Err(ScopeError::Body(format!("Bundle.type {other:?} cannot be posted; use transaction or batch")).into())
         }
     }
+}
+
+/// A transaction is one request to the upstream, so the caller's SMART scopes must allow every
+/// entry in full (an entry that `patient/` scopes would narrow cannot be narrowed inside it).
+fn permit_transaction(caller: &Caller, entries: &[Value], ctx: &Ctx) -> Result<(), Error> {
+    let Some(grant) = caller.grant.as_deref() else { return Ok(()) };
+    for entry in entries {
+        let request = route::entry_request(entry, &ctx.snap.public_base, &ctx.snap.base_path)?;
+        let conditional_create = request.headers.contains_key("if-none-exist");
+        match crate::smart::permit(grant, &request.interaction, &request.params, conditional_create)? {
+            crate::smart::Access::Full => {}
+            crate::smart::Access::Patient(_) => {
+                return Err(
+                    crate::smart::SmartError::OutsideCompartment(grant.patient.clone().unwrap_or_default()).into()
+                )
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One batch entry as a request of its own: routed, scoped and checked like any other; its

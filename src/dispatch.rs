@@ -7,9 +7,11 @@ use crate::identity::Caller;
 use crate::outbound::Checked;
 use crate::request::RequestError;
 use crate::route::{self, Interaction};
+use crate::scope::confine::confine;
 use crate::scope::read::ReadResult;
 use crate::scope::write::WriteResult;
 use crate::scope::{conditional, read, search, write, Ctx, ScopeError};
+use crate::smart::{self, Access};
 use http::header;
 use http::{HeaderMap, StatusCode};
 use serde_json::Value;
@@ -54,6 +56,24 @@ pub async fn dispatch(
     headers: &HeaderMap,
     self_url: &str,
 ) -> Result<Outcome, Error> {
+    // The token's SMART scopes, after the tenant rule (which the scope modules apply whatever
+    // they say): a request they do not allow is refused here, one granted only by patient/
+    // scopes is narrowed to the patient's compartment. A batch entry comes through here too.
+    let access = match caller.grant.as_deref() {
+        None => Access::Full,
+        Some(grant) => smart::permit(grant, &interaction, params, headers.contains_key("if-none-exist"))?,
+    };
+    let narrowed;
+    let (interaction, params) = match access {
+        Access::Full => (interaction, params),
+        Access::Patient(patient) => {
+            let caps =
+                ctx.snap.capabilities(&caller.tenant.upstream).await.ok_or(ScopeError::CapabilitiesUnavailable)?;
+            let (interaction, changed) = confine(ctx, &caps, interaction, params, &patient).await?;
+            narrowed = changed;
+            (interaction, narrowed.as_ref().unwrap_or(params))
+        }
+    };
     // Types no tenant may change (server-wide ones, the audit trail) are refused before any
     // scope module runs; a batch entry comes through here too.
     if let Some(rtype) = interaction.changes() {

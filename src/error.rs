@@ -10,6 +10,7 @@ use crate::limits::LimitError;
 use crate::request::RequestError;
 use crate::route::RouteError;
 use crate::scope::ScopeError;
+use crate::smart::SmartError;
 use crate::upstream::UpstreamError;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
@@ -31,6 +32,9 @@ pub enum Error {
     Export(#[from] ExportError),
     #[error(transparent)]
     Limit(#[from] LimitError),
+    /// The token's SMART scopes do not allow the request.
+    #[error(transparent)]
+    Smart(#[from] SmartError),
     /// The public listener has `server.max_connections` open (answered on the extra connection).
     #[error("fhir-fence has too many client connections open; retry shortly")]
     Overloaded,
@@ -72,6 +76,7 @@ impl Error {
                 format!("the token could not be checked with its identity provider now; retry shortly (correlation id {correlation})"),
             ),
             Error::Auth(_) => (S::UNAUTHORIZED, "login", shown()),
+            Error::Smart(_) => (S::FORBIDDEN, "forbidden", shown()),
             Error::Route(RouteError::NotFhir(_)) => (S::NOT_FOUND, "not-found", shown()),
             Error::Route(RouteError::Method(_)) => (S::METHOD_NOT_ALLOWED, "not-supported", shown()),
             Error::Route(RouteError::OperationRefused(..)) => (S::FORBIDDEN, "forbidden", shown()),
@@ -190,6 +195,7 @@ impl Error {
             Error::Scope(_) => Some("scope"),
             Error::Export(_) => Some("export"),
             Error::Limit(_) => Some("limit"),
+            Error::Smart(_) => Some("smart-scope"),
             Error::Overloaded => Some("connections"),
         }
     }

@@ -33,6 +33,7 @@ pub mod scope;
 pub mod seal;
 pub mod server;
 pub mod server_cert;
+pub mod smart;
 pub mod state;
 pub mod tenancy;
 pub mod upstream;

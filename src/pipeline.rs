@@ -150,7 +150,8 @@ async fn run(
         return crate::bulk::download::download(snap.clone(), &caller, upstream.clone(), file, correlation).await;
     }
     // Scope, upstream and the outbound check, per interaction; then the answer.
-    let ctx = Ctx { snap, tenant: &caller.tenant, upstream, correlation };
+    let grant = caller.grant.as_deref().map_or(0, crate::smart::Grant::fingerprint);
+    let ctx = Ctx { snap, tenant: &caller.tenant, upstream, correlation, grant };
     let outcome = match interaction {
         // A Bundle's entries come back through `dispatch` one by one (batch) or are planned
         // together (transaction).

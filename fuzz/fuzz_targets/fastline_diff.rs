@@ -67,7 +67,7 @@ fuzz_target!(|data: &[u8]| {
     let tenant = &*snap.tenants["acme"];
     let upstream = &*snap.upstreams["main"];
     let rtype = (mode & 1 == 0).then_some("Observation");
-    let ctx = Ctx { snap, tenant, upstream, correlation: "fuzz" };
+    let ctx = Ctx { snap, tenant, upstream, correlation: "fuzz", grant: 0 };
     let mut out = Vec::new();
     if fast_line(snap, tenant, upstream, rtype).accept(line, &mut out).is_err() {
         assert!(out.is_empty(), "a declined line leaves nothing behind");

@@ -49,7 +49,7 @@ pub async fn download(
 ) -> Result<Response<Body>, Error> {
     let file = handle::open_file(&snap, caller, token).await?;
     let tenant = caller.tenant.clone();
-    let ctx = Ctx { snap: &snap, tenant: &tenant, upstream: &upstream, correlation };
+    let ctx = Ctx { snap: &snap, tenant: &tenant, upstream: &upstream, correlation, grant: 0 };
     let path = format!("Binary/{}", file.binary);
     let (status, headers, body, permit) = upstream.stream(&path, NDJSON, base_headers(ctx.correlation)).await?;
     match status {
@@ -130,7 +130,7 @@ fn check(
         (snap.clone(), tenant.clone(), upstream.clone(), correlation.to_owned());
     match file.kind {
         Kind::Output => Box::new(move |v| {
-            let ctx = Ctx { snap: &snap, tenant: &tenant, upstream: &upstream, correlation: &correlation };
+            let ctx = Ctx { snap: &snap, tenant: &tenant, upstream: &upstream, correlation: &correlation, grant: 0 };
             outbound::resource(&ctx, v).ok()
         }),
         Kind::Error => Box::new(move |v| Some(outbound::export::error_line(&v, &correlation))),

@@ -22,75 +22,6 @@ use http::header::{self, HeaderValue};
 use http::{HeaderMap, Method, StatusCode};
 use serde_json::{json, Value};
 
-/// The R4 Patient compartment (CompartmentDefinition/patient) without `Group` and `List`,
-/// which HAPI leaves out of Patient-level exports: the types a Patient or Group export covers.
-const PATIENT_COMPARTMENT: &[&str] = &[
-    "Account",
-    "AdverseEvent",
-    "AllergyIntolerance",
-    "Appointment",
-    "AppointmentResponse",
-    "AuditEvent",
-    "Basic",
-    "BodyStructure",
-    "CarePlan",
-    "CareTeam",
-    "ChargeItem",
-    "Claim",
-    "ClaimResponse",
-    "ClinicalImpression",
-    "Communication",
-    "CommunicationRequest",
-    "Composition",
-    "Condition",
-    "Consent",
-    "Coverage",
-    "CoverageEligibilityRequest",
-    "CoverageEligibilityResponse",
-    "DetectedIssue",
-    "DeviceRequest",
-    "DeviceUseStatement",
-    "DiagnosticReport",
-    "DocumentManifest",
-    "DocumentReference",
-    "Encounter",
-    "EnrollmentRequest",
-    "EpisodeOfCare",
-    "ExplanationOfBenefit",
-    "FamilyMemberHistory",
-    "Flag",
-    "Goal",
-    "ImagingStudy",
-    "Immunization",
-    "ImmunizationEvaluation",
-    "ImmunizationRecommendation",
-    "Invoice",
-    "MeasureReport",
-    "Media",
-    "MedicationAdministration",
-    "MedicationDispense",
-    "MedicationRequest",
-    "MedicationStatement",
-    "MolecularSequence",
-    "NutritionOrder",
-    "Observation",
-    "Patient",
-    "Person",
-    "Procedure",
-    "Provenance",
-    "QuestionnaireResponse",
-    "RelatedPerson",
-    "RequestGroup",
-    "ResearchSubject",
-    "RiskAssessment",
-    "Schedule",
-    "ServiceRequest",
-    "Specimen",
-    "SupplyDelivery",
-    "SupplyRequest",
-    "VisionPrescription",
-];
-
 /// Parameters of the Bulk Data spec that fhir-fence does not pass on (refused, not ignored).
 const UNSUPPORTED: &[&str] = &[
     "_until",
@@ -293,7 +224,7 @@ fn exportable(caps: &Capabilities, t: &str, patient_level: bool) -> Result<(), E
     if let Some((_, why)) = crate::fhir::server_wide::SERVER_WIDE.iter().find(|(w, _)| *w == t) {
         return Err(ExportError::NotExportable(t.to_owned(), why));
     }
-    if patient_level && !PATIENT_COMPARTMENT.contains(&t) {
+    if patient_level && !crate::fhir::compartment::PATIENT_COMPARTMENT.contains(&t) {
         return Err(ExportError::NotExportable(t.to_owned(), "it is not in the Patient compartment"));
     }
     Ok(())

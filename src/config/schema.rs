@@ -285,6 +285,19 @@ pub struct Issuer {
     /// endpoint. At most one issuer has this: an opaque token names no issuer, and fhir-fence
     /// never shows a token to a provider that may not have issued it.
     pub introspection: Option<Introspection>,
+    /// `smart-v2`: the token's SMART scopes (v2, and v1's `.read`/`.write`) are enforced after
+    /// the tenant rule (`smart`). `ignore` (default): the tenant rule alone.
+    #[serde(default)]
+    pub scopes: ScopePolicy,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum ScopePolicy {
+    #[serde(rename = "smart-v2")]
+    SmartV2,
+    #[default]
+    #[serde(rename = "ignore")]
+    Ignore,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

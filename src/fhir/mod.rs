@@ -3,6 +3,7 @@
 //! Nothing in here knows about tenants; `scope` and `tenancy` build on it.
 pub mod canonical;
 pub mod capabilities;
+pub mod compartment;
 pub mod json;
 pub mod outcome;
 pub mod patch;

@@ -34,6 +34,9 @@ pub struct Caller {
     pub subject: Option<String>,
     pub client_id: Option<String>,
     pub issuer: String,
+    /// The token's SMART grant, when its issuer has `scopes = "smart-v2"` (`None`: the tenant
+    /// rule alone).
+    pub grant: Option<Arc<crate::smart::Grant>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +98,7 @@ struct TrustedIssuer {
     /// The `typ` every token must carry (`at+jwt`), when the issuer says so.
     token_type: Option<String>,
     introspector: Option<Introspector>,
+    scopes: crate::config::ScopePolicy,
 }
 
 pub struct Verifier {
@@ -150,6 +154,7 @@ impl Verifier {
                 tenants: i.asserts(),
                 token_type: i.token_type.clone(),
                 introspector,
+                scopes: i.scopes,
             });
         }
         let mut introspecting = issuers.iter().enumerate().filter(|(_, i)| i.introspector.is_some());
@@ -228,6 +233,7 @@ impl Verifier {
                     subject: Some(name.clone()),
                     client_id: None,
                     issuer: CLIENT_CERTIFICATE.into(),
+                    grant: None,
                 })
             }
             (Some(_), None) => Err(AuthError::Missing),
@@ -351,6 +357,10 @@ impl Verifier {
             subject: text("sub"),
             client_id: text("client_id").or_else(|| text("azp")),
             issuer: issuer.keys.name.clone(),
+            grant: match issuer.scopes {
+                crate::config::ScopePolicy::SmartV2 => Some(Arc::new(crate::smart::Grant::from_claims(claims))),
+                crate::config::ScopePolicy::Ignore => None,
+            },
         })
     }
 

@@ -9,12 +9,14 @@
 //! - `refcheck` — every reference in a write must exist in the caller's tenant
 //! - `canonicals` — canonical URLs (resolved server-wide) must name the caller's definitions or shared ones
 //! - `conditional` — `If-None-Exist`, `[type]?criteria` writes, conditional reads
+//! - `confine`  — a `patient/`-scoped (SMART) request narrowed to the launch patient's compartment
 //! - `transaction` — transaction Bundles: every entry scoped, one atomic upstream transaction
 //! - `operation` — `$everything`, `$meta`, `$meta-add`, `$meta-delete`, `$validate` (per tenant allow-list)
 //! - `paging`   — sealed page tokens instead of upstream `_getpages` links
 //! - `testing`  — (tests only) a `Ctx` for the unit tests beside these modules
 pub mod canonicals;
 pub mod conditional;
+pub mod confine;
 pub mod operation;
 pub mod paging;
 pub mod params;
@@ -37,6 +39,9 @@ pub struct Ctx<'a> {
     pub tenant: &'a Tenant,
     pub upstream: &'a Upstream,
     pub correlation: &'a str,
+    /// A fingerprint of the caller's SMART grant (0: scopes not enforced): page tokens are
+    /// bound to it, so a page opens only for the grant that ran its search.
+    pub grant: u64,
 }
 
 #[derive(Debug, thiserror::Error)]

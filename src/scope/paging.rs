@@ -31,6 +31,9 @@ pub struct PageToken {
     /// The search could not be scoped upstream (type/system history): `total` is always removed.
     #[serde(rename = "h", default)]
     pub unscoped: bool,
+    /// The SMART grant's fingerprint of the caller whose search this is (0: none enforced).
+    #[serde(rename = "g", default)]
+    pub grant: u64,
 }
 
 /// What the upstream's search covered: it decides whether the upstream's `Bundle.total` may be
@@ -58,7 +61,7 @@ impl PageToken {
 /// Opens a token for `ctx.tenant`; any mismatch is the same 404 as a forged token.
 pub fn open(ctx: &Ctx, token: &str) -> Result<PageToken, ScopeError> {
     let page: PageToken = ctx.snap.sealer.open(PURPOSE, token).map_err(|_| ScopeError::PageToken)?;
-    if page.tenant != ctx.tenant.name || page.upstream != ctx.upstream.name {
+    if page.tenant != ctx.tenant.name || page.upstream != ctx.upstream.name || page.grant != ctx.grant {
         return Err(ScopeError::PageToken);
     }
     Ok(page)
@@ -71,6 +74,7 @@ fn seal(ctx: &Ctx, (path, query): (&str, &str), counted: Counted) -> String {
         path: path.to_owned(),
         query: query.to_owned(),
         unscoped: counted == Counted::Server,
+        grant: ctx.grant,
     };
     ctx.snap.sealer.seal(PURPOSE, &token, Duration::from_secs(ctx.snap.page_ttl_secs))
 }

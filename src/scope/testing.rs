@@ -57,7 +57,7 @@ tenants = ["acme", "globex"]
 /// The context of a request by `tenant` (`acme` or `globex`).
 pub fn ctx(tenant: &str) -> Ctx<'static> {
     let snap = snapshot();
-    Ctx { snap, tenant: &snap.tenants[tenant], upstream: &snap.upstreams["main"], correlation: "unit" }
+    Ctx { snap, tenant: &snap.tenants[tenant], upstream: &snap.upstreams["main"], correlation: "unit", grant: 0 }
 }
 
 /// Patient and Observation, searchable by `_id`, `_tag`, `identifier`, `name` and `subject`.

@@ -21,6 +21,7 @@ mod reload;
 mod replay;
 mod shape_r4;
 mod shutdown;
+mod smart_hapi;
 mod upstream_tls;
 mod webhook;
 mod workers;

@@ -29,6 +29,6 @@ impl ScopeHarness {
     }
 
     pub fn ctx(&self) -> Ctx<'_> {
-        Ctx { snap: &self.snap, tenant: &self.tenant, upstream: &self.upstream, correlation: "harness" }
+        Ctx { snap: &self.snap, tenant: &self.tenant, upstream: &self.upstream, correlation: "harness", grant: 0 }
     }
 }

@@ -1,0 +1,268 @@
+//! What an interaction needs from a token's SMART scopes, and whether its grant gives it.
+//!
+//! Each interaction needs permissions on a type (`read` → `r`, `search` → `s`, a conditional
+//! write also `s`, `$export` → `rs` on each exported type…); parameters that reach into other
+//! types need them too, from `user/` or `system/` scopes (an `_include`d type `r`, a chained or
+//! `_has` type `s`). Granted by `user/` or `system/` scopes alone: [`Access::Full`] (the whole
+//! tenant). Granted only with `patient/` scopes: [`Access::Patient`], which `scope::confine`
+//! narrows to the launch patient's compartment — or refuses where it cannot (writes, history,
+//! system-wide searches, exports). Not granted: 403, naming the scope that is missing.
+use super::scopes::{Grant, Perms};
+use crate::route::{ExportLevel, Interaction, Op, Params};
+
+/// What the grant allows an interaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    /// Everything the tenant rule allows.
+    Full,
+    /// Only inside this patient's compartment (a local id).
+    Patient(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SmartError {
+    #[error("the token's scopes do not allow this request: it needs {0}")]
+    Missing(String),
+    #[error("the token's patient/ scopes need a patient launch context (its patient claim), and it has none")]
+    NoPatient,
+    #[error("the token's patient/ scopes do not allow {0}: they confine it to the patient's compartment, which {0} cannot be narrowed to (it needs {1})")]
+    NotConfinable(&'static str, String),
+    #[error("the token's patient/ scopes confine it to Patient/{0}")]
+    OutsideCompartment(String),
+    #[error("the token's patient/ scopes cannot be narrowed to the patient for {0} (not in the R4 Patient compartment, or the upstream has no patient search parameter for it)")]
+    CannotNarrow(String),
+}
+
+/// Permissions needed on a type (`None`: every type, `*`).
+struct Need {
+    rtype: Option<String>,
+    perms: Perms,
+}
+
+impl Need {
+    fn new(rtype: Option<&str>, perms: Perms) -> Need {
+        Need { rtype: rtype.map(str::to_owned), perms }
+    }
+
+    /// `Type.perms` as a scope names it, with the contexts that could grant it.
+    fn scope(&self, confinable: bool) -> String {
+        let t = self.rtype.as_deref().unwrap_or("*");
+        match confinable {
+            true => format!("patient/{t}.{0}, user/{t}.{0} or system/{t}.{0}", self.perms),
+            false => format!("user/{t}.{0} or system/{t}.{0}", self.perms),
+        }
+    }
+}
+
+/// Whether `grant` allows `interaction` with `params` (`conditional_create`: a create with
+/// `If-None-Exist`, which searches).
+pub fn permit(
+    grant: &Grant,
+    interaction: &Interaction,
+    params: &Params,
+    conditional_create: bool,
+) -> Result<Access, SmartError> {
+    let (needs, confinable) = needs(interaction, params, conditional_create);
+    // Types reached through parameters: granted without confinement (an included Practitioner
+    // is no member of the patient's compartment).
+    for need in reached(params) {
+        if !grant.perms(need.rtype.as_deref(), false).contains(need.perms) {
+            return Err(SmartError::Missing(need.scope(false)));
+        }
+    }
+    let full = |n: &Need| grant.perms(n.rtype.as_deref(), false).contains(n.perms);
+    if needs.iter().all(full) {
+        return Ok(Access::Full);
+    }
+    let either = |n: &Need| grant.perms(n.rtype.as_deref(), false).union(grant.perms(n.rtype.as_deref(), true));
+    if let Some(n) = needs.iter().find(|n| !either(n).contains(n.perms)) {
+        return Err(SmartError::Missing(n.scope(confinable.is_ok())));
+    }
+    // Granted only with patient/ scopes.
+    if let Err(what) = confinable {
+        let n = needs.iter().find(|n| !full(n)).expect("one needs patient/");
+        return Err(SmartError::NotConfinable(what, n.scope(false)));
+    }
+    grant.patient.clone().map(Access::Patient).ok_or(SmartError::NoPatient)
+}
+
+/// The permissions an interaction needs, and whether a `patient/` grant can be confined to
+/// the patient's compartment for it (`Err`: what it is, for the refusal).
+fn needs(i: &Interaction, params: &Params, conditional_create: bool) -> (Vec<Need>, Result<(), &'static str>) {
+    use Interaction as I;
+    let (r, s) = (Perms::R, Perms::S);
+    let one = |t: &str, p: Perms| vec![Need::new(Some(t), p)];
+    let searched = Perms::S;
+    match i {
+        I::Read { rtype, .. } | I::Vread { rtype, .. } | I::InstanceHistory { rtype, .. } => (one(rtype, r), Ok(())),
+        I::Validate { rtype, id: Some(_) } => (one(rtype, r), Ok(())),
+        I::Operation { rtype, op: Op::Meta, .. } => (one(rtype, r), Ok(())),
+        I::Search { rtype, .. } | I::Compartment { rtype, .. } => (one(rtype, s), Ok(())),
+        I::Operation { op: Op::Everything, .. } => (vec![Need::new(None, r.union(s))], Ok(())),
+        // A rehearsal of a create: nothing is written or read.
+        I::Validate { rtype, id: None } => (one(rtype, Perms::C), Ok(())),
+        I::History { rtype } => (vec![Need::new(rtype.as_deref(), s)], Err("history of a type or of the server")),
+        I::SystemSearch { .. } => (types(params, s), Err("a search across types")),
+        I::Export { level, .. } => {
+            let what = match level {
+                ExportLevel::System => "a system export",
+                ExportLevel::Patients | ExportLevel::Patient(_) => "a patient export",
+                ExportLevel::Group(_) => "a group export",
+            };
+            (types(params, r.union(s)), Err(what))
+        }
+        I::Create { rtype } => {
+            let p = if conditional_create { Perms::C.union(searched) } else { Perms::C };
+            (one(rtype, p), Err("a write"))
+        }
+        I::Update { rtype, .. } | I::Patch { rtype, .. } => (one(rtype, Perms::U), Err("a write")),
+        I::Operation { rtype, op: Op::MetaAdd | Op::MetaDelete, .. } => (one(rtype, Perms::U), Err("a write")),
+        I::ConditionalUpdate { rtype } | I::ConditionalPatch { rtype } => {
+            (one(rtype, Perms::U.union(searched)), Err("a write"))
+        }
+        I::Delete { rtype, .. } => (one(rtype, Perms::D), Err("a write")),
+        I::ConditionalDelete { rtype } => (one(rtype, Perms::D.union(searched)), Err("a write")),
+        I::Operation { op: Op::Validate, rtype, .. } => (one(rtype, r), Ok(())),
+        // Nothing of their own: a page continues a search its token is bound to (by the grant),
+        // export status and files belong to the job of the client that started it, a Bundle's
+        // entries are judged one by one, and metadata is public.
+        I::Page { .. }
+        | I::ExportStatus { .. }
+        | I::ExportCancel { .. }
+        | I::ExportFile { .. }
+        | I::Bundle
+        | I::Metadata => (vec![], Ok(())),
+    }
+}
+
+/// `_type`'s types (every type without it), each needing `perms`.
+fn types(params: &Params, perms: Perms) -> Vec<Need> {
+    let named: Vec<Need> = params
+        .iter()
+        .filter(|(k, _)| k == "_type")
+        .flat_map(|(_, v)| v.split(','))
+        .map(|t| Need::new(Some(t.trim()), perms))
+        .collect();
+    if named.is_empty() {
+        vec![Need::new(None, perms)]
+    } else {
+        named
+    }
+}
+
+/// Types a search reaches through its parameters: `_include` targets (`r`; any type when the
+/// include names none), `_revinclude` sources (`r`), chain hops and `_has` types (`s`).
+fn reached(params: &Params) -> Vec<Need> {
+    let mut out = Vec::new();
+    for (name, value) in params {
+        let base = name.split(':').next().unwrap_or_default();
+        match base {
+            "_include" | "_revinclude" => {
+                for v in value.split(',') {
+                    let parts: Vec<&str> = v.split(':').collect();
+                    let t = match (base, parts.as_slice()) {
+                        ("_include", [_, _, t]) => Some(*t),
+                        ("_include", _) => None,
+                        (_, [s, ..]) => Some(*s),
+                        _ => None,
+                    };
+                    out.push(Need::new(t, Perms::R));
+                }
+            }
+            "_has" => {
+                // `_has:Type:ref:param`, possibly nested: every Type named.
+                let parts: Vec<&str> = name.split(':').collect();
+                for w in parts.windows(2).filter(|w| w[0] == "_has") {
+                    out.push(Need::new(Some(w[1]), Perms::S));
+                }
+            }
+            _ if name.contains('.') => {
+                // `ref[:Type].….param`: every hop but the last reaches a resource.
+                let hops: Vec<&str> = name.split('.').collect();
+                for hop in &hops[..hops.len() - 1] {
+                    out.push(Need::new(hop.split_once(':').map(|(_, t)| t), Perms::S));
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn grant(scope: &str, patient: Option<&str>) -> Grant {
+        Grant::from_claims(&json!({"scope": scope, "patient": patient}))
+    }
+
+    fn read(t: &str) -> Interaction {
+        Interaction::Read { rtype: t.into(), id: "x".into() }
+    }
+
+    fn search(t: &str) -> Interaction {
+        Interaction::Search { rtype: t.into(), form: false }
+    }
+
+    fn q(pairs: &[(&str, &str)]) -> Params {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn user_and_system_scopes_give_the_tenant_patient_scopes_the_compartment() {
+        let g = grant("user/Observation.rs patient/Condition.rs", Some("p1"));
+        assert_eq!(permit(&g, &read("Observation"), &vec![], false).unwrap(), Access::Full);
+        assert_eq!(permit(&g, &read("Condition"), &vec![], false).unwrap(), Access::Patient("p1".into()));
+        let e = permit(&g, &read("Patient"), &vec![], false).unwrap_err().to_string();
+        assert!(e.contains("patient/Patient.r, user/Patient.r or system/Patient.r"), "{e}");
+        // A write needs its letter; patient/ scopes cannot write here.
+        let create = Interaction::Create { rtype: "Observation".into() };
+        assert!(permit(&g, &create, &vec![], false).unwrap_err().to_string().contains("Observation.c"));
+        let g = grant("patient/Observation.crus", Some("p1"));
+        let e = permit(&g, &create, &vec![], false).unwrap_err();
+        assert!(matches!(e, SmartError::NotConfinable("a write", _)), "{e}");
+        // Conditional interactions search too.
+        let g = grant("system/Observation.c", None);
+        assert_eq!(permit(&g, &create, &vec![], false).unwrap(), Access::Full);
+        assert!(permit(&g, &create, &vec![], true).unwrap_err().to_string().contains("Observation.cs"));
+        // patient/ without a launch patient grants nothing usable.
+        let g = grant("patient/Observation.rs", None);
+        assert!(matches!(permit(&g, &search("Observation"), &vec![], false), Err(SmartError::NoPatient)));
+    }
+
+    #[test]
+    fn types_reached_through_parameters_need_their_own_scopes() {
+        let g = grant("patient/Observation.rs user/Practitioner.r", Some("p1"));
+        let include = q(&[("_include", "Observation:performer:Practitioner")]);
+        assert_eq!(permit(&g, &search("Observation"), &include, false).unwrap(), Access::Patient("p1".into()));
+        for (k, v, needs) in [
+            ("_include", "Observation:performer", "user/*.r"),
+            ("_include", "Observation:subject:Patient", "user/Patient.r"),
+            ("_revinclude", "Provenance:target", "user/Provenance.r"),
+            ("_include:iterate", "Observation:subject:Patient", "user/Patient.r"),
+            ("subject:Patient.name", "x", "user/Patient.s"),
+            ("subject.name", "x", "user/*.s"),
+            ("_has:Condition:subject:code", "x", "user/Condition.s"),
+        ] {
+            let e = permit(&g, &search("Observation"), &q(&[(k, v)]), false).unwrap_err().to_string();
+            assert!(e.contains(needs), "{k}={v}: {e}");
+        }
+    }
+
+    #[test]
+    fn what_cannot_be_confined_needs_user_or_system_scopes() {
+        let g = grant("patient/*.rs", Some("p1"));
+        let export = Interaction::Export { level: ExportLevel::System, form: false };
+        assert!(matches!(permit(&g, &export, &vec![], false), Err(SmartError::NotConfinable(..))));
+        let system = Interaction::SystemSearch { form: false };
+        assert!(matches!(permit(&g, &system, &vec![], false), Err(SmartError::NotConfinable(..))));
+        let g = grant("system/Patient.rs system/Observation.rs", None);
+        assert_eq!(permit(&g, &export, &q(&[("_type", "Patient,Observation")]), false).unwrap(), Access::Full);
+        let e = permit(&g, &export, &vec![], false).unwrap_err().to_string();
+        assert!(e.contains("system/*.rs"), "{e}");
+        let everything = Interaction::Operation { rtype: "Patient".into(), id: "p1".into(), op: Op::Everything };
+        assert!(permit(&g, &everything, &vec![], false).is_err(), "$everything needs every type");
+    }
+}

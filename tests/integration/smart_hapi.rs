@@ -1,0 +1,196 @@
+//! SMART scopes after the tenant rule, against the real HAPI (`scripts/hapi`): `user/` and
+//! `system/` scopes give the tenant's data per type and permission, `patient/` scopes narrow
+//! reads and searches to the launch patient's compartment (as HAPI's compartment search
+//! decides it), and what a token's scopes do not allow is 403 naming the missing scope.
+use crate::support::client::{get, post, put};
+use crate::support::{self, fixture, tenants, Fence, Options};
+use jsonwebtoken::{encode, get_current_timestamp, Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+
+const AUD: &str = "urn:fhir-fence:smart-test";
+
+fn hapi() -> String {
+    support::hapi_url("HAPI_URL", 8090)
+}
+
+/// A token of the `smart` issuer (HS256, `scopes = "smart-v2"`) for `tenant`.
+fn token(tenant: &str, scope: &str, patient: Option<&str>) -> String {
+    let secret: Vec<u8> =
+        std::fs::read(fixture("dev-hs256.secret")).unwrap().into_iter().filter(|b| *b != b'\n').collect();
+    let now = get_current_timestamp();
+    let mut claims = json!({"iss": "https://issuer.test/smart", "aud": AUD, "sub": "u", "exp": now + 300,
+        "tenant": tenant, "scope": scope});
+    if let Some(p) = patient {
+        claims["patient"] = json!(p);
+    }
+    encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(&secret)).unwrap()
+}
+
+fn ids(bundle: &Value) -> Vec<String> {
+    let mut v: Vec<String> = bundle["entry"]
+        .as_array()
+        .map(|e| {
+            e.iter()
+                .map(|e| {
+                    format!(
+                        "{}/{}",
+                        e["resource"]["resourceType"].as_str().unwrap(),
+                        e["resource"]["id"].as_str().unwrap()
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+async fn start() -> (Fence, Vec<support::T>) {
+    let ts = tenants(2);
+    let mut o = Options::new(&hapi(), &ts);
+    o.extra = format!(
+        "[issuers.smart]\niss = \"https://issuer.test/smart\"\naudience = [\"{AUD}\"]\nalgorithms = [\"HS256\"]\n\
+         secret_file = {:?}\ntenant_claim = \"$.tenant\"\ntenants = [{:?}, {:?}]\nscopes = \"smart-v2\"\n",
+        fixture("dev-hs256.secret"),
+        ts[0].name,
+        ts[1].name
+    );
+    (support::start(o).await, ts)
+}
+
+/// Writes `resources` as `tenant` with a token that may (the tenant rule's dev issuer).
+async fn seed(f: &Fence, tenant: &str, resources: &[Value]) {
+    let t = f.token(tenant);
+    for r in resources {
+        let url = f.url(&format!("{}/{}", r["resourceType"].as_str().unwrap(), r["id"].as_str().unwrap()));
+        let reply = put(&url, r).bearer(&t).send().await;
+        assert!(reply.status == 201 || reply.status == 200, "{url}: {}", reply.body);
+    }
+}
+
+fn obs(id: &str, subject: &str, performer: Option<&str>) -> Value {
+    let mut o = json!({"resourceType": "Observation", "id": id, "status": "final", "code": {"text": "x"},
+        "subject": {"reference": format!("Patient/{subject}")}});
+    if let Some(p) = performer {
+        o["performer"] = json!([{"reference": p}]);
+    }
+    o
+}
+
+#[tokio::test]
+async fn scopes_narrow_what_the_tenant_rule_allows() {
+    let (f, ts) = start().await;
+    let (a, b) = (ts[0].name.as_str(), ts[1].name.as_str());
+    seed(
+        &f,
+        a,
+        &[
+            json!({"resourceType": "Patient", "id": "p1"}),
+            json!({"resourceType": "Patient", "id": "p2"}),
+            json!({"resourceType": "Practitioner", "id": "d1"}),
+            obs("o1", "p1", None),
+            obs("o2", "p2", None),
+            obs("o3", "p2", Some("Patient/p1")),
+            json!({"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p1"}}),
+        ],
+    )
+    .await;
+    seed(&f, b, &[json!({"resourceType": "Patient", "id": "p1"}), obs("b1", "p1", None)]).await;
+    let status = |url: &str, t: &str| {
+        let (url, t) = (f.url(url), t.to_owned());
+        async move { get(&url).bearer(&t).send().await }
+    };
+
+    // patient/ scopes: searches and reads of Patient/p1's resources only — by their `patient`
+    // parameter, so o3 (p1 only its performer) is not found either: narrower, never wider.
+    let tp = token(a, "launch/patient patient/Observation.rs patient/Patient.r", Some("p1"));
+    let r = status("Observation", &tp).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(ids(&r.body), ["Observation/o1"]);
+    let r = status("Observation?status=final&_count=50", &tp).await;
+    assert_eq!(ids(&r.body), ["Observation/o1"]);
+    // The client's own patient parameter can only narrow further.
+    assert_eq!(ids(&status("Observation?patient=p2", &tp).await.body), Vec::<String>::new());
+    assert_eq!(status("Observation/o1", &tp).await.status, 200);
+    assert_eq!(status("Observation/o3", &tp).await.status, 404);
+    assert_eq!(status("Observation/o2", &tp).await.status, 404, "outside the compartment: as if absent");
+    assert_eq!(status("Observation/o2/_history", &tp).await.status, 404);
+    assert_eq!(status("Patient/p1", &tp).await.status, 200);
+    assert_eq!(status("Patient/p2", &tp).await.status, 404);
+    // HAPI JPA serves no compartment searches (501, as for any caller); another patient's is 403.
+    assert_eq!(status("Patient/p1/Observation", &tp).await.status, 501);
+    let r = status("Patient/p2/Observation", &tp).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.diagnostics().contains("Patient/p1"), "{}", r.diagnostics());
+    // What the scopes do not name is 403, naming what is missing.
+    for (url, missing) in [
+        ("Condition/c1", "patient/Condition.r, user/Condition.r or system/Condition.r"),
+        ("Practitioner/d1", "patient/Practitioner.r, user/Practitioner.r or system/Practitioner.r"),
+        ("Patient?_id=p1", "Patient.s"),
+        ("Observation?_include=Observation:performer:Practitioner", "user/Practitioner.r or system/Practitioner.r"),
+        ("Observation?subject:Patient.name=x", "user/Patient.s"),
+        ("Observation/_history", "user/Observation.s or system/Observation.s"),
+        ("?_type=Observation", "user/Observation.s"),
+    ] {
+        let r = status(url, &tp).await;
+        assert_eq!(r.status, 403, "{url}: {}", r.body);
+        assert!(r.diagnostics().contains(missing), "{url}: {}", r.diagnostics());
+    }
+    let r = post(&f.url("Observation"), &obs("n1", "p1", None)).bearer(&tp).send().await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    // The tenant rule comes first: the same scopes for tenant b see b's Patient/p1 only.
+    let tb = token(b, "patient/Observation.rs", Some("p1"));
+    assert_eq!(ids(&status("Observation", &tb).await.body), ["Observation/b1"]);
+    // Without a launch patient, patient/ scopes allow nothing.
+    let r = status("Observation", &token(a, "patient/Observation.rs", None)).await;
+    assert_eq!(r.status, 403);
+    assert!(r.diagnostics().contains("patient launch context"), "{}", r.diagnostics());
+
+    // v1's patient/*.read: every type inside the compartment; Patient searches find p1 only.
+    let v1 = token(a, "patient/*.read", Some("p1"));
+    let r = status("Practitioner/d1", &v1).await;
+    assert_eq!(r.status, 403, "Practitioner is no member of the Patient compartment: {}", r.body);
+    assert!(r.diagnostics().contains("cannot be narrowed"), "{}", r.diagnostics());
+    assert_eq!(status("Condition/c1", &v1).await.status, 200);
+    assert_eq!(ids(&status("Patient", &v1).await.body), ["Patient/p1"]);
+    assert_eq!(ids(&status("Condition", &v1).await.body), ["Condition/c1"]);
+    assert_eq!(status("Patient/p1/$everything", &v1).await.status, 200);
+    assert_eq!(status("Patient/p2/$everything", &v1).await.status, 403);
+
+    // Batch entries are judged one by one; a transaction as a whole.
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": "Observation/o1"}},
+        {"request": {"method": "GET", "url": "Observation/o2"}},
+        {"request": {"method": "GET", "url": "Condition/c1"}}]});
+    let r = post(&f.url(""), &batch).bearer(&tp).send().await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let statuses: Vec<&str> =
+        r.body["entry"].as_array().unwrap().iter().map(|e| e["response"]["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["200 OK", "404 Not Found", "403 Forbidden"]);
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"request": {"method": "GET", "url": "Observation/o1"}}]});
+    assert_eq!(post(&f.url(""), &tx).bearer(&tp).send().await.status, 403);
+
+    // user/ scopes: the tenant's data of the types and permissions named.
+    let tu = token(a, "user/Observation.rs", None);
+    assert_eq!(ids(&status("Observation", &tu).await.body), ["Observation/o1", "Observation/o2", "Observation/o3"]);
+    assert_eq!(status("Observation/o2", &tu).await.status, 200);
+    let r = post(&f.url("Observation"), &obs("n1", "p1", None)).bearer(&tu).send().await;
+    assert_eq!(r.status, 403);
+    assert!(r.diagnostics().contains("user/Observation.c or system/Observation.c"), "{}", r.diagnostics());
+    let tw = token(a, "system/Observation.cu", None);
+    let r = post(&f.url("Observation"), &obs("n1", "p1", None)).bearer(&tw).send().await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = get(&f.url("Observation/o1")).bearer(&token(a, "openid fhirUser", None)).send().await;
+    assert_eq!(r.status, 403, "no data scope, no data");
+
+    // A page opens only for the grant whose search made it.
+    let r = status("Observation?_count=1", &tu).await;
+    let next = r.body["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(get(&next).bearer(&tu).send().await.status, 200);
+    assert_eq!(get(&next).bearer(&token(a, "user/Observation.rs user/Patient.r", None)).send().await.status, 404);
+    assert_eq!(get(&next).bearer(&tp).send().await.status, 404);
+}
