@@ -69,7 +69,7 @@ pub async fn dispatch(
         Access::Patient(patient) => {
             let caps =
                 ctx.snap.capabilities(&caller.tenant.upstream).await.ok_or(ScopeError::CapabilitiesUnavailable)?;
-            let (interaction, changed) = confine(ctx, &caps, interaction, params, &patient).await?;
+            let (interaction, changed) = confine(ctx, &caps, interaction, params, body.as_ref(), &patient).await?;
             narrowed = changed;
             (interaction, narrowed.as_ref().unwrap_or(params))
         }

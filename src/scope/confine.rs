@@ -12,10 +12,15 @@
 //! - a read (vread, instance history, `$meta`, `$validate` of an instance) is first asked for
 //!   with the same narrowing (`_id` and `patient`); not found so, the answer is the 404 of a
 //!   resource that does not exist. A vread is judged by the resource's current version;
-//! - `$everything` and compartment searches are the launch patient's only.
+//! - `$everything` and compartment searches are the launch patient's only;
+//! - a create or update is the patient's when every Patient reference at the elements behind
+//!   the type's `patient` parameter (`fhir::shape::Model::patient_paths`: Observation's
+//!   `subject`, Appointment's `participant.actor`) is the launch patient, and there is one; an
+//!   update or delete must also find the resource it replaces the patient's (an update of a
+//!   resource that does not exist yet creates it). The patient's own Patient resource by its id.
 //!
-//! What cannot be narrowed this way (writes, history, system searches, exports) never gets
-//! here: `smart::permit` refuses it.
+//! What cannot be narrowed this way (patches, conditional writes, history, system searches,
+//! exports) never gets here: `smart::permit` refuses it.
 use super::search;
 use super::Ctx;
 use crate::error::Error;
@@ -31,6 +36,7 @@ pub async fn confine(
     caps: &Capabilities,
     interaction: Interaction,
     params: &Params,
+    body: Option<&Value>,
     patient: &str,
 ) -> Result<(Interaction, Option<Params>), Error> {
     use Interaction as I;
@@ -57,6 +63,31 @@ pub async fn confine(
             Ok((interaction, None))
         }
         I::Validate { id: None, .. } => Ok((interaction, None)),
+        I::Create { ref rtype } => {
+            written(ctx, rtype, body, patient)?;
+            Ok((interaction, None))
+        }
+        I::Update { ref rtype, ref id } if rtype == "Patient" => match id == patient {
+            true => Ok((interaction, None)),
+            false => Err(outside()),
+        },
+        I::Update { ref rtype, ref id } => {
+            written(ctx, rtype, body, patient)?;
+            match current(ctx, caps, rtype, id).await? {
+                Some(found) if !belongs(ctx, rtype, &found, patient) => Err(outside()),
+                _ => Ok((interaction, None)),
+            }
+        }
+        I::Delete { ref rtype, ref id } => {
+            let mine = match rtype.as_str() {
+                "Patient" => id == patient,
+                _ => current(ctx, caps, rtype, id).await?.is_some_and(|found| belongs(ctx, rtype, &found, patient)),
+            };
+            match mine {
+                true => Ok((interaction, None)),
+                false => Err(super::ScopeError::NotFound(format!("{rtype}/{id}")).into()),
+            }
+        }
         // `smart::permit` lets nothing else through confined.
         _ => Err(outside()),
     }
@@ -73,15 +104,68 @@ fn narrowing(caps: &Capabilities, rtype: &str, patient: &str) -> Result<(String,
     Err(SmartError::CannotNarrow(rtype.to_owned()))
 }
 
-/// Whether `rtype/id` is the launch patient's (found with the narrowing of a search).
+/// Whether `rtype/id` is the launch patient's: found with the narrowing of a search (asked
+/// past the upstream's search cache, so a resource just moved to another patient is not).
 async fn member(ctx: &Ctx<'_>, caps: &Capabilities, patient: &str, rtype: &str, id: &str) -> Result<bool, Error> {
     let criteria: Params = vec![("_id".into(), id.to_owned()), narrowing(caps, rtype, patient)?];
-    let found = search::search(ctx, caps, rtype, &criteria, "").await?;
-    let bundle = found.body.into_tree();
-    let entries = bundle.get("entry").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
-    Ok(entries.iter().any(|e| {
-        let resource = e.get("resource");
-        resource.and_then(|r| r.get("resourceType")).and_then(Value::as_str) == Some(rtype)
-            && resource.and_then(|r| r.get("id")).and_then(Value::as_str) == Some(id)
+    let found = search::matching(ctx, caps, rtype, &criteria).await?;
+    Ok(found.into_iter().map(|r| r.into_tree()).any(|r| {
+        r.get("resourceType").and_then(Value::as_str) == Some(rtype) && r.get("id").and_then(Value::as_str) == Some(id)
     }))
+}
+
+/// A body to be written for the patient: refused unless it is the patient's.
+fn written(ctx: &Ctx<'_>, rtype: &str, body: Option<&Value>, patient: &str) -> Result<(), SmartError> {
+    match body {
+        Some(body) if belongs(ctx, rtype, body, patient) => Ok(()),
+        _ => Err(SmartError::NotThePatients(patient.to_owned(), rtype.to_owned())),
+    }
+}
+
+/// The caller's current `rtype/id` (client view), if it exists (past the search cache).
+async fn current(ctx: &Ctx<'_>, caps: &Capabilities, rtype: &str, id: &str) -> Result<Option<Value>, Error> {
+    let criteria: Params = vec![("_id".into(), id.to_owned())];
+    let found = search::matching(ctx, caps, rtype, &criteria).await?;
+    Ok(found.into_iter().map(|r| r.into_tree()).find(|r| r.get("id").and_then(Value::as_str) == Some(id)))
+}
+
+/// Whether `resource` (client view) is `patient`'s: a type of the Patient compartment, every
+/// Patient reference at its `patient` parameter's elements is `Patient/{patient}` (local, or
+/// under fhir-fence's public base; any version), and there is at least one.
+fn belongs(ctx: &Ctx<'_>, rtype: &str, resource: &Value, patient: &str) -> bool {
+    if !PATIENT_COMPARTMENT.contains(&rtype) {
+        return false;
+    }
+    let mut references = Vec::new();
+    for path in crate::fhir::shape::Model::r4().patient_paths(rtype) {
+        collect(resource, path, &mut references);
+    }
+    let base = format!("{}/", ctx.snap.public_base);
+    let mut mine = false;
+    for reference in references {
+        let local = reference.strip_prefix(base.as_str()).unwrap_or(reference);
+        let target = local.split("/_history/").next().unwrap_or(local);
+        match target.strip_prefix("Patient/") {
+            Some(id) if id == patient => mine = true,
+            Some(_) => return false,
+            // Anything else naming a Patient (a conditional or absolute reference): not provably hers.
+            None if target.contains("Patient") => return false,
+            None => {}
+        }
+    }
+    mine
+}
+
+/// The `reference` strings of the References at `path` under `value` (arrays flattened).
+fn collect<'v>(value: &'v Value, path: &[String], out: &mut Vec<&'v str>) {
+    match (value, path) {
+        (Value::Array(items), _) => items.iter().for_each(|i| collect(i, path, out)),
+        (Value::Object(o), []) => out.extend(o.get("reference").and_then(Value::as_str)),
+        (Value::Object(o), [first, rest @ ..]) => {
+            if let Some(v) = o.get(first.as_str()) {
+                collect(v, rest, out);
+            }
+        }
+        _ => {}
+    }
 }

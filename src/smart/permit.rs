@@ -5,8 +5,9 @@
 //! types need them too, from `user/` or `system/` scopes (an `_include`d type `r`, a chained or
 //! `_has` type `s`). Granted by `user/` or `system/` scopes alone: [`Access::Full`] (the whole
 //! tenant). Granted only with `patient/` scopes: [`Access::Patient`], which `scope::confine`
-//! narrows to the launch patient's compartment — or refuses where it cannot (writes, history,
-//! system-wide searches, exports). Not granted: 403, naming the scope that is missing.
+//! narrows to the launch patient's resources — or refuses where it cannot (patches,
+//! conditional writes, history, system-wide searches, exports). Not granted: 403, naming the
+//! scope that is missing.
 use super::scopes::{Grant, Perms};
 use crate::route::{ExportLevel, Interaction, Op, Params};
 
@@ -31,6 +32,8 @@ pub enum SmartError {
     OutsideCompartment(String),
     #[error("the token's patient/ scopes cannot be narrowed to the patient for {0} (not in the R4 Patient compartment, or the upstream has no patient search parameter for it)")]
     CannotNarrow(String),
+    #[error("the token's patient/ scopes allow writing Patient/{0}'s resources only: this {1} is not (its patient references must all be Patient/{0}, and there must be one)")]
+    NotThePatients(String, String),
 }
 
 /// Permissions needed on a type (`None`: every type, `*`).
@@ -111,17 +114,22 @@ fn needs(i: &Interaction, params: &Params, conditional_create: bool) -> (Vec<Nee
             };
             (types(params, r.union(s)), Err(what))
         }
-        I::Create { rtype } => {
-            let p = if conditional_create { Perms::C.union(searched) } else { Perms::C };
-            (one(rtype, p), Err("a write"))
+        // Writes of the patient's own resources can be confined (`scope::confine` judges the
+        // body and the resource it replaces); those that search or transform first cannot.
+        I::Create { rtype } if conditional_create => {
+            (one(rtype, Perms::C.union(searched)), Err("a conditional create"))
         }
-        I::Update { rtype, .. } | I::Patch { rtype, .. } => (one(rtype, Perms::U), Err("a write")),
-        I::Operation { rtype, op: Op::MetaAdd | Op::MetaDelete, .. } => (one(rtype, Perms::U), Err("a write")),
+        I::Create { rtype } => (one(rtype, Perms::C), Ok(())),
+        I::Update { rtype, .. } => (one(rtype, Perms::U), Ok(())),
+        I::Delete { rtype, .. } => (one(rtype, Perms::D), Ok(())),
+        I::Patch { rtype, .. } => (one(rtype, Perms::U), Err("a patch (an update can be)")),
+        I::Operation { rtype, op: Op::MetaAdd | Op::MetaDelete, .. } => {
+            (one(rtype, Perms::U), Err("$meta-add or $meta-delete"))
+        }
         I::ConditionalUpdate { rtype } | I::ConditionalPatch { rtype } => {
-            (one(rtype, Perms::U.union(searched)), Err("a write"))
+            (one(rtype, Perms::U.union(searched)), Err("a conditional write"))
         }
-        I::Delete { rtype, .. } => (one(rtype, Perms::D), Err("a write")),
-        I::ConditionalDelete { rtype } => (one(rtype, Perms::D.union(searched)), Err("a write")),
+        I::ConditionalDelete { rtype } => (one(rtype, Perms::D.union(searched)), Err("a conditional write")),
         I::Operation { op: Op::Validate, rtype, .. } => (one(rtype, r), Ok(())),
         // Nothing of their own: a page continues a search its token is bound to (by the grant),
         // export status and files belong to the job of the client that started it, a Bundle's
@@ -221,8 +229,11 @@ mod tests {
         let create = Interaction::Create { rtype: "Observation".into() };
         assert!(permit(&g, &create, &vec![], false).unwrap_err().to_string().contains("Observation.c"));
         let g = grant("patient/Observation.crus", Some("p1"));
-        let e = permit(&g, &create, &vec![], false).unwrap_err();
-        assert!(matches!(e, SmartError::NotConfinable("a write", _)), "{e}");
+        assert_eq!(permit(&g, &create, &vec![], false).unwrap(), Access::Patient("p1".into()));
+        let e = permit(&g, &create, &vec![], true).unwrap_err();
+        assert!(matches!(e, SmartError::NotConfinable("a conditional create", _)), "{e}");
+        let patch = Interaction::Patch { rtype: "Observation".into(), id: "o1".into() };
+        assert!(matches!(permit(&g, &patch, &vec![], false), Err(SmartError::NotConfinable(..))));
         // Conditional interactions search too.
         let g = grant("system/Observation.c", None);
         assert_eq!(permit(&g, &create, &vec![], false).unwrap(), Access::Full);

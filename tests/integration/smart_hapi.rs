@@ -2,7 +2,7 @@
 //! `system/` scopes give the tenant's data per type and permission, `patient/` scopes narrow
 //! reads and searches to the launch patient's compartment (as HAPI's compartment search
 //! decides it), and what a token's scopes do not allow is 403 naming the missing scope.
-use crate::support::client::{get, post, put};
+use crate::support::client::{delete, get, post, put, request};
 use crate::support::{self, fixture, tenants, Fence, Options};
 use jsonwebtoken::{encode, get_current_timestamp, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
@@ -157,6 +157,68 @@ async fn scopes_narrow_what_the_tenant_rule_allows() {
     assert_eq!(status("Patient/p1/$everything", &v1).await.status, 200);
     assert_eq!(status("Patient/p2/$everything", &v1).await.status, 403);
 
+    // patient/ writes: the patient's own resources only — by the Patient references at the
+    // type's patient elements (all of them the launch patient's, at least one), and the
+    // resource an update or delete replaces must be the patient's too.
+    let tw = token(a, "patient/*.cruds", Some("p1"));
+    let write = |method: &'static str, url: &str, body: Value| {
+        let (url, tw) = (f.url(url), tw.clone());
+        async move {
+            let call = request(method, &url).header("content-type", "application/fhir+json");
+            call.raw_body(body.to_string()).bearer(&tw).send().await
+        }
+    };
+    let absolute = format!("{}/Patient/p1", f.base);
+    for (method, url, body, expected) in [
+        ("POST", "Observation", obs("w1", "p1", None), 201),
+        ("POST", "Observation", obs("w2", "p2", None), 403),
+        ("POST", "Observation", obs("w3", "p1", Some("Patient/p2")), 201), // performer is no patient element
+        ("PUT", "Observation/w4", obs("w4", "p1", None), 201),
+        ("PUT", "Observation/o1", obs("o1", "p1", None), 200),
+        ("PUT", "Observation/o1", obs("o1", "p2", None), 403),
+        ("PUT", "Observation/o2", obs("o2", "p1", None), 403),
+        ("PUT", "Patient/p1", json!({"resourceType": "Patient", "id": "p1", "active": true}), 200),
+        ("PUT", "Patient/p2", json!({"resourceType": "Patient", "id": "p2", "active": true}), 403),
+        ("POST", "Patient", json!({"resourceType": "Patient"}), 403),
+        (
+            "POST",
+            "Observation",
+            json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+            "subject": {"reference": absolute}}),
+            201,
+        ),
+        ("POST", "Observation", json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}}), 403),
+        (
+            "POST",
+            "Appointment",
+            json!({"resourceType": "Appointment", "status": "proposed", "participant": [
+            {"actor": {"reference": "Patient/p1"}, "status": "accepted"},
+            {"actor": {"reference": "Patient/p2"}, "status": "accepted"}]}),
+            403,
+        ),
+        (
+            "POST",
+            "Appointment",
+            json!({"resourceType": "Appointment", "status": "proposed", "participant": [
+            {"actor": {"reference": "Patient/p1"}, "status": "accepted"},
+            {"actor": {"reference": "Practitioner/d1"}, "status": "accepted"}]}),
+            201,
+        ),
+    ] {
+        let r = write(method, url, body).await;
+        assert_eq!(r.status, expected, "{method} {url}: {}", r.body);
+    }
+    let r = request("PATCH", &f.url("Observation/o1"))
+        .header("content-type", "application/json-patch+json")
+        .raw_body(r#"[{"op":"replace","path":"/status","value":"amended"}]"#)
+        .bearer(&tw)
+        .send()
+        .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(delete(&f.url("Observation/o2")).bearer(&tw).send().await.status, 404);
+    assert_eq!(delete(&f.url("Observation/w4")).bearer(&tw).send().await.status, 200);
+    assert_eq!(get(&f.url("Observation/o2")).bearer(&f.token(a)).send().await.status, 200, "o2 untouched");
+
     // Batch entries are judged one by one; a transaction as a whole.
     let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
         {"request": {"method": "GET", "url": "Observation/o1"}},
@@ -173,7 +235,10 @@ async fn scopes_narrow_what_the_tenant_rule_allows() {
 
     // user/ scopes: the tenant's data of the types and permissions named.
     let tu = token(a, "user/Observation.rs", None);
-    assert_eq!(ids(&status("Observation", &tu).await.body), ["Observation/o1", "Observation/o2", "Observation/o3"]);
+    assert_eq!(
+        ids(&status("Observation?_id=o1,o2,o3", &tu).await.body),
+        ["Observation/o1", "Observation/o2", "Observation/o3"]
+    );
     assert_eq!(status("Observation/o2", &tu).await.status, 200);
     let r = post(&f.url("Observation"), &obs("n1", "p1", None)).bearer(&tu).send().await;
     assert_eq!(r.status, 403);
@@ -193,4 +258,8 @@ async fn scopes_narrow_what_the_tenant_rule_allows() {
     assert_eq!(get(&next).bearer(&tu).send().await.status, 200);
     assert_eq!(get(&next).bearer(&token(a, "user/Observation.rs user/Patient.r", None)).send().await.status, 404);
     assert_eq!(get(&next).bearer(&tp).send().await.status, 404);
+
+    // A resource moved to another patient stops being the launch patient's at once.
+    seed(&f, a, &[obs("o1", "p2", None)]).await;
+    assert_eq!(status("Observation/o1", &tp).await.status, 404);
 }

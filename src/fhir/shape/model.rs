@@ -75,6 +75,9 @@ pub struct Model {
     pub(super) canonical_targets: Vec<Vec<Box<str>>>,
     pub(super) resources: Names<u32>,
     pub(super) element: u32,
+    /// Per resource type, the element paths of its `patient` search parameter (`subject`,
+    /// `participant.actor`), each split at its dots.
+    patient_paths: HashMap<String, Vec<Vec<String>>>,
 }
 
 #[derive(serde::Deserialize)]
@@ -82,6 +85,7 @@ struct Table {
     primitives: HashMap<String, String>,
     resources: Vec<String>,
     types: HashMap<String, HashMap<String, String>>,
+    patient_paths: HashMap<String, Vec<String>>,
 }
 
 impl Model {
@@ -157,7 +161,17 @@ impl Model {
             .map(|r| index.get(r.as_str()).map(|i| (r.as_str().into(), *i)).ok_or_else(|| format!("no type {r}")))
             .collect::<Result<_, _>>()?;
         let element = *index.get("Element").ok_or("no Element type")?;
-        Ok(Model { types, canonical_targets, resources, element })
+        let patient_paths = table
+            .patient_paths
+            .into_iter()
+            .map(|(t, paths)| (t, paths.iter().map(|p| p.split('.').map(str::to_owned).collect()).collect()))
+            .collect();
+        Ok(Model { types, canonical_targets, resources, element, patient_paths })
+    }
+
+    /// The element paths of `rtype`'s `patient` search parameter (none: it has none).
+    pub fn patient_paths(&self, rtype: &str) -> &[Vec<String>] {
+        self.patient_paths.get(rtype).map(Vec::as_slice).unwrap_or_default()
     }
 
     /// Whether `rtype` is an R4 resource type.
