@@ -287,6 +287,7 @@ fn filter_alone(config: &std::path::Path, pool: &[Bytes], total: u64) -> (Durati
         binary: "bench".into(),
         rtype: "Observation".into(),
         kind: Kind::Output,
+        grant: 0,
     };
     let mut filter = file_filter(&snap, &tenant, &upstream, &file, "bench");
     let mut out = Vec::with_capacity(2 << 20);

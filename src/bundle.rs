@@ -54,8 +54,12 @@ fn permit_transaction(caller: &Caller, entries: &[Value], ctx: &Ctx) -> Result<(
     let Some(grant) = caller.grant.as_deref() else { return Ok(()) };
     for entry in entries {
         let request = route::entry_request(entry, &ctx.snap.public_base, &ctx.snap.base_path)?;
-        let conditional_create = request.headers.contains_key("if-none-exist");
-        match crate::smart::permit(grant, &request.interaction, &request.params, conditional_create)? {
+        let criteria = match request.headers.get("if-none-exist").and_then(|v| v.to_str().ok()) {
+            Some(c) => Some(route::parse_query(Some(c.split_once('?').map_or(c, |(_, q)| q)))?),
+            None => None,
+        };
+        let resource = entry.get("resource");
+        match crate::smart::permit(grant, &request.interaction, &request.params, criteria.as_ref(), resource)? {
             crate::smart::Access::Full => {}
             crate::smart::Access::Patient(_) => {
                 return Err(

@@ -7,7 +7,7 @@ use crate::identity::Caller;
 use crate::outbound::Checked;
 use crate::request::RequestError;
 use crate::route::{self, Interaction};
-use crate::scope::confine::confine;
+use crate::scope::confine::{self, confine};
 use crate::scope::read::ReadResult;
 use crate::scope::write::WriteResult;
 use crate::scope::{conditional, read, search, write, Ctx, ScopeError};
@@ -61,7 +61,14 @@ pub async fn dispatch(
     // scopes is narrowed to the patient's compartment. A batch entry comes through here too.
     let access = match caller.grant.as_deref() {
         None => Access::Full,
-        Some(grant) => smart::permit(grant, &interaction, params, headers.contains_key("if-none-exist"))?,
+        Some(grant) => {
+            let criteria = match headers.get("if-none-exist").map(|v| v.to_str()) {
+                Some(Ok(c)) => Some(route::parse_query(Some(c.split_once('?').map_or(c, |(_, q)| q)))?),
+                Some(Err(_)) => return Err(RequestError::Header("if-none-exist").into()),
+                None => None,
+            };
+            smart::permit(grant, &interaction, params, criteria.as_ref(), body.as_ref())?
+        }
     };
     let narrowed;
     let (interaction, params) = match access {
@@ -79,10 +86,6 @@ pub async fn dispatch(
     if let Some(rtype) = interaction.changes() {
         write::writable(ctx, rtype)?;
     }
-    let caps = || async {
-        ctx.snap.capabilities(&caller.tenant.upstream).await.ok_or(Error::from(ScopeError::CapabilitiesUnavailable))
-    };
-    let written = |rtype: String, done: WriteResult| Outcome::Written { rtype, done };
     let if_match = write::if_match(headers.get(header::IF_MATCH))?;
     let if_match = if_match.as_ref();
     // The upstream ignores If-Match on a delete: refused rather than dropped.
@@ -91,6 +94,57 @@ pub async fn dispatch(
             ScopeError::Param("If-Match on a delete is not supported (the upstream would ignore it)".into()).into()
         );
     }
+    let outcome = run(ctx, caller, interaction, params, body, headers, self_url, if_match).await?;
+    Ok(match caller.grant.as_deref() {
+        Some(grant) => recheck(ctx, grant, outcome)?,
+        None => outcome,
+    })
+}
+
+/// The answer judged again for a caller with `patient/` scopes: whatever resource it holds of a
+/// type those scopes alone give must be the launch patient's (`scope::confine::is_patients`);
+/// a read that is not becomes the 404 of a resource that does not exist, a Bundle loses the
+/// entry (and its `total`).
+fn recheck(ctx: &Ctx<'_>, grant: &smart::Grant, outcome: Outcome) -> Result<Outcome, Error> {
+    let Some(patient) = grant.patient.as_deref().filter(|_| grant.confines()) else { return Ok(outcome) };
+    let keep = |r: &Value| {
+        let rtype = r.get("resourceType").and_then(Value::as_str);
+        grant.perms(rtype, false).contains(smart::Perms::R) || confine::is_patients(ctx, r, patient)
+    };
+    Ok(match outcome {
+        Outcome::Read(read) => {
+            let resource = read.body.as_tree().cloned().unwrap_or_else(|| read.body.clone().into_tree());
+            if !keep(&resource) {
+                let rtype = resource.get("resourceType").and_then(Value::as_str).unwrap_or_default();
+                let id = resource.get("id").and_then(Value::as_str).unwrap_or_default();
+                return Err(ScopeError::NotFound(format!("{rtype}/{id}")).into());
+            }
+            Outcome::Read(read)
+        }
+        Outcome::Found(found) => {
+            let (body, dropped) = found.body.retain_entries(keep);
+            Outcome::Found(ReadResult { body, headers: found.headers, dropped: found.dropped + dropped })
+        }
+        other => other,
+    })
+}
+
+/// [`dispatch`] without the answer's second SMART check.
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    ctx: &Ctx<'_>,
+    caller: &Caller,
+    interaction: Interaction,
+    params: &route::Params,
+    body: Option<Value>,
+    headers: &HeaderMap,
+    self_url: &str,
+    if_match: Option<&http::HeaderValue>,
+) -> Result<Outcome, Error> {
+    let caps = || async {
+        ctx.snap.capabilities(&caller.tenant.upstream).await.ok_or(Error::from(ScopeError::CapabilitiesUnavailable))
+    };
+    let written = |rtype: String, done: WriteResult| Outcome::Written { rtype, done };
     Ok(match interaction {
         Interaction::Read { rtype, id } => Outcome::Read(read::read_for_client(ctx, &rtype, &id, None).await?),
         Interaction::Vread { rtype, id, version } => {

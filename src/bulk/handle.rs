@@ -1,5 +1,6 @@
 //! Sealed export handles. The client never sees the upstream's job id or file URLs: it gets
-//! fhir-fence URLs carrying an AEAD-sealed handle bound to the tenant, the client id and the
+//! fhir-fence URLs carrying an AEAD-sealed handle bound to the tenant, the client id (and SMART
+//! grant) and the
 //! upstream, with an expiry. Any replica with the same key (`paging.key_file`) opens them.
 //! A cancelled job is remembered (tombstone) until its handles expire, so its status and files
 //! answer 404 from then on.
@@ -26,6 +27,9 @@ pub struct Job {
     pub request: String,
     /// The resource types requested; output files of other types are never handed out.
     pub types: Vec<String>,
+    /// The starting caller's SMART grant fingerprint (0: scopes not enforced).
+    #[serde(default)]
+    pub grant: u64,
 }
 
 /// Which list of the manifest a file came from.
@@ -48,6 +52,9 @@ pub struct File {
     /// The file's resource type (every line must have it).
     pub rtype: String,
     pub kind: Kind,
+    /// The job's grant fingerprint.
+    #[serde(default)]
+    pub grant: u64,
 }
 
 fn ttl(snap: &Snapshot) -> Duration {
@@ -62,15 +69,26 @@ pub fn seal_file(snap: &Snapshot, file: &File) -> String {
     snap.sealer.seal(FILE, file, ttl(snap))
 }
 
-/// True when the handle was given to this caller (same tenant, client and upstream).
-fn bound_to(caller: &Caller, tenant: &str, client: &Option<String>, upstream: &str) -> bool {
-    caller.tenant.name == tenant && &caller.client_id == client && caller.tenant.upstream == upstream
+/// The fingerprint of a caller's SMART grant (0: scopes not enforced).
+pub fn grant_of(caller: &Caller) -> u64 {
+    caller.grant.as_deref().map_or(0, crate::smart::Grant::fingerprint)
+}
+
+/// True when the handle was given to this caller (same tenant, client, upstream and SMART
+/// grant: a token without a client id, or the same client with other scopes, is another caller).
+fn bound_to(caller: &Caller, tenant: &str, client: &Option<String>, upstream: &str, grant: u64) -> bool {
+    caller.tenant.name == tenant
+        && &caller.client_id == client
+        && caller.tenant.upstream == upstream
+        && grant_of(caller) == grant
 }
 
 /// Opens a job handle for `caller`; anything else is the same 404.
 pub async fn open_job(snap: &Snapshot, caller: &Caller, token: &str) -> Result<Job, ExportError> {
     let job: Job = snap.sealer.open(JOB, token).map_err(|_| ExportError::UnknownHandle)?;
-    if !bound_to(caller, &job.tenant, &job.client, &job.upstream) || snap.export_tombstones.contains_key(&job.id) {
+    if !bound_to(caller, &job.tenant, &job.client, &job.upstream, job.grant)
+        || snap.export_tombstones.contains_key(&job.id)
+    {
         return Err(ExportError::UnknownHandle);
     }
     Ok(job)
@@ -79,7 +97,9 @@ pub async fn open_job(snap: &Snapshot, caller: &Caller, token: &str) -> Result<J
 /// Opens a file handle for `caller`; anything else is the same 404.
 pub async fn open_file(snap: &Snapshot, caller: &Caller, token: &str) -> Result<File, ExportError> {
     let file: File = snap.sealer.open(FILE, token).map_err(|_| ExportError::UnknownHandle)?;
-    if !bound_to(caller, &file.tenant, &file.client, &file.upstream) || snap.export_tombstones.contains_key(&file.job) {
+    if !bound_to(caller, &file.tenant, &file.client, &file.upstream, file.grant)
+        || snap.export_tombstones.contains_key(&file.job)
+    {
         return Err(ExportError::UnknownHandle);
     }
     Ok(file)

@@ -102,6 +102,7 @@ pub async fn kickoff(
         upstream_job,
         request: client_url.to_owned(),
         types: request.types,
+        grant: super::handle::grant_of(caller),
     };
     let status_url = format!("{}/_export/{}", ctx.snap.public_base, handle::seal_job(ctx.snap, &job));
     tracing::info!(correlation = ctx.correlation, tenant = %ctx.tenant.name, job = %job.id, "export started");

@@ -111,6 +111,7 @@ fn file_entry(ctx: &Ctx, job: &Job, f: &Value, kind: Kind) -> Result<Value, Scop
         binary: binary.to_owned(),
         rtype: rtype.to_owned(),
         kind,
+        grant: job.grant,
     };
     let url = format!("{}/_export-file/{}", ctx.snap.public_base, handle::seal_file(ctx.snap, &file));
     Ok(json!({"type": rtype, "url": url}))

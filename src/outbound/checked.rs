@@ -78,6 +78,25 @@ impl Checked {
         }
     }
 
+    /// A checked Bundle without the entries whose resource `keep` refuses (still checked: only
+    /// taken from), and how many went; its `total` is removed when any did (the count would
+    /// tell what was taken).
+    pub fn retain_entries(self, keep: impl Fn(&Value) -> bool) -> (Checked, usize) {
+        let mut tree = self.into_tree();
+        let mut dropped = 0;
+        if let Some(Value::Array(entries)) = tree.get_mut("entry") {
+            let before = entries.len();
+            entries.retain(|e| e.get("resource").is_none_or(&keep));
+            dropped = before - entries.len();
+        }
+        if dropped > 0 {
+            if let Value::Object(bundle) = &mut tree {
+                bundle.remove("total");
+            }
+        }
+        (Checked::tree(tree), dropped)
+    }
+
     /// The resources of the matches in a checked searchset (each checked with it).
     pub fn into_matches(self) -> Vec<Checked> {
         let Value::Object(mut bundle) = self.into_tree() else { return vec![] };

@@ -21,6 +21,11 @@
 //!
 //! What cannot be narrowed this way (patches, conditional writes, history, system searches,
 //! exports) never gets here: `smart::permit` refuses it.
+//!
+//! The answer is judged again on its way out ([`is_patients`], applied by `dispatch`): every
+//! resource of a type the grant reaches only through `patient/` scopes must be the patient's —
+//! whatever the upstream decided to add (`$everything` follows references out of the
+//! compartment; an old version may name another patient; a search may lose its narrowing).
 use super::search;
 use super::Ctx;
 use crate::error::Error;
@@ -43,8 +48,14 @@ pub async fn confine(
     let outside = || Error::from(SmartError::OutsideCompartment(patient.to_owned()));
     match interaction {
         I::Search { ref rtype, .. } => {
+            let (name, value) = narrowing(caps, rtype, patient)?;
+            // A modifier on the narrowing parameter can undo it upstream (HAPI drops `_id`
+            // when `_id:not` is there too): refused.
+            if let Some((k, _)) = params.iter().find(|(k, _)| k.split_once(':').is_some_and(|(base, _)| base == name)) {
+                return Err(SmartError::NarrowingModified(k.clone()).into());
+            }
             let mut narrowed = params.clone();
-            narrowed.push(narrowing(caps, rtype, patient)?);
+            narrowed.push((name, value));
             Ok((interaction, Some(narrowed)))
         }
         I::Compartment { ref ctype, ref id, .. } if ctype == "Patient" && id == patient => Ok((interaction, None)),
@@ -112,6 +123,19 @@ async fn member(ctx: &Ctx<'_>, caps: &Capabilities, patient: &str, rtype: &str, 
     Ok(found.into_iter().map(|r| r.into_tree()).any(|r| {
         r.get("resourceType").and_then(Value::as_str) == Some(rtype) && r.get("id").and_then(Value::as_str) == Some(id)
     }))
+}
+
+/// Whether a resource in an answer may reach a caller whose grant gives `rtype` only through
+/// `patient/` scopes (the answer's second check: a search, history, page or `$everything`
+/// entry, a read's version): her own Patient resource, or a resource that is hers by
+/// [`belongs`]. An OperationOutcome is no patient data.
+pub fn is_patients(ctx: &Ctx<'_>, resource: &Value, patient: &str) -> bool {
+    match resource.get("resourceType").and_then(Value::as_str) {
+        Some("OperationOutcome") => true,
+        Some("Patient") => resource.get("id").and_then(Value::as_str) == Some(patient),
+        Some(rtype) => belongs(ctx, rtype, resource, patient),
+        None => false,
+    }
 }
 
 /// A body to be written for the patient: refused unless it is the patient's.

@@ -9,7 +9,8 @@
 //! conditional writes, history, system-wide searches, exports). Not granted: 403, naming the
 //! scope that is missing.
 use super::scopes::{Grant, Perms};
-use crate::route::{ExportLevel, Interaction, Op, Params};
+use crate::route::{parse_query, ExportLevel, Interaction, Op, Params};
+use serde_json::Value;
 
 /// What the grant allows an interaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +33,8 @@ pub enum SmartError {
     OutsideCompartment(String),
     #[error("the token's patient/ scopes cannot be narrowed to the patient for {0} (not in the R4 Patient compartment, or the upstream has no patient search parameter for it)")]
     CannotNarrow(String),
+    #[error("the token's patient/ scopes narrow this search by its parameter, which {0} would modify")]
+    NarrowingModified(String),
     #[error("the token's patient/ scopes allow writing Patient/{0}'s resources only: this {1} is not (its patient references must all be Patient/{0}, and there must be one)")]
     NotThePatients(String, String),
 }
@@ -57,18 +60,28 @@ impl Need {
     }
 }
 
-/// Whether `grant` allows `interaction` with `params` (`conditional_create`: a create with
-/// `If-None-Exist`, which searches).
+/// Whether `grant` allows `interaction` with `params`, `criteria` (a create's `If-None-Exist`,
+/// which searches) and `body` (a write's resource, whose conditional references search; a
+/// `Parameters` body of an export kickoff, whose `_type` and `_typeFilter` count as parameters).
 pub fn permit(
     grant: &Grant,
     interaction: &Interaction,
     params: &Params,
-    conditional_create: bool,
+    criteria: Option<&Params>,
+    body: Option<&Value>,
 ) -> Result<Access, SmartError> {
-    let (needs, confinable) = needs(interaction, params, conditional_create);
-    // Types reached through parameters: granted without confinement (an included Practitioner
-    // is no member of the patient's compartment).
-    for need in reached(params) {
+    let mut params = std::borrow::Cow::Borrowed(params);
+    if let (Interaction::Export { form: true, .. }, Some(body)) = (interaction, body) {
+        params.to_mut().extend(parameters(body));
+    }
+    let (needs, confinable) = needs(interaction, &params, criteria.is_some());
+    // Types reached through parameters, criteria, `_typeFilter`s and conditional references:
+    // granted without confinement (an included Practitioner is no member of the patient's
+    // compartment).
+    let mut reached_all = reached(&params);
+    reached_all.extend(criteria.map(reached).unwrap_or_default());
+    reached_all.extend(inner_queries(&params, body));
+    for need in reached_all {
         if !grant.perms(need.rtype.as_deref(), false).contains(need.perms) {
             return Err(SmartError::Missing(need.scope(false)));
         }
@@ -158,6 +171,52 @@ fn types(params: &Params, perms: Perms) -> Vec<Need> {
     }
 }
 
+/// A `Parameters` body's `name`/`valueString` pairs (an export kickoff's `_type`, `_typeFilter`…).
+fn parameters(body: &Value) -> Params {
+    let list = body.get("parameter").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    list.iter()
+        .filter_map(|p| Some((p.get("name")?.as_str()?.to_owned(), p.get("valueString")?.as_str()?.to_owned())))
+        .collect()
+}
+
+/// What searches hidden inside other values reach: each `_typeFilter` (`Type?query`) and each
+/// conditional reference in `body` (`Patient?name=x`, resolved by a search on that type) needs
+/// `s` on its type, and whatever its own query reaches. A query that does not parse needs `*`.
+fn inner_queries(params: &Params, body: Option<&Value>) -> Vec<Need> {
+    let mut queries: Vec<&str> = params.iter().filter(|(k, _)| k == "_typeFilter").map(|(_, v)| v.as_str()).collect();
+    let mut references = Vec::new();
+    if let Some(body) = body {
+        conditional_references(body, &mut references);
+    }
+    queries.extend(references);
+    let mut out = Vec::new();
+    for q in queries {
+        let (rtype, query) = q.split_once('?').unwrap_or((q, ""));
+        out.push(Need::new(Some(rtype), Perms::S));
+        match parse_query(Some(query)) {
+            Ok(inner) => out.extend(reached(&inner)),
+            Err(_) => out.push(Need::new(None, Perms::S)),
+        }
+    }
+    out
+}
+
+/// Every `reference` string with a `?` (a conditional reference) anywhere in `v`.
+fn conditional_references<'v>(v: &'v Value, out: &mut Vec<&'v str>) {
+    match v {
+        Value::Object(o) => {
+            for (k, v) in o {
+                match (k.as_str(), v) {
+                    ("reference", Value::String(r)) if r.contains('?') => out.push(r),
+                    _ => conditional_references(v, out),
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|v| conditional_references(v, out)),
+        _ => {}
+    }
+}
+
 /// Types a search reaches through its parameters: `_include` targets (`r`; any type when the
 /// include names none), `_revinclude` sources (`r`), chain hops and `_has` types (`s`).
 fn reached(params: &Params) -> Vec<Need> {
@@ -221,33 +280,33 @@ mod tests {
     #[test]
     fn user_and_system_scopes_give_the_tenant_patient_scopes_the_compartment() {
         let g = grant("user/Observation.rs patient/Condition.rs", Some("p1"));
-        assert_eq!(permit(&g, &read("Observation"), &vec![], false).unwrap(), Access::Full);
-        assert_eq!(permit(&g, &read("Condition"), &vec![], false).unwrap(), Access::Patient("p1".into()));
-        let e = permit(&g, &read("Patient"), &vec![], false).unwrap_err().to_string();
+        assert_eq!(permit(&g, &read("Observation"), &vec![], None, None).unwrap(), Access::Full);
+        assert_eq!(permit(&g, &read("Condition"), &vec![], None, None).unwrap(), Access::Patient("p1".into()));
+        let e = permit(&g, &read("Patient"), &vec![], None, None).unwrap_err().to_string();
         assert!(e.contains("patient/Patient.r, user/Patient.r or system/Patient.r"), "{e}");
         // A write needs its letter; patient/ scopes cannot write here.
         let create = Interaction::Create { rtype: "Observation".into() };
-        assert!(permit(&g, &create, &vec![], false).unwrap_err().to_string().contains("Observation.c"));
+        assert!(permit(&g, &create, &vec![], None, None).unwrap_err().to_string().contains("Observation.c"));
         let g = grant("patient/Observation.crus", Some("p1"));
-        assert_eq!(permit(&g, &create, &vec![], false).unwrap(), Access::Patient("p1".into()));
-        let e = permit(&g, &create, &vec![], true).unwrap_err();
+        assert_eq!(permit(&g, &create, &vec![], None, None).unwrap(), Access::Patient("p1".into()));
+        let e = permit(&g, &create, &vec![], Some(&vec![]), None).unwrap_err();
         assert!(matches!(e, SmartError::NotConfinable("a conditional create", _)), "{e}");
         let patch = Interaction::Patch { rtype: "Observation".into(), id: "o1".into() };
-        assert!(matches!(permit(&g, &patch, &vec![], false), Err(SmartError::NotConfinable(..))));
+        assert!(matches!(permit(&g, &patch, &vec![], None, None), Err(SmartError::NotConfinable(..))));
         // Conditional interactions search too.
         let g = grant("system/Observation.c", None);
-        assert_eq!(permit(&g, &create, &vec![], false).unwrap(), Access::Full);
-        assert!(permit(&g, &create, &vec![], true).unwrap_err().to_string().contains("Observation.cs"));
+        assert_eq!(permit(&g, &create, &vec![], None, None).unwrap(), Access::Full);
+        assert!(permit(&g, &create, &vec![], Some(&vec![]), None).unwrap_err().to_string().contains("Observation.cs"));
         // patient/ without a launch patient grants nothing usable.
         let g = grant("patient/Observation.rs", None);
-        assert!(matches!(permit(&g, &search("Observation"), &vec![], false), Err(SmartError::NoPatient)));
+        assert!(matches!(permit(&g, &search("Observation"), &vec![], None, None), Err(SmartError::NoPatient)));
     }
 
     #[test]
     fn types_reached_through_parameters_need_their_own_scopes() {
         let g = grant("patient/Observation.rs user/Practitioner.r", Some("p1"));
         let include = q(&[("_include", "Observation:performer:Practitioner")]);
-        assert_eq!(permit(&g, &search("Observation"), &include, false).unwrap(), Access::Patient("p1".into()));
+        assert_eq!(permit(&g, &search("Observation"), &include, None, None).unwrap(), Access::Patient("p1".into()));
         for (k, v, needs) in [
             ("_include", "Observation:performer", "user/*.r"),
             ("_include", "Observation:subject:Patient", "user/Patient.r"),
@@ -257,23 +316,45 @@ mod tests {
             ("subject.name", "x", "user/*.s"),
             ("_has:Condition:subject:code", "x", "user/Condition.s"),
         ] {
-            let e = permit(&g, &search("Observation"), &q(&[(k, v)]), false).unwrap_err().to_string();
+            let e = permit(&g, &search("Observation"), &q(&[(k, v)]), None, None).unwrap_err().to_string();
             assert!(e.contains(needs), "{k}={v}: {e}");
         }
+    }
+
+    #[test]
+    fn searches_inside_criteria_and_references_need_scopes_too() {
+        let g = grant("user/Observation.cs", None);
+        let create = Interaction::Create { rtype: "Observation".into() };
+        let criteria = q(&[("subject:Patient.name", "x")]);
+        let e = permit(&g, &create, &vec![], Some(&criteria), None).unwrap_err().to_string();
+        assert!(e.contains("user/Patient.s"), "{e}");
+        let body = json!({"resourceType": "Observation", "subject": {"reference": "Patient?name=x"}});
+        let e = permit(&g, &create, &vec![], None, Some(&body)).unwrap_err().to_string();
+        assert!(e.contains("user/Patient.s"), "{e}");
+        let body = json!({"resourceType": "Observation", "subject": {"reference": "Patient/p1"}});
+        assert_eq!(permit(&g, &create, &vec![], None, Some(&body)).unwrap(), Access::Full);
     }
 
     #[test]
     fn what_cannot_be_confined_needs_user_or_system_scopes() {
         let g = grant("patient/*.rs", Some("p1"));
         let export = Interaction::Export { level: ExportLevel::System, form: false };
-        assert!(matches!(permit(&g, &export, &vec![], false), Err(SmartError::NotConfinable(..))));
+        assert!(matches!(permit(&g, &export, &vec![], None, None), Err(SmartError::NotConfinable(..))));
         let system = Interaction::SystemSearch { form: false };
-        assert!(matches!(permit(&g, &system, &vec![], false), Err(SmartError::NotConfinable(..))));
+        assert!(matches!(permit(&g, &system, &vec![], None, None), Err(SmartError::NotConfinable(..))));
         let g = grant("system/Patient.rs system/Observation.rs", None);
-        assert_eq!(permit(&g, &export, &q(&[("_type", "Patient,Observation")]), false).unwrap(), Access::Full);
-        let e = permit(&g, &export, &vec![], false).unwrap_err().to_string();
+        assert_eq!(permit(&g, &export, &q(&[("_type", "Patient,Observation")]), None, None).unwrap(), Access::Full);
+        let e = permit(&g, &export, &vec![], None, None).unwrap_err().to_string();
         assert!(e.contains("system/*.rs"), "{e}");
+        // What the kickoff's body names counts, as do the searches inside `_typeFilter`s.
+        let post = Interaction::Export { level: ExportLevel::System, form: true };
+        let body = json!({"resourceType": "Parameters", "parameter": [{"name": "_type", "valueString": "Observation,Condition"}]});
+        let e = permit(&g, &post, &q(&[("_type", "Patient")]), None, Some(&body)).unwrap_err().to_string();
+        assert!(e.contains("Condition.rs") || e.contains("Observation.rs"), "{e}");
+        let filter = q(&[("_type", "Observation"), ("_typeFilter", "Observation?subject:Patient.name=x")]);
+        let g2 = grant("system/Observation.rs", None);
+        assert!(permit(&g2, &export, &filter, None, None).unwrap_err().to_string().contains("Patient.s"));
         let everything = Interaction::Operation { rtype: "Patient".into(), id: "p1".into(), op: Op::Everything };
-        assert!(permit(&g, &everything, &vec![], false).is_err(), "$everything needs every type");
+        assert!(permit(&g, &everything, &vec![], None, None).is_err(), "$everything needs every type");
     }
 }

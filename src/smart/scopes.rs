@@ -99,16 +99,15 @@ pub struct Grant {
 
 impl Grant {
     /// The grant of a token's (or introspection answer's) claims: `scope` (a space-separated
-    /// string) or `scp` (a string or an array of strings, as some providers write it), and
-    /// `patient`. A `patient` that is not a FHIR id is no launch context.
+    /// string) or, without it, `scp` (a string or an array of strings, as some providers write
+    /// it), and `patient`. A `patient` that is not a FHIR id is no launch context.
     pub fn from_claims(claims: &Value) -> Grant {
+        // `scope` when the token has one, else `scp`: never both added together.
         let mut words: Vec<&str> = Vec::new();
-        for key in ["scope", "scp"] {
-            match claims.get(key) {
-                Some(Value::String(s)) => words.extend(s.split(' ')),
-                Some(Value::Array(a)) => words.extend(a.iter().filter_map(Value::as_str)),
-                _ => {}
-            }
+        match claims.get("scope").or_else(|| claims.get("scp")) {
+            Some(Value::String(s)) => words.extend(s.split(' ')),
+            Some(Value::Array(a)) => words.extend(a.iter().filter_map(Value::as_str)),
+            _ => {}
         }
         let patient = claims
             .get("patient")
@@ -123,6 +122,11 @@ impl Grant {
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, format!("{self:?}").as_bytes());
         let bytes: [u8; 8] = digest.as_ref()[..8].try_into().expect("8 bytes");
         u64::from_le_bytes(bytes).max(1)
+    }
+
+    /// Whether any scope is a `patient/` one (answers are then checked for the patient).
+    pub fn confines(&self) -> bool {
+        self.scopes.iter().any(|s| s.context == Context::Patient)
     }
 
     /// The permissions on `rtype` the scopes of these contexts give together.
@@ -196,6 +200,8 @@ mod tests {
         let scp = Grant::from_claims(&json!({"scp": ["system/Patient.r", "system/Patient.s"], "patient": "../x"}));
         assert_eq!(scp.perms(Some("Patient"), false).to_string(), "rs");
         assert_eq!(scp.patient, None, "a patient that is no id is no launch context");
+        let both = Grant::from_claims(&json!({"scope": "patient/*.rs", "scp": "system/*.cruds", "patient": "p"}));
+        assert_eq!(both.perms(None, false), Perms::default(), "scp does not add to scope");
         assert_eq!(Perms::R.union(Perms::S).missing(Perms::C.union(Perms::S)).to_string(), "c");
     }
 }

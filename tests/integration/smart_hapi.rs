@@ -91,10 +91,15 @@ async fn scopes_narrow_what_the_tenant_rule_allows() {
             obs("o1", "p1", None),
             obs("o2", "p2", None),
             obs("o3", "p2", Some("Patient/p1")),
+            obs("o7", "p2", None),
             json!({"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p1"}}),
         ],
     )
     .await;
+    // o4 is p1's and points at p2's o2; o7 was p2's in its first version and is p1's now.
+    let mut o4 = obs("o4", "p1", None);
+    o4["hasMember"] = json!([{"reference": "Observation/o2"}]);
+    seed(&f, a, &[o4, obs("o7", "p1", None)]).await;
     seed(&f, b, &[json!({"resourceType": "Patient", "id": "p1"}), obs("b1", "p1", None)]).await;
     let status = |url: &str, t: &str| {
         let (url, t) = (f.url(url), t.to_owned());
@@ -106,9 +111,20 @@ async fn scopes_narrow_what_the_tenant_rule_allows() {
     let tp = token(a, "launch/patient patient/Observation.rs patient/Patient.r", Some("p1"));
     let r = status("Observation", &tp).await;
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(ids(&r.body), ["Observation/o1"]);
+    assert_eq!(ids(&r.body), ["Observation/o1", "Observation/o4", "Observation/o7"]);
     let r = status("Observation?status=final&_count=50", &tp).await;
-    assert_eq!(ids(&r.body), ["Observation/o1"]);
+    assert_eq!(ids(&r.body), ["Observation/o1", "Observation/o4", "Observation/o7"]);
+    // An old version that was another patient's is not hers (the answer is checked again).
+    assert_eq!(status("Observation/o7/_history/2", &tp).await.status, 200);
+    assert_eq!(status("Observation/o7/_history/1", &tp).await.status, 404);
+    let r = status("Observation/o7/_history", &tp).await;
+    let versions: Vec<&str> = r.body["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["meta"]["versionId"].as_str().unwrap())
+        .collect();
+    assert_eq!(versions, ["2"], "{}", r.body);
     // The client's own patient parameter can only narrow further.
     assert_eq!(ids(&status("Observation?patient=p2", &tp).await.body), Vec::<String>::new());
     assert_eq!(status("Observation/o1", &tp).await.status, 200);
@@ -154,7 +170,18 @@ async fn scopes_narrow_what_the_tenant_rule_allows() {
     assert_eq!(status("Condition/c1", &v1).await.status, 200);
     assert_eq!(ids(&status("Patient", &v1).await.body), ["Patient/p1"]);
     assert_eq!(ids(&status("Condition", &v1).await.body), ["Condition/c1"]);
-    assert_eq!(status("Patient/p1/$everything", &v1).await.status, 200);
+    // $everything follows o4's hasMember to p2's o2, and finds o3 by its performer: the answer
+    // is checked again, and keeps only what is p1's.
+    let r = status("Patient/p1/$everything", &v1).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let everything = ids(&r.body);
+    assert!(everything.contains(&"Observation/o1".to_owned()), "{everything:?}");
+    for foreign in ["Observation/o2", "Observation/o3", "Patient/p2"] {
+        assert!(!everything.contains(&foreign.to_owned()), "{foreign} in {everything:?}");
+    }
+    // A modifier on the narrowing parameter would undo it (HAPI drops _id with _id:not).
+    let r = status("Patient?_id:not=p1,zzz", &v1).await;
+    assert_eq!(r.status, 403, "{}", r.body);
     assert_eq!(status("Patient/p2/$everything", &v1).await.status, 403);
 
     // patient/ writes: the patient's own resources only — by the Patient references at the
@@ -248,6 +275,39 @@ async fn scopes_narrow_what_the_tenant_rule_allows() {
     assert_eq!(r.status, 201, "{}", r.body);
     let r = get(&f.url("Observation/o1")).bearer(&token(a, "openid fhirUser", None)).send().await;
     assert_eq!(r.status, 403, "no data scope, no data");
+
+    // Searches hidden in other places need their scopes too: If-None-Exist criteria, a
+    // transaction's conditional reference, an export's _typeFilter and its kickoff body.
+    let tc = token(a, "user/Observation.cs", None);
+    let r = post(&f.url("Observation"), &obs("n2", "p1", None))
+        .header("if-none-exist", "subject:Patient.name=Secreta")
+        .bearer(&tc)
+        .send()
+        .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    let mut conditional = obs("n3", "p1", None);
+    conditional["subject"]["reference"] = json!("Patient?name=Secreta");
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": conditional, "request": {"method": "POST", "url": "Observation"}}]});
+    let r = post(&f.url(""), &tx).bearer(&tc).send().await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    let te = token(a, "system/Patient.rs system/Observation.rs", None);
+    let r = get(&f.url("$export?_type=Observation&_typeFilter=Observation%3Fsubject:Patient.name%3DSecreta"))
+        .header("prefer", "respond-async")
+        .bearer(&token(a, "system/Observation.rs", None))
+        .send()
+        .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    let kickoff = json!({"resourceType": "Parameters", "parameter": [{"name": "_type", "valueString": "Condition"}]});
+    let r = post(&f.url("$export?_type=Patient"), &kickoff).header("prefer", "respond-async").bearer(&te).send().await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    // An export job is the grant's that started it: another token of the client (here: no
+    // client id either) cannot follow it.
+    let r = get(&f.url("$export?_type=Patient")).header("prefer", "respond-async").bearer(&te).send().await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let job = r.header("content-location").unwrap().to_owned();
+    assert!(matches!(get(&job).bearer(&te).send().await.status, 200 | 202));
+    assert_eq!(get(&job).bearer(&token(a, "openid", None)).send().await.status, 404);
 
     // A page opens only for the grant whose search made it.
     let r = status("Observation?_count=1", &tu).await;
