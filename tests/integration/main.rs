@@ -21,6 +21,7 @@ mod reload;
 mod replay;
 mod shape_r4;
 mod shutdown;
+mod upstream_oauth2;
 mod upstream_tls;
 mod webhook;
 mod workers;
