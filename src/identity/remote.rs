@@ -10,6 +10,10 @@
 //!   back-off is answered at once); the request waits at most [`WAIT`] in all, then gets
 //!   401 — never 500, never a stall. The discovery document is read once; its `jwks_uri` is
 //!   kept until a fetch from it fails.
+//! - A known `kid` whose key does not verify a token's signature triggers the same refresh
+//!   (a provider may reuse a kid for a new key), under the same limits: a flood of tokens with
+//!   bad signatures costs the provider at most one fetch per [`MIN_REFRESH`], like a flood of
+//!   made-up kids.
 //! - Keys are refreshed in the background once older than [`MAX_AGE`]. While the provider
 //!   cannot be reached, the cached keys keep verifying for the issuer's grace
 //!   (`keys_grace_secs`) after the last successful fetch; past it, nothing verifies (fail
@@ -124,8 +128,9 @@ impl RemoteKeys {
         f(&fetched.keys)
     }
 
-    /// For an unknown `kid`: one refresh (single-flight, rate-limited, backed off after
-    /// failures), waited for at most [`WAIT`] in all. Answers whether the keys changed.
+    /// For an unknown `kid`, or a known one whose key does not verify the signature: one
+    /// refresh (single-flight, rate-limited, backed off after failures), waited for at most
+    /// [`WAIT`] in all. Answers whether the keys were fetched again.
     pub async fn refresh_for_unknown_kid(&self) -> bool {
         tokio::time::timeout(WAIT, self.refresh()).await.unwrap_or(false)
     }

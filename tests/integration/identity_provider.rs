@@ -373,3 +373,77 @@ async fn upstream_tokens_come_from_the_provider_by_client_credentials() {
         assert!(metrics.lines().any(|l| l.starts_with(&line)), "{line} in {metrics}");
     }
 }
+
+#[tokio::test]
+async fn a_kid_reused_for_a_new_key_is_refetched_and_bad_signatures_do_not_flood_the_provider() {
+    let _one = PROVIDER.lock().await;
+    let idp = Provider::from_env();
+    let ts = tenants(1);
+    let up = fake::start(|s| {
+        Answer::Json(200, searchset(&format!("http://{}/fhir", s.headers["host"].to_str().unwrap()), vec![], None))
+    })
+    .await;
+    let mut o = Options::new(&up.base, &ts);
+    // An issuer name of its own: the refresh counter is process-wide.
+    o.extra = format!(
+        "[issuers.idp-reused]\niss = \"{url}\"\ndiscovery = \"{url}/.well-known/openid-configuration\"\nca_file = {ca:?}\n\
+         audience = [\"{AUDIENCE}\"]\nalgorithms = [\"RS256\"]\ntoken_type = \"at+jwt\"\ntenant_claim = \"$.tenant\"\n\
+         tenants = [{first:?}]\n",
+        url = idp.url,
+        ca = idp.ca.display().to_string(),
+        first = ts[0].name,
+    );
+    let fence = support::start(o).await;
+    let search = |token: String| {
+        let url = fence.url("Patient?name=x");
+        async move { get(&url).bearer(&token).send().await }
+    };
+    let fetches = || async {
+        let text = String::from_utf8_lossy(&get(&format!("{}/metrics", fence.admin)).send().await.raw).into_owned();
+        let count = |result: &str| {
+            let series = format!("fhir_fence_jwks_refreshes_total{{issuer=\"idp-reused\",result=\"{result}\"}} ");
+            text.lines().find_map(|l| l.strip_prefix(&series)).map_or(0, |n| n.parse::<u64>().unwrap())
+        };
+        count("ok") + count("failed")
+    };
+
+    let client = idp.register(&ts[0].name);
+    let first = idp.token(&client);
+    let r = search(first.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let unseen_old = idp.token(&client);
+
+    // The provider signs with a new key under the same kid: fhir-fence's key for that kid fails
+    // the signature, so the keys are fetched again (once), and the token verifies.
+    let kids = idp.admin("reuse-kid");
+    let second = idp.token(&client);
+    assert_eq!(kid(&second), kid(&first), "{kids}");
+    let before = fetches().await;
+    let r = search(second.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(fetches().await, before + 1, "one refresh");
+    // A token of the replaced key, never presented before, no longer verifies.
+    assert_eq!(search(unseen_old).await.status, 401);
+
+    // A flood of tokens with a known kid and a bad signature: each is a 401, and they cost the
+    // provider at most one fetch per MIN_REFRESH (and at least one: the refresh is tried).
+    let parts: Vec<&str> = second.split('.').collect();
+    let forged: Vec<String> = (0..20)
+        .map(|n| {
+            let signature = first.split('.').nth(2).unwrap();
+            format!("{}.{}.{}", parts[0], parts[1], if n % 2 == 0 { signature } else { &signature[1..] })
+        })
+        .collect();
+    let before = fetches().await;
+    let started = std::time::Instant::now();
+    for r in futures::future::join_all(forged.into_iter().map(search)).await {
+        assert_eq!(r.status, 401, "{}", r.body);
+    }
+    let elapsed = started.elapsed();
+    let fetched = fetches().await - before;
+    let allowed = 1 + (elapsed.as_millis() / fhir_fence::identity::remote::MIN_REFRESH.as_millis()) as u64;
+    assert!((1..=allowed).contains(&fetched), "{fetched} fetches in {elapsed:?}");
+    assert!(elapsed < fhir_fence::identity::remote::WAIT + std::time::Duration::from_secs(2), "{elapsed:?}");
+    // The provider's own tokens still verify.
+    assert_eq!(search(second).await.status, 200);
+}
