@@ -275,3 +275,29 @@ pub fn https_uri(s: &str) -> Result<Uri, String> {
     }
     Ok(uri)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The grace rule itself (an end-to-end test would wait `MAX_AGE`, five minutes): keys
+    /// fetched `age` ago verify while `age` is within `MAX_AGE` + the grace, never after.
+    #[test]
+    fn keys_stop_verifying_once_the_grace_after_the_last_fetch_is_over() {
+        let grace = Duration::from_secs(60);
+        let tls = super::super::tls::client_config("ca_file", None).unwrap();
+        let source = Source::Jwks("https://idp.test/jwks".parse().unwrap());
+        let remote = Arc::new(RemoteKeys::new("grace-test", "https://idp.test", source, tls, grace));
+        let jwks = include_bytes!("../../fixtures/keys/rs256-jwks.json");
+        let usable = |age: Option<Duration>| {
+            let at = age.map(|a| Instant::now().checked_sub(a).expect("the clock has run for minutes"));
+            let keys = parse_jwks(jwks, Strictness::File).unwrap();
+            remote.keys.store(Arc::new(Fetched { keys, at }));
+            remote.with_keys(|keys| Some(keys.len())).is_some()
+        };
+        assert!(!usable(None), "never fetched");
+        assert!(usable(Some(Duration::ZERO)));
+        assert!(usable(Some(MAX_AGE + grace - Duration::from_secs(1))), "old, but within the grace");
+        assert!(!usable(Some(MAX_AGE + grace + Duration::from_secs(1))), "past the grace: fail closed");
+    }
+}

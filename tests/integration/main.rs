@@ -12,6 +12,7 @@ mod fastline_differential;
 mod hapi_e2e;
 mod identity;
 mod identity_provider;
+mod identity_provider_fake;
 mod introspection;
 mod limits;
 mod listener_tls;
