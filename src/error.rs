@@ -166,6 +166,18 @@ impl Error {
                 }
             },
             Error::Upstream(UpstreamError::Saturated(_)) => (S::SERVICE_UNAVAILABLE, "throttled", shown()),
+            // fhir-fence's own credentials for the upstream: not the client's problem, and no
+            // detail of them (the token endpoint's answer) is shown.
+            Error::Upstream(UpstreamError::Token(_, e)) if e.transient() => (
+                S::SERVICE_UNAVAILABLE,
+                "transient",
+                format!("fhir-fence could not obtain its credentials for the upstream server now; retry shortly (correlation id {correlation})"),
+            ),
+            Error::Upstream(UpstreamError::Token(..) | UpstreamError::CredentialsRefused(_)) => (
+                S::BAD_GATEWAY,
+                "exception",
+                format!("the upstream server did not accept fhir-fence's credentials; correlation id {correlation}"),
+            ),
             Error::Upstream(UpstreamError::Timeout(_)) => (
                 S::GATEWAY_TIMEOUT,
                 "timeout",
@@ -210,6 +222,8 @@ impl Error {
                 UpstreamError::NotJson(..) => "not-json",
                 UpstreamError::BadJson(..) => "bad-json",
                 UpstreamError::Request(_) => "request",
+                UpstreamError::Token(..) => "token",
+                UpstreamError::CredentialsRefused(_) => "credentials-refused",
                 UpstreamError::Saturated(_) => return None,
             }),
             _ => None,
@@ -245,7 +259,8 @@ impl Error {
         if matches!(self, Error::Upstream(UpstreamError::Saturated(_)) | Error::Overloaded) {
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
-        if matches!(self, Error::Auth(AuthError::Unavailable(_))) {
+        let token_unavailable = matches!(&self, Error::Upstream(UpstreamError::Token(_, e)) if e.transient());
+        if matches!(self, Error::Auth(AuthError::Unavailable(_))) || token_unavailable {
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
         // A refused connection (the tenant's connection cap, a body that arrived too slowly) is

@@ -38,4 +38,5 @@ pub mod state;
 pub mod tenancy;
 pub mod upstream;
 pub mod upstream_link;
+pub mod upstream_token;
 pub mod workers;

@@ -30,6 +30,20 @@ pub static INTROSPECTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("valid metric")
 });
 
+/// `fhir_fence_upstream_tokens_total{upstream, result}`: the tokens fhir-fence obtains for
+/// upstreams (`upstream_token`): `ok`, `failed`, `skipped` (a request inside a back-off after a
+/// failure, answered at once) and `rejected` (the upstream refused the token: 401).
+pub static UPSTREAM_TOKENS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    IntCounterVec::new(
+        Opts::new(
+            "fhir_fence_upstream_tokens_total",
+            "Access tokens fetched for upstreams with OAuth2 client credentials, by upstream and result",
+        ),
+        &["upstream", "result"],
+    )
+    .expect("valid metric")
+});
+
 pub struct Metrics {
     registry: Registry,
     pub requests: IntCounterVec,
@@ -123,6 +137,7 @@ impl Metrics {
         // Counted where the keys are fetched (`identity::remote`), process-wide.
         registry.register(Box::new(JWKS_REFRESHES.clone())).expect("registered once");
         registry.register(Box::new(INTROSPECTIONS.clone())).expect("registered once");
+        registry.register(Box::new(UPSTREAM_TOKENS.clone())).expect("registered once");
         Metrics {
             registry,
             requests,

@@ -114,6 +114,12 @@ pub enum UpstreamError {
     BadJson(String, JsonError),
     #[error("the tenant's upstream connections to {0} are all busy")]
     Saturated(String),
+    /// fhir-fence could not obtain its own access token for the upstream (`oauth2`).
+    #[error("upstream {0}: {1}")]
+    Token(String, crate::upstream_token::TokenError),
+    /// The upstream answered 401 to fhir-fence's own credentials (a client's never reach it).
+    #[error("upstream {0} refused fhir-fence's credentials (401)")]
+    CredentialsRefused(String),
     #[error("bad upstream request: {0}")]
     Request(String),
 }
@@ -263,7 +269,13 @@ impl Upstream {
         Ok(self.exchange(method, &self.uri(path), headers, Bytes::new()).await?.0.status)
     }
 
-    /// One bounded, timed request/response exchange.
+    /// One bounded, timed request/response exchange, with fhir-fence's credentials.
+    ///
+    /// A 401 to them drops a fetched token (the next request fetches a new one) and is an
+    /// error, never the client's answer: the client's own credentials never reach the upstream.
+    /// Only a `GET` or `HEAD` is sent again, once, with a new token — they change nothing, so a
+    /// second send is safe; any other request may have been acted on before the upstream
+    /// refused it, and fails (502) rather than risk running twice.
     async fn exchange(
         &self,
         method: Method,
@@ -271,7 +283,32 @@ impl Upstream {
         headers: HeaderMap,
         body: Bytes,
     ) -> Result<(http::response::Parts, Bytes), UpstreamError> {
-        let req = self.build(method, uri, headers, body)?;
+        let again = (self.link.renews() && is_safe(&method)).then(|| (method.clone(), headers.clone(), body.clone()));
+        let (parts, bytes, sent) = self.exchange_once(method, uri, headers, body).await?;
+        let Some(sent) = sent.filter(|_| parts.status == StatusCode::UNAUTHORIZED) else {
+            return Ok((parts, bytes));
+        };
+        self.link.refused(&sent);
+        if let Some((method, headers, body)) = again {
+            let (parts, bytes, sent) = self.exchange_once(method, uri, headers, body).await?;
+            let Some(sent) = sent.filter(|_| parts.status == StatusCode::UNAUTHORIZED) else {
+                return Ok((parts, bytes));
+            };
+            self.link.refused(&sent);
+        }
+        Err(UpstreamError::CredentialsRefused(self.name.clone()))
+    }
+
+    /// One exchange as it is sent, with the `Authorization` it carried (if fhir-fence sent one).
+    async fn exchange_once(
+        &self,
+        method: Method,
+        uri: &str,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<(http::response::Parts, Bytes, Option<HeaderValue>), UpstreamError> {
+        let authorization = self.authorization().await?;
+        let req = self.build(method, uri, headers, body, authorization.clone())?;
         let _permit = self.enter().await?;
         let started = Instant::now();
         let exchange = async {
@@ -289,7 +326,14 @@ impl Upstream {
         };
         let answer = tokio::time::timeout(self.request_timeout, exchange).await;
         waited_since(started);
-        answer.map_err(|_| UpstreamError::Timeout(self.name.clone()))?
+        let (parts, bytes) = answer.map_err(|_| UpstreamError::Timeout(self.name.clone()))??;
+        Ok((parts, bytes, authorization))
+    }
+
+    /// fhir-fence's own `Authorization` for the next exchange (a token fetched when needed,
+    /// before the tenant's gate: fetching holds no upstream connection).
+    async fn authorization(&self) -> Result<Option<HeaderValue>, UpstreamError> {
+        self.link.authorization().await.map_err(|e| UpstreamError::Token(self.name.clone(), e))
     }
 
     /// `GET base/path` with `Accept: accept`, answering as soon as the head arrives: the body is
@@ -303,14 +347,24 @@ impl Upstream {
         mut headers: HeaderMap,
     ) -> Result<(StatusCode, HeaderMap, Incoming, GatePermit), UpstreamError> {
         headers.insert(ACCEPT, HeaderValue::from_static(accept));
-        let req = self.build(Method::GET, &self.uri(path), headers, Bytes::new())?;
-        let permit = self.enter().await?;
-        let started = Instant::now();
-        let head = tokio::time::timeout(self.request_timeout, self.request(req)).await;
-        waited_since(started);
-        let (resp, _send) = head.map_err(|_| UpstreamError::Timeout(self.name.clone()))??;
-        let (parts, body) = resp.into_parts();
-        Ok((parts.status, parts.headers, body, permit))
+        let uri = self.uri(path);
+        // A GET: sent once more with a new token when the upstream refused a fetched one.
+        let tries = if self.link.renews() { 2 } else { 1 };
+        for _ in 0..tries {
+            let authorization = self.authorization().await?;
+            let req = self.build(Method::GET, &uri, headers.clone(), Bytes::new(), authorization.clone())?;
+            let permit = self.enter().await?;
+            let started = Instant::now();
+            let head = tokio::time::timeout(self.request_timeout, self.request(req)).await;
+            waited_since(started);
+            let (resp, _send) = head.map_err(|_| UpstreamError::Timeout(self.name.clone()))??;
+            let (parts, body) = resp.into_parts();
+            match authorization.filter(|_| parts.status == StatusCode::UNAUTHORIZED) {
+                Some(sent) => self.link.refused(&sent),
+                None => return Ok((parts.status, parts.headers, body, permit)),
+            }
+        }
+        Err(UpstreamError::CredentialsRefused(self.name.clone()))
     }
 
     /// The request target (origin form) for `path`, which is relative to the base: "" is the
@@ -386,17 +440,18 @@ impl Upstream {
         Ok(Answer { status: raw.status, headers: raw.headers, body })
     }
 
-    /// A request with exactly `headers` and the upstream's `Host`.
+    /// A request with exactly `headers`, the upstream's `Host` and fhir-fence's `authorization`.
     fn build(
         &self,
         method: Method,
         uri: &str,
         mut headers: HeaderMap,
         body: Bytes,
+        authorization: Option<HeaderValue>,
     ) -> Result<Request<Full<Bytes>>, UpstreamError> {
         headers.insert(http::header::HOST, self.host.clone());
-        if let Some(authorization) = &self.link.authorization {
-            headers.insert(http::header::AUTHORIZATION, authorization.clone());
+        if let Some(authorization) = authorization {
+            headers.insert(http::header::AUTHORIZATION, authorization);
         }
         let mut req = Request::builder()
             .method(method)
@@ -406,6 +461,11 @@ impl Upstream {
         *req.headers_mut() = headers;
         Ok(req)
     }
+}
+
+/// Whether a request may be sent twice: it changes nothing on the server (RFC 9110 §9.2.1).
+fn is_safe(method: &Method) -> bool {
+    method == Method::GET || method == Method::HEAD
 }
 
 /// A connection to an upstream, plain or TLS.

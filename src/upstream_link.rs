@@ -1,19 +1,30 @@
 //! How fhir-fence reaches one upstream beyond plain TCP: TLS for an `https://` base (rustls,
 //! TLS 1.2/1.3, the upstream's name verified against its certificate, the Web PKI roots or the
 //! upstream's `ca_file`, a client certificate when the upstream asks for one), and the bearer
-//! token fhir-fence itself presents (`bearer_file`). Built with each snapshot from the files
-//! the config names; `upstream.rs` opens connections through it and adds its credentials.
+//! token fhir-fence itself presents (`bearer_file`, or one it obtains with OAuth2 client
+//! credentials, `upstream_token`). Built with each snapshot from the files the config names;
+//! `upstream.rs` opens connections through it and adds its credentials.
 use crate::config::{ConfigError, Loaded, Upstream as UpstreamConfig};
+use crate::upstream_token::{TokenError, UpstreamToken};
 use http::HeaderValue;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use std::sync::Arc;
 
+/// What fhir-fence presents to the upstream as `Authorization`.
+pub enum Credentials {
+    None,
+    /// `bearer_file`'s token.
+    Bearer(HeaderValue),
+    /// A token obtained with OAuth2 client credentials (`oauth2`), renewed as it ages.
+    OAuth2(Arc<UpstreamToken>),
+}
+
 pub struct Link {
     /// The TLS connector and the name the upstream's certificate must carry (`https://` only).
     pub tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
-    /// `Authorization` for every request to the upstream (`bearer_file`).
-    pub authorization: Option<HeaderValue>,
+    /// fhir-fence's own `Authorization` for every request to the upstream.
+    pub credentials: Credentials,
     /// The contents of the files it was built from: a reload keeps the upstream's connections
     /// only while these are unchanged.
     pub files: Vec<Vec<u8>>,
@@ -44,6 +55,14 @@ impl Link {
                 Some(value)
             }
         };
+        let credentials = match (authorization, &cfg.oauth2) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::invalid(key("oauth2"), "give bearer_file or oauth2, not both"));
+            }
+            (Some(bearer), None) => Credentials::Bearer(bearer),
+            (None, Some(o)) => Credentials::OAuth2(Arc::new(UpstreamToken::build(loaded, name, o)?)),
+            (None, None) => Credentials::None,
+        };
         let url = url::Url::parse(&cfg.base_url).map_err(|e| ConfigError::invalid(key("base_url"), e.to_string()))?;
         let tls = if url.scheme() == "https" {
             let host = url.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned();
@@ -54,8 +73,36 @@ impl Link {
         } else {
             None
         };
-        let files = [ca, cert, private, bearer].into_iter().map(Option::unwrap_or_default).collect();
-        Ok(Link { tls, authorization, files })
+        let oauth2 = cfg.oauth2.iter().flat_map(|o| [Some(&o.client_secret_file), o.ca_file.as_ref()]);
+        let oauth2 = oauth2
+            .map(|p| p.map(|p| loaded.read_file(&key("oauth2"), p)).transpose())
+            .collect::<Result<Vec<_>, _>>()?;
+        let files = [ca, cert, private, bearer].into_iter().chain(oauth2).map(Option::unwrap_or_default).collect();
+        Ok(Link { tls, credentials, files })
+    }
+
+    /// The `Authorization` to send now, if any (an OAuth2 token is fetched first when there is
+    /// no usable one: bounded, see `upstream_token`).
+    pub async fn authorization(&self) -> Result<Option<HeaderValue>, TokenError> {
+        match &self.credentials {
+            Credentials::None => Ok(None),
+            Credentials::Bearer(value) => Ok(Some(value.clone())),
+            Credentials::OAuth2(token) => token.authorization().await.map(Some),
+        }
+    }
+
+    /// Whether a request the upstream refused (401) may get other credentials when sent again:
+    /// only a fetched token can be replaced.
+    pub fn renews(&self) -> bool {
+        matches!(self.credentials, Credentials::OAuth2(_))
+    }
+
+    /// The upstream answered 401 to `sent`: a fetched token is dropped, so the next request
+    /// fetches a new one.
+    pub fn refused(&self, sent: &HeaderValue) {
+        if let Credentials::OAuth2(token) = &self.credentials {
+            token.rejected(sent);
+        }
     }
 }
 

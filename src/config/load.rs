@@ -50,7 +50,17 @@ impl Loaded {
             .chain(
                 c.upstreams
                     .values()
-                    .flat_map(|u| [&u.ca_file, &u.client_cert_file, &u.client_key_file, &u.bearer_file])
+                    .flat_map(|u| {
+                        let oauth2 = u.oauth2.iter().flat_map(|o| [Some(&o.client_secret_file), o.ca_file.as_ref()]);
+                        [
+                            u.ca_file.as_ref(),
+                            u.client_cert_file.as_ref(),
+                            u.client_key_file.as_ref(),
+                            u.bearer_file.as_ref(),
+                        ]
+                        .into_iter()
+                        .chain(oauth2)
+                    })
                     .flatten(),
             )
             .chain(

@@ -234,6 +234,31 @@ pub struct Upstream {
     /// A file holding a bearer token fhir-fence sends to this upstream on every request (as
     /// `Authorization: Bearer …`; a client's own credentials never reach an upstream).
     pub bearer_file: Option<PathBuf>,
+    /// A token fhir-fence obtains itself with OAuth2 client credentials (RFC 6749 §4.4) and
+    /// sends as `Authorization: Bearer …` (instead of `bearer_file`).
+    pub oauth2: Option<UpstreamOAuth2>,
+}
+
+/// fhir-fence's own OAuth2 client at the upstream's authorization server (`upstream_token`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamOAuth2 {
+    /// The authorization server's token endpoint (`https://…`).
+    pub token_endpoint: String,
+    pub client_id: String,
+    /// A file holding the client's secret.
+    pub client_secret_file: PathBuf,
+    /// How the secret is sent (RFC 6749 §2.3.1): `client_secret_basic` (default) or `client_secret_post`.
+    #[serde(default)]
+    pub client_auth: IntrospectionAuth,
+    /// The `scope` asked for (space-separated), if the server wants one.
+    pub scope: Option<String>,
+    /// The RFC 8707 `resource` asked for: the upstream as the authorization server knows it
+    /// (the token's audience).
+    pub resource: Option<String>,
+    /// PEM CA certificates that verify the token endpoint (default: the Web PKI roots; not the
+    /// upstream's `ca_file`, which trusts the FHIR server, not its authorization server).
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -9,7 +9,8 @@
 //!   token's hash) for [`INACTIVE_TTL`]; at most [`MAX_IN_FLIGHT`] calls run at once, and a
 //!   request waits at most [`WAIT`] in all, then gets 503 — never a stall, never a 500.
 //! - Calls are counted by result (`fhir_fence_introspections_total`).
-use crate::config::{ConfigError, Introspection, IntrospectionAuth, Loaded};
+use super::client_auth::ClientSecret;
+use crate::config::{ConfigError, Introspection, Loaded};
 use crate::metrics::INTROSPECTIONS;
 use bytes::Bytes;
 use http::{header, Request, StatusCode, Uri};
@@ -50,9 +51,7 @@ pub enum IntrospectError {
 pub struct Introspector {
     name: String,
     endpoint: Uri,
-    client_id: String,
-    secret: String,
-    auth: IntrospectionAuth,
+    credentials: ClientSecret,
     /// The longest an active answer is reused (never past the token's `exp`).
     pub cache: Duration,
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
@@ -65,16 +64,8 @@ impl Introspector {
     pub fn build(loaded: &Loaded, name: &str, i: &Introspection, ca: Option<&[u8]>) -> Result<Self, ConfigError> {
         let key = |k: &str| format!("issuers.{name}.introspection.{k}");
         let endpoint = super::remote::https_uri(&i.endpoint).map_err(|e| ConfigError::invalid(key("endpoint"), e))?;
-        if i.client_id.is_empty() {
-            return Err(ConfigError::invalid(key("client_id"), "must not be empty"));
-        }
-        let secret = loaded.read_file(&key("client_secret_file"), &i.client_secret_file)?;
-        let secret = String::from_utf8(secret)
-            .map_err(|_| ConfigError::invalid(key("client_secret_file"), "the secret is not UTF-8"))?;
-        let secret = secret.trim_end_matches(['\r', '\n']).to_owned();
-        if secret.is_empty() {
-            return Err(ConfigError::invalid(key("client_secret_file"), "the file is empty"));
-        }
+        let table = format!("issuers.{name}.introspection");
+        let credentials = ClientSecret::read(loaded, &table, &i.client_id, &i.client_secret_file, i.client_auth)?;
         if !(1..=MAX_CACHE_SECS).contains(&i.cache_secs) {
             return Err(ConfigError::invalid(key("cache_secs"), format!("1 to {MAX_CACHE_SECS}")));
         }
@@ -82,9 +73,7 @@ impl Introspector {
         Ok(Introspector {
             name: name.to_owned(),
             endpoint,
-            client_id: i.client_id.clone(),
-            secret,
-            auth: i.client_auth,
+            credentials,
             cache: Duration::from_secs(i.cache_secs),
             client: super::tls::https_client(tls),
             in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
@@ -123,22 +112,10 @@ impl Introspector {
     fn request(&self, token: &str) -> Result<Request<Full<Bytes>>, http::Error> {
         let mut form = form_urlencoded::Serializer::new(String::new());
         form.append_pair("token", token).append_pair("token_type_hint", "access_token");
-        let mut request = Request::post(self.endpoint.clone())
+        let request = Request::post(self.endpoint.clone())
             .header(header::ACCEPT, "application/json")
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
-        match self.auth {
-            IntrospectionAuth::ClientSecretBasic => {
-                use base64::Engine;
-                // RFC 6749 §2.3.1: each part form-encoded, then joined and base64-encoded.
-                let part = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-                let pair = format!("{}:{}", part(&self.client_id), part(&self.secret));
-                let basic = base64::engine::general_purpose::STANDARD.encode(pair);
-                request = request.header(header::AUTHORIZATION, format!("Basic {basic}"));
-            }
-            IntrospectionAuth::ClientSecretPost => {
-                form.append_pair("client_id", &self.client_id).append_pair("client_secret", &self.secret);
-            }
-        }
+        let request = self.credentials.apply(request, &mut form);
         request.body(Full::new(Bytes::from(form.finish())))
     }
 

@@ -10,6 +10,10 @@
 //!   back-off is answered at once); the request waits at most [`WAIT`] in all, then gets
 //!   401 — never 500, never a stall. The discovery document is read once; its `jwks_uri` is
 //!   kept until a fetch from it fails.
+//! - A known `kid` whose key does not verify a token's signature triggers the same refresh
+//!   (a provider may reuse a kid for a new key), under the same limits: a flood of tokens with
+//!   bad signatures costs the provider at most one fetch per [`MIN_REFRESH`], like a flood of
+//!   made-up kids.
 //! - Keys are refreshed in the background once older than [`MAX_AGE`]. While the provider
 //!   cannot be reached, the cached keys keep verifying for the issuer's grace
 //!   (`keys_grace_secs`) after the last successful fetch; past it, nothing verifies (fail
@@ -124,8 +128,9 @@ impl RemoteKeys {
         f(&fetched.keys)
     }
 
-    /// For an unknown `kid`: one refresh (single-flight, rate-limited, backed off after
-    /// failures), waited for at most [`WAIT`] in all. Answers whether the keys changed.
+    /// For an unknown `kid`, or a known one whose key does not verify the signature: one
+    /// refresh (single-flight, rate-limited, backed off after failures), waited for at most
+    /// [`WAIT`] in all. Answers whether the keys were fetched again.
     pub async fn refresh_for_unknown_kid(&self) -> bool {
         tokio::time::timeout(WAIT, self.refresh()).await.unwrap_or(false)
     }
@@ -269,4 +274,30 @@ pub fn https_uri(s: &str) -> Result<Uri, String> {
         return Err(format!("{s:?} is not an https:// URL"));
     }
     Ok(uri)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The grace rule itself (an end-to-end test would wait `MAX_AGE`, five minutes): keys
+    /// fetched `age` ago verify while `age` is within `MAX_AGE` + the grace, never after.
+    #[test]
+    fn keys_stop_verifying_once_the_grace_after_the_last_fetch_is_over() {
+        let grace = Duration::from_secs(60);
+        let tls = super::super::tls::client_config("ca_file", None).unwrap();
+        let source = Source::Jwks("https://idp.test/jwks".parse().unwrap());
+        let remote = Arc::new(RemoteKeys::new("grace-test", "https://idp.test", source, tls, grace));
+        let jwks = include_bytes!("../../fixtures/keys/rs256-jwks.json");
+        let usable = |age: Option<Duration>| {
+            let at = age.map(|a| Instant::now().checked_sub(a).expect("the clock has run for minutes"));
+            let keys = parse_jwks(jwks, Strictness::File).unwrap();
+            remote.keys.store(Arc::new(Fetched { keys, at }));
+            remote.with_keys(|keys| Some(keys.len())).is_some()
+        };
+        assert!(!usable(None), "never fetched");
+        assert!(usable(Some(Duration::ZERO)));
+        assert!(usable(Some(MAX_AGE + grace - Duration::from_secs(1))), "old, but within the grace");
+        assert!(!usable(Some(MAX_AGE + grace + Duration::from_secs(1))), "past the grace: fail closed");
+    }
 }

@@ -3,9 +3,10 @@
 //! Order: find the issuer by `iss` (unverified, only to pick keys: an exact `iss` first, else
 //! the one issuer template it matches) → `alg` must be on that issuer's allow-list → `typ` when
 //! the issuer requires one → key by `kid` (an unknown `kid` of an identity provider's issuer
-//! waits for one bounded refresh, `remote`) → signature, `iss`, `aud`, `exp`, `nbf`, `iat` →
-//! the tenant (`tenant_source`: a claim, the issuer's own, or its `iss`) → the issuer may assert
-//! that tenant → tenant must be active.
+//! waits for one bounded refresh, `remote`; so does a known `kid` whose key does not verify the
+//! signature: the provider may have reused the kid for a new key) → signature, `iss`, `aud`,
+//! `exp`, `nbf`, `iat` → the tenant (`tenant_source`: a claim, the issuer's own, or its `iss`)
+//! → the issuer may assert that tenant → tenant must be active.
 //!
 //! A token that is not a JWS (not three dot-separated parts) is opaque: it goes to the one
 //! issuer with an introspection endpoint (`introspect`), and its answer is judged like a JWT's
@@ -389,6 +390,18 @@ impl Verifier {
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         let check = |key: &jsonwebtoken::DecodingKey| decode::<Value>(token, key, &validation);
         let decoded = match issuer.keys.with_key(header.alg, header.kid.as_deref(), check) {
+            // A kid the provider's cached keys have, but its key does not verify the signature:
+            // perhaps the provider reused the kid for a new key. The same refresh as for an
+            // unknown kid (single-flight, at most one per `remote::MIN_REFRESH` however many
+            // such tokens arrive, none during a back-off), then the new key or a 401.
+            Some(Err(e)) if *e.kind() == jsonwebtoken::errors::ErrorKind::InvalidSignature => {
+                match issuer.keys.remote() {
+                    Some(remote) if remote.refresh_for_unknown_kid().await => {
+                        issuer.keys.with_key(header.alg, header.kid.as_deref(), check).ok_or(AuthError::NoKey)?
+                    }
+                    _ => Err(e),
+                }
+            }
             Some(decoded) => decoded,
             // A kid the provider's cached keys do not have: perhaps a key it rotated in.
             None => {

@@ -255,3 +255,195 @@ async fn opaque_tokens_are_introspected_at_the_provider() {
     assert_eq!(r.header("retry-after"), Some("5"));
     assert!(started.elapsed() < std::time::Duration::from_secs(8), "{:?}", started.elapsed());
 }
+
+impl Provider {
+    /// The claims of a JWT the provider signed (with a key of its JWKS) for `audience`; panics
+    /// on any other (oidc-provider does not introspect its JWTs).
+    fn verify(&self, token: &str, audience: &str) -> Value {
+        let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_value(self.call("/jwks", &[])).unwrap();
+        let jwk = jwks.find(&kid(token)).expect("signed with a key the provider publishes");
+        let key = jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap();
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+        validation.set_audience(&[audience]);
+        validation.set_issuer(&[&self.url]);
+        jsonwebtoken::decode::<Value>(token, &key, &validation).expect("the provider's token").claims
+    }
+}
+
+#[tokio::test]
+async fn upstream_tokens_come_from_the_provider_by_client_credentials() {
+    use std::sync::{Arc, Mutex};
+    let _one = PROVIDER.lock().await;
+    let idp = Provider::from_env();
+    let ts = tenants(1);
+    let (name, prefix) = (ts[0].name.clone(), ts[0].prefix.clone());
+    // The upstream answers 401 to the tokens the test tells it to refuse, as a FHIR server does
+    // whose authorization server revoked them.
+    let refused: Arc<Mutex<Vec<String>>> = Arc::default();
+    let refusing = refused.clone();
+    let up = fake::start(move |s| {
+        let sent = s.headers.get("authorization").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+        if sent.is_empty() || refusing.lock().unwrap().contains(&sent) {
+            return Answer::Json(401, serde_json::json!({"resourceType": "OperationOutcome"}));
+        }
+        Answer::Json(200, fake::stored("Patient", &prefix, &name, "p1"))
+    })
+    .await;
+    let (fence_id, fence_secret) = idp.register_service();
+    let secret = support::write_config(&format!("{fence_secret}\n"));
+    let resource = "urn:fhir-fence:upstream-test";
+    let mut o = Options::new(&up.base, &ts);
+    o.extra = format!(
+        "[upstreams.main.oauth2]\ntoken_endpoint = \"{url}/token\"\nclient_id = \"{fence_id}\"\n\
+         client_secret_file = {secret:?}\nresource = \"{resource}\"\nca_file = {ca:?}\n",
+        url = idp.url,
+        secret = secret.display().to_string(),
+        ca = idp.ca.display().to_string(),
+    );
+    let fence = support::start(o).await;
+    let client_token = fence.token(&ts[0].name);
+    let read = || {
+        let (url, token) = (fence.url("Patient/p1"), client_token.clone());
+        async move { get(&url).bearer(&token).send().await }
+    };
+    let sent = |s: &fake::Seen| s.headers.get("authorization").map(|v| v.to_str().unwrap().to_owned());
+    // The distinct tokens the upstream got, in the order it first got them.
+    let tokens_seen = || {
+        let mut distinct: Vec<String> = Vec::new();
+        for token in up.seen().iter().filter_map(sent) {
+            if !distinct.contains(&token) {
+                distinct.push(token);
+            }
+        }
+        distinct
+    };
+
+    // The upstream gets a token the provider issued to fhir-fence's client for this resource —
+    // never the client's own.
+    let r = read().await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let first = sent(&up.last()).expect("an Authorization header");
+    let jwt = first.strip_prefix("Bearer ").expect("a bearer token");
+    // Signed by a key the provider publishes, for this resource, to fhir-fence's client.
+    let c = idp.verify(jwt, resource);
+    assert_eq!((c["client_id"].as_str(), c["iss"].as_str()), (Some(&*fence_id), Some(&*idp.url)));
+    assert!(!first.contains(&client_token));
+    // Reused while it lives: the next requests carry the same token.
+    assert_eq!(read().await.status, 200);
+    assert_eq!(tokens_seen(), std::slice::from_ref(&first));
+
+    // The upstream stops accepting it: eight reads at once all succeed, sent again with one new
+    // token — one fetch however many requests found theirs refused.
+    refused.lock().unwrap().push(first.clone());
+    for r in futures::future::join_all((0..8).map(|_| read())).await {
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let seen = tokens_seen();
+    assert_eq!(seen.len(), 2, "one new token: {seen:?}");
+    let second = seen[1].clone();
+    assert_ne!(second, first);
+    assert_eq!(idp.verify(second.strip_prefix("Bearer ").unwrap(), resource)["client_id"].as_str(), Some(&*fence_id));
+
+    // A refused write is not sent twice (it might have been acted on): 502, and the next
+    // request fetches a new token.
+    refused.lock().unwrap().push(second.clone());
+    let deletes = || up.seen().iter().filter(|s| s.method == "DELETE").count();
+    let r = crate::support::client::delete(&fence.url("Patient/p1")).bearer(&client_token).send().await;
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert_eq!(deletes(), 1, "sent once");
+    assert_eq!(read().await.status, 200);
+    let third = sent(&up.last()).unwrap();
+    assert!(![&first, &second].contains(&&third), "a new token after the refusal");
+
+    // The provider goes down while the upstream refuses the token: the client gets a bounded
+    // 503 with Retry-After (never a 500 or a stall), and a second request the same at once.
+    refused.lock().unwrap().push(third);
+    let _online = Online(&idp);
+    idp.admin("offline");
+    for _ in 0..2 {
+        let started = std::time::Instant::now();
+        let r = read().await;
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert_eq!(r.header("retry-after"), Some("5"));
+        assert!(started.elapsed() < std::time::Duration::from_secs(7), "{:?}", started.elapsed());
+    }
+    let metrics = String::from_utf8_lossy(&get(&format!("{}/metrics", fence.admin)).send().await.raw).into_owned();
+    for result in ["ok", "rejected", "failed", "skipped"] {
+        let line = format!("fhir_fence_upstream_tokens_total{{result=\"{result}\",upstream=\"main\"}}");
+        assert!(metrics.lines().any(|l| l.starts_with(&line)), "{line} in {metrics}");
+    }
+}
+
+#[tokio::test]
+async fn a_kid_reused_for_a_new_key_is_refetched_and_bad_signatures_do_not_flood_the_provider() {
+    let _one = PROVIDER.lock().await;
+    let idp = Provider::from_env();
+    let ts = tenants(1);
+    let up = fake::start(|s| {
+        Answer::Json(200, searchset(&format!("http://{}/fhir", s.headers["host"].to_str().unwrap()), vec![], None))
+    })
+    .await;
+    let mut o = Options::new(&up.base, &ts);
+    // An issuer name of its own: the refresh counter is process-wide.
+    o.extra = format!(
+        "[issuers.idp-reused]\niss = \"{url}\"\ndiscovery = \"{url}/.well-known/openid-configuration\"\nca_file = {ca:?}\n\
+         audience = [\"{AUDIENCE}\"]\nalgorithms = [\"RS256\"]\ntoken_type = \"at+jwt\"\ntenant_claim = \"$.tenant\"\n\
+         tenants = [{first:?}]\n",
+        url = idp.url,
+        ca = idp.ca.display().to_string(),
+        first = ts[0].name,
+    );
+    let fence = support::start(o).await;
+    let search = |token: String| {
+        let url = fence.url("Patient?name=x");
+        async move { get(&url).bearer(&token).send().await }
+    };
+    let fetches = || async {
+        let text = String::from_utf8_lossy(&get(&format!("{}/metrics", fence.admin)).send().await.raw).into_owned();
+        let count = |result: &str| {
+            let series = format!("fhir_fence_jwks_refreshes_total{{issuer=\"idp-reused\",result=\"{result}\"}} ");
+            text.lines().find_map(|l| l.strip_prefix(&series)).map_or(0, |n| n.parse::<u64>().unwrap())
+        };
+        count("ok") + count("failed")
+    };
+
+    let client = idp.register(&ts[0].name);
+    let first = idp.token(&client);
+    let r = search(first.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let unseen_old = idp.token(&client);
+
+    // The provider signs with a new key under the same kid: fhir-fence's key for that kid fails
+    // the signature, so the keys are fetched again (once), and the token verifies.
+    let kids = idp.admin("reuse-kid");
+    let second = idp.token(&client);
+    assert_eq!(kid(&second), kid(&first), "{kids}");
+    let before = fetches().await;
+    let r = search(second.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(fetches().await, before + 1, "one refresh");
+    // A token of the replaced key, never presented before, no longer verifies.
+    assert_eq!(search(unseen_old).await.status, 401);
+
+    // A flood of tokens with a known kid and a bad signature: each is a 401, and they cost the
+    // provider at most one fetch per MIN_REFRESH (and at least one: the refresh is tried).
+    let parts: Vec<&str> = second.split('.').collect();
+    let forged: Vec<String> = (0..20)
+        .map(|n| {
+            let signature = first.split('.').nth(2).unwrap();
+            format!("{}.{}.{}", parts[0], parts[1], if n % 2 == 0 { signature } else { &signature[1..] })
+        })
+        .collect();
+    let before = fetches().await;
+    let started = std::time::Instant::now();
+    for r in futures::future::join_all(forged.into_iter().map(search)).await {
+        assert_eq!(r.status, 401, "{}", r.body);
+    }
+    let elapsed = started.elapsed();
+    let fetched = fetches().await - before;
+    let allowed = 1 + (elapsed.as_millis() / fhir_fence::identity::remote::MIN_REFRESH.as_millis()) as u64;
+    assert!((1..=allowed).contains(&fetched), "{fetched} fetches in {elapsed:?}");
+    assert!(elapsed < fhir_fence::identity::remote::WAIT + std::time::Duration::from_secs(2), "{elapsed:?}");
+    // The provider's own tokens still verify.
+    assert_eq!(search(second).await.status, 200);
+}

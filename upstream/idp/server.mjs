@@ -8,6 +8,8 @@
 // Test controls, on the same port under /admin/ (loopback only, no authentication: a harness):
 //   POST /admin/rotate   a new signing key first in the JWKS; the old keys stay published
 //   POST /admin/retire   publish the newest key only
+//   POST /admin/reuse-kid  the first key replaced by a new one under the same kid (a provider
+//                        that reuses a kid for a new key); the other keys stay published
 //   POST /admin/offline  every other request has its connection dropped (the provider is down)
 //   POST /admin/online   serve again
 import Provider from 'oidc-provider';
@@ -115,6 +117,9 @@ const server = https.createServer(
       const action = req.url.slice('/admin/'.length);
       if (action === 'rotate') {
         keys = [newKey(), ...keys];
+        provider = build();
+      } else if (action === 'reuse-kid') {
+        keys = [{ ...newKey(), kid: keys[0].kid }, ...keys.slice(1)];
         provider = build();
       } else if (action === 'retire') {
         keys = [keys[0]];
