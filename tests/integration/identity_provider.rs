@@ -1,8 +1,10 @@
 //! Keys from a real identity provider (`scripts/idp`: the npm package oidc-provider, over HTTPS
 //! with a test CA): found through its discovery document, refreshed when it rotates its signing
-//! key, kept while it cannot be reached — and an unknown key then refused with 401, not a stall
-//! or a 500. Tokens are the provider's own (`client_credentials`, RFC 9068 `at+jwt`), for a
-//! client registered with the tenant it may act for.
+//! key or reuses a kid for a new one, kept while it cannot be reached — and an unknown key then
+//! refused with 401, not a stall or a 500. Tokens are the provider's own (`client_credentials`,
+//! RFC 9068 `at+jwt`), for a client registered with the tenant it may act for; opaque ones are
+//! introspected there; and fhir-fence's own client there obtains the upstream's token
+//! (`upstreams.NAME.oauth2`).
 use crate::support::client::get;
 use crate::support::fake::{self, searchset, Answer};
 use crate::support::{self, tenants, Options};

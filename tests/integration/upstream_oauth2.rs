@@ -184,3 +184,73 @@ fn upstream_oauth2_settings_are_checked() {
         assert!(e.contains(names), "{names} in {e}");
     }
 }
+
+#[tokio::test]
+async fn upstream_tokens_are_renewed_in_the_background_before_they_expire() {
+    let ts = tenants(1);
+    let (name, prefix) = (ts[0].name.clone(), ts[0].prefix.clone());
+    // The first token lives 5 s (renewed from 4 s on, sent until 4.5 s); the renewal's answer
+    // waits until the test releases it.
+    let release = Arc::new(tokio::sync::Notify::new());
+    let issued = Arc::new(AtomicUsize::new(0));
+    let (release2, issued2) = (release.clone(), issued.clone());
+    let endpoint = fake::start(move |_| {
+        let n = issued2.fetch_add(1, Ordering::SeqCst) + 1;
+        let token =
+            Answer::Json(200, json!({"access_token": format!("tok-{n}"), "token_type": "Bearer", "expires_in": 5}));
+        if n == 1 {
+            token
+        } else {
+            Answer::After(release2.clone(), Box::new(token))
+        }
+    })
+    .await;
+    let ca = Ca::new();
+    let host = endpoint.base.trim_start_matches("http://").split('/').next().unwrap().to_owned();
+    let front = pki::tls_front(host, &ca.issue(&["localhost"]), None).await;
+    let files = Volume::new();
+    files.swap(&[("ca.pem", &ca.pem()), ("secret", "s3cret")]);
+    let up = fake::start(move |_| Answer::Json(200, fake::stored("Patient", &prefix, &name, "p1"))).await;
+    let mut o = Options::new(&up.base, &ts);
+    o.extra = format!(
+        "[upstreams.main.oauth2]\ntoken_endpoint = \"https://localhost:{}/token\"\nclient_id = \"fence\"\n\
+         client_secret_file = {:?}\nca_file = {:?}\n",
+        front.rsplit(':').next().unwrap(),
+        files.path("secret"),
+        files.path("ca.pem"),
+    );
+    let fence = support::start(o).await;
+    let fetched = Instant::now();
+    let token = fence.token(&ts[0].name);
+    let read = || async {
+        let started = Instant::now();
+        let r = get(&fence.url("Patient/p1")).bearer(&token).send().await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        (up.last().headers["authorization"].to_str().unwrap().to_owned(), started.elapsed())
+    };
+
+    // Until 80 % of its life the token is used as it is; then a read starts one renewal (only a
+    // read does) and carries on with the current token: the renewal's answer is held back, so
+    // a read that waited for it would not come back before the test releases it.
+    while issued.load(Ordering::SeqCst) < 2 {
+        let (sent, took) = read().await;
+        assert_eq!(sent, "Bearer tok-1");
+        assert!(took < Duration::from_secs(1), "a read waited {took:?}");
+        assert!(fetched.elapsed() < Duration::from_secs(5), "no renewal began");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // (Counted from when the start-up returned, a little after the fetch.)
+    assert!(
+        fetched.elapsed() >= Duration::from_millis(3800),
+        "renewed at {:?}, before 80 % of its life",
+        fetched.elapsed()
+    );
+    // The renewal's token is used once it arrives; one renewal however many reads saw it due.
+    release.notify_one();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while read().await.0 != "Bearer tok-2" {
+        assert!(Instant::now() < deadline, "the renewed token never reached the upstream");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(issued.load(Ordering::SeqCst), 2, "one renewal");
+}
