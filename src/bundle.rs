@@ -32,7 +32,12 @@ pub(crate) async fn bundle(ctx: &Ctx<'_>, caller: &Caller, body: Value) -> Resul
     match kind.as_str() {
         "transaction" => {
             permit_transaction(caller, &entries, ctx)?;
-            Ok(crate::scope::transaction::run(ctx, &caps, entries).await?)
+            let answer = crate::scope::transaction::run(ctx, &caps, entries).await?;
+            // Judged again like any answer: a resource the caller may not read leaves the entry.
+            Ok(match caller.grant.as_deref() {
+                Some(grant) => answer.strip_entry_resources(|r| visible_entry(ctx, grant, r)),
+                None => answer,
+            })
         }
         "batch" => {
             let mut out = Composed::new("batch-response");
@@ -46,6 +51,27 @@ pub(crate) async fn bundle(ctx: &Ctx<'_>, caller: &Caller, body: Value) -> Resul
             Err(ScopeError::Body(format!("Bundle.type {other:?} cannot be posted; use transaction or batch")).into())
         }
     }
+}
+
+/// A transaction-response entry's resource judged for a caller with a SMART grant: a search's
+/// Bundle keeps the entries the caller may see (and loses its `total`); any other resource
+/// stays only if the caller may read it (`dispatch::visible`).
+fn visible_entry(ctx: &Ctx, grant: &crate::smart::Grant, resource: &mut Value) -> bool {
+    use crate::smart::Perms;
+    let searched = resource.get("resourceType").and_then(Value::as_str) == Some("Bundle")
+        && matches!(resource.get("type").and_then(Value::as_str), Some("searchset" | "history"));
+    if !searched {
+        return crate::dispatch::visible(ctx, grant, resource, Perms::R);
+    }
+    if let Some(Value::Array(entries)) = resource.get_mut("entry") {
+        entries.retain(|e| {
+            e.get("resource").is_none_or(|r| crate::dispatch::visible(ctx, grant, r, Perms::R.union(Perms::S)))
+        });
+    }
+    if let Value::Object(bundle) = resource {
+        bundle.remove("total");
+    }
+    true
 }
 
 /// A transaction is one request to the upstream, so the caller's SMART scopes must allow every

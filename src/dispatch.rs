@@ -101,20 +101,27 @@ pub async fn dispatch(
     })
 }
 
-/// The answer judged again for a caller with `patient/` scopes: whatever resource it holds of a
-/// type those scopes alone give must be the launch patient's (`scope::confine::is_patients`);
-/// a read that is not becomes the 404 of a resource that does not exist, a Bundle loses the
-/// entry (and its `total`).
+/// Whether a resource in an answer may reach a caller with a SMART grant: its type granted in
+/// full for `letters` (`r`; a search's entries `r` or `s`), or — with `patient/` scopes — the
+/// launch patient's (`scope::confine::is_patients`). fhir-fence's own OperationOutcomes always.
+pub(crate) fn visible(ctx: &Ctx<'_>, grant: &smart::Grant, resource: &Value, letters: smart::Perms) -> bool {
+    let rtype = resource.get("resourceType").and_then(Value::as_str);
+    rtype == Some("OperationOutcome")
+        || grant.perms(rtype, false).intersects(letters)
+        || grant.patient.as_deref().is_some_and(|p| grant.confines() && confine::is_patients(ctx, resource, p))
+}
+
+/// The answer judged again for a caller with a SMART grant: every resource it holds must be
+/// [`visible`]. A read that is not becomes the 404 of a resource that does not exist; a Bundle
+/// loses the entry (and, with `patient/` scopes, always its `total`: another page may lose
+/// what this one did not, and HAPI's `$everything` counts are its own); a write's answer loses
+/// its resource (the write happened; the caller may not read what it wrote over).
 fn recheck(ctx: &Ctx<'_>, grant: &smart::Grant, outcome: Outcome) -> Result<Outcome, Error> {
-    let Some(patient) = grant.patient.as_deref().filter(|_| grant.confines()) else { return Ok(outcome) };
-    let keep = |r: &Value| {
-        let rtype = r.get("resourceType").and_then(Value::as_str);
-        grant.perms(rtype, false).contains(smart::Perms::R) || confine::is_patients(ctx, r, patient)
-    };
+    use smart::Perms;
     Ok(match outcome {
         Outcome::Read(read) => {
             let resource = read.body.as_tree().cloned().unwrap_or_else(|| read.body.clone().into_tree());
-            if !keep(&resource) {
+            if !visible(ctx, grant, &resource, Perms::R) {
                 let rtype = resource.get("resourceType").and_then(Value::as_str).unwrap_or_default();
                 let id = resource.get("id").and_then(Value::as_str).unwrap_or_default();
                 return Err(ScopeError::NotFound(format!("{rtype}/{id}")).into());
@@ -122,8 +129,15 @@ fn recheck(ctx: &Ctx<'_>, grant: &smart::Grant, outcome: Outcome) -> Result<Outc
             Outcome::Read(read)
         }
         Outcome::Found(found) => {
-            let (body, dropped) = found.body.retain_entries(keep);
+            let keep = |r: &Value| visible(ctx, grant, r, Perms::R.union(Perms::S));
+            let (body, dropped) = found.body.retain_entries(keep, grant.confines());
             Outcome::Found(ReadResult { body, headers: found.headers, dropped: found.dropped + dropped })
+        }
+        Outcome::Written { rtype, mut done } => {
+            if done.body.as_ref().is_some_and(|b| !visible(ctx, grant, &b.clone().into_tree(), Perms::R)) {
+                done.body = None;
+            }
+            Outcome::Written { rtype, done }
         }
         other => other,
     })

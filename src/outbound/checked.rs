@@ -81,7 +81,8 @@ impl Checked {
     /// A checked Bundle without the entries whose resource `keep` refuses (still checked: only
     /// taken from), and how many went; its `total` is removed when any did (the count would
     /// tell what was taken).
-    pub fn retain_entries(self, keep: impl Fn(&Value) -> bool) -> (Checked, usize) {
+    /// `drop_total`: remove `total` whatever was taken (a later page may take what this one did not).
+    pub fn retain_entries(self, keep: impl Fn(&Value) -> bool, drop_total: bool) -> (Checked, usize) {
         let mut tree = self.into_tree();
         let mut dropped = 0;
         if let Some(Value::Array(entries)) = tree.get_mut("entry") {
@@ -89,12 +90,27 @@ impl Checked {
             entries.retain(|e| e.get("resource").is_none_or(&keep));
             dropped = before - entries.len();
         }
-        if dropped > 0 {
+        if dropped > 0 || drop_total {
             if let Value::Object(bundle) = &mut tree {
                 bundle.remove("total");
             }
         }
         (Checked::tree(tree), dropped)
+    }
+
+    /// A checked Bundle whose entries keep their place but lose the `resource` `keep` refuses
+    /// (a transaction-response: one entry per request, each with its `response`). `keep` may
+    /// narrow what it keeps (a search's nested Bundle losing entries): still only taken from.
+    pub fn strip_entry_resources(self, keep: impl Fn(&mut Value) -> bool) -> Checked {
+        let mut tree = self.into_tree();
+        if let Some(Value::Array(entries)) = tree.get_mut("entry") {
+            for entry in entries.iter_mut().filter_map(Value::as_object_mut) {
+                if entry.get_mut("resource").is_some_and(|r| !keep(r)) {
+                    entry.remove("resource");
+                }
+            }
+        }
+        Checked::tree(tree)
     }
 
     /// The resources of the matches in a checked searchset (each checked with it).

@@ -15,9 +15,10 @@
 //! - `$everything` and compartment searches are the launch patient's only;
 //! - a create or update is the patient's when every Patient reference at the elements behind
 //!   the type's `patient` parameter (`fhir::shape::Model::patient_paths`: Observation's
-//!   `subject`, Appointment's `participant.actor`) is the launch patient, and there is one; an
-//!   update or delete must also find the resource it replaces the patient's (an update of a
-//!   resource that does not exist yet creates it). The patient's own Patient resource by its id.
+//!   `subject`, Appointment's `participant.actor`) is the launch patient, and there is one, and
+//!   no Patient it names anywhere else is another; an update or delete must also find the
+//!   resource it replaces the patient's (an update of an id that never existed creates it; one
+//!   that was deleted is not taken over). The patient's own Patient resource by its id.
 //!
 //! What cannot be narrowed this way (patches, conditional writes, history, system searches,
 //! exports) never gets here: `smart::permit` refuses it.
@@ -86,7 +87,14 @@ pub async fn confine(
             written(ctx, rtype, body, patient)?;
             match current(ctx, caps, rtype, id).await? {
                 Some(found) if !belongs(ctx, rtype, &found, patient) => Err(outside()),
-                _ => Ok((interaction, None)),
+                Some(_) => Ok((interaction, None)),
+                // No current version: a new id, or a deleted resource, whose history may be
+                // another patient's — an update would continue it. Only a new id is taken.
+                None => match super::read::history(ctx, rtype, id, &vec![("_count".into(), "1".into())], "").await {
+                    Err(super::ScopeError::NotFound(_)) => Ok((interaction, None)),
+                    Err(e) => Err(e.into()),
+                    Ok(_) => Err(outside()),
+                },
             }
         }
         I::Delete { ref rtype, ref id } => {
@@ -138,11 +146,57 @@ pub fn is_patients(ctx: &Ctx<'_>, resource: &Value, patient: &str) -> bool {
     }
 }
 
-/// A body to be written for the patient: refused unless it is the patient's.
+/// A body to be written for the patient: refused unless it is the patient's, and unless every
+/// Patient it names anywhere (a performer, a recipient, a focus…) is the patient: a `patient/`
+/// token does not attach data to another patient.
 fn written(ctx: &Ctx<'_>, rtype: &str, body: Option<&Value>, patient: &str) -> Result<(), SmartError> {
-    match body {
-        Some(body) if belongs(ctx, rtype, body, patient) => Ok(()),
-        _ => Err(SmartError::NotThePatients(patient.to_owned(), rtype.to_owned())),
+    let refused = || SmartError::NotThePatients(patient.to_owned(), rtype.to_owned());
+    let body = body.ok_or_else(refused)?;
+    if !belongs(ctx, rtype, body, patient) {
+        return Err(refused());
+    }
+    let mut references = Vec::new();
+    every_reference(body, &mut references);
+    match references.into_iter().all(|r| target(ctx, r, patient) != Target::OtherPatient) {
+        true => Ok(()),
+        false => Err(refused()),
+    }
+}
+
+/// What a reference (client view) points at, as far as the patient is concerned.
+#[derive(PartialEq, Eq)]
+enum Target {
+    ThePatient,
+    /// Another Patient, or one fhir-fence cannot tell is the patient (conditional, absolute).
+    OtherPatient,
+    NoPatient,
+}
+
+fn target(ctx: &Ctx<'_>, reference: &str, patient: &str) -> Target {
+    let base = format!("{}/", ctx.snap.public_base);
+    let local = reference.strip_prefix(base.as_str()).unwrap_or(reference);
+    let local = local.split("/_history/").next().unwrap_or(local);
+    match local.strip_prefix("Patient/") {
+        Some(id) if id == patient => Target::ThePatient,
+        Some(_) => Target::OtherPatient,
+        None if local.contains("Patient") => Target::OtherPatient,
+        None => Target::NoPatient,
+    }
+}
+
+/// Every `reference` string anywhere in `v`.
+fn every_reference<'v>(v: &'v Value, out: &mut Vec<&'v str>) {
+    match v {
+        Value::Object(o) => {
+            for (k, v) in o {
+                match (k.as_str(), v) {
+                    ("reference", Value::String(r)) => out.push(r),
+                    _ => every_reference(v, out),
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|v| every_reference(v, out)),
+        _ => {}
     }
 }
 
@@ -164,17 +218,13 @@ fn belongs(ctx: &Ctx<'_>, rtype: &str, resource: &Value, patient: &str) -> bool 
     for path in crate::fhir::shape::Model::r4().patient_paths(rtype) {
         collect(resource, path, &mut references);
     }
-    let base = format!("{}/", ctx.snap.public_base);
     let mut mine = false;
     for reference in references {
-        let local = reference.strip_prefix(base.as_str()).unwrap_or(reference);
-        let target = local.split("/_history/").next().unwrap_or(local);
-        match target.strip_prefix("Patient/") {
-            Some(id) if id == patient => mine = true,
-            Some(_) => return false,
+        match target(ctx, reference, patient) {
+            Target::ThePatient => mine = true,
             // Anything else naming a Patient (a conditional or absolute reference): not provably hers.
-            None if target.contains("Patient") => return false,
-            None => {}
+            Target::OtherPatient => return false,
+            Target::NoPatient => {}
         }
     }
     mine

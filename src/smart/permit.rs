@@ -162,7 +162,10 @@ fn types(params: &Params, perms: Perms) -> Vec<Need> {
         .iter()
         .filter(|(k, _)| k == "_type")
         .flat_map(|(_, v)| v.split(','))
-        .map(|t| Need::new(Some(t.trim()), perms))
+        .map(|t| match t.trim() {
+            "*" => Need::new(None, perms),
+            t => Need::new(Some(t), perms),
+        })
         .collect();
     if named.is_empty() {
         vec![Need::new(None, perms)]
@@ -171,12 +174,26 @@ fn types(params: &Params, perms: Perms) -> Vec<Need> {
     }
 }
 
-/// A `Parameters` body's `name`/`valueString` pairs (an export kickoff's `_type`, `_typeFilter`…).
+/// A `Parameters` body's parameters as name/value pairs (an export kickoff's `_type`,
+/// `_typeFilter`…): every `value[x]` a string is read (`valueString`, `valueCode`, `valueUri`…),
+/// a `valueReference` by its `reference`; a value that cannot be read so counts as `*` (every
+/// type), so nothing the kickoff may understand escapes the check.
 fn parameters(body: &Value) -> Params {
     let list = body.get("parameter").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
-    list.iter()
-        .filter_map(|p| Some((p.get("name")?.as_str()?.to_owned(), p.get("valueString")?.as_str()?.to_owned())))
-        .collect()
+    let mut out = Params::new();
+    for p in list {
+        let Some(name) = p.get("name").and_then(Value::as_str) else { continue };
+        let Some(members) = p.as_object() else { continue };
+        for (_, value) in members.iter().filter(|(k, _)| k.starts_with("value")) {
+            let text = match value {
+                Value::String(s) => s.clone(),
+                Value::Object(o) => o.get("reference").and_then(Value::as_str).unwrap_or("*").to_owned(),
+                _ => "*".to_owned(),
+            };
+            out.push((name.to_owned(), text));
+        }
+    }
+    out
 }
 
 /// What searches hidden inside other values reach: each `_typeFilter` (`Type?query`) and each
@@ -192,7 +209,9 @@ fn inner_queries(params: &Params, body: Option<&Value>) -> Vec<Need> {
     let mut out = Vec::new();
     for q in queries {
         let (rtype, query) = q.split_once('?').unwrap_or((q, ""));
-        out.push(Need::new(Some(rtype), Perms::S));
+        // A type fhir-fence cannot name (`Patient/p1?x`) stands for every type.
+        let rtype = Some(rtype).filter(|t| crate::fhir::shape::Model::r4().is_resource_type(t));
+        out.push(Need::new(rtype, Perms::S));
         match parse_query(Some(query)) {
             Ok(inner) => out.extend(reached(&inner)),
             Err(_) => out.push(Need::new(None, Perms::S)),
@@ -348,9 +367,19 @@ mod tests {
         assert!(e.contains("system/*.rs"), "{e}");
         // What the kickoff's body names counts, as do the searches inside `_typeFilter`s.
         let post = Interaction::Export { level: ExportLevel::System, form: true };
-        let body = json!({"resourceType": "Parameters", "parameter": [{"name": "_type", "valueString": "Observation,Condition"}]});
-        let e = permit(&g, &post, &q(&[("_type", "Patient")]), None, Some(&body)).unwrap_err().to_string();
-        assert!(e.contains("Condition.rs") || e.contains("Observation.rs"), "{e}");
+        for value in [
+            r#""valueString":"Observation,Condition""#,
+            r#""valueCode":"Condition""#,
+            r#""valueUri":"Condition""#,
+            r#""valueInteger":1"#,
+        ] {
+            let body: Value = serde_json::from_str(&format!(
+                r#"{{"resourceType":"Parameters","parameter":[{{"name":"_type",{value}}}]}}"#
+            ))
+            .unwrap();
+            let e = permit(&g, &post, &q(&[("_type", "Patient")]), None, Some(&body)).unwrap_err().to_string();
+            assert!(e.contains("Condition.rs") || e.contains("Observation.rs") || e.contains("*.rs"), "{value}: {e}");
+        }
         let filter = q(&[("_type", "Observation"), ("_typeFilter", "Observation?subject:Patient.name=x")]);
         let g2 = grant("system/Observation.rs", None);
         assert!(permit(&g2, &export, &filter, None, None).unwrap_err().to_string().contains("Patient.s"));

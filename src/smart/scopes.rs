@@ -37,6 +37,10 @@ impl Perms {
         Perms(self.0 | other.0)
     }
 
+    pub fn intersects(self, other: Perms) -> bool {
+        self.0 & other.0 != 0
+    }
+
     pub fn contains(self, other: Perms) -> bool {
         self.0 & other.0 == other.0
     }

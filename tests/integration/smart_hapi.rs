@@ -199,7 +199,8 @@ async fn scopes_narrow_what_the_tenant_rule_allows() {
     for (method, url, body, expected) in [
         ("POST", "Observation", obs("w1", "p1", None), 201),
         ("POST", "Observation", obs("w2", "p2", None), 403),
-        ("POST", "Observation", obs("w3", "p1", Some("Patient/p2")), 201), // performer is no patient element
+        ("POST", "Observation", obs("w3", "p1", Some("Patient/p2")), 403), // no Patient named may be another
+        ("POST", "Observation", obs("w3", "p1", Some("Practitioner/d1")), 201),
         ("PUT", "Observation/w4", obs("w4", "p1", None), 201),
         ("PUT", "Observation/o1", obs("o1", "p1", None), 200),
         ("PUT", "Observation/o1", obs("o1", "p2", None), 403),
@@ -244,6 +245,10 @@ async fn scopes_narrow_what_the_tenant_rule_allows() {
     assert_eq!(r.status, 403, "{}", r.body);
     assert_eq!(delete(&f.url("Observation/o2")).bearer(&tw).send().await.status, 404);
     assert_eq!(delete(&f.url("Observation/w4")).bearer(&tw).send().await.status, 200);
+    // A deleted resource of another patient is not taken over by an update of its id.
+    seed(&f, a, &[obs("o8", "p2", None)]).await;
+    assert_eq!(delete(&f.url("Observation/o8")).bearer(&f.token(a)).send().await.status, 200);
+    assert_eq!(write("PUT", "Observation/o8", obs("o8", "p1", None)).await.status, 403);
     assert_eq!(get(&f.url("Observation/o2")).bearer(&f.token(a)).send().await.status, 200, "o2 untouched");
 
     // Batch entries are judged one by one; a transaction as a whole.
@@ -301,6 +306,23 @@ async fn scopes_narrow_what_the_tenant_rule_allows() {
     let kickoff = json!({"resourceType": "Parameters", "parameter": [{"name": "_type", "valueString": "Condition"}]});
     let r = post(&f.url("$export?_type=Patient"), &kickoff).header("prefer", "respond-async").bearer(&te).send().await;
     assert_eq!(r.status, 403, "{}", r.body);
+    // A write's answer carries no resource the token may not read: a conditional create that
+    // finds p2's o2 answers without it, in a batch or a transaction too.
+    let r =
+        post(&f.url("Observation"), &obs("n4", "p1", None)).header("if-none-exist", "_id=o2").bearer(&tc).send().await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(!r.raw.windows(2).any(|w| w == b"p2"), "{}", String::from_utf8_lossy(&r.raw));
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": obs("n5", "p1", None), "request": {"method": "POST", "url": "Observation", "ifNoneExist": "_id=o2"}},
+        {"request": {"method": "GET", "url": "Observation?_id=o2"}}]});
+    let r =
+        post(&f.url(""), &tx).bearer(&token(a, "user/Observation.c patient/Observation.rs", Some("p1"))).send().await;
+    assert_eq!(r.status, 403, "a transaction entry patient/ scopes would narrow: {}", r.body);
+    let r = post(&f.url(""), &tx).bearer(&tc).send().await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body["entry"][0].get("resource").is_none(), "{}", r.body);
+    assert_eq!(r.body["entry"][1]["resource"]["entry"].as_array().map(Vec::len), Some(1), "s shows search results");
+
     // An export job is the grant's that started it: another token of the client (here: no
     // client id either) cannot follow it.
     let r = get(&f.url("$export?_type=Patient")).header("prefer", "respond-async").bearer(&te).send().await;
