@@ -157,7 +157,7 @@ fn written(ctx: &Ctx<'_>, rtype: &str, body: Option<&Value>, patient: &str) -> R
     }
     let mut references = Vec::new();
     every_reference(body, &mut references);
-    match references.into_iter().all(|r| target(ctx, r, patient) != Target::OtherPatient) {
+    match references.into_iter().all(|r| target(ctx, r, patient) != Target::Another) {
         true => Ok(()),
         false => Err(refused()),
     }
@@ -166,10 +166,10 @@ fn written(ctx: &Ctx<'_>, rtype: &str, body: Option<&Value>, patient: &str) -> R
 /// What a reference (client view) points at, as far as the patient is concerned.
 #[derive(PartialEq, Eq)]
 enum Target {
-    ThePatient,
+    Her,
     /// Another Patient, or one fhir-fence cannot tell is the patient (conditional, absolute).
-    OtherPatient,
-    NoPatient,
+    Another,
+    Neither,
 }
 
 fn target(ctx: &Ctx<'_>, reference: &str, patient: &str) -> Target {
@@ -177,10 +177,10 @@ fn target(ctx: &Ctx<'_>, reference: &str, patient: &str) -> Target {
     let local = reference.strip_prefix(base.as_str()).unwrap_or(reference);
     let local = local.split("/_history/").next().unwrap_or(local);
     match local.strip_prefix("Patient/") {
-        Some(id) if id == patient => Target::ThePatient,
-        Some(_) => Target::OtherPatient,
-        None if local.contains("Patient") => Target::OtherPatient,
-        None => Target::NoPatient,
+        Some(id) if id == patient => Target::Her,
+        Some(_) => Target::Another,
+        None if local.contains("Patient") => Target::Another,
+        None => Target::Neither,
     }
 }
 
@@ -221,10 +221,10 @@ fn belongs(ctx: &Ctx<'_>, rtype: &str, resource: &Value, patient: &str) -> bool 
     let mut mine = false;
     for reference in references {
         match target(ctx, reference, patient) {
-            Target::ThePatient => mine = true,
+            Target::Her => mine = true,
             // Anything else naming a Patient (a conditional or absolute reference): not provably hers.
-            Target::OtherPatient => return false,
-            Target::NoPatient => {}
+            Target::Another => return false,
+            Target::Neither => {}
         }
     }
     mine
