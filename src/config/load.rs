@@ -66,7 +66,12 @@ impl Loaded {
             .chain(
                 c.issuers
                     .values()
-                    .flat_map(|i| [&i.jwks_file, &i.secret_file, &i.signing_key_file, &i.ca_file])
+                    .flat_map(|i| {
+                        let introspection = i.introspection.as_ref().map(|x| &x.client_secret_file);
+                        [i.jwks_file.as_ref(), i.secret_file.as_ref(), i.signing_key_file.as_ref(), i.ca_file.as_ref()]
+                            .into_iter()
+                            .chain([introspection])
+                    })
                     .flatten(),
             );
         std::iter::once(config_path.to_path_buf()).chain(named.map(|p| self.resolve(p))).collect()

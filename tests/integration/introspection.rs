@@ -87,6 +87,9 @@ async fn introspection_answers_are_judged_like_claims() {
         files.0.join("secret").display().to_string(),
     );
     let fence = support::start(o).await;
+    // The secret file is watched like the config (a rotated secret is a reload).
+    let watched = fence.snap().loaded.source_files(&fence.config_path);
+    assert!(watched.iter().any(|p| p.ends_with("secret")), "{watched:?}");
     let calls = |token: &str| provider.seen().iter().filter(|s| token_of(s) == token).count();
     let status = |token: &'static str| {
         let url = fence.url("Patient?name=x");
