@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 
 mod support;
-use support::{free_port, serve, wait_for, SYSTEM};
+use support::{free_port, origin, serve, wait_for};
 
 /// How long the provider takes to answer a JWKS fetch after its first.
 const SLOW: Duration = Duration::from_millis(2500);
@@ -57,34 +57,6 @@ fn main() {
     let flood = env("FF_BENCH_FLOOD", if full { 200 } else { 20 });
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(bench(requests, flood));
-}
-
-/// The origin: a CapabilityStatement, and for `Patient/{prefix}-{id}` a Patient of that tenant.
-async fn origin() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://127.0.0.1:{}/fhir", listener.local_addr().unwrap().port());
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            tokio::spawn(async move {
-                let service = service_fn(|req: Request<Incoming>| async move {
-                    let body = match req.uri().path().strip_prefix("/fhir/Patient/") {
-                        Some(id) => json!({"resourceType": "Patient", "id": id, "meta": {"versionId": "1",
-                            "tag": [{"system": SYSTEM, "code": "globex"}]}}),
-                        None => json!({"resourceType": "CapabilityStatement", "status": "active", "kind": "instance",
-                            "fhirVersion": "4.0.1", "format": ["json"], "rest": [{"mode": "server", "resource": [
-                            {"type": "Patient", "interaction": [{"code": "read"}],
-                             "searchParam": [{"name": "_tag", "type": "token"}]}]}]}),
-                    };
-                    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
-                    r.headers_mut().insert("content-type", "application/fhir+json".parse().unwrap());
-                    Ok::<_, Infallible>(r)
-                });
-                let _ = http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
-            });
-        }
-    });
-    base
 }
 
 /// What the provider saw: JWKS fetches, how many are being answered now, and when each was

@@ -19,22 +19,17 @@
 //!
 //! See `docs/performance.md`.
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use serde_json::json;
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 mod support;
-use support::{free_port, serve, wait_for, SYSTEM};
+use support::{free_port, origin, serve, wait_for};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -48,42 +43,6 @@ fn main() {
     let flood = env("FF_BENCH_FLOOD", if full { 300 } else { 40 });
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(bench(requests, flood));
-}
-
-/// The origin: a CapabilityStatement, and for `Patient/{prefix}-{id}` a Patient of that tenant.
-async fn origin() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://127.0.0.1:{}/fhir", listener.local_addr().unwrap().port());
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            tokio::spawn(async move {
-                let service = service_fn(|req: Request<Incoming>| async move {
-                    let path = req.uri().path().to_owned();
-                    let body = match path.strip_prefix("/fhir/Patient/") {
-                        Some(id) => {
-                            let tenant = if id.starts_with("acme-") { "acme" } else { "globex" };
-                            json!({"resourceType": "Patient", "id": id, "meta": {"versionId": "1",
-                                "tag": [{"system": SYSTEM, "code": tenant}]}, "name": [{"family": "Neighbour"}]})
-                        }
-                        None => capability_statement(),
-                    };
-                    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
-                    r.headers_mut().insert("content-type", "application/fhir+json".parse().unwrap());
-                    Ok::<_, Infallible>(r)
-                });
-                let _ = http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
-            });
-        }
-    });
-    base
-}
-
-fn capability_statement() -> serde_json::Value {
-    let params = json!([{"name": "_tag", "type": "token"}, {"name": "_id", "type": "token"}]);
-    json!({"resourceType": "CapabilityStatement", "status": "active", "kind": "instance", "fhirVersion": "4.0.1",
-        "format": ["json"], "rest": [{"mode": "server", "resource": [
-            {"type": "Patient", "interaction": [{"code": "read"}, {"code": "update"}], "searchParam": params}]}]})
 }
 
 fn config(public: u16, admin: u16, origin_base: &str) -> String {

@@ -100,3 +100,42 @@ tenants = ["acme", "globex"]
 {tenants}"#
     )
 }
+
+/// An in-process origin: a CapabilityStatement, and for `Patient/{prefix}-{id}` a Patient of that
+/// tenant (`acme` for `acme-…`, else `globex`).
+pub async fn origin() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://127.0.0.1:{}/fhir", listener.local_addr().unwrap().port());
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                    let path = req.uri().path().to_owned();
+                    let body = match path.strip_prefix("/fhir/Patient/") {
+                        Some(id) => {
+                            let tenant = if id.starts_with("acme-") { "acme" } else { "globex" };
+                            serde_json::json!({"resourceType": "Patient", "id": id, "meta": {"versionId": "1",
+                                "tag": [{"system": SYSTEM, "code": tenant}]}, "name": [{"family": "Neighbour"}]})
+                        }
+                        None => capability_statement(),
+                    };
+                    let mut r = http::Response::new(Full::new(Bytes::from(body.to_string())));
+                    r.headers_mut().insert("content-type", "application/fhir+json".parse().unwrap());
+                    Ok::<_, std::convert::Infallible>(r)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    base
+}
+
+fn capability_statement() -> serde_json::Value {
+    let params = serde_json::json!([{"name": "_tag", "type": "token"}, {"name": "_id", "type": "token"}]);
+    serde_json::json!({"resourceType": "CapabilityStatement", "status": "active", "kind": "instance", "fhirVersion": "4.0.1",
+        "format": ["json"], "rest": [{"mode": "server", "resource": [
+            {"type": "Patient", "interaction": [{"code": "read"}, {"code": "update"}], "searchParam": params}]}]})
+}
