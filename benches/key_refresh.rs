@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 
 mod support;
-use support::{free_port, origin, serve, wait_for};
+use support::{free_port, origin, percentile, report, serve, wait_for};
 
 /// How long the provider takes to answer a JWKS fetch after its first.
 const SLOW: Duration = Duration::from_millis(2500);
@@ -248,22 +248,6 @@ async fn flooder(port: u16, tokens: Arc<Vec<String>>, offset: usize, flood: Arc<
     }
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
-}
-
-fn report(name: &str, times: &[Duration], failed: usize) {
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    println!(
-        "{name:<34} {:>5} reads  p50 {:>6.2} ms  p90 {:>6.2} ms  p99 {:>6.2} ms  max {:>7.2} ms  failed {failed}",
-        times.len(),
-        ms(percentile(times, 0.50)),
-        ms(percentile(times, 0.90)),
-        ms(percentile(times, 0.99)),
-        ms(*times.last().unwrap()),
-    );
-}
-
 async fn bench(requests: usize, flood_size: usize) {
     let seen = Arc::new(Provider::default());
     let (idp_port, ca_pem) = provider(seen.clone()).await;
@@ -322,8 +306,8 @@ async fn bench(requests: usize, flood_size: usize) {
     println!(
         "key refresh: {flood_size} clients sending made-up kids against a provider answering each refresh after {SLOW:?}"
     );
-    report("known kid, no refresh", &quiet, quiet_failed);
-    report("known kid, refresh in flight", &flooded, flooded_failed);
+    report(34, "known kid, no refresh", &quiet, quiet_failed);
+    report(34, "known kid, refresh in flight", &flooded, flooded_failed);
     let p99 = |t: &[Duration]| percentile(t, 0.99).as_secs_f64();
     let mut flood_times = flood.times.lock().unwrap().clone();
     flood_times.sort();

@@ -29,7 +29,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 mod support;
-use support::{free_port, origin, serve, wait_for};
+use support::{free_port, origin, percentile, report, serve, wait_for};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -143,22 +143,6 @@ async fn flooder(port: u16, token: String, flood: Arc<Flood>) {
     }
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
-}
-
-fn report(name: &str, times: &[Duration], failed: usize) {
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    println!(
-        "{name:<26} {:>5} reads  p50 {:>6.2} ms  p90 {:>6.2} ms  p99 {:>6.2} ms  max {:>7.2} ms  failed {failed}",
-        times.len(),
-        ms(percentile(times, 0.50)),
-        ms(percentile(times, 0.90)),
-        ms(percentile(times, 0.99)),
-        ms(*times.last().unwrap()),
-    );
-}
-
 async fn bench(requests: usize, flood_size: usize) {
     let origin_base = origin().await;
     let (public, admin) = (free_port(), free_port());
@@ -193,8 +177,8 @@ async fn bench(requests: usize, flood_size: usize) {
     }
 
     println!("noisy neighbour: {flood_size} slow-body connections of acme (cap 32) against globex's reads");
-    report("globex alone", &quiet, quiet_failed);
-    report("globex under acme's flood", &flooded, flooded_failed);
+    report(26, "globex alone", &quiet, quiet_failed);
+    report(26, "globex under acme's flood", &flooded, flooded_failed);
     let p99 = |t: &[Duration]| percentile(t, 0.99).as_secs_f64();
     println!(
         "p99 ratio (flooded / alone): {:.2}; acme's flood got {:?} (status: connections) over {:.1} s",

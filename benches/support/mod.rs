@@ -139,3 +139,21 @@ fn capability_statement() -> serde_json::Value {
         "format": ["json"], "rest": [{"mode": "server", "resource": [
             {"type": "Patient", "interaction": [{"code": "read"}, {"code": "update"}], "searchParam": params}]}]})
 }
+
+/// The `p`-th percentile of sorted latencies.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+/// One line of latencies (sorted) under a `width`-wide name.
+pub fn report(width: usize, name: &str, times: &[Duration], failed: usize) {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "{name:<width$} {:>5} reads  p50 {:>6.2} ms  p90 {:>6.2} ms  p99 {:>6.2} ms  max {:>7.2} ms  failed {failed}",
+        times.len(),
+        ms(percentile(times, 0.50)),
+        ms(percentile(times, 0.90)),
+        ms(percentile(times, 0.99)),
+        ms(*times.last().unwrap()),
+    );
+}
