@@ -11,6 +11,7 @@
 //! - `operation`   — `$`-operations: the ones fhir-fence scopes, the ones refused and why, `$export`
 //! - `query`       — strict query-string decoding, and encoding for the upstream
 //! - `entry`       — a Bundle entry's `request` read as the request it stands for
+//! - `values`      — the values of the fixed parameters passed on (`_count`, `_since`, `_at`, `_type`)
 //! - `error`       — [`RouteError`]
 mod classify;
 mod entry;
@@ -18,6 +19,7 @@ mod error;
 mod interaction;
 mod operation;
 mod query;
+mod values;
 
 pub use classify::classify;
 pub use entry::{entry_request, EntryRequest};

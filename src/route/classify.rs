@@ -101,10 +101,10 @@ fn check_params(interaction: &Interaction, params: &Params) -> Result<(), RouteE
         Interaction::InstanceHistory { .. } | Interaction::History { .. } => &["_count", "_since", "_at", "_pretty"],
         _ => &["_pretty"],
     };
-    match params.iter().find(|(k, _)| !allowed.contains(&k.as_str())) {
-        Some((k, _)) => Err(RouteError::Param { param: k.clone(), interaction: interaction.name() }),
-        None => Ok(()),
+    if let Some((k, _)) = params.iter().find(|(k, _)| !allowed.contains(&k.as_str())) {
+        return Err(RouteError::Param { param: k.clone(), interaction: interaction.name() });
     }
+    params.iter().try_for_each(|(k, v)| super::values::check(k, v, interaction.name()))
 }
 
 #[cfg(test)]

@@ -17,4 +17,6 @@ pub enum RouteError {
     BadEntry(String),
     #[error("parameter {param:?} is not allowed on {interaction}")]
     Param { param: String, interaction: &'static str },
+    #[error("parameter {param:?} on {interaction} must be {expected}")]
+    Value { param: String, interaction: &'static str, expected: &'static str },
 }

@@ -90,6 +90,7 @@ pub(super) fn operation(
     if let Some((k, _)) = params.iter().find(|(k, _)| !allowed.contains(&k.as_str())) {
         return Err(RouteError::Param { param: k.clone(), interaction: found.name() });
     }
+    params.iter().try_for_each(|(k, v)| super::values::check(k, v, found.name()))?;
     let (rtype, id) = instance.expect("matched above");
     if found == Op::Validate {
         return Ok(Interaction::Validate { rtype, id: Some(id) });

@@ -75,16 +75,21 @@ pub async fn confine(
             Ok((interaction, None))
         }
         I::Validate { id: None, .. } => Ok((interaction, None)),
+        // A new Patient is never the launch patient.
+        I::Create { ref rtype } if rtype == "Patient" => Err(outside()),
         I::Create { ref rtype } => {
-            written(ctx, rtype, body, patient)?;
+            written(ctx, caps, rtype, body, patient).await?;
             Ok((interaction, None))
         }
         I::Update { ref rtype, ref id } if rtype == "Patient" => match id == patient {
-            true => Ok((interaction, None)),
+            true => {
+                written(ctx, caps, rtype, body, patient).await?;
+                Ok((interaction, None))
+            }
             false => Err(outside()),
         },
         I::Update { ref rtype, ref id } => {
-            written(ctx, rtype, body, patient)?;
+            written(ctx, caps, rtype, body, patient).await?;
             match current(ctx, caps, rtype, id).await? {
                 Some(found) if !belongs(ctx, rtype, &found, patient) => Err(outside()),
                 Some(_) => Ok((interaction, None)),
@@ -146,41 +151,76 @@ pub fn is_patients(ctx: &Ctx<'_>, resource: &Value, patient: &str) -> bool {
     }
 }
 
-/// A body to be written for the patient: refused unless it is the patient's, and unless every
-/// Patient it names anywhere (a performer, a recipient, a focus…) is the patient: a `patient/`
-/// token does not attach data to another patient.
-fn written(ctx: &Ctx<'_>, rtype: &str, body: Option<&Value>, patient: &str) -> Result<(), SmartError> {
-    let refused = || SmartError::NotThePatients(patient.to_owned(), rtype.to_owned());
+/// A body to be written for the patient: refused unless it is the patient's (her own Patient
+/// resource, or [`belongs`]), unless every Patient it names anywhere (a performer, a recipient,
+/// a focus…) is the patient, and unless every other resource of the Patient compartment it
+/// names (an encounter, a `hasMember`, a `basedOn`…) is hers too: a `patient/` token neither
+/// attaches data to another patient nor ties the patient's data to another's.
+async fn written(
+    ctx: &Ctx<'_>,
+    caps: &Capabilities,
+    rtype: &str,
+    body: Option<&Value>,
+    patient: &str,
+) -> Result<(), Error> {
+    let refused = || Error::from(SmartError::NotThePatients(patient.to_owned(), rtype.to_owned()));
     let body = body.ok_or_else(refused)?;
-    if !belongs(ctx, rtype, body, patient) {
+    let hers = match rtype {
+        "Patient" => body.get("id").and_then(Value::as_str) == Some(patient),
+        _ => belongs(ctx, rtype, body, patient),
+    };
+    if !hers {
         return Err(refused());
     }
     let mut references = Vec::new();
     every_reference(body, &mut references);
-    match references.into_iter().all(|r| target(ctx, r, patient) != Target::Another) {
-        true => Ok(()),
-        false => Err(refused()),
+    for reference in references {
+        match target(ctx, reference, patient) {
+            Target::Her => {}
+            Target::Another => return Err(refused()),
+            Target::Member(rtype, id) => {
+                // Not narrowable (no `patient` parameter upstream) is not provably hers.
+                if !member(ctx, caps, patient, rtype, id).await.unwrap_or(false) {
+                    return Err(refused());
+                }
+            }
+            Target::Neither => {}
+        }
     }
+    Ok(())
 }
 
 /// What a reference (client view) points at, as far as the patient is concerned.
 #[derive(PartialEq, Eq)]
-enum Target {
+enum Target<'r> {
     Her,
-    /// Another Patient, or one fhir-fence cannot tell is the patient (conditional, absolute).
+    /// Another Patient, or one fhir-fence cannot tell is the patient (conditional, absolute),
+    /// or a resource of the Patient compartment named so that it cannot be looked up.
     Another,
+    /// A resource of the Patient compartment (not a Patient): hers only if found so.
+    Member(&'r str, &'r str),
     Neither,
 }
 
-fn target(ctx: &Ctx<'_>, reference: &str, patient: &str) -> Target {
+fn target<'r>(ctx: &Ctx<'_>, reference: &'r str, patient: &str) -> Target<'r> {
     let base = format!("{}/", ctx.snap.public_base);
     let local = reference.strip_prefix(base.as_str()).unwrap_or(reference);
     let local = local.split("/_history/").next().unwrap_or(local);
-    match local.strip_prefix("Patient/") {
-        Some(id) if id == patient => Target::Her,
-        Some(_) => Target::Another,
-        None if local.contains("Patient") => Target::Another,
-        None => Target::Neither,
+    if let Some(id) = local.strip_prefix("Patient/") {
+        return if id == patient { Target::Her } else { Target::Another };
+    }
+    if local.contains("Patient") {
+        return Target::Another;
+    }
+    let member_type = PATIENT_COMPARTMENT.iter().find(|t| {
+        local.strip_prefix(**t).is_some_and(|rest| rest.starts_with('/') || rest.starts_with('?'))
+    });
+    match (member_type, local.split_once('/')) {
+        // `Type/id` with a plain id: looked up. Anything else naming a member type (a
+        // conditional `Encounter?…`, extra segments): not provably hers.
+        (Some(t), Some((_, id))) if !id.is_empty() && !id.contains(['/', '?', '#']) => Target::Member(t, id),
+        (Some(_), _) => Target::Another,
+        (None, _) => Target::Neither,
     }
 }
 
@@ -224,7 +264,7 @@ fn belongs(ctx: &Ctx<'_>, rtype: &str, resource: &Value, patient: &str) -> bool 
             Target::Her => mine = true,
             // Anything else naming a Patient (a conditional or absolute reference): not provably hers.
             Target::Another => return false,
-            Target::Neither => {}
+            Target::Member(..) | Target::Neither => {}
         }
     }
     mine

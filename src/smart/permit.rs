@@ -81,6 +81,7 @@ pub fn permit(
     let mut reached_all = reached(&params);
     reached_all.extend(criteria.map(reached).unwrap_or_default());
     reached_all.extend(inner_queries(&params, body));
+    reached_all.extend(subscribed(interaction, body));
     for need in reached_all {
         if !grant.perms(need.rtype.as_deref(), false).contains(need.perms) {
             return Err(SmartError::Missing(need.scope(false)));
@@ -218,6 +219,31 @@ fn inner_queries(params: &Params, body: Option<&Value>) -> Vec<Need> {
         }
     }
     out
+}
+
+/// What a Subscription written by the caller would deliver: everything its `criteria` search
+/// finds, for as long as it lives, about every patient. So its type needs `r` and `s` granted
+/// in full (a `patient/` scope cannot narrow a notification), as does whatever the criteria
+/// reach. A patch of a Subscription may rewrite its criteria into anything: it needs `*.rs`.
+fn subscribed(interaction: &Interaction, body: Option<&Value>) -> Vec<Need> {
+    let every = || vec![Need::new(None, Perms::R.union(Perms::S))];
+    match interaction {
+        Interaction::Patch { rtype, .. } | Interaction::ConditionalPatch { rtype } if rtype == "Subscription" => every(),
+        Interaction::Create { rtype } | Interaction::Update { rtype, .. } | Interaction::ConditionalUpdate { rtype }
+            if rtype == "Subscription" =>
+        {
+            let Some(criteria) = body.and_then(|b| b.get("criteria")).and_then(Value::as_str) else { return vec![] };
+            let (rtype, query) = criteria.split_once('?').unwrap_or((criteria, ""));
+            let rtype = Some(rtype).filter(|t| crate::fhir::shape::Model::r4().is_resource_type(t));
+            let mut out = vec![Need::new(rtype, Perms::R.union(Perms::S))];
+            match parse_query(Some(query)) {
+                Ok(inner) => out.extend(reached(&inner)),
+                Err(_) => out.extend(every()),
+            }
+            out
+        }
+        _ => vec![],
+    }
 }
 
 /// Every `reference` string with a `?` (a conditional reference) anywhere in `v`.
@@ -385,5 +411,28 @@ mod tests {
         assert!(permit(&g2, &export, &filter, None, None).unwrap_err().to_string().contains("Patient.s"));
         let everything = Interaction::Operation { rtype: "Patient".into(), id: "p1".into(), op: Op::Everything };
         assert!(permit(&g, &everything, &vec![], None, None).is_err(), "$everything needs every type");
+    }
+
+    #[test]
+    fn a_subscription_needs_what_its_criteria_would_deliver() {
+        let create = Interaction::Create { rtype: "Subscription".into() };
+        let body = |criteria: &str| json!({"resourceType": "Subscription", "criteria": criteria});
+        // patient/ scopes cannot narrow a notification: the criteria's type needs user/ or system/.
+        let g = grant("user/Subscription.cru patient/Observation.rs", Some("p1"));
+        let e = permit(&g, &create, &vec![], None, Some(&body("Observation?code=x"))).unwrap_err().to_string();
+        assert!(e.contains("user/Observation.rs"), "{e}");
+        let g = grant("user/Subscription.cru user/Observation.rs", None);
+        assert_eq!(permit(&g, &create, &vec![], None, Some(&body("Observation?code=x"))).unwrap(), Access::Full);
+        let e = permit(&g, &create, &vec![], None, Some(&body("Observation?subject:Patient.name=x")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("user/Patient.s"), "{e}");
+        let e = permit(&g, &create, &vec![], None, Some(&body("Condition?"))).unwrap_err().to_string();
+        assert!(e.contains("Condition.rs"), "{e}");
+        let update = Interaction::Update { rtype: "Subscription".into(), id: "s1".into() };
+        assert!(permit(&g, &update, &vec![], None, Some(&body("Condition?"))).is_err());
+        let patch = Interaction::Patch { rtype: "Subscription".into(), id: "s1".into() };
+        let e = permit(&g, &patch, &vec![], None, None).unwrap_err().to_string();
+        assert!(e.contains("user/*.rs"), "{e}");
     }
 }

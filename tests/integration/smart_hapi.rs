@@ -68,6 +68,11 @@ async fn seed(f: &Fence, tenant: &str, resources: &[Value]) {
     }
 }
 
+fn with(mut resource: Value, key: &str, value: Value) -> Value {
+    resource[key] = value;
+    resource
+}
+
 fn obs(id: &str, subject: &str, performer: Option<&str>) -> Value {
     let mut o = json!({"resourceType": "Observation", "id": id, "status": "final", "code": {"text": "x"},
         "subject": {"reference": format!("Patient/{subject}")}});
@@ -208,6 +213,24 @@ async fn scopes_narrow_what_the_tenant_rule_allows() {
         ("PUT", "Patient/p1", json!({"resourceType": "Patient", "id": "p1", "active": true}), 200),
         ("PUT", "Patient/p2", json!({"resourceType": "Patient", "id": "p2", "active": true}), 403),
         ("POST", "Patient", json!({"resourceType": "Patient"}), 403),
+        ("POST", "Patient", json!({"resourceType": "Patient", "id": "p1"}), 403),
+        // Her data may not be tied to another patient's (o2 is p2's, o1 hers), nor to a
+        // member of the compartment named by a search.
+        ("POST", "Observation", with(obs("w5", "p1", None), "hasMember", json!([{"reference": "Observation/o2"}])), 403),
+        ("POST", "Observation", with(obs("w5", "p1", None), "hasMember", json!([{"reference": "Observation/o1"}])), 201),
+        ("POST", "Observation", with(obs("w6", "p1", None), "encounter", json!({"reference": "Encounter?status=x"})), 403),
+        (
+            "PUT",
+            "Patient/p1",
+            json!({"resourceType": "Patient", "id": "p1", "link": [{"other": {"reference": "Patient/p2"}, "type": "seealso"}]}),
+            403,
+        ),
+        (
+            "PUT",
+            "Patient/p1",
+            json!({"resourceType": "Patient", "id": "p1", "generalPractitioner": [{"reference": "Practitioner/d1"}]}),
+            200,
+        ),
         (
             "POST",
             "Observation",
@@ -250,6 +273,20 @@ async fn scopes_narrow_what_the_tenant_rule_allows() {
     assert_eq!(delete(&f.url("Observation/o8")).bearer(&f.token(a)).send().await.status, 200);
     assert_eq!(write("PUT", "Observation/o8", obs("o8", "p1", None)).await.status, 403);
     assert_eq!(get(&f.url("Observation/o2")).bearer(&f.token(a)).send().await.status, 200, "o2 untouched");
+
+    // A Subscription delivers everything its criteria find, about every patient: their type
+    // needs user/ or system/ scopes.
+    let ts = token(a, "user/Subscription.cru patient/Observation.rs", Some("p1"));
+    let sub = json!({"resourceType": "Subscription", "status": "requested", "reason": "x",
+        "criteria": "Observation?code=x", "channel": {"type": "rest-hook", "endpoint": "http://127.0.0.1:1/"}});
+    let r = post(&f.url("Subscription"), &sub).bearer(&ts).send().await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.diagnostics().contains("user/Observation.rs or system/Observation.rs"), "{}", r.diagnostics());
+    // The fixed parameters passed on are checked here (HAPI answers $everything?_count=abc 500).
+    for url in ["Patient/p1/$everything?_count=abc", "Patient/p1/_history?_since=2020", "Observation/_history?_count=-1"] {
+        let r = get(&f.url(url)).bearer(&f.token(a)).send().await;
+        assert_eq!(r.status, 400, "{url}: {}", r.body);
+    }
 
     // Batch entries are judged one by one; a transaction as a whole.
     let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
