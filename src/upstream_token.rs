@@ -89,6 +89,7 @@ pub struct UpstreamToken {
     credentials: ClientSecret,
     scope: Option<String>,
     resource: Option<String>,
+    audience: Option<String>,
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     current: ArcSwapOption<Token>,
     fetching: tokio::sync::Mutex<Attempts>,
@@ -122,6 +123,9 @@ impl UpstreamToken {
                 return Err(ConfigError::invalid(key("resource"), "an absolute URI without a fragment (RFC 8707)"));
             }
         }
+        if o.audience.as_ref().is_some_and(|a| a.is_empty() || a.chars().any(char::is_control)) {
+            return Err(ConfigError::invalid(key("audience"), "a non-empty value without control characters"));
+        }
         let ca = o.ca_file.as_ref().map(|p| loaded.read_file(&key("ca_file"), p)).transpose()?;
         let tls = crate::identity::tls::client_config(&key("ca_file"), ca.as_deref())?;
         Ok(UpstreamToken {
@@ -130,6 +134,7 @@ impl UpstreamToken {
             credentials,
             scope: o.scope.clone(),
             resource: o.resource.clone(),
+            audience: o.audience.clone(),
             client: crate::identity::tls::https_client(tls),
             current: ArcSwapOption::empty(),
             fetching: tokio::sync::Mutex::new(Attempts::default()),
@@ -244,7 +249,7 @@ impl UpstreamToken {
         });
     }
 
-    /// The token request (`grant_type=client_credentials`, with `scope` and `resource` when
+    /// The token request (`grant_type=client_credentials`, with `scope`, `resource` and `audience` when
     /// configured, and fhir-fence's client credentials).
     fn request(&self) -> Result<Request<Full<Bytes>>, http::Error> {
         let mut form = form_urlencoded::Serializer::new(String::new());
@@ -254,6 +259,9 @@ impl UpstreamToken {
         }
         if let Some(resource) = &self.resource {
             form.append_pair("resource", resource);
+        }
+        if let Some(audience) = &self.audience {
+            form.append_pair("audience", audience);
         }
         let request = Request::post(self.endpoint.clone())
             .header(header::ACCEPT, "application/json")

@@ -1,6 +1,6 @@
 //! Sealed export handles. The client never sees the upstream's job id or file URLs: it gets
-//! fhir-fence URLs carrying an AEAD-sealed handle bound to the tenant, the client id (and SMART
-//! grant) and the
+//! fhir-fence URLs carrying an AEAD-sealed handle bound to the tenant, the party that started
+//! the job (`Caller::party`: the client id, else the token's subject), the SMART grant and the
 //! upstream, with an expiry. Any replica with the same key (`paging.key_file`) opens them.
 //! A cancelled job is remembered (tombstone) until its handles expire, so its status and files
 //! answer 404 from then on.
@@ -19,6 +19,7 @@ pub struct Job {
     /// fhir-fence's own random id for this job (the tombstone key).
     pub id: String,
     pub tenant: String,
+    /// `Caller::party` of the caller that started it.
     pub client: Option<String>,
     pub upstream: String,
     /// The upstream's job id (`_jobId` of its polling URL).
@@ -74,11 +75,12 @@ pub fn grant_of(caller: &Caller) -> u64 {
     caller.grant.as_deref().map_or(0, crate::smart::Grant::fingerprint)
 }
 
-/// True when the handle was given to this caller (same tenant, client, upstream and SMART
-/// grant: a token without a client id, or the same client with other scopes, is another caller).
+/// True when the handle was given to this caller (same tenant, party, upstream and SMART
+/// grant: another client, another subject of a token without a client id, or the same client
+/// with other scopes, is another caller).
 fn bound_to(caller: &Caller, tenant: &str, client: &Option<String>, upstream: &str, grant: u64) -> bool {
     caller.tenant.name == tenant
-        && &caller.client_id == client
+        && &caller.party() == client
         && caller.tenant.upstream == upstream
         && grant_of(caller) == grant
 }

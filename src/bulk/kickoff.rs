@@ -97,7 +97,7 @@ pub async fn kickoff(
     let job = Job {
         id: uuid::Uuid::new_v4().to_string(),
         tenant: ctx.tenant.name.clone(),
-        client: caller.client_id.clone(),
+        client: caller.party(),
         upstream: ctx.tenant.upstream.clone(),
         upstream_job,
         request: client_url.to_owned(),

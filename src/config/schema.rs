@@ -256,6 +256,9 @@ pub struct UpstreamOAuth2 {
     /// The RFC 8707 `resource` asked for: the upstream as the authorization server knows it
     /// (the token's audience).
     pub resource: Option<String>,
+    /// The `audience` asked for, for an authorization server that wants it instead of
+    /// `resource` (Auth0's API identifier; not a standard parameter).
+    pub audience: Option<String>,
     /// PEM CA certificates that verify the token endpoint (default: the Web PKI roots; not the
     /// upstream's `ca_file`, which trusts the FHIR server, not its authorization server).
     pub ca_file: Option<PathBuf>,

@@ -40,6 +40,19 @@ pub struct Caller {
     pub grant: Option<Arc<crate::smart::Grant>>,
 }
 
+impl Caller {
+    /// Who owns what this caller starts (an export job): the client (`client_id`/`azp`), or,
+    /// for a token without one, its subject at its issuer; `None` only for a caller with
+    /// neither (a client certificate's own tenant identity).
+    pub fn party(&self) -> Option<String> {
+        match (&self.client_id, &self.subject) {
+            (Some(client), _) => Some(format!("client:{client}")),
+            (None, Some(subject)) => Some(format!("subject:{}:{subject}", self.issuer)),
+            (None, None) => None,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     #[error("a bearer token is required")]

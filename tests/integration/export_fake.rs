@@ -219,7 +219,16 @@ async fn manifest_is_rebuilt_and_handles_are_bound_to_the_caller() {
     let text = String::from_utf8_lossy(&r.raw).to_string();
     assert!(text.contains("processing") && !text.contains("other-tenant-secret"), "{text}");
 
-    // Another tenant, a tampered handle, a handle of the other kind: all 404.
+    // Another tenant, another user of the same tenant (tokens without a client id are bound
+    // by their subject), a tampered handle, a handle of the other kind: all 404.
+    let other_user = {
+        let snap = fence.snap();
+        let keys = snap.verifier.issuer_keys("dev").unwrap();
+        fhir_fence::identity::mint(&snap.loaded.config.issuers["dev"], keys, &a.name, "someone-else", 300).unwrap()
+    };
+    for url in [&status_url, &file] {
+        assert_eq!(get(url).bearer(&other_user).send().await.status, 404, "{url}");
+    }
     let mut tampered = status_url.clone().into_bytes();
     let mid = tampered.len() - 40;
     tampered[mid] = if tampered[mid] == b'A' { b'B' } else { b'A' };

@@ -85,7 +85,7 @@ async fn upstream_tokens_are_fetched_with_client_credentials_and_failures_are_bo
         o.extra = format!(
             "[upstreams.main.oauth2]\ntoken_endpoint = \"https://localhost:{port}/token\"\nclient_id = \"fence\"\n\
              client_secret_file = {:?}\nclient_auth = \"client_secret_post\"\nscope = \"system/*.rs fhir\"\n\
-             resource = \"https://fhir.internal.example/fhir\"\nca_file = {:?}\n",
+             resource = \"https://fhir.internal.example/fhir\"\naudience = \"https://fhir.example/api\"\nca_file = {:?}\n",
             files.path("secret"),
             files.path("ca.pem"),
         );
@@ -105,7 +105,11 @@ async fn upstream_tokens_are_fetched_with_client_credentials_and_failures_are_bo
     let asked = endpoint.last();
     assert_eq!(asked.path, "/token");
     let f = form(&asked);
-    for (k, v) in [("scope", "system/*.rs fhir"), ("resource", "https://fhir.internal.example/fhir")] {
+    for (k, v) in [
+        ("scope", "system/*.rs fhir"),
+        ("resource", "https://fhir.internal.example/fhir"),
+        ("audience", "https://fhir.example/api"),
+    ] {
         assert!(f.iter().any(|(a, b)| a == k && b == v), "{k} in {f:?}");
     }
     assert_eq!(calls(), 1, "one token for the start-up and both reads");
@@ -178,7 +182,8 @@ fn upstream_oauth2_settings_are_checked() {
         (format!("{ok}resource = \"https://fhir.example/fhir#x\"\n"), "upstreams.main.oauth2.resource"),
         (format!("{ok}resource = \"fhir\"\n"), "upstreams.main.oauth2.resource"),
         (format!("{ok}client_auth = \"private_key_jwt\"\n"), "client_auth"),
-        (format!("{ok}audience = \"x\"\n"), "audience"),
+        (format!("{ok}audience = \"\"\n"), "upstreams.main.oauth2.audience"),
+        (format!("{ok}audiences = \"x\"\n"), "audiences"),
     ] {
         let e = check(bad.clone()).expect_err(&bad);
         assert!(e.contains(names), "{names} in {e}");
