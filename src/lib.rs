@@ -31,6 +31,7 @@ pub mod request;
 pub mod route;
 pub mod scope;
 pub mod seal;
+pub mod seal_keys;
 pub mod server;
 pub mod server_cert;
 pub mod smart;

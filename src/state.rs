@@ -13,7 +13,7 @@ use crate::identity::Verifier;
 use crate::limits::TenantLimits;
 use crate::listener_tls::ListenerTls;
 use crate::metrics::Metrics;
-use crate::seal::Sealer;
+use crate::seal_keys::Seals;
 use crate::tenancy::{Marking, Tenant};
 use crate::upstream::Upstream;
 use crate::upstream_link::Link;
@@ -38,7 +38,7 @@ pub struct Snapshot {
     pub tenant_upstreams: HashMap<String, Arc<Upstream>>,
     /// Per upstream, filled in once its CapabilityStatement has been read.
     pub capabilities: HashMap<String, ArcSwapOption<Capabilities>>,
-    pub sealer: Arc<Sealer>,
+    pub seals: Arc<Seals>,
     pub page_ttl_secs: u64,
     pub external_bases: Vec<String>,
     /// Positive reference look-ups: (tenant, `Type/upstream-id`).
@@ -90,6 +90,7 @@ impl Snapshot {
                     status: t.status,
                     operations: t.operations.clone(),
                     destinations: t.subscription_destinations.clone(),
+                    key_generation: t.key_generation,
                 };
                 (name.clone(), Arc::new(tenant))
             })
@@ -132,14 +133,14 @@ impl Snapshot {
                 (n.clone(), ArcSwapOption::new(kept))
             })
             .collect();
-        let sealer = match (&c.paging.key_file, prev) {
+        let seals = match (&c.paging.key_file, prev) {
             (Some(p), _) => Arc::new(
-                Sealer::from_key_file(&loaded.read_file("paging.key_file", p)?)
+                Seals::from_key_file(&loaded.read_file("paging.key_file", p)?)
                     .map_err(|e| ConfigError::invalid("paging.key_file", e.to_string()))?,
             ),
             // A process-lifetime key stays, so paging links and export handles survive a reload.
-            (None, Some(p)) if p.loaded.config.paging.key_file.is_none() => p.sealer.clone(),
-            (None, _) => Arc::new(Sealer::random()),
+            (None, Some(p)) if p.loaded.config.paging.key_file.is_none() => p.seals.clone(),
+            (None, _) => Arc::new(Seals::random()),
         };
         let public_base = loaded.public_base.as_str().trim_end_matches('/').to_owned();
         let base_path = loaded.public_base.path().trim_end_matches('/').to_owned();
@@ -211,7 +212,7 @@ impl Snapshot {
             upstreams,
             tenant_upstreams,
             capabilities,
-            sealer,
+            seals,
             ref_cache,
             loaded,
         })

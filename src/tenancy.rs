@@ -19,6 +19,8 @@ pub struct Tenant {
     pub operations: Vec<String>,
     /// Where this tenant's Subscriptions may deliver (prefix rules end in `/`, others are origins).
     pub destinations: Vec<String>,
+    /// The generation of the tenant's sealing keys (`seal_keys`).
+    pub key_generation: u32,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -66,6 +68,7 @@ impl Tenant {
             status: TenantStatus::Active,
             operations: vec![],
             destinations: vec![],
+            key_generation: 0,
         }
     }
 }

@@ -7,6 +7,7 @@
 use super::ExportError;
 use crate::identity::Caller;
 use crate::state::Snapshot;
+use crate::tenancy::Tenant;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -62,12 +63,12 @@ fn ttl(snap: &Snapshot) -> Duration {
     Duration::from_secs(snap.loaded.config.export.job_ttl_secs)
 }
 
-pub fn seal_job(snap: &Snapshot, job: &Job) -> String {
-    snap.sealer.seal(JOB, job, ttl(snap))
+pub fn seal_job(snap: &Snapshot, tenant: &Tenant, job: &Job) -> String {
+    snap.seals.seal(tenant, JOB, job, ttl(snap))
 }
 
-pub fn seal_file(snap: &Snapshot, file: &File) -> String {
-    snap.sealer.seal(FILE, file, ttl(snap))
+pub fn seal_file(snap: &Snapshot, tenant: &Tenant, file: &File) -> String {
+    snap.seals.seal(tenant, FILE, file, ttl(snap))
 }
 
 /// The fingerprint of a caller's SMART grant (0: scopes not enforced).
@@ -87,7 +88,7 @@ fn bound_to(caller: &Caller, tenant: &str, client: &Option<String>, upstream: &s
 
 /// Opens a job handle for `caller`; anything else is the same 404.
 pub async fn open_job(snap: &Snapshot, caller: &Caller, token: &str) -> Result<Job, ExportError> {
-    let job: Job = snap.sealer.open(JOB, token).map_err(|_| ExportError::UnknownHandle)?;
+    let job: Job = snap.seals.open(&caller.tenant, JOB, token).map_err(|_| ExportError::UnknownHandle)?;
     if !bound_to(caller, &job.tenant, &job.client, &job.upstream, job.grant)
         || snap.export_tombstones.contains_key(&job.id)
     {
@@ -98,7 +99,7 @@ pub async fn open_job(snap: &Snapshot, caller: &Caller, token: &str) -> Result<J
 
 /// Opens a file handle for `caller`; anything else is the same 404.
 pub async fn open_file(snap: &Snapshot, caller: &Caller, token: &str) -> Result<File, ExportError> {
-    let file: File = snap.sealer.open(FILE, token).map_err(|_| ExportError::UnknownHandle)?;
+    let file: File = snap.seals.open(&caller.tenant, FILE, token).map_err(|_| ExportError::UnknownHandle)?;
     if !bound_to(caller, &file.tenant, &file.client, &file.upstream, file.grant)
         || snap.export_tombstones.contains_key(&file.job)
     {

@@ -104,7 +104,7 @@ pub async fn kickoff(
         types: request.types,
         grant: super::handle::grant_of(caller),
     };
-    let status_url = format!("{}/_export/{}", ctx.snap.public_base, handle::seal_job(ctx.snap, &job));
+    let status_url = format!("{}/_export/{}", ctx.snap.public_base, handle::seal_job(ctx.snap, ctx.tenant, &job));
     tracing::info!(correlation = ctx.correlation, tenant = %ctx.tenant.name, job = %job.id, "export started");
     let mut out = HeaderMap::new();
     out.insert(header::CONTENT_LOCATION, HeaderValue::from_str(&status_url).map_err(|_| ScopeError::Unprovable)?);

@@ -113,6 +113,6 @@ fn file_entry(ctx: &Ctx, job: &Job, f: &Value, kind: Kind) -> Result<Value, Scop
         kind,
         grant: job.grant,
     };
-    let url = format!("{}/_export-file/{}", ctx.snap.public_base, handle::seal_file(ctx.snap, &file));
+    let url = format!("{}/_export-file/{}", ctx.snap.public_base, handle::seal_file(ctx.snap, ctx.tenant, &file));
     Ok(json!({"type": rtype, "url": url}))
 }

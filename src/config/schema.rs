@@ -398,6 +398,10 @@ pub struct Tenant {
     /// with the tenant's token (default).
     #[serde(default)]
     pub client_auth: ClientAuth,
+    /// The generation of the tenant's sealing keys (page tokens, export handles; `seal_keys`):
+    /// raising it by one revokes the tokens of two generations ago, by two all of them.
+    #[serde(default)]
+    pub key_generation: u32,
 }
 
 /// Per-tenant workload limits. Every key is optional: unset at both levels means no limit.

@@ -14,7 +14,9 @@ pub fn check(name: &str, value: &str, interaction: &'static str) -> Result<(), R
         "_since" => "an instant (YYYY-MM-DDThh:mm:ss with a time zone)",
         "_at" if date_time(value.strip_prefix(prefix(value)).unwrap_or(value)) => return Ok(()),
         "_at" => "a dateTime, optionally after a comparison prefix (ge, le…)",
-        "_type" if !value.is_empty() && value.split(',').all(|t| crate::fhir::shape::Model::r4().is_resource_type(t)) => {
+        "_type"
+            if !value.is_empty() && value.split(',').all(|t| crate::fhir::shape::Model::r4().is_resource_type(t)) =>
+        {
             return Ok(())
         }
         "_type" => "a comma-separated list of R4 resource types",

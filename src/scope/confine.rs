@@ -212,9 +212,9 @@ fn target<'r>(ctx: &Ctx<'_>, reference: &'r str, patient: &str) -> Target<'r> {
     if local.contains("Patient") {
         return Target::Another;
     }
-    let member_type = PATIENT_COMPARTMENT.iter().find(|t| {
-        local.strip_prefix(**t).is_some_and(|rest| rest.starts_with('/') || rest.starts_with('?'))
-    });
+    let member_type = PATIENT_COMPARTMENT
+        .iter()
+        .find(|t| local.strip_prefix(**t).is_some_and(|rest| rest.starts_with('/') || rest.starts_with('?')));
     match (member_type, local.split_once('/')) {
         // `Type/id` with a plain id: looked up. Anything else naming a member type (a
         // conditional `Encounter?…`, extra segments): not provably hers.

@@ -60,7 +60,7 @@ impl PageToken {
 
 /// Opens a token for `ctx.tenant`; any mismatch is the same 404 as a forged token.
 pub fn open(ctx: &Ctx, token: &str) -> Result<PageToken, ScopeError> {
-    let page: PageToken = ctx.snap.sealer.open(PURPOSE, token).map_err(|_| ScopeError::PageToken)?;
+    let page: PageToken = ctx.snap.seals.open(ctx.tenant, PURPOSE, token).map_err(|_| ScopeError::PageToken)?;
     if page.tenant != ctx.tenant.name || page.upstream != ctx.upstream.name || page.grant != ctx.grant {
         return Err(ScopeError::PageToken);
     }
@@ -76,7 +76,7 @@ fn seal(ctx: &Ctx, (path, query): (&str, &str), counted: Counted) -> String {
         unscoped: counted == Counted::Server,
         grant: ctx.grant,
     };
-    ctx.snap.sealer.seal(PURPOSE, &token, Duration::from_secs(ctx.snap.page_ttl_secs))
+    ctx.snap.seals.seal(ctx.tenant, PURPOSE, &token, Duration::from_secs(ctx.snap.page_ttl_secs))
 }
 
 /// Rewrites `Bundle.link`: `self` → the client's URL; paging relations → sealed tokens;

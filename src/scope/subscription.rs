@@ -91,6 +91,7 @@ mod tests {
             status: TenantStatus::Active,
             operations: vec![],
             destinations: rules.iter().map(|r| r.to_string()).collect(),
+            key_generation: 0,
         }
     }
 

@@ -228,8 +228,12 @@ fn inner_queries(params: &Params, body: Option<&Value>) -> Vec<Need> {
 fn subscribed(interaction: &Interaction, body: Option<&Value>) -> Vec<Need> {
     let every = || vec![Need::new(None, Perms::R.union(Perms::S))];
     match interaction {
-        Interaction::Patch { rtype, .. } | Interaction::ConditionalPatch { rtype } if rtype == "Subscription" => every(),
-        Interaction::Create { rtype } | Interaction::Update { rtype, .. } | Interaction::ConditionalUpdate { rtype }
+        Interaction::Patch { rtype, .. } | Interaction::ConditionalPatch { rtype } if rtype == "Subscription" => {
+            every()
+        }
+        Interaction::Create { rtype }
+        | Interaction::Update { rtype, .. }
+        | Interaction::ConditionalUpdate { rtype }
             if rtype == "Subscription" =>
         {
             let Some(criteria) = body.and_then(|b| b.get("criteria")).and_then(Value::as_str) else { return vec![] };

@@ -225,6 +225,77 @@ async fn paging_tokens_are_bound_to_the_tenant() {
     assert_eq!(up.seen().len(), before);
 }
 
+/// Page tokens are sealed with the tenant's own key (`seal_keys`): raising one tenant's
+/// `key_generation` keeps its tokens of the previous generation and ends older ones, touching
+/// no other tenant; a master key ring rotates without breaking tokens in use.
+#[tokio::test]
+async fn page_tokens_follow_the_tenant_key_generation_and_the_master_key_ring() {
+    use base64::Engine;
+    let mut ts = tenants(2);
+    let owners = ts.clone();
+    let up = fake::start(move |s| {
+        let base = format!("http://{}/fhir", s.headers["host"].to_str().unwrap());
+        let next = format!("{base}?_getpages=abc-uuid&_getpagesoffset=1&_count=1&_bundletype=searchset");
+        let tenant = owners.iter().find(|t| s.query.iter().any(|(_, v)| v.contains(&t.name))).unwrap_or(&owners[0]);
+        Answer::Json(200, searchset(&base, vec![stored("Patient", &tenant.prefix, &tenant.name, "p1")], Some(&next)))
+    })
+    .await;
+    let dir = std::env::temp_dir().join(format!("fhir-fence-keys-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_file = dir.join("paging.key");
+    let key = |b: u8| base64::engine::general_purpose::STANDARD.encode([b; 32]);
+    std::fs::write(&key_file, format!("{}\n", key(1))).unwrap();
+    let mut o = Options::new(&up.base, &ts);
+    o.extra = format!("[paging]\nkey_file = {key_file:?}\n");
+    let fence = support::start(o.clone()).await;
+    let next = |tenant: &str| {
+        let (url, tok) = (fence.url("Patient?name=x"), fence.token(tenant));
+        async move {
+            let r = get(&url).bearer(&tok).send().await;
+            let link = r.body["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").cloned();
+            link.unwrap()["url"].as_str().unwrap().to_owned()
+        }
+    };
+    let page = |url: &str, tenant: &str| {
+        let (url, tok) = (url.to_owned(), fence.token(tenant));
+        async move { get(&url).bearer(&tok).send().await.status }
+    };
+    let reload = |o: &Options| {
+        fence.rewrite_config(o);
+        let admin = fence.admin.clone();
+        async move {
+            let r = request("POST", &format!("{admin}/reload")).send().await;
+            assert_eq!(r.status, 200, "{}", r.body);
+        }
+    };
+    let (a, b) = (ts[0].name.clone(), ts[1].name.clone());
+    let (a0, b0) = (next(&a).await, next(&b).await);
+    assert_eq!((page(&a0, &a).await, page(&b0, &b).await), (200, 200));
+    assert_eq!(page(&a0, &b).await, 404, "another tenant's key does not open it");
+
+    ts[0].extra = "key_generation = 1\n".into();
+    o.tenants = ts.clone();
+    reload(&o).await;
+    assert_eq!(page(&a0, &a).await, 200, "the previous generation still opens");
+    ts[0].extra = "key_generation = 2\n".into();
+    o.tenants = ts.clone();
+    reload(&o).await;
+    assert_eq!(page(&a0, &a).await, 404, "two generations on, the token is revoked");
+    assert_eq!(page(&b0, &b).await, 200, "no other tenant is touched");
+    let a2 = next(&a).await;
+    assert_eq!(page(&a2, &a).await, 200);
+
+    // The master key rotates: the new key first (it seals), the old one kept (it opens).
+    std::fs::write(&key_file, format!("k1 {}\nk0 {}\n", key(2), key(1))).unwrap();
+    reload(&o).await;
+    let a3 = next(&a).await;
+    assert_eq!((page(&a2, &a).await, page(&a3, &a).await, page(&b0, &b).await), (200, 200, 200));
+    std::fs::write(&key_file, format!("k1 {}\n", key(2))).unwrap();
+    reload(&o).await;
+    assert_eq!((page(&a2, &a).await, page(&b0, &b).await), (404, 404), "the old key is gone");
+    assert_eq!(page(&a3, &a).await, 200);
+}
+
 #[tokio::test]
 async fn upstream_diagnostics_never_reach_the_client() {
     let ts = tenants(2);

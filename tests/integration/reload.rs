@@ -72,7 +72,7 @@ async fn a_bad_config_is_refused_whole_and_the_old_one_keeps_serving() {
     let t = &ts[0].name;
     assert!(Arc::ptr_eq(&before.limits[t], &after.limits[t]), "the tenant's limiter state is kept");
     assert!(Arc::ptr_eq(&before.upstreams["main"], &after.upstreams["main"]), "the upstream pool is kept");
-    assert!(Arc::ptr_eq(&before.sealer, &after.sealer) && Arc::ptr_eq(&before.metrics, &after.metrics));
+    assert!(Arc::ptr_eq(&before.seals, &after.seals) && Arc::ptr_eq(&before.metrics, &after.metrics));
     let m = after.metrics.render();
     assert_eq!(metric(&m, "fhir_fence_config_reloads_total{result=\"ok\"}").as_deref(), Some("1"));
     assert_eq!(metric(&m, "fhir_fence_config_reloads_total{result=\"failed\"}").as_deref(), Some("3"));

@@ -216,9 +216,24 @@ async fn scopes_narrow_what_the_tenant_rule_allows() {
         ("POST", "Patient", json!({"resourceType": "Patient", "id": "p1"}), 403),
         // Her data may not be tied to another patient's (o2 is p2's, o1 hers), nor to a
         // member of the compartment named by a search.
-        ("POST", "Observation", with(obs("w5", "p1", None), "hasMember", json!([{"reference": "Observation/o2"}])), 403),
-        ("POST", "Observation", with(obs("w5", "p1", None), "hasMember", json!([{"reference": "Observation/o1"}])), 201),
-        ("POST", "Observation", with(obs("w6", "p1", None), "encounter", json!({"reference": "Encounter?status=x"})), 403),
+        (
+            "POST",
+            "Observation",
+            with(obs("w5", "p1", None), "hasMember", json!([{"reference": "Observation/o2"}])),
+            403,
+        ),
+        (
+            "POST",
+            "Observation",
+            with(obs("w5", "p1", None), "hasMember", json!([{"reference": "Observation/o1"}])),
+            201,
+        ),
+        (
+            "POST",
+            "Observation",
+            with(obs("w6", "p1", None), "encounter", json!({"reference": "Encounter?status=x"})),
+            403,
+        ),
         (
             "PUT",
             "Patient/p1",
@@ -283,7 +298,9 @@ async fn scopes_narrow_what_the_tenant_rule_allows() {
     assert_eq!(r.status, 403, "{}", r.body);
     assert!(r.diagnostics().contains("user/Observation.rs or system/Observation.rs"), "{}", r.diagnostics());
     // The fixed parameters passed on are checked here (HAPI answers $everything?_count=abc 500).
-    for url in ["Patient/p1/$everything?_count=abc", "Patient/p1/_history?_since=2020", "Observation/_history?_count=-1"] {
+    for url in
+        ["Patient/p1/$everything?_count=abc", "Patient/p1/_history?_since=2020", "Observation/_history?_count=-1"]
+    {
         let r = get(&f.url(url)).bearer(&f.token(a)).send().await;
         assert_eq!(r.status, 400, "{url}: {}", r.body);
     }
