@@ -101,6 +101,7 @@ impl Error {
             }
             Error::Scope(e) => match e {
                 ScopeError::NotFound(_) | ScopeError::PageToken => (S::NOT_FOUND, "not-found", shown()),
+                ScopeError::Gone(_) => (S::GONE, "deleted", shown()),
                 ScopeError::OperationDisabled(_) | ScopeError::NotWritable(..) => (S::FORBIDDEN, "forbidden", shown()),
                 ScopeError::Subscription(_) => (S::UNPROCESSABLE_ENTITY, "business-rule", shown()),
                 ScopeError::MultipleMatches => (S::PRECONDITION_FAILED, "multiple-matches", shown()),
@@ -203,7 +204,7 @@ impl Error {
             Error::Upstream(UpstreamError::Saturated(_)) => Some("upstream-connections"),
             Error::Scope(ScopeError::Refused(..)) | Error::Upstream(_) => None,
             Error::Scope(ScopeError::Unprovable) => Some("unprovable"),
-            Error::Scope(ScopeError::NotFound(_)) => Some("not-found"),
+            Error::Scope(ScopeError::NotFound(_) | ScopeError::Gone(_)) => Some("not-found"),
             Error::Scope(_) => Some("scope"),
             Error::Export(_) => Some("export"),
             Error::Limit(_) => Some("limit"),

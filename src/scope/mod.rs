@@ -49,6 +49,10 @@ pub enum ScopeError {
     /// One answer for "missing", "deleted" and "another tenant's".
     #[error("resource {0} is not known")]
     NotFound(String),
+    /// The caller's own resource, deleted (the upstream said 410 for an id in the caller's
+    /// namespace, which no other tenant can write: nothing of anyone else is revealed).
+    #[error("resource {0} has been deleted")]
+    Gone(String),
     #[error("unknown resource type {0:?}")]
     UnknownType(String),
     #[error("invalid search parameter: {0}")]

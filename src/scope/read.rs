@@ -69,6 +69,9 @@ async fn fetch(
     let answer = ctx.upstream.parse(raw)?;
     match answer.status {
         StatusCode::OK => {}
+        // The client's read of its own deleted resource is 410, as the server says (an id in
+        // its namespace is no other tenant's); fhir-fence's own reads treat it as absent.
+        StatusCode::GONE if form == Form::OnePass => return Err(ScopeError::Gone(format!("{rtype}/{id}"))),
         StatusCode::NOT_FOUND | StatusCode::GONE => return Err(not_found(rtype, id)),
         _ => return Err(super::refused(&answer)),
     }

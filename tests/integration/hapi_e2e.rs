@@ -261,7 +261,7 @@ async fn paging_through_three_pages_and_token_reuse() {
 
 #[tokio::test]
 async fn create_history_vread_delete() {
-    let (f, ts) = fence(1).await;
+    let (f, ts) = fence(2).await;
     let a = f.token(&ts[0].name);
     let r = post(&f.url("Patient"), &json!({"resourceType": "Patient", "id": "ignored", "name": [{"family": "One"}]}))
         .bearer(&a)
@@ -282,7 +282,13 @@ async fn create_history_vread_delete() {
 
     let r = delete(&f.url(&format!("Patient/{id}"))).bearer(&a).send().await;
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(get(&f.url(&format!("Patient/{id}"))).bearer(&a).send().await.status, 404);
+    // Its own deleted resource is 410 to the tenant, as the server says; the same id is 404
+    // to another tenant (whose namespace never held it), never 410.
+    let r = get(&f.url(&format!("Patient/{id}"))).bearer(&a).send().await;
+    assert_eq!((r.status, r.body["issue"][0]["code"].as_str()), (410, Some("deleted")), "{}", r.body);
+    let b = f.token(&ts[1].name);
+    assert_eq!(get(&f.url(&format!("Patient/{id}"))).bearer(&b).send().await.status, 404);
+    assert_eq!(get(&f.url(&format!("Patient/{id}/_history/3"))).bearer(&b).send().await.status, 404);
     let r = get(&f.url(&format!("Patient/{id}/_history"))).bearer(&a).send().await;
     assert_eq!(r.status, 200, "{}", r.body);
     let entries = r.body["entry"].as_array().unwrap();
