@@ -217,7 +217,10 @@ async fn run(
         }
         Interaction::Delete { rtype, id } => {
             let done = write::delete(ctx, &rtype, &id).await?;
-            Outcome::info(StatusCode::OK, &format!("deleted {rtype}/{}", done.local_id), done.headers)
+            match done.body {
+                Some(body) => Outcome::Other { status: StatusCode::OK, body, headers: done.headers },
+                None => Outcome::info(StatusCode::OK, &format!("deleted {rtype}/{}", done.local_id), done.headers),
+            }
         }
         Interaction::Operation { rtype, id, op } => {
             Outcome::Found(crate::scope::operation::run(ctx, &rtype, &id, op, params, body, self_url).await?)

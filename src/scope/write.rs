@@ -17,7 +17,7 @@ use std::collections::{HashMap, HashSet};
 /// What a write returns to the pipeline.
 pub struct WriteResult {
     pub status: StatusCode,
-    /// The stored resource in the client's view (`None` after a delete).
+    /// The stored resource in the client's view (after a delete: fhir-fence's OperationOutcome).
     pub body: Option<Checked>,
     pub local_id: String,
     pub version: Option<String>,
@@ -152,9 +152,12 @@ pub async fn delete(ctx: &Ctx<'_>, rtype: &str, id: &str) -> Result<WriteResult,
         _ => return Err(super::refused(&answer)),
     }
     ctx.snap.ref_cache.invalidate(&(ctx.tenant.name.clone(), format!("{rtype}/{upstream_id}"))).await;
+    // The upstream's coded outcome (HAPI: deleted, or already deleted) with fhir-fence's text.
+    let outcome =
+        crate::fhir::outcome::information_with_details(&format!("deleted {rtype}/{id}"), answer.body.as_ref());
     Ok(WriteResult {
         status: StatusCode::OK,
-        body: None,
+        body: Some(Checked::authored(outcome)),
         local_id: id.to_owned(),
         version: None,
         headers: version_headers(&answer.headers),

@@ -282,6 +282,13 @@ async fn create_history_vread_delete() {
 
     let r = delete(&f.url(&format!("Patient/{id}"))).bearer(&a).send().await;
     assert_eq!(r.status, 200, "{}", r.body);
+    // HAPI's coded outcome is kept, its free text (which names upstream ids) is not.
+    let code = |r: &Reply| r.body["issue"][0]["details"]["coding"][0]["code"].clone();
+    assert_eq!(code(&r), json!("SUCCESSFUL_DELETE"), "{}", r.body);
+    assert!(!r.body.to_string().contains(&ts[0].prefix), "{}", r.body);
+    let again = delete(&f.url(&format!("Patient/{id}"))).bearer(&a).send().await;
+    assert_eq!((again.status, code(&again)), (200, json!("SUCCESSFUL_DELETE_ALREADY_DELETED")), "{}", again.body);
+    assert!(!again.body.to_string().contains(&ts[0].prefix), "{}", again.body);
     // Its own deleted resource is 410 to the tenant, as the server says; the same id is 404
     // to another tenant (whose namespace never held it), never 410.
     let r = get(&f.url(&format!("Patient/{id}"))).bearer(&a).send().await;
