@@ -263,8 +263,10 @@ fn planned_put(mut req: Map<String, Value>, url: String, rtype: String, local: S
 }
 
 /// One upstream response entry in the client's view: its own fields and the checked resource.
-/// Resources that cannot be proven the caller's are left out (and logged); `outcome` never
-/// passes (it carries upstream text).
+/// Resources that cannot be proven the caller's are left out (and logged); an `outcome` keeps
+/// only its coded `details` from a known status-code system (its text can name upstream ids).
+/// A GET entry's 410 stays 410: the entry read an id in the caller's namespace, as a single
+/// read does.
 fn response_entry(
     ctx: &Ctx,
     rtype: &str,
@@ -280,9 +282,10 @@ fn response_entry(
             resp.insert(k.into(), v.clone());
         }
     }
-    // Deleted and never there are one answer, as for single reads.
-    if resp.get("status").and_then(Value::as_str).is_some_and(|s| s.starts_with("410")) {
-        resp.insert("status".into(), "404 Not Found".into());
+    if let Some(outcome) = response.get("outcome") {
+        let text =
+            format!("{} (the server's text is withheld)", resp.get("status").and_then(Value::as_str).unwrap_or("done"));
+        resp.insert("outcome".into(), crate::fhir::outcome::information_with_details(&text, Some(outcome)));
     }
     if let Some(loc) = response.get("location").and_then(Value::as_str) {
         let rel = loc.strip_prefix(&format!("{}/", ctx.upstream.base)).unwrap_or(loc);
@@ -408,12 +411,21 @@ mod tests {
         let acme = ctx("acme");
         let own = json!({"resourceType": "Patient", "id": "acme-p1", "meta": marked("acme")});
         let answer = json!({"response": {"status": "201 Created", "location": "http://127.0.0.1:9/fhir/Patient/acme-p1/_history/1",
-            "outcome": {"resourceType": "OperationOutcome", "issue": [{"diagnostics": "upstream words"}]}}, "resource": own});
+            "outcome": {"resourceType": "OperationOutcome", "issue": [{"diagnostics": "upstream words Patient/globex-p9",
+            "details": {"coding": [{"system": "https://hapifhir.io/fhir/CodeSystem/hapi-fhir-storage-response-code",
+            "code": "SUCCESSFUL_UPDATE_AS_CREATE", "display": "x"}]}}]}}, "resource": own});
         let (fields, resource) = response_entry(&acme, "Patient", Some("p1"), Answer::Resource, answer);
         assert_eq!(fields["fullUrl"], "http://fence.test/fhir/Patient/p1");
+        let mut response = fields["response"].clone();
+        let outcome = response.as_object_mut().unwrap().remove("outcome").unwrap();
         assert_eq!(
-            fields["response"],
+            response,
             json!({"status": "201 Created", "location": "http://fence.test/fhir/Patient/p1/_history/1"})
+        );
+        assert_eq!(outcome["issue"][0]["details"]["coding"][0]["code"], "SUCCESSFUL_UPDATE_AS_CREATE");
+        assert!(
+            !outcome.to_string().contains("upstream words") && !outcome.to_string().contains("globex"),
+            "{outcome}"
         );
         assert_eq!(resource.unwrap().into_tree()["id"], "p1");
         // Another tenant's resource and location are left out, whatever the upstream says.
@@ -422,10 +434,10 @@ mod tests {
         let (fields, resource) = response_entry(&acme, "Patient", None, Answer::Resource, foreign);
         assert_eq!(fields["response"], json!({"status": "200 OK"}));
         assert!(resource.is_none());
-        // Deleted is answered as never there; a read Bundle is a resource, not a search's page.
+        // The caller's own deleted resource is 410, as alone; a read Bundle is a resource, not a search's page.
         let gone = json!({"response": {"status": "410 Gone"}});
         let (fields, _) = response_entry(&acme, "Patient", Some("p2"), Answer::Resource, gone);
-        assert_eq!(fields["response"]["status"], "404 Not Found");
+        assert_eq!(fields["response"]["status"], "410 Gone");
         let stored = json!({"response": {"status": "200 OK"}, "resource": {"resourceType": "Bundle", "type": "searchset",
             "id": "acme-b1", "meta": marked("acme"),
             "link": [{"relation": "next", "url": "http://127.0.0.1:9/fhir/Patient/globex-p1/_history?_count=1"}]}});

@@ -582,7 +582,8 @@ async fn conditional_interactions_only_see_the_callers_resources() {
     assert_eq!(get(&f.url(&format!("Patient/{first_id}"))).bearer(&a).send().await.status, 200);
     assert_eq!(
         get(&f.url(&format!("Patient/{}", theirs.body["id"].as_str().unwrap()))).bearer(&b).send().await.status,
-        404
+        410,
+        "B's own, deleted"
     );
     let r = delete(&f.url("Patient?identifier=urn:mrn|dup")).bearer(&a).send().await;
     assert_eq!(r.status, 412, "a conditional delete matching several is refused: {}", r.body);
@@ -687,6 +688,9 @@ async fn transactions_resolve_urns_and_fail_whole() {
         "urn resolved to the local id"
     );
     assert!(e[2]["response"]["location"].as_str().unwrap().starts_with(&f.url("Practitioner/dr1/_history/")));
+    // Each entry keeps HAPI's coded outcome (its text, naming upstream ids, is withheld).
+    let outcome = &e[2]["response"]["outcome"];
+    assert_eq!(outcome["issue"][0]["details"]["coding"][0]["code"], "SUCCESSFUL_UPDATE_AS_CREATE", "{}", e[2]);
     assert_eq!(e[3]["resource"]["id"], "org-a");
     assert!(!String::from_utf8_lossy(&r.raw).contains(&format!("{}-", ts[0].prefix)), "no prefixed id leaves");
     let r = get(&f.url(&format!("Patient/{patient_id}"))).bearer(&a).send().await;
