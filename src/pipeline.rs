@@ -239,6 +239,13 @@ async fn read_request_body(
 ) -> Result<(Option<Value>, route::Params), Error> {
     let limit = BodyLimits::of(&snap.loaded.config.server);
     let body = match interaction {
+        // A Binary's content may come as itself (a PDF, an image), not as FHIR JSON.
+        Interaction::Create { rtype } if rtype == "Binary" => {
+            Some(read_body(&parts.headers, body, limit, BodyKind::Binary { id: None }).await?)
+        }
+        Interaction::Update { rtype, id } if rtype == "Binary" => {
+            Some(read_body(&parts.headers, body, limit, BodyKind::Binary { id: Some(id) }).await?)
+        }
         Interaction::Create { .. }
         | Interaction::Update { .. }
         | Interaction::ConditionalUpdate { .. }

@@ -107,11 +107,15 @@ pub(crate) fn ensure_no_body(headers: &HeaderMap) -> Result<(), RequestError> {
 
 /// What a request body must be.
 #[derive(Clone, Copy)]
-pub(crate) enum BodyKind {
+pub(crate) enum BodyKind<'a> {
     /// A FHIR resource in JSON.
     Resource,
     /// An RFC 6902 JSON Patch document.
     JsonPatch,
+    /// The body of a create or update of a `Binary`: the resource in FHIR JSON, or any other
+    /// content, which becomes the Binary's `data` with its `Content-Type` as `contentType` (FHIR
+    /// R4 §Binary; HAPI does the same), `id` the update's.
+    Binary { id: Option<&'a str> },
 }
 
 /// The media type of the body (lower case, without parameters), refusing encodings and non-UTF-8 charsets.
@@ -166,11 +170,19 @@ pub(crate) async fn read_body(
     headers: &HeaderMap,
     body: Incoming,
     limits: BodyLimits,
-    kind: BodyKind,
+    kind: BodyKind<'_>,
 ) -> Result<Value, RequestError> {
+    if let BodyKind::Binary { id } = kind {
+        if let Some(content_type) = raw_content_type(headers)? {
+            let bytes = collect(body, limits).await?;
+            let value = binary(content_type, id, &bytes);
+            shape::check(&value).map_err(RequestError::Shape)?;
+            return Ok(value);
+        }
+    }
     let mime = media_type(headers)?;
     match (kind, mime.as_str()) {
-        (BodyKind::Resource, "application/fhir+json" | "application/json") => {}
+        (BodyKind::Resource | BodyKind::Binary { .. }, "application/fhir+json" | "application/json") => {}
         (BodyKind::JsonPatch, "application/json-patch+json") => {}
         (BodyKind::JsonPatch, "application/fhir+json" | "application/json") => return Err(RequestError::PatchFormat(
             "FHIRPath Patch (a Parameters body) is not supported yet; send JSON Patch as application/json-patch+json",
@@ -187,10 +199,44 @@ pub(crate) async fn read_body(
     // The typed inbound gate: every resource body a client sends (single writes, Bundles with
     // all their entries, Parameters with their resources) has the R4 shape before any scope
     // module walks it, so no shape the upstream's lenient parser reads can hide from the walkers.
-    if let BodyKind::Resource = kind {
+    if let BodyKind::Resource | BodyKind::Binary { .. } = kind {
         shape::check(&value).map_err(RequestError::Shape)?;
     }
     Ok(value)
+}
+
+/// The media type of a Binary's raw content: `Some` for anything but FHIR JSON (which is the
+/// Binary resource itself). A `Content-Type` must be there and be a valid `type/subtype`
+/// (parameters kept, as the client sent them); content encodings are refused as for any body.
+fn raw_content_type(headers: &HeaderMap) -> Result<Option<String>, RequestError> {
+    if headers.get(header::CONTENT_ENCODING).is_some_and(|e| e.as_bytes() != b"identity") {
+        return Err(RequestError::Encoded);
+    }
+    let sent = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::trim).unwrap_or("");
+    let mime = sent.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if matches!(mime.as_str(), "application/fhir+json" | "application/json") {
+        return Ok(None);
+    }
+    let token = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b));
+    match mime.split_once('/') {
+        Some((kind, sub)) if token(kind) && token(sub) => Ok(Some(sent.to_owned())),
+        _ => Err(RequestError::MediaType(sent.to_owned())),
+    }
+}
+
+/// A `Binary` holding `bytes` as its `data`.
+fn binary(content_type: String, id: Option<&str>, bytes: &[u8]) -> Value {
+    use base64::Engine;
+    let mut binary = serde_json::Map::new();
+    binary.insert("resourceType".into(), "Binary".into());
+    if let Some(id) = id {
+        binary.insert("id".into(), id.into());
+    }
+    binary.insert("contentType".into(), content_type.into());
+    if !bytes.is_empty() {
+        binary.insert("data".into(), base64::engine::general_purpose::STANDARD.encode(bytes).into());
+    }
+    Value::Object(binary)
 }
 
 /// A form-encoded search body (`POST …/_search`), decoded as strictly as a query string.

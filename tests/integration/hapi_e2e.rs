@@ -789,6 +789,36 @@ async fn binary_content_and_attachments_stay_inside_the_tenant() {
     }
     assert_eq!(get(&f.url("Patient/p1")).bearer(&a).header("accept", "text/plain").send().await.status, 406);
 
+    // Raw content in: a PDF PUT or POSTed as itself becomes the tenant's Binary (stamped and
+    // prefixed like any resource), its Content-Type kept; out again as itself, to its owner only.
+    let pdf: &[u8] = b"%PDF-1.4\n\x00\xff binary \x01 bytes\n%%EOF";
+    let raw = |method: &str, path: &str, tok: &str, ct: &str, body: &[u8]| {
+        request(method, &f.url(path)).header("content-type", ct).raw_body(body.to_vec()).bearer(tok)
+    };
+    let r = raw("PUT", "Binary/pdf1", &a, "application/pdf", pdf).send().await;
+    assert_eq!((r.status, r.body["contentType"].as_str()), (201, Some("application/pdf")), "{}", r.body);
+    let r = raw("POST", "Binary", &b, "application/pdf", b"bravo's pdf").send().await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let b_pdf = r.body["id"].as_str().unwrap().to_owned();
+    let r = get(&f.url("Binary/pdf1")).bearer(&a).header("accept", "application/pdf").send().await;
+    assert_eq!((r.status, r.header("content-type"), &r.raw[..]), (200, Some("application/pdf"), pdf));
+    assert_eq!(get(&f.url("Binary/pdf1")).bearer(&b).send().await.status, 404, "another tenant's Binary");
+    assert_eq!(get(&f.url(&format!("Binary/{b_pdf}"))).bearer(&a).send().await.status, 404);
+    let r = get(&f.url("Binary/pdf1")).bearer(&a).header("accept", "application/fhir+json").send().await;
+    assert_eq!(r.body["meta"].get("tag"), None, "the tenant coding never shows: {}", r.body);
+    // B cannot overwrite A's raw Binary: the same id is B's own namespace.
+    assert_eq!(raw("PUT", "Binary/pdf1", &b, "application/pdf", b"mine").send().await.status, 201);
+    let r = get(&f.url("Binary/pdf1")).bearer(&a).send().await;
+    assert_eq!(&r.raw[..], pdf, "A's content untouched");
+    for (ct, status) in [("", 415), ("pdf", 415), ("application/pdf", 201)] {
+        let r = raw("POST", "Binary", &a, ct, b"x").send().await;
+        assert_eq!(r.status, status, "Content-Type {ct:?}: {}", r.body);
+    }
+    let r = raw("POST", "Binary", &a, "application/pdf", &vec![b'x'; 70_000]).send().await;
+    assert_eq!(r.status, 413, "bounded by server.max_body_bytes");
+    let r = raw("POST", "Binary", &a, "application/pdf", b"x").header("content-encoding", "gzip").send().await;
+    assert_eq!(r.status, 415);
+
     let mut guarded = bin("guarded");
     guarded["id"] = json!("bin2");
     guarded["securityContext"] = json!({"reference": "Patient/p1"});
