@@ -71,6 +71,12 @@ fn dataset(marker: &str) -> Vec<(String, Value)> {
             json!({"resourceType": "Observation", "id": "b-obs", "status": "final",
             "code": {"text": "bravo only"}, "subject": {"reference": "Patient/b-ref"}, "note": [{"text": marker}]}),
         ));
+        use base64::Engine;
+        let data = base64::engine::general_purpose::STANDARD.encode(format!("%PDF-1.4 {marker}"));
+        v.push((
+            "Binary/b-bin".into(),
+            json!({"resourceType": "Binary", "id": "b-bin", "contentType": "application/pdf", "data": data}),
+        ));
     }
     v
 }
@@ -298,9 +304,13 @@ async fn isolation_probes() {
         // Binary and attachments
         probe("binary raw foreign", "GET", "/Binary/b-bin", &[404]).header("accept", "text/plain"),
         probe("binary json foreign", "GET", "/Binary/b-bin", &[404]),
+        probe("binary raw foreign as pdf", "GET", "/Binary/b-bin", &[404]).header("accept", "application/pdf"),
+        probe("binary raw upload no content type", "POST", "/Binary", &[415]).raw("", "x"),
         probe("binary security context foreign", "POST", "/Binary", &[422]).json(json!({"resourceType": "Binary", "contentType": "text/plain", "securityContext": {"reference": "Patient/b-ref"}})),
         probe("attachment to foreign binary", "POST", "/DocumentReference", &[422]).json(json!({"resourceType": "DocumentReference", "status": "current", "content": [{"attachment": {"contentType": "text/plain", "url": "Binary/b-bin"}}]})),
         probe("attachment to upstream", "POST", "/DocumentReference", &[422]).json(json!({"resourceType": "DocumentReference", "status": "current", "content": [{"attachment": {"contentType": "text/plain", "url": format!("{}/Binary/{pb}-b-bin", hapi())}}]})),
+        probe("binary raw upload over foreign id", "PUT", "/Binary/b-bin", &[201]).raw("application/pdf", "%PDF-1.4 alpha"),
+        probe("binary raw upload with upstream id", "PUT", format!("/Binary/{pb}-b-bin"), &[201, 400]).raw("application/pdf", "%PDF-1.4 alpha"),
         // subscriptions and server-wide resources
         probe("subscription without allowed destination", "POST", "/Subscription", &[422]).json(json!({"resourceType": "Subscription", "status": "requested", "reason": "x", "criteria": "Observation?", "channel": {"type": "rest-hook", "endpoint": "http://127.0.0.1:9/x"}})),
         probe("subscription payload search extension", "POST", "/Subscription", &[422]).json(json!({"resourceType": "Subscription", "status": "requested", "reason": "x", "criteria": "Observation?", "extension": [{"url": "http://hapifhir.io/fhir/StructureDefinition/subscription-payload-search-criteria", "valueString": "Patient?"}], "channel": {"type": "rest-hook", "endpoint": "http://127.0.0.1:9/x"}})),
@@ -397,6 +407,7 @@ async fn isolation_probes() {
         "Patient/b-four",
         "Observation/b-obs",
         "Organization/b-org",
+        "Binary/b-bin",
         "Patient/p1",
         "Patient/p2",
     ] {
