@@ -101,7 +101,8 @@ impl Error {
             }
             Error::Scope(e) => match e {
                 ScopeError::NotFound(_) | ScopeError::PageToken => (S::NOT_FOUND, "not-found", shown()),
-                ScopeError::Gone(_) => (S::GONE, "deleted", shown()),
+                // HAPI's code for it (`processing`), so a client sees what the server says.
+                ScopeError::Gone(_) => (S::GONE, "processing", shown()),
                 ScopeError::OperationDisabled(_) | ScopeError::NotWritable(..) => (S::FORBIDDEN, "forbidden", shown()),
                 ScopeError::Subscription(_) => (S::UNPROCESSABLE_ENTITY, "business-rule", shown()),
                 ScopeError::MultipleMatches => (S::PRECONDITION_FAILED, "multiple-matches", shown()),

@@ -40,8 +40,9 @@ const STATUS_CODE_SYSTEMS: &[&str] = &["https://hapifhir.io/fhir/CodeSystem/hapi
 
 /// An informational OperationOutcome with fhir-fence's own `diagnostics` and the coded
 /// `details` of the upstream's first issue, where every coding is a status code of a known
-/// system (an upper-case code, its `display` dropped). Free text from the upstream is never kept:
-/// it can name another tenant's resources.
+/// system (an upper-case code; its `display`, the server's fixed words for that code, kept when
+/// it is a short line of text). Free text from the upstream (`diagnostics`) is never kept: it can
+/// name another tenant's resources.
 pub fn information_with_details(diagnostics: &str, upstream: Option<&Value>) -> Value {
     let mut outcome = information(diagnostics);
     let codings = upstream
@@ -58,7 +59,12 @@ pub fn information_with_details(diagnostics: &str, upstream: Option<&Value>) -> 
                 let code = c.get("code").and_then(Value::as_str).filter(|code| {
                     (1..=64).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
                 })?;
-                Some(serde_json::json!({"system": system, "code": code}))
+                let mut kept = serde_json::json!({"system": system, "code": code});
+                let display = c.get("display").and_then(Value::as_str);
+                if let Some(d) = display.filter(|d| d.len() <= 200 && !d.chars().any(char::is_control)) {
+                    kept["display"] = d.into();
+                }
+                Some(kept)
             })
             .collect()
     });
@@ -84,7 +90,10 @@ mod tests {
             "deleted",
             Some(&upstream(json!([{"system": hapi, "code": "SUCCESSFUL_DELETE", "display": "x"}]))),
         );
-        assert_eq!(kept["issue"][0]["details"], json!({"coding": [{"system": hapi, "code": "SUCCESSFUL_DELETE"}]}));
+        assert_eq!(
+            kept["issue"][0]["details"],
+            json!({"coding": [{"system": hapi, "code": "SUCCESSFUL_DELETE", "display": "x"}]})
+        );
         assert_eq!(kept["issue"][0]["diagnostics"], "deleted");
         for codings in [
             json!([{"system": "http://other", "code": "SUCCESSFUL_DELETE"}]),

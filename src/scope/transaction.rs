@@ -33,8 +33,9 @@ enum Answer {
 
 /// What the client gets back for one entry.
 enum Step {
-    /// Sent upstream; its response entry is rewritten. `local` names the resource written.
-    Upstream { rtype: String, local: Option<String>, answer: Answer },
+    /// Sent upstream; its response entry is rewritten. `local` names the resource written;
+    /// `posted`: the client's create, sent as a PUT to the id fhir-fence chose.
+    Upstream { rtype: String, local: Option<String>, answer: Answer, posted: bool },
     /// An `ifNoneExist` that matched: answered by fhir-fence with the existing resource.
     Matched { rtype: String, resource: Checked },
 }
@@ -102,9 +103,12 @@ pub async fn run(ctx: &Ctx<'_>, caps: &Capabilities, entries: Vec<Value>) -> Res
     let mut out = Composed::new("transaction-response");
     for p in plan {
         match p.step {
-            Step::Upstream { rtype, local, answer } => {
-                let (fields, resource) =
+            Step::Upstream { rtype, local, answer, posted } => {
+                let (mut fields, resource) =
                     response_entry(ctx, &rtype, local.as_deref(), answer, answers.next().unwrap_or_default());
+                if posted {
+                    as_create(&mut fields);
+                }
                 out.entry(fields, resource);
             }
             Step::Matched { rtype, resource } => {
@@ -191,7 +195,11 @@ async fn plan_entry(
             }
             let local = uuid::Uuid::new_v4().to_string();
             let url = register(&rtype, &local, in_bundle)?;
-            return Ok(planned_put(req, url, rtype, local, body));
+            let mut planned = planned_put(req, url, rtype, local, body);
+            if let Step::Upstream { posted, .. } = &mut planned.step {
+                *posted = true;
+            }
+            return Ok(planned);
         }
         Interaction::Update { rtype, id } => {
             let rtype = known(&rtype)?;
@@ -216,26 +224,26 @@ async fn plan_entry(
         }
         Interaction::Delete { rtype, id } => {
             req.insert("url".into(), format!("{}/{}", known(&rtype)?, prefixed(&id)?).into());
-            Step::Upstream { rtype, local: Some(id), answer: Answer::Resource }
+            Step::Upstream { rtype, local: Some(id), answer: Answer::Resource, posted: false }
         }
         Interaction::ConditionalDelete { rtype } => {
             conditional_criteria(&params, "delete").map_err(|e| bad(e.to_string()))?;
             let scoped = scope_params(ctx, caps, &[known(&rtype)?], &params)?;
             req.insert("url".into(), format!("{rtype}?{}", encode_query(&scoped)).into());
-            Step::Upstream { rtype, local: None, answer: Answer::Resource }
+            Step::Upstream { rtype, local: None, answer: Answer::Resource, posted: false }
         }
         Interaction::Read { rtype, id } if method == Method::GET => {
             req.insert("url".into(), format!("{}/{}", known(&rtype)?, prefixed(&id)?).into());
-            Step::Upstream { rtype, local: Some(id), answer: Answer::Resource }
+            Step::Upstream { rtype, local: Some(id), answer: Answer::Resource, posted: false }
         }
         Interaction::Vread { rtype, id, version } if method == Method::GET => {
             req.insert("url".into(), format!("{}/{}/_history/{version}", known(&rtype)?, prefixed(&id)?).into());
-            Step::Upstream { rtype, local: Some(id), answer: Answer::Resource }
+            Step::Upstream { rtype, local: Some(id), answer: Answer::Resource, posted: false }
         }
         Interaction::Search { rtype, form: false } if method == Method::GET => {
             let scoped = scope_params(ctx, caps, &[known(&rtype)?], &params)?;
             req.insert("url".into(), format!("{rtype}?{}", encode_query(&scoped)).into());
-            Step::Upstream { rtype, local: None, answer: Answer::Search }
+            Step::Upstream { rtype, local: None, answer: Answer::Search, posted: false }
         }
         other => return Err(bad(format!("{method} {url} ({}) is not supported inside a transaction", other.name()))),
     };
@@ -256,9 +264,28 @@ fn planned_put(mut req: Map<String, Value>, url: String, rtype: String, local: S
     let mut entry = Map::new();
     entry.insert("request".into(), Value::Object(req));
     Planned {
-        step: Step::Upstream { rtype: rtype.clone(), local: Some(local.clone()), answer: Answer::Resource },
+        step: Step::Upstream {
+            rtype: rtype.clone(),
+            local: Some(local.clone()),
+            answer: Answer::Resource,
+            posted: false,
+        },
         entry: Some(entry),
         write: Some((rtype, local, body)),
+    }
+}
+
+/// A response entry for a client's create: fhir-fence sent it as a PUT to the id it chose,
+/// which HAPI reports as an update-as-create; the client asked for a create.
+fn as_create(fields: &mut Map<String, Value>) {
+    let coding = fields.get_mut("response").and_then(|r| r.pointer_mut("/outcome/issue/0/details/coding"));
+    for c in coding.and_then(Value::as_array_mut).into_iter().flatten() {
+        if c.get("code").and_then(Value::as_str) == Some("SUCCESSFUL_UPDATE_AS_CREATE") {
+            c["code"] = "SUCCESSFUL_CREATE".into();
+            if c.get("display").is_some() {
+                c["display"] = "Create succeeded.".into();
+            }
+        }
     }
 }
 
