@@ -1,7 +1,8 @@
 //! The admin listener: `/healthz` (the process answers), `/readyz` (every upstream in use
 //! answers its CapabilityStatement and supports the tenant search parameter) and `/metrics`
-//! (Prometheus text format) and `POST /reload` (reload the configuration now). No FHIR data here;
-//! the admin listener belongs on a private interface.
+//! (Prometheus text format) and `POST /reload` (reload the configuration now); with
+//! `lifecycle.admin_token_file`, the tenant lifecycle API under `/tenants`
+//! (`lifecycle::admin_api`). No FHIR data here; the admin listener belongs on a private interface.
 use crate::live::Live;
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
@@ -10,9 +11,15 @@ use serde_json::json;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-pub async fn handle<B>(live: Arc<Live>, req: Request<B>) -> Response<Full<Bytes>> {
+pub async fn handle<B>(live: Arc<Live>, req: Request<B>) -> Response<Full<Bytes>>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
     let snap = live.snapshot();
     match req.uri().path() {
+        p if crate::lifecycle::admin_api::owns(p) => crate::lifecycle::admin_api::handle(live, req).await,
         "/reload" if req.method() == http::Method::POST => match live.reload("admin endpoint").await {
             Ok(generation) => reply(StatusCode::OK, json!({"status": "reloaded", "generation": generation})),
             Err(e) => reply(StatusCode::UNPROCESSABLE_ENTITY, json!({"status": "refused", "error": e.to_string()})),

@@ -31,6 +31,15 @@ pub(crate) async fn bundle(ctx: &Ctx<'_>, caller: &Caller, body: Value) -> Resul
     let caps = ctx.snap.capabilities(&caller.tenant.upstream).await.ok_or(ScopeError::CapabilitiesUnavailable)?;
     match kind.as_str() {
         "transaction" => {
+            // A frozen tenant's transaction may only read (an entry that cannot be routed is
+            // refused by the transaction itself).
+            let changes = |e: &Value| {
+                route::entry_request(e, &ctx.snap.public_base, &ctx.snap.base_path)
+                    .is_ok_and(|r| r.interaction.changes().is_some())
+            };
+            if entries.iter().any(changes) {
+                crate::dispatch::frozen(ctx)?;
+            }
             permit_transaction(caller, &entries, ctx)?;
             let answer = crate::scope::transaction::run(ctx, &caps, entries).await?;
             // Judged again like any answer: a resource the caller may not read leaves the entry.

@@ -1,5 +1,5 @@
-//! The command line: `serve`, `check`, `token`, `record`, `replay`, `inject`, `webhook`. The interface is a
-//! contract other tools rely on.
+//! The command line: `serve`, `check`, `token`, `tenant`, `record`, `replay`, `inject`, `webhook`. The
+//! interface is a contract other tools rely on.
 use crate::config;
 use crate::identity::mint;
 use crate::state::Snapshot;
@@ -40,6 +40,15 @@ enum Command {
         /// The issuer's name in the config; defaults to the only issuer allowed to assert the tenant.
         #[arg(long)]
         issuer: Option<String>,
+    },
+    /// Manage tenants kept as files in `lifecycle.tenants_dir`: list, show, create and change
+    /// their state; each change is appended to `lifecycle.state_dir/lifecycle.jsonl`. A running
+    /// fhir-fence picks the change up through its file watch.
+    Tenant {
+        #[arg(long)]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: TenantAction,
     },
     /// Record a client's traffic against a plain FHIR server (pass-through, no tenancy).
     Record {
@@ -90,6 +99,50 @@ enum Command {
         #[command(flatten)]
         args: Box<crate::replay::command::ReplayArgs>,
     },
+}
+
+#[derive(Subcommand)]
+enum TenantAction {
+    /// Every tenant (from the config file and from tenants_dir), with its status.
+    List,
+    /// One tenant.
+    Show { name: String },
+    /// A new tenant file (refused if the name or prefix is taken, or the result is invalid).
+    Create {
+        name: String,
+        /// The id prefix, `[a-z0-9]{1,12}`.
+        #[arg(long)]
+        prefix: String,
+        /// The upstream (in `[upstreams]`) holding the tenant's data.
+        #[arg(long)]
+        upstream: String,
+        /// `shared` or `dedicated` (no other tenant may use its upstream).
+        #[arg(long, default_value = "shared")]
+        isolation: String,
+        /// The status it starts with (`active`, `suspended`, `read-only`).
+        #[arg(long, default_value = "active")]
+        status: String,
+        /// An issuer (by config name) that may assert the tenant; repeatable.
+        #[arg(long = "issuer")]
+        issuers: Vec<String>,
+        /// A FHIR operation the tenant may call (without `$`); repeatable.
+        #[arg(long = "operation")]
+        operations: Vec<String>,
+        /// Where its Subscriptions may deliver; repeatable.
+        #[arg(long = "subscription-destination")]
+        subscription_destinations: Vec<String>,
+    },
+    /// Refuse every request of the tenant (403).
+    Suspend { name: String },
+    /// Serve the tenant again (from suspended or read-only).
+    Resume { name: String },
+    /// Serve reads only; changes get 503 with Retry-After.
+    ReadOnly { name: String },
+    /// Mark the tenant deleting (refused like suspended); its data may be purged after
+    /// `lifecycle.delete_grace_secs`.
+    Delete { name: String },
+    /// Take back a delete within the grace: the tenant comes back suspended.
+    Undelete { name: String },
 }
 
 #[derive(Subcommand)]
@@ -151,6 +204,7 @@ pub fn main() -> ExitCode {
             }
         }
         Command::Serve { config } => serve(&config),
+        Command::Tenant { config, action } => tenant(&config, action),
         Command::Webhook { listen, cert, key, image } => webhook(&listen, &cert, &key, &image),
         Command::Record { listen, upstream, out, timeout } => {
             crate::replay::command::record(&listen, &upstream, timeout, &out)
@@ -167,6 +221,49 @@ pub fn main() -> ExitCode {
             crate::replay::command::replay(&args, &mint)
         }
     }
+}
+
+fn tenant(config: &std::path::Path, action: TenantAction) -> ExitCode {
+    use crate::lifecycle::change::Operation;
+    use crate::lifecycle::command;
+    let (name, op) = match action {
+        TenantAction::List => return command::list(config),
+        TenantAction::Show { name } => return command::show(config, &name),
+        TenantAction::Create {
+            name,
+            prefix,
+            upstream,
+            isolation,
+            status,
+            issuers,
+            operations,
+            subscription_destinations,
+        } => {
+            // The flags read as the tenant table a file would hold (same names, same checks).
+            let table = serde_json::json!({
+                "prefix": prefix,
+                "upstream": upstream,
+                "isolation": isolation,
+                "status": status,
+                "issuers": issuers,
+                "operations": operations,
+                "subscription_destinations": subscription_destinations,
+            });
+            match serde_json::from_value::<config::Tenant>(table) {
+                Ok(t) => (name, Operation::Create(Box::new(t))),
+                Err(e) => {
+                    eprintln!("fhir-fence tenant create: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        TenantAction::Suspend { name } => (name, Operation::Suspend),
+        TenantAction::Resume { name } => (name, Operation::Resume),
+        TenantAction::ReadOnly { name } => (name, Operation::ReadOnly),
+        TenantAction::Delete { name } => (name, Operation::Delete),
+        TenantAction::Undelete { name } => (name, Operation::Undelete),
+    };
+    command::run(config, &name, op)
 }
 
 fn token(path: &std::path::Path, tenant: &str, sub: &str, ttl: u64, issuer: Option<&str>) -> Result<String, String> {

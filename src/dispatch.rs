@@ -81,9 +81,11 @@ pub async fn dispatch(
             (interaction, narrowed.as_ref().unwrap_or(params))
         }
     };
-    // Types no tenant may change (server-wide ones, the audit trail) are refused before any
-    // scope module runs; a batch entry comes through here too.
+    // A read-only tenant changes nothing (503 + Retry-After); types no tenant may change
+    // (server-wide ones, the audit trail) are refused before any scope module runs; a batch
+    // entry comes through here too.
     if let Some(rtype) = interaction.changes() {
+        frozen(ctx)?;
         write::writable(ctx, rtype)?;
     }
     let if_match = write::if_match(headers.get(header::IF_MATCH))?;
@@ -99,6 +101,16 @@ pub async fn dispatch(
         Some(grant) => recheck(ctx, grant, outcome)?,
         None => outcome,
     })
+}
+
+/// Refuses a change for a `read-only` tenant (`Error::ReadOnly`: 503 with `Retry-After`). The
+/// one judgement of a frozen tenant: `dispatch` calls it for every interaction that changes
+/// data (single requests and batch entries), `bundle` for a transaction with any such entry.
+pub(crate) fn frozen(ctx: &Ctx<'_>) -> Result<(), Error> {
+    if ctx.tenant.status == crate::config::TenantStatus::ReadOnly {
+        return Err(Error::ReadOnly { retry_after: ctx.snap.loaded.config.lifecycle.read_only_retry_after_secs });
+    }
+    Ok(())
 }
 
 /// Whether a resource in an answer may reach a caller with a SMART grant: its type granted in

@@ -38,6 +38,10 @@ pub enum Error {
     /// The public listener has `server.max_connections` open (answered on the extra connection).
     #[error("fhir-fence has too many client connections open; retry shortly")]
     Overloaded,
+    /// The tenant is `read-only` (frozen while its data is moved or copied) and the request
+    /// changes data; `retry_after` is `lifecycle.read_only_retry_after_secs`.
+    #[error("the tenant is read-only for now (its data is being moved or is frozen): reads and searches work, changes are refused; retry later")]
+    ReadOnly { retry_after: u64 },
 }
 
 /// A scope error that is really another layer's is answered as that layer's (the upstream
@@ -158,6 +162,7 @@ impl Error {
             },
             Error::Limit(e) => (e.status(), "throttled", shown()),
             Error::Overloaded => (S::SERVICE_UNAVAILABLE, "transient", shown()),
+            Error::ReadOnly { .. } => (S::SERVICE_UNAVAILABLE, "transient", shown()),
             Error::Export(e) => match e {
                 ExportError::UnknownHandle => (S::NOT_FOUND, "not-found", shown()),
                 ExportError::Unsupported(_) | ExportError::OutputFormat(_) => {
@@ -211,6 +216,7 @@ impl Error {
             Error::Limit(_) => Some("limit"),
             Error::Smart(_) => Some("smart-scope"),
             Error::Overloaded => Some("connections"),
+            Error::ReadOnly { .. } => Some("read-only"),
         }
     }
 
@@ -260,6 +266,9 @@ impl Error {
         crate::headers::set_correlation(h, correlation);
         if matches!(self, Error::Upstream(UpstreamError::Saturated(_)) | Error::Overloaded) {
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let Error::ReadOnly { retry_after } = self {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
         }
         let token_unavailable = matches!(&self, Error::Upstream(UpstreamError::Token(_, e)) if e.transient());
         if matches!(self, Error::Auth(AuthError::Unavailable(_))) || token_unavailable {

@@ -19,6 +19,7 @@ pub mod fhir;
 pub mod headers;
 pub mod identity;
 pub mod kube;
+pub mod lifecycle;
 pub mod limits;
 pub mod listener_tls;
 pub mod live;

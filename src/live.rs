@@ -51,6 +51,11 @@ impl Live {
         self.current.load_full()
     }
 
+    /// The config file this serves.
+    pub fn config_path(&self) -> &Path {
+        &self.path
+    }
+
     /// The number of successful reloads so far, as a watch.
     pub fn generation(&self) -> watch::Receiver<u64> {
         self.generation.subscribe()
@@ -90,10 +95,12 @@ impl Live {
         }
     }
 
-    /// The directories holding the current snapshot's source files.
+    /// The directories holding the current snapshot's source files, and `tenants_dir` (where
+    /// a file added is a reload too).
     fn watched_dirs(&self) -> BTreeSet<PathBuf> {
-        let files = self.snapshot().loaded.source_files(&self.path);
-        files.iter().filter_map(|f| f.parent().map(Path::to_path_buf)).collect()
+        let snap = self.snapshot();
+        let files = snap.loaded.source_files(&self.path);
+        files.iter().filter_map(|f| f.parent().map(Path::to_path_buf)).chain(snap.loaded.tenants_dir()).collect()
     }
 }
 
@@ -136,9 +143,10 @@ pub fn spawn_triggers(live: Arc<Live>) {
 /// file's contents changed.
 async fn watch_files(live: Arc<Live>) {
     let (tx, mut rx) = mpsc::channel::<()>(1);
-    // Only events naming a source file (or a Kubernetes `..data`-style link) count: the
-    // directory may also hold files written all the time, such as an audit file or a log.
-    let names: Arc<std::sync::RwLock<BTreeSet<std::ffi::OsString>>> = Arc::default();
+    // Only events naming a source file (or a Kubernetes `..data`-style link), or a tenant file
+    // (`NAME.toml` in `tenants_dir`, also one not read yet), count: a directory may also hold
+    // files written all the time, such as an audit file, a log or the lifecycle record.
+    let names: Arc<std::sync::RwLock<Wanted>> = Arc::default();
     let wanted = names.clone();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
@@ -150,11 +158,7 @@ async fn watch_files(live: Arc<Live>) {
             }
         }
         let known = wanted.read().unwrap_or_else(|p| p.into_inner());
-        let relevant = event
-            .paths
-            .iter()
-            .filter_map(|p| p.file_name())
-            .any(|n| known.contains(n) || n.as_encoded_bytes().starts_with(b".."));
+        let relevant = event.paths.iter().any(|p| known.counts(p));
         if relevant {
             let _ = tx.try_send(());
         }
@@ -167,10 +171,14 @@ async fn watch_files(live: Arc<Live>) {
         }
     };
     let mut watched = BTreeSet::new();
+    let mut first = true;
     loop {
-        let files = live.snapshot().loaded.source_files(&live.path);
-        *names.write().unwrap_or_else(|p| p.into_inner()) =
-            files.iter().filter_map(|f| f.file_name().map(|n| n.to_os_string())).collect();
+        let snap = live.snapshot();
+        let files = snap.loaded.source_files(&live.path);
+        *names.write().unwrap_or_else(|p| p.into_inner()) = Wanted {
+            names: files.iter().filter_map(|f| f.file_name().map(|n| n.to_os_string())).collect(),
+            tenants_dir: snap.loaded.tenants_dir().and_then(|d| std::fs::canonicalize(d).ok()),
+        };
         for dir in live.watched_dirs().difference(&watched.clone()) {
             match watcher.watch(dir, RecursiveMode::NonRecursive) {
                 Ok(()) => {
@@ -179,10 +187,64 @@ async fn watch_files(live: Arc<Live>) {
                 Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot watch a config directory"),
             }
         }
+        // A change made before the watches were armed (between the snapshot's load and now)
+        // sent no event: looked for once.
+        if std::mem::take(&mut first) {
+            live.reload_if_changed().await;
+        }
         if rx.recv().await.is_none() {
             return;
         }
         while tokio::time::timeout(SETTLE, rx.recv()).await.is_ok_and(|e| e.is_some()) {}
         live.reload_if_changed().await;
+    }
+}
+
+/// Which changed paths the file watch counts.
+#[derive(Default)]
+struct Wanted {
+    /// The source files' names.
+    names: BTreeSet<std::ffi::OsString>,
+    /// `lifecycle.tenants_dir`, canonical.
+    tenants_dir: Option<PathBuf>,
+}
+
+impl Wanted {
+    fn counts(&self, path: &Path) -> bool {
+        let Some(name) = path.file_name() else { return false };
+        if self.names.contains(name) || name.as_encoded_bytes().starts_with(b"..") {
+            return true;
+        }
+        // A tenant file of `tenants_dir`, also a new one (hidden files are temporary ones).
+        let bytes = name.as_encoded_bytes();
+        let tenant_file = bytes.ends_with(b".toml") && !bytes.starts_with(b".");
+        tenant_file
+            && self
+                .tenants_dir
+                .as_ref()
+                .is_some_and(|dir| path.parent().and_then(|p| std::fs::canonicalize(p).ok()).is_some_and(|p| &p == dir))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_files_count_and_the_lifecycle_record_does_not() {
+        let dir = std::env::temp_dir().join(format!("fhir-fence-live-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(dir.join("tenants")).unwrap();
+        std::fs::create_dir_all(dir.join("state")).unwrap();
+        let wanted = Wanted {
+            names: ["config.toml".into()].into(),
+            tenants_dir: Some(std::fs::canonicalize(dir.join("tenants")).unwrap()),
+        };
+        assert!(wanted.counts(&dir.join("config.toml")));
+        assert!(wanted.counts(&dir.join("tenants/new.toml")), "a tenant file not read yet");
+        assert!(!wanted.counts(&dir.join("tenants/.new.toml.123.tmp")), "a temporary file");
+        assert!(!wanted.counts(&dir.join("tenants/notes.txt")));
+        assert!(!wanted.counts(&dir.join("state/lifecycle.jsonl")));
+        assert!(!wanted.counts(&dir.join("other.toml")), "a .toml outside tenants_dir");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

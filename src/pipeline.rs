@@ -1,7 +1,7 @@
 //! THE request pipeline: the one function that orders every step a FHIR request goes through.
 //!
 //! ```text
-//! correlation id → identity → tenant slots → request hygiene → route → body → rate limit
+//! correlation id → metadata (identity first only with credentials) → identity → tenant slots → request hygiene → route → body → rate limit
 //!   → dispatch (scope per interaction → upstream → outbound check) → answer   | any error → error.rs
 //! ```
 //! Each step's reason for its position is written next to it in `run`; [`handle`] wraps it with
@@ -129,7 +129,8 @@ async fn run(
     let (parts, body) = req.into_parts();
     if is_metadata(snap, &parts) {
         facts.interaction = Some("metadata");
-        return Ok(boxed(metadata(snap).await?));
+        let caller = identify_if_credentials(snap, &parts, conn, facts).await?;
+        return Ok(boxed(metadata(snap, caller.as_ref().map(|c| c.tenant.as_ref())).await?));
     }
     let caller = identify(snap, &parts, conn, facts).await?;
     // Counted from here (the tenant is known) to the end of this request's handling.
@@ -165,8 +166,11 @@ async fn run(
     Ok(boxed(respond(&ctx, outcome, &parts.headers)?))
 }
 
-/// `metadata` is answered before identity: clients discover the server before they log in.
-/// It is served from the CapabilityStatement read at start-up, so it costs no upstream call.
+/// `metadata` is answered before the rest of the pipeline, and without credentials: clients
+/// discover the server before they log in (`metadata.rs`: the statement every upstream in use
+/// satisfies). A caller with credentials is identified first (`identify_if_credentials`) and
+/// gets its own upstream's. Served from the CapabilityStatements read at start-up, so it costs
+/// no upstream call; no tenant slot is taken.
 fn is_metadata(snap: &Snapshot, parts: &http::request::Parts) -> bool {
     (parts.method == Method::GET || parts.method == Method::HEAD)
         && parts.uri.path().strip_prefix(snap.base_path.as_str()) == Some("/metadata")
@@ -186,6 +190,27 @@ async fn identify(
     facts.subject = caller.subject.clone();
     facts.client_id = caller.client_id.clone();
     Ok(caller)
+}
+
+/// For `metadata`: the caller when the request carries credentials (a token, or a client
+/// certificate that identifies a tenant alone), judged as anywhere (a bad token is a 401);
+/// `None` for an anonymous request.
+async fn identify_if_credentials(
+    snap: &Snapshot,
+    parts: &http::request::Parts,
+    conn: &Slot,
+    facts: &mut RequestFacts,
+) -> Result<Option<Caller>, Error> {
+    let token = parts.headers.contains_key(header::AUTHORIZATION);
+    if !token && conn.peer().is_empty() {
+        return Ok(None);
+    }
+    match identify(snap, parts, conn, facts).await {
+        Ok(caller) => Ok(Some(caller)),
+        // A certificate that does not identify a tenant by itself, and no token: anonymous.
+        Err(Error::Auth(crate::identity::AuthError::Missing)) if !token => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// The tenant's connection and in-flight caps as soon as the tenant is known, before any body

@@ -52,6 +52,9 @@ pub struct Snapshot {
     /// TLS on the public listener (`None`: plain HTTP); each connection takes the one current
     /// when it is accepted.
     pub tls: Option<Arc<ListenerTls>>,
+    /// The admin API's bearer token (`lifecycle.admin_token_file`, trimmed); `None`: the
+    /// `/tenants` endpoints do not exist.
+    pub admin_token: Option<Arc<str>>,
 }
 
 impl Snapshot {
@@ -190,7 +193,21 @@ impl Snapshot {
             _ => Arc::new(Audit::new(&loaded, metrics.clone())),
         };
         let tls = ListenerTls::build(&loaded, prev.and_then(|p| p.tls.as_ref()))?;
+        let admin_token = match &c.lifecycle.admin_token_file {
+            Some(f) => {
+                let key = "lifecycle.admin_token_file";
+                let text = String::from_utf8(loaded.read_file(key, f)?)
+                    .map_err(|_| ConfigError::invalid(key, "the token must be UTF-8 text"))?;
+                let token = text.trim();
+                if token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    return Err(ConfigError::invalid(key, "the token must be one word of at least 16 characters"));
+                }
+                Some(Arc::from(token))
+            }
+            None => None,
+        };
         Ok(Snapshot {
+            admin_token,
             tls,
             limits,
             audit,

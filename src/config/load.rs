@@ -1,6 +1,6 @@
 //! Reading and validating a config file. Every error names the offending key and says why.
 use super::schema::*;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use url::Url;
 
@@ -10,6 +10,9 @@ pub struct Loaded {
     pub config: Config,
     pub dir: PathBuf,
     pub public_base: Url,
+    /// The tenants read from `lifecycle.tenants_dir`: name → its file. A tenant not here is
+    /// defined in the config file itself.
+    pub tenant_files: BTreeMap<String, PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -38,14 +41,28 @@ impl Loaded {
         }
     }
 
-    /// Every file a snapshot is built from: the config itself and the key files it names
-    /// (not the audit file, which fhir-fence writes). A change to any of them is a reload.
+    /// `lifecycle.tenants_dir`, resolved.
+    pub fn tenants_dir(&self) -> Option<PathBuf> {
+        self.config.lifecycle.tenants_dir.as_deref().map(|d| self.resolve(d))
+    }
+
+    /// `lifecycle.state_dir`, resolved.
+    pub fn state_dir(&self) -> Option<PathBuf> {
+        self.config.lifecycle.state_dir.as_deref().map(|d| self.resolve(d))
+    }
+
+    /// Every file a snapshot is built from: the config itself, the key files it names (not the
+    /// audit file, which fhir-fence writes) and the tenant files `tenants_dir` holds now (listed
+    /// afresh, so a file added or removed since the last load counts). A change to any of them
+    /// is a reload.
     pub fn source_files(&self, config_path: &Path) -> Vec<PathBuf> {
         let c = &self.config;
+        let tenant_files = self.tenants_dir().map(|d| tenant_files_in(&d).unwrap_or_default()).unwrap_or_default();
         let named = c
             .paging
             .key_file
             .iter()
+            .chain(c.lifecycle.admin_token_file.iter())
             .chain(c.server.tls.iter().flat_map(|t| &t.client_ca_file))
             .chain(
                 c.upstreams
@@ -74,7 +91,10 @@ impl Loaded {
                     })
                     .flatten(),
             );
-        std::iter::once(config_path.to_path_buf()).chain(named.map(|p| self.resolve(p))).collect()
+        std::iter::once(config_path.to_path_buf())
+            .chain(named.map(|p| self.resolve(p)))
+            .chain(tenant_files.into_values())
+            .collect()
     }
 
     /// Reads a file named by the config, naming the key on failure.
@@ -84,15 +104,110 @@ impl Loaded {
     }
 }
 
-/// Reads and validates the config at `path`.
+/// Reads and validates the config at `path`, with the tenant files of `lifecycle.tenants_dir`.
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-    let config: Config =
+    let mut config: Config =
         toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+    let mut tenant_files = BTreeMap::new();
+    if let Some(td) = config.lifecycle.tenants_dir.clone() {
+        let td = if td.is_absolute() { td } else { dir.join(td) };
+        lifecycle_dirs(&config.lifecycle, &dir, &td)?;
+        for (name, file) in tenant_files_in(&td)
+            .map_err(|e| ConfigError::invalid("lifecycle.tenants_dir", format!("cannot read {}: {e}", td.display())))?
+        {
+            let key = format!("tenant file {}", file.display());
+            if !valid_tenant_name(&name) {
+                return Err(ConfigError::invalid(key, "tenant names are 1-64 characters of [A-Za-z0-9.-]"));
+            }
+            let text =
+                std::fs::read_to_string(&file).map_err(|source| ConfigError::Read { path: file.clone(), source })?;
+            let tenant: Tenant =
+                toml::from_str(&text).map_err(|e| ConfigError::Parse { path: file.clone(), message: e.to_string() })?;
+            if config.tenants.contains_key(&name) {
+                return Err(ConfigError::invalid(
+                    format!("tenants.{name}"),
+                    format!("defined both in the config file and in {}", file.display()),
+                ));
+            }
+            config.tenants.insert(name.clone(), tenant);
+            tenant_files.insert(name, file);
+        }
+    }
+    grant_issuers(&mut config)?;
     let public_base = validate(&config)?;
-    Ok(Loaded { config, dir, public_base })
+    Ok(Loaded { config, dir, public_base, tenant_files })
+}
+
+/// The tenant files in `dir`: every `NAME.toml` (others are ignored), by name.
+pub fn tenant_files_in(dir: &Path) -> std::io::Result<BTreeMap<String, PathBuf>> {
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+        let Some(stem) = name.strip_suffix(".toml") else { continue };
+        // Hidden files are editors' and fhir-fence's own temporary files.
+        if stem.starts_with('.') || !path.is_file() {
+            continue;
+        }
+        out.insert(stem.to_owned(), path);
+    }
+    Ok(out)
+}
+
+/// `tenants_dir` is neither the config file's own directory (whose other `.toml` files would
+/// be read as tenants) nor holds `state_dir` (whose writes would then be reloads).
+fn lifecycle_dirs(l: &Lifecycle, config_dir: &Path, tenants_dir: &Path) -> Result<(), ConfigError> {
+    let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let td = real(tenants_dir);
+    if td == real(config_dir) {
+        return Err(ConfigError::invalid(
+            "lifecycle.tenants_dir",
+            "must be a directory of its own, not the config file's directory",
+        ));
+    }
+    if let Some(sd) = &l.state_dir {
+        let sd = if sd.is_absolute() { sd.clone() } else { config_dir.join(sd) };
+        if real(&sd).starts_with(&td) {
+            return Err(ConfigError::invalid("lifecycle.state_dir", "must not be inside lifecycle.tenants_dir"));
+        }
+    }
+    Ok(())
+}
+
+/// `tenants.NAME.issuers`: each named issuer may assert the tenant, as if its own `tenants`
+/// list named it (so a tenant file needs no edit of the config file).
+fn grant_issuers(c: &mut Config) -> Result<(), ConfigError> {
+    for (name, t) in &c.tenants {
+        for i in &t.issuers {
+            let key = format!("tenants.{name}.issuers");
+            let issuer =
+                c.issuers.get_mut(i).ok_or_else(|| ConfigError::invalid(&key, format!("no issuer named {i:?}")))?;
+            if let Some(only) = issuer.tenant.as_ref().filter(|t| *t != name) {
+                return Err(ConfigError::invalid(key, format!("issuer {i:?} asserts tenant {only:?} only")));
+            }
+            if issuer.tenant.is_none() && !issuer.tenants.contains(name) {
+                issuer.tenants.push(name.clone());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks a whole config (as `load` does after reading it and its tenant files): for a change
+/// that must be judged before anything is written (`lifecycle::change`).
+pub fn validate_config(c: &Config) -> Result<(), ConfigError> {
+    let mut c = c.clone();
+    grant_issuers(&mut c)?;
+    validate(&c).map(|_| ())
+}
+
+/// An RFC 3339 UTC timestamp (`…Z`), as `deleted_at` holds.
+pub fn utc_timestamp(v: &str) -> Option<time::OffsetDateTime> {
+    let t = time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339).ok()?;
+    (v.ends_with('Z') && t.offset().is_utc()).then_some(t)
 }
 
 /// Checks one (effective) limits table; `key` names it in the error.
@@ -237,6 +352,36 @@ fn validate(c: &Config) -> Result<Url, ConfigError> {
         if !c.upstreams.contains_key(&t.upstream) {
             return Err(ConfigError::invalid(format!("{key}.upstream"), format!("no upstream named {:?}", t.upstream)));
         }
+        match (t.status, &t.deleted_at) {
+            (TenantStatus::Deleting, None) => {
+                return Err(ConfigError::invalid(format!("{key}.deleted_at"), "status = \"deleting\" needs deleted_at"))
+            }
+            (TenantStatus::Deleting, Some(at)) if utc_timestamp(at).is_none() => {
+                return Err(ConfigError::invalid(
+                    format!("{key}.deleted_at"),
+                    "must be an RFC 3339 UTC timestamp (e.g. 2025-01-31T12:00:00Z)",
+                ))
+            }
+            (TenantStatus::Deleting, _) | (_, None) => {}
+            (_, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    format!("{key}.deleted_at"),
+                    "only a tenant with status = \"deleting\" has one",
+                ))
+            }
+        }
+        // Hybrid placement: a dedicated tenant's upstream serves no other tenant.
+        if t.isolation == Isolation::Dedicated {
+            if let Some((other, _)) = c.tenants.iter().find(|(n, o)| *n != name && o.upstream == t.upstream) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.isolation"),
+                    format!(
+                        "tenant {name:?} is dedicated, but its upstream {:?} is also used by tenant {other:?}",
+                        t.upstream
+                    ),
+                ));
+            }
+        }
     }
     let mut cert_names: HashMap<&str, &str> = HashMap::new();
     for (name, t) in &c.tenants {
@@ -280,7 +425,8 @@ fn validate(c: &Config) -> Result<Url, ConfigError> {
         if i.audience.is_empty() {
             return Err(ConfigError::invalid(format!("{key}.audience"), "at least one audience is needed"));
         }
-        if i.asserts().is_empty() {
+        // With tenants_dir, the tenants may all come from files (`tenants.NAME.issuers`).
+        if i.asserts().is_empty() && c.lifecycle.tenants_dir.is_none() {
             return Err(ConfigError::invalid(
                 format!("{key}.tenants"),
                 "an issuer must be allowed at least one tenant",
@@ -301,6 +447,19 @@ fn validate(c: &Config) -> Result<Url, ConfigError> {
     }
     if c.paging.token_ttl_secs == 0 {
         return Err(ConfigError::invalid("paging.token_ttl_secs", "must be greater than 0"));
+    }
+    if c.lifecycle.read_only_retry_after_secs == 0 || c.lifecycle.read_only_retry_after_secs > 86_400 {
+        return Err(ConfigError::invalid("lifecycle.read_only_retry_after_secs", "must be between 1 and 86400"));
+    }
+    if c.lifecycle.state_dir.is_some() && c.lifecycle.tenants_dir.is_none() {
+        return Err(ConfigError::invalid("lifecycle.state_dir", "is for tenant state changes: set tenants_dir too"));
+    }
+    if c.lifecycle.admin_token_file.is_some() && (c.lifecycle.tenants_dir.is_none() || c.lifecycle.state_dir.is_none())
+    {
+        return Err(ConfigError::invalid(
+            "lifecycle.admin_token_file",
+            "the admin API changes tenant files and records each change: set tenants_dir and state_dir too",
+        ));
     }
     Ok(public_base)
 }
@@ -333,7 +492,7 @@ pub(crate) fn valid_prefix(p: &str) -> bool {
     (1..=12).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
-fn valid_tenant_name(n: &str) -> bool {
+pub fn valid_tenant_name(n: &str) -> bool {
     (1..=64).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
 }
 
@@ -349,6 +508,61 @@ mod tests {
         assert!(!valid_prefix("Acme"));
         assert!(!valid_prefix("ac-me"));
         assert!(!valid_prefix("abcdefghijklm"));
+    }
+
+    /// The demo config with `[lifecycle]` and `files` (name, text) in its tenants dir.
+    fn with_tenant_files(files: &[(&str, &str)]) -> Result<Loaded, ConfigError> {
+        let demo = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/demo.toml")).unwrap();
+        let dir = std::env::temp_dir().join(format!("fhir-fence-load-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(dir.join("tenants")).unwrap();
+        // The demo names its key files relative to itself.
+        let policies = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/");
+        let text = demo.replace("file = \"", &format!("file = \"{policies}"))
+            + "\n[lifecycle]\ntenants_dir = \"tenants\"\nstate_dir = \"state\"\n";
+        std::fs::write(dir.join("config.toml"), text).unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.join("tenants").join(name), text).unwrap();
+        }
+        let loaded = load(&dir.join("config.toml"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        loaded
+    }
+
+    #[test]
+    fn tenant_files_join_the_config_s_tenants() {
+        let t = "prefix = \"newco\"\nupstream = \"hapi\"\nstatus = \"read-only\"\nissuers = [\"dev\"]\n";
+        let loaded = with_tenant_files(&[
+            ("newco.toml", t),
+            ("notes.txt", "not a tenant"),
+            (".newco.toml.1234.tmp", "half written"),
+            (".hidden.toml", "prefix = 1"),
+        ])
+        .unwrap();
+        let newco = &loaded.config.tenants["newco"];
+        assert_eq!((newco.prefix.as_str(), newco.status), ("newco", TenantStatus::ReadOnly));
+        assert_eq!(loaded.tenant_files.keys().collect::<Vec<_>>(), ["newco"]);
+        assert!(loaded.config.tenants.contains_key("acme"), "the config file's tenants stay");
+        // `issuers` lets the tenant in without editing the issuer.
+        assert!(loaded.config.issuers["dev"].asserts().contains(&"newco".to_owned()));
+    }
+
+    #[test]
+    fn tenant_files_are_checked_like_the_config_s_tenants() {
+        let err = |files: &[(&str, &str)]| with_tenant_files(files).unwrap_err().to_string();
+        let e = err(&[("acme.toml", "prefix = \"zz\"\nupstream = \"hapi\"\nstatus = \"active\"\n")]);
+        assert!(e.contains("tenants.acme") && e.contains("acme.toml") && e.contains("config file"), "{e}");
+        let e = err(&[("x_y.toml", "prefix = \"zz\"\nupstream = \"hapi\"\nstatus = \"active\"\n")]);
+        assert!(e.contains("x_y.toml") && e.contains("tenant names"), "{e}");
+        let e = err(&[("x.toml", "prefix = \"zz\"\nupstream = \"hapi\"\nstatus = \"active\"\ncolour = 1\n")]);
+        assert!(e.contains("colour"), "{e}");
+        let e =
+            err(&[("x.toml", "prefix = \"zz\"\nupstream = \"hapi\"\nstatus = \"active\"\nissuers = [\"nobody\"]\n")]);
+        assert!(e.contains("tenants.x.issuers"), "{e}");
+        let e = err(&[(
+            "x.toml",
+            "prefix = \"zz\"\nupstream = \"hapi\"\nstatus = \"active\"\ndeleted_at = \"2025-01-01T00:00:00Z\"\n",
+        )]);
+        assert!(e.contains("tenants.x.deleted_at"), "{e}");
     }
 
     #[test]

@@ -8,5 +8,5 @@ mod load;
 mod schema;
 
 pub use iss_pattern::{IssPattern, PLACEHOLDER};
-pub use load::{load, ConfigError, Loaded};
+pub use load::{load, tenant_files_in, utc_timestamp, valid_tenant_name, validate_config, ConfigError, Loaded};
 pub use schema::*;

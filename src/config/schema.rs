@@ -1,5 +1,5 @@
 //! The config file's shape, as serde structs. Every struct denies unknown keys so a typo fails loudly.
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -20,7 +20,45 @@ pub struct Config {
     pub audit: Audit,
     pub upstreams: BTreeMap<String, Upstream>,
     pub issuers: BTreeMap<String, Issuer>,
+    /// Tenants defined in the config file; `lifecycle.tenants_dir` adds those defined one per
+    /// file (`load` merges both here, so nothing downstream tells them apart).
+    #[serde(default)]
     pub tenants: BTreeMap<String, Tenant>,
+    /// Tenants as data: where tenant files and the lifecycle record live (`lifecycle`).
+    #[serde(default)]
+    pub lifecycle: Lifecycle,
+}
+
+/// `[lifecycle]`: tenants as files, the lifecycle record, the admin API for state changes.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lifecycle {
+    /// A directory (relative to the config file) of `NAME.toml` files, each holding one
+    /// tenant's table as `[tenants.NAME]` would; an added, edited or removed file is a reload.
+    pub tenants_dir: Option<PathBuf>,
+    /// Where the lifecycle record (`lifecycle.jsonl`) and operation state are kept (relative to
+    /// the config file); not inside `tenants_dir`. Needed to change tenant states.
+    pub state_dir: Option<PathBuf>,
+    /// A file holding the admin API's bearer token; without it the `/tenants` endpoints do not exist.
+    pub admin_token_file: Option<PathBuf>,
+    /// How long a `deleting` tenant can still be undeleted before its data may be purged.
+    #[serde(default = "default_delete_grace")]
+    pub delete_grace_secs: u64,
+    /// The `Retry-After` (seconds) a `read-only` tenant's writes are answered with.
+    #[serde(default = "default_read_only_retry")]
+    pub read_only_retry_after_secs: u64,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Lifecycle {
+            tenants_dir: None,
+            state_dir: None,
+            admin_token_file: None,
+            delete_grace_secs: default_delete_grace(),
+            read_only_retry_after_secs: default_read_only_retry(),
+        }
+    }
 }
 
 /// The public listener: where FHIR clients connect.
@@ -84,7 +122,7 @@ pub enum ClientCerts {
 }
 
 /// What a tenant's client certificate is for (`tenants.NAME.client_auth`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ClientAuth {
     /// Every request of the tenant needs its certificate and a token of the same tenant.
@@ -364,14 +402,60 @@ impl Issuer {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// A tenant's lifecycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum TenantStatus {
     Active,
+    /// Every request refused (403).
     Suspended,
+    /// Reads served; every interaction that changes data answered 503 with `Retry-After`
+    /// (the freeze a move or an export needs).
+    ReadOnly,
+    /// Refused exactly like `suspended`; `deleted_at` says when, and the data may be purged
+    /// once `lifecycle.delete_grace_secs` has passed.
+    Deleting,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+impl TenantStatus {
+    /// Whether the tenant's requests are served at all (`suspended` and `deleting` are not,
+    /// and are answered alike).
+    pub fn serves(self) -> bool {
+        matches!(self, TenantStatus::Active | TenantStatus::ReadOnly)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TenantStatus::Active => "active",
+            TenantStatus::Suspended => "suspended",
+            TenantStatus::ReadOnly => "read-only",
+            TenantStatus::Deleting => "deleting",
+        }
+    }
+}
+
+/// Where a tenant's data lives (paper §6, hybrid placement): on an upstream shared with other
+/// tenants, or on one of its own. The data model (coding + prefix) is the same on both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    #[default]
+    Shared,
+    /// No other tenant may use this tenant's upstream (checked at load).
+    Dedicated,
+}
+
+impl Isolation {
+    fn is_shared(&self) -> bool {
+        *self == Isolation::Shared
+    }
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tenant {
     /// The id-prefix key, `[a-z0-9]{1,12}`: upstream ids are `{prefix}-{local}`.
@@ -379,24 +463,34 @@ pub struct Tenant {
     /// The name of the upstream (in `[upstreams]`) holding this tenant's data.
     pub upstream: String,
     pub status: TenantStatus,
+    /// With `status = "deleting"` (and only then): when the tenant was deleted (RFC 3339, UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<String>,
+    /// `shared` (default) or `dedicated`: a dedicated tenant's upstream serves no other tenant.
+    #[serde(default, skip_serializing_if = "Isolation::is_shared")]
+    pub isolation: Isolation,
+    /// Issuers (by name in `[issuers]`) that may assert this tenant, besides those whose own
+    /// `tenants` list names it: how a tenant file is let in without editing the config file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub issuers: Vec<String>,
     /// FHIR operations this tenant may call (without `$`): `everything`, `meta`, `meta-add`,
     /// `meta-delete`, `validate`, `export`. Default: none.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub operations: Vec<String>,
     /// Where this tenant's rest-hook Subscriptions may deliver: a rule ending in `/` is a URL
     /// prefix, any other rule an exact origin (`scheme://host:port`). Default: nowhere.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subscription_destinations: Vec<String>,
     /// Overrides of the top-level `[limits]` for this tenant (key by key).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub limits: Limits,
     /// Client certificates that identify this tenant: SAN URIs (e.g. SPIFFE IDs) or DNS names,
     /// matched exactly. Needs `server.tls.client_ca_file`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub client_certs: Vec<String>,
     /// With `client_certs`: whether the certificate alone identifies the tenant, or must come
     /// with the tenant's token (default).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub client_auth: ClientAuth,
     /// The generation of the tenant's sealing keys (page tokens, export handles; `seal_keys`):
     /// raising it by one revokes the tokens of two generations ago, by two all of them.
@@ -405,7 +499,7 @@ pub struct Tenant {
 }
 
 /// Per-tenant workload limits. Every key is optional: unset at both levels means no limit.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Sustained cost units per second (GCRA).
@@ -428,7 +522,7 @@ pub struct Limits {
     /// Count and log what would be refused, refuse nothing (for a safe roll-out).
     pub shadow: Option<bool>,
     /// Cost per interaction class: `read`, `search`, `write`, `operation`, `bundle-entry`, `export`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub weights: BTreeMap<String, u32>,
 }
 
@@ -506,4 +600,12 @@ fn default_keys_grace_secs() -> u64 {
 
 fn default_introspection_cache_secs() -> u64 {
     60
+}
+
+fn default_delete_grace() -> u64 {
+    7 * 24 * 3600
+}
+
+fn default_read_only_retry() -> u64 {
+    5
 }

@@ -6,7 +6,8 @@
 //! waits for one bounded refresh, `remote`; so does a known `kid` whose key does not verify the
 //! signature: the provider may have reused the kid for a new key) → signature, `iss`, `aud`,
 //! `exp`, `nbf`, `iat` → the tenant (`tenant_source`: a claim, the issuer's own, or its `iss`)
-//! → the issuer may assert that tenant → tenant must be active.
+//! → the issuer may assert that tenant → the tenant must be served (`active` or `read-only`;
+//! `suspended` and `deleting` are refused alike).
 //!
 //! A token that is not a JWS (not three dot-separated parts) is opaque: it goes to the one
 //! issuer with an introspection endpoint (`introspect`), and its answer is judged like a JWT's
@@ -15,7 +16,7 @@ use super::introspect::{is_opaque_token, Introspected, Introspector};
 use super::keys::IssuerKeys;
 use super::tenant_source::TenantSource;
 use crate::config::IssPattern;
-use crate::config::{ConfigError, Loaded, TenantStatus};
+use crate::config::{ConfigError, Loaded};
 use crate::tenancy::Tenant;
 use jsonwebtoken::{decode, decode_header, Validation};
 use serde_json::Value;
@@ -239,7 +240,7 @@ impl Verifier {
             }
             (Some((name, tenant)), None) if self.certificates.alone.contains(tenant) => {
                 let tenant = self.tenants.get(tenant).ok_or(AuthError::TenantNotAllowed)?;
-                if tenant.status == TenantStatus::Suspended {
+                if !tenant.status.serves() {
                     return Err(AuthError::Suspended);
                 }
                 Ok(Caller {
@@ -362,7 +363,7 @@ impl Verifier {
             return Err(AuthError::TenantNotAllowed);
         }
         let tenant = self.tenants.get(&tenant_name).ok_or(AuthError::TenantNotAllowed)?;
-        if tenant.status == TenantStatus::Suspended {
+        if !tenant.status.serves() {
             return Err(AuthError::Suspended);
         }
         let text = |k: &str| claims.get(k).and_then(Value::as_str).map(str::to_owned);

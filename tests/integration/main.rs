@@ -14,6 +14,7 @@ mod identity;
 mod identity_provider;
 mod identity_provider_fake;
 mod introspection;
+mod lifecycle_state;
 mod limits;
 mod listener_tls;
 mod metrics;

@@ -51,6 +51,8 @@ pub struct T {
     pub limits: String,
     /// More `key = value` lines for `[tenants.NAME]` (none by default).
     pub extra: String,
+    /// The upstream (in `[upstreams]`) holding the tenant's data (`main` by default).
+    pub upstream: String,
 }
 
 /// Tenant names and prefixes unique to this test, so tests sharing one HAPI never see each other.
@@ -67,6 +69,7 @@ pub fn tenants(n: usize) -> Vec<T> {
                 destinations: vec![],
                 limits: String::new(),
                 extra: String::new(),
+                upstream: "main".into(),
             }
         })
         .collect()
@@ -210,9 +213,10 @@ tenants = [{first}]
     );
     for t in &o.tenants {
         s.push_str(&format!(
-            "\n[tenants.{name}]\nprefix = \"{prefix}\"\nupstream = \"main\"\nstatus = \"{status}\"\noperations = {ops:?}\nsubscription_destinations = {dest:?}\n",
+            "\n[tenants.{name}]\nprefix = \"{prefix}\"\nupstream = \"{upstream}\"\nstatus = \"{status}\"\noperations = {ops:?}\nsubscription_destinations = {dest:?}\n",
             name = t.name,
             prefix = t.prefix,
+            upstream = t.upstream,
             status = if t.suspended { "suspended" } else { "active" },
             ops = t.operations,
             dest = t.destinations
