@@ -1,4 +1,5 @@
-//! The command line: `serve`, `check`, `token`, `record`, `replay`, `inject`, `webhook`. The interface is a
+//! The command line: `serve`, `check`, `token`, `record`, `replay`, `inject`, `webhook`,
+//! `tenant-data` (export, restore, verify, purge; the work is in `tenant_data/`). The interface is a
 //! contract other tools rely on.
 use crate::config;
 use crate::identity::mint;
@@ -82,6 +83,14 @@ enum Command {
         #[arg(long, default_value = concat!("ghcr.io/fhir-fence/fhir-fence:", env!("CARGO_PKG_VERSION")))]
         image: String,
     },
+    /// A tenant's data carried out and back in, on its upstream directly: export, restore,
+    /// verify, purge. Progress on stderr, the JSON report on stdout.
+    TenantData {
+        #[arg(long)]
+        config: PathBuf,
+        #[command(subcommand)]
+        op: TenantDataCommand,
+    },
     /// Replay recorded traffic as several tenants at once and check isolation and transparency.
     #[command(args_conflicts_with_subcommands = true)]
     Replay {
@@ -103,6 +112,41 @@ enum ReplayCommand {
         base: String,
         #[arg(long)]
         out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum TenantDataCommand {
+    /// Every current resource of the tenant, in its local form, to DIR/Type.ndjson and
+    /// DIR/manifest.json (counts, a digest per resource). Resumable: a rerun continues.
+    Export {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Load an export into an empty tenant (on its own upstream, which may differ from the
+    /// export's), every reference intact; then verify it. Resumable: a rerun continues.
+    Restore {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        from: PathBuf,
+    },
+    /// Compare an export's files and the tenant's data with the export's manifest.
+    Verify {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        against: PathBuf,
+    },
+    /// Delete every upstream resource of a tenant taken out of service, and prove none is left.
+    Purge {
+        #[arg(long)]
+        tenant: String,
+        /// Also remove each deleted resource's history (`$expunge`, where the upstream allows it).
+        #[arg(long)]
+        expunge: bool,
     },
 }
 
@@ -154,6 +198,16 @@ pub fn main() -> ExitCode {
         Command::Webhook { listen, cert, key, image } => webhook(&listen, &cert, &key, &image),
         Command::Record { listen, upstream, out, timeout } => {
             crate::replay::command::record(&listen, &upstream, timeout, &out)
+        }
+        Command::TenantData { config, op } => {
+            use crate::tenant_data::command::{run, Op};
+            let (tenant, op) = match op {
+                TenantDataCommand::Export { tenant, out } => (tenant, Op::Export { out }),
+                TenantDataCommand::Restore { tenant, from } => (tenant, Op::Restore { from }),
+                TenantDataCommand::Verify { tenant, against } => (tenant, Op::Verify { against }),
+                TenantDataCommand::Purge { tenant, expunge } => (tenant, Op::Purge { expunge }),
+            };
+            run(&config, &tenant, op)
         }
         Command::Replay { import: Some(ReplayCommand::ImportHar { har, base, out }), .. } => {
             crate::replay::command::import_har(&har, &base, &out)
