@@ -106,7 +106,15 @@ pub async fn export(job: &Job, dir: &Path, progress: &Progress) -> Result<Report
     }
     let resumed = state.done.len();
     let mut exported = 0u64;
+    // Types the tenant holds nothing of are done at once (one count search each, run together).
+    let held = super::scan::held(job, progress, "count").await?;
     for rtype in job.searchable_types() {
+        if !held.iter().any(|(t, _)| *t == rtype) {
+            state.done.entry(rtype).or_default();
+        }
+    }
+    journal::write(&state_path, &state)?;
+    for (rtype, _) in held {
         if state.done.contains_key(&rtype) {
             continue;
         }

@@ -43,15 +43,17 @@ pub struct RestoreState {
     /// plan, or it is not continuing this restore.
     pub plan: String,
     pub transactions: usize,
-    /// Transactions committed, in plan order.
-    pub done: usize,
+    /// Transactions committed (indexes into the plan; they may commit out of order).
+    pub done: std::collections::BTreeSet<usize>,
     pub complete: bool,
 }
 
 /// Reads a state file; `None` when there is none.
 pub fn read<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, DataError> {
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| DataError::Corrupt(path.to_owned(), e.to_string())),
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).map(Some).map_err(|e| DataError::Corrupt(path.to_owned(), e.to_string()))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(DataError::io(path, e)),
     }

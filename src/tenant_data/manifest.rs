@@ -73,7 +73,10 @@ impl Manifest {
         let m: Manifest =
             serde_json::from_slice(&bytes).map_err(|e| super::DataError::Corrupt(path.clone(), e.to_string()))?;
         if m.format != FORMAT || m.digest != DigestInfo::default() {
-            return Err(super::DataError::Corrupt(path, format!("not a {FORMAT} manifest with {CANONICAL_FORM} digests")));
+            return Err(super::DataError::Corrupt(
+                path,
+                format!("not a {FORMAT} manifest with {CANONICAL_FORM} digests"),
+            ));
         }
         for (t, e) in &m.types {
             if e.file != file_name(t) || e.count != e.resources.len() as u64 {
@@ -179,6 +182,9 @@ mod tests {
     #[test]
     fn numbers_are_written_one_way() {
         let v: Value = serde_json::from_str(r#"{"valueQuantity":{"value":1.50},"count":3,"big":1e3}"#).unwrap();
-        assert_eq!(String::from_utf8(canonical_bytes(&v)).unwrap(), r#"{"big":1000.0,"count":3,"valueQuantity":{"value":1.5}}"#);
+        assert_eq!(
+            String::from_utf8(canonical_bytes(&v)).unwrap(),
+            r#"{"big":1000.0,"count":3,"valueQuantity":{"value":1.5}}"#
+        );
     }
 }

@@ -17,6 +17,7 @@
 //! - `manifest` — the manifest, the canonical JSON form and its SHA-256 digest
 //! - `journal`  — the state files that make export and restore resumable
 //! - `order`    — the reference graph: strongly connected components in dependency order, batches
+//! - `schedule` — transactions side by side where their dependencies allow
 //! - `restore`  — restore into an empty tenant as transaction Bundles of PUTs
 //! - `verify`   — files and upstream data compared with the manifest
 //! - `purge`    — deletes in reverse dependency order, `$expunge`, the proof of absence
@@ -31,6 +32,7 @@ pub mod progress;
 pub mod purge;
 pub mod restore;
 pub mod scan;
+pub mod schedule;
 pub mod verify;
 
 use crate::fhir::capabilities::Capabilities;
@@ -96,13 +98,22 @@ impl Job {
             .get(&tenant.upstream)
             .cloned()
             .ok_or_else(|| DataError::Capabilities(tenant.upstream.clone()))?;
-        let caps = snap.capabilities(&tenant.upstream).await.ok_or_else(|| DataError::Capabilities(tenant.upstream.clone()))?;
+        let caps = snap
+            .capabilities(&tenant.upstream)
+            .await
+            .ok_or_else(|| DataError::Capabilities(tenant.upstream.clone()))?;
         Ok(Job { snap, tenant, upstream, caps, correlation: correlation.to_owned() })
     }
 
     /// The scope context the shared write and outbound functions take.
     pub fn ctx(&self) -> Ctx<'_> {
-        Ctx { snap: &self.snap, tenant: &self.tenant, upstream: &self.upstream, correlation: &self.correlation, grant: 0 }
+        Ctx {
+            snap: &self.snap,
+            tenant: &self.tenant,
+            upstream: &self.upstream,
+            correlation: &self.correlation,
+            grant: 0,
+        }
     }
 
     /// Every type the upstream declares searchable, sorted.

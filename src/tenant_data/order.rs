@@ -143,6 +143,35 @@ pub fn batches(components: &[Vec<usize>], size: usize) -> Vec<Vec<usize>> {
     out
 }
 
+/// For each batch, the batches it must wait for. `targets_first` (writes): a batch waits for
+/// the batches holding what its resources reference. Otherwise (deletes): a batch waits for the
+/// batches holding the resources that reference its own.
+pub fn dependencies(graph: &Graph, batches: &[Vec<usize>], targets_first: bool) -> Vec<Vec<usize>> {
+    let mut batch_of = vec![usize::MAX; graph.len()];
+    for (b, nodes) in batches.iter().enumerate() {
+        for &n in nodes {
+            batch_of[n] = b;
+        }
+    }
+    let mut deps: Vec<std::collections::BTreeSet<usize>> = vec![Default::default(); batches.len()];
+    for (b, nodes) in batches.iter().enumerate() {
+        for &n in nodes {
+            for &m in &graph.edges[n] {
+                let other = batch_of[m];
+                if other == b || other == usize::MAX {
+                    continue;
+                }
+                if targets_first {
+                    deps[b].insert(other);
+                } else {
+                    deps[other].insert(b);
+                }
+            }
+        }
+    }
+    deps.into_iter().map(|d| d.into_iter().collect()).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,10 +195,16 @@ mod tests {
             ("Observation/o1", json!({"subject": {"reference": "Patient/a"}})),
             ("Patient/a", json!({"link": [{"other": {"reference": "http://up/fhir/Patient/b"}}]})),
             ("Patient/b", json!({"link": [{"other": {"reference": "Patient/a/_history/1"}}]})),
-            ("Encounter/e", json!({"subject": {"reference": "Patient/b"}, "x": {"reference": "http://other/fhir/Patient/zz"}})),
+            (
+                "Encounter/e",
+                json!({"subject": {"reference": "Patient/b"}, "x": {"reference": "http://other/fhir/Patient/zz"}}),
+            ),
             ("Organization/solo", json!({})),
             ("Questionnaire/q", json!({})),
-            ("QuestionnaireResponse/r", json!({"resourceType": "QuestionnaireResponse", "questionnaire": "Questionnaire/q"})),
+            (
+                "QuestionnaireResponse/r",
+                json!({"resourceType": "QuestionnaireResponse", "questionnaire": "Questionnaire/q"}),
+            ),
         ]);
         let comps = g.components();
         let names = named(&g, &comps);
@@ -198,5 +233,18 @@ mod tests {
         let comps = vec![vec![0], vec![1, 2, 3], vec![4], vec![5, 6, 7, 8, 9, 10], vec![11]];
         assert_eq!(batches(&comps, 4), vec![vec![0, 1, 2, 3], vec![4], vec![5, 6, 7, 8, 9, 10], vec![11]]);
         assert_eq!(batches(&[], 4), Vec::<Vec<usize>>::new());
+    }
+
+    #[test]
+    fn a_batch_waits_for_what_it_references_or_for_its_referrers() {
+        let g = graph(&[
+            ("Patient/a", json!({})),
+            ("Observation/o1", json!({"subject": {"reference": "Patient/a"}})),
+            ("Observation/o2", json!({"subject": {"reference": "Patient/a"}})),
+        ]);
+        let plan = vec![vec![0], vec![1], vec![2]];
+        assert_eq!(dependencies(&g, &plan, true), vec![vec![], vec![0], vec![0]]);
+        let reversed = vec![vec![1], vec![2], vec![0]];
+        assert_eq!(dependencies(&g, &reversed, false), vec![vec![], vec![], vec![0, 1]]);
     }
 }

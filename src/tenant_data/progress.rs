@@ -82,7 +82,10 @@ mod tests {
 
     #[test]
     fn the_bar_shows_the_share_done() {
-        assert_eq!(bar("export", Some("Patient"), 5, Some(10)), format!("export Patient [{}{}] 5/10", "=".repeat(15), " ".repeat(15)));
+        assert_eq!(
+            bar("export", Some("Patient"), 5, Some(10)),
+            format!("export Patient [{}{}] 5/10", "=".repeat(15), " ".repeat(15))
+        );
         assert_eq!(bar("purge", None, 3, None), "purge 3");
         assert!(bar("x", None, 12, Some(10)).ends_with("12/10"), "more than announced does not overflow the bar");
     }

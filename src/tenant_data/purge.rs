@@ -9,11 +9,11 @@
 //! dependency order (`order`: referrers first, a reference cycle in one transaction), as HAPI
 //! refuses to delete a resource something still references. A second purge finds nothing and
 //! says so.
-use super::order::{batches, Graph};
+use super::order::{batches, dependencies, Graph};
 use super::progress::Progress;
-use super::restore::TRANSACTION;
+use super::restore::{CONCURRENT, TRANSACTION};
 use super::scan::{self, status_error, Scan};
-use super::{DataError, Job, Refusal, Report};
+use super::{schedule, DataError, Job, Refusal, Report};
 use crate::config::TenantStatus;
 use crate::headers::base_headers;
 use crate::tenancy::Tenant;
@@ -61,12 +61,20 @@ pub async fn purge(job: &Job, expunge: bool, progress: &Progress) -> Result<Repo
     let mut components = graph.components();
     components.reverse();
     let plan = batches(&components, TRANSACTION);
+    let deps = dependencies(&graph, &plan, false);
     let mut deleted = 0u64;
-    for (n, batch) in plan.iter().enumerate() {
-        delete(job, &found, batch, n).await?;
-        deleted += batch.len() as u64;
-        progress.update("delete", None, deleted, Some(found.len() as u64));
-    }
+    schedule::run(
+        &deps,
+        &mut Default::default(),
+        CONCURRENT,
+        |i| delete(job, &found, &plan[i], i),
+        |i, _| {
+            deleted += plan[i].len() as u64;
+            progress.update("delete", None, deleted, Some(found.len() as u64));
+            Ok(())
+        },
+    )
+    .await?;
     for f in &found {
         *report.types.entry(f.rtype.clone()).or_default() += 1;
     }
@@ -108,10 +116,7 @@ pub async fn purge(job: &Job, expunge: bool, progress: &Progress) -> Result<Repo
     if report.noop {
         report.detail("message", "the tenant holds nothing on its upstream; nothing was deleted");
     }
-    report.detail(
-        "proof",
-        json!({"remaining_by_search": remaining, "deleted_ids_read": reads}),
-    );
+    report.detail("proof", json!({"remaining_by_search": remaining, "deleted_ids_read": reads}));
     report.timed(started, deleted);
     report.resources_per_sec = delete_rate;
     Ok(report)
@@ -121,7 +126,7 @@ pub async fn purge(job: &Job, expunge: bool, progress: &Progress) -> Result<Repo
 async fn find(job: &Job, progress: &Progress, report: &mut Report) -> Result<Vec<Found>, DataError> {
     let mut found = Vec::new();
     let mut seen = HashSet::new();
-    for rtype in job.searchable_types() {
+    for (rtype, _) in scan::held(job, progress, "count").await? {
         let mut scan = Scan::new(job, &rtype);
         while let Some(page) = scan.next_page().await? {
             for raw in page {
@@ -148,7 +153,7 @@ async fn find(job: &Job, progress: &Progress, report: &mut Report) -> Result<Vec
 }
 
 /// One transaction of DELETEs; every entry must report the delete.
-async fn delete(job: &Job, found: &[Found], batch: &[usize], index: usize) -> Result<(), DataError> {
+async fn delete(job: &Job, found: &[Found], batch: &[usize], index: usize) -> Result<usize, DataError> {
     let entries: Vec<Value> =
         batch.iter().map(|&i| json!({"request": {"method": "DELETE", "url": found[i].url}})).collect();
     let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
@@ -168,7 +173,7 @@ async fn delete(job: &Job, found: &[Found], batch: &[usize], index: usize) -> Re
     if !ok {
         return Err(DataError::Answer(what, "not every entry was deleted".into()));
     }
-    Ok(())
+    Ok(index)
 }
 
 /// `$expunge` of one deleted resource's history: `None` when done, else the upstream's refusal
@@ -178,8 +183,10 @@ async fn expunge_one(job: &Job, url: &str) -> Result<Option<String>, DataError> 
     let params = json!({"resourceType": "Parameters", "parameter": [
         {"name": "expungeDeletedResources", "valueBoolean": true},
         {"name": "expungePreviousVersions", "valueBoolean": true}]});
-    let answer =
-        job.upstream.send(Method::POST, &format!("{url}/$expunge"), base_headers(&job.correlation), Some(&params)).await?;
+    let answer = job
+        .upstream
+        .send(Method::POST, &format!("{url}/$expunge"), base_headers(&job.correlation), Some(&params))
+        .await?;
     if answer.status == StatusCode::OK {
         return Ok(None);
     }
@@ -194,15 +201,7 @@ async fn prove(
     expunged: &HashSet<String>,
     progress: &Progress,
 ) -> Result<(BTreeMap<String, u64>, Value), DataError> {
-    let mut remaining = BTreeMap::new();
-    let types = job.searchable_types();
-    for (i, rtype) in types.iter().enumerate() {
-        let n = scan::count(job, rtype).await?;
-        if n > 0 {
-            remaining.insert(rtype.clone(), n);
-        }
-        progress.update("prove-search", None, i as u64 + 1, Some(types.len() as u64));
-    }
+    let remaining: BTreeMap<String, u64> = scan::held(job, progress, "prove-search").await?.into_iter().collect();
     let mut counts: BTreeMap<u16, u64> = BTreeMap::new();
     let mut unexpected: Vec<Value> = Vec::new();
     let mut reads = tokio::task::JoinSet::new();
@@ -228,8 +227,12 @@ async fn prove(
         read += 1;
         progress.update("prove-read", None, read, Some(found.len() as u64));
     }
-    let by_status: serde_json::Map<String, Value> = counts.into_iter().map(|(s, n)| (s.to_string(), json!(n))).collect();
-    Ok((remaining, json!({"expected": {"410": found.len() - expunged.len(), "404": expunged.len()}, "by_status": by_status, "unexpected": unexpected})))
+    let by_status: serde_json::Map<String, Value> =
+        counts.into_iter().map(|(s, n)| (s.to_string(), json!(n))).collect();
+    Ok((
+        remaining,
+        json!({"expected": {"410": found.len() - expunged.len(), "404": expunged.len()}, "by_status": by_status, "unexpected": unexpected}),
+    ))
 }
 
 #[cfg(test)]

@@ -10,16 +10,17 @@
 //! whole restore. The resources are then written as transaction Bundles of PUTs in dependency
 //! order (`order`): a reference cycle stays inside one transaction.
 //!
+//! Transactions run side by side where their references allow (`schedule`, `CONCURRENT`).
 //! Resumable: `DIR/.restore-<tenant>.json` records the transactions committed; a rerun checks it
-//! is continuing the same plan and goes on from there (a transaction committed just before a
+//! is continuing the same plan and sends the others (a transaction committed just before a
 //! crash, but not recorded, is sent again: its PUTs write the same content once more).
 use super::journal::{self, RestoreState};
 use super::manifest::Manifest;
-use super::order::{batches, Graph};
+use super::order::{batches, dependencies, Graph};
 use super::progress::Progress;
 use super::scan::{self, status_error};
 use super::verify::{self, read_files};
-use super::{DataError, Job, Refusal, Report};
+use super::{schedule, DataError, Job, Refusal, Report};
 use crate::headers::{base_headers, PREFER};
 use crate::scope::canonicals::defined_in;
 use crate::scope::write::{prepare, provable_once_stored, InBundle};
@@ -30,6 +31,8 @@ use std::path::Path;
 
 /// Entries per transaction (a reference cycle larger than this is one transaction of its own).
 pub const TRANSACTION: usize = 200;
+/// Transactions in flight at once (where their references allow: `schedule`).
+pub const CONCURRENT: usize = 4;
 
 /// One resource ready for the upstream.
 struct Ready {
@@ -56,7 +59,7 @@ pub async fn restore(job: &Job, dir: &Path, progress: &Progress) -> Result<Repor
         )));
     }
     let ready = prepare_all(job, &files.resources)?;
-    let plan = plan(job, &ready);
+    let (graph, plan) = plan(job, &ready);
     let fingerprint = fingerprint(&ready, &plan);
     let state_path = journal::restore_file(dir, &job.tenant.name);
     let mut state = match journal::read::<RestoreState>(&state_path)? {
@@ -75,7 +78,7 @@ pub async fn restore(job: &Job, dir: &Path, progress: &Progress) -> Result<Repor
             upstream: job.tenant.upstream.clone(),
             plan: fingerprint,
             transactions: plan.len(),
-            done: 0,
+            done: Default::default(),
             complete: false,
         },
     };
@@ -92,22 +95,32 @@ pub async fn restore(job: &Job, dir: &Path, progress: &Progress) -> Result<Repor
         report.timed(started, 0);
         return Ok(report);
     }
-    if state.done == 0 {
+    if state.done.is_empty() {
         ensure_empty(job, progress).await?;
     }
-    report.detail("resumed_at_transaction", state.done);
+    report.detail("resumed_with_transactions_done", state.done.len());
     journal::write(&state_path, &state)?;
     let total = ready.len() as u64;
-    let mut written: u64 = plan[..state.done].iter().map(|b| b.len() as u64).sum();
-    let mut sent = 0u64;
-    for (i, batch) in plan.iter().enumerate().skip(state.done) {
-        transaction(job, &ready, batch, i).await?;
-        state.done = i + 1;
-        journal::write(&state_path, &state)?;
-        written += batch.len() as u64;
-        sent += batch.len() as u64;
-        progress.update("restore", None, written, Some(total));
-    }
+    let size = |i: &usize| plan[*i].len() as u64;
+    let mut written: u64 = state.done.iter().map(size).sum();
+    let before = written;
+    let deps = dependencies(&graph, &plan, true);
+    let mut done = std::mem::take(&mut state.done);
+    let sent = schedule::run(
+        &deps,
+        &mut done,
+        CONCURRENT,
+        |i| transaction(job, &ready, &plan[i], i),
+        |i, done| {
+            written += size(&i);
+            progress.update("restore", None, written, Some(total));
+            journal::write(&state_path, &RestoreState { done: done.clone(), ..state.clone() })
+        },
+    )
+    .await;
+    state.done = done;
+    sent?;
+    let sent = written - before;
     state.complete = true;
     journal::write(&state_path, &state)?;
     report.timed(started, sent);
@@ -128,15 +141,7 @@ pub async fn restore(job: &Job, dir: &Path, progress: &Progress) -> Result<Repor
 
 /// Refuses, naming the counts, when the tenant holds any resource.
 async fn ensure_empty(job: &Job, progress: &Progress) -> Result<(), DataError> {
-    let types = job.searchable_types();
-    let mut held: Vec<(String, u64)> = Vec::new();
-    for (i, rtype) in types.iter().enumerate() {
-        let n = scan::count(job, rtype).await?;
-        if n > 0 {
-            held.push((rtype.clone(), n));
-        }
-        progress.update("check-empty", None, i as u64 + 1, Some(types.len() as u64));
-    }
+    let held = scan::held(job, progress, "check-empty").await?;
     if held.is_empty() {
         return Ok(());
     }
@@ -191,7 +196,8 @@ fn prepare_all(job: &Job, resources: &BTreeMap<String, Vec<Value>>) -> Result<Ve
                 !defined.contains(url)
             });
             if let Some(n) = missing {
-                refused.push(refuse(format!("canonical {} names a definition the export does not contain", n.canonical)));
+                refused
+                    .push(refuse(format!("canonical {} names a definition the export does not contain", n.canonical)));
                 continue;
             }
             if let Err(e) = provable_once_stored(&ctx, &p.body) {
@@ -220,13 +226,14 @@ fn prepare_all(job: &Job, resources: &BTreeMap<String, Vec<Value>>) -> Result<Ve
     )))
 }
 
-/// The transactions: indexes into `ready`, in dependency order.
-fn plan(job: &Job, ready: &[Ready]) -> Vec<Vec<usize>> {
+/// The reference graph and the transactions (indexes into `ready`), in dependency order.
+fn plan(job: &Job, ready: &[Ready]) -> (Graph, Vec<Vec<usize>>) {
     let mut graph = Graph::new(ready.iter().map(|r| r.url.clone()).collect());
     for (i, r) in ready.iter().enumerate() {
         graph.add_references(i, &r.body, &job.upstream.base);
     }
-    batches(&graph.components(), TRANSACTION)
+    let plan = batches(&graph.components(), TRANSACTION);
+    (graph, plan)
 }
 
 /// SHA-256 over every transaction's entries, in order.
@@ -243,7 +250,7 @@ fn fingerprint(ready: &[Ready], plan: &[Vec<usize>]) -> String {
 }
 
 /// Sends one transaction of PUTs and checks every entry was written.
-async fn transaction(job: &Job, ready: &[Ready], batch: &[usize], index: usize) -> Result<(), DataError> {
+async fn transaction(job: &Job, ready: &[Ready], batch: &[usize], index: usize) -> Result<usize, DataError> {
     let entries: Vec<Value> = batch
         .iter()
         .map(|&i| {
@@ -268,9 +275,10 @@ async fn transaction(job: &Job, ready: &[Ready], batch: &[usize], index: usize) 
         .flatten()
         .map(|e| e.pointer("/response/status").and_then(Value::as_str).unwrap_or(""))
         .collect();
-    let all_written = statuses.len() == batch.len() && statuses.iter().all(|s| s.starts_with("200") || s.starts_with("201"));
+    let all_written =
+        statuses.len() == batch.len() && statuses.iter().all(|s| s.starts_with("200") || s.starts_with("201"));
     if body.get("type").and_then(Value::as_str) != Some("transaction-response") || !all_written {
         return Err(DataError::Answer(what, "not every entry was written".into()));
     }
-    Ok(())
+    Ok(index)
 }

@@ -4,6 +4,7 @@
 //! result it cached (HAPI shares identical searches for 60 s), and `Prefer: handling=strict`.
 //! Only `next` links under the upstream's base that page a cached search (`?_getpages=`) are
 //! followed; any other link fails the scan rather than being guessed at.
+use super::progress::Progress;
 use super::{DataError, Job};
 use crate::headers::strict_headers;
 use http::{HeaderValue, Method, StatusCode};
@@ -98,25 +99,60 @@ fn page_path(base: &str, url: &str) -> Option<String> {
     query.split('&').any(|p| p.split('=').next() == Some("_getpages")).then(|| format!("?{query}"))
 }
 
-/// How many resources the tenant holds of `rtype` (`_summary=count`, run now).
-pub async fn count(job: &Job, rtype: &str) -> Result<u64, DataError> {
-    let what = format!("the count of {rtype}");
-    let path = query(job, rtype, &[("_summary", "count")]);
-    let answer = job.upstream.send(Method::GET, &path, headers(job), None).await?;
-    if answer.status != StatusCode::OK {
-        return Err(status_error(&what, &answer));
+/// Count searches in flight at once.
+const CONCURRENT_COUNTS: usize = 8;
+
+/// How many resources the tenant holds of each of `types` (`_summary=count`, run now, several
+/// at a time), in the order of `types`.
+pub async fn counts(
+    job: &Job,
+    types: &[String],
+    progress: &Progress,
+    phase: &str,
+) -> Result<Vec<(String, u64)>, DataError> {
+    let mut out: Vec<(String, u64)> = Vec::with_capacity(types.len());
+    let mut running = tokio::task::JoinSet::new();
+    let mut pending = types.iter();
+    loop {
+        while running.len() < CONCURRENT_COUNTS {
+            let Some(rtype) = pending.next() else { break };
+            let (upstream, path, headers) =
+                (job.upstream.clone(), query(job, rtype, &[("_summary", "count")]), headers(job));
+            let rtype = rtype.clone();
+            running.spawn(async move {
+                let answer = upstream.send(Method::GET, &path, headers, None).await;
+                (rtype, answer)
+            });
+        }
+        let Some(done) = running.join_next().await else { break };
+        let (rtype, answer) = done.map_err(|e| DataError::Refused(format!("a count search failed: {e}")))?;
+        let answer = answer?;
+        let what = format!("the count of {rtype}");
+        if answer.status != StatusCode::OK {
+            return Err(status_error(&what, &answer));
+        }
+        let n = answer.body.as_ref().and_then(|b| b.get("total")).and_then(Value::as_u64);
+        out.push((rtype, n.ok_or_else(|| DataError::Answer(what, "no total".into()))?));
+        progress.update(phase, None, out.len() as u64, Some(types.len() as u64));
     }
-    answer
-        .body
-        .as_ref()
-        .and_then(|b| b.get("total"))
-        .and_then(Value::as_u64)
-        .ok_or_else(|| DataError::Answer(what, "no total".into()))
+    out.sort_by_key(|(t, _)| types.iter().position(|x| x == t));
+    Ok(out)
+}
+
+/// The searchable types in which the tenant holds at least one resource, with their counts.
+pub async fn held(job: &Job, progress: &Progress, phase: &str) -> Result<Vec<(String, u64)>, DataError> {
+    let mut c = counts(job, &job.searchable_types(), progress, phase).await?;
+    c.retain(|(_, n)| *n > 0);
+    Ok(c)
 }
 
 /// An upstream answer with an unexpected status, with its first diagnostics (operator output).
 pub fn status_error(what: &str, answer: &crate::upstream::Answer) -> DataError {
-    DataError::Status { what: what.to_owned(), status: answer.status.as_u16(), detail: diagnostics(answer.body.as_ref()) }
+    DataError::Status {
+        what: what.to_owned(),
+        status: answer.status.as_u16(),
+        detail: diagnostics(answer.body.as_ref()),
+    }
 }
 
 /// The first `issue.diagnostics` of an OperationOutcome, or a placeholder.

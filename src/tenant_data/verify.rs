@@ -115,7 +115,11 @@ pub async fn upstream_differences(
             problem: "the upstream does not declare this type searchable".into(),
         });
     }
-    for rtype in &searchable {
+    // Only the types the tenant holds something of, or the manifest lists, are scanned.
+    let held = super::scan::held(job, progress, "count").await?;
+    let scanned: Vec<&String> =
+        searchable.iter().filter(|t| m.types.contains_key(*t) || held.iter().any(|(h, _)| h == *t)).collect();
+    for rtype in scanned {
         let mut found: BTreeMap<String, String> = BTreeMap::new();
         let refused = scan_type(job, rtype, progress, "verify", |local| {
             let id = local.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
@@ -181,8 +185,5 @@ pub fn conclude(report: &mut Report, m: &Manifest, files: Vec<Difference>, upstr
     let all: Vec<Difference> = files.into_iter().chain(upstream).collect();
     report.ok = all.is_empty();
     report.detail("difference_count", all.len());
-    report.detail(
-        "differences",
-        serde_json::to_value(&all[..all.len().min(LISTED)]).expect("differences serialise"),
-    );
+    report.detail("differences", serde_json::to_value(&all[..all.len().min(LISTED)]).expect("differences serialise"));
 }
