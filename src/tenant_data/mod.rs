@@ -65,8 +65,9 @@ pub enum DataError {
     Refused(String),
     #[error("tenant {tenant:?} is not empty: it holds {total} resources ({detail}); restore writes only into an empty tenant")]
     NotEmpty { tenant: String, total: u64, detail: String },
+    /// `purge::purge_permitted`'s reason.
     #[error("purge refused: {0}")]
-    NotPermitted(purge::Why),
+    NotPermitted(String),
     #[error("{0}")]
     Scope(#[from] ScopeError),
 }

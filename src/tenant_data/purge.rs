@@ -50,7 +50,7 @@ struct Found {
 const PROOF_READS: usize = 8;
 
 pub async fn purge(job: &Job, expunge: bool, progress: &Progress) -> Result<Report, DataError> {
-    purge_permitted(&job.tenant).map_err(DataError::NotPermitted)?;
+    purge_permitted(&job.tenant).map_err(|why| DataError::NotPermitted(why.to_string()))?;
     let started = std::time::Instant::now();
     let mut report = Report::new("purge", job);
     let found = find(job, progress, &mut report).await?;
