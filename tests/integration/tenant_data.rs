@@ -69,6 +69,11 @@ async fn tenant_data(config: &Path, args: &[&str]) -> (bool, Value, String) {
     (out.status.success(), report, String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+/// The JSON progress lines of a command's stderr.
+fn progress_of(stderr: &str) -> Vec<Value> {
+    stderr.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
 fn temp_dir(what: &str) -> PathBuf {
     std::env::temp_dir().join(format!("fhir-fence-{what}-{}", uuid::Uuid::new_v4()))
 }
@@ -192,9 +197,8 @@ async fn export_purge_restore_verify_carry_a_tenant_whole_and_touch_no_neighbour
         (Some(8), Some(0), Some(false))
     );
     assert!(report["resources_per_sec"].as_f64().unwrap() > 0.0);
-    let progress: Vec<Value> = stderr.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
     assert!(
-        progress.iter().any(|p| p["phase"] == "export" && p["type"] == "Observation" && p["done"] == 5),
+        progress_of(&stderr).iter().any(|p| p["phase"] == "export" && p["type"] == "Observation" && p["done"] == 5),
         "JSON progress lines on a non-terminal stderr: {stderr}"
     );
     let patients = std::fs::read_to_string(dir.join("Patient.ndjson")).unwrap();
@@ -212,6 +216,24 @@ async fn export_purge_restore_verify_carry_a_tenant_whole_and_touch_no_neighbour
     let (ok, again, _) = tenant_data(&active, &["export", "--tenant", &a, "--out", d]).await;
     assert!(ok);
     assert_eq!((again["noop"].as_bool(), again["total"].as_u64()), (Some(true), Some(8)), "{again}");
+
+    // An export interrupted after some types resumes: finished types are kept, the rest redone.
+    let state_path = dir.join(".export-state.json");
+    let mut state: Value = serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
+    state["done"].as_object_mut().unwrap().remove("Observation");
+    state["complete"] = json!(false);
+    std::fs::write(&state_path, serde_json::to_vec(&state).unwrap()).unwrap();
+    std::fs::remove_file(dir.join("manifest.json")).unwrap();
+    std::fs::write(dir.join("Observation.ndjson.part"), "half a line").unwrap();
+    let (ok, resumed, stderr) = tenant_data(&active, &["export", "--tenant", &a, "--out", d]).await;
+    assert!(ok, "{stderr}");
+    assert_eq!((resumed["noop"].as_bool(), resumed["total"].as_u64()), (Some(false), Some(8)), "{resumed}");
+    assert!(resumed["resumed_types"].as_u64().unwrap() >= 2, "Patient and Encounter were kept: {resumed}");
+    assert!(!progress_of(&stderr).iter().any(|p| p["phase"] == "export" && p["type"] == "Patient"), "not redone");
+    let again: Value = serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(again["types"], manifest["types"], "the same export");
+    assert_eq!(std::fs::read_to_string(dir.join("Observation.ndjson")).unwrap().lines().count(), 5);
+    assert!(!dir.join("Observation.ndjson.part").exists());
 
     // Purge: refused while the tenant is active; then every resource deleted, proven gone.
     let (ok, _, stderr) = tenant_data(&active, &["purge", "--tenant", &a]).await;
