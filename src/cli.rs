@@ -1,5 +1,7 @@
-//! The command line: `serve`, `check`, `token`, `tenant`, `record`, `replay`, `inject`, `webhook`. The
-//! interface is a contract other tools rely on.
+//! The command line: `serve`, `check`, `token`, `tenant` (lifecycle: list, show, create, suspend,
+//! resume, read-only, delete, undelete — the work in `lifecycle/`; data: export, restore, verify,
+//! purge — the work in `tenant_data/`), `record`, `replay`, `inject`, `webhook`. The interface is a
+//! contract other tools rely on.
 use crate::config;
 use crate::identity::mint;
 use crate::state::Snapshot;
@@ -42,8 +44,9 @@ enum Command {
         issuer: Option<String>,
     },
     /// Manage tenants kept as files in `lifecycle.tenants_dir`: list, show, create and change
-    /// their state; each change is appended to `lifecycle.state_dir/lifecycle.jsonl`. A running
-    /// fhir-fence picks the change up through its file watch.
+    /// their state (each change appended to `lifecycle.state_dir/lifecycle.jsonl`; a running
+    /// fhir-fence picks it up through its file watch); and carry a tenant's data out and back in
+    /// on its upstream directly: export, restore, verify, purge.
     Tenant {
         #[arg(long)]
         config: PathBuf,
@@ -143,6 +146,34 @@ enum TenantAction {
     Delete { name: String },
     /// Take back a delete within the grace: the tenant comes back suspended.
     Undelete { name: String },
+    /// Every current resource of the tenant, in its local form, to DIR/Type.ndjson and
+    /// DIR/manifest.json (counts, a digest per resource), read from its upstream directly.
+    /// Resumable: a rerun continues. Progress on stderr, the JSON report on stdout.
+    Export {
+        name: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Load an export into an empty tenant (on its own upstream, which may differ from the
+    /// export's), every reference intact; then verify it. Resumable: a rerun continues.
+    Restore {
+        name: String,
+        #[arg(long)]
+        from: PathBuf,
+    },
+    /// Compare an export's files and the tenant's data with the export's manifest.
+    Verify {
+        name: String,
+        #[arg(long)]
+        against: PathBuf,
+    },
+    /// Delete every upstream resource of a tenant taken out of service, and prove none is left.
+    Purge {
+        name: String,
+        /// Also remove each deleted resource's history (`$expunge`, where the upstream allows it).
+        #[arg(long)]
+        expunge: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -226,7 +257,12 @@ pub fn main() -> ExitCode {
 fn tenant(config: &std::path::Path, action: TenantAction) -> ExitCode {
     use crate::lifecycle::change::Operation;
     use crate::lifecycle::command;
+    use crate::tenant_data::command::{run, Op};
     let (name, op) = match action {
+        TenantAction::Export { name, out } => return run(config, &name, Op::Export { out }),
+        TenantAction::Restore { name, from } => return run(config, &name, Op::Restore { from }),
+        TenantAction::Verify { name, against } => return run(config, &name, Op::Verify { against }),
+        TenantAction::Purge { name, expunge } => return run(config, &name, Op::Purge { expunge }),
         TenantAction::List => return command::list(config),
         TenantAction::Show { name } => return command::show(config, &name),
         TenantAction::Create {

@@ -38,6 +38,7 @@ pub mod server_cert;
 pub mod smart;
 pub mod state;
 pub mod tenancy;
+pub mod tenant_data;
 pub mod upstream;
 pub mod upstream_link;
 pub mod upstream_token;

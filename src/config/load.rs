@@ -451,9 +451,6 @@ fn validate(c: &Config) -> Result<Url, ConfigError> {
     if c.lifecycle.read_only_retry_after_secs == 0 || c.lifecycle.read_only_retry_after_secs > 86_400 {
         return Err(ConfigError::invalid("lifecycle.read_only_retry_after_secs", "must be between 1 and 86400"));
     }
-    if c.lifecycle.state_dir.is_some() && c.lifecycle.tenants_dir.is_none() {
-        return Err(ConfigError::invalid("lifecycle.state_dir", "is for tenant state changes: set tenants_dir too"));
-    }
     if c.lifecycle.admin_token_file.is_some() && (c.lifecycle.tenants_dir.is_none() || c.lifecycle.state_dir.is_none())
     {
         return Err(ConfigError::invalid(

@@ -160,6 +160,8 @@ pub fn apply(config_path: &Path, name: &str, op: Operation, who: &str) -> Result
         tenant: name.to_owned(),
         from: before.as_ref().map(|t| t.status.as_str().to_owned()),
         to: after.status.as_str().to_owned(),
+        counts: None,
+        ok: None,
     };
     if let Err(e) = record::append(&state_dir, &entry) {
         // No change without its record: the file goes back to what it was.

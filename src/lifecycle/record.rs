@@ -1,5 +1,6 @@
-//! The lifecycle record: every tenant state change as one JSON line in
-//! `state_dir/lifecycle.jsonl` (`at`, `who`, `operation`, `tenant`, `from`, `to`). Appended,
+//! The lifecycle record: every tenant state change, and every data operation on a tenant
+//! (export, restore, verify, purge, with its counts), as one JSON line in
+//! `state_dir/lifecycle.jsonl` (`at`, `who`, `operation`, `tenant`, `from`, `to`, `counts`, `ok`). Appended,
 //! never rewritten, and never deleted with a tenant: it is what an audit asks for when a
 //! tenant is gone.
 use serde::{Deserialize, Serialize};
@@ -18,6 +19,12 @@ pub struct Entry {
     /// The status before (`null` for a create).
     pub from: Option<String>,
     pub to: String,
+    /// For the data operations (export, restore, verify, purge): resources per type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counts: Option<std::collections::BTreeMap<String, u64>>,
+    /// For the data operations: whether it finished without anything found wrong.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ok: Option<bool>,
 }
 
 /// The record's file in `state_dir`.

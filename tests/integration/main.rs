@@ -24,6 +24,7 @@ mod replay;
 mod shape_r4;
 mod shutdown;
 mod smart_hapi;
+mod tenant_data;
 mod upstream_oauth2;
 mod upstream_tls;
 mod webhook;

@@ -139,6 +139,10 @@ public class HapiUpstream {
     JpaStorageSettings settings = new JpaStorageSettings();
     // HAPI's defaults otherwise: client-assigned ids ALPHANUMERIC, referential integrity on.
     settings.setAllowExternalReferences(true);
+    // `$expunge` (history removed for good), an operator-side setting HAPI leaves off: the
+    // operator's `fhir-fence tenant-data purge --expunge` uses it on the tenant's deleted
+    // resources. Clients never reach it: fhir-fence refuses `$expunge` (403).
+    settings.setExpungeEnabled(true);
     return settings;
   }
 

@@ -1,0 +1,93 @@
+//! The `tenant export|restore|verify|purge` commands around the library parts: a runtime, the snapshot built from the
+//! config (as `serve` and `check` build it), progress on stderr, the JSON report on stdout.
+//! Exit status: 0 done, 1 refused or found wrong (the report or the error says why), 2 the
+//! config could not be used.
+use super::progress::Progress;
+use super::{export, purge, restore, verify, Job};
+use crate::config;
+use crate::state::Snapshot;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// What to do, with its arguments (parsed by `cli`).
+pub enum Op {
+    Export { out: PathBuf },
+    Restore { from: PathBuf },
+    Verify { against: PathBuf },
+    Purge { expunge: bool },
+}
+
+impl Op {
+    fn name(&self) -> &'static str {
+        match self {
+            Op::Export { .. } => "export",
+            Op::Restore { .. } => "restore",
+            Op::Verify { .. } => "verify",
+            Op::Purge { .. } => "purge",
+        }
+    }
+}
+
+pub fn run(config_path: &Path, tenant: &str, op: Op) -> ExitCode {
+    let name = op.name();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    rt.block_on(async move {
+        let snap = match config::load(config_path).and_then(Snapshot::build) {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                eprintln!("{}: invalid: {e}", config_path.display());
+                return ExitCode::from(2);
+            }
+        };
+        let snap_state_dir = snap.loaded.config.lifecycle.state_dir.as_ref().map(|d| snap.loaded.resolve(d));
+        let snap_status =
+            snap.loaded.config.tenants.get(tenant).map(|t| t.status.as_str().to_owned()).unwrap_or_default();
+        // HAPI records the writing request's id as `meta.source`: it names this run.
+        let correlation = format!("fence-{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let progress = Progress::stderr();
+        let done = async {
+            let job = Job::new(snap, tenant, &correlation).await?;
+            match &op {
+                Op::Export { out } => export::export(&job, out, &progress).await,
+                Op::Restore { from } => restore::restore(&job, from, &progress).await,
+                Op::Verify { against } => verify::verify(&job, against, &progress).await,
+                Op::Purge { expunge } => purge::purge(&job, *expunge, &progress).await,
+            }
+        };
+        match done.await {
+            Ok(report) => {
+                println!("{}", serde_json::to_string_pretty(&report).expect("a report serialises"));
+                // Written to the lifecycle record (kept when the tenant is gone), when there is one.
+                if let (Some(dir), false) = (&snap_state_dir, report.noop) {
+                    let status = snap_status.clone();
+                    let entry = crate::lifecycle::record::Entry {
+                        at: crate::lifecycle::now_utc(),
+                        who: crate::lifecycle::command::who(),
+                        operation: name.to_owned(),
+                        tenant: tenant.to_owned(),
+                        from: Some(status.clone()),
+                        to: status,
+                        counts: Some(report.types.clone()),
+                        ok: Some(report.ok),
+                    };
+                    if let Err(e) = crate::lifecycle::record::append(dir, &entry) {
+                        eprintln!("fhir-fence tenant {name}: the lifecycle record could not be written: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+                if report.ok {
+                    ExitCode::SUCCESS
+                } else {
+                    eprintln!("fhir-fence tenant {name}: finished with differences (see the report)");
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => {
+                progress.finish();
+                eprintln!("fhir-fence tenant {name}: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}

@@ -1,0 +1,213 @@
+//! A tenant's data carried out and back in: `export` (every current resource of the tenant, in
+//! the local form the tenant sees, to NDJSON files plus a manifest with a digest per resource),
+//! `restore` (such an export into an empty tenant on any upstream, every reference intact),
+//! `verify` (a tenant's data, and an export's files, held to the manifest) and `purge` (every
+//! upstream resource of a tenant deleted, its history expunged where the upstream allows it,
+//! and the absence proven).
+//!
+//! These are operator commands (`fhir-fence tenant export|restore|verify|purge …`, `cli.rs`): they talk to the
+//! tenant's upstream directly, never through the proxy listener, but with the functions the
+//! proxy's own data path uses, so there is one definition of each rule: resources leave through
+//! the outbound gate (`outbound::resource`: ownership, markers stripped, references local) and
+//! come back through the write path (`scope::write::prepare`: stamped, prefixed, references
+//! moved into the target tenant's namespace, `provable_once_stored`).
+//!
+//! - `scan`     — a tenant-scoped search of one type paged to its end (`Cache-Control: no-cache`)
+//! - `export`   — the export and the in-memory re-export `verify` compares
+//! - `manifest` — the manifest, the canonical JSON form and its SHA-256 digest
+//! - `journal`  — the state files that make export and restore resumable
+//! - `order`    — the reference graph: strongly connected components in dependency order, batches
+//! - `schedule` — transactions side by side where their dependencies allow
+//! - `restore`  — restore into an empty tenant as transaction Bundles of PUTs
+//! - `verify`   — files and upstream data compared with the manifest
+//! - `purge`    — deletes in reverse dependency order, `$expunge`, the proof of absence
+//! - `progress` — a bar on a terminal, JSON lines otherwise
+//! - `command`  — the CLI commands: runtime, snapshot, report on stdout
+pub mod command;
+pub mod export;
+pub mod journal;
+pub mod manifest;
+pub mod order;
+pub mod progress;
+pub mod purge;
+pub mod restore;
+pub mod scan;
+pub mod schedule;
+pub mod verify;
+
+use crate::fhir::capabilities::Capabilities;
+use crate::scope::{Ctx, ScopeError};
+use crate::state::Snapshot;
+use crate::tenancy::Tenant;
+use crate::upstream::{Upstream, UpstreamError};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Everything a tenant data command does can fail in one of these ways; `command` prints it.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("no tenant {0:?} in the config")]
+    NoTenant(String),
+    #[error("the CapabilityStatement of upstream {0:?} could not be read")]
+    Capabilities(String),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("upstream {what}: answered {status}: {detail}")]
+    Status { what: String, status: u16, detail: String },
+    #[error("the upstream's answer to {0} is not what fhir-fence can follow: {1}")]
+    Answer(String, String),
+    #[error("{0}: {1}")]
+    Io(PathBuf, std::io::Error),
+    #[error("{0}: {1}")]
+    Corrupt(PathBuf, String),
+    #[error("{0}")]
+    Refused(String),
+    #[error("tenant {tenant:?} is not empty: it holds {total} resources ({detail}); restore writes only into an empty tenant")]
+    NotEmpty { tenant: String, total: u64, detail: String },
+    /// `purge::purge_permitted`'s reason.
+    #[error("purge refused: {0}")]
+    NotPermitted(String),
+    #[error("{0}")]
+    Scope(#[from] ScopeError),
+}
+
+impl DataError {
+    fn io(path: &std::path::Path, e: std::io::Error) -> DataError {
+        DataError::Io(path.to_owned(), e)
+    }
+}
+
+/// One tenant and its upstream, as the commands see them.
+pub struct Job {
+    pub snap: Arc<Snapshot>,
+    pub tenant: Arc<Tenant>,
+    /// The tenant's upstream, ungated: an operator command is not held to the tenant's
+    /// connection cap.
+    pub upstream: Arc<Upstream>,
+    pub caps: Arc<Capabilities>,
+    /// Sent upstream as `X-Request-Id` (so HAPI's `meta.source` names the command's run).
+    pub correlation: String,
+}
+
+impl Job {
+    /// The job for `tenant`, reading its upstream's CapabilityStatement.
+    pub async fn new(snap: Arc<Snapshot>, tenant: &str, correlation: &str) -> Result<Job, DataError> {
+        let tenant = snap.tenants.get(tenant).cloned().ok_or_else(|| DataError::NoTenant(tenant.to_owned()))?;
+        let upstream = snap
+            .upstreams
+            .get(&tenant.upstream)
+            .cloned()
+            .ok_or_else(|| DataError::Capabilities(tenant.upstream.clone()))?;
+        let caps = snap
+            .capabilities(&tenant.upstream)
+            .await
+            .ok_or_else(|| DataError::Capabilities(tenant.upstream.clone()))?;
+        Ok(Job { snap, tenant, upstream, caps, correlation: correlation.to_owned() })
+    }
+
+    /// The scope context the shared write and outbound functions take.
+    pub fn ctx(&self) -> Ctx<'_> {
+        Ctx {
+            snap: &self.snap,
+            tenant: &self.tenant,
+            upstream: &self.upstream,
+            correlation: &self.correlation,
+            grant: 0,
+        }
+    }
+
+    /// Every type the upstream declares searchable, sorted.
+    pub fn searchable_types(&self) -> Vec<String> {
+        self.caps.types().into_iter().filter(|t| self.caps.type_interaction(t, "search-type")).collect()
+    }
+}
+
+/// A resource a command would not take, and why (reported, never written or deleted).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Refusal {
+    #[serde(rename = "type")]
+    pub rtype: String,
+    /// The id as the upstream holds it (this is the operator's report, not a tenant's answer).
+    pub id: String,
+    pub reason: String,
+}
+
+/// The digits of a rate, for reports: resources per second over `secs`.
+pub fn per_second(count: u64, secs: f64) -> f64 {
+    if secs <= 0.0 {
+        return 0.0;
+    }
+    ((count as f64 / secs) * 10.0).round() / 10.0
+}
+
+/// What a command did, printed as JSON on stdout when it ends.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub operation: &'static str,
+    pub tenant: String,
+    pub upstream: String,
+    /// False when the command found something wrong (a verification difference, a purge whose
+    /// proof failed): the command then exits 1.
+    pub ok: bool,
+    /// True when there was nothing left to do (a finished export, restore or purge run again).
+    pub noop: bool,
+    /// Resources per type the command exported, restored, compared or deleted.
+    pub types: std::collections::BTreeMap<String, u64>,
+    pub total: u64,
+    pub refusals: u64,
+    /// The first refusals (all are counted in `refusals`).
+    pub refused: Vec<Refusal>,
+    pub elapsed_secs: f64,
+    pub resources_per_sec: f64,
+    /// What is particular to the command.
+    #[serde(flatten)]
+    pub details: serde_json::Map<String, serde_json::Value>,
+}
+
+/// How many refusals a report lists (all are counted).
+const LISTED: usize = 100;
+
+impl Report {
+    pub fn new(operation: &'static str, job: &Job) -> Report {
+        Report {
+            operation,
+            tenant: job.tenant.name.clone(),
+            upstream: job.tenant.upstream.clone(),
+            ok: true,
+            noop: false,
+            types: Default::default(),
+            total: 0,
+            refusals: 0,
+            refused: Vec::new(),
+            elapsed_secs: 0.0,
+            resources_per_sec: 0.0,
+            details: Default::default(),
+        }
+    }
+
+    pub fn refuse(&mut self, r: Refusal) {
+        self.refusals += 1;
+        if self.refused.len() < LISTED {
+            self.refused.push(r);
+        }
+    }
+
+    pub fn detail(&mut self, key: &str, value: impl Into<serde_json::Value>) {
+        self.details.insert(key.to_owned(), value.into());
+    }
+
+    /// Sets the elapsed time since `started` and the rate over `counted` resources.
+    pub fn timed(&mut self, started: std::time::Instant, counted: u64) {
+        let secs = started.elapsed().as_secs_f64();
+        self.elapsed_secs = (secs * 1000.0).round() / 1000.0;
+        self.resources_per_sec = per_second(counted, secs);
+    }
+}
+
+/// Now, in RFC 3339.
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
+}
