@@ -14,7 +14,9 @@ use serde_json::{Map, Value};
 
 /// `POST [base]` with a Bundle: transactions go to `scope::transaction` (one atomic upstream
 /// transaction); each batch entry runs through [`dispatch`] exactly like a single request.
-pub(crate) async fn bundle(ctx: &Ctx<'_>, caller: &Caller, body: Value) -> Result<Checked, Error> {
+/// `headers`: the request's (a transaction's `Prefer: return=representation` shows the written
+/// resources in its response entries).
+pub(crate) async fn bundle(ctx: &Ctx<'_>, caller: &Caller, body: Value, headers: &HeaderMap) -> Result<Checked, Error> {
     let kind = body.get("type").and_then(Value::as_str).unwrap_or_default().to_owned();
     if body.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
         return Err(ScopeError::Body("POST to the base takes a transaction or batch Bundle".into()).into());
@@ -41,7 +43,11 @@ pub(crate) async fn bundle(ctx: &Ctx<'_>, caller: &Caller, body: Value) -> Resul
                 crate::dispatch::frozen(ctx)?;
             }
             permit_transaction(caller, &entries, ctx)?;
-            let answer = crate::scope::transaction::run(ctx, &caps, entries).await?;
+            let written = match crate::request::prefers(headers, "return=representation") {
+                true => crate::scope::transaction::Written::Shown,
+                false => crate::scope::transaction::Written::Omitted,
+            };
+            let answer = crate::scope::transaction::run(ctx, &caps, entries, written).await?;
             // Judged again like any answer: a resource the caller may not read leaves the entry.
             Ok(match caller.grant.as_deref() {
                 Some(grant) => answer.strip_entry_resources(|r| visible_entry(ctx, grant, r)),

@@ -157,7 +157,7 @@ async fn run(
         // A Bundle's entries come back through `dispatch` one by one (batch) or are planned
         // together (transaction).
         Interaction::Bundle => {
-            let answer = bundle(&ctx, &caller, body.unwrap_or_default()).await?;
+            let answer = bundle(&ctx, &caller, body.unwrap_or_default(), &parts.headers).await?;
             Outcome::Other { status: StatusCode::OK, body: answer, headers: HeaderMap::new() }
         }
         _ => dispatch(&ctx, &caller, interaction, &params, body, &parts.headers, &self_url).await?,

@@ -31,11 +31,29 @@ enum Answer {
     Search,
 }
 
+/// What an entry asked for, as far as its response entry goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// The client's create (`POST`), sent as a PUT to the id fhir-fence chose.
+    Created,
+    /// An update or delete (conditional or not).
+    Written,
+    /// A read, vread or search: its response entry always holds what it read.
+    Read,
+}
+
+/// Whether the response entries of writes hold the resource written (`Prefer:
+/// return=representation`), or only their `response` (the default, as HAPI answers).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    Shown,
+    Omitted,
+}
+
 /// What the client gets back for one entry.
 enum Step {
-    /// Sent upstream; its response entry is rewritten. `local` names the resource written;
-    /// `posted`: the client's create, sent as a PUT to the id fhir-fence chose.
-    Upstream { rtype: String, local: Option<String>, answer: Answer, posted: bool },
+    /// Sent upstream; its response entry is rewritten. `local` names the resource written.
+    Upstream { rtype: String, local: Option<String>, answer: Answer, kind: Kind },
     /// An `ifNoneExist` that matched: answered by fhir-fence with the existing resource.
     Matched { rtype: String, resource: Checked },
 }
@@ -49,7 +67,12 @@ struct Planned {
 }
 
 /// Runs a transaction Bundle for the caller and answers a transaction-response Bundle.
-pub async fn run(ctx: &Ctx<'_>, caps: &Capabilities, entries: Vec<Value>) -> Result<Checked, ScopeError> {
+pub async fn run(
+    ctx: &Ctx<'_>,
+    caps: &Capabilities,
+    entries: Vec<Value>,
+    written: Written,
+) -> Result<Checked, ScopeError> {
     let mut in_bundle = InBundle { conditional_refs: Some(caps), ..Default::default() };
     let mut plan = Vec::with_capacity(entries.len());
     for (i, entry) in entries.into_iter().enumerate() {
@@ -103,11 +126,14 @@ pub async fn run(ctx: &Ctx<'_>, caps: &Capabilities, entries: Vec<Value>) -> Res
     let mut out = Composed::new("transaction-response");
     for p in plan {
         match p.step {
-            Step::Upstream { rtype, local, answer, posted } => {
-                let (mut fields, resource) =
+            Step::Upstream { rtype, local, answer, kind } => {
+                let (mut fields, mut resource) =
                     response_entry(ctx, &rtype, local.as_deref(), answer, answers.next().unwrap_or_default());
-                if posted {
+                if kind == Kind::Created {
                     as_create(&mut fields);
+                }
+                if kind != Kind::Read && written == Written::Omitted {
+                    resource = None;
                 }
                 out.entry(fields, resource);
             }
@@ -116,7 +142,8 @@ pub async fn run(ctx: &Ctx<'_>, caps: &Capabilities, entries: Vec<Value>) -> Res
                 let version = resource.pointer("/meta/versionId").and_then(Value::as_str).unwrap_or("1").to_owned();
                 let url = outbound::public_url(ctx, &rtype, &local);
                 let fields = json!({"fullUrl": url, "response": {"status": "200 OK", "location": format!("{url}/_history/{version}")}});
-                out.entry(fields.as_object().cloned().unwrap_or_default(), Some(resource));
+                let resource = Some(resource).filter(|_| written == Written::Shown);
+                out.entry(fields.as_object().cloned().unwrap_or_default(), resource);
             }
         }
     }
@@ -196,8 +223,8 @@ async fn plan_entry(
             let local = uuid::Uuid::new_v4().to_string();
             let url = register(&rtype, &local, in_bundle)?;
             let mut planned = planned_put(req, url, rtype, local, body);
-            if let Step::Upstream { posted, .. } = &mut planned.step {
-                *posted = true;
+            if let Step::Upstream { kind, .. } = &mut planned.step {
+                *kind = Kind::Created;
             }
             return Ok(planned);
         }
@@ -224,26 +251,26 @@ async fn plan_entry(
         }
         Interaction::Delete { rtype, id } => {
             req.insert("url".into(), format!("{}/{}", known(&rtype)?, prefixed(&id)?).into());
-            Step::Upstream { rtype, local: Some(id), answer: Answer::Resource, posted: false }
+            Step::Upstream { rtype, local: Some(id), answer: Answer::Resource, kind: Kind::Written }
         }
         Interaction::ConditionalDelete { rtype } => {
             conditional_criteria(&params, "delete").map_err(|e| bad(e.to_string()))?;
             let scoped = scope_params(ctx, caps, &[known(&rtype)?], &params)?;
             req.insert("url".into(), format!("{rtype}?{}", encode_query(&scoped)).into());
-            Step::Upstream { rtype, local: None, answer: Answer::Resource, posted: false }
+            Step::Upstream { rtype, local: None, answer: Answer::Resource, kind: Kind::Written }
         }
         Interaction::Read { rtype, id } if method == Method::GET => {
             req.insert("url".into(), format!("{}/{}", known(&rtype)?, prefixed(&id)?).into());
-            Step::Upstream { rtype, local: Some(id), answer: Answer::Resource, posted: false }
+            Step::Upstream { rtype, local: Some(id), answer: Answer::Resource, kind: Kind::Read }
         }
         Interaction::Vread { rtype, id, version } if method == Method::GET => {
             req.insert("url".into(), format!("{}/{}/_history/{version}", known(&rtype)?, prefixed(&id)?).into());
-            Step::Upstream { rtype, local: Some(id), answer: Answer::Resource, posted: false }
+            Step::Upstream { rtype, local: Some(id), answer: Answer::Resource, kind: Kind::Read }
         }
         Interaction::Search { rtype, form: false } if method == Method::GET => {
             let scoped = scope_params(ctx, caps, &[known(&rtype)?], &params)?;
             req.insert("url".into(), format!("{rtype}?{}", encode_query(&scoped)).into());
-            Step::Upstream { rtype, local: None, answer: Answer::Search, posted: false }
+            Step::Upstream { rtype, local: None, answer: Answer::Search, kind: Kind::Read }
         }
         other => return Err(bad(format!("{method} {url} ({}) is not supported inside a transaction", other.name()))),
     };
@@ -268,7 +295,7 @@ fn planned_put(mut req: Map<String, Value>, url: String, rtype: String, local: S
             rtype: rtype.clone(),
             local: Some(local.clone()),
             answer: Answer::Resource,
-            posted: false,
+            kind: Kind::Written,
         },
         entry: Some(entry),
         write: Some((rtype, local, body)),

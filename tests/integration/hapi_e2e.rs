@@ -674,7 +674,19 @@ async fn transactions_resolve_urns_and_fail_whole() {
          "request": {"method": "PUT", "url": "Practitioner/dr1"}},
         {"request": {"method": "GET", "url": "Organization/org-a"}}
     ]});
-    let r = post(&f.base, &tx).bearer(&a).send().await;
+    // By default, as HAPI answers, a write's response entry holds no resource; a read's does;
+    // a create's outcome says create (fhir-fence sent it as a PUT to the id it chose).
+    let small = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Practitioner"}, "request": {"method": "POST", "url": "Practitioner"}},
+        {"request": {"method": "GET", "url": "Organization/org-a"}}]});
+    let r = post(&f.base, &small).bearer(&a).send().await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let e = r.body["entry"].as_array().unwrap();
+    assert_eq!(e[0].get("resource"), None, "{}", r.body);
+    assert_eq!(e[0]["response"]["outcome"]["issue"][0]["details"]["coding"][0]["code"], "SUCCESSFUL_CREATE");
+    assert_eq!(e[1]["resource"]["id"], "org-a");
+    // With `Prefer: return=representation`, the written resources too.
+    let r = post(&f.base, &tx).bearer(&a).header("prefer", "return=representation").send().await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["type"], "transaction-response");
     let e = r.body["entry"].as_array().unwrap();
@@ -701,7 +713,7 @@ async fn transactions_resolve_urns_and_fail_whole() {
     let encounter = json!({"resource": {"resourceType": "Encounter", "status": "finished", "class": {"code": "AMB"},
         "subject": {"reference": "Patient?identifier=urn:mrn|tx1"}}, "request": {"method": "POST", "url": "Encounter"}});
     let replay = json!({"resourceType": "Bundle", "type": "transaction", "entry": [tx["entry"][0].clone(), encounter]});
-    let r = post(&f.base, &replay).bearer(&a).send().await;
+    let r = post(&f.base, &replay).bearer(&a).header("prefer", "return=representation").send().await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["entry"][0]["fullUrl"], patient_url);
     assert!(r.body["entry"][0]["response"]["status"].as_str().unwrap().starts_with("200"));
