@@ -74,6 +74,10 @@ fn binary_content(ctx: &Ctx, result: read::ReadResult) -> Result<Response<Full<B
     let mut resp = Response::new(Full::new(Bytes::from(bytes)));
     resp.headers_mut().extend(result.headers);
     resp.headers_mut().insert(header::CONTENT_TYPE, content_type);
+    // A tenant's content served from the API's origin: never sniffed into something else, and
+    // never run as a page of that origin (an HTML or SVG Binary).
+    resp.headers_mut().insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    resp.headers_mut().insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox"));
     set_correlation(resp.headers_mut(), ctx.correlation);
     Ok(resp)
 }

@@ -82,6 +82,18 @@ impl Snapshot {
     fn assemble(loaded: Loaded, prev: Option<&Snapshot>) -> Result<Self, ConfigError> {
         let c = &loaded.config;
         let old = prev.map(|p| &p.loaded.config);
+        // A tenant's key generation only goes up while running: lowering it (a rolled-back
+        // file) would open the tokens raising it revoked.
+        for (name, t) in &c.tenants {
+            if let Some(was) = prev.and_then(|p| p.tenants.get(name)).map(|t| t.key_generation) {
+                if t.key_generation < was {
+                    return Err(ConfigError::invalid(
+                        format!("tenants.{name}.key_generation"),
+                        format!("may only go up (it is {was}): a lower one would bring revoked tokens back"),
+                    ));
+                }
+            }
+        }
         let tenants: HashMap<String, Arc<Tenant>> = c
             .tenants
             .iter()

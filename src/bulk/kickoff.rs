@@ -232,9 +232,11 @@ fn exportable(caps: &Capabilities, t: &str, patient_level: bool) -> Result<(), E
 }
 
 /// The types exported when the client names none: everything the tenant may hold (system level),
-/// or the Patient compartment (Patient and Group level), as far as the upstream knows them.
+/// or the Patient compartment (Patient and Group level), as far as the upstream knows them —
+/// but `Binary`, which Bulk Data servers leave out of a default export (HAPI refuses to export
+/// it at all, HAPI-2039; a client may still name it).
 fn default_types(caps: &Capabilities, patient_level: bool) -> Vec<String> {
-    caps.types().into_iter().filter(|t| exportable(caps, t, patient_level).is_ok()).collect()
+    caps.types().into_iter().filter(|t| t != "Binary" && exportable(caps, t, patient_level).is_ok()).collect()
 }
 
 /// The upstream kickoff: NDJSON, explicit types, and a tenant-scoped filter for every type.

@@ -489,8 +489,12 @@ pub(crate) fn valid_prefix(p: &str) -> bool {
     (1..=12).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
+/// 1-64 characters of `[A-Za-z0-9.-]`, the first a letter or digit (so a tenant file is never a
+/// hidden `.name.toml`, which the tenants directory's watch ignores).
 pub fn valid_tenant_name(n: &str) -> bool {
-    (1..=64).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+    (1..=64).contains(&n.len())
+        && n.as_bytes()[0].is_ascii_alphanumeric()
+        && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
 }
 
 #[cfg(test)]

@@ -110,7 +110,10 @@ async fn blocking(f: impl FnOnce() -> Result<Value, LifecycleError> + Send + 'st
 fn refused(e: &LifecycleError) -> Response<Full<Bytes>> {
     let status = match e {
         LifecycleError::UnknownTenant(_) => StatusCode::NOT_FOUND,
-        LifecycleError::Inline(_) | LifecycleError::Exists(_) | LifecycleError::NotFrom { .. } => StatusCode::CONFLICT,
+        LifecycleError::Inline(_)
+        | LifecycleError::Exists(_)
+        | LifecycleError::Retired { .. }
+        | LifecycleError::NotFrom { .. } => StatusCode::CONFLICT,
         LifecycleError::BadName(_) | LifecycleError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
         LifecycleError::NotConfigured | LifecycleError::Config(_) | LifecycleError::Io(_) => {
             StatusCode::INTERNAL_SERVER_ERROR

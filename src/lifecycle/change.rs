@@ -79,12 +79,14 @@ pub enum LifecycleError {
     Config(#[from] ConfigError),
     #[error("no tenant named {0:?}")]
     UnknownTenant(String),
-    #[error("{0:?} is not a valid tenant name (1-64 characters of [A-Za-z0-9.-])")]
+    #[error("{0:?} is not a valid tenant name (1-64 characters of [A-Za-z0-9.-], the first a letter or digit)")]
     BadName(String),
     #[error("tenant {0:?} is defined in the config file; move it to tenants_dir to manage it")]
     Inline(String),
     #[error("tenant {0:?} exists already")]
     Exists(String),
+    #[error("the lifecycle record shows tenant {tenant:?}, whose name or prefix {name:?}/{prefix:?} would reuse: names and prefixes are never reused (a retired tenant's ids and tokens stay behind)")]
+    Retired { name: String, prefix: String, tenant: String },
     #[error("the new tenant would make the configuration invalid: {0}")]
     Invalid(ConfigError),
     #[error("tenant {tenant:?} is {status}: {hint}")]
@@ -121,6 +123,20 @@ pub fn apply(config_path: &Path, name: &str, op: Operation, who: &str) -> Result
                     from: Some(current.status),
                     to: current.status,
                     result: "unchanged",
+                });
+            }
+            // A name or prefix is never used twice: a retired tenant's ids (its deleted
+            // versions, its history) stay on the upstream under its prefix, and its page tokens
+            // and export handles were sealed under its name.
+            let earlier = record::read(&state_dir)
+                .map_err(|e| LifecycleError::Io(format!("cannot read the lifecycle record: {e}")))?;
+            if let Some(e) =
+                earlier.iter().find(|e| e.tenant == name || e.prefix.as_deref() == Some(new.prefix.as_str()))
+            {
+                return Err(LifecycleError::Retired {
+                    name: name.to_owned(),
+                    prefix: new.prefix.clone(),
+                    tenant: e.tenant.clone(),
                 });
             }
             (None, *new)
@@ -160,6 +176,7 @@ pub fn apply(config_path: &Path, name: &str, op: Operation, who: &str) -> Result
         tenant: name.to_owned(),
         from: before.as_ref().map(|t| t.status.as_str().to_owned()),
         to: after.status.as_str().to_owned(),
+        prefix: Some(after.prefix.clone()),
         counts: None,
         ok: None,
     };

@@ -19,6 +19,9 @@ pub struct Entry {
     /// The status before (`null` for a create).
     pub from: Option<String>,
     pub to: String,
+    /// The tenant's id prefix (state changes): a prefix once recorded is never given again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
     /// For the data operations (export, restore, verify, purge): resources per type.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counts: Option<std::collections::BTreeMap<String, u64>>,

@@ -205,9 +205,17 @@ enum Target<'r> {
 fn target<'r>(ctx: &Ctx<'_>, reference: &'r str, patient: &str) -> Target<'r> {
     let base = format!("{}/", ctx.snap.public_base);
     let local = reference.strip_prefix(base.as_str()).unwrap_or(reference);
-    let local = local.split("/_history/").next().unwrap_or(local);
+    let (local, versioned) = match local.split_once("/_history/") {
+        Some((current, _)) => (current, true),
+        None => (local, false),
+    };
     if let Some(id) = local.strip_prefix("Patient/") {
         return if id == patient { Target::Her } else { Target::Another };
+    }
+    // A version of a compartment member may have been another patient's (only the current
+    // one is looked up): not provably hers.
+    if versioned && PATIENT_COMPARTMENT.iter().any(|t| local.starts_with(&format!("{t}/"))) {
+        return Target::Another;
     }
     if local.contains("Patient") {
         return Target::Another;

@@ -68,6 +68,7 @@ pub fn run(config_path: &Path, tenant: &str, op: Op) -> ExitCode {
                         tenant: tenant.to_owned(),
                         from: Some(status.clone()),
                         to: status,
+                        prefix: None,
                         counts: Some(report.types.clone()),
                         ok: Some(report.ok),
                     };

@@ -282,6 +282,17 @@ async fn page_tokens_follow_the_tenant_key_generation_and_the_master_key_ring() 
     reload(&o).await;
     assert_eq!(page(&a0, &a).await, 404, "two generations on, the token is revoked");
     assert_eq!(page(&b0, &b).await, 200, "no other tenant is touched");
+    // A rolled-back file cannot lower the generation again (that would reopen a0).
+    ts[0].extra = "key_generation = 0\n".into();
+    o.tenants = ts.clone();
+    fence.rewrite_config(&o);
+    let r = request("POST", &format!("{}/reload", fence.admin)).send().await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(r.body["error"].as_str().unwrap().contains("key_generation"), "{}", r.body);
+    assert_eq!(page(&a0, &a).await, 404);
+    ts[0].extra = "key_generation = 2\n".into();
+    o.tenants = ts.clone();
+    reload(&o).await;
     let a2 = next(&a).await;
     assert_eq!(page(&a2, &a).await, 200);
 

@@ -814,6 +814,10 @@ async fn binary_content_and_attachments_stay_inside_the_tenant() {
     let b_pdf = r.body["id"].as_str().unwrap().to_owned();
     let r = get(&f.url("Binary/pdf1")).bearer(&a).header("accept", "application/pdf").send().await;
     assert_eq!((r.status, r.header("content-type"), &r.raw[..]), (200, Some("application/pdf"), pdf));
+    assert_eq!(
+        (r.header("x-content-type-options"), r.header("content-security-policy")),
+        (Some("nosniff"), Some("sandbox"))
+    );
     assert_eq!(get(&f.url("Binary/pdf1")).bearer(&b).send().await.status, 404, "another tenant's Binary");
     assert_eq!(get(&f.url(&format!("Binary/{b_pdf}"))).bearer(&a).send().await.status, 404);
     let r = get(&f.url("Binary/pdf1")).bearer(&a).header("accept", "application/fhir+json").send().await;

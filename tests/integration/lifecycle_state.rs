@@ -365,6 +365,25 @@ async fn the_cli_creates_suspends_resumes_deletes_and_undeletes_with_a_record_of
     let (code, out) = cli(&c, &["list"]);
     assert_eq!(code, 0);
     assert_eq!(out["name"], name.as_str(), "the last listed tenant (by name): {out}");
+
+    // Retired (its file removed): neither its name nor its prefix is given again, since its
+    // deleted versions stay on the upstream under the prefix and its tokens were sealed under
+    // the name. A hidden name (a file the tenants directory ignores) is no tenant name.
+    std::fs::remove_file(dir(&fence).join("tenants").join(format!("{name}.toml"))).unwrap();
+    until_status(&fence, &name, None).await;
+    for args in [
+        vec!["create", name.as_str(), "--prefix", "fresh1", "--upstream", "main"],
+        vec!["create", "brand-new", "--prefix", ts[1].prefix.as_str(), "--upstream", "main"],
+    ] {
+        let (code, out) = cli(&c, &args);
+        assert_eq!(code, 1, "{args:?}: {out}");
+        assert!(out["error"].as_str().unwrap().contains("never reused"), "{out}");
+    }
+    for bad in [".hidden", ".."] {
+        let (code, out) = cli(&c, &["create", bad, "--prefix", "fresh2", "--upstream", "main"]);
+        assert_eq!(code, 1, "{bad}: {out}");
+        assert!(!dir(&fence).join("tenants").join(format!("{bad}.toml")).exists());
+    }
 }
 
 async fn admin(fence: &Fence, method: &str, path: &str, token: Option<&str>, body: Option<&Value>) -> Reply {

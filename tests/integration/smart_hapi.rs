@@ -234,6 +234,13 @@ async fn scopes_narrow_what_the_tenant_rule_allows() {
             with(obs("w6", "p1", None), "encounter", json!({"reference": "Encounter?status=x"})),
             403,
         ),
+        // A version of a member may have been another patient's: only current versions are hers.
+        (
+            "POST",
+            "Observation",
+            with(obs("w7", "p1", None), "hasMember", json!([{"reference": "Observation/o7/_history/1"}])),
+            403,
+        ),
         (
             "PUT",
             "Patient/p1",
