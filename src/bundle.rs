@@ -55,7 +55,7 @@ pub(crate) async fn bundle(ctx: &Ctx<'_>, caller: &Caller, body: Value, headers:
             })
         }
         "batch" => {
-            let mut out = Composed::new("batch-response");
+            let mut out = Composed::new("batch-response", &ctx.snap.public_base);
             for entry in entries {
                 let (fields, resource) = batch_entry(ctx, caller, entry).await;
                 out.entry(fields, resource);

@@ -134,12 +134,14 @@ pub struct Composed {
 }
 
 impl Composed {
-    /// A Bundle of `kind` with a fresh id.
-    pub fn new(kind: &str) -> Composed {
+    /// A Bundle of `kind` with a fresh id and a `self` link to `base` (where it was posted,
+    /// fhir-fence's public base, as a server links its transaction and batch responses).
+    pub fn new(kind: &str, base: &str) -> Composed {
         let mut bundle = Map::new();
         bundle.insert("resourceType".into(), "Bundle".into());
         bundle.insert("id".into(), uuid::Uuid::new_v4().to_string().into());
         bundle.insert("type".into(), kind.into());
+        bundle.insert("link".into(), serde_json::json!([{"relation": "self", "url": base}]));
         Composed { bundle, entries: vec![] }
     }
 

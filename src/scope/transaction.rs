@@ -123,7 +123,7 @@ pub async fn run(
     ctx.snap.ref_cache.invalidate_all();
 
     let mut answers = answers.into_iter();
-    let mut out = Composed::new("transaction-response");
+    let mut out = Composed::new("transaction-response", &ctx.snap.public_base);
     for p in plan {
         match p.step {
             Step::Upstream { rtype, local, answer, kind } => {
