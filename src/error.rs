@@ -104,7 +104,10 @@ impl Error {
                 (status, code, shown())
             }
             Error::Scope(e) => match e {
-                ScopeError::NotFound(_) | ScopeError::PageToken => (S::NOT_FOUND, "not-found", shown()),
+                // HAPI's issue code for a resource it does not know (`processing`), so a missing
+                // resource reads the same through fhir-fence as on the plain server.
+                ScopeError::NotFound(_) => (S::NOT_FOUND, "processing", shown()),
+                ScopeError::PageToken => (S::NOT_FOUND, "not-found", shown()),
                 // HAPI's code for it (`processing`), so a client sees what the server says.
                 ScopeError::Gone(_) => (S::GONE, "processing", shown()),
                 ScopeError::OperationDisabled(_) | ScopeError::NotWritable(..) => (S::FORBIDDEN, "forbidden", shown()),
