@@ -20,8 +20,10 @@ use support::{tenants, Options};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// The transparency rate below which the run fails: a regression, not noise (the corpus is
-/// deterministic). See `docs/conformance.md` for what the remaining differences are.
-const TRANSPARENCY_FLOOR: f64 = 0.90;
+/// deterministic). The corpus measures 99.0 % (7 explained differences per tenant, see
+/// `docs/conformance.md`); the floor leaves room for the few upstream timeouts (504) a loaded
+/// 2-core machine gives the three tenants' first transactions.
+const TRANSPARENCY_FLOOR: f64 = 0.985;
 
 /// Sent as a bearer token and a cookie while recording; must not appear in the corpus.
 const SECRET: &str = "recording-secret-4f1d";
