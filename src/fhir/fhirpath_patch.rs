@@ -64,7 +64,9 @@ impl Patch {
             Value::Object(ref o) if o.get("resourceType").and_then(Value::as_str) == Some("Parameters") => {
                 parse_parameters(&body).map(Patch::FhirPath)
             }
-            _ => Err(PatchError::Malformed("a patch is a JSON Patch array or a FHIRPath Patch Parameters resource".into())),
+            _ => Err(PatchError::Malformed(
+                "a patch is a JSON Patch array or a FHIRPath Patch Parameters resource".into(),
+            )),
         }
     }
 
@@ -216,10 +218,16 @@ fn operation(param: &Value) -> Result<Operation, PatchError> {
             }
             Operation::Add { path, name, value: need(value, &ty, "a value")? }
         }
-        "insert" => Operation::Insert { path, index: need(index, &ty, "an index")?, value: need(value, &ty, "a value")? },
+        "insert" => {
+            Operation::Insert { path, index: need(index, &ty, "an index")?, value: need(value, &ty, "a value")? }
+        }
         "delete" => Operation::Delete { path },
         "replace" => Operation::Replace { path, value: need(value, &ty, "a value")? },
-        _ => Operation::Move { path, source: need(source, &ty, "a source")?, destination: need(destination, &ty, "a destination")? },
+        _ => Operation::Move {
+            path,
+            source: need(source, &ty, "a source")?,
+            destination: need(destination, &ty, "a destination")?,
+        },
     })
 }
 
@@ -547,7 +555,9 @@ fn type_of(doc: &Value, node: &Node, model: &Model) -> Result<TypeRef, PatchErro
             .and_then(Value::as_str)
             .and_then(|r| model.resource_type(r))
             .ok_or_else(|| invalid("a contained resource without a known resourceType")),
-        Holds::Primitive => Err(PatchError::Unsupported("elements inside a primitive value (its id or extensions)".into())),
+        Holds::Primitive => {
+            Err(PatchError::Unsupported("elements inside a primitive value (its id or extensions)".into()))
+        }
     }
 }
 
@@ -611,7 +621,11 @@ fn select(doc: &Value, path: &Path, steps: usize, budget: &mut Budget) -> Result
                             get(doc, &node.at).and_then(|v| v.get("resourceType")).and_then(Value::as_str) == Some(ty)
                         }
                         (Some(s), _) if s.choice => s.member == format!("{}{}", s.name, capitalised(ty)),
-                        _ => return Err(PatchError::Unsupported(format!("ofType() on an element that is not a choice ({path})"))),
+                        _ => {
+                            return Err(PatchError::Unsupported(format!(
+                                "ofType() on an element that is not a choice ({path})"
+                            )))
+                        }
                     };
                     if keep {
                         out.push(node);
@@ -663,7 +677,13 @@ fn children(doc: &Value, node: &Node, name: &str, model: &Model, out: &mut Vec<N
 
 /// Whether every condition of a `where(…)` holds for `node`: its path selects exactly one
 /// primitive, equal to the literal.
-fn matches(doc: &Value, node: &Node, conditions: &[Condition], model: &Model, budget: &mut Budget) -> Result<bool, PatchError> {
+fn matches(
+    doc: &Value,
+    node: &Node,
+    conditions: &[Condition],
+    model: &Model,
+    budget: &mut Budget,
+) -> Result<bool, PatchError> {
     for c in conditions {
         let mut found = vec![node.clone()];
         for name in &c.path {
@@ -710,7 +730,9 @@ fn materialise(value: &NewValue, holds: Holds, model: &Model) -> Result<Value, P
                 }
                 variant(model, of, name, ty)?
             }
-            (None, NewValue::Parts(_)) => return Err(invalid(format!("the choice element {name:?} needs a typed value"))),
+            (None, NewValue::Parts(_)) => {
+                return Err(invalid(format!("the choice element {name:?} needs a typed value")))
+            }
         };
         let json = materialise(part, elem.holds, model)?;
         match obj.get_mut(&member) {
@@ -736,7 +758,9 @@ fn key_size(key: &str) -> usize {
 /// two would fall out of line.
 fn no_primitive_extensions(obj: &Map<String, Value>, member: &str) -> Result<(), PatchError> {
     if obj.contains_key(&format!("_{member}")) {
-        return Err(PatchError::Unsupported(format!("changing {member:?}, which has primitive extensions (_{member})")));
+        return Err(PatchError::Unsupported(format!(
+            "changing {member:?}, which has primitive extensions (_{member})"
+        )));
     }
     Ok(())
 }
@@ -798,7 +822,9 @@ fn apply_one(doc: &mut Value, op: &Operation, budget: &mut Budget) -> Result<(),
                     }
                     variant(model, of, name, ty)?
                 }
-                (None, NewValue::Parts(_)) => return Err(invalid(format!("add: the choice element {name:?} needs a typed value"))),
+                (None, NewValue::Parts(_)) => {
+                    return Err(invalid(format!("add: the choice element {name:?} needs a typed value")))
+                }
             };
             no_primitive_extensions(obj, &member)?;
             let exists = obj.contains_key(&member);
@@ -808,7 +834,8 @@ fn apply_one(doc: &mut Value, op: &Operation, budget: &mut Budget) -> Result<(),
             let json = materialise(value, elem.holds, model)?;
             let added = size(&json) + if exists { 1 } else { key_size(&member) + 2 };
             budget.change(added, 0)?;
-            let obj = get_mut(doc, &node.at).and_then(Value::as_object_mut).ok_or_else(|| invalid("add: not an element"))?;
+            let obj =
+                get_mut(doc, &node.at).and_then(Value::as_object_mut).ok_or_else(|| invalid("add: not an element"))?;
             match obj.get_mut(&member) {
                 Some(Value::Array(items)) => items.push(json),
                 _ if elem.many => {
@@ -823,7 +850,9 @@ fn apply_one(doc: &mut Value, op: &Operation, budget: &mut Budget) -> Result<(),
             let (obj, name, holds) = list(doc, path, "insert", budget)?;
             let len = obj.get(&name).and_then(Value::as_array).map_or(0, Vec::len);
             if *index > len {
-                return Err(invalid(format!("insert: index {index} is out of range for {path}, which has {len} items")));
+                return Err(invalid(format!(
+                    "insert: index {index} is out of range for {path}, which has {len} items"
+                )));
             }
             let json = materialise(value, holds, model)?;
             budget.change(size(&json) + if len == 0 { key_size(&name) + 2 } else { 1 }, 0)?;
@@ -858,7 +887,8 @@ fn apply_one(doc: &mut Value, op: &Operation, budget: &mut Budget) -> Result<(),
                 return Err(invalid("delete: the resource itself cannot be deleted"));
             };
             let member_of = node.slot.as_ref().map(|s| s.member.as_str()).unwrap_or_default();
-            let owner_at = if matches!(last, Seg::Item(_)) { &parent[..parent.len().saturating_sub(1)] } else { parent };
+            let owner_at =
+                if matches!(last, Seg::Item(_)) { &parent[..parent.len().saturating_sub(1)] } else { parent };
             if let Some(owner) = get(doc, owner_at).and_then(Value::as_object) {
                 no_primitive_extensions(owner, member_of)?;
             }
@@ -885,8 +915,9 @@ fn apply_one(doc: &mut Value, op: &Operation, budget: &mut Budget) -> Result<(),
                 let json = materialise(value, elem.holds, model)?;
                 let renamed = if member == slot.member { 0 } else { key_size(&member) };
                 budget.change(size(&json) + renamed, old)?;
-                let owner =
-                    get_mut(doc, &owner_at).and_then(Value::as_object_mut).ok_or_else(|| invalid("replace: not an element"))?;
+                let owner = get_mut(doc, &owner_at)
+                    .and_then(Value::as_object_mut)
+                    .ok_or_else(|| invalid("replace: not an element"))?;
                 owner.shift_remove(&slot.member);
                 owner.insert(member, json);
             } else {
@@ -1029,28 +1060,41 @@ mod tests {
         let mut doc = patient();
         run(&mut doc, params(vec![replace("Patient.name[0].family", json!({"valueString": "Z"}))])).unwrap();
         assert_eq!(doc["name"][0]["family"], "Z");
-        run(&mut doc, params(vec![replace("Patient.name.where(use = 'nickname').family", json!({"valueString": "N"}))]))
-            .unwrap();
+        run(
+            &mut doc,
+            params(vec![replace("Patient.name.where(use = 'nickname').family", json!({"valueString": "N"}))]),
+        )
+        .unwrap();
         assert_eq!(doc["name"][1]["family"], "N");
         run(&mut doc, params(vec![replace("Patient.active", json!({"valueBoolean": false}))])).unwrap();
         assert_eq!(doc["active"], false);
         // a whole list item
-        run(&mut doc, params(vec![replace("Patient.identifier[1]", json!({"valueIdentifier": {"value": "9"}}))])).unwrap();
+        run(&mut doc, params(vec![replace("Patient.identifier[1]", json!({"valueIdentifier": {"value": "9"}}))]))
+            .unwrap();
         assert_eq!(doc["identifier"][1], json!({"value": "9"}));
         // a choice element changes its variant
         let mut obs = json!({"resourceType": "Observation", "status": "final", "code": {"text": "c"},
             "valueQuantity": {"value": 1}});
         run(&mut obs, params(vec![replace("Observation.value", json!({"valueString": "high"}))])).unwrap();
-        assert_eq!(obs, json!({"resourceType": "Observation", "status": "final", "code": {"text": "c"}, "valueString": "high"}));
+        assert_eq!(
+            obs,
+            json!({"resourceType": "Observation", "status": "final", "code": {"text": "c"}, "valueString": "high"})
+        );
         run(&mut obs, params(vec![replace("Observation.value.ofType(string)", json!({"valueInteger": 3}))])).unwrap();
         assert_eq!(obs["valueInteger"], 3);
-        assert!(message(run(&mut obs, params(vec![replace("Observation.value", json!({"valueHumanName": {"text": "x"}}))])))
-            .contains("cannot hold a value of type HumanName"));
+        assert!(message(run(
+            &mut obs,
+            params(vec![replace("Observation.value", json!({"valueHumanName": {"text": "x"}}))])
+        ))
+        .contains("cannot hold a value of type HumanName"));
         // nothing, or more than one
         assert!(message(run(&mut patient(), params(vec![replace("Patient.gender", json!({"valueCode": "male"}))])))
             .contains("no element matches"));
-        assert!(message(run(&mut patient(), params(vec![replace("Patient.name.family", json!({"valueString": "x"}))])))
-            .contains("selects 2 elements"));
+        assert!(message(run(
+            &mut patient(),
+            params(vec![replace("Patient.name.family", json!({"valueString": "x"}))])
+        ))
+        .contains("selects 2 elements"));
         assert!(message(run(&mut patient(), params(vec![replace("Patient.nope", json!({"valueString": "x"}))])))
             .contains("no element \"nope\""));
         assert!(message(run(&mut patient(), params(vec![replace("Observation.status", json!({"valueCode": "x"}))])))
@@ -1066,9 +1110,13 @@ mod tests {
             add("Patient", "gender", json!({"valueCode": "female"})),
             add("Patient", "multipleBirth", json!({"valueInteger": 2})),
             add("Patient.name[0]", "given", json!({"valueString": "z"})),
-            add("Patient", "contact", json!({"part": [{"name": "name", "valueHumanName": {"family": "C"}},
+            add(
+                "Patient",
+                "contact",
+                json!({"part": [{"name": "name", "valueHumanName": {"family": "C"}},
                 {"name": "relationship", "valueCodeableConcept": {"text": "r"}},
-                {"name": "relationship", "valueCodeableConcept": {"text": "s"}}]})),
+                {"name": "relationship", "valueCodeableConcept": {"text": "s"}}]}),
+            ),
         ]);
         run(&mut doc, body).unwrap();
         assert_eq!(doc["telecom"], json!([{"system": "phone", "value": "1"}, {"system": "email", "value": "e"}]));
@@ -1082,7 +1130,9 @@ mod tests {
             .contains("cannot repeat and already has a value"));
         assert!(message(run(&mut doc, params(vec![add("Patient", "multipleBirth", json!({"valueBoolean": true}))])))
             .contains("cannot repeat"));
-        assert!(message(run(&mut doc, params(vec![add("Patient", "nope", json!({"valueString": "x"}))]))).contains("nope"));
+        assert!(
+            message(run(&mut doc, params(vec![add("Patient", "nope", json!({"valueString": "x"}))]))).contains("nope")
+        );
         assert!(message(run(&mut doc, params(vec![add("Patient.contact", "name", json!({"valueString": "x"}))])))
             .contains("cannot repeat"));
         assert!(message(run(&mut doc, params(vec![add("Patient.name", "text", json!({"valueString": "x"}))])))
@@ -1092,27 +1142,35 @@ mod tests {
     #[test]
     fn insert_and_move_work_on_lists() {
         let mut doc = patient();
-        let insert = op(json!([{"name": "type", "valueCode": "insert"}, {"name": "path", "valueString": "Patient.identifier"},
-            {"name": "index", "valueInteger": 0}, {"name": "value", "valueIdentifier": {"system": "s0", "value": "0"}}]));
+        let insert = op(
+            json!([{"name": "type", "valueCode": "insert"}, {"name": "path", "valueString": "Patient.identifier"},
+            {"name": "index", "valueInteger": 0}, {"name": "value", "valueIdentifier": {"system": "s0", "value": "0"}}]),
+        );
         let insert_given = op(json!([{"name": "type", "valueCode": "insert"},
             {"name": "path", "valueString": "Patient.name[1].given"},
             {"name": "index", "valueInteger": 0}, {"name": "value", "valueString": "g"}]));
-        let mv = op(json!([{"name": "type", "valueCode": "move"}, {"name": "path", "valueString": "Patient.identifier"},
+        let mv =
+            op(json!([{"name": "type", "valueCode": "move"}, {"name": "path", "valueString": "Patient.identifier"},
             {"name": "source", "valueInteger": 2}, {"name": "destination", "valueInteger": 0}]));
         run(&mut doc, params(vec![insert, insert_given, mv])).unwrap();
-        let systems: Vec<&str> = doc["identifier"].as_array().unwrap().iter().map(|i| i["system"].as_str().unwrap()).collect();
+        let systems: Vec<&str> =
+            doc["identifier"].as_array().unwrap().iter().map(|i| i["system"].as_str().unwrap()).collect();
         assert_eq!(systems, ["s2", "s0", "s1"]);
         assert_eq!(doc["name"][1]["given"], json!(["g"]));
-        let out_of_range = op(json!([{"name": "type", "valueCode": "insert"}, {"name": "path", "valueString": "Patient.identifier"},
+        let out_of_range =
+            op(json!([{"name": "type", "valueCode": "insert"}, {"name": "path", "valueString": "Patient.identifier"},
             {"name": "index", "valueInteger": 4}, {"name": "value", "valueIdentifier": {"value": "0"}}]));
         assert!(message(run(&mut doc, params(vec![out_of_range]))).contains("index 4 is out of range"));
-        let bad_move = op(json!([{"name": "type", "valueCode": "move"}, {"name": "path", "valueString": "Patient.identifier"},
+        let bad_move =
+            op(json!([{"name": "type", "valueCode": "move"}, {"name": "path", "valueString": "Patient.identifier"},
             {"name": "source", "valueInteger": 0}, {"name": "destination", "valueInteger": 3}]));
         assert!(message(run(&mut doc, params(vec![bad_move]))).contains("must be below 3"));
-        let not_a_list = op(json!([{"name": "type", "valueCode": "insert"}, {"name": "path", "valueString": "Patient.gender"},
+        let not_a_list =
+            op(json!([{"name": "type", "valueCode": "insert"}, {"name": "path", "valueString": "Patient.gender"},
             {"name": "index", "valueInteger": 0}, {"name": "value", "valueCode": "male"}]));
         assert!(message(run(&mut doc, params(vec![not_a_list]))).contains("not a repeating element"));
-        let filtered = op(json!([{"name": "type", "valueCode": "move"}, {"name": "path", "valueString": "Patient.identifier[0]"},
+        let filtered =
+            op(json!([{"name": "type", "valueCode": "move"}, {"name": "path", "valueString": "Patient.identifier[0]"},
             {"name": "source", "valueInteger": 0}, {"name": "destination", "valueInteger": 0}]));
         assert!(message(run(&mut doc, params(vec![filtered]))).contains("must end in the name"));
     }
@@ -1135,17 +1193,41 @@ mod tests {
     fn refuses_malformed_operations() {
         let cases = [
             (params(vec![json!({"name": "foo", "valueString": "x"})]), "unknown patch parameter"),
-            (params(vec![op(json!([{"name": "type", "valueCode": "bogus"}, {"name": "path", "valueString": "Patient"}]))]),
-                "unknown patch operation type \"bogus\""),
+            (
+                params(vec![op(
+                    json!([{"name": "type", "valueCode": "bogus"}, {"name": "path", "valueString": "Patient"}]),
+                )]),
+                "unknown patch operation type \"bogus\"",
+            ),
             (params(vec![op(json!([{"name": "type", "valueCode": "delete"}]))]), "needs a path"),
-            (params(vec![op(json!([{"name": "type", "valueCode": "add"}, {"name": "path", "valueString": "Patient"},
-                {"name": "value", "valueString": "x"}]))]), "needs a name"),
-            (params(vec![op(json!([{"name": "type", "valueCode": "delete"}, {"name": "path", "valueString": "Patient.gender"},
-                {"name": "value", "valueString": "x"}]))]), "takes no value"),
-            (params(vec![op(json!([{"name": "type", "valueCode": "delete"}, {"name": "type", "valueCode": "delete"},
-                {"name": "path", "valueString": "Patient.gender"}]))]), "appears twice"),
-            (params(vec![op(json!([{"name": "type", "valueCode": "replace"}, {"name": "path", "valueString": "Patient.active"},
-                {"name": "value", "valueBoolean": true, "_valueBoolean": {"id": "x"}}]))]), "primitive extensions"),
+            (
+                params(vec![op(
+                    json!([{"name": "type", "valueCode": "add"}, {"name": "path", "valueString": "Patient"},
+                {"name": "value", "valueString": "x"}]),
+                )]),
+                "needs a name",
+            ),
+            (
+                params(vec![op(
+                    json!([{"name": "type", "valueCode": "delete"}, {"name": "path", "valueString": "Patient.gender"},
+                {"name": "value", "valueString": "x"}]),
+                )]),
+                "takes no value",
+            ),
+            (
+                params(vec![op(
+                    json!([{"name": "type", "valueCode": "delete"}, {"name": "type", "valueCode": "delete"},
+                {"name": "path", "valueString": "Patient.gender"}]),
+                )]),
+                "appears twice",
+            ),
+            (
+                params(vec![op(
+                    json!([{"name": "type", "valueCode": "replace"}, {"name": "path", "valueString": "Patient.active"},
+                {"name": "value", "valueBoolean": true, "_valueBoolean": {"id": "x"}}]),
+                )]),
+                "primitive extensions",
+            ),
             (params(vec![add("Patient", "contact", json!({"part": [{"name": "nope", "valueString": "x"}]}))]), "nope"),
         ];
         for (body, expected) in cases {
@@ -1155,7 +1237,8 @@ mod tests {
         assert!(matches!(Patch::parse(json!({"resourceType": "Patient"})), Err(PatchError::Malformed(_))));
         assert!(matches!(Patch::parse(json!([{"op": "nope"}])), Err(PatchError::Malformed(_))));
         // a primitive with extensions is not changed out of line with them
-        let mut doc = json!({"resourceType": "Patient", "name": [{"given": ["a", "b"], "_given": [null, {"id": "x"}]}]});
+        let mut doc =
+            json!({"resourceType": "Patient", "name": [{"given": ["a", "b"], "_given": [null, {"id": "x"}]}]});
         assert!(message(run(&mut doc, params(vec![delete("Patient.name.given[0]")]))).contains("primitive extensions"));
     }
 
@@ -1165,29 +1248,45 @@ mod tests {
         assert_eq!(Patch::parse(params(ops)).unwrap_err(), PatchError::TooManyOperations(MAX_OPERATIONS + 1));
         // each add grows the document: refused before it passes the limit
         let big = "x".repeat(1000);
-        let ops: Vec<Value> = (0..40).map(|_| add("Patient", "address", json!({"valueAddress": {"text": big}}))).collect();
+        let ops: Vec<Value> =
+            (0..40).map(|_| add("Patient", "address", json!({"valueAddress": {"text": big}}))).collect();
         let mut doc = patient();
         let limit = 16 * 1024;
         assert_eq!(Patch::parse(params(ops)).unwrap().apply(&mut doc, limit), Err(PatchError::TooLarge(limit)));
         assert!(size(&doc) <= limit, "{}", size(&doc));
         // replaces that never grow the document still cost their bytes
-        let ops: Vec<Value> = (0..100).map(|_| replace("Patient.name[0].family", json!({"valueString": big}))).collect();
-        assert_eq!(Patch::parse(params(ops.clone())).unwrap().apply(&mut patient(), limit), Err(PatchError::TooMuchWork(4 * limit)));
+        let ops: Vec<Value> =
+            (0..100).map(|_| replace("Patient.name[0].family", json!({"valueString": big}))).collect();
+        assert_eq!(
+            Patch::parse(params(ops.clone())).unwrap().apply(&mut patient(), limit),
+            Err(PatchError::TooMuchWork(4 * limit))
+        );
         Patch::parse(params(ops[..20].to_vec())).unwrap().apply(&mut patient(), limit).unwrap();
         // the size bound stays an upper bound through deletes and replaces
         let mut doc = patient();
-        let ops = vec![replace("Patient.name[0].family", json!({"valueString": big})), delete("Patient.name[0].family"),
-            add("Patient", "address", json!({"valueAddress": {"text": big}}))];
+        let ops = vec![
+            replace("Patient.name[0].family", json!({"valueString": big})),
+            delete("Patient.name[0].family"),
+            add("Patient", "address", json!({"valueAddress": {"text": big}})),
+        ];
         Patch::parse(params(ops)).unwrap().apply(&mut doc, 2048).unwrap();
         assert!(size(&doc) <= 2048);
     }
 
     #[test]
     fn contained_resources_are_typed_by_their_resource_type() {
-        let mut doc = json!({"resourceType": "Patient", "contained": [{"resourceType": "Organization", "id": "o", "name": "x"}]});
-        run(&mut doc, params(vec![replace("Patient.contained.ofType(Organization).name", json!({"valueString": "y"}))])).unwrap();
+        let mut doc =
+            json!({"resourceType": "Patient", "contained": [{"resourceType": "Organization", "id": "o", "name": "x"}]});
+        run(
+            &mut doc,
+            params(vec![replace("Patient.contained.ofType(Organization).name", json!({"valueString": "y"}))]),
+        )
+        .unwrap();
         assert_eq!(doc["contained"][0]["name"], "y");
-        assert!(message(run(&mut doc, params(vec![replace("Patient.contained.name.family", json!({"valueString": "y"}))])))
-            .contains("inside a primitive"));
+        assert!(message(run(
+            &mut doc,
+            params(vec![replace("Patient.contained.name.family", json!({"valueString": "y"}))])
+        ))
+        .contains("inside a primitive"));
     }
 }
