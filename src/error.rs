@@ -95,6 +95,7 @@ impl Error {
                     }
                     RequestError::NotAcceptable => (S::NOT_ACCEPTABLE, "not-supported"),
                     RequestError::Json(_)
+                    | RequestError::NotParameters
                     | RequestError::Shape(_)
                     | RequestError::UnexpectedBody
                     | RequestError::Header(_) => (S::BAD_REQUEST, "invalid"),

@@ -21,6 +21,8 @@ pub enum RequestError {
     MediaType(String),
     #[error("{0}")]
     PatchFormat(&'static str),
+    #[error("a FHIRPath Patch (PATCH with a FHIR JSON body) must be a Parameters resource")]
+    NotParameters,
     #[error("compressed or otherwise encoded request bodies are not accepted")]
     Encoded,
     #[error("this server answers only in FHIR JSON (application/fhir+json)")]
@@ -110,7 +112,9 @@ pub(crate) fn ensure_no_body(headers: &HeaderMap) -> Result<(), RequestError> {
 pub(crate) enum BodyKind<'a> {
     /// A FHIR resource in JSON.
     Resource,
-    /// An RFC 6902 JSON Patch document.
+    /// A patch: an RFC 6902 JSON Patch document (`application/json-patch+json`), or a FHIRPath
+    /// Patch (`application/fhir+json` or `application/json`: a `Parameters` resource, which
+    /// passes the typed gate like any resource body).
     JsonPatch,
     /// The body of a create or update of a `Binary`: the resource in FHIR JSON, or any other
     /// content, which becomes the Binary's `data` with its `Content-Type` as `contentType` (FHIR
@@ -183,13 +187,15 @@ pub(crate) async fn read_body(
     let mime = media_type(headers)?;
     match (kind, mime.as_str()) {
         (BodyKind::Resource | BodyKind::Binary { .. }, "application/fhir+json" | "application/json") => {}
-        (BodyKind::JsonPatch, "application/json-patch+json") => {}
-        (BodyKind::JsonPatch, "application/fhir+json" | "application/json") => return Err(RequestError::PatchFormat(
-            "FHIRPath Patch (a Parameters body) is not supported yet; send JSON Patch as application/json-patch+json",
-        )),
+        (BodyKind::JsonPatch, "application/json-patch+json") => {
+            let bytes = collect(body, limits).await?;
+            return parse_strict(&bytes).map_err(RequestError::Json);
+        }
+        (BodyKind::JsonPatch, "application/fhir+json" | "application/json") => {}
         (BodyKind::JsonPatch, _) => {
             return Err(RequestError::PatchFormat(
-                "only JSON Patch (application/json-patch+json) is accepted; XML Patch and other formats are not",
+                "only JSON Patch (application/json-patch+json) and FHIRPath Patch (a Parameters resource as \
+                 application/fhir+json) are accepted; XML Patch and other formats are not",
             ))
         }
         _ => return Err(RequestError::MediaType(mime)),
@@ -199,9 +205,13 @@ pub(crate) async fn read_body(
     // The typed inbound gate: every resource body a client sends (single writes, Bundles with
     // all their entries, Parameters with their resources) has the R4 shape before any scope
     // module walks it, so no shape the upstream's lenient parser reads can hide from the walkers.
-    if let BodyKind::Resource | BodyKind::Binary { .. } = kind {
-        shape::check(&value).map_err(RequestError::Shape)?;
+    // A FHIRPath Patch is a Parameters resource and nothing else.
+    if let BodyKind::JsonPatch = kind {
+        if value.get("resourceType").and_then(Value::as_str) != Some("Parameters") {
+            return Err(RequestError::NotParameters);
+        }
     }
+    shape::check(&value).map_err(RequestError::Shape)?;
     Ok(value)
 }
 

@@ -4,6 +4,7 @@
 pub mod canonical;
 pub mod capabilities;
 pub mod compartment;
+pub mod fhirpath_patch;
 pub mod json;
 pub mod outcome;
 pub mod patch;

@@ -11,6 +11,8 @@
 //! - the bytes the operations touch (values added, copied, replaced, removed, tested) are
 //!   summed, and a patch touching more than [`WORK_FACTOR`] times the limit is refused: its work
 //!   is O(limit), whatever the operations.
+//!
+//! [`Budget`] keeps both bounds; FHIRPath Patch (`fhir::fhirpath_patch`) charges it the same way.
 use serde_json::Value;
 
 /// The most operations one patch may hold.
@@ -21,7 +23,7 @@ pub const WORK_FACTOR: usize = 4;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PatchError {
-    #[error("a JSON Patch may hold at most {MAX_OPERATIONS} operations; this one holds {0}")]
+    #[error("a patch may hold at most {MAX_OPERATIONS} operations; this one holds {0}")]
     TooManyOperations(usize),
     #[error("the patched resource would exceed {0} bytes")]
     TooLarge(usize),
@@ -29,21 +31,66 @@ pub enum PatchError {
     TooMuchWork(usize),
     #[error("the patch cannot be applied: {0}")]
     Invalid(String),
+    /// Not a patch document at all (answered 400, like any malformed body).
+    #[error("{0}")]
+    Malformed(String),
+    /// A FHIRPath expression outside the subset fhir-fence evaluates (`fhir::fhirpath_patch`).
+    #[error("this FHIRPath expression is not supported by fhir-fence: {0}")]
+    Unsupported(String),
+}
+
+/// The two bounds of a patch being applied: an upper bound of the document's serialised size,
+/// kept under `limit`, and the bytes of values touched so far, kept under [`WORK_FACTOR`] ×
+/// `limit`. Each operation is charged *before* it runs, with the sizes of what it will add and
+/// remove.
+#[derive(Debug)]
+pub struct Budget {
+    bound: usize,
+    work: usize,
+    limit: usize,
+}
+
+impl Budget {
+    /// A budget for `operations` operations on `doc` (measured once, here), or the refusal of
+    /// a patch that holds too many or a document already over the limit.
+    pub fn new(doc: &Value, operations: usize, limit: usize) -> Result<Budget, PatchError> {
+        if operations > MAX_OPERATIONS {
+            return Err(PatchError::TooManyOperations(operations));
+        }
+        let bound = size(doc);
+        if bound > limit {
+            return Err(PatchError::TooLarge(limit));
+        }
+        Ok(Budget { bound, work: 0, limit })
+    }
+
+    /// Charges an operation that adds `added` bytes to the document and takes `removed` away
+    /// (`removed` must not over-count: the bound stays an upper bound only if it does not).
+    pub fn change(&mut self, added: usize, removed: usize) -> Result<(), PatchError> {
+        self.touch(added.saturating_add(removed))?;
+        self.bound = self.bound.saturating_add(added).saturating_sub(removed);
+        if self.bound > self.limit {
+            return Err(PatchError::TooLarge(self.limit));
+        }
+        Ok(())
+    }
+
+    /// Charges `bytes` of work that leaves the document's size alone (a test, a move, a look-up).
+    pub fn touch(&mut self, bytes: usize) -> Result<(), PatchError> {
+        self.work = self.work.saturating_add(bytes);
+        let budget = self.limit.saturating_mul(WORK_FACTOR);
+        if self.work > budget {
+            return Err(PatchError::TooMuchWork(budget));
+        }
+        Ok(())
+    }
 }
 
 /// Applies `patch` to `doc`, refusing it before the document outgrows `limit` bytes or the
 /// operations touch more than [`WORK_FACTOR`] × `limit` bytes.
 pub fn apply(doc: &mut Value, patch: &json_patch::Patch, limit: usize) -> Result<(), PatchError> {
     use json_patch::PatchOperation as Op;
-    if patch.len() > MAX_OPERATIONS {
-        return Err(PatchError::TooManyOperations(patch.len()));
-    }
-    let mut bound = size(doc);
-    if bound > limit {
-        return Err(PatchError::TooLarge(limit));
-    }
-    let budget = limit.saturating_mul(WORK_FACTOR);
-    let mut work = 0usize;
+    let mut budget = Budget::new(doc, patch.len(), limit)?;
     for op in patch.iter() {
         // What the operation will add and remove, measured before it runs: a copy that would pass
         // the limit is refused without ever being made.
@@ -71,15 +118,9 @@ pub fn apply(doc: &mut Value, patch: &json_patch::Patch, limit: usize) -> Result
             Op::Remove(r) => (0, at(&r.path)),
             Op::Test(t) => (0, size(&t.value)),
         };
-        work = work.saturating_add(added).saturating_add(removed);
-        if work > budget {
-            return Err(PatchError::TooMuchWork(budget));
-        }
-        if !matches!(op, Op::Test(_)) {
-            bound = bound.saturating_add(added).saturating_sub(removed);
-        }
-        if bound > limit {
-            return Err(PatchError::TooLarge(limit));
+        match op {
+            Op::Test(_) => budget.touch(added.saturating_add(removed))?,
+            _ => budget.change(added, removed)?,
         }
         json_patch::patch(doc, std::slice::from_ref(op)).map_err(|e| PatchError::Invalid(e.to_string()))?;
     }

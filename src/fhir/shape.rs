@@ -24,7 +24,7 @@ mod model;
 mod walk;
 
 pub use error::ShapeError;
-pub use model::Model;
+pub use model::{Element, Holds, Model, TypeRef};
 use serde_json::Value;
 
 /// Checks a resource body against the R4 model (see the module comment).

@@ -104,12 +104,12 @@ pub fn if_match(value: Option<&HeaderValue>) -> Result<Option<HeaderValue>, Scop
     }
 }
 
-/// `PATCH [type]/[id]` with JSON Patch: read-modify-write. The caller's own resource is read
-/// (in the client's view), the patch applied here within bounds (`fhir::patch`: operation count,
-/// the document's size at every step), and the result written back through
-/// [`create_or_update`] — so it is stamped, its references checked, and `If-Match` pins the
-/// version that was patched. A patch can therefore never move a resource or its references
-/// out of the tenant, whatever paths it touches.
+/// `PATCH [type]/[id]` with JSON Patch or FHIRPath Patch: read-modify-write. The caller's own
+/// resource is read (in the client's view), the patch applied here within bounds
+/// (`fhir::patch`, `fhir::fhirpath_patch`: operation count, the document's size at every step,
+/// the work), and the result written back through [`create_or_update`] — so it is stamped, its
+/// references checked, and `If-Match` pins the version that was patched. A patch can therefore
+/// never move a resource or its references out of the tenant, whatever paths it touches.
 pub async fn patch(
     ctx: &Ctx<'_>,
     caps: &Capabilities,
@@ -118,16 +118,18 @@ pub async fn patch(
     patch: Value,
     if_match: Option<&HeaderValue>,
 ) -> Result<WriteResult, ScopeError> {
-    let patch: json_patch::Patch =
-        serde_json::from_value(patch).map_err(|e| ScopeError::Body(format!("not a JSON Patch document: {e}")))?;
+    use crate::fhir::patch::PatchError;
+    let refused = |e: PatchError| match e {
+        PatchError::TooLarge(limit) => ScopeError::PatchTooLarge(limit),
+        PatchError::Malformed(why) => ScopeError::Body(why),
+        other => ScopeError::Patch(other.to_string()),
+    };
+    let patch = crate::fhir::fhirpath_patch::Patch::parse(patch).map_err(refused)?;
     let current = super::read::read(ctx, rtype, id, None).await?;
     let version = current.body.pointer("/meta/versionId").and_then(Value::as_str).map(str::to_owned);
     let mut doc = current.body.into_tree();
     let limit = ctx.snap.loaded.config.server.max_body_bytes;
-    crate::fhir::patch::apply(&mut doc, &patch, limit).map_err(|e| match e {
-        crate::fhir::patch::PatchError::TooLarge(limit) => ScopeError::PatchTooLarge(limit),
-        other => ScopeError::Patch(other.to_string()),
-    })?;
+    patch.apply(&mut doc, limit).map_err(refused)?;
     // The patched resource passes the same typed gate as a body sent whole (`request::read_body`).
     crate::fhir::shape::check(&doc)
         .map_err(|e| ScopeError::Patch(format!("the result is not valid FHIR R4 JSON: {e}")))?;

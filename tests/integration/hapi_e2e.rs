@@ -481,14 +481,22 @@ async fn json_patch_is_read_modify_write_inside_the_tenant() {
         .send()
         .await;
     assert_eq!(r.status, 409, "a stale If-Match is refused by the upstream: {}", r.body);
+    // FHIRPath Patch is a Parameters resource (tests/integration/fhirpath_patch.rs); XML Patch is not supported.
     let fhirpath = crate::support::client::request("PATCH", &f.url("Patient/p1"))
         .header("content-type", "application/fhir+json")
-        .raw_body(r#"{"resourceType":"Parameters"}"#)
+        .raw_body(r#"{"resourceType":"Patient"}"#)
         .bearer(&a)
         .send()
         .await;
-    assert_eq!(fhirpath.status, 415);
+    assert_eq!(fhirpath.status, 400);
     assert!(fhirpath.diagnostics().contains("FHIRPath Patch"));
+    let xml = crate::support::client::request("PATCH", &f.url("Patient/p1"))
+        .header("content-type", "application/xml-patch+xml")
+        .raw_body("<diff/>")
+        .bearer(&a)
+        .send()
+        .await;
+    assert_eq!(xml.status, 415);
     let r = crate::support::client::request("PATCH", &f.url("Patient/nobody"))
         .header("content-type", "application/json-patch+json")
         .raw_body("[]")

@@ -9,6 +9,7 @@ mod export_fake;
 mod export_hapi;
 mod fake_upstream;
 mod fastline_differential;
+mod fhirpath_patch;
 mod hapi_e2e;
 mod identity;
 mod identity_provider;

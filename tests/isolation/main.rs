@@ -155,6 +155,12 @@ async fn isolation_probes() {
     let (ta, tb, pb) = (ts[0].name.clone(), ts[1].name.clone(), ts[1].prefix.clone());
     let obs = |subject: &str| json!({"resourceType": "Observation", "status": "final", "code": {"text": "t"}, "subject": {"reference": subject}});
     let patch_ops = |ops: Value| ops.to_string();
+    let fp = |ops: Vec<Value>| json!({"resourceType": "Parameters", "parameter": ops});
+    let fp_op = |kind: &str, path: &str, rest: Value| {
+        let mut parts = vec![json!({"name": "type", "valueCode": kind}), json!({"name": "path", "valueString": path})];
+        parts.extend(rest.as_array().unwrap().iter().cloned());
+        json!({"name": "operation", "part": parts})
+    };
     let meta_param = |code: &str| json!({"resourceType": "Parameters", "parameter": [{"name": "meta", "valueMeta": {"tag": [{"system": SYSTEM, "code": code}]}}]});
     let tx = |entries: Value| json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
     let batch = |entries: Value| json!({"resourceType": "Bundle", "type": "batch", "entry": entries});
@@ -273,7 +279,23 @@ async fn isolation_probes() {
         probe("patch adds foreign tag", "PATCH", "/Patient/p1", &[422]).raw("application/json-patch+json", &patch_ops(json!([{"op": "add", "path": "/meta/tag", "value": [{"system": SYSTEM, "code": tb}]}]))),
         probe("patch points at foreign", "PATCH", "/Patient/p1", &[422]).raw("application/json-patch+json", &patch_ops(json!([{"op": "replace", "path": "/managingOrganization/reference", "value": "Organization/b-org"}]))),
         probe("patch moves id", "PATCH", "/Patient/p1", &[400]).raw("application/json-patch+json", &patch_ops(json!([{"op": "replace", "path": "/id", "value": "b-ref"}]))),
-        probe("fhirpath patch", "PATCH", "/Patient/p1", &[415]).json(json!({"resourceType": "Parameters"})),
+        // FHIRPath Patch: applied by fhir-fence, the result written like any update
+        probe("fhirpath patch that is not Parameters", "PATCH", "/Patient/p1", &[400]).json(json!({"resourceType": "Patient"})),
+        probe("fhirpath patch foreign", "PATCH", "/Patient/b-ref", &[404]).json(fp(vec![fp_op("replace", "Patient.name[0].family", json!([{"name": "value", "valueString": "x"}]))])),
+        probe("fhirpath patch on a foreign identifier", "PATCH", "/Patient?identifier=urn:mrn%7Cb-unique4", &[404]).json(fp(vec![fp_op("delete", "Patient.name", json!([]))])),
+        probe("fhirpath patch points at foreign", "PATCH", "/Patient/p1", &[422]).json(fp(vec![fp_op("replace", "Patient.managingOrganization.reference", json!([{"name": "value", "valueString": "Organization/b-org"}]))])),
+        probe("fhirpath patch adds a foreign reference", "PATCH", "/Patient/p1", &[422]).json(fp(vec![fp_op("add", "Patient", json!([{"name": "name", "valueString": "generalPractitioner"}, {"name": "value", "valueReference": {"reference": "Organization/b-org"}}]))])),
+        probe("fhirpath patch adds a foreign reference from parts", "PATCH", "/Patient/p1", &[422]).json(fp(vec![fp_op("add", "Patient", json!([{"name": "name", "valueString": "contact"}, {"name": "value", "part": [{"name": "organization", "valueReference": {"reference": "Organization/b-org"}}]}]))])),
+        probe("fhirpath patch adds foreign tag", "PATCH", "/Patient/p1", &[422]).json(fp(vec![fp_op("add", "Patient.meta", json!([{"name": "name", "valueString": "tag"}, {"name": "value", "valueCoding": {"system": SYSTEM, "code": tb}}]))])),
+        probe("fhirpath patch replaces the tenant tag", "PATCH", "/Patient/p1", &[422]).json(fp(vec![fp_op("replace", "Patient.meta", json!([{"name": "value", "valueMeta": {"tag": [{"system": SYSTEM, "code": tb}]}}]))])),
+        probe("fhirpath patch moves id", "PATCH", "/Patient/p1", &[400]).json(fp(vec![fp_op("replace", "Patient.id", json!([{"name": "value", "valueString": "b-ref"}]))])),
+        probe("fhirpath patch on another type's path", "PATCH", "/Patient/p1", &[422]).json(fp(vec![fp_op("delete", "Organization.name", json!([]))])),
+        probe("fhirpath patch bomb of operations", "PATCH", "/Patient/p1", &[413, 422]).json(fp((0..1001).map(|_| fp_op("delete", "Patient.gender", json!([]))).collect())),
+        // a value that fits in the body (64 KiB) but not, with what p1 holds, in the patched resource
+        probe("fhirpath patch bomb of a value", "PATCH", "/Patient/p1", &[413]).json({
+            let with = |n: usize| fp(vec![fp_op("add", "Patient", json!([{"name": "name", "valueString": "address"}, {"name": "value", "valueAddress": {"text": "w".repeat(n)}}]))]);
+            with(65_536 - with(0).to_string().len() - 8)
+        }),
         probe("xml patch", "PATCH", "/Patient/p1", &[415]).raw("application/xml-patch+xml", "<diff/>"),
         // 17 references
         probe("reference foreign", "POST", "/Observation", &[422]).json(obs("Patient/b-ref")),
@@ -505,6 +527,8 @@ async fn parser_gap_probes() {
         probe("conditional reference as array", "POST", "/Observation", &[400]).json(obs(json!({"reference": ["Patient?identifier=urn:mrn|b-unique"]}))),
         probe("Reference as array", "POST", "/Observation", &[400]).json(obs(json!([{"reference": up("Patient", "b-ref")}]))),
         probe("reference as array in PUT", "PUT", "/Observation/o-arr", &[400]).json({let mut o = obs(json!({"reference": [up("Patient", "b-ref")]})); o["id"] = json!("o-arr"); o}),
+        probe("reference as array through FHIRPath Patch", "PATCH", "/Patient/p1", &[400]).json(json!({"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [{"name": "type", "valueCode": "replace"}, {"name": "path", "valueString": "Patient.managingOrganization"}, {"name": "value", "valueReference": {"reference": [up("Organization", "b-org")]}}]}]})),
+        probe("canonical through FHIRPath Patch", "PATCH", "/Patient/p1", &[422]).json(json!({"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [{"name": "type", "valueCode": "add"}, {"name": "path", "valueString": "Patient"}, {"name": "name", "valueString": "extension"}, {"name": "value", "part": [{"name": "url", "valueUri": "http://x"}, {"name": "value", "valueCanonical": "Questionnaire/b-q"}]}]}]})),
         probe("reference as array through PATCH", "PATCH", "/Patient/p1", &[422]).raw("application/json-patch+json", &patch(json!([{"op": "add", "path": "/managingOrganization", "value": {"reference": [up("Organization", "b-org")]}}]))),
         probe("reference as array in a batch entry", "POST", "", &[400]).json(tx("batch", json!([{"resource": obs(json!({"reference": [up("Patient", "b-ref")]})), "request": {"method": "POST", "url": "Observation"}}]))),
         probe("reference as array in a transaction entry", "POST", "", &[400]).json(tx("transaction", json!([{"resource": obs(json!({"reference": ["Patient?identifier=urn:mrn|b-unique"]})), "request": {"method": "POST", "url": "Observation"}}]))),

@@ -65,6 +65,8 @@ pub(super) struct Elem {
 #[derive(Debug, Default)]
 pub(super) struct TypeDef {
     pub(super) elements: Names<Elem>,
+    /// The names of its choice elements (`value` for `value[x]`), indexed by `Elem::choice`.
+    choices: Vec<Box<str>>,
 }
 
 /// The R4 element table in a form the check can walk.
@@ -153,7 +155,8 @@ impl Model {
                 });
                 elements.insert(member.as_str().into(), Elem { kind: kind_of(t)?, many, choice });
             }
-            types.push(TypeDef { elements });
+            let choices = groups.iter().map(|g| Box::from(*g)).collect();
+            types.push(TypeDef { elements, choices });
         }
         let resources = table
             .resources
@@ -178,4 +181,57 @@ impl Model {
     pub fn is_resource_type(&self, rtype: &str) -> bool {
         self.resources.contains_key(rtype)
     }
+
+    /// The type of resource `rtype`, for [`Model::element_of`] (navigation by FHIRPath Patch).
+    pub fn resource_type(&self, rtype: &str) -> Option<TypeRef> {
+        self.resources.get(rtype).map(|i| TypeRef(*i))
+    }
+
+    /// The element written as JSON member `member` of type `of` (a choice element by its
+    /// variant's member, `valueQuantity`), with what it holds and whether it repeats.
+    pub fn element_of(&self, of: TypeRef, member: &str) -> Option<Element> {
+        let elem = self.types.get(of.0 as usize)?.elements.get(member)?;
+        let holds = match elem.kind {
+            Kind::Complex(t) => Holds::Complex(TypeRef(t)),
+            Kind::Resource => Holds::Resource,
+            _ => Holds::Primitive,
+        };
+        Some(Element { holds, many: elem.many, choice: elem.choice.is_some() })
+    }
+
+    /// For a variant of a choice element (`valueQuantity`): the choice element's name (`value`).
+    pub fn choice_of(&self, of: TypeRef, member: &str) -> Option<&str> {
+        let def = self.types.get(of.0 as usize)?;
+        def.elements.get(member)?.choice.and_then(|g| def.choices.get(usize::from(g))).map(|n| &**n)
+    }
+
+    /// Whether `name` is a choice element (`value[x]`) of type `of`.
+    pub fn is_choice(&self, of: TypeRef, name: &str) -> bool {
+        self.types.get(of.0 as usize).is_some_and(|d| d.choices.iter().any(|c| &**c == name))
+    }
+}
+
+/// A type of the R4 table (a resource, a datatype or a backbone element), as [`Model::element_of`]
+/// navigates them. Opaque: only the model makes one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TypeRef(u32);
+
+/// What an element holds, for navigation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holds {
+    /// A FHIR primitive (a JSON string, number or boolean).
+    Primitive,
+    /// A datatype or backbone element (a JSON object) of this type.
+    Complex(TypeRef),
+    /// Any resource, typed by its own `resourceType` (`contained`).
+    Resource,
+}
+
+/// One element of a type: what it holds, whether it repeats (`..*`), whether it is a variant
+/// of a choice element.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Element {
+    pub holds: Holds,
+    pub many: bool,
+    pub choice: bool,
 }
