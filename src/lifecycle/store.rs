@@ -20,14 +20,14 @@ pub fn text(name: &str, tenant: &Tenant) -> Result<String, String> {
 }
 
 /// Writes `contents` to `file` atomically (temporary file in the same directory + rename).
-pub fn write_atomic(file: &Path, contents: &str) -> std::io::Result<()> {
+pub fn write_atomic(file: &Path, contents: impl AsRef<[u8]>) -> std::io::Result<()> {
     let dir = file.parent().ok_or_else(|| std::io::Error::other("a tenant file needs a directory"))?;
     let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("tenant");
     // Hidden and not ending in `.toml`: never read as a tenant.
     let tmp = dir.join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
     let written = (|| {
         let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        f.write_all(contents.as_bytes())?;
+        f.write_all(contents.as_ref())?;
         f.sync_all()?;
         std::fs::rename(&tmp, file)
     })();
@@ -55,7 +55,7 @@ mod tests {
         )
         .unwrap();
         let file = path(&dir, "acme");
-        write_atomic(&file, &text("acme", &t).unwrap()).unwrap();
+        write_atomic(&file, text("acme", &t).unwrap()).unwrap();
         let back: Tenant = toml::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
         assert_eq!(back, t);
         let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();

@@ -65,13 +65,9 @@ pub fn write<T: Serialize>(path: &Path, value: &T) -> Result<(), DataError> {
     replace(path, &bytes)
 }
 
-/// Writes `bytes` beside `path`, syncs, and renames it over `path`.
+/// Writes `bytes` beside `path`, syncs, and renames it over `path` (as tenant files are written).
 pub fn replace(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
-    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(|e| DataError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
+    crate::lifecycle::store::write_atomic(path, bytes).map_err(|e| DataError::io(path, e))
 }
 
 #[cfg(test)]

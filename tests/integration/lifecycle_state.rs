@@ -476,16 +476,7 @@ fn check(config: &str, files: &[(&str, &str)]) -> Result<(), String> {
     for (name, text) in files {
         std::fs::write(tdir.join(format!("{name}.toml")), text).unwrap();
     }
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fhir-fence"))
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    support::check_path(&path)
 }
 
 #[test]

@@ -234,10 +234,14 @@ tenants = [{first}]
 
 /// `fhir-fence check` on a config text: `Err(stderr)` when it refuses it.
 pub fn check_config(text: &str) -> Result<(), String> {
-    let path = write_config(text);
+    check_path(&write_config(text))
+}
+
+/// `fhir-fence check --config path`: `Err(stderr)` when refused.
+pub fn check_path(path: &std::path::Path) -> Result<(), String> {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_fhir-fence"))
         .args(["check", "--config"])
-        .arg(&path)
+        .arg(path)
         .output()
         .unwrap();
     if out.status.success() {
