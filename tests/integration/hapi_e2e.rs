@@ -902,7 +902,12 @@ async fn validate_checks_the_body_like_a_write_and_the_instance_like_a_read() {
 /// `$validate` runs only where every canonical is shared.
 #[tokio::test]
 async fn canonical_urls_name_own_or_shared_definitions() {
-    let (f, ts) = fence(2).await;
+    let ts = tenants(2);
+    let mut o = Options::new(&hapi(), &ts);
+    // HAPI's first `$validate` loads its validator (the core definitions): on a busy 2-core
+    // machine that alone can pass the tests' usual 20 s upstream timeout.
+    o.request_timeout_ms = 180_000;
+    let f = support::start(o).await;
     let (a, b) = (f.token(&ts[0].name), f.token(&ts[1].name));
     let own = format!("http://example.org/Questionnaire/{}-own", ts[0].prefix);
     let theirs = format!("http://example.org/Questionnaire/{}-theirs", ts[1].prefix);
