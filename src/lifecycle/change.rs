@@ -66,6 +66,11 @@ pub struct Changed {
 }
 
 impl Changed {
+    /// Asked for what already is: nothing written, nothing recorded.
+    fn unchanged(tenant: &str, operation: &'static str, status: TenantStatus) -> Changed {
+        Changed { tenant: tenant.to_owned(), operation, from: Some(status), to: status, result: "unchanged" }
+    }
+
     pub fn changed(&self) -> bool {
         self.result == "changed"
     }
@@ -117,13 +122,7 @@ pub fn apply(config_path: &Path, name: &str, op: Operation, who: &str) -> Result
                 if !same {
                     return Err(LifecycleError::Exists(name.to_owned()));
                 }
-                return Ok(Changed {
-                    tenant: name.to_owned(),
-                    operation,
-                    from: Some(current.status),
-                    to: current.status,
-                    result: "unchanged",
-                });
+                return Ok(Changed::unchanged(name, operation, current.status));
             }
             // A name or prefix is never used twice: a retired tenant's ids (its deleted
             // versions, its history) stay on the upstream under its prefix, and its page tokens
@@ -149,13 +148,7 @@ pub fn apply(config_path: &Path, name: &str, op: Operation, who: &str) -> Result
                 return Err(LifecycleError::Inline(name.to_owned()));
             }
             let Some(next) = next(name, current, &op)? else {
-                return Ok(Changed {
-                    tenant: name.to_owned(),
-                    operation,
-                    from: Some(current.status),
-                    to: current.status,
-                    result: "unchanged",
-                });
+                return Ok(Changed::unchanged(name, operation, current.status));
             };
             (Some(current.clone()), next)
         }
