@@ -370,6 +370,24 @@ fn validate(c: &Config) -> Result<Url, ConfigError> {
                 ))
             }
         }
+        // A legacy upstream holds data no tenant coding protects: only observing tenants use it,
+        // so observe mode can never weaken an enforced tenant.
+        let legacy = c.upstreams.get(&t.upstream).is_some_and(|u| u.legacy);
+        match (t.enforcement, legacy) {
+            (Enforcement::Observe, false) => {
+                return Err(ConfigError::invalid(
+                    format!("{key}.enforcement"),
+                    format!("observe mode needs a legacy upstream, and {:?} is not one (upstreams.{}.legacy = true)", t.upstream, t.upstream),
+                ))
+            }
+            (Enforcement::Enforce, true) => {
+                return Err(ConfigError::invalid(
+                    format!("{key}.upstream"),
+                    format!("{:?} is a legacy upstream (its data carries no tenant coding): only tenants with enforcement = \"observe\" may use it", t.upstream),
+                ))
+            }
+            _ => {}
+        }
         // Hybrid placement: a dedicated tenant's upstream serves no other tenant.
         if t.isolation == Isolation::Dedicated {
             if let Some((other, _)) = c.tenants.iter().find(|(n, o)| *n != name && o.upstream == t.upstream) {

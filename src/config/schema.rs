@@ -275,6 +275,11 @@ pub struct Upstream {
     /// A token fhir-fence obtains itself with OAuth2 client credentials (RFC 6749 §4.4) and
     /// sends as `Authorization: Bearer …` (instead of `bearer_file`).
     pub oauth2: Option<UpstreamOAuth2>,
+    /// A legacy server: its data was not written through fhir-fence (no tenant coding, plain
+    /// ids). Only `enforcement = "observe"` tenants may use it (never an enforced one), and
+    /// `fhir-fence tenant adopt --from` reads from it (paper §7.1).
+    #[serde(default)]
+    pub legacy: bool,
 }
 
 /// fhir-fence's own OAuth2 client at the upstream's authorization server (`upstream_token`).
@@ -451,6 +456,19 @@ impl Isolation {
     }
 }
 
+/// Whether fhir-fence enforces the tenant's isolation (the default), or only observes it on a
+/// legacy upstream (paper §7.1, "run both shapes in parallel"): requests pass through as the
+/// legacy path would send them, while what enforcement would refuse or drop is counted and
+/// logged, so enforcement is switched on once the counts are zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Enforcement {
+    #[default]
+    Enforce,
+    /// Only on an upstream with `legacy = true` (checked at load).
+    Observe,
+}
+
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
 }
@@ -469,6 +487,9 @@ pub struct Tenant {
     /// `shared` (default) or `dedicated`: a dedicated tenant's upstream serves no other tenant.
     #[serde(default, skip_serializing_if = "Isolation::is_shared")]
     pub isolation: Isolation,
+    /// `enforce` (default) or `observe` (only on a `legacy` upstream).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub enforcement: Enforcement,
     /// Issuers (by name in `[issuers]`) that may assert this tenant, besides those whose own
     /// `tenants` list names it: how a tenant file is let in without editing the config file.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -502,6 +502,18 @@ fn validation_refuses_dedicated_on_a_shared_upstream_and_duplicates() {
     let e = check(&base(&alone, own), &[("joiner", &joiner)]).unwrap_err();
     assert!(e.contains("joiner") && e.contains(&ts[1].name) && e.contains("\"own\""), "{e}");
 
+    // Observe mode only on a legacy upstream, and a legacy upstream only for observing tenants.
+    ts[1].extra = "enforcement = \"observe\"\n".into();
+    let e = check(&base(&ts, ""), &[]).unwrap_err();
+    assert!(e.contains("enforcement") && e.contains("legacy"), "{e}");
+    let mut legacy = ts.clone();
+    legacy[1].upstream = "old".into();
+    let old = "[upstreams.old]\nbase_url = \"http://127.0.0.1:11/fhir\"\nlegacy = true\n";
+    assert_eq!(check(&base(&legacy, old), &[]), Ok(()));
+    legacy[1].extra.clear();
+    let e = check(&base(&legacy, old), &[]).unwrap_err();
+    assert!(e.contains(&format!("tenants.{}.upstream", ts[1].name)) && e.contains("legacy"), "{e}");
+
     ts[1].extra.clear();
     // A name both inline and in a file: both places named.
     let same = format!("prefix = \"zz{}\"\nupstream = \"main\"\nstatus = \"active\"\n", &ts[1].prefix[1..6]);
