@@ -168,11 +168,27 @@ enum TenantAction {
         against: PathBuf,
     },
     /// Delete every upstream resource of a tenant taken out of service, and prove none is left.
+    /// With --moved-from: the copy a finished `move` left on that upstream instead.
     Purge {
         name: String,
         /// Also remove each deleted resource's history (`$expunge`, where the upstream allows it).
         #[arg(long)]
         expunge: bool,
+        /// The upstream a finished move took the tenant away from.
+        #[arg(long = "moved-from")]
+        moved_from: Option<String>,
+    },
+    /// Move the tenant's data to another upstream: copy while it works, catch up, freeze
+    /// writes (read-only) for the last changes and the verification, switch. The source copy
+    /// stays until `purge --moved-from`. Resumable: a rerun continues.
+    Move {
+        name: String,
+        /// The upstream (in `[upstreams]`) to move to.
+        #[arg(long)]
+        to: String,
+        /// `shared` or `dedicated` on the new upstream (default: as now).
+        #[arg(long)]
+        isolation: Option<String>,
     },
 }
 
@@ -262,7 +278,19 @@ fn tenant(config: &std::path::Path, action: TenantAction) -> ExitCode {
         TenantAction::Export { name, out } => return run(config, &name, Op::Export { out }),
         TenantAction::Restore { name, from } => return run(config, &name, Op::Restore { from }),
         TenantAction::Verify { name, against } => return run(config, &name, Op::Verify { against }),
-        TenantAction::Purge { name, expunge } => return run(config, &name, Op::Purge { expunge }),
+        TenantAction::Purge { name, expunge, moved_from } => {
+            return run(config, &name, Op::Purge { expunge, moved_from })
+        }
+        TenantAction::Move { name, to, isolation } => {
+            let isolation = match isolation.map(|i| serde_json::from_value::<config::Isolation>(serde_json::json!(i))) {
+                Some(Err(e)) => {
+                    eprintln!("fhir-fence tenant move: --isolation: {e}");
+                    return ExitCode::from(2);
+                }
+                i => i.and_then(Result::ok),
+            };
+            return run(config, &name, Op::Move { to, isolation });
+        }
         TenantAction::List => return command::list(config),
         TenantAction::Show { name } => return command::show(config, &name),
         TenantAction::Create {

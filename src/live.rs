@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 
 /// How long the source files must stay quiet after a change before it is read (editors and
 /// Kubernetes write a file in several steps).
-const SETTLE: Duration = Duration::from_millis(200);
+pub const SETTLE: Duration = Duration::from_millis(200);
 
 pub struct Live {
     current: ArcSwap<Snapshot>,
@@ -85,6 +85,31 @@ impl Live {
                 Err(e)
             }
         }
+    }
+
+    /// Reloads now, then waits (at most `bound`) until no request still holds the snapshot
+    /// that was current before: when this returns `Ok(true)`, nothing acts under the old
+    /// configuration any more (a write freeze is in force, a moved tenant's writes all go to
+    /// its new upstream). `Ok(false)`: requests were still in flight when `bound` passed.
+    pub async fn reload_and_drain(&self, trigger: &'static str, bound: Duration) -> Result<bool, ConfigError> {
+        let before = self.snapshot();
+        self.reload(trigger).await?;
+        let deadline = tokio::time::Instant::now() + bound;
+        while before.in_flight.get() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(true)
+    }
+
+    /// The longest a request may take upstream under the current snapshot: how long a drain
+    /// can last.
+    pub fn drain_bound(&self) -> Duration {
+        let snap = self.snapshot();
+        let longest = snap.loaded.config.upstreams.values().map(|u| u.request_timeout_ms).max().unwrap_or_default();
+        Duration::from_millis(longest) * 2 + Duration::from_secs(1)
     }
 
     /// Reloads if a source file differs from what the last attempt read.

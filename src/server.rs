@@ -93,7 +93,11 @@ where
     // Each request takes the snapshot current when it arrives and keeps it to the end.
     let service = service_fn(move |req| {
         let (snap, slot) = (live.snapshot(), slot.clone());
-        async move { Ok::<_, Infallible>(pipeline::handle(snap, req, &slot).await) }
+        async move {
+            let serving = snap.clone();
+            let _counted = serving.in_flight.enter();
+            Ok::<_, Infallible>(pipeline::handle(snap, req, &slot).await)
+        }
     });
     if let Err(e) = watcher.watch(builder().serve_connection(TokioIo::new(io), service)).await {
         tracing::debug!(error = %e, "public connection ended with an error");

@@ -55,6 +55,34 @@ pub struct Snapshot {
     /// The admin API's bearer token (`lifecycle.admin_token_file`, trimmed); `None`: the
     /// `/tenants` endpoints do not exist.
     pub admin_token: Option<Arc<str>>,
+    /// Requests being served under this snapshot: a reload that must know when the old
+    /// configuration no longer acts (a move's write freeze) waits for it to reach 0
+    /// (`Live::reload_and_drain`).
+    pub in_flight: InFlight,
+}
+
+/// A count of the requests holding a snapshot.
+#[derive(Debug, Default)]
+pub struct InFlight(std::sync::atomic::AtomicUsize);
+
+/// Counts one request until dropped.
+pub struct Serving<'a>(&'a InFlight);
+
+impl InFlight {
+    pub fn enter(&self) -> Serving<'_> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Serving(self)
+    }
+
+    pub fn get(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+impl Drop for Serving<'_> {
+    fn drop(&mut self) {
+        self.0 .0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 impl Snapshot {
@@ -220,6 +248,7 @@ impl Snapshot {
         };
         Ok(Snapshot {
             admin_token,
+            in_flight: InFlight::default(),
             tls,
             limits,
             audit,

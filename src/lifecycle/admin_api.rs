@@ -4,6 +4,11 @@
 //! `GET /tenants`, `GET /tenants/NAME`, `PUT /tenants/NAME` (create; a JSON body with the
 //! tenant table's keys), `POST /tenants/NAME/{suspend,resume,read-only,delete,undelete}`.
 //!
+//! The data commands run as jobs in the server (`tenant_data::jobs`):
+//! `POST /tenants/NAME/{move,export,restore,verify,purge}` with a JSON body of their arguments
+//! (`{"to": "dedicated"}`, `{"dir": "exports/x"}`, `{"moved_from": "main", "expunge": true}`…)
+//! answers 202 with the job's id and `Location: /jobs/ID`; `GET /jobs/ID` says how it goes.
+//!
 //! Every request needs `Authorization: Bearer <admin token>`, compared in constant time (the
 //! SHA-256 of both, so not even the length shows); a tenant's token never works here. A change
 //! goes through [`change::apply`] like the CLI's, then the configuration is reloaded before
@@ -11,6 +16,7 @@
 use super::change::{self, LifecycleError, Operation};
 use crate::config::Tenant;
 use crate::live::Live;
+use crate::tenant_data::jobs::{self, Ask, JobError};
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -22,7 +28,7 @@ const MAX_BODY: usize = 64 * 1024;
 
 /// Whether `path` is one of this API's.
 pub fn owns(path: &str) -> bool {
-    path == "/tenants" || path.starts_with("/tenants/")
+    path == "/tenants" || path.starts_with("/tenants/") || path.starts_with("/jobs/")
 }
 
 /// Answers a request for one of this API's paths ([`owns`]).
@@ -63,6 +69,38 @@ where
                 Err(e) => return reply(StatusCode::BAD_REQUEST, json!({"error": format!("not a tenant table: {e}")})),
             }
         }
+        (&Method::GET, ["jobs", id]) => {
+            return match jobs::status(id) {
+                Some(v) => reply(StatusCode::OK, v),
+                None => reply(StatusCode::NOT_FOUND, json!({"error": "no such job"})),
+            };
+        }
+        (&Method::POST, ["tenants", name, op]) if jobs::OPERATIONS.contains(op) => {
+            let (name, op) = ((*name).to_owned(), (*op).to_owned());
+            let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => return reply(StatusCode::PAYLOAD_TOO_LARGE, json!({"error": "the body is too large"})),
+            };
+            let body: &[u8] = if body.is_empty() { b"{}" } else { &body };
+            let ask = match serde_json::from_slice::<Ask>(body) {
+                Ok(a) => a,
+                Err(e) => {
+                    return reply(StatusCode::BAD_REQUEST, json!({"error": format!("not the arguments of {op}: {e}")}))
+                }
+            };
+            return match jobs::start(live, &name, &op, ask) {
+                Ok(id) => {
+                    let mut r = reply(StatusCode::ACCEPTED, json!({"job": id, "status": format!("/jobs/{id}")}));
+                    if let Ok(v) = HeaderValue::from_str(&format!("/jobs/{id}")) {
+                        r.headers_mut().insert(header::LOCATION, v);
+                    }
+                    r
+                }
+                Err(e @ JobError::Busy(..)) => reply(StatusCode::CONFLICT, json!({"error": e.to_string()})),
+                Err(e @ JobError::Bad(_)) => reply(StatusCode::UNPROCESSABLE_ENTITY, json!({"error": e.to_string()})),
+                Err(e @ JobError::NoStateDir) => reply(StatusCode::CONFLICT, json!({"error": e.to_string()})),
+            };
+        }
         (&Method::POST, ["tenants", _, op]) => match Operation::parse(op) {
             Some(op) => op,
             None => return reply(StatusCode::NOT_FOUND, json!({"error": "not found"})),
@@ -79,7 +117,9 @@ where
         Err(_) => return reply(StatusCode::INTERNAL_SERVER_ERROR, json!({"error": "the change did not finish"})),
     };
     if done.changed() {
-        if let Err(e) = live.reload("admin api").await {
+        // Answered once requests under the old configuration have finished too, so a caller
+        // that froze a tenant knows no write is still on its way.
+        if let Err(e) = live.reload_and_drain("admin api", live.drain_bound()).await {
             return reply(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 json!({"error": format!("the change was written, but the reload failed: {e}"), "change": done}),

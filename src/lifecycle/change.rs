@@ -26,6 +26,13 @@ pub enum Operation {
     Delete,
     /// `deleting` → `suspended`.
     Undelete,
+    /// A move's switch (`tenant_data::relocate`, never asked for alone): the tenant's data now
+    /// lives on `upstream`, and its status becomes `status` (what it was before the freeze).
+    Place {
+        upstream: String,
+        status: TenantStatus,
+        isolation: config::Isolation,
+    },
 }
 
 impl Operation {
@@ -37,6 +44,7 @@ impl Operation {
             Operation::ReadOnly => "read-only",
             Operation::Delete => "delete",
             Operation::Undelete => "undelete",
+            Operation::Place { .. } => "move",
         }
     }
 
@@ -204,12 +212,41 @@ fn next(name: &str, t: &Tenant, op: &Operation) -> Result<Option<Tenant>, Lifecy
         (Operation::Delete, S::Deleting) | (Operation::Undelete, S::Active | S::Suspended | S::ReadOnly) => None,
         (Operation::Delete, _) => Some(Tenant { status: S::Deleting, deleted_at: Some(now_utc()), ..t.clone() }),
         (Operation::Undelete, S::Deleting) => to(S::Suspended),
-        (Operation::Suspend | Operation::Resume | Operation::ReadOnly, S::Deleting) => return Err(deleting()),
+        (Operation::Suspend | Operation::Resume | Operation::ReadOnly | Operation::Place { .. }, S::Deleting) => {
+            return Err(deleting())
+        }
+        (Operation::Place { upstream, status, isolation }, _) => {
+            (t.upstream != *upstream || t.status != *status || t.isolation != *isolation).then(|| Tenant {
+                upstream: upstream.clone(),
+                status: *status,
+                isolation: *isolation,
+                deleted_at: None,
+                ..t.clone()
+            })
+        }
         (Operation::Suspend, _) => to(S::Suspended),
         (Operation::Resume, _) => to(S::Active),
         (Operation::ReadOnly, _) => to(S::ReadOnly),
         (Operation::Create(_), _) => unreachable!("a create has no current tenant"),
     })
+}
+
+/// Whether `op` on the managed tenant `name` would be accepted now, judged as [`apply`] judges
+/// it (the whole resulting config), without writing anything: a move asks this of its switch
+/// before it copies anything.
+pub fn check(config_path: &Path, name: &str, op: &Operation) -> Result<(), LifecycleError> {
+    let loaded = config::load(config_path)?;
+    dirs(&loaded)?;
+    let current = loaded.config.tenants.get(name).ok_or_else(|| LifecycleError::UnknownTenant(name.to_owned()))?;
+    if !loaded.tenant_files.contains_key(name) {
+        return Err(LifecycleError::Inline(name.to_owned()));
+    }
+    if let Some(after) = next(name, current, op)? {
+        let mut whole = loaded.config.clone();
+        whole.tenants.insert(name.to_owned(), after);
+        config::validate_config(&whole).map_err(LifecycleError::Invalid)?;
+    }
+    Ok(())
 }
 
 fn dirs(loaded: &Loaded) -> Result<(PathBuf, PathBuf), LifecycleError> {

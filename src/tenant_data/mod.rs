@@ -21,15 +21,21 @@
 //! - `restore`  — restore into an empty tenant as transaction Bundles of PUTs
 //! - `verify`   — files and upstream data compared with the manifest
 //! - `purge`    — deletes in reverse dependency order, `$expunge`, the proof of absence
+//! - `catch_up` — a move's changes since a moment (the upstream's history), copied to the target
+//! - `relocate` — `tenant move`: copy, catch up, freeze, catch up, verify, switch
 //! - `progress` — a bar on a terminal, JSON lines otherwise
 //! - `command`  — the CLI commands: runtime, snapshot, report on stdout
+//! - `jobs`     — the same commands run by the admin API in the server, as jobs to poll
+pub mod catch_up;
 pub mod command;
 pub mod export;
+pub mod jobs;
 pub mod journal;
 pub mod manifest;
 pub mod order;
 pub mod progress;
 pub mod purge;
+pub mod relocate;
 pub mod restore;
 pub mod scan;
 pub mod schedule;
@@ -70,6 +76,8 @@ pub enum DataError {
     NotPermitted(String),
     #[error("{0}")]
     Scope(#[from] ScopeError),
+    #[error(transparent)]
+    Lifecycle(#[from] crate::lifecycle::change::LifecycleError),
 }
 
 impl DataError {
@@ -94,6 +102,22 @@ impl Job {
     /// The job for `tenant`, reading its upstream's CapabilityStatement.
     pub async fn new(snap: Arc<Snapshot>, tenant: &str, correlation: &str) -> Result<Job, DataError> {
         let tenant = snap.tenants.get(tenant).cloned().ok_or_else(|| DataError::NoTenant(tenant.to_owned()))?;
+        Job::with(snap, tenant, correlation).await
+    }
+
+    /// The job for `tenant` as if its data lived on `upstream` (a move's target, or the
+    /// source it left): the same name, prefix and coding, another server.
+    pub async fn on(snap: Arc<Snapshot>, tenant: &str, upstream: &str, correlation: &str) -> Result<Job, DataError> {
+        let mut t =
+            snap.tenants.get(tenant).map(|t| (**t).clone()).ok_or_else(|| DataError::NoTenant(tenant.to_owned()))?;
+        if !snap.upstreams.contains_key(upstream) {
+            return Err(DataError::Refused(format!("no upstream {upstream:?} in the config")));
+        }
+        t.upstream = upstream.to_owned();
+        Job::with(snap, Arc::new(t), correlation).await
+    }
+
+    async fn with(snap: Arc<Snapshot>, tenant: Arc<Tenant>, correlation: &str) -> Result<Job, DataError> {
         let upstream = snap
             .upstreams
             .get(&tenant.upstream)
@@ -210,4 +234,21 @@ pub fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
+}
+
+/// Appends a data command's run to the lifecycle record in `state_dir` (kept when the tenant is
+/// gone): who ran what on which tenant, and the counts. `status` is the tenant's, unchanged.
+pub fn record(state_dir: &std::path::Path, report: &Report, status: &str, who: &str) -> std::io::Result<()> {
+    let entry = crate::lifecycle::record::Entry {
+        at: crate::lifecycle::now_utc(),
+        who: who.to_owned(),
+        operation: report.operation.to_owned(),
+        tenant: report.tenant.clone(),
+        from: Some(status.to_owned()),
+        to: status.to_owned(),
+        prefix: None,
+        counts: Some(report.types.clone()),
+        ok: Some(report.ok),
+    };
+    crate::lifecycle::record::append(state_dir, &entry)
 }

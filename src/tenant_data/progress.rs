@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 pub struct Progress {
     mode: Mode,
+    /// With `Mode::Kept`: the last step, for whoever asks (an admin API job's status).
+    kept: Option<std::sync::Arc<Mutex<serde_json::Value>>>,
     /// When the bar was last drawn (it is redrawn at most 10 times a second).
     drawn: Mutex<Option<Instant>>,
 }
@@ -17,24 +19,36 @@ enum Mode {
     Bar,
     Lines,
     Silent,
+    Kept,
 }
 
 impl Progress {
     /// A bar when stderr is a terminal, JSON lines otherwise.
     pub fn stderr() -> Progress {
         let mode = if std::io::stderr().is_terminal() { Mode::Bar } else { Mode::Lines };
-        Progress { mode, drawn: Mutex::new(None) }
+        Progress { mode, kept: None, drawn: Mutex::new(None) }
     }
 
     /// Reports nothing (library callers, tests).
     pub fn silent() -> Progress {
-        Progress { mode: Mode::Silent, drawn: Mutex::new(None) }
+        Progress { mode: Mode::Silent, kept: None, drawn: Mutex::new(None) }
+    }
+
+    /// Keeps the last step in `into` (as the JSON line would say it) instead of printing it.
+    pub fn kept(into: std::sync::Arc<Mutex<serde_json::Value>>) -> Progress {
+        Progress { mode: Mode::Kept, kept: Some(into), drawn: Mutex::new(None) }
     }
 
     /// `done` of `total` (if known) in `phase`, for resource type `rtype` (or the whole step).
     pub fn update(&self, phase: &str, rtype: Option<&str>, done: u64, total: Option<u64>) {
         match self.mode {
             Mode::Silent => {}
+            Mode::Kept => {
+                if let Some(k) = &self.kept {
+                    *k.lock().unwrap_or_else(|p| p.into_inner()) =
+                        json!({"phase": phase, "type": rtype, "done": done, "total": total});
+                }
+            }
             Mode::Lines => {
                 let line = json!({"phase": phase, "type": rtype, "done": done, "total": total});
                 let _ = writeln!(std::io::stderr().lock(), "{line}");

@@ -51,7 +51,16 @@ struct Found {
 /// Reads in flight at once while proving the deleted ids gone.
 const PROOF_READS: usize = 8;
 
-pub async fn purge(job: &Job, expunge: bool, progress: &Progress) -> Result<Report, DataError> {
+/// Why a purge may run.
+pub enum Permit {
+    /// The tenant is deleted and its grace is over (`purge_permitted`).
+    Deleted,
+    /// The job's upstream is one a finished move took the tenant away from (the copy it left,
+    /// `relocate::moved_away`; `state_root` is the lifecycle `state_dir`).
+    MovedAway { state_root: std::path::PathBuf },
+}
+
+pub async fn purge(job: &Job, expunge: bool, permit: Permit, progress: &Progress) -> Result<Report, DataError> {
     let tenant = job
         .snap
         .loaded
@@ -59,8 +68,18 @@ pub async fn purge(job: &Job, expunge: bool, progress: &Progress) -> Result<Repo
         .tenants
         .get(&job.tenant.name)
         .ok_or(DataError::NotPermitted(format!("tenant {:?} is not in the configuration", job.tenant.name)))?;
-    purge_permitted(&job.tenant.name, tenant, &job.snap.loaded.config.lifecycle)
-        .map_err(|why| DataError::NotPermitted(why.to_string()))?;
+    match permit {
+        Permit::Deleted => purge_permitted(&job.tenant.name, tenant, &job.snap.loaded.config.lifecycle)
+            .map_err(|why| DataError::NotPermitted(why.to_string()))?,
+        Permit::MovedAway { state_root } => {
+            if !super::relocate::moved_away(&state_root, &job.tenant.name, &job.tenant.upstream, &tenant.upstream)? {
+                return Err(DataError::NotPermitted(format!(
+                    "tenant {:?} lives on {:?}; no finished move took it away from {:?}",
+                    job.tenant.name, tenant.upstream, job.tenant.upstream
+                )));
+            }
+        }
+    }
     let started = std::time::Instant::now();
     let mut report = Report::new("purge", job);
     let found = find(job, progress, &mut report).await?;

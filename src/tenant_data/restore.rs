@@ -35,11 +35,21 @@ pub const TRANSACTION: usize = 200;
 pub const CONCURRENT: usize = 4;
 
 /// One resource ready for the upstream.
-struct Ready {
-    rtype: String,
+pub(super) struct Ready {
+    pub rtype: String,
     /// `Type/{prefix}-{id}`.
-    url: String,
-    body: Value,
+    pub url: String,
+    pub body: Value,
+}
+
+/// What a reference to a resource outside the written set means.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Outside {
+    /// A restore: the export holds the whole tenant, so it is dangling and refuses the restore.
+    Refused,
+    /// A move's catch-up: the rest of the tenant is on the target already (the verification
+    /// proves every resource equal before the switch).
+    Present,
 }
 
 pub async fn restore(job: &Job, dir: &Path, progress: &Progress) -> Result<Report, DataError> {
@@ -58,7 +68,7 @@ pub async fn restore(job: &Job, dir: &Path, progress: &Progress) -> Result<Repor
             first.problem
         )));
     }
-    let ready = prepare_all(job, &files.resources)?;
+    let ready = prepare_all(job, &files.resources, Outside::Refused)?;
     let (graph, plan) = plan(job, &ready);
     let fingerprint = fingerprint(&ready, &plan);
     let state_path = journal::restore_file(dir, &job.tenant.name);
@@ -154,7 +164,11 @@ async fn ensure_empty(job: &Job, progress: &Progress) -> Result<(), DataError> {
 
 /// Every resource of the export prepared for the target tenant as a write through fhir-fence
 /// would be; any that cannot be refuses the whole restore (listing up to ten).
-fn prepare_all(job: &Job, resources: &BTreeMap<String, Vec<Value>>) -> Result<Vec<Ready>, DataError> {
+pub(super) fn prepare_all(
+    job: &Job,
+    resources: &BTreeMap<String, Vec<Value>>,
+    outside: Outside,
+) -> Result<Vec<Ready>, DataError> {
     let ctx = job.ctx();
     let mut refused: Vec<Refusal> = Vec::new();
     let mut written: HashSet<String> = HashSet::new();
@@ -187,14 +201,15 @@ fn prepare_all(job: &Job, resources: &BTreeMap<String, Vec<Value>>) -> Result<Ve
                     continue;
                 }
             };
-            if let Some(t) = p.targets.first() {
+            if let (Some(t), Outside::Refused) = (p.targets.first(), outside) {
                 refused.push(refuse(format!("references {}, which the export does not contain", t.original)));
                 continue;
             }
-            let missing = p.canonicals.iter().filter(|n| !n.types.is_empty()).find(|n| {
-                let url = n.canonical.split_once('|').map_or(n.canonical.as_str(), |(u, _)| u);
-                !defined.contains(url)
-            });
+            let missing =
+                p.canonicals.iter().filter(|n| !n.types.is_empty() && outside == Outside::Refused).find(|n| {
+                    let url = n.canonical.split_once('|').map_or(n.canonical.as_str(), |(u, _)| u);
+                    !defined.contains(url)
+                });
             if let Some(n) = missing {
                 refused
                     .push(refuse(format!("canonical {} names a definition the export does not contain", n.canonical)));
@@ -227,7 +242,7 @@ fn prepare_all(job: &Job, resources: &BTreeMap<String, Vec<Value>>) -> Result<Ve
 }
 
 /// The reference graph and the transactions (indexes into `ready`), in dependency order.
-fn plan(job: &Job, ready: &[Ready]) -> (Graph, Vec<Vec<usize>>) {
+pub(super) fn plan(job: &Job, ready: &[Ready]) -> (Graph, Vec<Vec<usize>>) {
     let mut graph = Graph::new(ready.iter().map(|r| r.url.clone()).collect());
     for (i, r) in ready.iter().enumerate() {
         graph.add_references(i, &r.body, &job.upstream.base);
@@ -251,21 +266,27 @@ fn fingerprint(ready: &[Ready], plan: &[Vec<usize>]) -> String {
 
 /// Sends one transaction of PUTs and checks every entry was written.
 async fn transaction(job: &Job, ready: &[Ready], batch: &[usize], index: usize) -> Result<usize, DataError> {
-    let entries: Vec<Value> = batch
-        .iter()
-        .map(|&i| {
-            let r = &ready[i];
-            json!({"fullUrl": format!("{}/{}", job.upstream.base, r.url), "resource": r.body,
-                "request": {"method": "PUT", "url": r.url}})
-        })
-        .collect();
+    let entries: Vec<Value> = batch.iter().map(|&i| put_entry(job, &ready[i])).collect();
+    let what = format!("restore transaction {} ({} entries)", index + 1, batch.len());
+    send_transaction(job, entries, &what).await?;
+    Ok(index)
+}
+
+/// A transaction entry writing `r` with its id.
+pub(super) fn put_entry(job: &Job, r: &Ready) -> Value {
+    json!({"fullUrl": format!("{}/{}", job.upstream.base, r.url), "resource": r.body,
+        "request": {"method": "PUT", "url": r.url}})
+}
+
+/// Sends a transaction of `entries` and checks every entry succeeded.
+pub(super) async fn send_transaction(job: &Job, entries: Vec<Value>, what: &str) -> Result<(), DataError> {
+    let count = entries.len();
     let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
     let mut headers = base_headers(&job.correlation);
     headers.insert(PREFER, HeaderValue::from_static("return=minimal"));
-    let what = format!("restore transaction {} ({} entries)", index + 1, batch.len());
     let answer = job.upstream.send(Method::POST, "", headers, Some(&bundle)).await?;
     if answer.status != StatusCode::OK {
-        return Err(status_error(&what, &answer));
+        return Err(status_error(what, &answer));
     }
     let body = answer.body.unwrap_or(Value::Null);
     let statuses: Vec<&str> = body
@@ -275,10 +296,9 @@ async fn transaction(job: &Job, ready: &[Ready], batch: &[usize], index: usize) 
         .flatten()
         .map(|e| e.pointer("/response/status").and_then(Value::as_str).unwrap_or(""))
         .collect();
-    let all_written =
-        statuses.len() == batch.len() && statuses.iter().all(|s| s.starts_with("200") || s.starts_with("201"));
+    let all_written = statuses.len() == count && statuses.iter().all(|s| s.starts_with('2'));
     if body.get("type").and_then(Value::as_str) != Some("transaction-response") || !all_written {
-        return Err(DataError::Answer(what, "not every entry was written".into()));
+        return Err(DataError::Answer(what.to_owned(), "not every entry was written".into()));
     }
-    Ok(index)
+    Ok(())
 }

@@ -16,7 +16,11 @@ pub const PAGE: usize = 500;
 /// One type's search, page by page.
 pub struct Scan<'j> {
     job: &'j Job,
-    rtype: String,
+    /// What is scanned, for errors.
+    what: String,
+    /// Besides cached-search pages: a `next` link to this path under the base is followed too
+    /// (a history feed pages by `_offset` on its own path).
+    own_path: Option<String>,
     /// The next request's path relative to the upstream base; `None` once the last page was read.
     next: Option<String>,
     /// `Bundle.total` of the first page, when the upstream gave one.
@@ -34,7 +38,7 @@ pub fn query(job: &Job, rtype: &str, extra: &[(&str, &str)]) -> String {
 }
 
 /// The headers of every scan request.
-fn headers(job: &Job) -> http::HeaderMap {
+pub fn headers(job: &Job) -> http::HeaderMap {
     let mut h = strict_headers(&job.correlation);
     h.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h
@@ -43,14 +47,35 @@ fn headers(job: &Job) -> http::HeaderMap {
 impl<'j> Scan<'j> {
     pub fn new(job: &'j Job, rtype: &str) -> Scan<'j> {
         let first = query(job, rtype, &[("_count", &PAGE.to_string())]);
-        Scan { job, rtype: rtype.to_owned(), next: Some(first), total: None }
+        Scan::from_path(job, &format!("the search of {rtype}"), first)
+    }
+
+    /// Pages through the Bundle the upstream answers to `first` (a path relative to its base),
+    /// e.g. a history.
+    pub fn from_path(job: &'j Job, what: &str, first: String) -> Scan<'j> {
+        let own_path = first.split('?').next().filter(|p| !p.is_empty() && !p.contains('/')).map(str::to_owned);
+        Scan { job, what: what.to_owned(), next: Some(first), total: None, own_path }
     }
 
     /// The resources of the next page as the upstream sent them (`None` after the last page).
     /// Entries without a resource are skipped; the caller judges every resource.
     pub async fn next_page(&mut self) -> Result<Option<Vec<Value>>, DataError> {
+        let Some(entries) = self.next_entries().await? else { return Ok(None) };
+        Ok(Some(
+            entries
+                .into_iter()
+                .filter_map(|e| match e {
+                    Value::Object(mut e) => e.remove("resource"),
+                    _ => None,
+                })
+                .collect(),
+        ))
+    }
+
+    /// The entries of the next page as the upstream sent them (`None` after the last page).
+    pub async fn next_entries(&mut self) -> Result<Option<Vec<Value>>, DataError> {
         let Some(path) = self.next.take() else { return Ok(None) };
-        let what = format!("the search of {}", self.rtype);
+        let what = self.what.clone();
         let answer = self.job.upstream.send(Method::GET, &path, headers(self.job), None).await?;
         if answer.status != StatusCode::OK {
             return Err(status_error(&what, &answer));
@@ -72,23 +97,16 @@ impl<'j> Scan<'j> {
             .find(|l| l.get("relation").and_then(Value::as_str) == Some("next"))
             .and_then(|l| l.get("url").and_then(Value::as_str));
         if let Some(url) = next {
-            self.next = Some(page_path(&self.job.upstream.base, url).ok_or_else(|| {
+            let followed = page_path(&self.job.upstream.base, url)
+                .or_else(|| self.own_path.as_deref().and_then(|p| own_page(&self.job.upstream.base, p, url)));
+            self.next = Some(followed.ok_or_else(|| {
                 DataError::Answer(what.clone(), format!("a next link fhir-fence does not follow: {url}"))
             })?);
         }
-        let entries = match bundle.remove("entry") {
-            Some(Value::Array(e)) => e,
-            _ => Vec::new(),
-        };
-        Ok(Some(
-            entries
-                .into_iter()
-                .filter_map(|e| match e {
-                    Value::Object(mut e) => e.remove("resource"),
-                    _ => None,
-                })
-                .collect(),
-        ))
+        match bundle.remove("entry") {
+            Some(Value::Array(e)) => Ok(Some(e)),
+            _ => Ok(Some(Vec::new())),
+        }
     }
 }
 
@@ -97,6 +115,14 @@ impl<'j> Scan<'j> {
 fn page_path(base: &str, url: &str) -> Option<String> {
     let query = url.strip_prefix(base)?.strip_prefix('?')?;
     query.split('&').any(|p| p.split('=').next() == Some("_getpages")).then(|| format!("?{query}"))
+}
+
+/// The path (relative to the base) of a `next` link to `path` itself under the base, e.g.
+/// `{base}/_history?_since=…&_offset=50`.
+fn own_page(base: &str, path: &str, url: &str) -> Option<String> {
+    let rest = url.strip_prefix(base)?.strip_prefix('/')?;
+    let (p, query) = rest.split_once('?')?;
+    (p == path).then(|| format!("{p}?{query}"))
 }
 
 /// Count searches in flight at once.
@@ -181,6 +207,17 @@ mod tests {
             "http://h:8090/fhir?_getpagesx=abc",
         ] {
             assert_eq!(page_path(base, refused), None, "{refused}");
+        }
+        assert_eq!(
+            own_page(base, "_history", "http://h:8090/fhir/_history?_count=50&_offset=50").as_deref(),
+            Some("_history?_count=50&_offset=50")
+        );
+        for refused in [
+            "http://evil/fhir/_history?_offset=5",
+            "http://h:8090/fhir/Patient?_offset=5",
+            "http://h:8090/fhir/_history",
+        ] {
+            assert_eq!(own_page(base, "_history", refused), None, "{refused}");
         }
     }
 }

@@ -18,7 +18,7 @@ fn hapi_dedicated() -> String {
     support::hapi_url("HAPI_DEDICATED_URL", 8091)
 }
 
-const ADMIN_TOKEN: &str = "admin-0123456789abcdef";
+pub(crate) const ADMIN_TOKEN: &str = "admin-0123456789abcdef";
 
 /// `[lifecycle]` with a tenants dir, a state dir and the admin token.
 fn lifecycle_table(retry_after: u64) -> String {
@@ -28,7 +28,7 @@ fn lifecycle_table(retry_after: u64) -> String {
 }
 
 /// A tenant file's text (the `dev` issuer may assert it).
-fn tenant_file(prefix: &str, status: &str, more: &str) -> String {
+pub(crate) fn tenant_file(prefix: &str, status: &str, more: &str) -> String {
     format!(
         "prefix = \"{prefix}\"\nupstream = \"main\"\nstatus = \"{status}\"\nissuers = [\"dev\"]\noperations = [\"meta\", \"meta-add\", \"meta-delete\"]\n{more}"
     )
@@ -36,9 +36,20 @@ fn tenant_file(prefix: &str, status: &str, more: &str) -> String {
 
 /// fhir-fence with `[lifecycle]`: `inline` in the config file, `files` (name, text) in the
 /// tenants dir; the file watch runs.
-async fn start(upstream: &str, inline: &[T], files: &[(String, String)], retry_after: u64) -> Fence {
+pub(crate) async fn start(upstream: &str, inline: &[T], files: &[(String, String)], retry_after: u64) -> Fence {
+    start_with_more(upstream, inline, files, retry_after, "").await
+}
+
+/// [`start`] with `more` config text (more upstreams) after `[lifecycle]`.
+pub(crate) async fn start_with_more(
+    upstream: &str,
+    inline: &[T],
+    files: &[(String, String)],
+    retry_after: u64,
+    more: &str,
+) -> Fence {
     let mut o = Options::new(upstream, inline);
-    o.extra = lifecycle_table(retry_after);
+    o.extra = lifecycle_table(retry_after) + more;
     let files = files.to_vec();
     let fence = support::start_with(o, move |text| {
         let path = write_config(text);
@@ -60,7 +71,7 @@ fn dir(fence: &Fence) -> PathBuf {
 }
 
 /// Polls `f` until it returns `Some`, for at most 20 s.
-async fn until<F, Fut, R>(what: &str, mut f: F) -> R
+pub(crate) async fn until<F, Fut, R>(what: &str, mut f: F) -> R
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<R>>,
@@ -84,7 +95,7 @@ async fn until_status(fence: &Fence, name: &str, status: Option<&str>) {
     .await
 }
 
-fn records(fence: &Fence) -> Vec<Value> {
+pub(crate) fn records(fence: &Fence) -> Vec<Value> {
     let text = std::fs::read_to_string(dir(fence).join("state/lifecycle.jsonl")).unwrap_or_default();
     text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
@@ -386,7 +397,7 @@ async fn the_cli_creates_suspends_resumes_deletes_and_undeletes_with_a_record_of
     }
 }
 
-async fn admin(fence: &Fence, method: &str, path: &str, token: Option<&str>, body: Option<&Value>) -> Reply {
+pub(crate) async fn admin(fence: &Fence, method: &str, path: &str, token: Option<&str>, body: Option<&Value>) -> Reply {
     let mut call = request(method, &format!("{}{path}", fence.admin));
     if let Some(b) = body {
         call = call.header("content-type", "application/json").raw_body(b.to_string());

@@ -26,6 +26,7 @@ mod shape_r4;
 mod shutdown;
 mod smart_hapi;
 mod tenant_data;
+mod tenant_move;
 mod upstream_oauth2;
 mod upstream_tls;
 mod webhook;
