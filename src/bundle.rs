@@ -12,11 +12,9 @@ use http::header;
 use http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value};
 
-/// `POST [base]` with a Bundle: transactions go to `scope::transaction` (one atomic upstream
-/// transaction); each batch entry runs through [`dispatch`] exactly like a single request.
-/// `headers`: the request's (a transaction's `Prefer: return=representation` shows the written
-/// resources in its response entries).
-pub(crate) async fn bundle(ctx: &Ctx<'_>, caller: &Caller, body: Value, headers: &HeaderMap) -> Result<Checked, Error> {
+/// A Bundle posted to the base: its `type` and entries, at most `server.max_bundle_entries`
+/// (the refusals made before any entry is planned; also what observe mode judges).
+pub(crate) fn entries(ctx: &Ctx<'_>, body: &Value) -> Result<(String, Vec<Value>), Error> {
     let kind = body.get("type").and_then(Value::as_str).unwrap_or_default().to_owned();
     if body.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
         return Err(ScopeError::Body("POST to the base takes a transaction or batch Bundle".into()).into());
@@ -30,6 +28,15 @@ pub(crate) async fn bundle(ctx: &Ctx<'_>, caller: &Caller, body: Value, headers:
     if entries.len() > max {
         return Err(ScopeError::Body(format!("at most {max} entries per Bundle")).into());
     }
+    Ok((kind, entries))
+}
+
+/// `POST [base]` with a Bundle: transactions go to `scope::transaction` (one atomic upstream
+/// transaction); each batch entry runs through [`dispatch`] exactly like a single request.
+/// `headers`: the request's (a transaction's `Prefer: return=representation` shows the written
+/// resources in its response entries).
+pub(crate) async fn bundle(ctx: &Ctx<'_>, caller: &Caller, body: Value, headers: &HeaderMap) -> Result<Checked, Error> {
+    let (kind, entries) = entries(ctx, &body)?;
     let caps = ctx.snap.capabilities(&caller.tenant.upstream).await.ok_or(ScopeError::CapabilitiesUnavailable)?;
     match kind.as_str() {
         "transaction" => {

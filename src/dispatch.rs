@@ -59,17 +59,7 @@ pub async fn dispatch(
     // The token's SMART scopes, after the tenant rule (which the scope modules apply whatever
     // they say): a request they do not allow is refused here, one granted only by patient/
     // scopes is narrowed to the patient's compartment. A batch entry comes through here too.
-    let access = match caller.grant.as_deref() {
-        None => Access::Full,
-        Some(grant) => {
-            let criteria = match headers.get("if-none-exist").map(|v| v.to_str()) {
-                Some(Ok(c)) => Some(route::parse_query(Some(c.split_once('?').map_or(c, |(_, q)| q)))?),
-                Some(Err(_)) => return Err(RequestError::Header("if-none-exist").into()),
-                None => None,
-            };
-            smart::permit(grant, &interaction, params, criteria.as_ref(), body.as_ref())?
-        }
-    };
+    let access = permit(caller, &interaction, params, body.as_ref(), headers)?;
     let narrowed;
     let (interaction, params) = match access {
         Access::Full => (interaction, params),
@@ -81,6 +71,39 @@ pub async fn dispatch(
             (interaction, narrowed.as_ref().unwrap_or(params))
         }
     };
+    let if_match = preflight(ctx, &interaction, headers)?;
+    let outcome = run(ctx, caller, interaction, params, body, headers, self_url, if_match.as_ref()).await?;
+    Ok(match caller.grant.as_deref() {
+        Some(grant) => recheck(ctx, grant, outcome)?,
+        None => outcome,
+    })
+}
+
+/// What the caller's SMART grant allows this interaction: in full, only for the launch patient
+/// (narrowed by `confine` in [`dispatch`]), or not (`SmartError`). No upstream call.
+pub(crate) fn permit(
+    caller: &Caller,
+    interaction: &Interaction,
+    params: &route::Params,
+    body: Option<&Value>,
+    headers: &HeaderMap,
+) -> Result<Access, Error> {
+    let Some(grant) = caller.grant.as_deref() else { return Ok(Access::Full) };
+    let criteria = match headers.get("if-none-exist").map(|v| v.to_str()) {
+        Some(Ok(c)) => Some(route::parse_query(Some(c.split_once('?').map_or(c, |(_, q)| q)))?),
+        Some(Err(_)) => return Err(RequestError::Header("if-none-exist").into()),
+        None => None,
+    };
+    Ok(smart::permit(grant, interaction, params, criteria.as_ref(), body)?)
+}
+
+/// The judgements every interaction gets before its scope function runs, none calling the
+/// upstream; answers the request's `If-Match` as the upstream will read it.
+pub(crate) fn preflight(
+    ctx: &Ctx<'_>,
+    interaction: &Interaction,
+    headers: &HeaderMap,
+) -> Result<Option<http::HeaderValue>, Error> {
     // A read-only tenant changes nothing (503 + Retry-After); types no tenant may change
     // (server-wide ones, the audit trail) are refused before any scope module runs; a batch
     // entry comes through here too.
@@ -89,18 +112,13 @@ pub async fn dispatch(
         write::writable(ctx, rtype)?;
     }
     let if_match = write::if_match(headers.get(header::IF_MATCH))?;
-    let if_match = if_match.as_ref();
     // The upstream ignores If-Match on a delete: refused rather than dropped.
     if if_match.is_some() && matches!(interaction, Interaction::Delete { .. } | Interaction::ConditionalDelete { .. }) {
         return Err(
             ScopeError::Param("If-Match on a delete is not supported (the upstream would ignore it)".into()).into()
         );
     }
-    let outcome = run(ctx, caller, interaction, params, body, headers, self_url, if_match).await?;
-    Ok(match caller.grant.as_deref() {
-        Some(grant) => recheck(ctx, grant, outcome)?,
-        None => outcome,
-    })
+    Ok(if_match)
 }
 
 /// Refuses a change for a `read-only` tenant (`Error::ReadOnly`: 503 with `Retry-After`). The

@@ -224,6 +224,90 @@ impl Error {
         }
     }
 
+    /// A stable, bounded label naming this error's kind, `reason/variant`, where `reason` is
+    /// [`refusal_reason`](Self::refusal_reason) (or `upstream` for an upstream failure): what
+    /// observe mode counts a would-be refusal as (`observe`), never free text.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Route(e) => match e {
+                RouteError::OperationRefused(..) => "route/operation-refused",
+                RouteError::NotFhir(_) => "route/not-fhir",
+                RouteError::BadPath(_) => "route/bad-path",
+                RouteError::BadQuery(_) => "route/bad-query",
+                RouteError::Method(_) => "route/method",
+                RouteError::NotSupported(_) => "route/not-supported",
+                RouteError::BadEntry(_) => "route/bad-entry",
+                RouteError::Param { .. } => "route/param",
+                RouteError::Value { .. } => "route/value",
+            },
+            Error::Request(e) => match e {
+                RequestError::TooLarge(_) => "request/too-large",
+                RequestError::MediaType(_) => "request/media-type",
+                RequestError::PatchFormat(_) => "request/patch-format",
+                RequestError::NotParameters => "request/not-parameters",
+                RequestError::Encoded => "request/encoded",
+                RequestError::NotAcceptable => "request/not-acceptable",
+                RequestError::Json(_) => "request/json",
+                RequestError::Shape(_) => "request/shape",
+                RequestError::UnexpectedBody => "request/unexpected-body",
+                RequestError::Header(_) => "request/header",
+                RequestError::Read => "request/read",
+                RequestError::SlowBody(_) => "request/slow-body",
+                RequestError::Form(_) => "request/form",
+            },
+            Error::Scope(e) => match e {
+                ScopeError::NotFound(_) => "not-found/not-found",
+                ScopeError::Gone(_) => "not-found/gone",
+                ScopeError::UnknownType(_) => "scope/unknown-type",
+                ScopeError::Param(_) => "scope/param",
+                ScopeError::ParamNotSupported(_) => "scope/param-not-supported",
+                ScopeError::Body(_) => "scope/body",
+                ScopeError::Id(_) => "scope/id",
+                ScopeError::Patch(_) => "scope/patch",
+                ScopeError::ForeignMarker => "scope/foreign-marker",
+                ScopeError::Reference(_) => "scope/reference",
+                ScopeError::ReferenceForm(..) => "scope/reference-form",
+                ScopeError::Canonical(..) => "scope/canonical",
+                ScopeError::Refused(..) => "upstream/refused",
+                ScopeError::Unprovable => "unprovable/unprovable",
+                ScopeError::UpstreamUnsupported(_) => "scope/upstream-unsupported",
+                ScopeError::OperationDisabled(_) => "scope/operation-disabled",
+                ScopeError::NotWritable(..) => "scope/not-writable",
+                ScopeError::Subscription(_) => "scope/subscription",
+                ScopeError::MultipleMatches => "scope/multiple-matches",
+                ScopeError::PageToken => "scope/page-token",
+                ScopeError::CapabilitiesUnavailable => "scope/capabilities-unavailable",
+                ScopeError::PatchTooLarge(_) => "scope/patch-too-large",
+                ScopeError::Upstream(_) => "upstream/failed",
+            },
+            Error::Smart(e) => match e {
+                SmartError::Missing(_) => "smart-scope/missing",
+                SmartError::NoPatient => "smart-scope/no-patient",
+                SmartError::NotConfinable(..) => "smart-scope/not-confinable",
+                SmartError::OutsideCompartment(_) => "smart-scope/outside-compartment",
+                SmartError::CannotNarrow(_) => "smart-scope/cannot-narrow",
+                SmartError::NarrowingModified(_) => "smart-scope/narrowing-modified",
+                SmartError::NotThePatients(..) => "smart-scope/not-the-patients",
+            },
+            Error::Export(e) => match e {
+                ExportError::PreferAsync => "export/prefer-async",
+                ExportError::Param(_) => "export/param",
+                ExportError::Unsupported(_) => "export/unsupported",
+                ExportError::OutputFormat(_) => "export/output-format",
+                ExportError::NotExportable(..) => "export/not-exportable",
+                ExportError::UnknownHandle => "export/unknown-handle",
+            },
+            Error::Auth(AuthError::Suspended) => "suspended/suspended",
+            Error::Auth(AuthError::Unavailable(_)) => "identity-provider/unavailable",
+            Error::Auth(_) => "unauthenticated/unauthenticated",
+            Error::Limit(_) => "limit/limit",
+            Error::Overloaded => "connections/connections",
+            Error::ReadOnly { .. } => "read-only/read-only",
+            Error::Upstream(UpstreamError::Saturated(_)) => "upstream-connections/saturated",
+            Error::Upstream(_) => "upstream/failed",
+        }
+    }
+
     /// For metrics: the kind of upstream failure, if this is one.
     pub fn upstream_failure(&self) -> Option<&'static str> {
         match self {

@@ -25,6 +25,7 @@ pub mod listener_tls;
 pub mod live;
 pub mod metadata;
 pub mod metrics;
+pub mod observe;
 pub mod outbound;
 pub mod pipeline;
 pub mod replay;

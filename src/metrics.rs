@@ -3,6 +3,7 @@
 //! Per tenant: requests (by interaction and status), latency, requests in flight, Bundle entries
 //! and NDJSON lines blocked on the way out (each one a leak the outbound check stopped — so they
 //! get their own series, impossible to miss). Refusals by reason and upstream failures by kind.
+//! Tenants in observe mode: their requests, and what enforcement would have refused or dropped.
 //! Tenant labels come from the config (bounded); unauthenticated requests count as tenant `-`.
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -59,6 +60,8 @@ pub struct Metrics {
     pub audit_events_written: IntCounterVec,
     pub connections_open: IntGauge,
     pub connections_refused: IntCounterVec,
+    pub observed_requests: IntCounterVec,
+    pub observed_differences: IntCounterVec,
 }
 
 impl Metrics {
@@ -119,6 +122,16 @@ impl Metrics {
             "client connections answered 503 and closed because server.max_connections were open",
             &["listener"],
         );
+        let observed_requests = counter(
+            "fhir_fence_observed_requests_total",
+            "requests of tenants in observe mode, passed through to their legacy upstream, by tenant",
+            &["tenant"],
+        );
+        let observed_differences = counter(
+            "fhir_fence_observed_differences_total",
+            "what enforcement would have refused (stage request) or dropped from the answer (stage response) for a tenant in observe mode, by tenant, stage and reason",
+            &["tenant", "stage", "reason"],
+        );
         let connections_open =
             IntGauge::new("fhir_fence_connections_open", "client connections open on the public listener")
                 .expect("valid metric");
@@ -153,6 +166,8 @@ impl Metrics {
             audit_events_written,
             connections_open,
             connections_refused,
+            observed_requests,
+            observed_differences,
         }
     }
 

@@ -3,12 +3,14 @@
 //! ```text
 //! correlation id → metadata (identity first only with credentials) → identity → tenant slots → request hygiene → route → body → rate limit
 //!   → dispatch (scope per interaction → upstream → outbound check) → answer   | any error → error.rs
+//!                                                         └─ observing tenant (`observe`): judged, passed through unchanged
 //! ```
 //! Each step's reason for its position is written next to it in `run`; [`handle`] wraps it with
 //! what every request gets whatever its outcome (metrics, access log, audit record).
 use crate::answer::{boxed, respond, Body};
 use crate::audit::Record;
 use crate::bundle::bundle;
+use crate::config::Enforcement;
 use crate::connection::Slot;
 use crate::dispatch::{dispatch, Outcome};
 use crate::error::Error;
@@ -16,8 +18,8 @@ use crate::identity::Caller;
 use crate::limits::{Admitted, TenantLimits};
 use crate::metadata::metadata;
 use crate::request::{
-    accepts_fhir_json, accepts_ndjson, check_headers, correlation_id, ensure_no_body, read_body, read_form, BodyKind,
-    BodyLimits, RequestError,
+    accepts_fhir_json, accepts_ndjson, check_headers, collect, correlation_id, ensure_no_body, parse_body, parse_form,
+    BodyKind, BodyLimits, RequestError,
 };
 use crate::route::{self, Interaction};
 use crate::scope::{Ctx, ScopeError};
@@ -137,11 +139,20 @@ async fn run(
     let _in_flight = snap.metrics.in_flight(&caller.tenant.name);
     let limits = snap.limits.get(&caller.tenant.name).map(Arc::as_ref);
     let _admitted = admit(snap, &caller, limits, conn)?;
+    // Observe mode branches off here, and only here (`observe`): identity and the tenant's
+    // slots above hold for every tenant; every step below is enforcement, which an observing
+    // tenant's request only computes while it passes through to its legacy upstream. An
+    // enforced tenant pays one enum check and never leaves this path; observe mode exists only
+    // on a `legacy` upstream, which holds no enforced tenant (`config::load`).
+    if caller.tenant.enforcement == Enforcement::Observe {
+        return observe(snap, &caller, limits, parts, body, correlation, facts).await;
+    }
     // Request hygiene: refuse what the proxy cannot inspect or that changes the request's meaning.
     check_headers(&parts.headers)?;
     let (interaction, params) = route_request(snap, &parts, facts)?;
-    let (body, params) = read_request_body(snap, &parts, &interaction, params, body).await?;
-    charge(snap, &caller, limits, &interaction, body.as_ref())?;
+    let limit = BodyLimits::of(&snap.loaded.config.server);
+    let (body, params) = read_request_body(&parts, &interaction, params, collect(body, limit)).await?;
+    charge(snap, &caller, limits, interaction.name(), body.as_ref())?;
     let self_url = self_url(snap, &parts, &interaction, &params);
     let upstream =
         snap.tenant_upstreams.get(&caller.tenant.name).ok_or(Error::from(ScopeError::CapabilitiesUnavailable))?;
@@ -255,21 +266,21 @@ fn route_request(
 /// parsed strictly (resources also pass the typed gate); other requests must not have one.
 /// Form searches merge URL and body parameters here, so everything after sees one parameter
 /// list, validated once.
+/// `bytes` yields the body (read bounded, at a minimum rate, `request::collect`), awaited only
+/// where the interaction has one and its headers are acceptable.
 async fn read_request_body(
-    snap: &Snapshot,
     parts: &http::request::Parts,
     interaction: &Interaction,
     mut params: route::Params,
-    body: Incoming,
+    bytes: impl std::future::Future<Output = Result<Bytes, RequestError>>,
 ) -> Result<(Option<Value>, route::Params), Error> {
-    let limit = BodyLimits::of(&snap.loaded.config.server);
     let body = match interaction {
         // A Binary's content may come as itself (a PDF, an image), not as FHIR JSON.
         Interaction::Create { rtype } if rtype == "Binary" => {
-            Some(read_body(&parts.headers, body, limit, BodyKind::Binary { id: None }).await?)
+            Some(parse_body(&parts.headers, bytes, BodyKind::Binary { id: None }).await?)
         }
         Interaction::Update { rtype, id } if rtype == "Binary" => {
-            Some(read_body(&parts.headers, body, limit, BodyKind::Binary { id: Some(id) }).await?)
+            Some(parse_body(&parts.headers, bytes, BodyKind::Binary { id: Some(id) }).await?)
         }
         Interaction::Create { .. }
         | Interaction::Update { .. }
@@ -278,13 +289,13 @@ async fn read_request_body(
         | Interaction::Export { form: true, .. }
         | Interaction::Validate { id: None, .. }
         | Interaction::Operation { op: route::Op::MetaAdd | route::Op::MetaDelete, .. } => {
-            Some(read_body(&parts.headers, body, limit, BodyKind::Resource).await?)
+            Some(parse_body(&parts.headers, bytes, BodyKind::Resource).await?)
         }
         Interaction::Patch { .. } | Interaction::ConditionalPatch { .. } => {
-            Some(read_body(&parts.headers, body, limit, BodyKind::JsonPatch).await?)
+            Some(parse_body(&parts.headers, bytes, BodyKind::JsonPatch).await?)
         }
         Interaction::Search { form: true, .. } | Interaction::SystemSearch { form: true } => {
-            params.extend(read_form(&parts.headers, body, limit).await?);
+            params.extend(parse_form(&parts.headers, bytes).await?);
             None
         }
         _ => {
@@ -301,13 +312,91 @@ fn charge(
     snap: &Snapshot,
     caller: &Caller,
     limits: Option<&TenantLimits>,
-    interaction: &Interaction,
+    interaction: &'static str,
     body: Option<&Value>,
 ) -> Result<(), Error> {
     if let Some(l) = limits {
-        l.charge(&caller.tenant.name, l.cost(interaction.name(), body), &snap.metrics)?;
+        l.charge(&caller.tenant.name, l.cost(interaction, body), &snap.metrics)?;
     }
     Ok(())
+}
+
+/// An observing tenant's request (`observe`), after identity and its slots: the enforcing
+/// judgement computed by the steps `run` takes below the branch (hygiene, route, body, then
+/// `observe::judge::judge`), counted and logged but not acted on; the request passed through
+/// unchanged to the tenant's legacy upstream and its answer returned unchanged; what the
+/// outbound gate would drop from it judged after it has gone. What is not enforcement holds
+/// here too: the body's bounds, a `read-only` tenant's freeze, the tenant's rate.
+async fn observe(
+    snap: &Arc<Snapshot>,
+    caller: &Caller,
+    limits: Option<&TenantLimits>,
+    parts: http::request::Parts,
+    body: Incoming,
+    correlation: &str,
+    facts: &mut RequestFacts,
+) -> Result<Response<Body>, Error> {
+    use crate::observe::{self, answer, forward, judge, Stage};
+    observe::observed(snap, &caller.tenant.name);
+    // Read whole first (bounded as for every tenant): it is both judged and passed on.
+    let bytes = collect(body, BodyLimits::of(&snap.loaded.config.server)).await?;
+    let upstream =
+        snap.tenant_upstreams.get(&caller.tenant.name).ok_or(Error::from(ScopeError::CapabilitiesUnavailable))?;
+    let ctx = Ctx { snap, tenant: &caller.tenant, upstream, correlation, grant: 0 };
+    let (routed, parsed, judged) = judge_observed(&ctx, caller, &parts, &bytes, facts).await;
+    judge::frozen(&ctx, &parts.method, routed.as_ref(), parsed.as_ref())?;
+    // Priced like the request it is; one that cannot be routed, as a read.
+    charge(snap, caller, limits, routed.as_ref().map_or("read", Interaction::name), parsed.as_ref())?;
+    let (method, path) = (parts.method.as_str(), parts.uri.path());
+    if let Err(e) = &judged {
+        observe::differ(snap, &caller.tenant.name, Stage::Request, e.kind(), 1, (method, path, correlation));
+    }
+    let answer = forward::forward(&ctx, &parts, bytes).await?;
+    let self_url = match parts.uri.query() {
+        Some(q) => format!("{}{path}?{q}", snap.public_origin),
+        None => format!("{}{path}", snap.public_origin),
+    };
+    let judged = answer::Judged {
+        snap: snap.clone(),
+        tenant: caller.tenant.clone(),
+        upstream: upstream.clone(),
+        correlation: correlation.to_owned(),
+        method: method.to_owned(),
+        path: path.to_owned(),
+        self_url,
+    };
+    answer::judge_later(
+        judged,
+        answer.status(),
+        answer.headers(),
+        answer.body().clone().into_inner().unwrap_or_default(),
+    );
+    Ok(boxed(answer))
+}
+
+/// The enforcing judgement of an observing tenant's request, step by step as `run` takes them:
+/// what it routed to, its parsed body, and the first refusal (if any).
+async fn judge_observed(
+    ctx: &Ctx<'_>,
+    caller: &Caller,
+    parts: &http::request::Parts,
+    bytes: &Bytes,
+    facts: &mut RequestFacts,
+) -> (Option<Interaction>, Option<Value>, Result<(), Error>) {
+    if let Err(e) = check_headers(&parts.headers) {
+        return (None, None, Err(e.into()));
+    }
+    let (interaction, params) = match route_request(ctx.snap, parts, facts) {
+        Ok(routed) => routed,
+        Err(e) => return (None, None, Err(e)),
+    };
+    let (body, params) =
+        match read_request_body(parts, &interaction, params, std::future::ready(Ok(bytes.clone()))).await {
+            Ok(read) => read,
+            Err(e) => return (Some(interaction), None, Err(e)),
+        };
+    let judged = crate::observe::judge::judge(ctx, caller, &interaction, &params, body.as_ref(), &parts.headers).await;
+    (Some(interaction), body, judged)
 }
 
 /// The client's own URL for this answer; a form search is shown as the equivalent GET.

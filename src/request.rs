@@ -145,7 +145,7 @@ fn media_type(headers: &HeaderMap) -> Result<String, RequestError> {
 /// Reads a whole body, at most `limits.max_bytes`, arriving no slower than the grace period plus
 /// one second per `min_rate` bytes received so far allows (else 408): the deadline moves with
 /// the data, so a large body at a decent rate is fine and a trickle is cut off.
-async fn collect(body: Incoming, limits: BodyLimits) -> Result<Bytes, RequestError> {
+pub(crate) async fn collect(body: Incoming, limits: BodyLimits) -> Result<Bytes, RequestError> {
     let started = tokio::time::Instant::now();
     let mut body = Limited::new(body, limits.max_bytes);
     let mut buf = bytes::BytesMut::new();
@@ -170,15 +170,18 @@ async fn collect(body: Incoming, limits: BodyLimits) -> Result<Bytes, RequestErr
     Ok(buf.freeze())
 }
 
-pub(crate) async fn read_body(
+/// A request body judged: of the expected media type, parsed strictly, resources through the
+/// typed gate. `bytes` yields the body ([`collect`]) and is awaited only once the headers are
+/// found acceptable, so a refused request's body is never read; observe mode (`observe`) gives
+/// it the bytes it already holds, so it judges a body exactly as enforcement would.
+pub(crate) async fn parse_body(
     headers: &HeaderMap,
-    body: Incoming,
-    limits: BodyLimits,
+    bytes: impl std::future::Future<Output = Result<Bytes, RequestError>>,
     kind: BodyKind<'_>,
 ) -> Result<Value, RequestError> {
     if let BodyKind::Binary { id } = kind {
         if let Some(content_type) = raw_content_type(headers)? {
-            let bytes = collect(body, limits).await?;
+            let bytes = bytes.await?;
             let value = binary(content_type, id, &bytes);
             shape::check(&value).map_err(RequestError::Shape)?;
             return Ok(value);
@@ -188,7 +191,7 @@ pub(crate) async fn read_body(
     match (kind, mime.as_str()) {
         (BodyKind::Resource | BodyKind::Binary { .. }, "application/fhir+json" | "application/json") => {}
         (BodyKind::JsonPatch, "application/json-patch+json") => {
-            let bytes = collect(body, limits).await?;
+            let bytes = bytes.await?;
             return parse_strict(&bytes).map_err(RequestError::Json);
         }
         (BodyKind::JsonPatch, "application/fhir+json" | "application/json") => {}
@@ -200,7 +203,7 @@ pub(crate) async fn read_body(
         }
         _ => return Err(RequestError::MediaType(mime)),
     }
-    let bytes = collect(body, limits).await?;
+    let bytes = bytes.await?;
     let value = parse_strict(&bytes).map_err(RequestError::Json)?;
     // The typed inbound gate: every resource body a client sends (single writes, Bundles with
     // all their entries, Parameters with their resources) has the R4 shape before any scope
@@ -249,17 +252,17 @@ fn binary(content_type: String, id: Option<&str>, bytes: &[u8]) -> Value {
     Value::Object(binary)
 }
 
-/// A form-encoded search body (`POST …/_search`), decoded as strictly as a query string.
-pub(crate) async fn read_form(
+/// A form-encoded search body (`POST …/_search`), decoded as strictly as a query string;
+/// `bytes` as for [`parse_body`].
+pub(crate) async fn parse_form(
     headers: &HeaderMap,
-    body: Incoming,
-    limits: BodyLimits,
+    bytes: impl std::future::Future<Output = Result<Bytes, RequestError>>,
 ) -> Result<route::Params, RequestError> {
     let mime = media_type(headers)?;
     if mime != "application/x-www-form-urlencoded" {
         return Err(RequestError::MediaType(mime));
     }
-    let bytes = collect(body, limits).await?;
+    let bytes = bytes.await?;
     let text = std::str::from_utf8(&bytes).map_err(|_| RequestError::MediaType("non-UTF-8 form".into()))?;
     Ok(route::parse_query(Some(text.trim_end_matches(['\r', '\n'])))?)
 }

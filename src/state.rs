@@ -134,6 +134,7 @@ impl Snapshot {
                     operations: t.operations.clone(),
                     destinations: t.subscription_destinations.clone(),
                     key_generation: t.key_generation,
+                    enforcement: t.enforcement,
                 };
                 (name.clone(), Arc::new(tenant))
             })

@@ -21,6 +21,9 @@ pub struct Tenant {
     pub destinations: Vec<String>,
     /// The generation of the tenant's sealing keys (`seal_keys`).
     pub key_generation: u32,
+    /// `Observe`: requests pass through to the tenant's legacy upstream while what enforcement
+    /// would refuse or drop is counted (`observe`); only on a `legacy` upstream (checked at load).
+    pub enforcement: crate::config::Enforcement,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -69,6 +72,7 @@ impl Tenant {
             operations: vec![],
             destinations: vec![],
             key_generation: 0,
+            enforcement: crate::config::Enforcement::Enforce,
         }
     }
 }

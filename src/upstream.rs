@@ -367,6 +367,21 @@ impl Upstream {
         Err(UpstreamError::CredentialsRefused(self.name.clone()))
     }
 
+    /// Observe mode's pass-through (`observe`): `method base/target` (`target`: the client's
+    /// path below the FHIR base, with its query as sent) with exactly `headers` and `body`,
+    /// answered as it came — any status, content type and body, bounded by
+    /// `server.max_upstream_body_bytes` and timed like every exchange. fhir-fence's own
+    /// credentials for the upstream, never the client's.
+    pub async fn forward(
+        &self,
+        method: Method,
+        target: &str,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<(http::response::Parts, Bytes), UpstreamError> {
+        self.exchange(method, &self.uri(target), headers, body).await
+    }
+
     /// The request target (origin form) for `path`, which is relative to the base: "" is the
     /// base itself (transactions), "?…" a query on it.
     fn uri(&self, path: &str) -> String {

@@ -46,7 +46,7 @@ const MAX_VALUE_DEPTH: usize = 16;
 const NODE_COST: usize = 2;
 
 /// A `PATCH` body, read as the patch it is: JSON Patch (an array, `application/json-patch+json`)
-/// or FHIRPath Patch (a `Parameters` resource, `application/fhir+json`), as `request::read_body`
+/// or FHIRPath Patch (a `Parameters` resource, `application/fhir+json`), as `request::parse_body`
 /// let it through by its media type.
 #[derive(Debug)]
 pub enum Patch {

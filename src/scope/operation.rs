@@ -21,9 +21,7 @@ pub async fn run(
     body: Option<Value>,
     self_url: &str,
 ) -> Result<ReadResult, ScopeError> {
-    if !ctx.tenant.operations.iter().any(|o| o == op.name()) {
-        return Err(ScopeError::OperationDisabled(op.name()));
-    }
+    enabled(ctx, op)?;
     let not_found = || ScopeError::NotFound(format!("{rtype}/{id}"));
     let upstream_id = refcheck::owned(ctx, rtype, id).await?;
     let base = format!("{rtype}/{upstream_id}/${}", op.name());
@@ -56,6 +54,14 @@ pub async fn run(
     }
 }
 
+/// Refuses an operation not in `tenants.NAME.operations` (also what observe mode judges).
+pub fn enabled(ctx: &Ctx, op: Op) -> Result<(), ScopeError> {
+    match ctx.tenant.operations.iter().any(|o| o == op.name()) {
+        true => Ok(()),
+        false => Err(ScopeError::OperationDisabled(op.name())),
+    }
+}
+
 /// `$validate`: the type form treats the body as a write (stamped, ids prefixed, every reference
 /// checked in-tenant, nothing stored); the instance form is a read of the caller's own resource.
 /// The upstream's OperationOutcome is the answer; it describes only the caller's content, so its
@@ -66,9 +72,7 @@ pub async fn validate(
     id: Option<&str>,
     body: Option<Value>,
 ) -> Result<(StatusCode, crate::outbound::Checked), ScopeError> {
-    if !ctx.tenant.operations.iter().any(|o| o == Op::Validate.name()) {
-        return Err(ScopeError::OperationDisabled(Op::Validate.name()));
-    }
+    enabled(ctx, Op::Validate)?;
     let answer = match id {
         None => {
             let mut resource =

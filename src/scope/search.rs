@@ -21,8 +21,15 @@ pub async fn search(
     params: &Params,
     self_url: &str,
 ) -> Result<ReadResult, ScopeError> {
+    let path = search_path(ctx, caps, rtype, params)?;
+    fetch(ctx, &path, self_url, Counted::Tenant, Asked::Search).await
+}
+
+/// The upstream request of [`search`]: every refusal it makes is decided here, before the
+/// upstream is called (also what observe mode judges, `observe`).
+pub fn search_path(ctx: &Ctx, caps: &Capabilities, rtype: &str, params: &Params) -> Result<String, ScopeError> {
     let scoped = scope_params(ctx, caps, &[rtype.to_owned()], params)?;
-    fetch(ctx, &format!("{rtype}?{}", encode_query(&scoped)), self_url, Counted::Tenant, Asked::Search).await
+    Ok(format!("{rtype}?{}", encode_query(&scoped)))
 }
 
 /// `GET [base]?_type=…`, `POST [base]/_search`. Without `_type`, only parameters every type has.
@@ -32,6 +39,12 @@ pub async fn system(
     params: &Params,
     self_url: &str,
 ) -> Result<ReadResult, ScopeError> {
+    let path = system_path(ctx, caps, params)?;
+    fetch(ctx, &path, self_url, Counted::Tenant, Asked::Search).await
+}
+
+/// The upstream request of [`system`], every refusal decided before the upstream is called.
+pub fn system_path(ctx: &Ctx, caps: &Capabilities, params: &Params) -> Result<String, ScopeError> {
     if !caps.system_interaction("search-system") {
         return Err(ScopeError::UpstreamUnsupported("system search"));
     }
@@ -54,7 +67,7 @@ pub async fn system(
     if !types.is_empty() {
         scoped.insert(0, ("_type".into(), types.join(",")));
     }
-    fetch(ctx, &format!("?{}", encode_query(&scoped)), self_url, Counted::Tenant, Asked::Search).await
+    Ok(format!("?{}", encode_query(&scoped)))
 }
 
 /// `GET [ctype]/[id]/[type]?…`: only after the compartment owner is proven the caller's.
@@ -83,6 +96,12 @@ pub async fn history(
     params: &Params,
     self_url: &str,
 ) -> Result<ReadResult, ScopeError> {
+    let path = history_path(caps, rtype, params)?;
+    fetch(ctx, &path, self_url, Counted::Server, Asked::Search).await
+}
+
+/// The upstream request of [`history`], every refusal decided before the upstream is called.
+pub fn history_path(caps: &Capabilities, rtype: Option<&str>, params: &Params) -> Result<String, ScopeError> {
     let needed = if rtype.is_some() { "history-type" } else { "history-system" };
     let declared = match rtype {
         Some(t) => caps.type_interaction(t, needed),
@@ -96,8 +115,7 @@ pub async fn history(
         Some(t) => format!("{t}/_history"),
         None => "_history".to_owned(),
     };
-    let path = if kept.is_empty() { path } else { format!("{path}?{}", encode_query(&kept)) };
-    fetch(ctx, &path, self_url, Counted::Server, Asked::Search).await
+    Ok(if kept.is_empty() { path } else { format!("{path}?{}", encode_query(&kept)) })
 }
 
 /// The caller's resources of `rtype` matching `criteria` (client view), for conditional

@@ -92,6 +92,7 @@ mod tests {
             operations: vec![],
             destinations: rules.iter().map(|r| r.to_string()).collect(),
             key_generation: 0,
+            enforcement: crate::config::Enforcement::Enforce,
         }
     }
 

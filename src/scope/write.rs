@@ -43,29 +43,8 @@ pub async fn create_or_update(
     body: Value,
     if_match: Option<&HeaderValue>,
 ) -> Result<WriteResult, ScopeError> {
-    if !caps.has_type(rtype) {
-        return Err(ScopeError::UnknownType(rtype.to_owned()));
-    }
-    let Value::Object(resource) = body else {
-        return Err(ScopeError::Body("the body must be a JSON object".into()));
-    };
-    if resource.get("resourceType").and_then(Value::as_str) != Some(rtype) {
-        return Err(ScopeError::Body(format!("resourceType must be {rtype}")));
-    }
-    let local = match id {
-        Some(url_id) => {
-            match resource.get("id").and_then(Value::as_str) {
-                Some(body_id) if body_id == url_id => {}
-                Some(_) => return Err(ScopeError::Body("the id in the body differs from the id in the URL".into())),
-                None => return Err(ScopeError::Body("an update needs the resource id in the body".into())),
-            }
-            url_id.to_owned()
-        }
-        None => uuid::Uuid::new_v4().to_string(),
-    };
-    let Prepared { body, targets, canonicals } =
-        prepare(ctx, caps, Value::Object(resource), &local, &InBundle::default())?;
-    let upstream_id = ctx.tenant.upstream_id(&local).map_err(ScopeError::from)?;
+    let Planned { prepared: Prepared { body, targets, canonicals }, local, upstream_id } =
+        plan(ctx, caps, rtype, id, body)?;
     refcheck::check_all(ctx, &targets).await?;
     super::canonicals::check_written(ctx, caps, &canonicals, &Default::default()).await?;
     provable_once_stored(ctx, &body)?;
@@ -89,6 +68,42 @@ pub async fn create_or_update(
     // A POST always answers 201, whatever the upstream PUT reported.
     let status = if id.is_none() { StatusCode::CREATED } else { status };
     Ok(WriteResult { status, body: Some(stored), local_id: local, version, headers })
+}
+
+/// A single write planned: the body prepared, its local and upstream ids.
+pub struct Planned {
+    pub prepared: Prepared,
+    pub local: String,
+    pub upstream_id: String,
+}
+
+/// The checks of [`create_or_update`] that need no upstream (type, body, id, [`prepare`]):
+/// every refusal a write gets before references and canonicals are looked up (also what
+/// observe mode judges, `observe`).
+pub fn plan(ctx: &Ctx, caps: &Capabilities, rtype: &str, id: Option<&str>, body: Value) -> Result<Planned, ScopeError> {
+    if !caps.has_type(rtype) {
+        return Err(ScopeError::UnknownType(rtype.to_owned()));
+    }
+    let Value::Object(resource) = body else {
+        return Err(ScopeError::Body("the body must be a JSON object".into()));
+    };
+    if resource.get("resourceType").and_then(Value::as_str) != Some(rtype) {
+        return Err(ScopeError::Body(format!("resourceType must be {rtype}")));
+    }
+    let local = match id {
+        Some(url_id) => {
+            match resource.get("id").and_then(Value::as_str) {
+                Some(body_id) if body_id == url_id => {}
+                Some(_) => return Err(ScopeError::Body("the id in the body differs from the id in the URL".into())),
+                None => return Err(ScopeError::Body("an update needs the resource id in the body".into())),
+            }
+            url_id.to_owned()
+        }
+        None => uuid::Uuid::new_v4().to_string(),
+    };
+    let prepared = prepare(ctx, caps, Value::Object(resource), &local, &InBundle::default())?;
+    let upstream_id = ctx.tenant.upstream_id(&local).map_err(ScopeError::from)?;
+    Ok(Planned { prepared, local, upstream_id })
 }
 
 /// An `If-Match` as the upstream reads it: a version tag, `W/"<version id>"` or `"<version id>"`.
@@ -130,7 +145,7 @@ pub async fn patch(
     let mut doc = current.body.into_tree();
     let limit = ctx.snap.loaded.config.server.max_body_bytes;
     patch.apply(&mut doc, limit).map_err(refused)?;
-    // The patched resource passes the same typed gate as a body sent whole (`request::read_body`).
+    // The patched resource passes the same typed gate as a body sent whole (`request::parse_body`).
     crate::fhir::shape::check(&doc)
         .map_err(|e| ScopeError::Patch(format!("the result is not valid FHIR R4 JSON: {e}")))?;
     let pinned = match (if_match, version) {

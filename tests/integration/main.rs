@@ -20,6 +20,7 @@ mod limits;
 mod listener_tls;
 mod metrics;
 mod module_cycles;
+mod observe;
 mod reload;
 mod replay;
 mod shape_r4;
