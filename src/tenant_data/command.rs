@@ -1,9 +1,10 @@
-//! The `tenant export|restore|verify|purge` commands around the library parts: a runtime, the snapshot built from the
+//! The `tenant export|restore|verify|purge|adopt` commands around the library parts: a runtime, the snapshot built from the
 //! config (as `serve` and `check` build it), progress on stderr, the JSON report on stdout.
 //! Exit status: 0 done, 1 refused or found wrong (the report or the error says why), 2 the
 //! config could not be used.
 use super::progress::Progress;
-use super::{export, purge, restore, verify, Job};
+use super::select::Criterion;
+use super::{adopt, export, purge, restore, verify, DataError, Job};
 use crate::config;
 use crate::state::Snapshot;
 use std::path::{Path, PathBuf};
@@ -12,10 +13,26 @@ use std::sync::Arc;
 
 /// What to do, with its arguments (parsed by `cli`).
 pub enum Op {
-    Export { out: PathBuf },
-    Restore { from: PathBuf },
-    Verify { against: PathBuf },
-    Purge { expunge: bool },
+    Export {
+        out: PathBuf,
+    },
+    Restore {
+        from: PathBuf,
+    },
+    Verify {
+        against: PathBuf,
+    },
+    Purge {
+        expunge: bool,
+    },
+    /// `adopt --from LEGACY [--where …] [--compartment …]` (criteria as written, parsed here).
+    Adopt {
+        from: String,
+        wheres: Vec<String>,
+        compartments: Vec<String>,
+        with_referenced: bool,
+        accept_refusals: bool,
+    },
 }
 
 impl Op {
@@ -25,6 +42,7 @@ impl Op {
             Op::Restore { .. } => "restore",
             Op::Verify { .. } => "verify",
             Op::Purge { .. } => "purge",
+            Op::Adopt { .. } => "adopt",
         }
     }
 }
@@ -53,6 +71,21 @@ pub fn run(config_path: &Path, tenant: &str, op: Op) -> ExitCode {
                 Op::Restore { from } => restore::restore(&job, from, &progress).await,
                 Op::Verify { against } => verify::verify(&job, against, &progress).await,
                 Op::Purge { expunge } => purge::purge(&job, *expunge, &progress).await,
+                Op::Adopt { from, wheres, compartments, with_referenced, accept_refusals } => {
+                    let criteria = wheres
+                        .iter()
+                        .map(|w| Criterion::parse_where(w))
+                        .chain(compartments.iter().map(|c| Criterion::parse_compartment(c)))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(DataError::Refused)?;
+                    let a = adopt::Adopt {
+                        from: from.clone(),
+                        criteria,
+                        with_referenced: *with_referenced,
+                        accept_refusals: *accept_refusals,
+                    };
+                    adopt::adopt(&job, &a, snap_state_dir.as_deref(), &progress).await
+                }
             }
         };
         match done.await {

@@ -7,15 +7,18 @@
 use super::progress::Progress;
 use super::{DataError, Job};
 use crate::headers::strict_headers;
+use crate::upstream::Upstream;
 use http::{HeaderValue, Method, StatusCode};
 use serde_json::Value;
 
 /// Entries asked for per page.
 pub const PAGE: usize = 500;
 
-/// One type's search, page by page.
+/// One search, page by page.
 pub struct Scan<'j> {
-    job: &'j Job,
+    upstream: &'j Upstream,
+    correlation: &'j str,
+    /// What is searched, for errors: a type, or a legacy selection's criterion.
     rtype: String,
     /// The next request's path relative to the upstream base; `None` once the last page was read.
     next: Option<String>,
@@ -35,7 +38,11 @@ pub fn query(job: &Job, rtype: &str, extra: &[(&str, &str)]) -> String {
 
 /// The headers of every scan request.
 fn headers(job: &Job) -> http::HeaderMap {
-    let mut h = strict_headers(&job.correlation);
+    request_headers(&job.correlation)
+}
+
+fn request_headers(correlation: &str) -> http::HeaderMap {
+    let mut h = strict_headers(correlation);
     h.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h
 }
@@ -43,7 +50,13 @@ fn headers(job: &Job) -> http::HeaderMap {
 impl<'j> Scan<'j> {
     pub fn new(job: &'j Job, rtype: &str) -> Scan<'j> {
         let first = query(job, rtype, &[("_count", &PAGE.to_string())]);
-        Scan { job, rtype: rtype.to_owned(), next: Some(first), total: None }
+        Scan::path(&job.upstream, &job.correlation, rtype, first)
+    }
+
+    /// Any search on `upstream` (`first`: its path relative to the base, `_count` included),
+    /// paged the same way; `what` names it in errors. `adopt` reads a legacy server so.
+    pub fn path(upstream: &'j Upstream, correlation: &'j str, what: &str, first: String) -> Scan<'j> {
+        Scan { upstream, correlation, rtype: what.to_owned(), next: Some(first), total: None }
     }
 
     /// The resources of the next page as the upstream sent them (`None` after the last page).
@@ -51,7 +64,7 @@ impl<'j> Scan<'j> {
     pub async fn next_page(&mut self) -> Result<Option<Vec<Value>>, DataError> {
         let Some(path) = self.next.take() else { return Ok(None) };
         let what = format!("the search of {}", self.rtype);
-        let answer = self.job.upstream.send(Method::GET, &path, headers(self.job), None).await?;
+        let answer = self.upstream.send(Method::GET, &path, request_headers(self.correlation), None).await?;
         if answer.status != StatusCode::OK {
             return Err(status_error(&what, &answer));
         }
@@ -72,7 +85,7 @@ impl<'j> Scan<'j> {
             .find(|l| l.get("relation").and_then(Value::as_str) == Some("next"))
             .and_then(|l| l.get("url").and_then(Value::as_str));
         if let Some(url) = next {
-            self.next = Some(page_path(&self.job.upstream.base, url).ok_or_else(|| {
+            self.next = Some(page_path(&self.upstream.base, url).ok_or_else(|| {
                 DataError::Answer(what.clone(), format!("a next link fhir-fence does not follow: {url}"))
             })?);
         }
