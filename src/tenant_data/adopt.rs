@@ -29,9 +29,10 @@ use super::manifest::{self, DigestInfo, Manifest, Source, TypeEntry};
 use super::progress::Progress;
 use super::select::{self, Criterion, Legacy, Selection};
 use super::{journal, restore, DataError, Job, Refusal, Report};
+use crate::fhir::reference;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -189,24 +190,34 @@ fn write_selection(
 /// listed too).
 pub fn settle(job: &Job, resources: &mut BTreeMap<String, Vec<Value>>) -> Vec<Refusal> {
     let mut all: Vec<Refusal> = Vec::new();
-    let mut left: HashMap<String, usize> = HashMap::new();
+    let mut left: HashSet<String> = HashSet::new();
+    let selected: HashSet<(String, String)> = resources
+        .iter()
+        .flat_map(|(t, l)| l.iter().filter_map(|r| Some((t.clone(), r.get("id")?.as_str()?.to_owned()))))
+        .collect();
+    let selected: HashSet<(&str, &str)> = selected.iter().map(|(t, i)| (t.as_str(), i.as_str())).collect();
     loop {
         let (_, refused) = restore::judge(job, resources);
         if refused.is_empty() {
             return all;
         }
-        for mut r in refused {
-            let key = format!("{}/{}", r.rtype, r.id);
+        for r in &refused {
             if let Some(list) = resources.get_mut(&r.rtype) {
                 list.retain(|v| v.get("id").and_then(Value::as_str) != Some(r.id.as_str()));
             }
+            left.insert(format!("{}/{}", r.rtype, r.id));
+        }
+        for mut r in refused {
             if let Some(target) = r.reference.as_deref() {
-                r.reason = match left.get(target) {
-                    Some(_) => format!("references {target}, which is left behind (see its own refusal)"),
-                    None => format!("references {target}, which the selection does not contain"),
+                let (rtype, id) = target.split_once('/').unwrap_or_default();
+                r.reason = if left.contains(target) {
+                    format!("references {target}, which is left behind (see its own refusal)")
+                } else if selected.contains(&(rtype, id)) || !reference::is_id(id) {
+                    format!("{} (the reference is {target})", r.reason)
+                } else {
+                    format!("references {target}, which the selection does not contain")
                 };
             }
-            left.insert(key, all.len());
             all.push(r);
         }
     }

@@ -24,6 +24,7 @@ use super::{schedule, DataError, Job, Refusal, Report};
 use crate::headers::{base_headers, PREFER};
 use crate::scope::canonicals::defined_in;
 use crate::scope::write::{prepare, provable_once_stored, InBundle};
+use crate::scope::ScopeError;
 use http::{HeaderValue, Method, StatusCode};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashSet};
@@ -219,7 +220,11 @@ pub(super) fn judge(job: &Job, resources: &BTreeMap<String, Vec<Value>>) -> (Vec
             let p = match prepare(&ctx, &job.caps, r.clone(), &local, &in_bundle) {
                 Ok(p) => p,
                 Err(e) => {
-                    refused.push(refuse(e.to_string()));
+                    let mut refusal = refuse(e.to_string());
+                    if let ScopeError::Reference(original) = &e {
+                        refusal.reference = Some(original.clone());
+                    }
+                    refused.push(refusal);
                     continue;
                 }
             };
