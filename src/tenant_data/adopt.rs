@@ -256,3 +256,79 @@ fn report(
     report.resources_per_sec = restored.resources_per_sec;
     report
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scope::testing::{capabilities, shared};
+    use serde_json::json;
+    use std::sync::Arc;
+
+    fn job() -> Job {
+        let snap = shared().clone();
+        Job {
+            tenant: snap.tenants["acme"].clone(),
+            upstream: snap.upstreams["main"].clone(),
+            caps: Arc::new(capabilities()),
+            snap,
+            correlation: "unit".into(),
+        }
+    }
+
+    fn obs(id: &str, extra: Value) -> Value {
+        let mut o = json!({"resourceType": "Observation", "id": id, "status": "final", "code": {"text": id}});
+        o.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        o
+    }
+
+    #[test]
+    fn what_cannot_be_moved_is_refused_with_its_reason_and_so_is_what_references_it() {
+        let mut resources: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        resources.insert("Patient".into(), vec![json!({"resourceType": "Patient", "id": "p1"})]);
+        resources.insert(
+            "Observation".into(),
+            vec![
+                obs("ok", json!({"subject": {"reference": "Patient/p1"}})),
+                obs("dangling", json!({"subject": {"reference": "Patient/elsewhere"}})),
+                obs("behind", json!({"hasMember": [{"reference": "Observation/dangling"}]})),
+                obs("shape", json!({"valueBogus": 1})),
+                obs("chain", json!({"derivedFrom": [{"reference": "Observation/behind"}]})),
+                obs("toolong", json!({"id": "x".repeat(60)})),
+            ],
+        );
+        resources.insert(
+            "Encounter".into(),
+            vec![json!({"resourceType": "Encounter", "id": "e1",
+            "status": "finished", "class": {"code": "AMB"}})],
+        );
+        let refused = settle(&job(), &mut resources);
+        let by: BTreeMap<String, &Refusal> = refused.iter().map(|r| (format!("{}/{}", r.rtype, r.id), r)).collect();
+        let long = format!("Observation/{}", "x".repeat(60));
+        let mut expected = [
+            "Encounter/e1",
+            &long,
+            "Observation/behind",
+            "Observation/chain",
+            "Observation/dangling",
+            "Observation/shape",
+        ]
+        .map(str::to_owned);
+        expected.sort();
+        assert_eq!(by.keys().cloned().collect::<Vec<_>>(), expected, "{refused:#?}");
+        let d = by["Observation/dangling"];
+        assert_eq!(d.reference.as_deref(), Some("Patient/elsewhere"));
+        assert!(d.reason.contains("the selection does not contain"), "{}", d.reason);
+        for (id, target) in [("behind", "Observation/dangling"), ("chain", "Observation/behind")] {
+            let r = by[&format!("Observation/{id}")];
+            assert_eq!(r.reference.as_deref(), Some(target));
+            assert!(r.reason.contains("left behind"), "{}", r.reason);
+        }
+        assert!(by["Observation/shape"].reason.contains("inbound gate"), "{}", by["Observation/shape"].reason);
+        assert!(by[&long].reason.contains("too long"), "{}", by[&long].reason);
+        assert!(by["Encounter/e1"].reason.contains("does not serve Encounter"), "{}", by["Encounter/e1"].reason);
+        // What stays is exactly what may be written, and judged again nothing more is refused.
+        let kept: Vec<&str> = resources.values().flatten().map(|r| r["id"].as_str().unwrap()).collect();
+        assert_eq!(kept, ["ok", "p1"]);
+        assert!(restore::judge(&job(), &resources).1.is_empty());
+    }
+}
