@@ -1,6 +1,6 @@
 //! The command line: `serve`, `check`, `token`, `tenant` (lifecycle: list, show, create, suspend,
 //! resume, read-only, delete, undelete — the work in `lifecycle/`; data: export, restore, verify,
-//! purge — the work in `tenant_data/`), `record`, `replay`, `inject`, `webhook`. The interface is a
+//! purge, adopt — the work in `tenant_data/`), `record`, `replay`, `inject`, `webhook`. The interface is a
 //! contract other tools rely on.
 use crate::config;
 use crate::identity::mint;
@@ -190,6 +190,28 @@ enum TenantAction {
         #[arg(long)]
         isolation: Option<String>,
     },
+    /// Bring a legacy server's data (upstreams.LEGACY.legacy = true: no tenant coding, plain ids)
+    /// into an empty tenant: ids prefixed, references rewritten, verified; what cannot be moved is
+    /// reported with its reason. Resumable: a rerun continues; a finished one is a noop.
+    Adopt {
+        name: String,
+        /// The legacy upstream (by name in [upstreams]).
+        #[arg(long)]
+        from: String,
+        /// `TYPE?QUERY`: the resources that search on the legacy server matches (repeatable).
+        #[arg(long = "where", value_name = "TYPE?QUERY")]
+        wheres: Vec<String>,
+        /// `Patient/ID`: the Patient and every resource of its compartment (repeatable).
+        #[arg(long = "compartment", value_name = "Patient/ID")]
+        compartments: Vec<String>,
+        /// Also take what the selection references outside the Patient compartment
+        /// (Organizations, Practitioners, Locations, …), transitively.
+        #[arg(long)]
+        with_referenced: bool,
+        /// Exit 0 (`ok`) even when resources were left behind (they are still reported).
+        #[arg(long)]
+        accept_refusals: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -290,6 +312,10 @@ fn tenant(config: &std::path::Path, action: TenantAction) -> ExitCode {
                 i => i.and_then(Result::ok),
             };
             return run(config, &name, Op::Move { to, isolation });
+        }
+        TenantAction::Adopt { name, from, wheres, compartments, with_referenced, accept_refusals } => {
+            let op = Op::Adopt { from, wheres, compartments, with_referenced, accept_refusals };
+            return run(config, &name, op);
         }
         TenantAction::List => return command::list(config),
         TenantAction::Show { name } => return command::show(config, &name),

@@ -5,7 +5,7 @@
 //! tenant table's keys), `POST /tenants/NAME/{suspend,resume,read-only,delete,undelete}`.
 //!
 //! The data commands run as jobs in the server (`tenant_data::jobs`):
-//! `POST /tenants/NAME/{move,export,restore,verify,purge}` with a JSON body of their arguments
+//! `POST /tenants/NAME/{move,export,restore,verify,purge,adopt}` with a JSON body of their arguments
 //! (`{"to": "dedicated"}`, `{"dir": "exports/x"}`, `{"moved_from": "main", "expunge": true}`…)
 //! answers 202 with the job's id and `Location: /jobs/ID`; `GET /jobs/ID` says how it goes.
 //!

@@ -14,7 +14,12 @@ use std::sync::OnceLock;
 pub const SYSTEM: &str = "https://fhir-fence.dev/CodeSystem/tenant";
 
 fn snapshot() -> &'static Snapshot {
-    static SNAP: OnceLock<Snapshot> = OnceLock::new();
+    shared()
+}
+
+/// The same snapshot, shared (for code that keeps an `Arc`, such as a `tenant_data::Job`).
+pub fn shared() -> &'static std::sync::Arc<Snapshot> {
+    static SNAP: OnceLock<std::sync::Arc<Snapshot>> = OnceLock::new();
     SNAP.get_or_init(|| {
         let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures");
         let dir = std::env::temp_dir().join(format!("fhir-fence-unit-{}", std::process::id()));
@@ -50,7 +55,7 @@ tenants = ["acme", "globex"]
         std::fs::write(&path, toml).expect("the test config is written");
         let snap = config::load(&path).and_then(Snapshot::build).expect("the test config builds");
         let _ = std::fs::remove_dir_all(&dir);
-        snap
+        std::sync::Arc::new(snap)
     })
 }
 

@@ -30,7 +30,8 @@ pub async fn changed_since(job: &Job, since: &str, progress: &Progress) -> Resul
         .append_pair("_since", since)
         .append_pair("_count", &scan::PAGE.to_string())
         .finish();
-    let mut feed = Scan::from_path(job, "the history since the last pass", format!("_history?{query}"));
+    let mut feed =
+        Scan::path(&job.upstream, &job.correlation, "the history since the last pass", format!("_history?{query}"));
     let own = format!("{}-", job.tenant.prefix);
     let mut keys = BTreeSet::new();
     let mut seen = 0u64;

@@ -1,10 +1,11 @@
-//! The `tenant export|restore|verify|purge` commands around the library parts: a runtime, the snapshot built from the
+//! The `tenant export|restore|verify|purge|adopt` commands around the library parts: a runtime, the snapshot built from the
 //! config (as `serve` and `check` build it), progress on stderr, the JSON report on stdout.
 //! Exit status: 0 done, 1 refused or found wrong (the report or the error says why), 2 the
 //! config could not be used.
 use super::progress::Progress;
 use super::relocate::{self, Control, Move};
-use super::{export, purge, restore, verify, DataError, Job};
+use super::select::Criterion;
+use super::{adopt, export, purge, restore, verify, DataError, Job};
 use crate::config;
 use crate::state::Snapshot;
 use std::path::{Path, PathBuf};
@@ -32,6 +33,14 @@ pub enum Op {
         to: String,
         isolation: Option<crate::config::Isolation>,
     },
+    /// `adopt --from LEGACY [--where …] [--compartment …]` (criteria as written, parsed here).
+    Adopt {
+        from: String,
+        wheres: Vec<String>,
+        compartments: Vec<String>,
+        with_referenced: bool,
+        accept_refusals: bool,
+    },
 }
 
 impl Op {
@@ -42,6 +51,7 @@ impl Op {
             Op::Verify { .. } => "verify",
             Op::Purge { .. } => "purge",
             Op::Move { .. } => "move",
+            Op::Adopt { .. } => "adopt",
         }
     }
 }
@@ -97,6 +107,21 @@ pub fn run(config_path: &Path, tenant: &str, op: Op) -> ExitCode {
                 Op::Verify { against } => verify::verify(&job, against, &progress).await,
                 Op::Purge { expunge, .. } => purge::purge(&job, *expunge, purge::Permit::Deleted, &progress).await,
                 Op::Move { .. } => unreachable!("answered above"),
+                Op::Adopt { from, wheres, compartments, with_referenced, accept_refusals } => {
+                    let criteria = wheres
+                        .iter()
+                        .map(|w| Criterion::parse_where(w))
+                        .chain(compartments.iter().map(|c| Criterion::parse_compartment(c)))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(DataError::Refused)?;
+                    let a = adopt::Adopt {
+                        from: from.clone(),
+                        criteria,
+                        with_referenced: *with_referenced,
+                        accept_refusals: *accept_refusals,
+                    };
+                    adopt::adopt(&job, &a, snap_state_dir.as_deref(), &progress).await
+                }
             }
         };
         match done.await {

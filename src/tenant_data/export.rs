@@ -37,7 +37,7 @@ pub async fn scan_type(
     while let Some(page) = scan.next_page().await? {
         for raw in page {
             let id = raw.get("id").and_then(Value::as_str).unwrap_or("(no id)").to_owned();
-            let refusal = |reason: &str| Refusal { rtype: rtype.to_owned(), id: id.clone(), reason: reason.to_owned() };
+            let refusal = |reason: &str| Refusal::new(rtype, &id, reason);
             if raw.get("resourceType").and_then(Value::as_str) != Some(rtype) {
                 refused.push(refusal("not of the type searched"));
                 continue;

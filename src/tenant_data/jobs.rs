@@ -1,5 +1,5 @@
 //! The data commands run by the admin API inside the server: `move`, `export`, `restore`,
-//! `verify`, `purge` (`POST /tenants/NAME/{op}`) start a job and answer at once with its id;
+//! `verify`, `purge`, `adopt` (`POST /tenants/NAME/{op}`) start a job and answer at once with its id;
 //! `GET /jobs/ID` says how it goes (its last progress step, then its report or error).
 //!
 //! A job runs the same library function as the CLI command, on the server's current snapshot;
@@ -9,7 +9,8 @@
 //! run is written to the lifecycle record like the CLI's. One job per tenant at a time.
 use super::progress::Progress;
 use super::relocate::{self, Control, Move};
-use super::{export, purge, restore, verify, DataError, Job, Report};
+use super::select::Criterion;
+use super::{adopt, export, purge, restore, verify, DataError, Job, Report};
 use crate::config::Isolation;
 use crate::live::Live;
 use serde::Deserialize;
@@ -38,10 +39,21 @@ pub struct Ask {
     /// `purge`: the copy a finished move left on this upstream.
     #[serde(default)]
     pub moved_from: Option<String>,
+    /// `adopt`: the legacy upstream, and the selection (as the CLI's flags).
+    #[serde(default)]
+    pub from: Option<String>,
+    #[serde(default, rename = "where")]
+    pub wheres: Vec<String>,
+    #[serde(default, rename = "compartment")]
+    pub compartments: Vec<String>,
+    #[serde(default)]
+    pub with_referenced: bool,
+    #[serde(default)]
+    pub accept_refusals: bool,
 }
 
 /// The operations a job runs.
-pub const OPERATIONS: [&str; 5] = ["move", "export", "restore", "verify", "purge"];
+pub const OPERATIONS: [&str; 6] = ["move", "export", "restore", "verify", "purge", "adopt"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
@@ -97,6 +109,9 @@ pub fn start(live: Arc<Live>, tenant: &str, operation: &str, ask: Ask) -> Result
     };
     if operation == "move" && ask.to.is_none() {
         return Err(JobError::Bad("move needs \"to\"".into()));
+    }
+    if operation == "adopt" && ask.from.is_none() {
+        return Err(JobError::Bad("adopt needs \"from\"".into()));
     }
     let entry = Arc::new(Entry {
         operation,
@@ -170,6 +185,20 @@ async fn run(
                 purge::purge(&job, ask.expunge, purge::Permit::Deleted, progress).await
             }
         },
+        "adopt" => {
+            let job = Job::new(snap, tenant, correlation).await?;
+            let criteria = (ask.wheres.iter().map(|w| Criterion::parse_where(w)))
+                .chain(ask.compartments.iter().map(|c| Criterion::parse_compartment(c)))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(DataError::Refused)?;
+            let a = adopt::Adopt {
+                from: ask.from.clone().unwrap_or_default(),
+                criteria,
+                with_referenced: ask.with_referenced,
+                accept_refusals: ask.accept_refusals,
+            };
+            adopt::adopt(&job, &a, Some(state_root), progress).await
+        }
         _ => {
             let job = Job::new(snap, tenant, correlation).await?;
             match operation {

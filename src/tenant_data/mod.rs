@@ -5,7 +5,10 @@
 //! upstream resource of a tenant deleted, its history expunged where the upstream allows it,
 //! and the absence proven).
 //!
-//! These are operator commands (`fhir-fence tenant export|restore|verify|purge …`, `cli.rs`): they talk to the
+//! `adopt` brings a legacy server's data (written without fhir-fence) into a tenant the same
+//! way: its selection is written as an export and restored.
+//!
+//! These are operator commands (`fhir-fence tenant export|restore|verify|purge|adopt …`, `cli.rs`): they talk to the
 //! tenant's upstream directly, never through the proxy listener, but with the functions the
 //! proxy's own data path uses, so there is one definition of each rule: resources leave through
 //! the outbound gate (`outbound::resource`: ownership, markers stripped, references local) and
@@ -20,12 +23,15 @@
 //! - `schedule` — transactions side by side where their dependencies allow
 //! - `restore`  — restore into an empty tenant as transaction Bundles of PUTs
 //! - `verify`   — files and upstream data compared with the manifest
+//! - `select`   — `adopt`'s selection on a legacy server: criteria, compartments, references
+//! - `adopt`    — a legacy server's data into an empty tenant: selection, judgement, restore
 //! - `purge`    — deletes in reverse dependency order, `$expunge`, the proof of absence
 //! - `catch_up` — a move's changes since a moment (the upstream's history), copied to the target
 //! - `relocate` — `tenant move`: copy, catch up, freeze, catch up, verify, switch
 //! - `progress` — a bar on a terminal, JSON lines otherwise
 //! - `command`  — the CLI commands: runtime, snapshot, report on stdout
 //! - `jobs`     — the same commands run by the admin API in the server, as jobs to poll
+pub mod adopt;
 pub mod catch_up;
 pub mod command;
 pub mod export;
@@ -39,6 +45,7 @@ pub mod relocate;
 pub mod restore;
 pub mod scan;
 pub mod schedule;
+pub mod select;
 pub mod verify;
 
 use crate::fhir::capabilities::Capabilities;
@@ -155,6 +162,16 @@ pub struct Refusal {
     /// The id as the upstream holds it (this is the operator's report, not a tenant's answer).
     pub id: String,
     pub reason: String,
+    /// For a resource refused for a reference (`adopt`: its target is not adopted), the
+    /// reference as the resource holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+}
+
+impl Refusal {
+    pub fn new(rtype: &str, id: &str, reason: impl Into<String>) -> Refusal {
+        Refusal { rtype: rtype.to_owned(), id: id.to_owned(), reason: reason.into(), reference: None }
+    }
 }
 
 /// The digits of a rate, for reports: resources per second over `secs`.

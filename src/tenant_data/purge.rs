@@ -163,11 +163,11 @@ async fn find(job: &Job, progress: &Progress, report: &mut Report) -> Result<Vec
                 let owned = raw.get("resourceType").and_then(Value::as_str) == Some(rtype.as_str())
                     && raw.as_object().is_some_and(|m| job.snap.marking.owns(m, &job.tenant));
                 if !owned {
-                    report.refuse(Refusal {
-                        rtype: rtype.clone(),
-                        id,
-                        reason: "found by the tenant's search but fails the ownership test: not deleted".into(),
-                    });
+                    report.refuse(Refusal::new(
+                        &rtype,
+                        &id,
+                        "found by the tenant's search but fails the ownership test: not deleted",
+                    ));
                     continue;
                 }
                 let url = format!("{rtype}/{id}");

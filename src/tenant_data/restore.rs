@@ -24,6 +24,7 @@ use super::{schedule, DataError, Job, Refusal, Report};
 use crate::headers::{base_headers, PREFER};
 use crate::scope::canonicals::defined_in;
 use crate::scope::write::{prepare, provable_once_stored, InBundle};
+use crate::scope::ScopeError;
 use http::{HeaderValue, Method, StatusCode};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashSet};
@@ -150,7 +151,7 @@ pub async fn restore(job: &Job, dir: &Path, progress: &Progress) -> Result<Repor
 }
 
 /// Refuses, naming the counts, when the tenant holds any resource.
-async fn ensure_empty(job: &Job, progress: &Progress) -> Result<(), DataError> {
+pub(super) async fn ensure_empty(job: &Job, progress: &Progress) -> Result<(), DataError> {
     let held = scan::held(job, progress, "check-empty").await?;
     if held.is_empty() {
         return Ok(());
@@ -169,9 +170,36 @@ pub(super) fn prepare_all(
     resources: &BTreeMap<String, Vec<Value>>,
     outside: Outside,
 ) -> Result<Vec<Ready>, DataError> {
+    let (ready, refused) = judge(job, resources, outside);
+    if refused.is_empty() {
+        return Ok(ready);
+    }
+    let listed: Vec<String> = refused.iter().take(10).map(|r| format!("{}/{}: {}", r.rtype, r.id, r.reason)).collect();
+    Err(DataError::Refused(format!(
+        "{} resources of the export cannot be restored into tenant {:?}; nothing was written: {}",
+        refused.len(),
+        job.tenant.name,
+        listed.join("; ")
+    )))
+}
+
+/// The one judgement of what may be written into the job's tenant (restore's, adopt's before
+/// it writes its export, a move's catch-up): each resource passes the typed inbound gate
+/// (`fhir::shape::check`, as every body a client sends does), is of a type the target upstream
+/// serves, and is prepared by `scope::write::prepare` (with every id of `resources` as written
+/// in the same Bundle) and proven by `provable_once_stored`. With `Outside::Refused`, a
+/// reference to a resource `resources` does not hold is a refusal carrying that reference; so
+/// is a canonical naming a definition it does not hold. Answers the resources ready to write
+/// and the refusals (each resource is in one of them).
+pub(super) fn judge(
+    job: &Job,
+    resources: &BTreeMap<String, Vec<Value>>,
+    outside: Outside,
+) -> (Vec<Ready>, Vec<Refusal>) {
     let ctx = job.ctx();
     let mut refused: Vec<Refusal> = Vec::new();
     let mut written: HashSet<String> = HashSet::new();
+    let mut bad_id: HashSet<(String, String)> = HashSet::new();
     for (rtype, list) in resources {
         for r in list {
             let local = r.get("id").and_then(Value::as_str).unwrap_or_default();
@@ -179,7 +207,10 @@ pub(super) fn prepare_all(
                 Ok(uid) => {
                     written.insert(format!("{rtype}/{uid}"));
                 }
-                Err(e) => refused.push(Refusal { rtype: rtype.clone(), id: local.to_owned(), reason: e.to_string() }),
+                Err(e) => {
+                    bad_id.insert((rtype.clone(), local.to_owned()));
+                    refused.push(Refusal::new(rtype, local, e.to_string()))
+                }
             }
         }
     }
@@ -189,7 +220,18 @@ pub(super) fn prepare_all(
     for (rtype, list) in resources {
         for r in list {
             let local = r.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
-            let refuse = |reason: String| Refusal { rtype: rtype.clone(), id: local.clone(), reason };
+            if bad_id.contains(&(rtype.clone(), local.clone())) {
+                continue;
+            }
+            let refuse = |reason: String| Refusal::new(rtype, &local, reason);
+            if r.get("resourceType").and_then(Value::as_str) != Some(rtype.as_str()) {
+                refused.push(refuse(format!("not a {rtype}")));
+                continue;
+            }
+            if let Err(e) = crate::fhir::shape::check(r) {
+                refused.push(refuse(format!("the inbound gate refuses it: {e}")));
+                continue;
+            }
             if !job.caps.has_type(rtype) {
                 refused.push(refuse(format!("upstream {} does not serve {rtype}", job.tenant.upstream)));
                 continue;
@@ -197,12 +239,18 @@ pub(super) fn prepare_all(
             let p = match prepare(&ctx, &job.caps, r.clone(), &local, &in_bundle) {
                 Ok(p) => p,
                 Err(e) => {
-                    refused.push(refuse(e.to_string()));
+                    let mut refusal = refuse(e.to_string());
+                    if let ScopeError::Reference(original) = &e {
+                        refusal.reference = Some(original.clone());
+                    }
+                    refused.push(refusal);
                     continue;
                 }
             };
             if let (Some(t), Outside::Refused) = (p.targets.first(), outside) {
-                refused.push(refuse(format!("references {}, which the export does not contain", t.original)));
+                let mut r = refuse(format!("references {}, which the export does not contain", t.original));
+                r.reference = Some(t.original.clone());
+                refused.push(r);
                 continue;
             }
             let missing =
@@ -211,8 +259,9 @@ pub(super) fn prepare_all(
                     !defined.contains(url)
                 });
             if let Some(n) = missing {
-                refused
-                    .push(refuse(format!("canonical {} names a definition the export does not contain", n.canonical)));
+                let mut r = refuse(format!("canonical {} names a definition the export does not contain", n.canonical));
+                r.reference = Some(n.canonical.clone());
+                refused.push(r);
                 continue;
             }
             if let Err(e) = provable_once_stored(&ctx, &p.body) {
@@ -229,16 +278,7 @@ pub(super) fn prepare_all(
             ready.push(Ready { rtype: rtype.clone(), url, body });
         }
     }
-    if refused.is_empty() {
-        return Ok(ready);
-    }
-    let listed: Vec<String> = refused.iter().take(10).map(|r| format!("{}/{}: {}", r.rtype, r.id, r.reason)).collect();
-    Err(DataError::Refused(format!(
-        "{} resources of the export cannot be restored into tenant {:?}; nothing was written: {}",
-        refused.len(),
-        job.tenant.name,
-        listed.join("; ")
-    )))
+    (ready, refused)
 }
 
 /// The reference graph and the transactions (indexes into `ready`), in dependency order.

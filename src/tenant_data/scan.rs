@@ -7,15 +7,17 @@
 use super::progress::Progress;
 use super::{DataError, Job};
 use crate::headers::strict_headers;
+use crate::upstream::Upstream;
 use http::{HeaderValue, Method, StatusCode};
 use serde_json::Value;
 
 /// Entries asked for per page.
 pub const PAGE: usize = 500;
 
-/// One type's search, page by page.
+/// One search, page by page.
 pub struct Scan<'j> {
-    job: &'j Job,
+    upstream: &'j Upstream,
+    correlation: &'j str,
     /// What is scanned, for errors.
     what: String,
     /// Besides cached-search pages: a `next` link to this path under the base is followed too
@@ -39,7 +41,11 @@ pub fn query(job: &Job, rtype: &str, extra: &[(&str, &str)]) -> String {
 
 /// The headers of every scan request.
 pub fn headers(job: &Job) -> http::HeaderMap {
-    let mut h = strict_headers(&job.correlation);
+    request_headers(&job.correlation)
+}
+
+fn request_headers(correlation: &str) -> http::HeaderMap {
+    let mut h = strict_headers(correlation);
     h.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h
 }
@@ -47,14 +53,15 @@ pub fn headers(job: &Job) -> http::HeaderMap {
 impl<'j> Scan<'j> {
     pub fn new(job: &'j Job, rtype: &str) -> Scan<'j> {
         let first = query(job, rtype, &[("_count", &PAGE.to_string())]);
-        Scan::from_path(job, &format!("the search of {rtype}"), first)
+        Scan::path(&job.upstream, &job.correlation, &format!("the search of {rtype}"), first)
     }
 
-    /// Pages through the Bundle the upstream answers to `first` (a path relative to its base),
-    /// e.g. a history.
-    pub fn from_path(job: &'j Job, what: &str, first: String) -> Scan<'j> {
+    /// Any search on `upstream` (`first`: its path relative to the base, `_count` included),
+    /// paged the same way; `what` names it in errors. `adopt` reads a legacy server so, a
+    /// move reads the history feed so.
+    pub fn path(upstream: &'j Upstream, correlation: &'j str, what: &str, first: String) -> Scan<'j> {
         let own_path = first.split('?').next().filter(|p| !p.is_empty() && !p.contains('/')).map(str::to_owned);
-        Scan { job, what: what.to_owned(), next: Some(first), total: None, own_path }
+        Scan { upstream, correlation, what: what.to_owned(), next: Some(first), total: None, own_path }
     }
 
     /// The resources of the next page as the upstream sent them (`None` after the last page).
@@ -76,7 +83,7 @@ impl<'j> Scan<'j> {
     pub async fn next_entries(&mut self) -> Result<Option<Vec<Value>>, DataError> {
         let Some(path) = self.next.take() else { return Ok(None) };
         let what = self.what.clone();
-        let answer = self.job.upstream.send(Method::GET, &path, headers(self.job), None).await?;
+        let answer = self.upstream.send(Method::GET, &path, request_headers(self.correlation), None).await?;
         if answer.status != StatusCode::OK {
             return Err(status_error(&what, &answer));
         }
@@ -97,8 +104,8 @@ impl<'j> Scan<'j> {
             .find(|l| l.get("relation").and_then(Value::as_str) == Some("next"))
             .and_then(|l| l.get("url").and_then(Value::as_str));
         if let Some(url) = next {
-            let followed = page_path(&self.job.upstream.base, url)
-                .or_else(|| self.own_path.as_deref().and_then(|p| own_page(&self.job.upstream.base, p, url)));
+            let followed = page_path(&self.upstream.base, url)
+                .or_else(|| self.own_path.as_deref().and_then(|p| own_page(&self.upstream.base, p, url)));
             self.next = Some(followed.ok_or_else(|| {
                 DataError::Answer(what.clone(), format!("a next link fhir-fence does not follow: {url}"))
             })?);

@@ -3,6 +3,7 @@
 //! or the real HAPI server started by `scripts/hapi` (end to end).
 mod support;
 
+mod adopt;
 mod audit;
 mod audit_events;
 mod export_fake;
