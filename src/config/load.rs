@@ -388,6 +388,20 @@ fn validate(c: &Config) -> Result<Url, ConfigError> {
             }
             _ => {}
         }
+        // …and is not an enforced upstream under a second name (the same server would then be
+        // reachable unscoped).
+        if legacy {
+            let here = c.upstreams.get(&t.upstream).and_then(|u| server_of(&u.base_url));
+            let enforced = c.tenants.values().filter(|o| o.enforcement == Enforcement::Enforce).map(|o| &o.upstream);
+            if let Some(other) =
+                enforced.into_iter().find(|o| c.upstreams.get(*o).and_then(|u| server_of(&u.base_url)) == here)
+            {
+                return Err(ConfigError::invalid(
+                    format!("upstreams.{}.base_url", t.upstream),
+                    format!("the legacy upstream {:?} is on the same server (host and port) as {other:?}, which holds enforced tenants: observe mode would reach their data unscoped", t.upstream),
+                ));
+            }
+        }
         // Hybrid placement: a dedicated tenant's upstream serves no other tenant.
         if t.isolation == Isolation::Dedicated {
             if let Some((other, _)) = c.tenants.iter().find(|(n, o)| *n != name && o.upstream == t.upstream) {
@@ -513,6 +527,27 @@ pub fn valid_tenant_name(n: &str) -> bool {
     (1..=64).contains(&n.len())
         && n.as_bytes()[0].is_ascii_alphanumeric()
         && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+}
+
+/// The server an upstream base URL names, as (host, port): loopback names and addresses count
+/// as one host, so `localhost`, `127.0.0.1` and `[::1]` on one port are the same server (a DNS
+/// alias is not seen through).
+fn server_of(base_url: &str) -> Option<(String, u16)> {
+    let u = Url::parse(base_url).ok()?;
+    let port = u.port_or_known_default()?;
+    let host = match u.host()? {
+        url::Host::Domain(d)
+            if d.eq_ignore_ascii_case("localhost") || d.to_ascii_lowercase().ends_with(".localhost") =>
+        {
+            "loopback".to_owned()
+        }
+        url::Host::Domain(d) => d.to_ascii_lowercase().trim_end_matches('.').to_owned(),
+        url::Host::Ipv4(ip) if ip.is_loopback() => "loopback".to_owned(),
+        url::Host::Ipv6(ip) if ip.is_loopback() => "loopback".to_owned(),
+        url::Host::Ipv4(ip) => ip.to_string(),
+        url::Host::Ipv6(ip) => ip.to_canonical().to_string(),
+    };
+    Some((host, port))
 }
 
 #[cfg(test)]

@@ -37,6 +37,9 @@ pub async fn forward(ctx: &Ctx<'_>, parts: &http::request::Parts, body: Bytes) -
         .filter(|rest| rest.is_empty() || rest.starts_with('/'))
         .ok_or_else(|| RouteError::NotFhir(path.to_owned()))?;
     let below = below.strip_prefix('/').unwrap_or(below);
+    if !plain_path(below) {
+        return Err(RouteError::NotFhir(path.to_owned()).into());
+    }
     let target = match parts.uri.query() {
         Some(q) => format!("{below}?{q}"),
         None => below.to_owned(),
@@ -51,10 +54,54 @@ pub async fn forward(ctx: &Ctx<'_>, parts: &http::request::Parts, body: Bytes) -
     Ok(resp)
 }
 
+/// Whether a path below the base is plain FHIR path segments (`Patient/123/_history/2`,
+/// `$everything`, `metadata`): letters, digits, `-`, `.`, `_`, `$`, no `.` or `..` segment, no
+/// empty segment, nothing percent-encoded. Anything else could leave the FHIR base on the
+/// upstream (`/fhir/../admin`, `%2e%2e`, an encoded `/`, `;` parameters) with fhir-fence's own
+/// upstream credentials attached, so it is not forwarded.
+fn plain_path(below: &str) -> bool {
+    below.is_empty()
+        || below.split('/').all(|seg| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && seg.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'$'))
+        })
+}
+
 fn copy(from: &HeaderMap, to: &mut HeaderMap, names: &[&'static str]) {
     for name in names {
         for v in from.get_all(*name) {
             to.append(*name, v.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_path;
+
+    #[test]
+    fn only_plain_fhir_paths_are_forwarded() {
+        for ok in ["", "metadata", "Patient", "Patient/a-1/_history/2", "Patient/1/$everything", "Observation/_search"]
+        {
+            assert!(plain_path(ok), "{ok}");
+        }
+        for bad in [
+            "..",
+            "../admin",
+            "Patient/../../x",
+            "./Patient",
+            "%2e%2e/x",
+            "Patient%2F..%2Fx",
+            "Patient/x;..;/y",
+            "%5c..%5c",
+            "Patient/%00",
+            "Patient//1",
+            "Patient/",
+            "Patient/a b",
+        ] {
+            assert!(!plain_path(bad), "{bad}");
         }
     }
 }

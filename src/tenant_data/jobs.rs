@@ -79,13 +79,21 @@ fn jobs() -> std::sync::MutexGuard<'static, HashMap<String, Arc<Entry>>> {
     JOBS.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A path inside `root` named by a relative `dir` without `..`.
+/// A path inside `root` named by a relative `dir` without `..`, and through no symbolic link
+/// (one inside `state_dir` could lead anywhere).
 fn inside(root: &Path, dir: &str) -> Result<PathBuf, JobError> {
     let p = Path::new(dir);
     if dir.is_empty() || !p.components().all(|c| matches!(c, Component::Normal(_))) {
         return Err(JobError::Bad(format!("dir {dir:?} must be a relative path inside lifecycle.state_dir")));
     }
-    Ok(root.join(p))
+    let mut at = root.to_path_buf();
+    for c in p.components() {
+        at.push(c);
+        if std::fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(JobError::Bad(format!("dir {dir:?} goes through a symbolic link; name a plain directory")));
+        }
+    }
+    Ok(at)
 }
 
 /// Starts `operation` on `tenant`; answers the job's id.
@@ -236,5 +244,11 @@ mod tests {
         for bad in ["", "/etc", "../x", "a/../../x", "./a"] {
             assert!(inside(root, bad).is_err(), "{bad}");
         }
+        let tmp = std::env::temp_dir().join(format!("fence-jobs-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(tmp.join("real")).unwrap();
+        std::os::unix::fs::symlink(std::env::temp_dir(), tmp.join("ln")).unwrap();
+        assert!(inside(&tmp, "real/x").is_ok());
+        assert!(inside(&tmp, "ln/x").is_err(), "a link inside state_dir is not followed");
+        std::fs::remove_dir_all(&tmp).unwrap();
     }
 }

@@ -26,7 +26,7 @@
 //! it (a crash while frozen leaves the tenant read-only until the rerun finishes the move).
 use super::catch_up::{self, Key};
 use super::progress::Progress;
-use super::{export, journal, manifest, restore, scan, DataError, Job, Report};
+use super::{export, journal, manifest, restore, scan, DataError, Job, Refusal, Report};
 use crate::config::{Isolation, TenantStatus};
 use crate::lifecycle::change::{self, Operation};
 use crate::live::Live;
@@ -123,6 +123,10 @@ struct MoveState {
     /// Every resource a pass found changed since the comparison began: each is read again on
     /// both sides while frozen.
     changed: BTreeSet<Key>,
+    /// What the comparison found carrying the tenant's tag without passing the ownership check
+    /// (source, target): not moved, and left out of the counts.
+    #[serde(default)]
+    foreign: [Vec<Refusal>; 2],
     frozen_at: Option<String>,
     copied: u64,
 }
@@ -180,6 +184,7 @@ pub async fn relocate(m: Move<'_>, control: &Control, progress: &Progress) -> Re
         differing: BTreeSet::new(),
         types: BTreeSet::new(),
         changed: BTreeSet::new(),
+        foreign: Default::default(),
         frozen_at: None,
         copied: 0,
     };
@@ -241,7 +246,9 @@ pub async fn relocate(m: Move<'_>, control: &Control, progress: &Progress) -> Re
         state.compared_at = Some(stamp());
         // Passes from here on start no later than the comparison.
         state.since = state.compared_at.clone().unwrap_or_default();
-        (state.differing, state.types) = compare(source, target, progress).await?;
+        let c = compare(source, target, progress).await?;
+        (state.differing, state.types) = (c.differing, c.types);
+        state.foreign = c.foreign;
         state.changed.clear();
         save(&state)?;
         // What changed while comparing, so the frozen pass has little left.
@@ -282,8 +289,20 @@ pub async fn relocate(m: Move<'_>, control: &Control, progress: &Progress) -> Re
         .collect();
     let mut counts_here = scan::counts(source, &types, progress, "count").await?;
     let mut counts_there = scan::counts(target, &types, progress, "count").await?;
-    counts_here.retain(|(_, n)| *n > 0);
-    counts_there.retain(|(_, n)| *n > 0);
+    // What carries the tag but is not the tenant's is counted by the tag search, never moved.
+    for (counts, foreign) in [(&mut counts_here, &state.foreign[0]), (&mut counts_there, &state.foreign[1])] {
+        let foreign = per_type(foreign);
+        for (t, n) in counts.iter_mut() {
+            *n = n.saturating_sub(foreign.get(t).copied().unwrap_or(0));
+        }
+        counts.retain(|(_, n)| *n > 0);
+    }
+    if !state.foreign[0].is_empty() {
+        report.detail(
+            "not_moved",
+            serde_json::to_value(&state.foreign[0][..state.foreign[0].len().min(100)]).unwrap_or_default(),
+        );
+    }
     if counts_here != counts_there {
         problems.push(format!("counts per type differ: {from} {counts_here:?}, {to} {counts_there:?}"));
     }
@@ -374,30 +393,52 @@ async fn passes(
     Ok(())
 }
 
-/// Every resource of the tenant on both sides, by digest: the keys that differ, and the types
-/// either side holds.
-async fn compare(
-    source: &Job,
-    target: &Job,
-    progress: &Progress,
-) -> Result<(BTreeSet<Key>, BTreeSet<String>), DataError> {
-    let here = digests(source, progress).await?;
-    let there = digests(target, progress).await?;
-    let keys: BTreeSet<&Key> = here.keys().chain(there.keys()).collect();
-    let types = keys.iter().map(|(t, _)| t.clone()).collect();
-    Ok((keys.into_iter().filter(|k| here.get(*k) != there.get(*k)).cloned().collect(), types))
+/// What the comparison found.
+struct Compared {
+    differing: BTreeSet<Key>,
+    /// The types either side holds.
+    types: BTreeSet<String>,
+    /// Tagged but not owned, per side.
+    foreign: [Vec<Refusal>; 2],
 }
 
-async fn digests(job: &Job, progress: &Progress) -> Result<BTreeMap<Key, String>, DataError> {
+/// Every resource of the tenant on both sides, by digest.
+async fn compare(source: &Job, target: &Job, progress: &Progress) -> Result<Compared, DataError> {
+    let (here, foreign_here) = digests(source, progress).await?;
+    let (there, foreign_there) = digests(target, progress).await?;
+    let keys: BTreeSet<&Key> = here.keys().chain(there.keys()).collect();
+    let types = keys.iter().map(|(t, _)| t.clone()).chain(foreign_here.iter().map(|r| r.rtype.clone())).collect();
+    Ok(Compared {
+        differing: keys.into_iter().filter(|k| here.get(*k) != there.get(*k)).cloned().collect(),
+        types,
+        foreign: [foreign_here, foreign_there],
+    })
+}
+
+/// The tenant's resources on `job`'s upstream by digest, and those its tag search finds that
+/// fail the ownership check (written to the upstream directly, never through fhir-fence: they
+/// are not moved, but the tag counts include them).
+async fn digests(job: &Job, progress: &Progress) -> Result<(BTreeMap<Key, String>, Vec<Refusal>), DataError> {
     let mut out = BTreeMap::new();
+    let mut foreign = Vec::new();
     for (rtype, _) in scan::held(job, progress, "count").await? {
-        export::scan_type(job, &rtype, progress, "compare", |local| {
+        let refused = export::scan_type(job, &rtype, progress, "compare", |local| {
             let id = local.get("id").and_then(Value::as_str).unwrap_or_default();
             let uid = job.tenant.upstream_id(id).map_err(|e| DataError::Refused(e.to_string()))?;
             out.insert((rtype.clone(), uid), manifest::digest(&local));
             Ok(())
         })
         .await?;
+        foreign.extend(refused);
     }
-    Ok(out)
+    Ok((out, foreign))
+}
+
+/// Per type, how many of `refused` there are.
+fn per_type(refused: &[Refusal]) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for r in refused {
+        *out.entry(r.rtype.clone()).or_default() += 1;
+    }
+    out
 }

@@ -127,7 +127,55 @@ async fn drive(base: &str) -> usize {
         send(client::get(&format!("{base}/{path}")).send().await);
     }
 
-    // 7. What fhir-fence refuses by design (the file says so with `expect`, below).
+    // 7. Patches and raw Binary content, as clients send them (issue 21): a FHIRPath Patch and a
+    //    JSON Patch of a Patient, each read back; a PDF PUT and a PNG POST as raw bytes, read
+    //    back raw and as FHIR JSON; the history of a deleted resource.
+    let patient = json!({"resourceType": "Patient", "id": "replay-patch", "name": [{"family": "Patched"}],
+        "gender": "female"});
+    send(client::put(&format!("{base}/Patient/replay-patch"), &patient).send().await);
+    let fhirpath = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "operation", "part": [{"name": "type", "valueCode": "replace"},
+            {"name": "path", "valueString": "Patient.gender"}, {"name": "value", "valueCode": "other"}]},
+        {"name": "operation", "part": [{"name": "type", "valueCode": "add"},
+            {"name": "path", "valueString": "Patient"}, {"name": "name", "valueString": "birthDate"},
+            {"name": "value", "valueDate": "1970-01-01"}]}]});
+    let patch = |body: String, content_type: &str| {
+        client::request("PATCH", &format!("{base}/Patient/replay-patch"))
+            .header("content-type", content_type)
+            .raw_body(body)
+    };
+    send(patch(fhirpath.to_string(), "application/fhir+json").send().await);
+    send(client::get(&format!("{base}/Patient/replay-patch")).send().await);
+    let json_patch = json!([{"op": "replace", "path": "/name/0/family", "value": "PatchedTwice"}]);
+    send(patch(json_patch.to_string(), "application/json-patch+json").send().await);
+    send(client::get(&format!("{base}/Patient/replay-patch")).send().await);
+    // Not UTF-8, so the corpus holds it in base64.
+    let pdf: &[u8] = b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj << /Type /Catalog >> endobj\n%%EOF\n";
+    let raw = |method: &str, path: &str, content_type: &str, bytes: &'static [u8]| {
+        client::request(method, &format!("{base}/{path}")).header("content-type", content_type).raw_body(bytes)
+    };
+    send(raw("PUT", "Binary/replay-pdf", "application/pdf", pdf).send().await);
+    send(client::get(&format!("{base}/Binary/replay-pdf")).send().await);
+    send(client::get(&format!("{base}/Binary/replay-pdf")).header("accept", "application/fhir+json").send().await);
+    let png: &[u8] = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR";
+    let posted = send(raw("POST", "Binary", "image/png", png).send().await);
+    let loc = posted.header("location").unwrap_or_default().to_owned();
+    if let Some(bid) = loc.split("/Binary/").nth(1).and_then(|s| s.split('/').next()) {
+        send(client::get(&format!("{base}/Binary/{bid}")).send().await);
+    }
+    send(client::delete(&format!("{base}/Binary/replay-pdf")).send().await);
+    send(client::get(&format!("{base}/Binary/replay-pdf")).send().await);
+    send(client::get(&format!("{base}/Binary/replay-pdf/_history")).send().await);
+    // An _include over client-assigned ids.
+    send(
+        client::get(&format!(
+            "{base}/Observation?subject=Patient/example&_include=Observation:subject&_count=5&_sort=_id"
+        ))
+        .send()
+        .await,
+    );
+
+    // 8. What fhir-fence refuses by design (the file says so with `expect`, below).
     send(client::get(&format!("{base}/$get-resource-counts")).send().await);
     n
 }

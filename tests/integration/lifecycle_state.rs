@@ -521,6 +521,12 @@ fn validation_refuses_dedicated_on_a_shared_upstream_and_duplicates() {
     legacy[1].upstream = "old".into();
     let old = "[upstreams.old]\nbase_url = \"http://127.0.0.1:11/fhir\"\nlegacy = true\n";
     assert_eq!(check(&base(&legacy, old), &[]), Ok(()));
+    // A legacy upstream that is an enforced one under a second name: refused.
+    for alias in ["http://127.0.0.1:9/fhir", "http://localhost:9/other", "http://[::1]:9/fhir/"] {
+        let aliased = format!("[upstreams.old]\nbase_url = \"{alias}\"\nlegacy = true\n");
+        let e = check(&base(&legacy, &aliased), &[]).unwrap_err();
+        assert!(e.contains("upstreams.old.base_url") && e.contains("same server"), "{alias}: {e}");
+    }
     legacy[1].extra.clear();
     let e = check(&base(&legacy, old), &[]).unwrap_err();
     assert!(e.contains(&format!("tenants.{}.upstream", ts[1].name)) && e.contains("legacy"), "{e}");

@@ -58,7 +58,10 @@ async fn an_observing_tenant_gets_the_legacy_bytes_and_the_counters_show_what_en
         _ => Answer::Json(404, json!({"resourceType": "OperationOutcome", "issue": []})),
     })
     .await;
-    let (ts, o) = enforcing_and_observing(&upstream.base, &upstream.base);
+    // The enforced tenant's upstream is another server (a legacy upstream may not be one an
+    // enforced tenant uses); nothing enforced reaches it here.
+    let main = fake::start(|_| Answer::Json(404, json!({"resourceType": "OperationOutcome", "issue": []}))).await;
+    let (ts, o) = enforcing_and_observing(&main.base, &upstream.base);
     let fence = support::start(o).await;
     let (enforced, observing) = (fence.token(&ts[0].name), fence.token(&ts[1].name));
     let observation = json!({"resourceType": "Observation", "status": "final",
@@ -148,7 +151,10 @@ async fn a_large_answer_is_counted_too_large_to_judge_and_unroutable_requests_pa
         _ => Answer::Raw(200, "application/fhir+xml", "<Bundle/>"),
     })
     .await;
-    let (ts, o) = enforcing_and_observing(&upstream.base, &upstream.base);
+    // The enforced tenant's upstream is another server (a legacy upstream may not be one an
+    // enforced tenant uses); nothing enforced reaches it here.
+    let main = fake::start(|_| Answer::Json(404, json!({"resourceType": "OperationOutcome", "issue": []}))).await;
+    let (ts, o) = enforcing_and_observing(&main.base, &upstream.base);
     let fence = support::start(o).await;
     let token = fence.token(&ts[1].name);
     let r = get(&fence.url("Patient/1")).bearer(&token).send().await;
