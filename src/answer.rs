@@ -54,7 +54,7 @@ pub(crate) fn read_response(
     if result.body.get("resourceType").and_then(Value::as_str) == Some("Binary")
         && !asks_for_fhir_resource(request_headers)
     {
-        return binary_content(ctx, result);
+        return binary_content(ctx, StatusCode::OK, &result.body, result.headers);
     }
     Ok(ok_response(result, ctx.correlation))
 }
@@ -64,15 +64,22 @@ pub(crate) fn ok_response(result: read::ReadResult, correlation: &str) -> Respon
     checked_response(StatusCode::OK, result.body, result.headers, correlation)
 }
 
-/// The raw content of a Binary the caller owns, with its own content type.
-fn binary_content(ctx: &Ctx, result: read::ReadResult) -> Result<Response<Full<Bytes>>, ScopeError> {
+/// The raw content of a Binary the caller owns (checked by the outbound gate), with its own
+/// content type.
+fn binary_content(
+    ctx: &Ctx,
+    status: StatusCode,
+    body: &Checked,
+    headers: HeaderMap,
+) -> Result<Response<Full<Bytes>>, ScopeError> {
     use base64::Engine;
-    let content_type = result.body.get("contentType").and_then(Value::as_str).unwrap_or("application/octet-stream");
+    let content_type = body.get("contentType").and_then(Value::as_str).unwrap_or("application/octet-stream");
     let content_type = HeaderValue::from_str(content_type).map_err(|_| ScopeError::Unprovable)?;
-    let data = result.body.get("data").and_then(Value::as_str).unwrap_or("");
+    let data = body.get("data").and_then(Value::as_str).unwrap_or("");
     let bytes = base64::engine::general_purpose::STANDARD.decode(data).map_err(|_| ScopeError::Unprovable)?;
     let mut resp = Response::new(Full::new(Bytes::from(bytes)));
-    resp.headers_mut().extend(result.headers);
+    *resp.status_mut() = status;
+    resp.headers_mut().extend(headers);
     resp.headers_mut().insert(header::CONTENT_TYPE, content_type);
     // A tenant's content served from the API's origin: never sniffed into something else, and
     // never run as a page of that origin (an HTML or SVG Binary).
@@ -103,6 +110,12 @@ pub(crate) fn written(
         return resp;
     }
     match done.body {
+        // A Binary written is answered as its content, as a read of it is (and as HAPI answers
+        // a client that does not ask for the resource).
+        Some(body) if rtype == "Binary" && body.as_tree().is_some() && !asks_for_fhir_resource(request_headers) => {
+            binary_content(ctx, done.status, &body, headers.clone())
+                .unwrap_or_else(|_| checked_response(done.status, body, headers, ctx.correlation))
+        }
         Some(body) => checked_response(done.status, body, headers, ctx.correlation),
         None => bytes_response(done.status, Bytes::from_static(b"null"), headers, ctx.correlation),
     }

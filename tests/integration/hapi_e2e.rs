@@ -815,11 +815,17 @@ async fn binary_content_and_attachments_stay_inside_the_tenant() {
     let raw = |method: &str, path: &str, tok: &str, ct: &str, body: &[u8]| {
         request(method, &f.url(path)).header("content-type", ct).raw_body(body.to_vec()).bearer(tok)
     };
+    // Answered as the content itself (as HAPI answers a client that does not ask for FHIR JSON),
+    // or as the resource when asked.
     let r = raw("PUT", "Binary/pdf1", &a, "application/pdf", pdf).send().await;
+    assert_eq!((r.status, r.header("content-type"), &r.raw[..]), (201, Some("application/pdf"), pdf));
+    let r = raw("POST", "Binary", &b, "application/pdf", b"bravo's pdf")
+        .header("accept", "application/fhir+json")
+        .send()
+        .await;
     assert_eq!((r.status, r.body["contentType"].as_str()), (201, Some("application/pdf")), "{}", r.body);
-    let r = raw("POST", "Binary", &b, "application/pdf", b"bravo's pdf").send().await;
-    assert_eq!(r.status, 201, "{}", r.body);
     let b_pdf = r.body["id"].as_str().unwrap().to_owned();
+    assert!(r.header("location").unwrap().contains(&format!("/Binary/{b_pdf}/")));
     let r = get(&f.url("Binary/pdf1")).bearer(&a).header("accept", "application/pdf").send().await;
     assert_eq!((r.status, r.header("content-type"), &r.raw[..]), (200, Some("application/pdf"), pdf));
     assert_eq!(
