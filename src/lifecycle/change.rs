@@ -108,8 +108,8 @@ pub enum LifecycleError {
     Io(String),
 }
 
-/// One change at a time in this process (the admin API's requests, a test's calls); changes
-/// from several processes at once (two CLI runs) are not serialised.
+/// One change at a time in this process (the admin API's requests, a test's calls); across
+/// processes, the lifecycle lock (`lock.rs`).
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Applies `op` to tenant `name` of the config at `config_path`, recorded as done by `who`.
@@ -120,6 +120,10 @@ pub fn apply(config_path: &Path, name: &str, op: Operation, who: &str) -> Result
     if !config::valid_tenant_name(name) {
         return Err(LifecycleError::BadName(name.to_owned()));
     }
+    // Other processes' changes take turns with this one; the config is read again under the lock.
+    let _turn = super::lock::wait(&state_dir, "lifecycle")
+        .map_err(|e| LifecycleError::Io(format!("cannot take the lifecycle lock: {e}")))?;
+    let loaded = config::load(config_path)?;
     let file = store::path(&tenants_dir, name);
     let operation = op.name();
     let (before, after) = match op {

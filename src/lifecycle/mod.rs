@@ -5,12 +5,14 @@
 //! ([`change::apply`]) for the CLI (`command.rs`) and the admin API (`admin_api.rs`) alike.
 //!
 //! `store.rs` writes a tenant file atomically, `record.rs` appends each change to the
-//! lifecycle record (`state_dir/lifecycle.jsonl`), which is never deleted with a tenant.
+//! lifecycle record (`state_dir/lifecycle.jsonl`), which is never deleted with a tenant;
+//! `lock.rs` makes changes from several processes take turns.
 //! The running server sees a change through its file watch (`live.rs`), or at once when the
 //! admin API reloads before it answers.
 pub mod admin_api;
 pub mod change;
 pub mod command;
+pub mod lock;
 pub mod record;
 pub mod store;
 

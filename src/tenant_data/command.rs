@@ -76,6 +76,7 @@ pub fn run(config_path: &Path, tenant: &str, op: Op) -> ExitCode {
         let needs_state =
             || state_root.clone().ok_or_else(|| DataError::Refused("this needs lifecycle.state_dir".into()));
         let done = async {
+            let _only = state_root.as_deref().map(|d| super::exclusive(d, tenant)).transpose()?;
             match &op {
                 Op::Purge { expunge, moved_from: Some(from) } => {
                     let job = Job::on(snap, tenant, from, &correlation).await?;

@@ -169,6 +169,7 @@ async fn run(
     correlation: &str,
     progress: &Progress,
 ) -> Result<Report, DataError> {
+    let _only = super::exclusive(state_root, tenant)?;
     let snap = live.snapshot();
     let dir = || dir.ok_or_else(|| DataError::Refused("no directory".into()));
     match operation {

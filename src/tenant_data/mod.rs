@@ -269,3 +269,10 @@ pub fn record(state_dir: &std::path::Path, report: &Report, status: &str, who: &
     };
     crate::lifecycle::record::append(state_dir, &entry)
 }
+
+/// The tenant's data lock: one data command at a time on a tenant, across processes (a move and
+/// a purge of the same tenant would undo each other). Held until dropped.
+pub fn exclusive(state_dir: &std::path::Path, tenant: &str) -> Result<crate::lifecycle::lock::Held, DataError> {
+    crate::lifecycle::lock::take(state_dir, &format!("tenant-{tenant}"))
+        .map_err(|e| DataError::Refused(format!("another data command runs on tenant {tenant:?}: {e}")))
+}

@@ -420,3 +420,25 @@ async fn tenant_data_throughput() {
         purge2["resources_per_sec"],
     );
 }
+
+#[tokio::test]
+async fn one_data_command_at_a_time_runs_on_a_tenant_across_processes() {
+    let s = setup().await;
+    let config = s.cli_config(&[]);
+    let state = config.parent().unwrap().join("state");
+    let a = s.ts[0].name.clone();
+    // Another process (here: this test) holds the tenant's data lock.
+    let held = fhir_fence::lifecycle::lock::take(&state, &format!("tenant-{a}")).unwrap();
+    let out = temp_dir("locked");
+    let (ok, _, err) = tenant_data(&config, &["export", &a, "--out", out.to_str().unwrap()]).await;
+    assert!(!ok && err.contains("another data command runs on tenant"), "{err}");
+    assert!(!out.join("manifest.json").exists());
+    // Another tenant is not held up.
+    let other = temp_dir("other");
+    let (ok, _, err) = tenant_data(&config, &["export", &s.ts[1].name, "--out", other.to_str().unwrap()]).await;
+    assert!(ok, "{err}");
+    drop(held);
+    let (ok, report, err) = tenant_data(&config, &["export", &a, "--out", out.to_str().unwrap()]).await;
+    assert!(ok, "{err}");
+    assert_eq!(report["operation"], "export");
+}
