@@ -34,17 +34,9 @@ async fn load(file: &str) -> Vec<String> {
     created
 }
 
-/// A resource without what the upstream assigns on each write.
-fn content(mut r: Value) -> Value {
-    if let Some(meta) = r.get_mut("meta").and_then(Value::as_object_mut) {
-        for k in ["versionId", "lastUpdated", "source"] {
-            meta.remove(k);
-        }
-        if meta.is_empty() {
-            r.as_object_mut().unwrap().remove("meta");
-        }
-    }
-    r
+/// A resource without what the upstream assigns on each write (the export's canonical form).
+fn content(r: Value) -> Value {
+    fhir_fence::tenant_data::manifest::content(&r)
 }
 
 /// Every resource of `rtype` a tenant reads through fhir-fence, by id, every page followed.

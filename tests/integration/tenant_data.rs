@@ -81,17 +81,9 @@ fn temp_dir(what: &str) -> PathBuf {
     std::env::temp_dir().join(format!("fhir-fence-{what}-{}", uuid::Uuid::new_v4()))
 }
 
-/// A resource without what the upstream assigns on each write.
-fn content(mut r: Value) -> Value {
-    if let Some(meta) = r.get_mut("meta").and_then(Value::as_object_mut) {
-        for k in ["versionId", "lastUpdated", "source"] {
-            meta.remove(k);
-        }
-        if meta.is_empty() {
-            r.as_object_mut().unwrap().remove("meta");
-        }
-    }
-    r
+/// A resource without what the upstream assigns on each write (the export's canonical form).
+fn content(r: Value) -> Value {
+    fhir_fence::tenant_data::manifest::content(&r)
 }
 
 /// PUTs `body` as `tenant` through fhir-fence, expecting it written.
