@@ -21,7 +21,7 @@ pub struct Scan<'j> {
     /// What is scanned, for errors.
     what: String,
     /// Besides cached-search pages: a `next` link to this path under the base is followed too
-    /// (a history feed pages by `_offset` on its own path).
+    /// (only `_history`: a history feed pages by `_offset` on its own path).
     own_path: Option<String>,
     /// The next request's path relative to the upstream base; `None` once the last page was read.
     next: Option<String>,
@@ -60,7 +60,9 @@ impl<'j> Scan<'j> {
     /// paged the same way; `what` names it in errors. `adopt` reads a legacy server so, a
     /// move reads the history feed so.
     pub fn path(upstream: &'j Upstream, correlation: &'j str, what: &str, first: String) -> Scan<'j> {
-        let own_path = first.split('?').next().filter(|p| !p.is_empty() && !p.contains('/')).map(str::to_owned);
+        // Only a history feed pages by links to itself; a search's other links could drop its
+        // tenant parameter, so they are not followed.
+        let own_path = first.split('?').next().filter(|p| *p == "_history").map(str::to_owned);
         Scan { upstream, correlation, what: what.to_owned(), next: Some(first), total: None, own_path }
     }
 
