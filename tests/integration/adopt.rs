@@ -60,17 +60,8 @@ async fn tenant_search(f: &Fence, tenant: &str, rtype: &str) -> BTreeMap<String,
 
 /// Runs `fhir-fence tenant --config C adopt <args…>`: exit success, the stdout report, stderr.
 async fn adopt(config: &Path, args: &[&str]) -> (bool, Value, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_fhir-fence"))
-        .args(["tenant", "--config"])
-        .arg(config)
-        .arg("adopt")
-        .args(args)
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let report = serde_json::from_str(&stdout).unwrap_or(Value::Null);
-    (out.status.success(), report, String::from_utf8_lossy(&out.stderr).into_owned())
+    let args: Vec<&str> = std::iter::once("adopt").chain(args.iter().copied()).collect();
+    crate::tenant_data::tenant_data(config, &args).await
 }
 
 fn by_type(ids: &[String]) -> BTreeMap<String, BTreeSet<String>> {

@@ -58,7 +58,7 @@ impl Setup {
 }
 
 /// Runs `fhir-fence tenant --config C <args…>`: exit success, the stdout report, stderr.
-async fn tenant_data(config: &Path, args: &[&str]) -> (bool, Value, String) {
+pub(crate) async fn tenant_data(config: &Path, args: &[&str]) -> (bool, Value, String) {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_fhir-fence"))
         .arg("tenant")
         .arg("--config")
