@@ -60,9 +60,9 @@ where
             return blocking(move || change::show(&config, &name).map(|v| json!(v))).await;
         }
         (&Method::PUT, ["tenants", _]) => {
-            let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(_) => return reply(StatusCode::PAYLOAD_TOO_LARGE, json!({"error": "the body is too large"})),
+            let body = match read_body(req).await {
+                Ok(b) => b,
+                Err(too_large) => return too_large,
             };
             match serde_json::from_slice::<Tenant>(&body) {
                 Ok(t) => Operation::Create(Box::new(t)),
@@ -77,9 +77,9 @@ where
         }
         (&Method::POST, ["tenants", name, op]) if jobs::OPERATIONS.contains(op) => {
             let (name, op) = ((*name).to_owned(), (*op).to_owned());
-            let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(_) => return reply(StatusCode::PAYLOAD_TOO_LARGE, json!({"error": "the body is too large"})),
+            let body = match read_body(req).await {
+                Ok(b) => b,
+                Err(too_large) => return too_large,
             };
             let body: &[u8] = if body.is_empty() { b"{}" } else { &body };
             let ask = match serde_json::from_slice::<Ask>(body) {
@@ -128,6 +128,18 @@ where
     }
     let status = if done.changed() && done.from.is_none() { StatusCode::CREATED } else { StatusCode::OK };
     reply(status, json!(done))
+}
+
+/// The request's body, at most `MAX_BODY` bytes (else the 413 answer).
+async fn read_body<B>(req: Request<B>) -> Result<Bytes, Response<Full<Bytes>>>
+where
+    B: http_body::Body,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(_) => Err(reply(StatusCode::PAYLOAD_TOO_LARGE, json!({"error": "the body is too large"}))),
+    }
 }
 
 /// `Authorization: Bearer <token>` with the admin token, compared in constant time.
