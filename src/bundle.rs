@@ -130,7 +130,11 @@ async fn batch_entry(ctx: &Ctx<'_>, caller: &Caller, entry: Value) -> (Map<Strin
         }
         let route::EntryRequest { interaction, params, headers, url, .. } = request;
         let self_url = format!("{}/{url}", ctx.snap.public_base);
-        let body = entry.get("resource").cloned();
+        let mut body = entry.get("resource").cloned();
+        if matches!(interaction, Interaction::Patch { .. } | Interaction::ConditionalPatch { .. }) {
+            // A patch entry's resource is the patch (JSON Patch inside a Binary, or Parameters).
+            body = body.map(crate::fhir::patch::entry_body).transpose().map_err(|e| ScopeError::Body(e.to_string()))?;
+        }
         Box::pin(dispatch(ctx, caller, interaction, &params, body, &headers, &self_url)).await.map(|o| (o, headers))
     }
     .await;

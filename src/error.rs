@@ -120,6 +120,8 @@ impl Error {
                 }
                 ScopeError::Param(_) => (S::BAD_REQUEST, "invalid", shown()),
                 ScopeError::ParamNotSupported(_) => (S::BAD_REQUEST, "not-supported", shown()),
+                // HAPI's status and code for a patch that does not apply.
+                ScopeError::PatchFailed(_) => (S::BAD_REQUEST, "processing", shown()),
                 ScopeError::ForeignMarker
                 | ScopeError::Reference(_)
                 | ScopeError::ReferenceForm(..)
@@ -263,7 +265,7 @@ impl Error {
                 ScopeError::ParamNotSupported(_) => "scope/param-not-supported",
                 ScopeError::Body(_) => "scope/body",
                 ScopeError::Id(_) => "scope/id",
-                ScopeError::Patch(_) => "scope/patch",
+                ScopeError::Patch(_) | ScopeError::PatchFailed(_) => "scope/patch",
                 ScopeError::ForeignMarker => "scope/foreign-marker",
                 ScopeError::Reference(_) => "scope/reference",
                 ScopeError::ReferenceForm(..) => "scope/reference-form",

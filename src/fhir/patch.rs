@@ -39,6 +39,34 @@ pub enum PatchError {
     Unsupported(String),
 }
 
+/// The patch a Bundle entry carries as its `resource`, as a patch body ([`super::fhirpath_patch::
+/// Patch::parse`] reads it): a FHIRPath Patch `Parameters` as it is, or the JSON Patch document
+/// a `Binary` holds (`contentType` `application/json-patch+json`, the document base64 in
+/// `data`), the form FHIR gives JSON Patch inside transactions and batches. The document is
+/// parsed strictly (duplicate keys refused), like any body.
+pub fn entry_body(resource: Value) -> Result<Value, PatchError> {
+    use base64::Engine;
+    let malformed = |why: &str| PatchError::Malformed(format!("a PATCH entry's resource {why}"));
+    match resource.get("resourceType").and_then(Value::as_str) {
+        Some("Parameters") => Ok(resource),
+        Some("Binary") => {
+            let content_type = resource.get("contentType").and_then(Value::as_str).unwrap_or_default();
+            if content_type.split(';').next().map(str::trim) != Some("application/json-patch+json") {
+                return Err(malformed("is a Binary whose contentType is not application/json-patch+json"));
+            }
+            let data = resource.get("data").and_then(Value::as_str).ok_or_else(|| malformed("has no data"))?;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .map_err(|_| malformed("holds data that is not base64"))?;
+            match crate::fhir::json::parse_strict(&bytes) {
+                Ok(document @ Value::Array(_)) => Ok(document),
+                _ => Err(malformed("holds data that is not a JSON Patch document")),
+            }
+        }
+        _ => Err(malformed("must be a Parameters (FHIRPath Patch) or a Binary holding a JSON Patch")),
+    }
+}
+
 /// The two bounds of a patch being applied: an upper bound of the document's serialised size,
 /// kept under `limit`, and the bytes of values touched so far, kept under [`WORK_FACTOR`] ×
 /// `limit`. Each operation is charged *before* it runs, with the sizes of what it will add and
@@ -168,6 +196,27 @@ mod tests {
         }
         let mut d = doc();
         assert!(apply(&mut d, &patch, size(&doc()) + 2 * key.len() + 10).is_ok(), "room for the escaped key");
+    }
+
+    #[test]
+    fn an_entry_carries_json_patch_in_a_binary_and_fhirpath_patch_as_parameters() {
+        use base64::Engine;
+        let document = json!([{"op": "remove", "path": "/gender"}]);
+        let data = base64::engine::general_purpose::STANDARD.encode(document.to_string());
+        let binary = json!({"resourceType": "Binary", "contentType": "application/json-patch+json", "data": data});
+        assert_eq!(entry_body(binary), Ok(document));
+        let parameters = json!({"resourceType": "Parameters", "parameter": []});
+        assert_eq!(entry_body(parameters.clone()), Ok(parameters));
+        let duplicate = base64::engine::general_purpose::STANDARD.encode(r#"[{"op":"remove","op":"add","path":"/a"}]"#);
+        for refused in [
+            json!({"resourceType": "Binary", "contentType": "application/json", "data": data}),
+            json!({"resourceType": "Binary", "contentType": "application/json-patch+json", "data": "%%"}),
+            json!({"resourceType": "Binary", "contentType": "application/json-patch+json", "data": duplicate}),
+            json!({"resourceType": "Binary", "contentType": "application/json-patch+json"}),
+            json!({"resourceType": "Patient"}),
+        ] {
+            assert!(matches!(entry_body(refused.clone()), Err(PatchError::Malformed(_))), "{refused}");
+        }
     }
 
     #[test]

@@ -115,14 +115,23 @@ pub async fn patch(
     patch: Value,
     if_match: Option<&HeaderValue>,
 ) -> Result<WriteResult, ScopeError> {
+    let id = patch_target(ctx, caps, rtype, criteria).await?;
+    write::patch(ctx, caps, rtype, &id, patch, if_match).await
+}
+
+/// The one resource of the caller's that a conditional patch's criteria match (its local id):
+/// none → 404; more → 412.
+pub async fn patch_target(
+    ctx: &Ctx<'_>,
+    caps: &Capabilities,
+    rtype: &str,
+    criteria: &Params,
+) -> Result<String, ScopeError> {
     conditional_criteria(criteria, "patch")?;
     let found = matching(ctx, caps, rtype, criteria).await?;
     match found.as_slice() {
         [] => Err(ScopeError::NotFound(format!("{rtype}?{}", encode_query(criteria)))),
-        [existing] => {
-            let id = id_of(existing);
-            write::patch(ctx, caps, rtype, &id, patch, if_match).await
-        }
+        [existing] => Ok(id_of(existing)),
         _ => Err(ScopeError::MultipleMatches),
     }
 }

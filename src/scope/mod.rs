@@ -63,8 +63,14 @@ pub enum ScopeError {
     Body(String),
     #[error(transparent)]
     Id(TenancyError),
+    /// The patch's result breaks a rule (a reference, a tenant coding, the R4 shape) or the
+    /// patch leaves fhir-fence's bounds or FHIRPath subset: 422.
     #[error("the patch cannot be applied: {0}")]
     Patch(String),
+    /// The patch does not apply to the resource (a path that finds nothing or too much, an
+    /// index out of range, a failed `test`): 400, as HAPI answers it.
+    #[error("{0}")]
+    PatchFailed(String),
     #[error("meta carries a tenant coding of another tenant")]
     ForeignMarker,
     /// One answer for "missing" and "another tenant's".

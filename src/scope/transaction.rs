@@ -8,6 +8,10 @@
 //!   (same limit as single conditional writes: not atomic with the write).
 //! - conditional `DELETE [type]?criteria` and conditional references are forwarded with the
 //!   criteria scoped, so the upstream resolves them inside the tenant.
+//! - `PATCH` entries (JSON Patch in a `Binary`, FHIRPath Patch as `Parameters`) are applied
+//!   here to the caller's resource as read, like a single patch, and sent as `PUT`s with
+//!   `ifMatch` on the version read: the upstream transaction fails if it changed meanwhile.
+//!   A resource patched by one entry must not be written by another.
 //! - `GET` entries are scoped reads and searches; every response entry passes `outbound`.
 use super::paging::Counted;
 use super::params::{conditional_criteria, scope_params};
@@ -36,6 +40,9 @@ enum Answer {
 enum Kind {
     /// The client's create (`POST`), sent as a PUT to the id fhir-fence chose.
     Created,
+    /// The client's patch (conditional or not), applied here and sent as a PUT pinned to the
+    /// version patched.
+    Patched { conditional: bool },
     /// An update or delete (conditional or not).
     Written,
     /// A read, vread or search: its response entry always holds what it read.
@@ -78,6 +85,7 @@ pub async fn run(
     for (i, entry) in entries.into_iter().enumerate() {
         plan.push(plan_entry(ctx, caps, i, entry, &mut in_bundle).await?);
     }
+    patched_once(&plan)?;
     // Bodies are prepared once every fullUrl is known, so references between entries resolve.
     let mut targets = Vec::new();
     let defined = super::canonicals::defined_in(plan.iter().filter_map(|p| p.write.as_ref().map(|(_, _, body)| body)));
@@ -129,8 +137,11 @@ pub async fn run(
             Step::Upstream { rtype, local, answer, kind } => {
                 let (mut fields, mut resource) =
                     response_entry(ctx, &rtype, local.as_deref(), answer, answers.next().unwrap_or_default());
-                if kind == Kind::Created {
-                    as_create(&mut fields);
+                match kind {
+                    Kind::Created => renamed(&mut fields, CREATED),
+                    Kind::Patched { conditional: false } => renamed(&mut fields, PATCHED),
+                    Kind::Patched { conditional: true } => renamed(&mut fields, PATCHED_CONDITIONALLY),
+                    Kind::Written | Kind::Read => {}
                 }
                 if kind != Kind::Read && written == Written::Omitted {
                     resource = None;
@@ -174,7 +185,10 @@ async fn plan_entry(
     // refused elsewhere: never dropped.
     let allowed: &[&str] = match interaction {
         Interaction::Create { .. } => &["if-none-exist"],
-        Interaction::Update { .. } | Interaction::ConditionalUpdate { .. } => &["if-match"],
+        Interaction::Update { .. }
+        | Interaction::ConditionalUpdate { .. }
+        | Interaction::Patch { .. }
+        | Interaction::ConditionalPatch { .. } => &["if-match"],
         _ => &[],
     };
     if let Some(name) = headers.keys().find(|h| !allowed.contains(&h.as_str())) {
@@ -249,6 +263,26 @@ async fn plan_entry(
             let url = register(&rtype, &local, in_bundle)?;
             return Ok(planned_put(req, url, rtype, local, body));
         }
+        Interaction::Patch { rtype, id } => {
+            let rtype = known(&rtype)?;
+            let patch = crate::fhir::patch::entry_body(needs("PATCH")?).map_err(|e| bad(e.to_string()))?;
+            let (body, pinned) =
+                super::write::patched(ctx, &rtype, &id, patch, headers.get(http::header::IF_MATCH)).await?;
+            let url = register(&rtype, &id, in_bundle)?;
+            return Ok(planned_patch(req, url, rtype, id, body, pinned, false));
+        }
+        Interaction::ConditionalPatch { rtype } => {
+            let rtype = known(&rtype)?;
+            let patch = crate::fhir::patch::entry_body(needs("PATCH")?).map_err(|e| bad(e.to_string()))?;
+            let id = super::conditional::patch_target(ctx, caps, &rtype, &params).await.map_err(|e| match e {
+                ScopeError::Param(why) => bad(why),
+                other => other,
+            })?;
+            let (body, pinned) =
+                super::write::patched(ctx, &rtype, &id, patch, headers.get(http::header::IF_MATCH)).await?;
+            let url = register(&rtype, &id, in_bundle)?;
+            return Ok(planned_patch(req, url, rtype, id, body, pinned, true));
+        }
         Interaction::Delete { rtype, id } => {
             req.insert("url".into(), format!("{}/{}", known(&rtype)?, prefixed(&id)?).into());
             Step::Upstream { rtype, local: Some(id), answer: Answer::Resource, kind: Kind::Written }
@@ -302,15 +336,85 @@ fn planned_put(mut req: Map<String, Value>, url: String, rtype: String, local: S
     }
 }
 
-/// A response entry for a client's create: fhir-fence sent it as a PUT to the id it chose,
-/// which HAPI reports as an update-as-create; the client asked for a create.
-fn as_create(fields: &mut Map<String, Value>) {
+/// A patch entry: the patched resource written as a `PUT` pinned (`ifMatch`) to the version
+/// patched, so the transaction fails rather than overwrite a change made since the read.
+fn planned_patch(
+    mut req: Map<String, Value>,
+    url: String,
+    rtype: String,
+    local: String,
+    body: Value,
+    pinned: Option<HeaderValue>,
+    conditional: bool,
+) -> Planned {
+    if let Some(v) = pinned.as_ref().and_then(|v| v.to_str().ok()) {
+        req.insert("ifMatch".into(), v.into());
+    }
+    let mut planned = planned_put(req, url, rtype, local, body);
+    if let Step::Upstream { kind, .. } = &mut planned.step {
+        *kind = Kind::Patched { conditional };
+    }
+    planned
+}
+
+/// A resource patched by one entry and written by another: the patch was applied to what the
+/// resource held before the transaction, so the two cannot both hold (HAPI keeps one and
+/// drops the other). Refused before anything is sent.
+fn patched_once(plan: &[Planned]) -> Result<(), ScopeError> {
+    let url = |p: &Planned| {
+        p.entry
+            .as_ref()
+            .and_then(|e| e.get("request"))
+            .and_then(|r| r.get("url"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    let writes = |p: &&Planned| {
+        matches!(p.step, Step::Upstream { kind: Kind::Created | Kind::Written | Kind::Patched { .. }, .. })
+    };
+    for patched in plan.iter().filter(|p| matches!(p.step, Step::Upstream { kind: Kind::Patched { .. }, .. })) {
+        let target = url(patched);
+        if plan.iter().filter(writes).filter(|p| url(p) == target).count() > 1 {
+            let Step::Upstream { rtype, local, .. } = &patched.step else { continue };
+            return Err(ScopeError::Body(format!(
+                "{rtype}/{} is patched by one entry of the transaction and written by another; send them in two transactions",
+                local.as_deref().unwrap_or_default()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// HAPI's storage response codes for a write sent as a PUT, as the client's interaction names
+/// them: fhir-fence sends creates and patches as PUTs, which HAPI reports as updates.
+type Renames = &'static [(&'static str, &'static str, &'static str)];
+const CREATED: Renames = &[("SUCCESSFUL_UPDATE_AS_CREATE", "SUCCESSFUL_CREATE", "Create succeeded.")];
+const PATCHED: Renames = &[
+    ("SUCCESSFUL_UPDATE", "SUCCESSFUL_PATCH", "Patch succeeded."),
+    (
+        "SUCCESSFUL_UPDATE_NO_CHANGE",
+        "SUCCESSFUL_PATCH_NO_CHANGE",
+        "Patch succeeded: No changes were detected so no action was taken.",
+    ),
+];
+const PATCHED_CONDITIONALLY: Renames = &[
+    ("SUCCESSFUL_UPDATE", "SUCCESSFUL_CONDITIONAL_PATCH", "Conditional patch succeeded."),
+    (
+        "SUCCESSFUL_UPDATE_NO_CHANGE",
+        "SUCCESSFUL_CONDITIONAL_PATCH_NO_CHANGE",
+        "Conditional patch succeeded: No changes were detected so no action was taken.",
+    ),
+];
+
+/// Renames the response entry's outcome codes by `renames` (code, new code, new display).
+fn renamed(fields: &mut Map<String, Value>, renames: Renames) {
     let coding = fields.get_mut("response").and_then(|r| r.pointer_mut("/outcome/issue/0/details/coding"));
     for c in coding.and_then(Value::as_array_mut).into_iter().flatten() {
-        if c.get("code").and_then(Value::as_str) == Some("SUCCESSFUL_UPDATE_AS_CREATE") {
-            c["code"] = "SUCCESSFUL_CREATE".into();
+        let code = c.get("code").and_then(Value::as_str);
+        if let Some((_, to, display)) = renames.iter().find(|(from, _, _)| Some(*from) == code) {
+            c["code"] = (*to).into();
             if c.get("display").is_some() {
-                c["display"] = "Create succeeded.".into();
+                c["display"] = (*display).into();
             }
         }
     }

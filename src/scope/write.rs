@@ -133,10 +133,26 @@ pub async fn patch(
     patch: Value,
     if_match: Option<&HeaderValue>,
 ) -> Result<WriteResult, ScopeError> {
+    let (doc, pinned) = patched(ctx, rtype, id, patch, if_match).await?;
+    create_or_update(ctx, caps, rtype, Some(id), doc, pinned.as_ref()).await
+}
+
+/// The read-modify-write of [`patch`] up to the write: the caller's `rtype/id` read, `patch`
+/// applied within the body limit, the result through the typed gate. Returns the patched
+/// resource and the `If-Match` that pins the version patched (the caller's own, if it sent one).
+/// A transaction entry's patch is this, then written as the entry's `PUT`.
+pub async fn patched(
+    ctx: &Ctx<'_>,
+    rtype: &str,
+    id: &str,
+    patch: Value,
+    if_match: Option<&HeaderValue>,
+) -> Result<(Value, Option<HeaderValue>), ScopeError> {
     use crate::fhir::patch::PatchError;
     let refused = |e: PatchError| match e {
         PatchError::TooLarge(limit) => ScopeError::PatchTooLarge(limit),
         PatchError::Malformed(why) => ScopeError::Body(why),
+        failed @ PatchError::Invalid(_) => ScopeError::PatchFailed(failed.to_string()),
         other => ScopeError::Patch(other.to_string()),
     };
     let patch = crate::fhir::fhirpath_patch::Patch::parse(patch).map_err(refused)?;
@@ -145,6 +161,9 @@ pub async fn patch(
     let mut doc = current.body.into_tree();
     let limit = ctx.snap.loaded.config.server.max_body_bytes;
     patch.apply(&mut doc, limit).map_err(refused)?;
+    if doc.get("id").and_then(Value::as_str) != Some(id) {
+        return Err(ScopeError::Body(format!("a patch must not change the resource's id ({rtype}/{id})")));
+    }
     // The patched resource passes the same typed gate as a body sent whole (`request::parse_body`).
     crate::fhir::shape::check(&doc)
         .map_err(|e| ScopeError::Patch(format!("the result is not valid FHIR R4 JSON: {e}")))?;
@@ -153,7 +172,7 @@ pub async fn patch(
         (None, Some(v)) => HeaderValue::from_str(&format!("W/\"{v}\"")).ok(),
         (None, None) => None,
     };
-    create_or_update(ctx, caps, rtype, Some(id), doc, pinned.as_ref()).await
+    Ok((doc, pinned))
 }
 
 /// `DELETE [type]/[id]`.

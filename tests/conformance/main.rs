@@ -149,6 +149,20 @@ async fn drive(base: &str) -> usize {
     let json_patch = json!([{"op": "replace", "path": "/name/0/family", "value": "PatchedTwice"}]);
     send(patch(json_patch.to_string(), "application/json-patch+json").send().await);
     send(client::get(&format!("{base}/Patient/replay-patch")).send().await);
+    // The same two kinds of patch as entries of one transaction (JSON Patch inside a Binary).
+    let second = json!({"resourceType": "Patient", "id": "replay-patch2", "name": [{"family": "Second"}]});
+    send(client::put(&format!("{base}/Patient/replay-patch2"), &second).send().await);
+    let in_binary = {
+        use base64::Engine;
+        let document = json!([{"op": "add", "path": "/active", "value": true}]).to_string();
+        json!({"resourceType": "Binary", "contentType": "application/json-patch+json",
+            "data": base64::engine::general_purpose::STANDARD.encode(document)})
+    };
+    let patches = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": in_binary, "request": {"method": "PATCH", "url": "Patient/replay-patch"}},
+        {"resource": fhirpath, "request": {"method": "PATCH", "url": "Patient/replay-patch2"}}]});
+    send(client::post(base, &patches).send().await);
+    send(client::get(&format!("{base}/Patient/replay-patch2")).send().await);
     // Not UTF-8, so the corpus holds it in base64.
     let pdf: &[u8] = b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj << /Type /Catalog >> endobj\n%%EOF\n";
     let raw = |method: &str, path: &str, content_type: &str, bytes: &'static [u8]| {

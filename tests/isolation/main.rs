@@ -164,6 +164,12 @@ async fn isolation_probes() {
     let meta_param = |code: &str| json!({"resourceType": "Parameters", "parameter": [{"name": "meta", "valueMeta": {"tag": [{"system": SYSTEM, "code": code}]}}]});
     let tx = |entries: Value| json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
     let batch = |entries: Value| json!({"resourceType": "Bundle", "type": "batch", "entry": entries});
+    // A JSON Patch as a Bundle entry carries it: a Binary holding the document.
+    let jp_binary = |ops: Value| {
+        use base64::Engine;
+        let data = base64::engine::general_purpose::STANDARD.encode(ops.to_string());
+        json!({"resourceType": "Binary", "contentType": "application/json-patch+json", "data": data})
+    };
 
     let probes = vec![
         // 1 read / vread / HEAD / conditional read
@@ -289,7 +295,7 @@ async fn isolation_probes() {
         probe("fhirpath patch adds foreign tag", "PATCH", "/Patient/p1", &[422]).json(fp(vec![fp_op("add", "Patient.meta", json!([{"name": "name", "valueString": "tag"}, {"name": "value", "valueCoding": {"system": SYSTEM, "code": tb}}]))])),
         probe("fhirpath patch replaces the tenant tag", "PATCH", "/Patient/p1", &[422]).json(fp(vec![fp_op("replace", "Patient.meta", json!([{"name": "value", "valueMeta": {"tag": [{"system": SYSTEM, "code": tb}]}}]))])),
         probe("fhirpath patch moves id", "PATCH", "/Patient/p1", &[400]).json(fp(vec![fp_op("replace", "Patient.id", json!([{"name": "value", "valueString": "b-ref"}]))])),
-        probe("fhirpath patch on another type's path", "PATCH", "/Patient/p1", &[422]).json(fp(vec![fp_op("delete", "Organization.name", json!([]))])),
+        probe("fhirpath patch on another type's path", "PATCH", "/Patient/p1", &[400]).json(fp(vec![fp_op("delete", "Organization.name", json!([]))])),
         probe("fhirpath patch bomb of operations", "PATCH", "/Patient/p1", &[413, 422]).json(fp((0..1001).map(|_| fp_op("delete", "Patient.gender", json!([]))).collect())),
         // a value that fits in the body (64 KiB) but not, with what p1 holds, in the patched resource
         probe("fhirpath patch bomb of a value", "PATCH", "/Patient/p1", &[413]).json({
@@ -319,6 +325,18 @@ async fn isolation_probes() {
             {"resource": {"resourceType": "Patient"}, "request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=urn:mrn|b-unique4"}}]))),
         probe("transaction foreign tag", "POST", "", &[422]).json(tx(json!([
             {"resource": {"resourceType": "Patient", "meta": {"tag": [{"system": SYSTEM, "code": tb}]}}, "request": {"method": "POST", "url": "Patient"}}]))),
+        probe("transaction patch entry on foreign", "POST", "", &[404]).json(tx(json!([
+            {"resource": jp_binary(json!([{"op": "remove", "path": "/name"}])), "request": {"method": "PATCH", "url": "Patient/b-ref"}}]))),
+        probe("transaction patch entry points at foreign", "POST", "", &[422]).json(tx(json!([
+            {"resource": jp_binary(json!([{"op": "add", "path": "/managingOrganization", "value": {"reference": "Organization/b-org"}}])), "request": {"method": "PATCH", "url": "Patient/p1"}}]))),
+        probe("transaction patch entry adds foreign tag", "POST", "", &[422]).json(tx(json!([
+            {"resource": fp(vec![fp_op("add", "Patient.meta", json!([{"name": "name", "valueString": "tag"}, {"name": "value", "valueCoding": {"system": SYSTEM, "code": tb}}]))]), "request": {"method": "PATCH", "url": "Patient/p1"}}]))),
+        probe("transaction patch entry moves id", "POST", "", &[400]).json(tx(json!([
+            {"resource": jp_binary(json!([{"op": "replace", "path": "/id", "value": "b-ref"}])), "request": {"method": "PATCH", "url": "Patient/p1"}}]))),
+        probe("transaction conditional patch entry on a foreign identifier", "POST", "", &[404]).json(tx(json!([
+            {"resource": fp(vec![fp_op("delete", "Patient.name", json!([]))]), "request": {"method": "PATCH", "url": "Patient?identifier=urn:mrn|b-unique4"}}]))),
+        probe("batch patch entry on foreign", "POST", "", &[200]).json(batch(json!([
+            {"resource": jp_binary(json!([{"op": "remove", "path": "/name"}])), "request": {"method": "PATCH", "url": "Patient/b-ref"}}]))),
         probe("transaction operation entry", "POST", "", &[400]).json(tx(json!([{"request": {"method": "POST", "url": "Patient/$expunge"}}]))),
         probe("batch reading foreign", "POST", "", &[200]).json(batch(json!([
             {"request": {"method": "GET", "url": "Patient/b-ref"}}, {"request": {"method": "GET", "url": "Observation?subject=Patient/b-ref"}}]))),
