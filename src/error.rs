@@ -114,7 +114,9 @@ impl Error {
                 ScopeError::OperationDisabled(_) | ScopeError::NotWritable(..) => (S::FORBIDDEN, "forbidden", shown()),
                 ScopeError::Subscription(_) => (S::UNPROCESSABLE_ENTITY, "business-rule", shown()),
                 ScopeError::MultipleMatches => (S::PRECONDITION_FAILED, "multiple-matches", shown()),
-                ScopeError::UpstreamUnsupported(_) => (S::NOT_IMPLEMENTED, "not-supported", shown()),
+                ScopeError::UpstreamUnsupported(_) | ScopeError::Unscoped(_) | ScopeError::OperationUnserved(_) => {
+                    (S::NOT_IMPLEMENTED, "not-supported", shown())
+                }
                 ScopeError::UnknownType(_) | ScopeError::Body(_) | ScopeError::Id(_) => {
                     (S::BAD_REQUEST, "invalid", shown())
                 }
@@ -273,6 +275,8 @@ impl Error {
                 ScopeError::Refused(..) => "upstream/refused",
                 ScopeError::Unprovable => "unprovable/unprovable",
                 ScopeError::UpstreamUnsupported(_) => "scope/upstream-unsupported",
+                ScopeError::Unscoped(_) => "scope/unscoped",
+                ScopeError::OperationUnserved(_) => "scope/operation-unserved",
                 ScopeError::OperationDisabled(_) => "scope/operation-disabled",
                 ScopeError::NotWritable(..) => "scope/not-writable",
                 ScopeError::Subscription(_) => "scope/subscription",

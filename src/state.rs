@@ -303,10 +303,12 @@ impl Snapshot {
         if answer.status != http::StatusCode::OK {
             return Err(format!("metadata answered {}", answer.status));
         }
-        let caps = Capabilities::from_statement(answer.body.ok_or("empty metadata")?).map_err(|e| e.to_string())?;
         let param = self.marking.search_param();
-        if !caps.supports_everywhere(param) {
-            return Err(format!("the upstream does not support the {param} search parameter on every resource type"));
+        let caps = Capabilities::from_statement(answer.body.ok_or("empty metadata")?)
+            .and_then(|c| c.scoped_by(param))
+            .map_err(|e| e.to_string())?;
+        if !caps.unscoped().is_empty() {
+            tracing::warn!(upstream, types = ?caps.unscoped(), "the upstream cannot search these types by {param}: their searches are refused");
         }
         Ok(caps)
     }

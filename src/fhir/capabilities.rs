@@ -42,6 +42,9 @@ pub struct Capabilities {
     system_interactions: Vec<String>,
     /// Compartments the upstream declares it can search (`rest.compartment`), by their type, e.g. `Patient`.
     compartments: Vec<String>,
+    /// Types the upstream serves but cannot search by the tenant-scope parameter ([`Self::
+    /// scoped_by`]): read and written by id (every answer checked on the way out), never searched.
+    unscoped: Vec<String>,
     /// The upstream's CapabilityStatement as served (fhir-fence's `metadata` answer is built from it).
     pub statement: Value,
 }
@@ -104,7 +107,14 @@ impl Capabilities {
                 c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
             })
             .collect();
-        Ok(Capabilities { types, type_interactions, system_interactions, compartments, statement: cs })
+        Ok(Capabilities {
+            types,
+            type_interactions,
+            system_interactions,
+            compartments,
+            unscoped: vec![],
+            statement: cs,
+        })
     }
 
     /// Whether the upstream declares a system-level interaction (`search-system`, `history-system`, …).
@@ -152,9 +162,33 @@ impl Capabilities {
         found
     }
 
-    /// True when every resource type lists `name` as a token parameter (the tenant scope needs it everywhere).
-    pub fn supports_everywhere(&self, name: &str) -> bool {
-        self.types.values().all(|p| p.get(name) == Some(&ParamType::Token))
+    /// Marks the types that do not list `param` (the tenant scope's search parameter) as a
+    /// token as unscoped: their searches cannot carry the tenant scope, so fhir-fence refuses
+    /// them ([`Self::searchable`]). HAPI lists `_tag` on every type; Medplum's router not on
+    /// `Binary`. An upstream listing it on no type cannot be scoped at all: an error.
+    pub fn scoped_by(mut self, param: &str) -> Result<Self, CapabilitiesError> {
+        let mut unscoped: Vec<String> = self
+            .types
+            .iter()
+            .filter(|(_, p)| p.get(param) != Some(&ParamType::Token))
+            .map(|(t, _)| t.clone())
+            .collect();
+        if unscoped.len() == self.types.len() {
+            return Err(CapabilitiesError(format!("no resource type has the {param} search parameter")));
+        }
+        unscoped.sort();
+        self.unscoped = unscoped;
+        Ok(self)
+    }
+
+    /// The types [`Self::scoped_by`] found unscoped, sorted.
+    pub fn unscoped(&self) -> &[String] {
+        &self.unscoped
+    }
+
+    /// Whether searches of `rtype` can carry the tenant scope (the type is served and lists it).
+    pub fn searchable(&self, rtype: &str) -> bool {
+        self.has_type(rtype) && self.unscoped.binary_search_by(|t| t.as_str().cmp(rtype)).is_err()
     }
 }
 
@@ -175,10 +209,24 @@ mod tests {
         assert_eq!(c.param("Patient", "organization"), Some(ParamType::Reference));
         assert_eq!(c.param("Patient", "nope"), None);
         assert!(c.has_type("Observation"));
-        assert!(c.supports_everywhere("_tag"));
-        assert!(!c.supports_everywhere("_security"));
         assert!(c.system_interaction("search-system") && !c.system_interaction("history-system"));
         assert!(c.compartment("Patient") && !c.compartment("Encounter"));
+        let scoped = c.clone().scoped_by("_tag").unwrap();
+        assert!(scoped.unscoped().is_empty() && scoped.searchable("Patient"));
+        assert!(c.scoped_by("_security").is_err(), "a parameter no type lists scopes nothing");
+    }
+
+    #[test]
+    fn a_type_without_the_scope_parameter_is_served_but_not_searched() {
+        let cs = json!({"resourceType": "CapabilityStatement", "rest": [{"mode": "server", "resource": [
+            {"type": "Patient", "searchParam": [{"name": "_tag", "type": "token"}]},
+            {"type": "Binary", "searchParam": [{"name": "_id", "type": "token"}]},
+            {"type": "Basic", "searchParam": [{"name": "_tag", "type": "string"}]}
+        ]}]});
+        let c = Capabilities::from_statement(cs).unwrap().scoped_by("_tag").unwrap();
+        assert_eq!(c.unscoped(), ["Basic", "Binary"]);
+        assert!(c.has_type("Binary") && !c.searchable("Binary") && !c.searchable("Basic") && c.searchable("Patient"));
+        assert!(!c.searchable("Nope"));
     }
 
     #[test]

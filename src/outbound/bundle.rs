@@ -82,11 +82,11 @@ fn bundle_entry(ctx: &Ctx, entry: Value, history: bool) -> Option<Value> {
     let Value::Object(mut e) = entry else { return None };
     let mut out = Map::new();
     // History entries carry the request that made the version; for deletes it is the only
-    // evidence of ownership (there is no resource body).
+    // evidence of ownership (there is no resource body). A version with its resource is proven
+    // by the resource, request or not (Medplum's router gives none).
     let request = match e.remove("request") {
         Some(Value::Object(req)) if history => Some(history_request(ctx, req)?),
         Some(_) => return None,
-        None if history => return None,
         None => None,
     };
     let (rtype, local) = match e.remove("resource") {

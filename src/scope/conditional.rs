@@ -165,6 +165,48 @@ pub fn id_of(resource: &Checked) -> String {
     resource.get("id").and_then(Value::as_str).unwrap_or_default().to_owned()
 }
 
+/// The conditional references (`Type?criteria`) in a transaction entry's `body`, resolved here
+/// rather than by the upstream: each distinct one is searched among the caller's resources
+/// (scoped like any criteria) and replaced by the literal reference of its one match; none → 404,
+/// several → 412, as HAPI answers. The upstream then sees only literal references, checked like
+/// any other — not every server resolves conditional references (Medplum's router stores the
+/// criteria as the reference). Limit: as with `ifNoneExist`, resolution and write are two
+/// upstream calls, and a reference cannot name a resource the same transaction creates (use its
+/// `fullUrl`).
+pub async fn resolve_references(ctx: &Ctx<'_>, caps: &Capabilities, body: &mut Value) -> Result<(), ScopeError> {
+    use crate::fhir::reference::{self, Target};
+    let mut wanted: Vec<String> = Vec::new();
+    reference::for_each_mut(body, &mut |r: &mut String| {
+        if reference::parse(r) == Target::Conditional {
+            wanted.push(r.clone());
+        }
+        Ok::<_, ScopeError>(())
+    })?;
+    wanted.sort();
+    wanted.dedup();
+    let mut resolved = std::collections::HashMap::new();
+    for r in wanted {
+        let form = |why| ScopeError::ReferenceForm(r.clone(), why);
+        let (rtype, query) = r.split_once('?').ok_or_else(|| form("not a conditional reference"))?;
+        let criteria = parse_query(Some(query)).map_err(|_| form("malformed criteria"))?;
+        conditional_criteria(&criteria, "reference")
+            .map_err(|_| form("conditional references need criteria that select resources"))?;
+        let mut found = matching(ctx, caps, rtype, &criteria).await?;
+        let literal = match (found.pop(), found.is_empty()) {
+            (Some(only), true) => format!("{rtype}/{}", id_of(&only)),
+            (Some(_), false) => return Err(ScopeError::MultipleMatches),
+            (None, _) => return Err(ScopeError::NotFound(r)),
+        };
+        resolved.insert(r, literal);
+    }
+    reference::for_each_mut(body, &mut |r: &mut String| {
+        if let Some(literal) = resolved.get(r.as_str()) {
+            *r = literal.clone();
+        }
+        Ok::<_, ScopeError>(())
+    })
+}
+
 /// The criteria of `If-None-Exist` (`a=b&c=d`, optionally as `?a=b` or `Type?a=b`).
 fn criteria_params(rtype: &str, header: &str) -> Result<Params, ScopeError> {
     let q = header.strip_prefix(rtype).unwrap_or(header);

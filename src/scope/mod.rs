@@ -55,6 +55,9 @@ pub enum ScopeError {
     Gone(String),
     #[error("unknown resource type {0:?}")]
     UnknownType(String),
+    /// The upstream serves the type but cannot search it by the tenant scope's parameter.
+    #[error("searches of {0} are not supported by fhir-fence on this upstream: it cannot search {0} by the tenant scope's parameter")]
+    Unscoped(String),
     #[error("invalid search parameter: {0}")]
     Param(String),
     #[error("{0} is not supported by fhir-fence yet")]
@@ -90,6 +93,9 @@ pub enum ScopeError {
     /// The upstream does not declare this capability; fhir-fence will not guess.
     #[error("{0} is not supported by the upstream server (its CapabilityStatement does not declare it)")]
     UpstreamUnsupported(&'static str),
+    /// The upstream does not serve an operation on a resource (or type) proven to exist.
+    #[error("operation ${0} is not served by the upstream server")]
+    OperationUnserved(&'static str),
     #[error("operation ${0} is not enabled for this tenant")]
     OperationDisabled(&'static str),
     #[error("writing {0} through fhir-fence is refused: {1}")]

@@ -36,7 +36,8 @@ pub async fn run(
     let answer = ctx.upstream.send(method, &path, headers, body.as_ref()).await?;
     match answer.status {
         StatusCode::OK => {}
-        StatusCode::NOT_FOUND | StatusCode::GONE => return Err(not_found()),
+        s if unserved(s) => return Err(ScopeError::OperationUnserved(op.name())),
+        StatusCode::GONE => return Err(not_found()),
         _ => return Err(super::refused(&answer)),
     }
     let answer_body = answer.body.ok_or(ScopeError::Unprovable)?;
@@ -52,6 +53,13 @@ pub async fn run(
             dropped: 0,
         }),
     }
+}
+
+/// The upstream's answer to an operation on a resource fhir-fence has just proven the caller's
+/// (or on a type it serves): a 404 there says the upstream does not serve the operation
+/// (Medplum's router has no `$everything` or `$validate`), not that the resource is missing.
+fn unserved(status: StatusCode) -> bool {
+    matches!(status, StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED | StatusCode::NOT_IMPLEMENTED)
 }
 
 /// Refuses an operation not in `tenants.NAME.operations` (also what observe mode judges).
@@ -113,6 +121,9 @@ pub async fn validate(
         }
     };
     let status = answer.status;
+    if unserved(status) {
+        return Err(ScopeError::OperationUnserved(Op::Validate.name()));
+    }
     if !matches!(status.as_u16(), 200 | 412 | 422) {
         return Err(super::refused(&answer));
     }

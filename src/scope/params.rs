@@ -10,7 +10,7 @@
 use super::{Ctx, ScopeError};
 use crate::fhir::capabilities::{Capabilities, ParamType};
 use crate::fhir::reference::{self, is_id, is_resource_type, Target};
-use crate::route::{encode_query, Params};
+use crate::route::Params;
 use std::collections::BTreeSet;
 
 /// Parameters that reshape or widen a search and are not (yet) proven safe.
@@ -33,6 +33,16 @@ const REFUSED: &[&str] = &[
 const MAX_ITERATE: usize = 2;
 /// How many `_include` / `_revinclude` values one search may carry.
 const MAX_INCLUDES: usize = 10;
+/// A search of `rtype` carries the tenant scope: the type is served, and searchable by the
+/// scope's parameter (`Capabilities::scoped_by`); otherwise refused before anything is sent.
+fn searchable(caps: &Capabilities, rtype: &str) -> Result<(), ScopeError> {
+    match (caps.has_type(rtype), caps.searchable(rtype)) {
+        (false, _) => Err(ScopeError::UnknownType(rtype.to_owned())),
+        (true, false) => Err(ScopeError::Unscoped(rtype.to_owned())),
+        (true, true) => Ok(()),
+    }
+}
+
 /// Hops in a chained parameter (`a.b.c` is three).
 const MAX_CHAIN: usize = 3;
 
@@ -40,9 +50,7 @@ const MAX_CHAIN: usize = 3;
 /// parameter, and one for every chain hop and `_has`.
 pub fn scope_params(ctx: &Ctx, caps: &Capabilities, types: &[String], params: &Params) -> Result<Params, ScopeError> {
     for t in types {
-        if !caps.has_type(t) {
-            return Err(ScopeError::UnknownType(t.clone()));
-        }
+        searchable(caps, t)?;
     }
     let scope = Scoper { ctx, caps };
     let marking = &ctx.snap.marking;
@@ -60,7 +68,9 @@ pub fn scope_params(ctx: &Ctx, caps: &Capabilities, types: &[String], params: &P
         };
         match base {
             "_pretty" => continue,
-            "_count" | "_total" | "_sort" if modifier.is_none() => check_result_param(caps, types, name, value)?,
+            "_count" | "_offset" | "_total" | "_sort" if modifier.is_none() => {
+                check_result_param(caps, types, name, value)?
+            }
             "_summary" if modifier.is_none() => {
                 if !matches!(value.as_str(), "true" | "text" | "data" | "count" | "false") {
                     return Err(ScopeError::Param(format!("_summary={value} is not accepted")));
@@ -267,8 +277,10 @@ impl Scoper<'_, '_> {
                 return Err(ScopeError::Param(format!("{name}: {refp} is not a reference parameter")));
             }
             current = match target {
-                Some(t) if self.caps.has_type(t) => vec![t.to_owned()],
-                Some(t) => return Err(ScopeError::UnknownType(t.to_owned())),
+                Some(t) => {
+                    searchable(self.caps, t)?;
+                    vec![t.to_owned()]
+                }
                 None => vec![],
             };
             prefix.push_str(hop);
@@ -314,6 +326,8 @@ pub(crate) fn elements_with_meta(value: &str) -> Result<String, ScopeError> {
 fn check_result_param(caps: &Capabilities, types: &[String], name: &str, value: &str) -> Result<(), ScopeError> {
     let ok = match name {
         "_count" => value.parse::<u32>().is_ok_and(|n| n <= 1000),
+        // Paging by position (HAPI and Medplum's router serve it; the router gives no links).
+        "_offset" => value.parse::<u32>().is_ok_and(|n| n <= MAX_OFFSET),
         "_total" => matches!(value, "none" | "estimate" | "accurate"),
         "_sort" => value.split(',').all(|k| {
             let k = k.strip_prefix('-').unwrap_or(k);
@@ -328,10 +342,14 @@ fn check_result_param(caps: &Capabilities, types: &[String], name: &str, value: 
     }
 }
 
+/// The largest `_offset` a search may ask for (the upstream skips that many matches).
+const MAX_OFFSET: u32 = 100_000;
+
 /// Parameters that shape a result rather than select resources.
 const SHAPING: &[&str] = &[
     "_pretty",
     "_count",
+    "_offset",
     "_sort",
     "_summary",
     "_elements",
@@ -361,22 +379,6 @@ pub fn conditional_criteria(criteria: &Params, what: &str) -> Result<(), ScopeEr
         return Err(ScopeError::Param(format!("a conditional {what} needs criteria that select resources")));
     }
     Ok(())
-}
-
-/// A conditional reference `Type?criteria` with the criteria scoped like a search.
-pub fn scoped_conditional_reference(ctx: &Ctx, caps: &Capabilities, r: &str) -> Result<String, ScopeError> {
-    let (t, q) =
-        r.split_once('?').ok_or_else(|| ScopeError::ReferenceForm(r.to_owned(), "not a conditional reference"))?;
-    let params = crate::route::parse_query(Some(q))
-        .map_err(|_| ScopeError::ReferenceForm(r.to_owned(), "malformed criteria"))?;
-    if conditional_criteria(&params, "reference").is_err() {
-        return Err(ScopeError::ReferenceForm(
-            r.to_owned(),
-            "conditional references need criteria that select resources",
-        ));
-    }
-    let scoped = scope_params(ctx, caps, &[t.to_owned()], &params)?;
-    Ok(format!("{t}?{}", encode_query(&scoped)))
 }
 
 #[cfg(test)]

@@ -6,8 +6,9 @@
 //!   point at them are resolved here to prefixed ids.
 //! - `ifNoneExist` and conditional `PUT [type]?criteria` are resolved first with scoped searches
 //!   (same limit as single conditional writes: not atomic with the write).
-//! - conditional `DELETE [type]?criteria` and conditional references are forwarded with the
-//!   criteria scoped, so the upstream resolves them inside the tenant.
+//! - conditional `DELETE [type]?criteria` is forwarded with the criteria scoped, so the upstream
+//!   resolves it inside the tenant; conditional references are resolved here
+//!   (`conditional::resolve_references`) and sent as literal references.
 //! - `PATCH` entries (JSON Patch in a `Binary`, FHIRPath Patch as `Parameters`) are applied
 //!   here to the caller's resource as read, like a single patch, and sent as `PUT`s with
 //!   `ifMatch` on the version read: the upstream transaction fails if it changed meanwhile.
@@ -80,12 +81,17 @@ pub async fn run(
     entries: Vec<Value>,
     written: Written,
 ) -> Result<Checked, ScopeError> {
-    let mut in_bundle = InBundle { conditional_refs: Some(caps), ..Default::default() };
+    let mut in_bundle = InBundle::default();
     let mut plan = Vec::with_capacity(entries.len());
     for (i, entry) in entries.into_iter().enumerate() {
         plan.push(plan_entry(ctx, caps, i, entry, &mut in_bundle).await?);
     }
     patched_once(&plan)?;
+    for p in &mut plan {
+        if let Some((_, _, body)) = p.write.as_mut() {
+            super::conditional::resolve_references(ctx, caps, body).await?;
+        }
+    }
     // Bodies are prepared once every fullUrl is known, so references between entries resolve.
     let mut targets = Vec::new();
     let defined = super::canonicals::defined_in(plan.iter().filter_map(|p| p.write.as_ref().map(|(_, _, body)| body)));
@@ -169,7 +175,7 @@ async fn plan_entry(
     caps: &Capabilities,
     index: usize,
     entry: Value,
-    in_bundle: &mut InBundle<'_>,
+    in_bundle: &mut InBundle,
 ) -> Result<Planned, ScopeError> {
     let bad = |why: String| ScopeError::Body(format!("entry {index}: {why}"));
     let request =
@@ -477,9 +483,9 @@ mod tests {
     use super::*;
     use crate::scope::testing::{capabilities, ctx, marked};
 
-    async fn plan(entry: Value) -> Result<(Planned, InBundle<'static>), ScopeError> {
+    async fn plan(entry: Value) -> Result<(Planned, InBundle), ScopeError> {
         let caps = Box::leak(Box::new(capabilities()));
-        let mut in_bundle = InBundle { conditional_refs: Some(caps), ..Default::default() };
+        let mut in_bundle = InBundle::default();
         let planned = plan_entry(&ctx("acme"), caps, 0, entry, &mut in_bundle).await?;
         Ok((planned, in_bundle))
     }

@@ -220,12 +220,9 @@ pub fn writable(ctx: &Ctx, rtype: &str) -> Result<(), ScopeError> {
 /// the upstream references fhir-fence assigned, and the upstream paths the Bundle writes (no
 /// existence check for those: they exist once the transaction commits).
 #[derive(Default)]
-pub struct InBundle<'a> {
+pub struct InBundle {
     pub full_urls: HashMap<String, String>,
     pub written: HashSet<String>,
-    /// Set inside transactions: conditional references (`Type?criteria`) are then allowed,
-    /// scoped like a search with these capabilities, and resolved by the upstream.
-    pub conditional_refs: Option<&'a Capabilities>,
 }
 
 /// A body ready for the upstream, with what must still be proven before it is sent.
@@ -239,20 +236,9 @@ pub struct Prepared {
 
 /// Nothing is written that the answer would refuse: the body as the upstream will store it
 /// passes the outbound check first. (Without this, such a write would be committed and the
-/// writer answered 502: fail closed on the answer, but not on the write.) A conditional
-/// reference (`Type?criteria`, transactions only, its criteria scoped to the tenant) is judged
-/// as what the upstream stores in its place: a resource of the tenant's.
+/// writer answered 502: fail closed on the answer, but not on the write.)
 pub fn provable_once_stored(ctx: &Ctx, body: &Value) -> Result<(), ScopeError> {
-    let mut stored = body.clone();
-    let placeholder = ctx.tenant.upstream_id("conditional")?;
-    reference::for_each_mut(&mut stored, &mut |r: &mut String| {
-        match r.split_once('?') {
-            Some((rtype, _)) if reference::is_resource_type(rtype) => *r = format!("{rtype}/{placeholder}"),
-            _ => {}
-        }
-        Ok::<_, ScopeError>(())
-    })?;
-    outbound::resource(ctx, stored).map(drop).map_err(|_| {
+    outbound::resource(ctx, body.clone()).map(drop).map_err(|_| {
         ScopeError::Body("the resource would not be provably this tenant's once stored; nothing was written".into())
     })
 }
@@ -380,11 +366,6 @@ fn inbound_reference(
         Target::Contained => return Ok(()),
         Target::Relative(l) => l,
         Target::Absolute { base, literal } if base == ctx.snap.public_base => literal,
-        Target::Conditional if bundle.conditional_refs.is_some() => {
-            let caps = bundle.conditional_refs.expect("checked");
-            *r = super::params::scoped_conditional_reference(ctx, caps, r)?;
-            return Ok(());
-        }
         Target::Absolute { base, .. } if ctx.snap.external_bases.iter().any(|b| b == base) => return Ok(()),
         Target::Absolute { .. } | Target::Other => {
             return Err(ScopeError::ReferenceForm(
@@ -396,7 +377,10 @@ fn inbound_reference(
             return Err(ScopeError::ReferenceForm(r.clone(), "urn references are only meaningful inside a transaction"))
         }
         Target::Conditional => {
-            return Err(ScopeError::ReferenceForm(r.clone(), "conditional references are not supported yet"))
+            return Err(ScopeError::ReferenceForm(
+                r.clone(),
+                "conditional references are only resolved inside a transaction",
+            ))
         }
     };
     *r = in_tenant(ctx, literal, r, bundle, targets)?;
@@ -471,8 +455,6 @@ mod tests {
     fn only_what_could_be_read_back_is_sent() {
         let acme = ctx("acme");
         let mut p = prepared(json!({"resourceType": "Observation", "status": "final"})).unwrap().body;
-        // A conditional reference stands for one of the tenant's own resources once resolved.
-        p["subject"] = json!({"reference": "Patient?identifier=a"});
         provable_once_stored(&acme, &p).unwrap();
         // An id already in another tenant's namespace, or an upstream URL, can never be read back.
         for reference in ["Patient/globex-p1", "http://127.0.0.1:9/fhir/Patient/globex-p1"] {

@@ -19,6 +19,7 @@ mod introspection;
 mod lifecycle_state;
 mod limits;
 mod listener_tls;
+mod medplum;
 mod metrics;
 mod module_cycles;
 mod observe;

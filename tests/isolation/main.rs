@@ -8,13 +8,15 @@ mod support;
 
 use serde_json::{json, Value};
 use support::client::{self, Reply};
-use support::{tenants, Fence, Options, SYSTEM};
+use support::{tenants, Fence, Options, Server, SYSTEM};
 
 const ALPHA: &str = "ALPHA-SECRET";
 const BRAVO: &str = "BRAVO-SECRET";
 
+/// The upstream under test (`FHIR_TEST_UPSTREAM`, HAPI by default): the probes run through
+/// fhir-fence in front of it, and its own state is read around fhir-fence.
 fn hapi() -> String {
-    std::env::var("HAPI_URL").unwrap_or_else(|_| "http://127.0.0.1:8090/fhir".into())
+    Server::selected().url()
 }
 
 /// The same ids and identifiers for both tenants; `marker` in every resource.
@@ -91,10 +93,34 @@ struct Probe {
     expect: Vec<u16>,
     /// `true` when the other tenant (B) sends it.
     as_b: bool,
+    /// What the upstream must serve for the probe to mean anything (skipped where it does not).
+    needs: Option<Need>,
+    /// Acceptable statuses on Medplum's router where they differ (what it does not serve is
+    /// refused by fhir-fence or by it; nothing else changes).
+    on_medplum: Option<Vec<u16>>,
+}
+
+/// Upstream features some probes need (`Server`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Need {
+    /// Paging links, so that fhir-fence issues page tokens.
+    Links,
+    /// Bulk Data export.
+    Export,
 }
 
 fn probe(name: &'static str, method: &'static str, path: impl Into<String>, expect: &[u16]) -> Probe {
-    Probe { name, method, path: path.into(), headers: vec![], body: None, expect: expect.to_vec(), as_b: false }
+    Probe {
+        name,
+        method,
+        path: path.into(),
+        headers: vec![],
+        body: None,
+        expect: expect.to_vec(),
+        as_b: false,
+        needs: None,
+        on_medplum: None,
+    }
 }
 
 impl Probe {
@@ -114,6 +140,14 @@ impl Probe {
     }
     fn by_b(mut self) -> Self {
         self.as_b = true;
+        self
+    }
+    fn on_medplum(mut self, expect: &[u16]) -> Self {
+        self.on_medplum = Some(expect.to_vec());
+        self
+    }
+    fn needs(mut self, need: Need) -> Self {
+        self.needs = Some(need);
         self
     }
 }
@@ -141,17 +175,23 @@ async fn isolation_probes() {
             assert!(r.status == 201 || r.status == 200, "loading {path}: {}", r.body);
         }
     }
-    // A paging token of A's, for B to try.
-    let page = client::get(&f.url("Patient?_count=1")).bearer(&a).send().await;
-    let a_next = page.body["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").unwrap()["url"]
+    // A's first version of p1 (HAPI numbers versions, Medplum's router names them by UUID).
+    let a_first = client::get(&f.url("Patient/p1")).bearer(&a).send().await.body["meta"]["versionId"]
         .as_str()
         .unwrap()
         .to_owned();
+    // A paging token of A's, for B to try.
+    let page = client::get(&f.url("Patient?_count=1")).bearer(&a).send().await;
+    let server = Server::selected();
+    let a_next = page.body["link"].as_array().and_then(|ls| ls.iter().find(|l| l["relation"] == "next"));
+    let a_next = a_next.and_then(|l| l["url"].as_str()).map(str::to_owned);
+    assert_eq!(a_next.is_some(), server.pages_by_links(), "{}", page.body);
+    let a_next = a_next.unwrap_or_default();
     // An export job of B's, for A to poll and cancel.
     let b_export =
         client::get(&f.url("$export?_type=Patient")).bearer(&b).header("prefer", "respond-async").send().await;
-    assert_eq!(b_export.status, 202, "{}", b_export.body);
-    let b_job = b_export.header("content-location").unwrap().to_owned();
+    assert_eq!(b_export.status == 202, server.exports(), "{}", b_export.body);
+    let b_job = b_export.header("content-location").unwrap_or_default().to_owned();
     let (ta, tb, pb) = (ts[0].name.clone(), ts[1].name.clone(), ts[1].prefix.clone());
     let obs = |subject: &str| json!({"resourceType": "Observation", "status": "final", "code": {"text": "t"}, "subject": {"reference": subject}});
     let patch_ops = |ops: Value| ops.to_string();
@@ -178,7 +218,7 @@ async fn isolation_probes() {
         probe("vread foreign", "GET", "/Patient/b-ref/_history/1", &[404]),
         probe("head foreign", "HEAD", "/Patient/b-ref", &[404]),
         probe("read own shared id", "GET", "/Patient/p1", &[200]),
-        probe("vread own", "GET", "/Patient/p1/_history/1", &[200]),
+        probe("vread own", "GET", format!("/Patient/p1/_history/{a_first}"), &[200]),
         probe("read guessed upstream id", "GET", format!("/Patient/{pb}-b-ref"), &[404]),
         probe("conditional read foreign", "GET", "/Patient/b-ref", &[404]).header("if-none-match", "W/\"1\""),
         probe("conditional read own", "GET", "/Patient/p1", &[200, 304]).header("if-none-match", "W/\"1\""),
@@ -186,10 +226,10 @@ async fn isolation_probes() {
         // 2 history
         probe("instance history foreign", "GET", "/Patient/b-ref/_history", &[404]),
         probe("instance history own", "GET", "/Patient/p1/_history", &[200]),
-        probe("type history", "GET", "/Patient/_history", &[200]),
-        probe("type history paged", "GET", "/Observation/_history?_count=1", &[200]),
-        probe("system history", "GET", "/_history?_count=100", &[200]),
-        probe("history since", "GET", "/Patient/_history?_since=2020-01-01T00:00:00Z", &[200]),
+        probe("type history", "GET", "/Patient/_history", &[200]).on_medplum(&[501]),
+        probe("type history paged", "GET", "/Observation/_history?_count=1", &[200]).on_medplum(&[501]),
+        probe("system history", "GET", "/_history?_count=100", &[200]).on_medplum(&[501]),
+        probe("history since", "GET", "/Patient/_history?_since=2020-01-01T00:00:00Z", &[200]).on_medplum(&[501]),
         // 3 system and compartment search
         probe("system search", "GET", "?_type=Patient", &[501]),
         probe("system search POST", "POST", "/_search", &[501]).raw("application/x-www-form-urlencoded", "_type=Patient"),
@@ -209,7 +249,8 @@ async fn isolation_probes() {
         probe("include wildcard", "GET", "/Patient?_include=*", &[400]),
         probe("include too deep", "GET", "/Patient?_include:iterate=Patient:organization,Patient:general-practitioner,Observation:subject", &[400]),
         // 6 chains, _has, _filter, _list, _query
-        probe("chain", "GET", "/Observation?subject.family=Bravo", &[200]),
+        // (Medplum's router cannot chain a reference with several target types: its own 400.)
+        probe("chain", "GET", "/Observation?subject.family=Bravo", &[200]).on_medplum(&[400]),
         probe("typed chain", "GET", "/Observation?subject:Patient.identifier=urn:mrn%7Cb-unique", &[200]),
         probe("two-hop chain", "GET", "/Encounter?subject:Patient.organization.name=Bravo%20Org", &[200]),
         probe("has", "GET", "/Patient?_has:Observation:subject:code=http://loinc.org%7C2339-0", &[200]),
@@ -248,10 +289,10 @@ async fn isolation_probes() {
         probe("sort", "GET", "/Patient?_sort=-_lastUpdated", &[200]),
         probe("unknown parameter", "GET", "/Patient?nonsense=1", &[400]),
         // 9 paging
-        probe("page token of another tenant", "GET", a_next.clone(), &[404]).by_b(),
-        probe("page token tampered", "GET", format!("{a_next}A"), &[404]),
+        probe("page token of another tenant", "GET", a_next.clone(), &[404]).by_b().needs(Need::Links),
+        probe("page token tampered", "GET", format!("{a_next}A"), &[404]).needs(Need::Links),
         probe("raw upstream paging", "GET", "?_getpages=00000000-0000-0000-0000-000000000000", &[400, 404, 501]),
-        probe("own page token", "GET", a_next.clone(), &[200]),
+        probe("own page token", "GET", a_next.clone(), &[200]).needs(Need::Links),
         // 10 formats
         probe("xml accept", "GET", "/Patient/p1", &[406]).header("accept", "application/fhir+xml"),
         probe("format param", "GET", "/Patient/p1?_format=xml", &[400]),
@@ -349,8 +390,9 @@ async fn isolation_probes() {
         probe("binary security context foreign", "POST", "/Binary", &[422]).json(json!({"resourceType": "Binary", "contentType": "text/plain", "securityContext": {"reference": "Patient/b-ref"}})),
         probe("attachment to foreign binary", "POST", "/DocumentReference", &[422]).json(json!({"resourceType": "DocumentReference", "status": "current", "content": [{"attachment": {"contentType": "text/plain", "url": "Binary/b-bin"}}]})),
         probe("attachment to upstream", "POST", "/DocumentReference", &[422]).json(json!({"resourceType": "DocumentReference", "status": "current", "content": [{"attachment": {"contentType": "text/plain", "url": format!("{}/Binary/{pb}-b-bin", hapi())}}]})),
-        probe("binary raw upload over foreign id", "PUT", "/Binary/b-bin", &[201]).raw("application/pdf", "%PDF-1.4 alpha"),
-        probe("binary raw upload with upstream id", "PUT", format!("/Binary/{pb}-b-bin"), &[201, 400]).raw("application/pdf", "%PDF-1.4 alpha"),
+        // (Medplum's router answers a PUT that creates with 200.)
+        probe("binary raw upload over foreign id", "PUT", "/Binary/b-bin", &[201]).raw("application/pdf", "%PDF-1.4 alpha").on_medplum(&[200]),
+        probe("binary raw upload with upstream id", "PUT", format!("/Binary/{pb}-b-bin"), &[201, 400]).raw("application/pdf", "%PDF-1.4 alpha").on_medplum(&[200, 400]),
         // subscriptions and server-wide resources
         probe("subscription without allowed destination", "POST", "/Subscription", &[422]).json(json!({"resourceType": "Subscription", "status": "requested", "reason": "x", "criteria": "Observation?", "channel": {"type": "rest-hook", "endpoint": "http://127.0.0.1:9/x"}})),
         probe("subscription payload search extension", "POST", "/Subscription", &[422]).json(json!({"resourceType": "Subscription", "status": "requested", "reason": "x", "criteria": "Observation?", "extension": [{"url": "http://hapifhir.io/fhir/StructureDefinition/subscription-payload-search-criteria", "valueString": "Patient?"}], "channel": {"type": "rest-hook", "endpoint": "http://127.0.0.1:9/x"}})),
@@ -359,7 +401,7 @@ async fn isolation_probes() {
         probe("trigger subscription", "POST", "/Subscription/s1/$trigger-subscription", &[403]),
         // operations
         probe("everything foreign", "GET", "/Patient/b-ref/$everything", &[404]),
-        probe("everything own", "GET", "/Patient/p1/$everything", &[200]),
+        probe("everything own", "GET", "/Patient/p1/$everything", &[200]).on_medplum(&[501]),
         probe("everything type level", "GET", "/Patient/$everything", &[403]),
         probe("meta foreign", "GET", "/Patient/b-ref/$meta", &[404]),
         probe("meta type level", "GET", "/Patient/$meta", &[403]),
@@ -370,21 +412,21 @@ async fn isolation_probes() {
         probe("resource counts", "GET", "/$get-resource-counts", &[403]),
         // Bulk Data export
         probe("export without respond-async", "GET", "/$export", &[400]),
-        probe("export own", "GET", "/$export?_type=Patient", &[202]).header("prefer", "respond-async"),
-        probe("export widening filter", "GET", "/$export?_type=Patient&_typeFilter=Patient%3F_id%3Db-ref&_typeFilter=Patient%3F_lastUpdated%3Dgt2000", &[202]).header("prefer", "respond-async"),
+        probe("export own", "GET", "/$export?_type=Patient", &[202]).header("prefer", "respond-async").needs(Need::Export),
+        probe("export widening filter", "GET", "/$export?_type=Patient&_typeFilter=Patient%3F_id%3Db-ref&_typeFilter=Patient%3F_lastUpdated%3Dgt2000", &[202]).header("prefer", "respond-async").needs(Need::Export),
         probe("export foreign patient", "GET", "/Patient/b-ref/$export", &[404]).header("prefer", "respond-async"),
         probe("export foreign group", "GET", "/Group/b-ref/$export", &[404]).header("prefer", "respond-async"),
         probe("export server-wide type", "GET", "/$export?_type=ValueSet", &[400]).header("prefer", "respond-async"),
         probe("export filter result parameter", "GET", "/$export?_type=Patient&_typeFilter=Patient%3F_revinclude%3D*", &[400]).header("prefer", "respond-async"),
         probe("export other format", "GET", "/$export?_outputFormat=application%2Fcsv", &[400]).header("prefer", "respond-async"),
         probe("export upstream poll endpoint", "GET", "/$export-poll-status?_jobId=1", &[403]),
-        probe("export status of another tenant", "GET", b_job.clone(), &[404]),
-        probe("export cancel of another tenant", "DELETE", b_job.clone(), &[404]),
+        probe("export status of another tenant", "GET", b_job.clone(), &[404]).needs(Need::Export),
+        probe("export cancel of another tenant", "DELETE", b_job.clone(), &[404]).needs(Need::Export),
         probe("export status forged", "GET", "/_export/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", &[404]),
         probe("export file forged", "GET", "/_export-file/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", &[404]),
         probe("validate foreign reference", "POST", "/Observation/$validate", &[422]).json(obs("Patient/b-ref")),
         probe("validate foreign instance", "GET", "/Patient/b-ref/$validate", &[404]),
-        probe("validate own", "POST", "/Observation/$validate", &[200]).json(obs("Patient/p1")),
+        probe("validate own", "POST", "/Observation/$validate", &[200]).json(obs("Patient/p1")).on_medplum(&[501]),
         probe("unknown operation", "GET", "/Patient/p1/$frobnicate", &[501]),
         // path and header tricks
         probe("double slash", "GET", "//Patient/b-ref", &[400]),
@@ -401,18 +443,28 @@ async fn isolation_probes() {
 
     let forbidden = [BRAVO.to_owned(), format!("{pb}-"), tb.clone()];
     let mut failures = vec![];
+    let served = |p: &&Probe| match p.needs {
+        Some(Need::Links) => server.pages_by_links(),
+        Some(Need::Export) => server.exports(),
+        None => true,
+    };
+    let probes: Vec<&Probe> = probes.iter().filter(served).collect();
     for p in &probes {
         let (token, other_markers): (&str, Vec<String>) =
             if p.as_b { (&b, vec![ALPHA.to_owned(), format!("{}-", ts[0].prefix)]) } else { (&a, forbidden.to_vec()) };
         let r = send(&f, token, p).await;
-        if !p.expect.contains(&r.status) {
+        let expect = match (server, &p.on_medplum) {
+            (Server::Medplum, Some(there)) => there,
+            _ => &p.expect,
+        };
+        if !expect.contains(&r.status) {
             failures.push(format!(
                 "{}: {} {} → {} (expected {:?}): {}",
                 p.name,
                 p.method,
                 p.path,
                 r.status,
-                p.expect,
+                expect,
                 String::from_utf8_lossy(&r.raw)
             ));
         }
@@ -435,9 +487,11 @@ async fn isolation_probes() {
         }
     }
     // B's export survived A's attempts to cancel it.
-    let r = client::get(&b_job).bearer(&b).send().await;
-    if r.status != 200 && r.status != 202 {
-        failures.push(format!("B's export job is gone after A's probes: {} {}", r.status, r.body));
+    if server.exports() {
+        let r = client::get(&b_job).bearer(&b).send().await;
+        if r.status != 200 && r.status != 202 {
+            failures.push(format!("B's export job is gone after A's probes: {} {}", r.status, r.body));
+        }
     }
     // The other tenant's data is untouched by everything A did.
     for path in [

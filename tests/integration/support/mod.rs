@@ -21,6 +21,42 @@ pub fn hapi_url(var: &str, default_port: u16) -> String {
     std::env::var(var).unwrap_or_else(|_| format!("http://127.0.0.1:{default_port}/fhir"))
 }
 
+/// The FHIR server a suite runs against, chosen by `FHIR_TEST_UPSTREAM` (`hapi`, the default, or
+/// `medplum`: issue 22), with what the suite may expect of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Server {
+    Hapi,
+    Medplum,
+}
+
+impl Server {
+    pub fn selected() -> Server {
+        match std::env::var("FHIR_TEST_UPSTREAM").as_deref() {
+            Err(_) | Ok("hapi") => Server::Hapi,
+            Ok("medplum") => Server::Medplum,
+            Ok(other) => panic!("FHIR_TEST_UPSTREAM={other}: expected hapi or medplum"),
+        }
+    }
+
+    /// Its FHIR base (`HAPI_URL` or `MEDPLUM_URL`, as `scripts/test` exports them).
+    pub fn url(self) -> String {
+        match self {
+            Server::Hapi => hapi_url("HAPI_URL", 8090),
+            Server::Medplum => hapi_url("MEDPLUM_URL", 8097),
+        }
+    }
+
+    /// Whether its searches carry paging links (Medplum's router gives none).
+    pub fn pages_by_links(self) -> bool {
+        self == Server::Hapi
+    }
+
+    /// Whether it serves Bulk Data export (Medplum's router does not).
+    pub fn exports(self) -> bool {
+        self == Server::Hapi
+    }
+}
+
 /// A port free now, for a child process that must be told its port (in-process servers bind 0).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
