@@ -26,11 +26,23 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 /// also costs the later comparisons of the ids it would have taught.
 const TRANSPARENCY_FLOOR: f64 = 0.975;
 
+/// The same floor for Medplum's router (issue 22): it measures 76.3 %, nearly all of the
+/// difference one limit of the router's (a transaction may hold at most 50 updates, and
+/// fhir-fence sends every create as an update to an id in the tenant's namespace, so the large
+/// transactions of the corpus are refused, and the reads and searches of what they would have
+/// written differ): `docs/conformance.md`.
+const TRANSPARENCY_FLOOR_MEDPLUM: f64 = 0.75;
+
 /// Sent as a bearer token and a cookie while recording; must not appear in the corpus.
 const SECRET: &str = "recording-secret-4f1d";
 
-fn out_dir() -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/conformance");
+/// `target/conformance` (HAPI) or `target/conformance-medplum`.
+fn out_dir(server: support::Server) -> PathBuf {
+    let name = match server {
+        support::Server::Hapi => "conformance",
+        support::Server::Medplum => "conformance-medplum",
+    };
+    let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target").join(name);
     std::fs::create_dir_all(&d).unwrap();
     d
 }
@@ -330,19 +342,15 @@ fn label_refusals(corpus: &std::path::Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_corpus_replays_as_three_tenants_without_a_leak() {
     let bin = env!("CARGO_BIN_EXE_fhir-fence");
-    let dir = out_dir();
+    // The upstream under test (`FHIR_TEST_UPSTREAM`): HAPI by default, or Medplum's router.
+    let server = support::Server::selected();
+    let dir = out_dir(server);
     let corpus = dir.join("corpus.ndjson");
 
     // Record against the plain HAPI.
     let port = support::free_port();
     let mut recorder = tokio::process::Command::new(bin)
-        .args([
-            "record",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--upstream",
-            &support::hapi_url("HAPI_RECORD_URL", 8092),
-        ])
+        .args(["record", "--listen", &format!("127.0.0.1:{port}"), "--upstream", &server.record_url()])
         .args(["--out", corpus.to_str().unwrap()])
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -370,7 +378,7 @@ async fn the_corpus_replays_as_three_tenants_without_a_leak() {
     let options = Options {
         max_body_bytes: 4 << 20,
         server_extra: "max_bundle_entries = 1000".into(),
-        ..Options::new(&support::hapi_url("HAPI_URL", 8090), &ts)
+        ..Options::new(&server.url(), &ts)
     };
     let fence = support::start(options).await;
     // HAPI (8.8) adds a row to its resource-type table the first time it meets a type, and
@@ -402,8 +410,16 @@ async fn the_corpus_replays_as_three_tenants_without_a_leak() {
     assert_eq!(out.status.code(), Some(0), "{summary}");
     assert_eq!(report["exchanges"].as_u64(), Some(sent as u64));
     let rate = s["transparency_rate"].as_f64().unwrap();
-    assert!(rate >= TRANSPARENCY_FLOOR, "transparency {rate:.3} below {TRANSPARENCY_FLOOR}: {summary}");
+    let floor = match server {
+        support::Server::Hapi => TRANSPARENCY_FLOOR,
+        support::Server::Medplum => TRANSPARENCY_FLOOR_MEDPLUM,
+    };
+    assert!(rate >= floor, "transparency {rate:.3} below {floor}: {summary}");
 
+    // (A recording of paging links, below, needs an upstream that gives them.)
+    if !server.pages_by_links() {
+        return;
+    }
     // A recording made by others: fhiry's HAPI paging run (three pages of `Condition?_count=2`,
     // `_getpages` links), replayed as three fresh tenants. Each sees only its own five
     // Conditions, so through fhir-fence on a shared HAPI the pages match what a server holding

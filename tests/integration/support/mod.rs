@@ -46,6 +46,15 @@ impl Server {
         }
     }
 
+    /// A second, plain and empty server of the same kind that the conformance run records
+    /// against (`HAPI_RECORD_URL`, `MEDPLUM_RECORD_URL`).
+    pub fn record_url(self) -> String {
+        match self {
+            Server::Hapi => hapi_url("HAPI_RECORD_URL", 8092),
+            Server::Medplum => hapi_url("MEDPLUM_RECORD_URL", 8098),
+        }
+    }
+
     /// Whether its searches carry paging links (Medplum's router gives none).
     pub fn pages_by_links(self) -> bool {
         self == Server::Hapi
