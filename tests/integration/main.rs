@@ -24,6 +24,7 @@ mod module_cycles;
 mod observe;
 mod reload;
 mod replay;
+mod scale;
 mod shape_r4;
 mod shutdown;
 mod smart_hapi;
