@@ -4,14 +4,21 @@ coding in meta.tag, tenant prefix on every id), an nginx config serving it, an n
 proxy config in front of it, and a fhir-fence config (RS256 issuer) in front of it.
 
 Usage: bench/origin.py OUT_DIR ORIGIN_PORT NGINX_PORT FENCE_PORT ADMIN_PORT REPO_DIR
+
+BENCH_TENANTS (default 2): the number of tenants in all. Beyond bencha and benchb, tenants
+s00001, s00002, ... are written as tenant files (`lifecycle.tenants_dir`, conf/tenants), each
+asserted by the HS256 issuer `benchs` (bench/scale_tokens.py signs its tokens), each with its own
+1 KB Patient p1 at the origin: the set-up of `bench/tenants-at-scale` (issue 20).
 """
 import json
 import os
+import shutil
 import sys
 
 out, origin_port, nginx_port, fence_port, admin_port, repo = sys.argv[1:7]
 SYSTEM = "https://fhir-fence.dev/CodeSystem/tenant"
 TENANTS = ["bencha", "benchb"]
+EXTRA = [f"s{n:05d}" for n in range(1, max(int(os.environ.get("BENCH_TENANTS", "2")) - 2, 0) + 1)]
 ORIGIN = f"http://127.0.0.1:{origin_port}/fhir"
 root = os.path.join(out, "root")
 os.makedirs(os.path.join(root, "fhir", "Patient"), exist_ok=True)
@@ -63,6 +70,9 @@ for t in TENANTS:
         "resourceType": "Bundle", "id": "7d1c0a4e-search", "type": "searchset", "total": 100,
         "link": [{"relation": "self", "url": f"{ORIGIN}/Patient?name=lovelace&_tag={SYSTEM}|{t}"}],
         "entry": entries})
+
+for t in EXTRA:
+    write(os.path.join(root, "fhir", "Patient", f"{t}-p1"), patient(t, 1))
 
 # A client's 1 KB update of Patient/p1 (bench/instructions' write): the client's view, ids local.
 client_patient = patient("x", 1)
@@ -131,6 +141,27 @@ keys = os.path.join(repo, "fixtures", "keys")
 os.makedirs(os.path.join(out, "conf"), exist_ok=True)
 # BENCH_WORKERS: fhir-fence's worker threads (default: one per core).
 workers = f"workers = {os.environ['BENCH_WORKERS']}\n" if os.environ.get("BENCH_WORKERS") else ""
+tenants_dir = os.path.join(out, "conf", "tenants")
+shutil.rmtree(tenants_dir, ignore_errors=True)
+scale = ""
+if EXTRA:
+    os.makedirs(tenants_dir)
+    for t in EXTRA:
+        with open(os.path.join(tenants_dir, f"{t}.toml"), "w") as f:
+            f.write(f'prefix = "{t}"\nupstream = "origin"\nstatus = "active"\nissuers = ["benchs"]\n')
+    with open(os.path.join(out, "conf", "benchs.secret"), "w") as f:
+        f.write("bench-scale-secret-0123456789abcdef0123456789\n")
+    scale = f"""
+[lifecycle]
+tenants_dir = "tenants"
+
+[issuers.benchs]
+iss = "https://issuer-s.bench.fhir-fence.dev"
+audience = ["fhir-fence-bench"]
+algorithms = ["HS256"]
+secret_file = "benchs.secret"
+tenant_claim = "$.tenant"
+"""
 with open(os.path.join(out, "conf", "fence.toml"), "w") as f:
     f.write(f"""[server]
 listen = "127.0.0.1:{fence_port}"
@@ -173,4 +204,4 @@ burst = 200
 prefix = "benchb"
 upstream = "origin"
 status = "active"
-""")
+{scale}""")

@@ -8,7 +8,6 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
 use serde_json::json;
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 pub async fn handle<B>(live: Arc<Live>, req: Request<B>) -> Response<Full<Bytes>>
@@ -27,9 +26,8 @@ where
         "/reload" => reply(StatusCode::METHOD_NOT_ALLOWED, json!({"error": "POST /reload"})),
         "/healthz" => reply(StatusCode::OK, json!({"status": "ok"})),
         "/readyz" => {
-            let used: BTreeSet<&String> = snap.tenants.values().map(|t| &t.upstream).collect();
             let mut problems = serde_json::Map::new();
-            for name in used {
+            for name in &snap.upstreams_in_use {
                 match snap.fetch_capabilities(name).await {
                     Ok(caps) => {
                         if let Some(slot) = snap.capabilities.get(name.as_str()) {

@@ -40,6 +40,7 @@ pub mod smart;
 pub mod state;
 pub mod tenancy;
 pub mod tenant_data;
+pub mod tenant_runtime;
 pub mod upstream;
 pub mod upstream_link;
 pub mod upstream_token;

@@ -111,6 +111,10 @@ impl LimitError {
 
 type Limiter = RateLimiter<governor::state::NotKeyed, governor::state::InMemoryState, DefaultClock>;
 
+/// One clock for every tenant's limiter: making one (a calibrated `quanta` clock) costs more
+/// than all the rest of a tenant's limits (issue 20: ten thousand tenants).
+static CLOCK: std::sync::LazyLock<DefaultClock> = std::sync::LazyLock::new(DefaultClock::default);
+
 /// One tenant's limits, built from its effective config.
 pub struct TenantLimits {
     rate: Option<(Limiter, u32, u32)>,
@@ -119,7 +123,6 @@ pub struct TenantLimits {
     upstream: Option<Gate>,
     shadow: bool,
     weights: BTreeMap<&'static str, u32>,
-    clock: DefaultClock,
 }
 
 /// A tenant's cap on concurrent upstream exchanges: each holds a permit from the moment it is
@@ -156,7 +159,11 @@ impl TenantLimits {
     pub fn new(l: &Limits) -> Self {
         let rate = l.rate_per_second.and_then(NonZeroU32::new).map(|r| {
             let burst = l.burst.and_then(NonZeroU32::new).unwrap_or(r);
-            (RateLimiter::direct(Quota::per_second(r).allow_burst(burst)), r.get(), burst.get())
+            (
+                RateLimiter::direct_with_clock(Quota::per_second(r).allow_burst(burst), CLOCK.clone()),
+                r.get(),
+                burst.get(),
+            )
         });
         let in_flight = l.max_in_flight.map(|n| {
             let status = match l.in_flight_status {
@@ -173,7 +180,7 @@ impl TenantLimits {
             shadow,
         });
         let connections = l.max_connections.map(|n| Arc::new(Semaphore::new(n as usize)));
-        TenantLimits { rate, in_flight, connections, upstream, shadow, weights, clock: DefaultClock::default() }
+        TenantLimits { rate, in_flight, connections, upstream, shadow, weights }
     }
 
     /// The tenant's cap on upstream connections, if it has one.
@@ -205,7 +212,7 @@ impl TenantLimits {
             match limiter.check_n(n) {
                 Ok(Ok(())) => {}
                 Ok(Err(not_until)) => {
-                    let retry_after = not_until.wait_time_from(self.clock.now());
+                    let retry_after = not_until.wait_time_from(CLOCK.now());
                     self.over(tenant, "rate", metrics, LimitError::Rate { retry_after, policy })?;
                 }
                 Err(_) => {
@@ -238,7 +245,7 @@ impl TenantLimits {
     /// Counts a limit hit; refuses unless in shadow mode.
     fn over(&self, tenant: &str, limit: &str, metrics: &Metrics, e: LimitError) -> Result<(), LimitError> {
         let mode = if self.shadow { "shadow" } else { "enforced" };
-        metrics.rate_limited.with_label_values(&[tenant, limit, mode]).inc();
+        metrics.rate_limited.with_label_values(&[metrics.tenant(tenant), limit, mode]).inc();
         if self.shadow {
             tracing::info!(tenant, limit, "limit exceeded (shadow mode: not refused)");
             Ok(())

@@ -24,7 +24,7 @@ pub(crate) async fn metadata(snap: &Snapshot, tenant: Option<&Tenant>) -> Result
     let cs = match tenant {
         Some(t) => statement(snap, &t.upstream).await?,
         None => {
-            let mut used: BTreeSet<&str> = snap.tenants.values().map(|t| t.upstream.as_str()).collect();
+            let mut used: BTreeSet<&str> = snap.upstreams_in_use.iter().map(String::as_str).collect();
             if used.is_empty() {
                 used = snap.loaded.config.upstreams.keys().map(String::as_str).collect();
             }

@@ -4,7 +4,12 @@
 //! and NDJSON lines blocked on the way out (each one a leak the outbound check stopped — so they
 //! get their own series, impossible to miss). Refusals by reason and upstream failures by kind.
 //! Tenants in observe mode: their requests, and what enforcement would have refused or dropped.
-//! Tenant labels come from the config (bounded); unauthenticated requests count as tenant `-`.
+//! Tenant label values are bounded by `metrics.tenant_labels` (`tenant_labels`): every value a
+//! series gets for its `tenant` label goes through [`Metrics::tenant`], which answers the
+//! tenant's name or `other`. Unauthenticated requests count as tenant `-`.
+pub mod tenant_labels;
+
+use crate::config::TenantLabels;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
@@ -62,10 +67,16 @@ pub struct Metrics {
     pub connections_refused: IntCounterVec,
     pub observed_requests: IntCounterVec,
     pub observed_differences: IntCounterVec,
+    labels: tenant_labels::Labeller,
 }
 
 impl Metrics {
+    /// With the default `metrics.tenant_labels`.
     pub fn new() -> Self {
+        Self::with_tenant_labels(TenantLabels::DEFAULT)
+    }
+
+    pub fn with_tenant_labels(rule: TenantLabels) -> Self {
         let registry = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
@@ -168,12 +179,24 @@ impl Metrics {
             connections_refused,
             observed_requests,
             observed_differences,
+            labels: tenant_labels::Labeller::new(rule),
         }
+    }
+
+    /// The `tenant` label value for `tenant` (its name, or `other`): every tenant-labelled
+    /// series is written through this.
+    pub fn tenant<'a>(&self, tenant: &'a str) -> &'a str {
+        self.labels.label(tenant)
+    }
+
+    /// `metrics.tenant_labels` from now on (a reload; the metrics outlive snapshots).
+    pub fn set_tenant_labels(&self, rule: TenantLabels) {
+        self.labels.set_rule(rule);
     }
 
     /// Counts a request in flight for `tenant` until the guard is dropped.
     pub fn in_flight(&self, tenant: &str) -> InFlight {
-        let gauge = self.in_flight.with_label_values(&[tenant]);
+        let gauge = self.in_flight.with_label_values(&[self.tenant(tenant)]);
         gauge.inc();
         InFlight(gauge)
     }

@@ -24,6 +24,7 @@ use crate::request::{
 use crate::route::{self, Interaction};
 use crate::scope::{Ctx, ScopeError};
 use crate::state::Snapshot;
+use crate::tenant_runtime::TenantRuntime;
 use bytes::Bytes;
 use http::header;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
@@ -50,24 +51,24 @@ pub async fn handle(snap: Arc<Snapshot>, req: Request<Incoming>, conn: &Slot) ->
         crate::upstream::timed(running).await
     };
     let metrics = &snap.metrics;
-    let t = facts.tenant.clone().unwrap_or_else(|| "-".into());
+    let t = facts.tenant.as_deref().map_or("-", |name| metrics.tenant(name));
     let response = match result {
         Ok(response) => response,
         Err(e) => {
             if let Some(reason) = e.refusal_reason() {
-                metrics.refused.with_label_values(&[&t, reason]).inc();
+                metrics.refused.with_label_values(&[t, reason]).inc();
             }
             if let Some(kind) = e.upstream_failure() {
-                metrics.upstream_errors.with_label_values(&[&t, kind]).inc();
+                metrics.upstream_errors.with_label_values(&[t, kind]).inc();
             }
             boxed(e.into_response(&correlation))
         }
     };
     let status = response.status();
-    metrics.requests.with_label_values(&[&t, facts.interaction.unwrap_or("-"), status.as_str()]).inc();
-    metrics.latency.with_label_values(&[&t]).observe(started.elapsed().as_secs_f64());
+    metrics.requests.with_label_values(&[t, facts.interaction.unwrap_or("-"), status.as_str()]).inc();
+    metrics.latency.with_label_values(&[t]).observe(started.elapsed().as_secs_f64());
     if facts.dropped > 0 {
-        metrics.entries_dropped.with_label_values(&[&t]).inc_by(facts.dropped as u64);
+        metrics.entries_dropped.with_label_values(&[t]).inc_by(facts.dropped as u64);
     }
     let micros = started.elapsed().as_micros() as u64;
     // At debug level: the audit record below carries the same facts (and more) and is the
@@ -137,7 +138,9 @@ async fn run(
     let caller = identify(snap, &parts, conn, facts).await?;
     // Counted from here (the tenant is known) to the end of this request's handling.
     let _in_flight = snap.metrics.in_flight(&caller.tenant.name);
-    let limits = snap.limits.get(&caller.tenant.name).map(Arc::as_ref);
+    // The tenant's limiter state and upstream (made on its first request: `tenant_runtime`).
+    let runtime = snap.runtime(&caller.tenant.name).ok_or(Error::from(ScopeError::CapabilitiesUnavailable))?;
+    let limits = Some(runtime.limits.as_ref());
     let _admitted = admit(snap, &caller, limits, conn)?;
     // Observe mode branches off here, and only here (`observe`): identity and the tenant's
     // slots above hold for every tenant; every step below is enforcement, which an observing
@@ -145,7 +148,7 @@ async fn run(
     // enforced tenant pays one enum check and never leaves this path; observe mode exists only
     // on a `legacy` upstream, which holds no enforced tenant (`config::load`).
     if caller.tenant.enforcement == Enforcement::Observe {
-        return observe(snap, &caller, limits, parts, body, correlation, facts).await;
+        return observe(snap, &caller, &runtime, parts, body, correlation, facts).await;
     }
     // Request hygiene: refuse what the proxy cannot inspect or that changes the request's meaning.
     check_headers(&parts.headers)?;
@@ -154,8 +157,7 @@ async fn run(
     let (body, params) = read_request_body(&parts, &interaction, params, collect(body, limit)).await?;
     charge(snap, &caller, limits, interaction.name(), body.as_ref())?;
     let self_url = self_url(snap, &parts, &interaction, &params);
-    let upstream =
-        snap.tenant_upstreams.get(&caller.tenant.name).ok_or(Error::from(ScopeError::CapabilitiesUnavailable))?;
+    let upstream = &runtime.upstream;
     // Export files stream (constant memory, filtered line by line): the one answer not built
     // as a whole, so it is answered here rather than through `dispatch`.
     if let Interaction::ExportFile { file } = &interaction {
@@ -330,7 +332,7 @@ fn charge(
 async fn observe(
     snap: &Arc<Snapshot>,
     caller: &Caller,
-    limits: Option<&TenantLimits>,
+    runtime: &TenantRuntime,
     parts: http::request::Parts,
     body: Incoming,
     correlation: &str,
@@ -340,8 +342,7 @@ async fn observe(
     observe::observed(snap, &caller.tenant.name);
     // Read whole first (bounded as for every tenant): it is both judged and passed on.
     let bytes = collect(body, BodyLimits::of(&snap.loaded.config.server)).await?;
-    let upstream =
-        snap.tenant_upstreams.get(&caller.tenant.name).ok_or(Error::from(ScopeError::CapabilitiesUnavailable))?;
+    let (limits, upstream) = (Some(runtime.limits.as_ref()), &runtime.upstream);
     let ctx = Ctx { snap, tenant: &caller.tenant, upstream, correlation, grant: 0 };
     let (routed, parsed, judged) = judge_observed(&ctx, caller, &parts, &bytes, facts).await;
     judge::frozen(&ctx, &parts.method, routed.as_ref(), parsed.as_ref())?;

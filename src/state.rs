@@ -10,11 +10,11 @@ use crate::audit::Audit;
 use crate::config::{ConfigError, Loaded};
 use crate::fhir::capabilities::Capabilities;
 use crate::identity::Verifier;
-use crate::limits::TenantLimits;
 use crate::listener_tls::ListenerTls;
 use crate::metrics::Metrics;
 use crate::seal_keys::Seals;
 use crate::tenancy::{Marking, Tenant};
+use crate::tenant_runtime::{Runtimes, TenantRuntime};
 use crate::upstream::Upstream;
 use crate::upstream_link::Link;
 use arc_swap::ArcSwapOption;
@@ -31,11 +31,12 @@ pub struct Snapshot {
     /// Its scheme://host:port (request paths already carry the base path).
     pub public_origin: String,
     pub marking: Marking,
-    pub tenants: HashMap<String, Arc<Tenant>>,
+    /// Shared with the verifier.
+    pub tenants: Arc<HashMap<String, Arc<Tenant>>>,
     pub verifier: Verifier,
     pub upstreams: HashMap<String, Arc<Upstream>>,
-    /// Per tenant: its upstream, behind its upstream connection cap if it has one.
-    pub tenant_upstreams: HashMap<String, Arc<Upstream>>,
+    /// The upstreams some tenant uses (computed once: `metadata` and `/readyz` ask per request).
+    pub upstreams_in_use: std::collections::BTreeSet<String>,
     /// Per upstream, filled in once its CapabilityStatement has been read.
     pub capabilities: HashMap<String, ArcSwapOption<Capabilities>>,
     pub seals: Arc<Seals>,
@@ -47,8 +48,9 @@ pub struct Snapshot {
     pub export_tombstones: moka::future::Cache<String, ()>,
     pub metrics: Arc<Metrics>,
     pub audit: Arc<Audit>,
-    /// Per tenant: its effective limits (the defaults overridden by its own table).
-    pub limits: HashMap<String, Arc<TenantLimits>>,
+    /// Per tenant served so far: its limiter state and its (gated) upstream, made on its first
+    /// request ([`Snapshot::runtime`]).
+    pub runtimes: Runtimes,
     /// TLS on the public listener (`None`: plain HTTP); each connection takes the one current
     /// when it is accepted.
     pub tls: Option<Arc<ListenerTls>>,
@@ -122,24 +124,26 @@ impl Snapshot {
                 }
             }
         }
-        let tenants: HashMap<String, Arc<Tenant>> = c
-            .tenants
-            .iter()
-            .map(|(name, t)| {
-                let tenant = Tenant {
-                    name: name.clone(),
-                    prefix: t.prefix.clone(),
-                    upstream: t.upstream.clone(),
-                    status: t.status,
-                    operations: t.operations.clone(),
-                    destinations: t.subscription_destinations.clone(),
-                    key_generation: t.key_generation,
-                    enforcement: t.enforcement,
-                };
-                (name.clone(), Arc::new(tenant))
-            })
-            .collect();
+        let tenants: Arc<HashMap<String, Arc<Tenant>>> = Arc::new(
+            c.tenants
+                .iter()
+                .map(|(name, t)| {
+                    let tenant = Tenant {
+                        name: name.clone(),
+                        prefix: t.prefix.clone(),
+                        upstream: t.upstream.clone(),
+                        status: t.status,
+                        operations: t.operations.clone(),
+                        destinations: t.subscription_destinations.clone(),
+                        key_generation: t.key_generation,
+                        enforcement: t.enforcement,
+                    };
+                    (name.clone(), Arc::new(tenant))
+                })
+                .collect(),
+        );
         let verifier = Verifier::build(&loaded, &tenants, prev.map(|p| &p.verifier))?;
+        let upstreams_in_use = c.tenants.values().map(|t| t.upstream.clone()).collect();
         // An upstream whose settings did not change keeps its connection pool and capabilities.
         // Each upstream's TLS and credentials, from the files the config names.
         let links: HashMap<&String, Arc<Link>> = c
@@ -201,33 +205,12 @@ impl Snapshot {
                 .time_to_live(Duration::from_secs(c.export.job_ttl_secs))
                 .build(),
         };
-        // A tenant whose effective limits did not change keeps its limiter state and in-flight count.
-        let limits: HashMap<String, Arc<TenantLimits>> = c
-            .tenants
-            .iter()
-            .map(|(name, t)| {
-                let effective = c.limits.overridden_by(&t.limits);
-                let kept = prev.and_then(|p| {
-                    let before = p.loaded.config.tenants.get(name)?;
-                    (p.loaded.config.limits.overridden_by(&before.limits) == effective)
-                        .then(|| p.limits.get(name).cloned())
-                        .flatten()
-                });
-                (name.clone(), kept.unwrap_or_else(|| Arc::new(TenantLimits::new(&effective))))
-            })
-            .collect();
-        let tenant_upstreams = c
-            .tenants
-            .iter()
-            .filter_map(|(name, t)| {
-                let shared: &Arc<Upstream> = upstreams.get(&t.upstream)?;
-                let gated = match limits.get(name).and_then(|l: &Arc<TenantLimits>| l.upstream_gate()) {
-                    Some(gate) => Arc::new(shared.gated(gate)),
-                    None => shared.clone(),
-                };
-                Some((name.clone(), gated))
-            })
-            .collect();
+        // A served tenant whose effective limits did not change keeps its limiter state and
+        // in-flight count; the others get theirs on their first request.
+        let runtimes = match prev {
+            Some(p) => Runtimes::carried(&p.runtimes, &p.loaded.config, c, &upstreams),
+            None => Runtimes::default(),
+        };
         let metrics = prev.map(|p| p.metrics.clone()).unwrap_or_else(|| Arc::new(Metrics::new()));
         let audit = match prev {
             Some(p) if p.loaded.config.audit == c.audit && p.loaded.dir == loaded.dir => p.audit.clone(),
@@ -247,11 +230,13 @@ impl Snapshot {
             }
             None => None,
         };
+        // Last, once nothing can fail: a refused reload leaves the metrics as they were.
+        metrics.set_tenant_labels(c.metrics.tenant_labels);
         Ok(Snapshot {
             admin_token,
             in_flight: InFlight::default(),
             tls,
-            limits,
+            runtimes,
             audit,
             metrics,
             export_tombstones,
@@ -267,14 +252,20 @@ impl Snapshot {
             base_path,
             public_origin,
             tenants,
+            upstreams_in_use,
             verifier,
             upstreams,
-            tenant_upstreams,
             capabilities,
             seals,
             ref_cache,
             loaded,
         })
+    }
+
+    /// `tenant`'s limits and upstream, made on its first request under this snapshot (or
+    /// carried over from the previous one); `None` for a tenant not configured.
+    pub fn runtime(&self, tenant: &str) -> Option<Arc<TenantRuntime>> {
+        self.runtimes.get(tenant, &self.loaded.config, &self.upstreams)
     }
 
     /// Where `tenant`'s AuditEvents go: its own (shared, ungated) upstream.

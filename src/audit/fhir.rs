@@ -153,7 +153,7 @@ async fn send(to: &Destination, events: Vec<Value>, metrics: &Metrics, written: 
     if ok < n {
         metrics.audit_dropped.with_label_values(&["fhir-failed"]).inc_by(n - ok);
     }
-    metrics.audit_events_written.with_label_values(&[&to.tenant.name]).inc_by(ok);
+    metrics.audit_events_written.with_label_values(&[metrics.tenant(&to.tenant.name)]).inc_by(ok);
     written.send_modify(|w| *w += ok);
 }
 

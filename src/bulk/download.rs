@@ -169,7 +169,7 @@ impl Filtered {
         let (c, r) = (self.filter.counts, &self.report);
         for (reason, n) in [("refused", c.refused), ("malformed", c.malformed), ("wrong-type", c.wrong_type)] {
             if n > 0 {
-                r.metrics.ndjson_lines_dropped.with_label_values(&[r.tenant.as_str(), reason]).inc_by(n);
+                r.metrics.ndjson_lines_dropped.with_label_values(&[r.metrics.tenant(&r.tenant), reason]).inc_by(n);
             }
         }
         if c.dropped() > 0 {

@@ -145,11 +145,15 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
 pub fn tenant_files_in(dir: &Path) -> std::io::Result<BTreeMap<String, PathBuf>> {
     let mut out = BTreeMap::new();
     for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
+        let entry = entry?;
+        let path = entry.path();
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
         let Some(stem) = name.strip_suffix(".toml") else { continue };
-        // Hidden files are editors' and fhir-fence's own temporary files.
-        if stem.starts_with('.') || !path.is_file() {
+        // Hidden files are editors' and fhir-fence's own temporary files. The entry's type
+        // comes with the listing; only a link (a Kubernetes ConfigMap's files are) costs a
+        // `stat` to see what it points at.
+        let kind = entry.file_type()?;
+        if stem.starts_with('.') || !(kind.is_file() || kind.is_symlink() && path.is_file()) {
             continue;
         }
         out.insert(stem.to_owned(), path);
@@ -180,15 +184,19 @@ fn lifecycle_dirs(l: &Lifecycle, config_dir: &Path, tenants_dir: &Path) -> Resul
 /// `tenants.NAME.issuers`: each named issuer may assert the tenant, as if its own `tenants`
 /// list named it (so a tenant file needs no edit of the config file).
 fn grant_issuers(c: &mut Config) -> Result<(), ConfigError> {
+    // Per issuer, the names its list holds: one look-up per tenant, not a scan of the list
+    // (ten thousand tenant files may all name one issuer).
+    let mut listed: HashMap<&str, HashSet<String>> = HashMap::new();
     for (name, t) in &c.tenants {
         for i in &t.issuers {
-            let key = format!("tenants.{name}.issuers");
+            let key = || format!("tenants.{name}.issuers");
             let issuer =
-                c.issuers.get_mut(i).ok_or_else(|| ConfigError::invalid(&key, format!("no issuer named {i:?}")))?;
+                c.issuers.get_mut(i).ok_or_else(|| ConfigError::invalid(key(), format!("no issuer named {i:?}")))?;
             if let Some(only) = issuer.tenant.as_ref().filter(|t| *t != name) {
-                return Err(ConfigError::invalid(key, format!("issuer {i:?} asserts tenant {only:?} only")));
+                return Err(ConfigError::invalid(key(), format!("issuer {i:?} asserts tenant {only:?} only")));
             }
-            if issuer.tenant.is_none() && !issuer.tenants.contains(name) {
+            let names = listed.entry(i).or_insert_with(|| issuer.tenants.iter().cloned().collect());
+            if issuer.tenant.is_none() && names.insert(name.clone()) {
                 issuer.tenants.push(name.clone());
             }
         }

@@ -27,6 +27,63 @@ pub struct Config {
     /// Tenants as data: where tenant files and the lifecycle record live (`lifecycle`).
     #[serde(default)]
     pub lifecycle: Lifecycle,
+    /// What `/metrics` exposes.
+    #[serde(default)]
+    pub metrics: MetricsSettings,
+}
+
+/// `[metrics]`: what the Prometheus endpoint exposes.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Which tenants get a `tenant` label value of their own (`metrics::tenant_labels`): `"all"`,
+    /// `"top N"` or `"none"`; the others are counted under `tenant="other"`. Default `"top 100"`.
+    #[serde(default)]
+    pub tenant_labels: TenantLabels,
+}
+
+/// `metrics.tenant_labels`, written as a string and parsed (so a wrong value fails at load,
+/// naming the key): `all`, `top N` (N ≥ 1) or `none`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum TenantLabels {
+    /// Every tenant its own label value (unbounded: one set of series per tenant that sent a request).
+    All,
+    /// At most N tenants their own label value: the first N that send a request, for the life
+    /// of the process.
+    Top(usize),
+    /// No tenant names: everything under `other`.
+    None,
+}
+
+impl TenantLabels {
+    /// The default: bounded, and the same as `all` for up to 100 tenants.
+    pub const DEFAULT: TenantLabels = TenantLabels::Top(100);
+}
+
+impl Default for TenantLabels {
+    fn default() -> Self {
+        TenantLabels::DEFAULT
+    }
+}
+
+impl TryFrom<String> for TenantLabels {
+    type Error = String;
+
+    fn try_from(v: String) -> Result<Self, String> {
+        let bad = || format!("{v:?}: expected \"all\", \"top N\" (N from 1) or \"none\"");
+        match v.as_str() {
+            "all" => Ok(TenantLabels::All),
+            "none" => Ok(TenantLabels::None),
+            _ => {
+                let digits = v.strip_prefix("top ").filter(|d| d.bytes().all(|b| b.is_ascii_digit()));
+                match digits.map(str::parse::<usize>) {
+                    Some(Ok(n)) if n >= 1 => Ok(TenantLabels::Top(n)),
+                    _ => Err(bad()),
+                }
+            }
+        }
+    }
 }
 
 /// `[lifecycle]`: tenants as files, the lifecycle record, the admin API for state changes.

@@ -42,6 +42,8 @@ impl TenantSource {
                 "an issuer template has one issuer per tenant; give the keys shared by all of them with jwks_uri",
             ));
         }
+        let asserted: std::collections::HashSet<String> =
+            if i.tenant_ids.is_empty() { Default::default() } else { i.asserts().into_iter().collect() };
         for (id, tenant) in &i.tenant_ids {
             if pattern.matches(&pattern.fill(id)) != Some(id.as_str()) {
                 return Err(ConfigError::invalid(
@@ -49,7 +51,7 @@ impl TenantSource {
                     format!("{id:?} is not a value {{tenant}} can take"),
                 ));
             }
-            if !i.asserts().contains(tenant) {
+            if !asserted.contains(tenant) {
                 return Err(ConfigError::invalid(
                     key("tenant_ids"),
                     format!("{tenant:?} is not in this issuer's tenants"),

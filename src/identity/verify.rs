@@ -109,7 +109,8 @@ struct TrustedIssuer {
     audience: Vec<String>,
     keys: IssuerKeys,
     tenant_source: TenantSource,
-    tenants: Vec<String>,
+    /// The tenants it may assert (a set: ten thousand tenants may share one issuer).
+    tenants: std::collections::HashSet<String>,
     /// The `typ` every token must carry (`at+jwt`), when the issuer says so.
     token_type: Option<String>,
     introspector: Option<Introspector>,
@@ -118,7 +119,7 @@ struct TrustedIssuer {
 
 pub struct Verifier {
     issuers: Vec<TrustedIssuer>,
-    tenants: HashMap<String, Arc<Tenant>>,
+    tenants: Arc<HashMap<String, Arc<Tenant>>>,
     /// Tokens verified recently (by SHA-256), with the time (Unix seconds) up to which the
     /// entry may be used: a signature is checked (an opaque token introspected) once per token,
     /// not once per request. Bounded; an entry is used only while its token is valid.
@@ -136,7 +137,7 @@ impl Verifier {
     /// issuer's provider settings did not change.
     pub fn build(
         loaded: &Loaded,
-        tenants: &HashMap<String, Arc<Tenant>>,
+        tenants: &Arc<HashMap<String, Arc<Tenant>>>,
         prev: Option<&Verifier>,
     ) -> Result<Self, ConfigError> {
         let mut issuers = Vec::new();
@@ -166,7 +167,7 @@ impl Verifier {
                 audience: i.audience.clone(),
                 keys,
                 tenant_source,
-                tenants: i.asserts(),
+                tenants: i.asserts().into_iter().collect(),
                 token_type: i.token_type.clone(),
                 introspector,
                 scopes: i.scopes,
@@ -194,7 +195,7 @@ impl Verifier {
                 certificates.bound.insert(name.clone());
             }
         }
-        Ok(Verifier { issuers, tenants: tenants.clone(), verified, certificates, opaque })
+        Ok(Verifier { issuers, tenants: Arc::clone(tenants), verified, certificates, opaque })
     }
 
     /// The issuer of an `iss` value, and the value of its template's placeholder: the issuer

@@ -41,7 +41,7 @@ impl Stage {
 
 /// Counts an observed request.
 pub fn observed(snap: &Snapshot, tenant: &str) {
-    snap.metrics.observed_requests.with_label_values(&[tenant]).inc();
+    snap.metrics.observed_requests.with_label_values(&[snap.metrics.tenant(tenant)]).inc();
 }
 
 /// Counts `n` differences of one reason, and logs them (one line per request and reason). The
@@ -51,7 +51,10 @@ pub fn differ(snap: &Snapshot, tenant: &str, stage: Stage, reason: &'static str,
         return;
     }
     let (method, path, correlation) = what;
-    snap.metrics.observed_differences.with_label_values(&[tenant, stage.label(), reason]).inc_by(n);
+    snap.metrics
+        .observed_differences
+        .with_label_values(&[snap.metrics.tenant(tenant), stage.label(), reason])
+        .inc_by(n);
     tracing::info!(
         target: "fhir_fence::observe",
         correlation,

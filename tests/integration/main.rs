@@ -27,6 +27,7 @@ mod patch_entries;
 mod reload;
 mod replay;
 mod replay_classes;
+mod scale;
 mod shape_r4;
 mod shutdown;
 mod smart_hapi;
