@@ -14,6 +14,7 @@ use crate::limits::TenantLimits;
 use crate::listener_tls::ListenerTls;
 use crate::metrics::Metrics;
 use crate::seal_keys::Seals;
+use crate::shared_store::Store;
 use crate::tenancy::{Marking, Tenant};
 use crate::upstream::Upstream;
 use crate::upstream_link::Link;
@@ -43,8 +44,11 @@ pub struct Snapshot {
     pub external_bases: Vec<String>,
     /// Positive reference look-ups: (tenant, `Type/upstream-id`).
     pub ref_cache: moka::future::Cache<(String, String), ()>,
-    /// Export jobs cancelled through this process (ids from their sealed handles).
+    /// Export jobs known cancelled (ids from their sealed handles): those cancelled through this
+    /// process, and those another replica cancelled that a check found in `shared` (`bulk::cancelled`).
     pub export_tombstones: moka::future::Cache<String, ()>,
+    /// The Redis replicas share state through (`[redis]`): global limits, export cancellations.
+    pub shared: Option<Arc<Store>>,
     pub metrics: Arc<Metrics>,
     pub audit: Arc<Audit>,
     /// Per tenant: its effective limits (the defaults overridden by its own table).
@@ -201,19 +205,35 @@ impl Snapshot {
                 .time_to_live(Duration::from_secs(c.export.job_ttl_secs))
                 .build(),
         };
-        // A tenant whose effective limits did not change keeps its limiter state and in-flight count.
+        let metrics = prev.map(|p| p.metrics.clone()).unwrap_or_else(|| Arc::new(Metrics::new()));
+        // The Redis connection outlives reloads that leave `[redis]` as it was.
+        let shared = match (&c.redis, prev) {
+            (Some(r), Some(p)) if p.loaded.config.redis.as_ref() == Some(r) => p.shared.clone(),
+            (Some(r), _) => {
+                Some(Arc::new(Store::new(r, &metrics).map_err(|e| ConfigError::invalid("redis.url", e.to_string()))?))
+            }
+            (None, _) => None,
+        };
+        let same_store = prev.is_some_and(|p| match (&p.shared, &shared) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        });
+        // A tenant whose effective limits (and store) did not change keeps its limiter state
+        // (its lease) and in-flight count.
         let limits: HashMap<String, Arc<TenantLimits>> = c
             .tenants
             .iter()
             .map(|(name, t)| {
                 let effective = c.limits.overridden_by(&t.limits);
-                let kept = prev.and_then(|p| {
+                let kept = prev.filter(|_| same_store).and_then(|p| {
                     let before = p.loaded.config.tenants.get(name)?;
                     (p.loaded.config.limits.overridden_by(&before.limits) == effective)
                         .then(|| p.limits.get(name).cloned())
                         .flatten()
                 });
-                (name.clone(), kept.unwrap_or_else(|| Arc::new(TenantLimits::new(&effective))))
+                let build = || Arc::new(TenantLimits::build(&effective, shared.as_ref(), name));
+                (name.clone(), kept.unwrap_or_else(build))
             })
             .collect();
         let tenant_upstreams = c
@@ -228,7 +248,6 @@ impl Snapshot {
                 Some((name.clone(), gated))
             })
             .collect();
-        let metrics = prev.map(|p| p.metrics.clone()).unwrap_or_else(|| Arc::new(Metrics::new()));
         let audit = match prev {
             Some(p) if p.loaded.config.audit == c.audit && p.loaded.dir == loaded.dir => p.audit.clone(),
             _ => Arc::new(Audit::new(&loaded, metrics.clone())),
@@ -255,6 +274,7 @@ impl Snapshot {
             audit,
             metrics,
             export_tombstones,
+            shared,
             marking: Marking { marker: c.tenancy.marker, system: c.tenancy.system.clone() },
             external_bases: c
                 .tenancy
