@@ -131,6 +131,23 @@ keys = os.path.join(repo, "fixtures", "keys")
 os.makedirs(os.path.join(out, "conf"), exist_ok=True)
 # BENCH_WORKERS: fhir-fence's worker threads (default: one per core).
 workers = f"workers = {os.environ['BENCH_WORKERS']}\n" if os.environ.get("BENCH_WORKERS") else ""
+# BENCH_LIMITS (bench/instructions): `local` or `redis` gives the measured tenant a rate limit it
+# never reaches (so every request pays the limiter, none is refused), kept in this process or in
+# the Redis at BENCH_REDIS_URL (leased in batches of BENCH_REDIS_BATCH units; a generous timeout,
+# as everything runs under valgrind).
+limits = ""
+if os.environ.get("BENCH_LIMITS") in ("local", "redis"):
+    limits = "[tenants.benchb.limits]\nrate_per_second = 100000\nburst = 100000\n"
+if os.environ.get("BENCH_LIMITS") == "redis":
+    limits += f"""
+[limits]
+backend = "redis"
+
+[redis]
+url = "{os.environ['BENCH_REDIS_URL']}"
+timeout_ms = 1000
+batch = {os.environ.get('BENCH_REDIS_BATCH', '100')}
+"""
 with open(os.path.join(out, "conf", "fence.toml"), "w") as f:
     f.write(f"""[server]
 listen = "127.0.0.1:{fence_port}"
@@ -173,4 +190,4 @@ burst = 200
 prefix = "benchb"
 upstream = "origin"
 status = "active"
-""")
+{limits}""")

@@ -134,7 +134,8 @@ impl GlobalRate {
         }
         if s.held >= cost {
             s.held -= cost;
-            let low = s.held < self.batch / 2;
+            // Below half a batch (a batch of 1: empty), the next units are fetched meanwhile.
+            let low = s.held * 2 < self.batch;
             drop(s);
             if low {
                 self.prefetch();

@@ -267,9 +267,28 @@ async fn fail_closed_refuses_a_limited_tenant_while_redis_is_down() {
     ts[0].limits = format!("rate_per_second = {RATE}\nburst = {BURST}\nweights = {{ export = 10 }}");
     let up = upstream().await;
     let mut o = Options::new(&up.base, &ts);
-    o.extra = shared(&redis, "closed");
-    let fence = support::start(o).await;
+    o.extra = shared(&redis, "local");
+    let fence = support::start(o.clone()).await;
     let (a, b) = (fence.token(&ts[0].name), fence.token(&ts[1].name));
+    assert_eq!(get(&fence.url("Patient/p1")).bearer(&a).send().await.status, 200);
+
+    // A reload that leaves [redis] alone keeps the connection and the tenant's lease; one that
+    // changes it (here: fail = "closed") makes a new store.
+    let reload = |o: &Options| {
+        fence.rewrite_config(o);
+        crate::support::client::request("POST", &format!("{}/reload", fence.admin)).send()
+    };
+    let before = fence.snap();
+    o.tenants[1].limits = "max_in_flight = 5".into();
+    assert_eq!(reload(&o).await.status, 200);
+    let after = fence.snap();
+    assert!(Arc::ptr_eq(before.shared.as_ref().unwrap(), after.shared.as_ref().unwrap()));
+    assert!(Arc::ptr_eq(&before.limits[&ts[0].name], &after.limits[&ts[0].name]), "the lease is kept");
+    o.extra = shared(&redis, "closed");
+    assert_eq!(reload(&o).await.status, 200);
+    let closed = fence.snap();
+    assert!(!Arc::ptr_eq(after.shared.as_ref().unwrap(), closed.shared.as_ref().unwrap()));
+    drop((before, after, closed));
     assert_eq!(get(&fence.url("Patient/p1")).bearer(&a).send().await.status, 200);
 
     redis.stop();
