@@ -198,3 +198,43 @@ impl GlobalRate {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Redis, RedisFail};
+    use crate::metrics::Metrics;
+
+    /// A Redis that is not there: the first decision ends within the timeout (connecting is
+    /// left to the background), and once the store is known down every decision is immediate.
+    #[tokio::test]
+    async fn without_redis_a_decision_is_bounded_then_taken_at_once() {
+        let metrics = Metrics::new();
+        let config = Redis {
+            url: "redis+unix:///nonexistent/fhir-fence-test.sock".into(),
+            timeout_ms: 5,
+            fail: RedisFail::Local,
+            batch: None,
+            lease_ms: 1000,
+            key_prefix: "test".into(),
+        };
+        let store = Arc::new(Store::new(&config, &metrics).unwrap());
+        let rate = Arc::new(GlobalRate::new(store.clone(), "t", 10, 10));
+        let first = tokio::time::timeout(Duration::from_secs(1), rate.take(1)).await.expect("bounded");
+        assert!(matches!(first, Err(StoreError::Timeout(5) | StoreError::Failed(_))), "{first:?}");
+        assert!(!store.is_up());
+        assert_eq!(metrics.redis_up.get(), 0);
+        assert!(matches!(rate.take(1).await, Err(StoreError::Down)));
+        assert_eq!(rate.batch, 1, "a tenth of the rate");
+        // Units already leased are spent without Redis; a refusal Redis gave holds until its time.
+        *rate.lock() = Lease { held: 2, expires: Instant::now() + Duration::from_secs(60), denied_until: None };
+        assert_eq!(rate.take(1).await.unwrap(), Decision::Granted);
+        assert_eq!(rate.take(1).await.unwrap(), Decision::Granted);
+        assert!(matches!(rate.take(1).await, Err(StoreError::Down)));
+        rate.lock().denied_until = Some(Instant::now() + Duration::from_secs(60));
+        assert!(matches!(rate.take(1).await, Ok(Decision::Denied(d)) if d > Duration::from_secs(50)));
+        // Leased units lapse with their lease.
+        *rate.lock() = Lease { held: 5, expires: Instant::now(), denied_until: None };
+        assert!(matches!(rate.take(1).await, Err(StoreError::Down)));
+    }
+}
