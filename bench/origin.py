@@ -162,6 +162,23 @@ algorithms = ["HS256"]
 secret_file = "benchs.secret"
 tenant_claim = "$.tenant"
 """
+# BENCH_LIMITS (bench/instructions): `local` or `redis` gives the measured tenant a rate limit it
+# never reaches (so every request pays the limiter, none is refused), kept in this process or in
+# the Redis at BENCH_REDIS_URL (leased in batches of BENCH_REDIS_BATCH units; a generous timeout,
+# as everything runs under valgrind).
+limits = ""
+if os.environ.get("BENCH_LIMITS") in ("local", "redis"):
+    limits = "[tenants.benchb.limits]\nrate_per_second = 100000\nburst = 100000\n"
+if os.environ.get("BENCH_LIMITS") == "redis":
+    limits += f"""
+[limits]
+backend = "redis"
+
+[redis]
+url = "{os.environ['BENCH_REDIS_URL']}"
+timeout_ms = 1000
+batch = {os.environ.get('BENCH_REDIS_BATCH', '100')}
+"""
 with open(os.path.join(out, "conf", "fence.toml"), "w") as f:
     f.write(f"""[server]
 listen = "127.0.0.1:{fence_port}"
@@ -204,4 +221,4 @@ burst = 200
 prefix = "benchb"
 upstream = "origin"
 status = "active"
-{scale}""")
+{scale}{limits}""")

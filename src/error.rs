@@ -173,6 +173,7 @@ impl Error {
             Error::ReadOnly { .. } => (S::SERVICE_UNAVAILABLE, "transient", shown()),
             Error::Export(e) => match e {
                 ExportError::UnknownHandle => (S::NOT_FOUND, "not-found", shown()),
+                ExportError::CancellationsUnknown => (S::SERVICE_UNAVAILABLE, "transient", shown()),
                 ExportError::Unsupported(_) | ExportError::OutputFormat(_) => {
                     (S::BAD_REQUEST, "not-supported", shown())
                 }
@@ -302,6 +303,7 @@ impl Error {
                 ExportError::OutputFormat(_) => "export/output-format",
                 ExportError::NotExportable(..) => "export/not-exportable",
                 ExportError::UnknownHandle => "export/unknown-handle",
+                ExportError::CancellationsUnknown => "export/cancellations-unknown",
             },
             Error::Auth(AuthError::Suspended) => "suspended/suspended",
             Error::Auth(AuthError::Unavailable(_)) => "identity-provider/unavailable",
@@ -358,7 +360,12 @@ impl Error {
         let h = resp.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/fhir+json; charset=utf-8"));
         crate::headers::set_correlation(h, correlation);
-        if matches!(self, Error::Upstream(UpstreamError::Saturated(_)) | Error::Overloaded) {
+        if matches!(
+            self,
+            Error::Upstream(UpstreamError::Saturated(_))
+                | Error::Overloaded
+                | Error::Export(ExportError::CancellationsUnknown)
+        ) {
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if let Error::ReadOnly { retry_after } = self {

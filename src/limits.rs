@@ -9,8 +9,15 @@
 //! (`max_connections`, held by `connection::Slot`), so a tenant sending slow bodies spends
 //! its own slots, never another tenant's. In `shadow` mode nothing is refused; what would
 //! have been is counted and logged.
-use crate::config::Limits;
+//!
+//! With `limits.backend = "redis"` the rate is one limit across replicas (`global_rate`); when
+//! Redis cannot decide in time, `redis.fail` picks this replica's own limiter (`local`) or a
+//! refusal (`closed`). The in-flight, connection and upstream caps stay per replica: they
+//! protect this process and its connections, which no other replica shares.
+use crate::config::{LimitBackend, Limits, RedisFail};
+use crate::global_rate::{Decision, GlobalRate};
 use crate::metrics::Metrics;
+use crate::shared_store::Store;
 use governor::clock::{Clock, DefaultClock};
 use governor::{Quota, RateLimiter};
 use http::StatusCode;
@@ -81,6 +88,8 @@ pub enum LimitError {
     InFlight { status: StatusCode },
     #[error("this tenant has too many connections open; retry shortly")]
     Connections,
+    #[error("the shared rate-limit state (Redis) cannot be reached, and this deployment refuses rather than limit per replica (redis.fail = \"closed\"); retry shortly")]
+    BackendUnavailable,
 }
 
 impl LimitError {
@@ -96,14 +105,16 @@ impl LimitError {
                 ]
             }
             LimitError::TooCostly { policy, .. } => vec![("ratelimit-policy", policy.clone())],
-            LimitError::InFlight { .. } | LimitError::Connections => vec![("retry-after", "1".into())],
+            LimitError::InFlight { .. } | LimitError::Connections | LimitError::BackendUnavailable => {
+                vec![("retry-after", "1".into())]
+            }
         }
     }
 
     pub fn status(&self) -> StatusCode {
         match self {
             LimitError::InFlight { status } => *status,
-            LimitError::Connections => StatusCode::SERVICE_UNAVAILABLE,
+            LimitError::Connections | LimitError::BackendUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             LimitError::Rate { .. } | LimitError::TooCostly { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
@@ -118,6 +129,9 @@ static CLOCK: std::sync::LazyLock<DefaultClock> = std::sync::LazyLock::new(Defau
 /// One tenant's limits, built from its effective config.
 pub struct TenantLimits {
     rate: Option<(Limiter, u32, u32)>,
+    /// With `limits.backend = "redis"` (and a rate): the limit across replicas; `rate` is then
+    /// the fallback under `redis.fail = "local"`.
+    global: Option<Arc<GlobalRate>>,
     in_flight: Option<(Arc<Semaphore>, StatusCode)>,
     connections: Option<Arc<Semaphore>>,
     upstream: Option<Gate>,
@@ -156,7 +170,13 @@ impl Gate {
 pub struct Admitted(#[allow(dead_code)] Option<OwnedSemaphorePermit>);
 
 impl TenantLimits {
+    /// Limits kept in this process alone.
     pub fn new(l: &Limits) -> Self {
+        Self::build(l, None, "")
+    }
+
+    /// `tenant`'s limits `l`; its rate kept in `store` when `l.backend` is `redis`.
+    pub fn build(l: &Limits, store: Option<&Arc<Store>>, tenant: &str) -> Self {
         let rate = l.rate_per_second.and_then(NonZeroU32::new).map(|r| {
             let burst = l.burst.and_then(NonZeroU32::new).unwrap_or(r);
             (
@@ -165,6 +185,12 @@ impl TenantLimits {
                 burst.get(),
             )
         });
+        let global = match (l.backend, store, &rate) {
+            (Some(LimitBackend::Redis), Some(store), Some((_, r, burst))) => {
+                Some(Arc::new(GlobalRate::new(store.clone(), tenant, *r, *burst)))
+            }
+            _ => None,
+        };
         let in_flight = l.max_in_flight.map(|n| {
             let status = match l.in_flight_status {
                 Some(429) => StatusCode::TOO_MANY_REQUESTS,
@@ -180,7 +206,7 @@ impl TenantLimits {
             shadow,
         });
         let connections = l.max_connections.map(|n| Arc::new(Semaphore::new(n as usize)));
-        TenantLimits { rate, in_flight, connections, upstream, shadow, weights }
+        TenantLimits { rate, global, in_flight, connections, upstream, shadow, weights }
     }
 
     /// The tenant's cap on upstream connections, if it has one.
@@ -205,22 +231,42 @@ impl TenantLimits {
     }
 
     /// Spends `cost` units of the tenant's rate, or refuses. Called once the request is known
-    /// whole (its body read), so a Bundle is priced by its entries.
-    pub fn charge(&self, tenant: &str, cost: u32, metrics: &Metrics) -> Result<(), LimitError> {
-        if let (Some((limiter, rate, burst)), Some(n)) = (&self.rate, NonZeroU32::new(cost)) {
-            let policy = format!("\"tenant\";q={burst};w={}", burst.div_ceil(*rate).max(1));
-            match limiter.check_n(n) {
-                Ok(Ok(())) => {}
-                Ok(Err(not_until)) => {
-                    let retry_after = not_until.wait_time_from(CLOCK.now());
-                    self.over(tenant, "rate", metrics, LimitError::Rate { retry_after, policy })?;
+    /// whole (its body read), so a Bundle is priced by its entries. With the Redis backend this
+    /// awaits Redis only when this replica's lease is spent (`global_rate`), at most
+    /// `redis.timeout_ms`.
+    pub async fn charge(&self, tenant: &str, cost: u32, metrics: &Metrics) -> Result<(), LimitError> {
+        let (Some((limiter, rate, burst)), Some(n)) = (&self.rate, NonZeroU32::new(cost)) else {
+            return Ok(());
+        };
+        let policy = || format!("\"tenant\";q={burst};w={}", burst.div_ceil(*rate).max(1));
+        if cost > *burst {
+            let e = LimitError::TooCostly { cost, burst: *burst, policy: policy() };
+            return self.over(tenant, "cost", metrics, e);
+        }
+        if let Some(global) = &self.global {
+            match global.take(cost).await {
+                Ok(Decision::Granted) => return Ok(()),
+                Ok(Decision::Denied(retry_after)) => {
+                    return self.over(tenant, "rate", metrics, LimitError::Rate { retry_after, policy: policy() })
                 }
-                Err(_) => {
-                    self.over(tenant, "cost", metrics, LimitError::TooCostly { cost, burst: *burst, policy })?;
+                Err(e) => {
+                    global.store().fell_back(&e);
+                    if global.store().config().fail == RedisFail::Closed {
+                        return self.over(tenant, "backend", metrics, LimitError::BackendUnavailable);
+                    }
                 }
             }
         }
-        Ok(())
+        match limiter.check_n(n) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => {
+                let retry_after = not_until.wait_time_from(CLOCK.now());
+                self.over(tenant, "rate", metrics, LimitError::Rate { retry_after, policy: policy() })
+            }
+            Err(_) => {
+                self.over(tenant, "cost", metrics, LimitError::TooCostly { cost, burst: *burst, policy: policy() })
+            }
+        }
     }
 
     /// What a request of `interaction` costs: its class's weight; for a transaction or batch
@@ -263,13 +309,13 @@ mod tests {
         Limits { rate_per_second: Some(rate), burst: Some(burst), ..Limits::default() }
     }
 
-    #[test]
-    fn weighted_costs_spend_the_burst() {
+    #[tokio::test]
+    async fn weighted_costs_spend_the_burst() {
         let m = Metrics::new();
         let l = TenantLimits::new(&limits(1, 10));
-        assert!(l.charge("t", l.cost("search-type", None), &m).is_ok()); // 5
-        assert!(l.charge("t", l.cost("search-type", None), &m).is_ok()); // 10
-        let e = l.charge("t", l.cost("read", None), &m).expect_err("the burst is spent");
+        assert!(l.charge("t", l.cost("search-type", None), &m).await.is_ok()); // 5
+        assert!(l.charge("t", l.cost("search-type", None), &m).await.is_ok()); // 10
+        let e = l.charge("t", l.cost("read", None), &m).await.expect_err("the burst is spent");
         assert!(matches!(e, LimitError::Rate { .. }));
         assert!(e.headers().iter().any(|(k, v)| *k == "retry-after" && v.parse::<u64>().unwrap() >= 1));
         // A Bundle of 11 entries can never fit a burst of 10.
@@ -277,7 +323,7 @@ mod tests {
         let entry = serde_json::json!({"request": {"method": "GET", "url": "Patient/1"}});
         let bundle = serde_json::json!({"entry": vec![entry; 11]});
         assert_eq!(l.cost("bundle", Some(&bundle)), 11);
-        assert!(matches!(l.charge("t", 11, &m), Err(LimitError::TooCostly { .. })));
+        assert!(matches!(l.charge("t", 11, &m).await, Err(LimitError::TooCostly { .. })));
     }
 
     #[test]
@@ -297,12 +343,12 @@ mod tests {
         assert_eq!(l.cost("read", None), 1);
     }
 
-    #[test]
-    fn shadow_mode_counts_but_admits() {
+    #[tokio::test]
+    async fn shadow_mode_counts_but_admits() {
         let m = Metrics::new();
         let l = TenantLimits::new(&Limits { shadow: Some(true), ..limits(1, 1) });
         for _ in 0..5 {
-            assert!(l.enter("t", &m).is_ok() && l.charge("t", 1, &m).is_ok());
+            assert!(l.enter("t", &m).is_ok() && l.charge("t", 1, &m).await.is_ok());
         }
         assert_eq!(m.rate_limited.with_label_values(&["t", "rate", "shadow"]).get(), 4);
     }

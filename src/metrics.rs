@@ -68,6 +68,10 @@ pub struct Metrics {
     pub observed_requests: IntCounterVec,
     pub observed_differences: IntCounterVec,
     labels: tenant_labels::Labeller,
+    /// Decisions taken without Redis (`shared_store`), by reason: `timeout`, `error`, `down`.
+    pub limit_backend_fallback: IntCounterVec,
+    /// 1 while the shared Redis answers (or is not configured), 0 while it is unreachable.
+    pub redis_up: IntGauge,
 }
 
 impl Metrics {
@@ -143,6 +147,17 @@ impl Metrics {
             "what enforcement would have refused (stage request) or dropped from the answer (stage response) for a tenant in observe mode, by tenant, stage and reason",
             &["tenant", "stage", "reason"],
         );
+        let limit_backend_fallback = counter(
+            "fhir_fence_limit_backend_fallback_total",
+            "rate-limit and export-cancellation decisions taken without the shared Redis (redis.fail), by reason: timeout, error, down (not asked while unreachable)",
+            &["reason"],
+        );
+        let redis_up = IntGauge::new(
+            "fhir_fence_redis_up",
+            "1 while the shared Redis ([redis]) answers, 0 while it is unreachable",
+        )
+        .expect("valid metric");
+        registry.register(Box::new(redis_up.clone())).expect("registered once");
         let connections_open =
             IntGauge::new("fhir_fence_connections_open", "client connections open on the public listener")
                 .expect("valid metric");
@@ -180,6 +195,8 @@ impl Metrics {
             observed_requests,
             observed_differences,
             labels: tenant_labels::Labeller::new(rule),
+            limit_backend_fallback,
+            redis_up,
         }
     }
 

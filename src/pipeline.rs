@@ -155,7 +155,7 @@ async fn run(
     let (interaction, params) = route_request(snap, &parts, facts)?;
     let limit = BodyLimits::of(&snap.loaded.config.server);
     let (body, params) = read_request_body(&parts, &interaction, params, collect(body, limit)).await?;
-    charge(snap, &caller, limits, interaction.name(), body.as_ref())?;
+    charge(snap, &caller, limits, interaction.name(), body.as_ref()).await?;
     let self_url = self_url(snap, &parts, &interaction, &params);
     let upstream = &runtime.upstream;
     // Export files stream (constant memory, filtered line by line): the one answer not built
@@ -310,7 +310,7 @@ async fn read_request_body(
 
 /// The rate limit once the request is known whole: a Bundle costs what its entries cost, and
 /// everything refused before cost the upstream nothing.
-fn charge(
+async fn charge(
     snap: &Snapshot,
     caller: &Caller,
     limits: Option<&TenantLimits>,
@@ -318,7 +318,7 @@ fn charge(
     body: Option<&Value>,
 ) -> Result<(), Error> {
     if let Some(l) = limits {
-        l.charge(&caller.tenant.name, l.cost(interaction, body), &snap.metrics)?;
+        l.charge(&caller.tenant.name, l.cost(interaction, body), &snap.metrics).await?;
     }
     Ok(())
 }
@@ -347,7 +347,7 @@ async fn observe(
     let (routed, parsed, judged) = judge_observed(&ctx, caller, &parts, &bytes, facts).await;
     judge::frozen(&ctx, &parts.method, routed.as_ref(), parsed.as_ref())?;
     // Priced like the request it is; one that cannot be routed, as a read.
-    charge(snap, caller, limits, routed.as_ref().map_or("read", Interaction::name), parsed.as_ref())?;
+    charge(snap, caller, limits, routed.as_ref().map_or("read", Interaction::name), parsed.as_ref()).await?;
     let (method, path) = (parts.method.as_str(), parts.uri.path());
     if let Err(e) = &judged {
         observe::differ(snap, &caller.tenant.name, Stage::Request, e.kind(), 1, (method, path, correlation));

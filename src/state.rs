@@ -13,6 +13,7 @@ use crate::identity::Verifier;
 use crate::listener_tls::ListenerTls;
 use crate::metrics::Metrics;
 use crate::seal_keys::Seals;
+use crate::shared_store::Store;
 use crate::tenancy::{Marking, Tenant};
 use crate::tenant_runtime::{Runtimes, TenantRuntime};
 use crate::upstream::Upstream;
@@ -44,8 +45,11 @@ pub struct Snapshot {
     pub external_bases: Vec<String>,
     /// Positive reference look-ups: (tenant, `Type/upstream-id`).
     pub ref_cache: moka::future::Cache<(String, String), ()>,
-    /// Export jobs cancelled through this process (ids from their sealed handles).
+    /// Export jobs known cancelled (ids from their sealed handles): those cancelled through this
+    /// process, and those another replica cancelled that a check found in `shared` (`bulk::cancelled`).
     pub export_tombstones: moka::future::Cache<String, ()>,
+    /// The Redis replicas share state through (`[redis]`): global limits, export cancellations.
+    pub shared: Option<Arc<Store>>,
     pub metrics: Arc<Metrics>,
     pub audit: Arc<Audit>,
     /// Per tenant served so far: its limiter state and its (gated) upstream, made on its first
@@ -205,13 +209,26 @@ impl Snapshot {
                 .time_to_live(Duration::from_secs(c.export.job_ttl_secs))
                 .build(),
         };
-        // A served tenant whose effective limits did not change keeps its limiter state and
-        // in-flight count; the others get theirs on their first request.
-        let runtimes = match prev {
-            Some(p) => Runtimes::carried(&p.runtimes, &p.loaded.config, c, &upstreams),
-            None => Runtimes::default(),
-        };
         let metrics = prev.map(|p| p.metrics.clone()).unwrap_or_else(|| Arc::new(Metrics::new()));
+        // The Redis connection outlives reloads that leave `[redis]` as it was.
+        let shared = match (&c.redis, prev) {
+            (Some(r), Some(p)) if p.loaded.config.redis.as_ref() == Some(r) => p.shared.clone(),
+            (Some(r), _) => {
+                Some(Arc::new(Store::new(r, &metrics).map_err(|e| ConfigError::invalid("redis.url", e.to_string()))?))
+            }
+            (None, _) => None,
+        };
+        let same_store = prev.is_some_and(|p| match (&p.shared, &shared) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        });
+        // A served tenant whose effective limits (and store) did not change keeps its limiter
+        // state (its lease) and in-flight count; the others get theirs on their first request.
+        let runtimes = match prev {
+            Some(p) if same_store => Runtimes::carried(&p.runtimes, &p.loaded.config, c, &upstreams),
+            _ => Runtimes::default(),
+        };
         let audit = match prev {
             Some(p) if p.loaded.config.audit == c.audit && p.loaded.dir == loaded.dir => p.audit.clone(),
             _ => Arc::new(Audit::new(&loaded, metrics.clone())),
@@ -240,6 +257,7 @@ impl Snapshot {
             audit,
             metrics,
             export_tombstones,
+            shared,
             marking: Marking { marker: c.tenancy.marker, system: c.tenancy.system.clone() },
             external_bases: c
                 .tenancy
@@ -265,7 +283,7 @@ impl Snapshot {
     /// `tenant`'s limits and upstream, made on its first request under this snapshot (or
     /// carried over from the previous one); `None` for a tenant not configured.
     pub fn runtime(&self, tenant: &str) -> Option<Arc<TenantRuntime>> {
-        self.runtimes.get(tenant, &self.loaded.config, &self.upstreams)
+        self.runtimes.get(tenant, &self.loaded.config, &self.upstreams, self.shared.as_ref())
     }
 
     /// Where `tenant`'s AuditEvents go: its own (shared, ungated) upstream.

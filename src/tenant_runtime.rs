@@ -11,6 +11,7 @@
 //! nothing to carry yet), so for those few milliseconds its caps count twice.
 use crate::config::Config;
 use crate::limits::TenantLimits;
+use crate::shared_store::Store;
 use crate::upstream::Upstream;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -52,19 +53,21 @@ impl Runtimes {
         Runtimes(RwLock::new(kept.collect()))
     }
 
-    /// `tenant`'s state, made now if this is its first request under this snapshot; `None`
+    /// `tenant`'s state, made now if this is its first request under this snapshot (its rate
+    /// kept in `store` when its limits say `backend = "redis"`); `None`
     /// for a tenant `config` does not name (or whose upstream is missing, which `load` refuses).
     pub fn get(
         &self,
         tenant: &str,
         config: &Config,
         upstreams: &HashMap<String, Arc<Upstream>>,
+        store: Option<&Arc<Store>>,
     ) -> Option<Arc<TenantRuntime>> {
         if let Some(runtime) = self.0.read().unwrap_or_else(|p| p.into_inner()).get(tenant) {
             return Some(runtime.clone());
         }
         let t = config.tenants.get(tenant)?;
-        let limits = Arc::new(TenantLimits::new(&config.limits.overridden_by(&t.limits)));
+        let limits = Arc::new(TenantLimits::build(&config.limits.overridden_by(&t.limits), store, tenant));
         let made = Arc::new(TenantRuntime::new(limits, upstreams.get(&t.upstream)?));
         let mut all = self.0.write().unwrap_or_else(|p| p.into_inner());
         // Another request may have made it meanwhile: the first one made is the one kept.

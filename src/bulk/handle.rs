@@ -2,8 +2,8 @@
 //! fhir-fence URLs carrying an AEAD-sealed handle bound to the tenant, the party that started
 //! the job (`Caller::party`: the client id, else the token's subject), the SMART grant and the
 //! upstream, with an expiry. Any replica with the same key (`paging.key_file`) opens them.
-//! A cancelled job is remembered (tombstone) until its handles expire, so its status and files
-//! answer 404 from then on.
+//! A cancelled job is remembered (tombstone, `cancelled`: on every replica when `[redis]` is
+//! set) until its handles expire, so its status and files answer 404 from then on.
 use super::ExportError;
 use crate::identity::Caller;
 use crate::state::Snapshot;
@@ -90,7 +90,7 @@ fn bound_to(caller: &Caller, tenant: &str, client: &Option<String>, upstream: &s
 pub async fn open_job(snap: &Snapshot, caller: &Caller, token: &str) -> Result<Job, ExportError> {
     let job: Job = snap.seals.open(&caller.tenant, JOB, token).map_err(|_| ExportError::UnknownHandle)?;
     if !bound_to(caller, &job.tenant, &job.client, &job.upstream, job.grant)
-        || snap.export_tombstones.contains_key(&job.id)
+        || super::cancelled::is_cancelled(snap, &job.id).await?
     {
         return Err(ExportError::UnknownHandle);
     }
@@ -101,14 +101,9 @@ pub async fn open_job(snap: &Snapshot, caller: &Caller, token: &str) -> Result<J
 pub async fn open_file(snap: &Snapshot, caller: &Caller, token: &str) -> Result<File, ExportError> {
     let file: File = snap.seals.open(&caller.tenant, FILE, token).map_err(|_| ExportError::UnknownHandle)?;
     if !bound_to(caller, &file.tenant, &file.client, &file.upstream, file.grant)
-        || snap.export_tombstones.contains_key(&file.job)
+        || super::cancelled::is_cancelled(snap, &file.job).await?
     {
         return Err(ExportError::UnknownHandle);
     }
     Ok(file)
-}
-
-/// Remembers a cancelled job until its handles would have expired anyway.
-pub async fn tombstone(snap: &Snapshot, job: &Job) {
-    snap.export_tombstones.insert(job.id.clone(), ()).await;
 }

@@ -4,9 +4,11 @@
 //!   caller's data: explicit `_type`, the tenant parameter inside every `_typeFilter`, Group
 //!   and Patient ownership checked, NDJSON only, no job reuse across tenants
 //! - `handle`   — sealed job and file handles: the upstream's polling and file URLs never leave
+//! - `cancelled` — cancelled jobs, shared between replicas through Redis when `[redis]` is set
 //! - `status`   — polling (202 passed on, the 200 manifest rewritten) and cancellation
 //! - `download` — each file streamed through `ndjson`, the constant-memory line filter, whose
 //!   common case `fastline` checks in one pass over the bytes
+pub mod cancelled;
 pub mod download;
 pub mod handle;
 pub mod kickoff;
@@ -29,4 +31,8 @@ pub enum ExportError {
     /// One answer for another tenant's, tampered, expired, cancelled and unknown handles.
     #[error("export job or file not known")]
     UnknownHandle,
+    /// Redis (`[redis]`) could not say whether the job was cancelled on another replica (or
+    /// record a cancel): refused rather than serve a job that may be cancelled.
+    #[error("whether this export job was cancelled cannot be checked now (the state shared between replicas is unreachable); retry shortly")]
+    CancellationsUnknown,
 }

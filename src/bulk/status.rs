@@ -42,16 +42,18 @@ pub async fn poll(ctx: &Ctx<'_>, caller: &Caller, token: &str) -> Result<(Status
     }
 }
 
-/// `DELETE [base]/_export/[job]`: cancels upstream, then tombstones the handle.
+/// `DELETE [base]/_export/[job]`: tombstones the handle (shared first: if that cannot be
+/// recorded, nothing is cancelled and the client retries), then cancels upstream. An upstream
+/// that refuses the cancel leaves the job dead to clients all the same, as they asked.
 pub async fn cancel(ctx: &Ctx<'_>, caller: &Caller, token: &str) -> Result<(StatusCode, Value, HeaderMap), Error> {
     let job = handle::open_job(ctx.snap, caller, token).await?;
+    super::cancelled::cancel(ctx.snap, &job.id).await?;
     // HAPI answers a cancel without a content type; only the status matters here.
     match ctx.upstream.status_of(Method::DELETE, &poll_path(&job), base_headers(ctx.correlation)).await? {
         StatusCode::ACCEPTED | StatusCode::OK | StatusCode::NO_CONTENT => {}
         StatusCode::NOT_FOUND | StatusCode::GONE => return Err(ExportError::UnknownHandle.into()),
         other => return Err(ScopeError::Refused(other.as_u16(), "export cancel".into()).into()),
     }
-    handle::tombstone(ctx.snap, &job).await;
     tracing::info!(correlation = ctx.correlation, tenant = %ctx.tenant.name, job = %job.id, "export cancelled");
     Ok((StatusCode::ACCEPTED, crate::fhir::outcome::information("export cancelled"), HeaderMap::new()))
 }

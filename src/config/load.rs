@@ -243,6 +243,41 @@ fn limits(key: &str, l: &crate::config::Limits) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// `[redis]` and `limits.backend`: a Redis backend needs a usable `[redis]` table.
+fn redis(c: &Config) -> Result<(), ConfigError> {
+    let Some(r) = &c.redis else {
+        if c.limits.backend == Some(crate::config::LimitBackend::Redis) {
+            return Err(ConfigError::invalid("limits.backend", "\"redis\" needs a [redis] table with a url"));
+        }
+        return Ok(());
+    };
+    let url = Url::parse(&r.url).map_err(|e| ConfigError::invalid("redis.url", e.to_string()))?;
+    match url.scheme() {
+        "redis" if url.host_str().is_some() => {}
+        "redis+unix" | "unix" if !url.path().is_empty() => {}
+        "rediss" => return Err(ConfigError::invalid("redis.url", "TLS to Redis (rediss://) is not supported")),
+        _ => {
+            return Err(ConfigError::invalid(
+                "redis.url",
+                "must be redis://host:port[/db] or redis+unix:///path/to/socket",
+            ))
+        }
+    }
+    if r.timeout_ms == 0 || r.timeout_ms > 1000 {
+        return Err(ConfigError::invalid("redis.timeout_ms", "must be between 1 and 1000"));
+    }
+    if r.batch == Some(0) {
+        return Err(ConfigError::invalid("redis.batch", "must be greater than 0"));
+    }
+    if r.lease_ms < 10 || r.lease_ms > 60_000 {
+        return Err(ConfigError::invalid("redis.lease_ms", "must be between 10 and 60000"));
+    }
+    if r.key_prefix.is_empty() || r.key_prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ConfigError::invalid("redis.key_prefix", "must be one word"));
+    }
+    Ok(())
+}
+
 fn validate(c: &Config) -> Result<Url, ConfigError> {
     socket("server.listen", &c.server.listen)?;
     socket("admin.listen", &c.admin.listen)?;
@@ -306,6 +341,7 @@ fn validate(c: &Config) -> Result<Url, ConfigError> {
     }
     let mut prefixes = HashSet::new();
     limits("limits", &c.limits)?;
+    redis(c)?;
     if c.audit.sink == crate::config::AuditSink::File && c.audit.file.is_none() {
         return Err(ConfigError::invalid("audit.file", "sink = \"file\" needs a file"));
     }
@@ -314,6 +350,12 @@ fn validate(c: &Config) -> Result<Url, ConfigError> {
     }
     for (name, t) in &c.tenants {
         let key = format!("tenants.{name}");
+        if t.limits.backend.is_some() {
+            return Err(ConfigError::invalid(
+                format!("{key}.limits.backend"),
+                "the backend is chosen for the whole deployment, in the top-level [limits] only",
+            ));
+        }
         let effective = c.limits.overridden_by(&t.limits);
         limits(&format!("{key}.limits"), &effective)?;
         let export = crate::limits::weight(&effective, "export");
@@ -647,5 +689,54 @@ mod tests {
         // A tenant override replaces key by key.
         let merged = ok.overridden_by(&Limits { burst: Some(1), ..Limits::default() });
         assert_eq!((merged.rate_per_second, merged.burst), (Some(5), Some(1)));
+    }
+
+    /// The demo config with `extra` appended, loaded (its key files resolved).
+    fn demo_with(extra: &str) -> Result<Loaded, ConfigError> {
+        let demo = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/demo.toml")).unwrap();
+        let policies = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/");
+        let dir = std::env::temp_dir().join(format!("fhir-fence-load-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let text = demo.replace("file = \"", &format!("file = \"{policies}")) + "\n" + extra;
+        std::fs::write(dir.join("config.toml"), text).unwrap();
+        let loaded = load(&dir.join("config.toml"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        loaded
+    }
+
+    #[test]
+    fn a_redis_backend_needs_a_usable_redis_table() {
+        let err = |extra: &str| demo_with(extra).unwrap_err().to_string();
+        let e = err("[limits]\nbackend = \"redis\"\n");
+        assert!(e.contains("limits.backend") && e.contains("[redis]"), "{e}");
+        let e = err("[redis]\nurl = \"rediss://cache:6380\"\n");
+        assert!(e.contains("redis.url") && e.contains("TLS"), "{e}");
+        let e = err("[redis]\nurl = \"http://cache:6379\"\n");
+        assert!(e.contains("redis.url"), "{e}");
+        let e = err("[redis]\nurl = \"redis://cache:6379\"\ntimeout_ms = 0\n");
+        assert!(e.contains("redis.timeout_ms"), "{e}");
+        let e = err("[redis]\nurl = \"redis://cache:6379\"\nbatch = 0\n");
+        assert!(e.contains("redis.batch"), "{e}");
+        let e = err("[redis]\nurl = \"redis://cache:6379\"\nfail = \"open\"\n");
+        assert!(e.contains("fail") && e.contains("open"), "{e}");
+        let e = err("[redis]\nurl = \"redis://cache:6379\"\ncolour = 1\n");
+        assert!(e.contains("colour"), "{e}");
+        let loaded = demo_with(
+            "[limits]\nbackend = \"redis\"\n[redis]\nurl = \"redis+unix:///run/redis.sock\"\nfail = \"closed\"\n",
+        )
+        .unwrap();
+        let r = loaded.config.redis.unwrap();
+        assert_eq!((r.timeout_ms, r.fail, r.lease_ms, r.batch), (5, crate::config::RedisFail::Closed, 1000, None));
+    }
+
+    #[test]
+    fn a_tenant_cannot_choose_the_limits_backend() {
+        let e = with_tenant_files(&[(
+            "newco.toml",
+            "prefix = \"newco\"\nupstream = \"hapi\"\nstatus = \"active\"\n[limits]\nbackend = \"local\"\n",
+        )])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("tenants.newco.limits.backend") && e.contains("whole deployment"), "{e}");
     }
 }

@@ -16,6 +16,9 @@ pub struct Config {
     /// Workload limits every tenant gets unless its own `limits` table overrides a key.
     #[serde(default)]
     pub limits: Limits,
+    /// The Redis server replicas share state through (`shared_store`): global rate limits with
+    /// `limits.backend = "redis"`, and export cancellations whenever it is set.
+    pub redis: Option<Redis>,
     #[serde(default)]
     pub audit: Audit,
     pub upstreams: BTreeMap<String, Upstream>,
@@ -576,10 +579,62 @@ pub struct Tenant {
     pub key_generation: u32,
 }
 
+/// Where a tenant's rate-limit state lives (`limits.backend`, top level only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitBackend {
+    /// In this process: each replica limits on its own (N replicas admit N times the rate).
+    #[default]
+    Local,
+    /// In Redis (`[redis]`), leased to the replicas in small batches: one limit across replicas.
+    Redis,
+}
+
+/// What a replica does when Redis cannot decide within `redis.timeout_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisFail {
+    /// Limit the tenant with this replica's own limiter (as `backend = "local"`) until Redis answers again.
+    #[default]
+    Local,
+    /// Refuse the tenant's rate-limited requests (503) until Redis answers again.
+    Closed,
+}
+
+/// `[redis]`: the shared store (`shared_store`, `global_rate`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redis {
+    /// `redis://host:port[/db]` or `redis+unix:///path/to/socket` (TLS is not supported).
+    pub url: String,
+    /// The longest a request waits for Redis (a lease, a tombstone), in milliseconds; then the
+    /// decision falls back (`fail`). Default 5.
+    #[serde(default = "default_redis_timeout")]
+    pub timeout_ms: u64,
+    /// With `limits.backend = "redis"`, what happens while Redis does not answer in time.
+    #[serde(default)]
+    pub fail: RedisFail,
+    /// Cost units a replica leases at once from a tenant's global allowance (default: a tenth of
+    /// the tenant's `rate_per_second`, at least 1). Each replica holds at most this many unspent:
+    /// the tolerance of the global limit.
+    pub batch: Option<u32>,
+    /// How long leased units may be spent, in milliseconds (default 1000); unspent ones then lapse.
+    #[serde(default = "default_redis_lease")]
+    pub lease_ms: u64,
+    /// Prefix of every key fhir-fence writes (several deployments may share one Redis).
+    #[serde(default = "default_redis_prefix")]
+    pub key_prefix: String,
+}
+
 /// Per-tenant workload limits. Every key is optional: unset at both levels means no limit.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
+    /// `local` (default) or `redis`; only in the top-level `[limits]`: where rate-limit state
+    /// lives is a property of the deployment, not of a tenant (a tenant limited per replica
+    /// beside tenants limited globally would get N times its rate for N replicas).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<LimitBackend>,
     /// Sustained cost units per second (GCRA).
     pub rate_per_second: Option<u32>,
     /// Cost units that may be spent at once (default: one second's worth).
@@ -610,6 +665,7 @@ impl Limits {
         let mut weights = self.weights.clone();
         weights.extend(over.weights.iter().map(|(k, v)| (k.clone(), *v)));
         Limits {
+            backend: self.backend,
             rate_per_second: over.rate_per_second.or(self.rate_per_second),
             burst: over.burst.or(self.burst),
             max_in_flight: over.max_in_flight.or(self.max_in_flight),
@@ -623,6 +679,15 @@ impl Limits {
     }
 }
 
+fn default_redis_timeout() -> u64 {
+    5
+}
+fn default_redis_lease() -> u64 {
+    1000
+}
+fn default_redis_prefix() -> String {
+    "fhir-fence".into()
+}
 fn default_max_body() -> usize {
     16 * 1024 * 1024
 }

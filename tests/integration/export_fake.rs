@@ -11,7 +11,10 @@ use std::sync::Arc;
 const POLL: &str = "/fhir/$export-poll-status";
 
 /// The upstream side of an export: kickoff → 202, polls → 202 then the manifest, files by Binary id.
-fn exporting_upstream(files: Arc<dyn Fn(&str) -> Answer + Send + Sync>, manifest: Value) -> impl Fn(&Seen) -> Answer {
+pub(crate) fn exporting_upstream(
+    files: Arc<dyn Fn(&str) -> Answer + Send + Sync>,
+    manifest: Value,
+) -> impl Fn(&Seen) -> Answer {
     let polls = AtomicUsize::new(0);
     move |s: &Seen| {
         let base = format!("http://{}/fhir", s.headers["host"].to_str().unwrap());
@@ -47,7 +50,7 @@ fn param<'a>(body: &'a Value, name: &str) -> Vec<&'a str> {
         .collect()
 }
 
-fn kickoff(url: &str, token: &str) -> crate::support::client::Call {
+pub(crate) fn kickoff(url: &str, token: &str) -> crate::support::client::Call {
     get(url).bearer(token).header("prefer", "respond-async")
 }
 
@@ -147,14 +150,14 @@ async fn post_kickoff_takes_parameters() {
     assert_eq!(param(&sent, "_elements"), ["code,meta"]);
 }
 
-fn line(rtype: &str, prefix: &str, tenant: &str, local: &str, extra: &str) -> String {
+pub(crate) fn line(rtype: &str, prefix: &str, tenant: &str, local: &str, extra: &str) -> String {
     format!(
         r#"{{"resourceType":"{rtype}","id":"{prefix}-{local}","meta":{{"tag":[{{"system":"{SYSTEM}","code":"{tenant}"}}]}}{extra}}}"#
     )
 }
 
 /// Starts an export through `fence` and returns the manifest.
-async fn manifest(fence: &support::Fence, tok: &str) -> (String, Value) {
+pub(crate) async fn manifest(fence: &support::Fence, tok: &str) -> (String, Value) {
     let r = kickoff(&fence.url("$export?_type=Observation"), tok).send().await;
     assert_eq!(r.status, 202, "{}", r.body);
     let status_url = r.header("content-location").unwrap().to_owned();
@@ -167,7 +170,7 @@ async fn manifest(fence: &support::Fence, tok: &str) -> (String, Value) {
     (status_url, r.body)
 }
 
-fn standard_manifest() -> Value {
+pub(crate) fn standard_manifest() -> Value {
     json!({"transactionTime": "2026-01-01T00:00:00Z", "request": "{base}/$export?_typeFilter=secret",
         "requiresAccessToken": false, "extension": {"x": 1},
         "output": [{"type": "Observation", "url": "{base}/Binary/obs1", "count": 99}],

@@ -18,6 +18,7 @@ mod identity_provider_fake;
 mod introspection;
 mod lifecycle_state;
 mod limits;
+mod limits_redis;
 mod listener_tls;
 mod medplum;
 mod metrics;
