@@ -63,8 +63,9 @@ pub(crate) async fn bundle(ctx: &Ctx<'_>, caller: &Caller, body: Value, headers:
         }
         "batch" => {
             let mut out = Composed::new("batch-response", &ctx.snap.public_base);
+            let mut patched = 0;
             for entry in entries {
-                let (fields, resource) = batch_entry(ctx, caller, entry).await;
+                let (fields, resource) = batch_entry(ctx, caller, entry, &mut patched).await;
                 out.entry(fields, resource);
             }
             Ok(out.finish())
@@ -121,8 +122,18 @@ fn permit_transaction(caller: &Caller, entries: &[Value], ctx: &Ctx) -> Result<(
 
 /// One batch entry as a request of its own: routed, scoped and checked like any other; its
 /// answer (or its OperationOutcome) becomes the entry's response. The entry's own fields, and
-/// its checked resource.
-async fn batch_entry(ctx: &Ctx<'_>, caller: &Caller, entry: Value) -> (Map<String, Value>, Option<Checked>) {
+/// its checked resource. `patched` counts the bytes of the resources the batch's PATCH entries
+/// have produced (small patch documents can each produce a large resource the response then
+/// holds): once they exceed one body's worth (`server.max_body_bytes`), later PATCH entries →
+/// 413, so the batch's patched resources stay under two bodies' worth.
+async fn batch_entry(
+    ctx: &Ctx<'_>,
+    caller: &Caller,
+    entry: Value,
+    patched: &mut usize,
+) -> (Map<String, Value>, Option<Checked>) {
+    let limit = ctx.snap.loaded.config.server.max_body_bytes;
+    let mut is_patch = false;
     let result = async {
         let request = route::entry_request(&entry, &ctx.snap.public_base, &ctx.snap.base_path)?;
         if matches!(request.interaction, Interaction::Bundle | Interaction::Page { .. } | Interaction::Metadata) {
@@ -132,6 +143,10 @@ async fn batch_entry(ctx: &Ctx<'_>, caller: &Caller, entry: Value) -> (Map<Strin
         let self_url = format!("{}/{url}", ctx.snap.public_base);
         let mut body = entry.get("resource").cloned();
         if matches!(interaction, Interaction::Patch { .. } | Interaction::ConditionalPatch { .. }) {
+            is_patch = true;
+            if *patched > limit {
+                return Err(ScopeError::PatchTooLarge(limit).into());
+            }
             // A patch entry's resource is the patch (JSON Patch inside a Binary, or Parameters).
             body = body.map(crate::fhir::patch::entry_body).transpose().map_err(|e| ScopeError::Body(e.to_string()))?;
         }
@@ -142,6 +157,11 @@ async fn batch_entry(ctx: &Ctx<'_>, caller: &Caller, entry: Value) -> (Map<Strin
         Ok((outcome, request_headers)) => entry_parts(ctx, outcome, &request_headers),
         Err(e) => failed(ctx, e),
     };
+    if is_patch {
+        let mut bytes = Vec::new();
+        resource.iter().for_each(|r| r.write_to(&mut bytes));
+        *patched = patched.saturating_add(bytes.len().max(1));
+    }
     let mut resp = serde_json::Map::new();
     let reason = status.canonical_reason().unwrap_or("");
     resp.insert("status".into(), format!("{} {reason}", status.as_u16()).trim().to_owned().into());

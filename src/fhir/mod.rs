@@ -2,6 +2,7 @@
 //! search parameters, OperationOutcome.
 //! Nothing in here knows about tenants; `scope` and `tenancy` build on it.
 pub mod canonical;
+pub mod canonical_params;
 pub mod capabilities;
 pub mod compartment;
 pub mod fhirpath_patch;

@@ -48,6 +48,12 @@ pub fn parse(reference: &str) -> Target<'_> {
     if reference.starts_with("urn:uuid:") || reference.starts_with("urn:oid:") {
         return Target::Urn;
     }
+    // `Type?criteria` first: criteria may hold URLs (`identifier=http://sys|x`).
+    if let Some((before, _)) = reference.split_once('?') {
+        if is_resource_type(before) {
+            return Target::Conditional;
+        }
+    }
     if let Some(scheme_end) = memchr::memmem::find(reference.as_bytes(), b"://") {
         let scheme = &reference[..scheme_end];
         if (scheme == "http" || scheme == "https") && !reference.contains(['?', '#']) {
@@ -179,6 +185,8 @@ mod tests {
         assert_eq!(parse("#c1"), Target::Contained);
         assert_eq!(parse("urn:uuid:1234"), Target::Urn);
         assert_eq!(parse("Patient?identifier=x"), Target::Conditional);
+        assert_eq!(parse("Patient?identifier=http://sys|x"), Target::Conditional);
+        assert_eq!(parse("http://x/Patient?identifier=y"), Target::Other);
         assert_eq!(parse("Patient/p1"), Target::Relative(Literal { rtype: "Patient", id: "p1", version: None }));
         assert_eq!(
             parse("Patient/p1/_history/3"),

@@ -58,6 +58,8 @@ pub fn scope_params(ctx: &Ctx, caps: &Capabilities, types: &[String], params: &P
     let mut out = Vec::with_capacity(params.len() + 1);
     let mut hop_scopes = BTreeSet::new();
     let (mut includes, mut iterate) = (0, 0);
+    // An include over a canonical reference (resolved by URL, server-wide) in the same search.
+    let mut over_canonical: Option<String> = None;
     for (name, value) in params {
         // A chain's hops carry `:Type` modifiers of their own, so chains are recognised first.
         let chained = name.contains('.') && !name.starts_with("_has:");
@@ -97,6 +99,19 @@ pub fn scope_params(ctx: &Ctx, caps: &Capabilities, types: &[String], params: &P
                 }
                 for v in value.split(',') {
                     scope.include(base == "_revinclude", modifier.is_some(), types, v)?;
+                    let mut parts = v.split(':');
+                    if let (Some(source), Some(code)) = (parts.next(), parts.next()) {
+                        if crate::fhir::canonical_params::resolves_canonicals(source, code) {
+                            over_canonical.get_or_insert_with(|| v.to_owned());
+                        }
+                    }
+                }
+                if let (Some(v), true) = (&over_canonical, iterate > 0) {
+                    return Err(ScopeError::ParamNotSupported(format!(
+                        ":iterate in a search that includes over the canonical reference {v} (the \
+                         upstream resolves canonicals by URL across tenants, and would iterate from \
+                         what fhir-fence must drop)"
+                    )));
                 }
             }
             "_has" => {
@@ -327,7 +342,7 @@ fn check_result_param(caps: &Capabilities, types: &[String], name: &str, value: 
     let ok = match name {
         "_count" => value.parse::<u32>().is_ok_and(|n| n <= 1000),
         // Paging by position (HAPI and Medplum's router serve it; the router gives no links).
-        "_offset" => value.parse::<u32>().is_ok_and(|n| n <= MAX_OFFSET),
+        "_offset" => value.bytes().all(|b| b.is_ascii_digit()) && value.parse::<u32>().is_ok_and(|n| n <= MAX_OFFSET),
         "_total" => matches!(value, "none" | "estimate" | "accurate"),
         "_sort" => value.split(',').all(|k| {
             let k = k.strip_prefix('-').unwrap_or(k);
@@ -368,7 +383,7 @@ const SHAPING: &[&str] = &[
 /// search matches nothing), and no modifier on `_id` (the upstream drops it there:
 /// `_id:not=x` would select x). `what` names the interaction in the refusal.
 pub fn conditional_criteria(criteria: &Params, what: &str) -> Result<(), ScopeError> {
-    if let Some((k, _)) = criteria.iter().find(|(k, _)| k.starts_with("_id:")) {
+    if let Some((k, _)) = criteria.iter().find(|(k, _)| k.starts_with("_id:") || k.starts_with("_offset")) {
         return Err(ScopeError::Param(format!("{k} is refused in the criteria of a conditional {what}")));
     }
     if let Some((k, _)) = criteria.iter().find(|(k, v)| v.is_empty() && k != "_pretty") {
@@ -406,6 +421,7 @@ mod tests {
             "identifier=a&date=",
             "_id:not=keepme",
             "_id:missing=false",
+            "name=x&_offset=1",
         ] {
             assert!(conditional_criteria(&q(refused), "delete").is_err(), "{refused}");
         }

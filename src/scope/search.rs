@@ -132,7 +132,10 @@ pub async fn matching(
     }
     if let Some((k, _)) = criteria.iter().find(|(k, _)| {
         let base = k.split(':').next().unwrap_or(k);
-        matches!(base, "_include" | "_revinclude" | "_summary" | "_elements" | "_sort" | "_count" | "_total")
+        matches!(
+            base,
+            "_include" | "_revinclude" | "_summary" | "_elements" | "_sort" | "_count" | "_offset" | "_total"
+        )
     }) {
         return Err(ScopeError::Param(format!("{k} has no meaning in conditional criteria")));
     }

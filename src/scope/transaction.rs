@@ -272,8 +272,7 @@ async fn plan_entry(
         Interaction::Patch { rtype, id } => {
             let rtype = known(&rtype)?;
             let patch = crate::fhir::patch::entry_body(needs("PATCH")?).map_err(|e| bad(e.to_string()))?;
-            let (body, pinned) =
-                super::write::patched(ctx, &rtype, &id, patch, headers.get(http::header::IF_MATCH)).await?;
+            let (body, pinned) = patch_entry(ctx, in_bundle, &rtype, &id, patch, &headers).await?;
             let url = register(&rtype, &id, in_bundle)?;
             return Ok(planned_patch(req, url, rtype, id, body, pinned, false));
         }
@@ -284,8 +283,7 @@ async fn plan_entry(
                 ScopeError::Param(why) => bad(why),
                 other => other,
             })?;
-            let (body, pinned) =
-                super::write::patched(ctx, &rtype, &id, patch, headers.get(http::header::IF_MATCH)).await?;
+            let (body, pinned) = patch_entry(ctx, in_bundle, &rtype, &id, patch, &headers).await?;
             let url = register(&rtype, &id, in_bundle)?;
             return Ok(planned_patch(req, url, rtype, id, body, pinned, true));
         }
@@ -340,6 +338,32 @@ fn planned_put(mut req: Map<String, Value>, url: String, rtype: String, local: S
         entry: Some(entry),
         write: Some((rtype, local, body)),
     }
+}
+
+/// Applies a PATCH entry's `patch` to the caller's `rtype/id` (`write::patched`), refused
+/// before any work when an earlier entry writes the same resource, and when the resources the
+/// Bundle's patches produce together exceed one body (`InBundle::patched_bytes`).
+async fn patch_entry(
+    ctx: &Ctx<'_>,
+    in_bundle: &mut InBundle,
+    rtype: &str,
+    id: &str,
+    patch: Value,
+    headers: &http::HeaderMap,
+) -> Result<(Value, Option<HeaderValue>), ScopeError> {
+    let upstream = format!("{rtype}/{}", ctx.tenant.upstream_id(id)?);
+    if in_bundle.written.contains(&upstream) {
+        return Err(ScopeError::Body(format!(
+            "{rtype}/{id} is patched by one entry of the transaction and written by another; send them in two transactions"
+        )));
+    }
+    let (body, pinned) = super::write::patched(ctx, rtype, id, patch, headers.get(http::header::IF_MATCH)).await?;
+    let limit = ctx.snap.loaded.config.server.max_body_bytes;
+    in_bundle.patched_bytes = in_bundle.patched_bytes.saturating_add(crate::fhir::patch::size(&body));
+    if in_bundle.patched_bytes > limit {
+        return Err(ScopeError::PatchTooLarge(limit));
+    }
+    Ok((body, pinned))
 }
 
 /// A patch entry: the patched resource written as a `PUT` pinned (`ifMatch`) to the version

@@ -223,6 +223,10 @@ pub fn writable(ctx: &Ctx, rtype: &str) -> Result<(), ScopeError> {
 pub struct InBundle {
     pub full_urls: HashMap<String, String>,
     pub written: HashSet<String>,
+    /// The bytes of the resources PATCH entries have produced so far: together at most one
+    /// body's worth (`server.max_body_bytes`), so a few small patch documents cannot make a
+    /// transaction hold many bodies' worth of patched resources.
+    pub patched_bytes: usize,
 }
 
 /// A body ready for the upstream, with what must still be proven before it is sent.

@@ -194,3 +194,47 @@ async fn ours_gender(f: &support::Fence, token: &str) -> String {
     let r = get(&f.url("Patient/p1")).bearer(token).send().await;
     r.body["gender"].as_str().unwrap_or_default().to_owned()
 }
+
+/// The resources a Bundle's patches produce are bounded together by one body's worth
+/// (`server.max_body_bytes`): small patch documents cannot make a transaction hold, or a batch
+/// answer with, many bodies' worth (found by the attacker run of 2026-12-01).
+#[tokio::test]
+async fn the_patched_resources_of_a_bundle_share_one_body_limit() {
+    let ts = tenants(1);
+    let f = support::start(Options { max_body_bytes: 64 * 1024, ..Options::new(&hapi(), &ts) }).await;
+    let a = f.token(&ts[0].name);
+    for id in ["big1", "big2", "big3", "big4"] {
+        let p = json!({"resourceType": "Patient", "id": id});
+        assert_eq!(put(&f.url(&format!("Patient/{id}")), &p).bearer(&a).send().await.status, 201);
+    }
+    // Each patch (7 KB in the Bundle) makes its resource 25 KB: two fit in 64 KiB, three do not.
+    let grow = || {
+        let mut ops = vec![json!({"op": "add", "path": "/address", "value": [{"text": "w".repeat(5_000)}]})];
+        ops.extend((0..4).map(|_| json!({"op": "copy", "from": "/address/0", "path": "/address/-"})));
+        json_patch(Value::Array(ops))
+    };
+    let entries = |n: usize, kind: &str| {
+        let ids = ["big1", "big2", "big3", "big4"];
+        bundle(kind, ids[..n].iter().map(|id| ("PATCH", &*format!("Patient/{id}").leak(), grow())).collect())
+    };
+    let r = post(&f.url(""), &entries(2, "transaction")).bearer(&a).send().await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = post(&f.url(""), &entries(3, "transaction")).bearer(&a).send().await;
+    assert_eq!(r.status, 413, "{}", r.body);
+    // A batch runs its entries one by one: once its patched resources exceed the limit (75 KB
+    // after three), later PATCH entries are refused.
+    let r = post(&f.url(""), &entries(4, "batch")).bearer(&a).send().await;
+    let statuses: Vec<String> = responses(&r).into_iter().map(|(s, _)| s).collect();
+    assert_eq!(statuses[..3], ["200 OK", "200 OK", "200 OK"], "{}", r.body);
+    assert!(statuses[3].starts_with("413"), "{statuses:?}");
+    // A resource written by one entry cannot be patched by a later one.
+    let twice = bundle(
+        "transaction",
+        vec![
+            ("PUT", "Patient/big1", json!({"resourceType": "Patient", "id": "big1"})),
+            ("PATCH", "Patient/big1", grow()),
+        ],
+    );
+    let r = post(&f.url(""), &twice).bearer(&a).send().await;
+    assert_eq!(r.status, 400, "{}", r.body);
+}

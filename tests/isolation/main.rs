@@ -366,6 +366,13 @@ async fn isolation_probes() {
             {"resource": {"resourceType": "Patient"}, "request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=urn:mrn|b-unique4"}}]))),
         probe("transaction foreign tag", "POST", "", &[422]).json(tx(json!([
             {"resource": {"resourceType": "Patient", "meta": {"tag": [{"system": SYSTEM, "code": tb}]}}, "request": {"method": "POST", "url": "Patient"}}]))),
+        // an :iterate after an include over a canonical (resolved by URL across tenants) would walk
+        // on from the other tenant's resource (found by the attacker run of 2026-12-01)
+        probe("iterate after a canonical include", "GET", "/Library?_include=Library:composed-of&_include:iterate=Library:derived-from", &[400]),
+        probe("canonical include after an iterate", "GET", "/Library?_include:iterate=Library:derived-from&_include=Library:composed-of", &[400]),
+        probe("iterate after a canonical revinclude", "GET", "/Questionnaire?_revinclude=QuestionnaireResponse:questionnaire&_include:iterate=QuestionnaireResponse:subject", &[400]),
+        probe("offset in a conditional reference", "POST", "", &[400, 422]).json(tx(json!([
+            {"resource": obs("Patient?identifier=urn:mrn|same&_offset=1"), "request": {"method": "POST", "url": "Observation"}}]))),
         probe("transaction patch entry on foreign", "POST", "", &[404]).json(tx(json!([
             {"resource": jp_binary(json!([{"op": "remove", "path": "/name"}])), "request": {"method": "PATCH", "url": "Patient/b-ref"}}]))),
         probe("transaction patch entry points at foreign", "POST", "", &[422]).json(tx(json!([
