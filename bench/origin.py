@@ -11,7 +11,7 @@ import sys
 
 out, origin_port, nginx_port, fence_port, admin_port, repo = sys.argv[1:7]
 SYSTEM = "https://fhir-fence.dev/CodeSystem/tenant"
-TENANTS = ["bencha", "benchb"]
+TENANTS = ["bencha", "benchb", "benchc"]
 ORIGIN = f"http://127.0.0.1:{origin_port}/fhir"
 root = os.path.join(out, "root")
 os.makedirs(os.path.join(root, "fhir", "Patient"), exist_ok=True)
@@ -158,7 +158,7 @@ algorithms = ["RS256"]
 jwks_file = "{keys}/rs256-jwks.json"
 signing_key_file = "{keys}/rs256-private.pem"
 tenant_claim = "$.tenant"
-tenants = ["bencha", "benchb"]
+tenants = {json.dumps(TENANTS)}
 
 [tenants.bencha]
 prefix = "bencha"
@@ -173,4 +173,13 @@ burst = 200
 prefix = "benchb"
 upstream = "origin"
 status = "active"
+
+# Over its limit at once (`bench/instructions`: what a refusal costs).
+[tenants.benchc]
+prefix = "benchc"
+upstream = "origin"
+status = "active"
+[tenants.benchc.limits]
+rate_per_second = 1
+burst = 1
 """)

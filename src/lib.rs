@@ -41,6 +41,7 @@ pub mod state;
 pub mod tenancy;
 pub mod tenant_data;
 pub mod upstream;
+pub mod upstream_gzip;
 pub mod upstream_link;
 pub mod upstream_token;
 pub mod workers;
