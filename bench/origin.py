@@ -5,7 +5,7 @@ proxy config in front of it, and a fhir-fence config (RS256 issuer) in front of 
 
 Usage: bench/origin.py OUT_DIR ORIGIN_PORT NGINX_PORT FENCE_PORT ADMIN_PORT REPO_DIR
 
-BENCH_TENANTS (default 2): the number of tenants in all. Beyond bencha and benchb, tenants
+BENCH_TENANTS (default 3): the number of tenants in all. Beyond bencha, benchb and benchc, tenants
 s00001, s00002, ... are written as tenant files (`lifecycle.tenants_dir`, conf/tenants), each
 asserted by the HS256 issuer `benchs` (bench/scale_tokens.py signs its tokens), each with its own
 1 KB Patient p1 at the origin: the set-up of `bench/tenants-at-scale` (issue 20).
@@ -17,8 +17,8 @@ import sys
 
 out, origin_port, nginx_port, fence_port, admin_port, repo = sys.argv[1:7]
 SYSTEM = "https://fhir-fence.dev/CodeSystem/tenant"
-TENANTS = ["bencha", "benchb"]
-EXTRA = [f"s{n:05d}" for n in range(1, max(int(os.environ.get("BENCH_TENANTS", "2")) - 2, 0) + 1)]
+TENANTS = ["bencha", "benchb", "benchc"]
+EXTRA = [f"s{n:05d}" for n in range(1, max(int(os.environ.get("BENCH_TENANTS", "2")) - len(TENANTS), 0) + 1)]
 ORIGIN = f"http://127.0.0.1:{origin_port}/fhir"
 root = os.path.join(out, "root")
 os.makedirs(os.path.join(root, "fhir", "Patient"), exist_ok=True)
@@ -206,7 +206,7 @@ algorithms = ["RS256"]
 jwks_file = "{keys}/rs256-jwks.json"
 signing_key_file = "{keys}/rs256-private.pem"
 tenant_claim = "$.tenant"
-tenants = ["bencha", "benchb"]
+tenants = {json.dumps(TENANTS)}
 
 [tenants.bencha]
 prefix = "bencha"
@@ -221,4 +221,13 @@ burst = 200
 prefix = "benchb"
 upstream = "origin"
 status = "active"
+
+# Over its limit at once (`bench/instructions`: what a refusal costs).
+[tenants.benchc]
+prefix = "benchc"
+upstream = "origin"
+status = "active"
+[tenants.benchc.limits]
+rate_per_second = 1
+burst = 1
 {scale}{limits}""")

@@ -325,6 +325,7 @@ impl Error {
                 UpstreamError::TooLarge(_) => "too-large",
                 UpstreamError::NotJson(..) => "not-json",
                 UpstreamError::BadJson(..) => "bad-json",
+                UpstreamError::Encoding(..) => "encoding",
                 UpstreamError::Request(_) => "request",
                 UpstreamError::Token(..) => "token",
                 UpstreamError::CredentialsRefused(_) => "credentials-refused",
@@ -337,6 +338,12 @@ impl Error {
     /// The status and OperationOutcome for this error (logged here): a single request's answer
     /// ([`into_response`](Self::into_response)) or a batch entry's `response`.
     pub fn outcome(&self, correlation: &str) -> (StatusCode, serde_json::Value) {
+        let (status, code, diagnostics) = self.logged(correlation);
+        (status, serde_json::to_value(operation_outcome(code, &diagnostics)).expect("serialisable"))
+    }
+
+    /// The status, issue code and diagnostics of this error, logged here.
+    fn logged(&self, correlation: &str) -> (StatusCode, &'static str, String) {
         let (status, code, diagnostics) = self.classify(correlation);
         if status.is_server_error() {
             tracing::warn!(correlation, error = %self, status = status.as_u16(), "request failed");
@@ -348,13 +355,14 @@ impl Error {
         } else {
             tracing::info!(correlation, error = %self, status = status.as_u16(), "request refused");
         }
-        (status, serde_json::to_value(operation_outcome(code, &diagnostics)).expect("serialisable"))
+        (status, code, diagnostics)
     }
 
     /// The HTTP response for this error.
     pub fn into_response(self, correlation: &str) -> Response<Full<Bytes>> {
-        let (status, outcome) = self.outcome(correlation);
-        let body = serde_json::to_vec(&outcome).expect("serialisable");
+        // Serialised from the typed OperationOutcome: a flood of refusals builds no JSON tree.
+        let (status, code, diagnostics) = self.logged(correlation);
+        let body = serde_json::to_vec(&operation_outcome(code, &diagnostics)).expect("serialisable");
         let mut resp = Response::new(Full::new(Bytes::from(body)));
         *resp.status_mut() = status;
         let h = resp.headers_mut();
@@ -383,7 +391,7 @@ impl Error {
         if let Error::Limit(e) = &self {
             for (k, v) in e.headers() {
                 if let Ok(v) = HeaderValue::from_str(&v) {
-                    h.insert(k, v);
+                    h.insert(limit_header(k), v);
                 }
             }
         }
@@ -395,5 +403,17 @@ impl Error {
             h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
         }
         resp
+    }
+}
+
+/// A header name of a limit refusal (`LimitError::headers`) without parsing it per refusal.
+fn limit_header(name: &'static str) -> http::HeaderName {
+    const RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
+    const RATELIMIT_POLICY: http::HeaderName = http::HeaderName::from_static("ratelimit-policy");
+    match name {
+        "retry-after" => header::RETRY_AFTER,
+        "ratelimit" => RATELIMIT,
+        "ratelimit-policy" => RATELIMIT_POLICY,
+        other => http::HeaderName::from_static(other),
     }
 }

@@ -44,6 +44,7 @@ pub mod tenancy;
 pub mod tenant_data;
 pub mod tenant_runtime;
 pub mod upstream;
+pub mod upstream_gzip;
 pub mod upstream_link;
 pub mod upstream_token;
 pub mod workers;

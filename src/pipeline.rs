@@ -89,7 +89,7 @@ pub async fn handle(snap: Arc<Snapshot>, req: Request<Incoming>, conn: &Slot) ->
         subject: facts.subject,
         client_id: facts.client_id,
         interaction: facts.interaction,
-        method: method.to_string(),
+        method: method.as_str().to_owned(),
         resource_type: facts.rtype,
         id: facts.id,
         dropped: facts.dropped,
@@ -415,7 +415,7 @@ fn self_url(
         (Interaction::SystemSearch { form: true }, _) => {
             format!("{}?{}", snap.public_base, route::encode_query(params))
         }
-        (_, Some(q)) => format!("{}{}?{}", snap.public_origin, path, q),
-        (_, None) => format!("{}{}", snap.public_origin, path),
+        (_, Some(q)) => [snap.public_origin.as_str(), path, "?", q].concat(),
+        (_, None) => [snap.public_origin.as_str(), path].concat(),
     }
 }

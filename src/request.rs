@@ -272,10 +272,13 @@ const REFUSED_HEADERS: &[&str] = &["x-http-method-override", "x-http-method", "x
 
 /// Refuses headers that would make the upstream (or a middlebox) reinterpret the request.
 pub(crate) fn check_headers(headers: &HeaderMap) -> Result<(), RequestError> {
-    match REFUSED_HEADERS.iter().find(|h| headers.contains_key(**h)) {
-        Some(h) => Err(RequestError::Header(h)),
-        None => Ok(()),
+    // One pass over the request's few header names (a look-up per refused name hashes each).
+    for name in headers.keys() {
+        if let Some(h) = REFUSED_HEADERS.iter().find(|h| **h == name.as_str()) {
+            return Err(RequestError::Header(h));
+        }
     }
+    Ok(())
 }
 
 /// A client-supplied `X-Request-Id` if it is a short plain token, else a fresh UUID.
@@ -288,7 +291,7 @@ pub(crate) fn correlation_id(headers: &HeaderMap) -> String {
                 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
         })
         .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+        .unwrap_or_else(|| uuid::Uuid::new_v4().hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()).to_owned())
 }
 
 #[cfg(test)]

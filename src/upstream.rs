@@ -7,9 +7,10 @@
 use crate::config::Upstream as UpstreamConfig;
 use crate::fhir::json::{parse_strict, JsonError};
 use crate::limits::{Gate, GatePermit};
+use crate::upstream_gzip::{self, GzipError};
 use crate::upstream_link::Link;
 use bytes::Bytes;
-use http::header::{ACCEPT, CONTENT_TYPE};
+use http::header::{ACCEPT, ACCEPT_ENCODING, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -112,6 +113,9 @@ pub enum UpstreamError {
     NotJson(String, String),
     #[error("upstream {0} sent JSON fhir-fence cannot accept: {1}")]
     BadJson(String, JsonError),
+    /// A compressed answer that could not be decoded (`upstream_gzip`).
+    #[error("upstream {0} sent a body fhir-fence cannot decode: {1}")]
+    Encoding(String, GzipError),
     #[error("the tenant's upstream connections to {0} are all busy")]
     Saturated(String),
     /// fhir-fence could not obtain its own access token for the upstream (`oauth2`).
@@ -387,9 +391,9 @@ impl Upstream {
     fn uri(&self, path: &str) -> String {
         if path.is_empty() || path.starts_with('?') {
             let root = if self.base_path.is_empty() { "/" } else { self.base_path.as_str() };
-            format!("{root}{path}")
+            [root, path].concat()
         } else {
-            format!("{}/{}", self.base_path, path)
+            [self.base_path.as_str(), "/", path].concat()
         }
     }
 
@@ -428,14 +432,21 @@ impl Upstream {
         self.send_raw(Method::GET, &self.uri(path), headers, Bytes::new()).await
     }
 
+    /// An exchange whose answer fhir-fence reads whole: asked for gzip (`upstream_gzip`) and
+    /// decoded, bounded by `max_upstream_body_bytes` once decoded too.
     async fn send_raw(
         &self,
         method: Method,
         uri: &str,
-        headers: HeaderMap,
+        mut headers: HeaderMap,
         body: Bytes,
     ) -> Result<RawAnswer, UpstreamError> {
+        headers.insert(ACCEPT_ENCODING, upstream_gzip::ACCEPT_GZIP);
         let (parts, bytes) = self.exchange(method, uri, headers, body).await?;
+        let bytes = upstream_gzip::decode(&parts.headers, bytes, self.max_body).map_err(|e| match e {
+            GzipError::TooLarge => UpstreamError::TooLarge(self.name.clone()),
+            e => UpstreamError::Encoding(self.name.clone(), e),
+        })?;
         if !bytes.is_empty() {
             let mime = media_type(&parts.headers);
             if !media_type_is(mime, &[FHIR_JSON, "application/json"]) {

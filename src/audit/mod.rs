@@ -116,7 +116,7 @@ async fn write(mut rx: mpsc::Receiver<Record>, target: Target, metrics: Arc<Metr
     while rx.recv_many(&mut batch, 1024).await > 0 {
         for r in batch.drain(..) {
             line.clear();
-            serde_json::to_writer(&mut line, &r).expect("serialisable");
+            r.write_json(&mut line);
             line.push(b'\n');
             if let Err(e) = out.write_all(&line).await {
                 metrics.audit_dropped.with_label_values(&["sink-failed"]).inc();

@@ -120,10 +120,12 @@ struct TrustedIssuer {
 pub struct Verifier {
     issuers: Vec<TrustedIssuer>,
     tenants: Arc<HashMap<String, Arc<Tenant>>>,
-    /// Tokens verified recently (by SHA-256), with the time (Unix seconds) up to which the
-    /// entry may be used: a signature is checked (an opaque token introspected) once per token,
-    /// not once per request. Bounded; an entry is used only while its token is valid.
-    verified: moka::sync::Cache<[u8; 32], (Caller, u64)>,
+    /// Tokens verified recently, with the time (Unix seconds) up to which the entry may be used:
+    /// a signature is checked (an opaque token introspected) once per token, not once per
+    /// request. Keyed by the token itself, compared whole on a hit: a digest as the key cost a
+    /// SHA-256 of every request's token. Bounded by weight ([`VERIFIED_BYTES`]); an entry is used
+    /// only while its token is valid.
+    verified: moka::sync::Cache<Box<str>, (Caller, u64), TokenTail>,
     certificates: CertificateTenants,
     /// The issuer opaque tokens go to (the one with `introspection`), by index in `issuers`.
     opaque: Option<usize>,
@@ -131,6 +133,43 @@ pub struct Verifier {
 
 /// How long a verified token is remembered at most (its own `exp` still applies on every use).
 const VERIFIED_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// What the verified tokens may weigh in all: each its length plus [`VERIFIED_ENTRY_BYTES`]
+/// (about 6 000 tokens of 1 KB, 15 000 of 300 bytes).
+const VERIFIED_BYTES: u64 = 8 << 20;
+
+/// A cache entry's weight beside its token: the caller (tenant, subject, client id, issuer).
+const VERIFIED_ENTRY_BYTES: u32 = 256;
+
+/// The verified-token cache's hasher: it hashes a token's length and last [`TAIL`] bytes only
+/// (a JWT's end is its signature, an opaque token is random throughout), where hashing all of
+/// it cost more than the rest of the look-up. Keys are still compared whole: tokens that share a
+/// tail only share a bucket (and only verified tokens are ever stored).
+#[derive(Clone, Default)]
+pub struct TokenTail(std::collections::hash_map::RandomState);
+
+/// How much of a token's end [`TokenTail`] hashes.
+const TAIL: usize = 24;
+
+impl std::hash::BuildHasher for TokenTail {
+    type Hasher = Tail;
+    fn build_hasher(&self) -> Tail {
+        Tail(self.0.build_hasher())
+    }
+}
+
+/// The hasher of [`TokenTail`].
+pub struct Tail(std::collections::hash_map::DefaultHasher);
+
+impl std::hash::Hasher for Tail {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.write_usize(bytes.len());
+        self.0.write(&bytes[bytes.len().saturating_sub(TAIL)..]);
+    }
+    fn finish(&self) -> u64 {
+        self.0.finish()
+    }
+}
 
 impl Verifier {
     /// `prev`: the verifier being replaced, whose identity providers' keys are kept where the
@@ -182,7 +221,14 @@ impl Verifier {
                  never shown to a provider that may not have issued it",
             ));
         }
-        let verified = moka::sync::Cache::builder().max_capacity(10_000).time_to_live(VERIFIED_TTL).build();
+        #[allow(clippy::borrowed_box)] // the weigher is handed the key as it is stored
+        let verified = moka::sync::Cache::builder()
+            .max_capacity(VERIFIED_BYTES)
+            .weigher(|token: &Box<str>, _| {
+                u32::try_from(token.len()).unwrap_or(u32::MAX).saturating_add(VERIFIED_ENTRY_BYTES)
+            })
+            .time_to_live(VERIFIED_TTL)
+            .build_with_hasher(TokenTail::default());
         let mut certificates = CertificateTenants::default();
         for (name, t) in &loaded.config.tenants {
             certificates
@@ -276,24 +322,27 @@ impl Verifier {
     /// Verifies a token, or answers from the cache of tokens verified before (same snapshot:
     /// a reload or a suspension builds a new verifier, so the cache never outlives the config).
     pub async fn verify(&self, token: &str) -> Result<Caller, AuthError> {
-        let key: [u8; 32] = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes())
-            .as_ref()
-            .try_into()
-            .expect("SHA-256 is 32 bytes");
-        if let Some((caller, until)) = self.verified.get(&key) {
+        if let Some((caller, until)) = self.verified.get(token) {
             if jsonwebtoken::get_current_timestamp() <= until {
                 return Ok(caller);
             }
-            self.verified.invalidate(&key);
+            self.verified.invalidate(token);
         }
         let (caller, until) = match token.split('.').count() {
             3 => {
                 let (caller, exp) = self.verify_signed(token).await?;
                 (caller, exp + LEEWAY_SECS)
             }
-            _ => self.verify_opaque(token, &key).await?,
+            _ => {
+                // The introspection's cache of inactive tokens keeps digests, not tokens.
+                let hash: [u8; 32] = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes())
+                    .as_ref()
+                    .try_into()
+                    .expect("SHA-256 is 32 bytes");
+                self.verify_opaque(token, &hash).await?
+            }
         };
-        self.verified.insert(key, (caller.clone(), until));
+        self.verified.insert(token.into(), (caller.clone(), until));
         Ok(caller)
     }
 

@@ -224,16 +224,19 @@ pub fn not_modified(request: &HeaderMap, result: &ReadResult) -> bool {
         let strip = |t: &str| t.trim().trim_start_matches("W/").to_owned();
         return inm.split(',').any(|t| t.trim() == "*" || strip(t) == strip(etag));
     }
-    let since = request
+    let Some(since) = request
         .get(http::header::IF_MODIFIED_SINCE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| httpdate::parse_http_date(v).ok());
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+    else {
+        return false;
+    };
     let modified = result
         .headers
         .get(http::header::LAST_MODIFIED)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| httpdate::parse_http_date(v).ok());
-    matches!((since, modified), (Some(s), Some(m)) if m <= s)
+    modified.is_some_and(|m| m <= since)
 }
 
 #[cfg(test)]

@@ -579,3 +579,52 @@ async fn writes_that_would_lose_their_condition_never_reach_the_upstream() {
     }
     assert_eq!(up.seen().len(), before, "the upstream saw none of these: {:?}", &up.seen()[before..]);
 }
+
+/// gzip-compressed: what fhir-fence asks upstreams for on the answers it reads whole.
+fn gzip(data: &[u8]) -> bytes::Bytes {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).unwrap();
+    bytes::Bytes::from(e.finish().unwrap())
+}
+
+#[tokio::test]
+async fn compressed_answers_are_asked_for_decoded_and_bounded() {
+    let ts = tenants(2);
+    let (a, b) = (ts[0].clone(), ts[1].clone());
+    let (bomb, odd) = (format!("/fhir/Patient/{}-bomb", a.prefix), format!("/fhir/Patient/{}-odd", a.prefix));
+    let up = fake::start(move |s| {
+        let base = format!("http://{}/fhir", s.headers["host"].to_str().unwrap());
+        if s.path == bomb {
+            // 2 MiB of blanks inside a valid resource: a few KB compressed, past the limit decoded.
+            let body = format!(r#"{{"resourceType":"Patient","id":"{}-bomb"{}}}"#, a.prefix, " ".repeat(2 << 20));
+            return Answer::Encoded(200, "gzip", gzip(body.as_bytes()));
+        }
+        if s.path == odd {
+            return Answer::Encoded(200, "br", bytes::Bytes::from_static(b"{}"));
+        }
+        let bundle = searchset(
+            &base,
+            vec![stored("Patient", &a.prefix, &a.name, "mine"), stored("Patient", &b.prefix, &b.name, "theirs")],
+            None,
+        );
+        Answer::Encoded(200, "gzip", gzip(bundle.to_string().as_bytes()))
+    })
+    .await;
+    let mut options = Options::new(&up.base, &ts);
+    options.server_extra = "max_upstream_body_bytes = 1048576".into();
+    let fence = support::start(options).await;
+    let tok = fence.token(&ts[0].name);
+    let r = get(&fence.url("Patient?name=x")).bearer(&tok).send().await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let ids: Vec<&str> =
+        r.body["entry"].as_array().unwrap().iter().map(|e| e["resource"]["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["mine"], "decoded, checked, the other tenant's entry dropped");
+    let searched = up.seen().into_iter().find(|s| s.path == "/fhir/Patient").unwrap();
+    assert_eq!(searched.headers["accept-encoding"], "gzip");
+    for id in ["bomb", "odd"] {
+        let r = get(&fence.url(&format!("Patient/{id}"))).bearer(&tok).send().await;
+        assert_eq!(r.status, 502, "{id}: {}", r.body);
+        assert_eq!(r.body["issue"][0]["code"], "exception");
+    }
+}

@@ -28,6 +28,8 @@ pub enum Answer {
     After(Arc<tokio::sync::Notify>, Box<Answer>),
     /// Status, content type, and a body produced chunk by chunk (for large streams).
     Chunks(u16, &'static str, Box<dyn Iterator<Item = Bytes> + Send + Sync>),
+    /// Status, `Content-Encoding` and a body already encoded (sent whatever the request asked).
+    Encoded(u16, &'static str, Bytes),
 }
 
 /// A response body pulled from an iterator, one chunk per frame.
@@ -143,6 +145,10 @@ pub async fn start_with(cs: Value, handler: impl Fn(&Seen) -> Answer + Send + Sy
                                 (st, "application/fhir+json;charset=utf-8", full(b))
                             }
                             Answer::Chunks(st, ct, it) => (st, ct, IterBody(it).boxed()),
+                            Answer::Encoded(st, encoding, b) => {
+                                extra = vec![("content-encoding", encoding.to_owned())];
+                                (st, "application/fhir+json;charset=utf-8", full(b))
+                            }
                             Answer::Hang => {
                                 std::future::pending::<()>().await;
                                 unreachable!()
