@@ -13,11 +13,9 @@ mod support;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::Stdio;
 use support::client::{self, Reply};
 use support::hl7::{close_over_references, examples, instance_examples, key, literals, transaction, SEARCHES};
 use support::{tenants, Options};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// The transparency rate below which the run fails: a regression, not noise (the corpus is
 /// deterministic). The corpus measures 99.0 % (7 explained differences per tenant, see
@@ -348,22 +346,9 @@ async fn the_corpus_replays_as_three_tenants_without_a_leak() {
     let corpus = dir.join("corpus.ndjson");
 
     // Record against the plain HAPI.
-    let port = support::free_port();
-    let mut recorder = tokio::process::Command::new(bin)
-        .args(["record", "--listen", &format!("127.0.0.1:{port}"), "--upstream", &server.record_url()])
-        .args(["--out", corpus.to_str().unwrap()])
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(recorder.stderr.take().unwrap()).lines();
-    let first = lines.next_line().await.unwrap().unwrap_or_default();
-    assert!(first.contains("listening on"), "the recorder did not start: {first}");
-    let sent = drive(&format!("http://127.0.0.1:{port}/fhir")).await;
-    let pid = recorder.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let last = lines.next_line().await.unwrap().unwrap_or_default();
-    assert!(recorder.wait().await.unwrap().success());
+    let recorder = support::recorder::Recorder::start(bin, &server.record_url(), &corpus).await;
+    let sent = drive(&recorder.base).await;
+    let last = recorder.stop().await;
     assert!(last.contains(&format!("{sent} exchanges written")), "every exchange recorded: {last}");
     label_refusals(&corpus);
     let recorded = std::fs::read_to_string(&corpus).unwrap();

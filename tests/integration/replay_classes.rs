@@ -6,8 +6,6 @@
 use crate::support::client::{self, Reply};
 use crate::support::{self, tenants, Options};
 use serde_json::{json, Value};
-use std::process::Stdio;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// The id part of a `Location` (`…/Type/ID/_history/N`).
 fn created_id(reply: &Reply, kind: &str) -> String {
@@ -120,22 +118,10 @@ async fn each_class_of_difference_replays_identically() {
 
     // Record against the plain dedicated HAPI (the run's own names keep it apart from what
     // other tests wrote there).
-    let port = support::free_port();
-    let mut recorder = tokio::process::Command::new(bin)
-        .args(["record", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--upstream", &support::hapi_url("HAPI_DEDICATED_URL", 8091)])
-        .args(["--out", traffic.to_str().unwrap()])
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(recorder.stderr.take().unwrap()).lines();
-    let first = lines.next_line().await.unwrap().unwrap_or_default();
-    assert!(first.contains("listening on"), "the recorder did not start: {first}");
-    let classes = drive(&format!("http://127.0.0.1:{port}/fhir"), &run).await;
-    let pid = recorder.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    assert!(recorder.wait().await.unwrap().success());
+    let dedicated = support::hapi_url("HAPI_DEDICATED_URL", 8091);
+    let recorder = support::recorder::Recorder::start(bin, &dedicated, &traffic).await;
+    let classes = drive(&recorder.base, &run).await;
+    recorder.stop().await;
     let total: usize = classes.iter().map(|(_, n)| n).sum();
 
     // Label each exchange with its class, as a person reading the report would want.

@@ -4,6 +4,7 @@ pub mod client;
 pub mod fake;
 pub mod hl7;
 pub mod pki;
+pub mod recorder;
 pub mod scope_harness;
 
 use fhir_fence::config;
