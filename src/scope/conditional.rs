@@ -49,12 +49,23 @@ pub async fn if_none_exist(
     criteria: &str,
 ) -> Result<Option<Checked>, ScopeError> {
     let criteria = criteria_params(rtype, criteria)?;
-    let mut found = matching(ctx, caps, rtype, &criteria).await?;
-    match found.len() {
-        0 => Ok(None),
-        1 => Ok(found.pop()),
-        _ => Err(ScopeError::MultipleMatches),
+    the_one_match(ctx, caps, rtype, &criteria).await
+}
+
+/// What criteria select among the caller's resources, for an interaction that acts on one
+/// resource: nothing (`None`: each caller says what none means), the one match, or several,
+/// refused alike for every interaction (412, as HAPI answers).
+async fn the_one_match(
+    ctx: &Ctx<'_>,
+    caps: &Capabilities,
+    rtype: &str,
+    criteria: &Params,
+) -> Result<Option<Checked>, ScopeError> {
+    let mut found = matching(ctx, caps, rtype, criteria).await?;
+    if found.len() > 1 {
+        return Err(ScopeError::MultipleMatches);
     }
+    Ok(found.pop())
 }
 
 /// `PUT [type]?criteria`: 0 matches → create (with the body's id, if any); 1 → update it; more → 412.
@@ -80,7 +91,7 @@ pub async fn resolve_update(
     mut body: Value,
 ) -> Result<(Option<String>, Value), ScopeError> {
     conditional_criteria(criteria, "update")?;
-    let id = update_target(&matching(ctx, caps, rtype, criteria).await?, &body)?;
+    let id = update_target(the_one_match(ctx, caps, rtype, criteria).await?.as_ref(), &body)?;
     if let (Some(id), Some(o)) = (&id, body.as_object_mut()) {
         o.insert("id".into(), Value::String(id.clone()));
     }
@@ -88,22 +99,19 @@ pub async fn resolve_update(
 }
 
 /// The id a conditional update (`PUT [type]?criteria`, alone or in a transaction) writes to,
-/// from what the criteria `found`: the one match's (a body `id` that differs is an error, as
-/// FHIR says), or with no match the body's own `id` (`None`: the body has none, a new one is
-/// chosen); more than one match is refused.
-pub fn update_target(found: &[Checked], body: &Value) -> Result<Option<String>, ScopeError> {
+/// from the one resource the criteria `found`: its id (a body `id` that differs is an error,
+/// as FHIR says), or with no match the body's own `id` (`None`: the body has none, a new one is
+/// chosen).
+fn update_target(found: Option<&Checked>, body: &Value) -> Result<Option<String>, ScopeError> {
     let body_id = body.get("id").and_then(Value::as_str);
-    match found {
-        [] => Ok(body_id.map(str::to_owned)),
-        [existing] => {
-            let id = id_of(existing);
-            if body_id.is_some_and(|b| b != id) {
-                return Err(ScopeError::Body("the id in the body differs from the resource the criteria match".into()));
-            }
-            Ok(Some(id))
-        }
-        _ => Err(ScopeError::MultipleMatches),
+    let Some(existing) = found else {
+        return Ok(body_id.map(str::to_owned));
+    };
+    let id = id_of(existing);
+    if body_id.is_some_and(|b| b != id) {
+        return Err(ScopeError::Body("the id in the body differs from the resource the criteria match".into()));
     }
+    Ok(Some(id))
 }
 
 /// `PATCH [type]?criteria`: exactly one match is patched; none → 404; more → 412.
@@ -128,11 +136,9 @@ pub async fn patch_target(
     criteria: &Params,
 ) -> Result<String, ScopeError> {
     conditional_criteria(criteria, "patch")?;
-    let found = matching(ctx, caps, rtype, criteria).await?;
-    match found.as_slice() {
-        [] => Err(ScopeError::NotFound(format!("{rtype}?{}", encode_query(criteria)))),
-        [existing] => Ok(id_of(existing)),
-        _ => Err(ScopeError::MultipleMatches),
+    match the_one_match(ctx, caps, rtype, criteria).await? {
+        Some(existing) => Ok(id_of(&existing)),
+        None => Err(ScopeError::NotFound(format!("{rtype}?{}", encode_query(criteria)))),
     }
 }
 
@@ -191,11 +197,9 @@ pub async fn resolve_references(ctx: &Ctx<'_>, caps: &Capabilities, body: &mut V
         let criteria = parse_query(Some(query)).map_err(|_| form("malformed criteria"))?;
         conditional_criteria(&criteria, "reference")
             .map_err(|_| form("conditional references need criteria that select resources"))?;
-        let mut found = matching(ctx, caps, rtype, &criteria).await?;
-        let literal = match (found.pop(), found.is_empty()) {
-            (Some(only), true) => format!("{rtype}/{}", id_of(&only)),
-            (Some(_), false) => return Err(ScopeError::MultipleMatches),
-            (None, _) => return Err(ScopeError::NotFound(r)),
+        let literal = match the_one_match(ctx, caps, rtype, &criteria).await? {
+            Some(only) => format!("{rtype}/{}", id_of(&only)),
+            None => return Err(ScopeError::NotFound(r)),
         };
         resolved.insert(r, literal);
     }
