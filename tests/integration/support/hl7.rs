@@ -144,6 +144,89 @@ pub fn transaction(resources: &[Value]) -> Value {
     json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})
 }
 
+/// `resources` in groups to write one transaction each, in order, on a server that takes at most
+/// `limit` writes in a transaction: every reference cycle (a strongly connected component of
+/// "names", by [`literals`]) whole in one group, and every group after the groups it names.
+/// Panics if a cycle alone is larger than `limit`.
+pub fn in_dependency_order(resources: &[Value], limit: usize) -> Vec<Vec<Value>> {
+    let index: std::collections::HashMap<String, usize> =
+        resources.iter().enumerate().map(|(i, r)| (key(r), i)).collect();
+    let names: Vec<Vec<usize>> = resources
+        .iter()
+        .map(|r| {
+            let mut out = vec![];
+            literals(r, &mut out);
+            out.iter().filter_map(|n| index.get(n).copied()).collect()
+        })
+        .collect();
+    // Tarjan: components come out after every component they name.
+    struct Walk<'a> {
+        names: &'a [Vec<usize>],
+        order: Vec<Option<usize>>,
+        low: Vec<usize>,
+        on_stack: Vec<bool>,
+        stack: Vec<usize>,
+        next: usize,
+        components: Vec<Vec<usize>>,
+    }
+    fn visit(w: &mut Walk, v: usize) {
+        w.order[v] = Some(w.next);
+        w.low[v] = w.next;
+        w.next += 1;
+        w.stack.push(v);
+        w.on_stack[v] = true;
+        for &u in &w.names[v] {
+            match w.order[u] {
+                None => {
+                    visit(w, u);
+                    w.low[v] = w.low[v].min(w.low[u]);
+                }
+                Some(o) if w.on_stack[u] => w.low[v] = w.low[v].min(o),
+                Some(_) => {}
+            }
+        }
+        if Some(w.low[v]) == w.order[v] {
+            let mut component = vec![];
+            while let Some(u) = w.stack.pop() {
+                w.on_stack[u] = false;
+                component.push(u);
+                if u == v {
+                    break;
+                }
+            }
+            w.components.push(component);
+        }
+    }
+    let n = resources.len();
+    let mut w = Walk {
+        names: &names,
+        order: vec![None; n],
+        low: vec![0; n],
+        on_stack: vec![false; n],
+        stack: vec![],
+        next: 0,
+        components: vec![],
+    };
+    for v in 0..n {
+        if w.order[v].is_none() {
+            visit(&mut w, v);
+        }
+    }
+    let mut groups: Vec<Vec<Value>> = vec![];
+    for component in w.components {
+        assert!(
+            component.len() <= limit,
+            "a reference cycle of {} resources: more than one transaction takes",
+            component.len()
+        );
+        match groups.last_mut() {
+            Some(g) if g.len() + component.len() <= limit => g.extend(component.iter().map(|&i| resources[i].clone())),
+            _ => groups.push(component.iter().map(|&i| resources[i].clone()).collect()),
+        }
+    }
+    groups
+}
+
 /// Examples plain HAPI refuses as invalid (HAPI-0931: a reference to a type the element does
 /// not allow), left out of [`instance_examples`].
 const HAPI_REFUSES: &[&str] = &["DeviceUseStatement/example", "Observation/clinical-gender"];

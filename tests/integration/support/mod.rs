@@ -47,6 +47,24 @@ impl Server {
         }
     }
 
+    /// A second server of the same kind that one tenant has alone, for the transparency suite
+    /// (`HAPI_DEDICATED_URL`, `MEDPLUM_DEDICATED_URL`).
+    pub fn dedicated_url(self) -> String {
+        match self {
+            Server::Hapi => hapi_url("HAPI_DEDICATED_URL", 8091),
+            Server::Medplum => hapi_url("MEDPLUM_DEDICATED_URL", 8099),
+        }
+    }
+
+    /// The most writes it accepts in one transaction (Medplum's router: 50 updates, and
+    /// fhir-fence sends every create as an update); `None`: no limit a test meets.
+    pub fn max_transaction_writes(self) -> Option<usize> {
+        match self {
+            Server::Hapi => None,
+            Server::Medplum => Some(50),
+        }
+    }
+
     /// A second, plain and empty server of the same kind that the conformance run records
     /// against (`HAPI_RECORD_URL`, `MEDPLUM_RECORD_URL`).
     pub fn record_url(self) -> String {
