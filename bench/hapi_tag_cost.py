@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""What the tenant tag costs HAPI itself: HAPI's own CPU (all its threads: /proc/PID/task/*/schedstat; the process
-found by `server.port=PORT` in its command line) and wall time per 20-entry Observation search,
+"""What the tenant tag costs HAPI itself: HAPI's own CPU (all its threads,
+/proc/PID/task/*/schedstat; the process found by `server.port=PORT` in its command line) and wall
+time per 20-entry Observation search,
 for tagged, security-labelled and unlabelled copies of the same data and several query forms,
 plain and gzip'd answers, interleaved, c=1, with `Cache-Control: no-cache` (HAPI's search cache
 would otherwise answer repeats). Run it against a HAPI nobody else uses: a shared one's CPU
@@ -156,5 +157,5 @@ for name in forms:
         v = res[(name, ename)]
         base = res[(BASELINE, ename)]
         diff = statistics.median(x[0] - y[0] for x, y in zip(v, base)) * 1e3
-        print(f"| {name} | {ename} | {statistics.median(x[0] for x in v)*1e3:.2f} | {'—' if name == BASELINE else f'{diff:+.2f}'} | "
+        print(f"| {name.replace('|', chr(92) + '|')} | {ename} | {statistics.median(x[0] for x in v)*1e3:.2f} | {'—' if name == BASELINE else f'{diff:+.2f}'} | "
               f"{statistics.median(x[1] for x in v)*1e3:.2f} | {' '.join(f'{x[0]*1e3:.1f}' for x in v)} |")
