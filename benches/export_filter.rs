@@ -284,7 +284,7 @@ fn filter_alone(config: &std::path::Path, pool: &[Bytes], total: u64) -> (Durati
         tenant: "acme".into(),
         client: None,
         upstream: "origin".into(),
-        binary: "bench".into(),
+        path: "Binary/bench".into(),
         rtype: "Observation".into(),
         kind: Kind::Output,
         grant: 0,

@@ -38,7 +38,7 @@ use tokio::time::{Instant, Sleep};
 
 pub const NDJSON: &str = "application/fhir+ndjson";
 
-/// Opens the file handle, asks the upstream for the Binary's raw content and answers with the
+/// Opens the file handle, asks the upstream for the file's raw content and answers with the
 /// filtered stream.
 pub async fn download(
     snap: Arc<Snapshot>,
@@ -50,8 +50,7 @@ pub async fn download(
     let file = handle::open_file(&snap, caller, token).await?;
     let tenant = caller.tenant.clone();
     let ctx = Ctx { snap: &snap, tenant: &tenant, upstream: &upstream, correlation, grant: 0 };
-    let path = format!("Binary/{}", file.binary);
-    let (status, headers, body, permit) = upstream.stream(&path, NDJSON, base_headers(ctx.correlation)).await?;
+    let (status, headers, body, permit) = upstream.stream(&file.path, NDJSON, base_headers(ctx.correlation)).await?;
     match status {
         StatusCode::OK => {}
         StatusCode::NOT_FOUND | StatusCode::GONE => return Err(ExportError::UnknownHandle.into()),

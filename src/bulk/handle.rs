@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 const JOB: &str = "export-job";
-const FILE: &str = "export-file";
+/// `v2`: a file handle names its upstream path (a `v1` handle named a HAPI Binary id).
+const FILE: &str = "export-file/v2";
 
 /// What a job handle carries.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -23,8 +24,11 @@ pub struct Job {
     /// `Caller::party` of the caller that started it.
     pub client: Option<String>,
     pub upstream: String,
-    /// The upstream's job id (`_jobId` of its polling URL).
+    /// The upstream's job id (in its status URL).
     pub upstream_job: String,
+    /// How the upstream names the job's status and files (handles made before Helios: HAPI's).
+    #[serde(default)]
+    pub form: super::locations::Form,
     /// The kickoff URL as the client sent it (the manifest's `request`).
     pub request: String,
     /// The resource types requested; output files of other types are never handed out.
@@ -49,8 +53,8 @@ pub struct File {
     pub tenant: String,
     pub client: Option<String>,
     pub upstream: String,
-    /// The upstream Binary id holding the file.
-    pub binary: String,
+    /// The file's path under the upstream's base (`Binary/{id}`, `export-file/{job}/{name}`).
+    pub path: String,
     /// The file's resource type (every line must have it).
     pub rtype: String,
     pub kind: Kind,

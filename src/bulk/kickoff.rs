@@ -93,13 +93,14 @@ pub async fn kickoff(
         return Err(crate::scope::refused(&answer).into());
     }
     let location = answer.headers.get(header::CONTENT_LOCATION).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let upstream_job = upstream_job_id(&ctx.upstream.base, location).ok_or(ScopeError::Unprovable)?;
+    let (form, upstream_job) = super::locations::job(&ctx.upstream.base, location).ok_or(ScopeError::Unprovable)?;
     let job = Job {
         id: uuid::Uuid::new_v4().to_string(),
         tenant: ctx.tenant.name.clone(),
         client: caller.party(),
         upstream: ctx.tenant.upstream.clone(),
         upstream_job,
+        form,
         request: client_url.to_owned(),
         types: request.types,
         grant: super::handle::grant_of(caller),
@@ -282,24 +283,9 @@ async fn owned_group(ctx: &Ctx<'_>, id: &str) -> Result<String, Error> {
     Ok(ctx.tenant.upstream_id(id).map_err(ScopeError::from)?)
 }
 
-/// The upstream's job id from its polling URL `{base}/$export-poll-status?_jobId={id}`.
-fn upstream_job_id(base: &str, location: &str) -> Option<String> {
-    let id = location.strip_prefix(base)?.strip_prefix("/$export-poll-status?_jobId=")?;
-    (!id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')).then(|| id.to_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn job_ids_only_from_the_upstreams_own_polling_url() {
-        let base = "http://h:1/fhir";
-        assert_eq!(upstream_job_id(base, "http://h:1/fhir/$export-poll-status?_jobId=ab-12").as_deref(), Some("ab-12"));
-        assert_eq!(upstream_job_id(base, "http://evil/fhir/$export-poll-status?_jobId=ab"), None);
-        assert_eq!(upstream_job_id(base, "http://h:1/fhir/$export-poll-status?_jobId=a&x=1"), None);
-        assert_eq!(upstream_job_id(base, "http://h:1/fhir/$export-poll-status?_jobId="), None);
-    }
 
     #[test]
     fn parameters_bodies() {

@@ -4,6 +4,7 @@
 //!   caller's data: explicit `_type`, the tenant parameter inside every `_typeFilter`, Group
 //!   and Patient ownership checked, NDJSON only, no job reuse across tenants
 //! - `handle`   — sealed job and file handles: the upstream's polling and file URLs never leave
+//! - `locations` — the forms of status and file URLs each upstream uses (HAPI's, Helios's)
 //! - `cancelled` — cancelled jobs, shared between replicas through Redis when `[redis]` is set
 //! - `status`   — polling (202 passed on, the 200 manifest rewritten) and cancellation
 //! - `download` — each file streamed through `ndjson`, the constant-memory line filter, whose
@@ -12,6 +13,7 @@ pub mod cancelled;
 pub mod download;
 pub mod handle;
 pub mod kickoff;
+pub mod locations;
 pub mod ndjson;
 pub mod status;
 

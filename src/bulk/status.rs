@@ -7,9 +7,9 @@
 //! way out, so the upstream's count is not the client's). A file this proxy cannot account for
 //! (an unexpected type or URL) fails the whole manifest: nothing is silently lost.
 use super::handle::{self, File, Job, Kind};
+use super::locations;
 use super::ExportError;
 use crate::error::Error;
-use crate::fhir::reference::is_id;
 use crate::headers::base_headers;
 use crate::identity::Caller;
 use crate::scope::{Ctx, ScopeError};
@@ -60,7 +60,7 @@ pub async fn cancel(ctx: &Ctx<'_>, caller: &Caller, token: &str) -> Result<(Stat
 
 /// The upstream's status URL of `job`, relative to its base.
 fn poll_path(job: &Job) -> String {
-    format!("$export-poll-status?_jobId={}", job.upstream_job)
+    locations::status_path(job.form, &job.upstream_job)
 }
 
 fn printable(v: &HeaderValue, max: usize) -> bool {
@@ -91,7 +91,8 @@ fn rewrite_manifest(ctx: &Ctx, job: &Job, manifest: Value) -> Result<Value, Scop
     Ok(Value::Object(out))
 }
 
-/// One manifest file: its type must be what this list may hold, its URL an upstream Binary.
+/// One manifest file: its type must be what this list may hold, its URL one of the job's files
+/// (`locations`).
 fn file_entry(ctx: &Ctx, job: &Job, f: &Value, kind: Kind) -> Result<Value, ScopeError> {
     let rtype = f.get("type").and_then(Value::as_str).ok_or(ScopeError::Unprovable)?;
     let type_ok = match kind {
@@ -100,8 +101,8 @@ fn file_entry(ctx: &Ctx, job: &Job, f: &Value, kind: Kind) -> Result<Value, Scop
         Kind::Deleted => rtype == "Bundle",
     };
     let url = f.get("url").and_then(Value::as_str).ok_or(ScopeError::Unprovable)?;
-    let binary = url.strip_prefix(&ctx.upstream.base).and_then(|p| p.strip_prefix("/Binary/")).filter(|id| is_id(id));
-    let (true, Some(binary)) = (type_ok, binary) else {
+    let path = locations::file_path(job.form, &job.upstream_job, &ctx.upstream.base, url);
+    let (true, Some(path)) = (type_ok, path) else {
         tracing::warn!(correlation = ctx.correlation, tenant = %ctx.tenant.name, rtype, "export manifest names a file fhir-fence cannot account for");
         return Err(ScopeError::Unprovable);
     };
@@ -110,7 +111,7 @@ fn file_entry(ctx: &Ctx, job: &Job, f: &Value, kind: Kind) -> Result<Value, Scop
         tenant: job.tenant.clone(),
         client: job.client.clone(),
         upstream: job.upstream.clone(),
-        binary: binary.to_owned(),
+        path,
         rtype: rtype.to_owned(),
         kind,
         grant: job.grant,

@@ -65,7 +65,7 @@ pub fn differences(ctx: &Ctx<'_>, body: &[u8], self_url: &str) -> Vec<(&'static 
     match (rtype, btype) {
         // fhir-fence writes its own OperationOutcomes where the upstream's would be answered.
         ("OperationOutcome", _) => vec![],
-        ("Bundle", "searchset" | "history") => match outbound::bundle(ctx, value, self_url, Counted::Tenant) {
+        ("Bundle", "searchset" | "history") => match outbound::bundle(ctx, value, self_url, Counted::Tenant, "") {
             Ok(f) => vec![("outbound/entry-dropped", f.dropped as u64)],
             Err(e) => vec![(kind(e), 1)],
         },

@@ -19,7 +19,7 @@ pub struct Filtered {
 /// for this page (it replaces the upstream's `self` link, which shows the injected tenant filter).
 /// `counted` says what the upstream's search covered (and so whether its `total` may stay);
 /// paging tokens remember it.
-pub fn bundle(ctx: &Ctx, value: Value, self_url: &str, counted: Counted) -> Result<Filtered, ScopeError> {
+pub fn bundle(ctx: &Ctx, value: Value, self_url: &str, counted: Counted, asked: &str) -> Result<Filtered, ScopeError> {
     let Value::Object(mut b) = value else { return Err(ScopeError::Unprovable) };
     if b.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
         return Err(ScopeError::Unprovable);
@@ -67,7 +67,7 @@ pub fn bundle(ctx: &Ctx, value: Value, self_url: &str, counted: Counted) -> Resu
     }
     // The upstream's Bundle id names its cached search; never show it.
     b.insert("id".into(), Value::String(uuid::Uuid::new_v4().to_string()));
-    paging::rewrite_links(ctx, &mut b, self_url, counted)?;
+    paging::rewrite_links(ctx, &mut b, self_url, counted, asked)?;
     Ok(Filtered { bundle: Checked::tree(Value::Object(b)), dropped })
 }
 
@@ -104,6 +104,15 @@ fn bundle_entry(ctx: &Ctx, entry: Value, history: bool) -> Option<Value> {
         }
         None => return None,
     };
+    // A create's request names a type: the resource's own.
+    if request
+        .as_ref()
+        .and_then(|r| r.get("url"))
+        .and_then(Value::as_str)
+        .is_some_and(|u| !u.contains('/') && u != rtype)
+    {
+        return None;
+    }
     out.insert("fullUrl".into(), Value::String(public_url(ctx, &rtype, &local)));
     if let Some(search) = e.remove("search") {
         out.insert("search".into(), search);
@@ -120,11 +129,17 @@ fn bundle_entry(ctx: &Ctx, entry: Value, history: bool) -> Option<Value> {
 }
 
 /// A history entry's `request`: its `url` must address the caller's namespace; it is rewritten to local ids.
+/// A version written as a create names only its type (`POST Type`: the Helios FHIR Server records
+/// a create so, whatever the client sent); `bundle_entry` then requires the entry's resource, of
+/// that type, proven the caller's.
 fn history_request(ctx: &Ctx, mut req: Map<String, Value>) -> Option<Map<String, Value>> {
     let url = req.get("url")?.as_str()?;
-    let l = reference::literal(url)?;
-    let local = ctx.tenant.local_id(l.id)?;
-    let new_url = l.with_id(local);
+    let new_url = if req.get("method").and_then(Value::as_str) == Some("POST") && reference::is_resource_type(url) {
+        url.to_owned()
+    } else {
+        let l = reference::literal(url)?;
+        l.with_id(ctx.tenant.local_id(l.id)?)
+    };
     req.retain(|k, _| matches!(k.as_str(), "method" | "url"));
     req.insert("url".into(), Value::String(new_url));
     Some(req)

@@ -125,7 +125,7 @@ fn entry(ctx: &Ctx, env: &mut Envelope, fast: &mut FastLine, out: &mut Vec<u8>) 
 }
 
 /// The client's view of a searchset Bundle, serialised, or `None` to take the slow path.
-pub fn searchset(ctx: &Ctx, bytes: &[u8], self_url: &str, counted: Counted) -> Option<Checked> {
+pub fn searchset(ctx: &Ctx, bytes: &[u8], self_url: &str, counted: Counted, asked: &str) -> Option<Checked> {
     let mut env = Envelope { b: bytes, i: 0 };
     let mut fast = fast_line(ctx.snap, ctx.tenant, ctx.upstream, None);
     let mut b = Map::new();
@@ -167,7 +167,7 @@ pub fn searchset(ctx: &Ctx, bytes: &[u8], self_url: &str, counted: Counted) -> O
         b.insert("entry".into(), Value::Null);
     }
     b.insert("id".into(), Value::String(uuid::Uuid::new_v4().to_string()));
-    paging::rewrite_links(ctx, &mut b, self_url, counted).ok()?;
+    paging::rewrite_links(ctx, &mut b, self_url, counted, asked).ok()?;
     if counted == Counted::Server {
         b.remove("total");
     }

@@ -111,7 +111,8 @@ async fn replay_tenant(
     for x in &plan.exchanges {
         let rtype = x.request.path.split('/').next().filter(|s| !s.is_empty());
         // A page link the recording followed is replaced by the replay's own link.
-        let (path, query) = match links.replayed_for(&x.request.path, &x.request.query, &plan.target) {
+        let (path, query) = match links.replayed_for(&x.request.method, &x.request.path, &x.request.query, &plan.target)
+        {
             Some(pq) => pq,
             None => (ids.map_path(&x.request.path), ids.map_query(&x.request.query, rtype)),
         };
@@ -217,8 +218,13 @@ impl Links {
         }
     }
 
-    /// The replay's path and query (relative to `target`) for a request that follows a link.
-    fn replayed_for(&self, path: &str, query: &str, target: &str) -> Option<(String, String)> {
+    /// The replay's path and query (relative to `target`) for a request that follows a link: a
+    /// `GET` with a query (a page link always carries its paging state; a `first` link without
+    /// one is the search itself, and a transaction `POST` to the base is no page).
+    fn replayed_for(&self, method: &str, path: &str, query: &str, target: &str) -> Option<(String, String)> {
+        if method != "GET" || query.is_empty() {
+            return None;
+        }
         let (_, rep) = self.0.iter().rev().find(|(rec, _)| {
             rec.query().unwrap_or_default() == query
                 && (rec.path().trim_end_matches('/').ends_with(&format!("/{path}")) || path.is_empty())
@@ -417,5 +423,33 @@ fn references(v: &Value, out: &mut BTreeSet<(String, String)>) {
             }
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Links;
+    use serde_json::json;
+
+    #[test]
+    fn only_gets_with_a_query_follow_a_recorded_link() {
+        let mut links = Links::default();
+        let bundle = |base: &str, first: &str, next: &str| {
+            json!({"resourceType": "Bundle", "link": [
+                {"relation": "first", "url": format!("{base}/{first}")},
+                {"relation": "next", "url": format!("{base}/{next}")}]})
+        };
+        links.learn(
+            &bundle("http://rec:1", "Patient", "Patient?_cursor=abc"),
+            &bundle("http://fence:2/fhir", "?_page=one", "?_page=two"),
+        );
+        // The recorded next link is followed through the replay's.
+        assert_eq!(
+            links.replayed_for("GET", "Patient", "_cursor=abc", "http://fence:2/fhir"),
+            Some((String::new(), "_page=two".to_owned()))
+        );
+        // A first link without a query is the search itself; a POST to the base is no page.
+        assert_eq!(links.replayed_for("GET", "Patient", "", "http://fence:2/fhir"), None);
+        assert_eq!(links.replayed_for("POST", "", "", "http://fence:2/fhir"), None);
     }
 }

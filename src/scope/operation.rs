@@ -43,7 +43,7 @@ pub async fn run(
     let answer_body = answer.body.ok_or(ScopeError::Unprovable)?;
     match op {
         Op::Everything => {
-            let filtered = outbound::bundle(ctx, answer_body, self_url, Counted::Tenant)?;
+            let filtered = outbound::bundle(ctx, answer_body, self_url, Counted::Tenant, &path)?;
             Ok(ReadResult { body: filtered.bundle, headers: http::HeaderMap::new(), dropped: filtered.dropped })
         }
         Op::Validate => Err(ScopeError::Unprovable),

@@ -80,12 +80,14 @@ fn seal(ctx: &Ctx, (path, query): (&str, &str), counted: Counted) -> String {
 }
 
 /// Rewrites `Bundle.link`: `self` → the client's URL; paging relations → sealed tokens;
-/// anything else (or any link fhir-fence cannot read) is dropped.
+/// anything else (or any link fhir-fence cannot read) is dropped. `asked` is the upstream
+/// request (`path?query`, relative to its base) the Bundle answers (`""`: none to repeat).
 pub fn rewrite_links(
     ctx: &Ctx,
     bundle: &mut Map<String, Value>,
     self_url: &str,
     counted: Counted,
+    asked: &str,
 ) -> Result<(), ScopeError> {
     let links = match bundle.remove("link") {
         None => return Ok(()),
@@ -98,7 +100,7 @@ pub fn rewrite_links(
         let url = link.get("url").and_then(Value::as_str).unwrap_or_default();
         let new_url = match relation {
             "self" => self_url.to_owned(),
-            "next" | "previous" | "prev" | "first" | "last" => match upstream_page(ctx, url) {
+            "next" | "previous" | "prev" | "first" | "last" => match upstream_page(ctx, url, asked) {
                 Some(q) => format!("{}?_page={}", ctx.snap.public_base, encode_component(&seal(ctx, q, counted))),
                 None => continue,
             },
@@ -116,8 +118,11 @@ pub fn rewrite_links(
 }
 
 /// The (path, query) of an upstream paging link, if it is one fhir-fence knows how to replay:
-/// `{base}?_getpages=…` (search results cached upstream) or `{base}/…/_history?_count=…&_offset=…`.
-fn upstream_page<'u>(ctx: &Ctx, url: &'u str) -> Option<(&'u str, &'u str)> {
+/// `{base}?_getpages=…` (search results cached upstream, HAPI), `{base}/…/_history?_count=…&_offset=…`
+/// or `&_cursor=…` (history pages), or the search fhir-fence `asked` for again with only its
+/// paging state (`_cursor`, `_offset`) changed or removed (the Helios FHIR Server's keyset and
+/// offset links, and its `first` link).
+fn upstream_page<'u>(ctx: &Ctx, url: &'u str, asked: &str) -> Option<(&'u str, &'u str)> {
     let rest = url.strip_prefix(ctx.upstream.base.as_str())?;
     let (path, query) = rest.split_once('?')?;
     let path = path.strip_prefix('/').unwrap_or(path);
@@ -125,10 +130,69 @@ fn upstream_page<'u>(ctx: &Ctx, url: &'u str) -> Option<(&'u str, &'u str)> {
     if path.is_empty() {
         return keys().any(|k| k == "_getpages").then_some((path, query));
     }
+    if continues(path, query, asked) {
+        return Some((path, query));
+    }
     let history_path = path == "_history" || path.ends_with("/_history");
     let safe_segments = path
         .split('/')
         .all(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_'));
-    let paging_keys = keys().all(|k| matches!(k, "_count" | "_offset" | "_since" | "_at"));
+    let paging_keys = keys().all(|k| matches!(k, "_count" | "_offset" | "_since" | "_at" | "_cursor"));
     (history_path && safe_segments && paging_keys && !path.contains("..")).then_some((path, query))
+}
+
+/// Whether a link (`path?query`) asks for the search fhir-fence `asked` for: the same path and
+/// the same decoded parameters, in any order, but the paging state (`_cursor`, `_offset`). So a
+/// later page carries the tenant's scope exactly as the first did, whatever the upstream writes
+/// into its links.
+fn continues(path: &str, query: &str, asked: &str) -> bool {
+    let (asked_path, asked_query) = asked.split_once('?').unwrap_or((asked, ""));
+    let searched = |q: &str| {
+        crate::route::parse_query(Some(q)).ok().map(|mut p| {
+            p.retain(|(k, _)| k != "_cursor" && k != "_offset");
+            p.sort();
+            p
+        })
+    };
+    !path.is_empty()
+        && path == asked_path.trim_start_matches('/')
+        && searched(query).is_some_and(|link| searched(asked_query) == Some(link))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::continues;
+
+    #[test]
+    fn a_cursor_link_must_repeat_the_search_it_continues() {
+        let asked = "Observation?subject=Patient%2Fa-p1&_tag=https%3A%2F%2Ft%7Ca&_count=2";
+        // The same parameters, re-encoded and reordered, with a cursor: a later page of it.
+        assert!(continues("Observation", "_count=2&_tag=https://t%7Ca&subject=Patient/a-p1&_cursor=eyJ9", asked));
+        // A page of a page: the old cursor in `asked`, a new one in the link.
+        assert!(continues(
+            "Observation",
+            "_count=2&_tag=https://t|a&subject=Patient/a-p1&_cursor=b",
+            &format!("{asked}&_cursor=a")
+        ));
+        // The tenant's scope dropped, changed or doubled; another type; another parameter.
+        assert!(!continues("Observation", "_count=2&subject=Patient/a-p1&_cursor=b", asked));
+        assert!(!continues("Observation", "_count=2&_tag=https://t|b&subject=Patient/a-p1&_cursor=b", asked));
+        assert!(!continues(
+            "Observation",
+            "_count=2&_tag=https://t|a&_tag=https://t|b&subject=Patient/a-p1&_cursor=b",
+            asked
+        ));
+        assert!(!continues("Patient", "_count=2&_tag=https://t|a&subject=Patient/a-p1&_cursor=b", asked));
+        assert!(!continues(
+            "Observation",
+            "_count=2&_tag=https://t|a&subject=Patient/a-p1&_cursor=b&_elements=id",
+            asked
+        ));
+        // Offset paging (several sort keys), and the `first` link: the search itself.
+        assert!(continues("Observation", "_count=2&_tag=https://t|a&subject=Patient/a-p1&_offset=2", asked));
+        assert!(continues("Observation", "_count=2&_tag=https://t|a&subject=Patient/a-p1", asked));
+        // Nothing asked (a Bundle inside a transaction answer): no link is replayed.
+        assert!(!continues("Observation", "_cursor=b", ""));
+        assert!(!continues("", "_cursor=b", ""));
+    }
 }

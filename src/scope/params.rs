@@ -192,6 +192,12 @@ impl Scoper<'_, '_> {
             return map_list(value, |v| self.prefixed(name, v));
         }
         if name == "_tag" || name == "_security" {
+            // Servers trim search values (the Helios FHIR Server trims Unicode whitespace): a
+            // value is judged as the upstream will read it, and one with whitespace around it
+            // is refused rather than guessed at.
+            if value.split(',').any(|v| v.trim() != v) {
+                return Err(ScopeError::Param(format!("{name}: a value with whitespace around it")));
+            }
             if value.split(',').any(|v| v.starts_with(&format!("{}|", marking.system))) {
                 return Err(ScopeError::Param(format!("{name}: the tenant coding system is reserved to fhir-fence")));
             }

@@ -108,6 +108,6 @@ pub async fn history(
         StatusCode::NOT_FOUND | StatusCode::GONE => return Err(not_found(rtype, id)),
         _ => return Err(super::refused(&answer)),
     }
-    let filtered = outbound::bundle(ctx, answer.body.ok_or(ScopeError::Unprovable)?, self_url, Counted::Tenant)?;
+    let filtered = outbound::bundle(ctx, answer.body.ok_or(ScopeError::Unprovable)?, self_url, Counted::Tenant, &path)?;
     Ok(ReadResult { body: filtered.bundle, headers: HeaderMap::new(), dropped: filtered.dropped })
 }

@@ -148,7 +148,7 @@ pub async fn matching(
     if answer.status != StatusCode::OK {
         return Err(super::refused(&answer));
     }
-    let filtered = outbound::bundle(ctx, answer.body.ok_or(ScopeError::Unprovable)?, "", Counted::Tenant)?;
+    let filtered = outbound::bundle(ctx, answer.body.ok_or(ScopeError::Unprovable)?, "", Counted::Tenant, "")?;
     if filtered.dropped > 0 {
         // A match fhir-fence cannot prove is the caller's makes the decision unsafe either way.
         return Err(ScopeError::Unprovable);
@@ -181,7 +181,7 @@ async fn fetch(
     let raw = ctx.upstream.get_raw(path, headers).await?;
     if raw.status == StatusCode::OK {
         // The one-pass check first; whatever it is unsure of takes the tree below.
-        if let Some(bytes) = crate::outbound::fastbundle::searchset(ctx, &raw.bytes, self_url, counted) {
+        if let Some(bytes) = crate::outbound::fastbundle::searchset(ctx, &raw.bytes, self_url, counted, path) {
             return Ok(ReadResult { body: bytes, headers: http::HeaderMap::new(), dropped: 0 });
         }
     }
@@ -192,6 +192,6 @@ async fn fetch(
         StatusCode::NOT_FOUND | StatusCode::GONE if asked == Asked::Page => return Err(ScopeError::PageToken),
         _ => return Err(super::refused(&answer)),
     }
-    let filtered = outbound::bundle(ctx, answer.body.ok_or(ScopeError::Unprovable)?, self_url, counted)?;
+    let filtered = outbound::bundle(ctx, answer.body.ok_or(ScopeError::Unprovable)?, self_url, counted, path)?;
     Ok(ReadResult { body: filtered.bundle, headers: http::HeaderMap::new(), dropped: filtered.dropped })
 }

@@ -486,7 +486,8 @@ fn response_entry(
     let mut resource = None;
     if let Some(res) = answer.get("resource").cloned() {
         let checked = if kind == Answer::Search {
-            outbound::bundle(ctx, res, &format!("{}/{rtype}", ctx.snap.public_base), Counted::Tenant).map(|f| f.bundle)
+            outbound::bundle(ctx, res, &format!("{}/{rtype}", ctx.snap.public_base), Counted::Tenant, "")
+                .map(|f| f.bundle)
         } else {
             outbound::resource(ctx, res)
         };

@@ -11,7 +11,7 @@
 mod support;
 
 use serde_json::{json, Value};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use support::client::{self, Reply};
 use support::hl7::{close_over_references, examples, instance_examples, key, literals, transaction, SEARCHES};
@@ -31,6 +31,10 @@ const TRANSPARENCY_FLOOR: f64 = 0.975;
 /// written differ): `docs/conformance.md`.
 const TRANSPARENCY_FLOOR_MEDPLUM: f64 = 0.75;
 
+/// The same floor for the Helios FHIR Server (issue 22): it measures 93.1 % (the differences are
+/// the server's own forms, passed through or answered in fhir-fence's: `docs/conformance.md`).
+const TRANSPARENCY_FLOOR_HELIOS: f64 = 0.90;
+
 /// Sent as a bearer token and a cookie while recording; must not appear in the corpus.
 const SECRET: &str = "recording-secret-4f1d";
 
@@ -39,14 +43,28 @@ fn out_dir(server: support::Server) -> PathBuf {
     let name = match server {
         support::Server::Hapi => "conformance",
         support::Server::Medplum => "conformance-medplum",
+        support::Server::Helios => "conformance-helios",
     };
     let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target").join(name);
     std::fs::create_dir_all(&d).unwrap();
     d
 }
 
-/// The client whose traffic is recorded: everything a FHIR application does to a server.
-async fn drive(base: &str) -> usize {
+/// The types a server's CapabilityStatement lets a client create (asked past the recorder:
+/// the Helios FHIR Server keeps `AuditEvent` read-only).
+async fn creatable(base: &str) -> BTreeSet<String> {
+    let metadata = client::get(&format!("{base}/metadata")).send().await;
+    let resources = metadata.body["rest"][0]["resource"].as_array().cloned().unwrap_or_default();
+    let creates = |r: &Value| r["interaction"].as_array().is_some_and(|i| i.iter().any(|i| i["code"] == "create"));
+    let types: BTreeSet<String> =
+        resources.iter().filter(|r| creates(r)).filter_map(|r| r["type"].as_str().map(str::to_owned)).collect();
+    assert!(types.contains("Patient"), "{base}/metadata declares no creatable types: {}", metadata.body);
+    types
+}
+
+/// The client whose traffic is recorded: everything a FHIR application does to a server
+/// (`creatable`: the types it lets a client create).
+async fn drive(base: &str, creatable: &BTreeSet<String>) -> usize {
     let mut n = 0;
     let mut send = |r: Reply| {
         n += 1;
@@ -133,7 +151,7 @@ async fn drive(base: &str) -> usize {
     }
 
     // 6. Every instance example a tenant may write, created through transactions, and read back.
-    for path in create_instance_examples(base, &mut send).await {
+    for path in create_instance_examples(base, creatable, &mut send).await {
         send(client::get(&format!("{base}/{path}")).send().await);
     }
 
@@ -251,8 +269,13 @@ fn rename(v: &mut Value, names: &HashMap<String, String>) {
 /// dependencies first, 50 per transaction, each entry a `POST` with a `urn:uuid` `fullUrl`;
 /// references inside a transaction name `fullUrl`s, references to earlier ones the ids the
 /// server assigned; the reference cycles in one last transaction. Returns where each was created.
-async fn create_instance_examples(base: &str, send: &mut impl FnMut(Reply) -> Reply) -> Vec<String> {
-    let (ordered, cycles) = dependency_order(instance_examples());
+async fn create_instance_examples(
+    base: &str,
+    creatable: &BTreeSet<String>,
+    send: &mut impl FnMut(Reply) -> Reply,
+) -> Vec<String> {
+    let examples = instance_examples().into_iter().filter(|r| creatable.contains(r["resourceType"].as_str().unwrap()));
+    let (ordered, cycles) = dependency_order(examples.collect());
     let mut assigned: HashMap<String, String> = HashMap::new();
     let mut created = vec![];
     let chunks: Vec<&[Value]> = ordered.chunks(50).chain([cycles.as_slice()]).filter(|c| !c.is_empty()).collect();
@@ -347,7 +370,7 @@ async fn the_corpus_replays_as_three_tenants_without_a_leak() {
 
     // Record against the plain HAPI.
     let recorder = support::recorder::Recorder::start(bin, &server.record_url(), &corpus).await;
-    let sent = drive(&recorder.base).await;
+    let sent = drive(&recorder.base, &creatable(&server.record_url()).await).await;
     let last = recorder.stop().await;
     assert!(last.contains(&format!("{sent} exchanges written")), "every exchange recorded: {last}");
     label_refusals(&corpus);
@@ -398,11 +421,14 @@ async fn the_corpus_replays_as_three_tenants_without_a_leak() {
     let floor = match server {
         support::Server::Hapi => TRANSPARENCY_FLOOR,
         support::Server::Medplum => TRANSPARENCY_FLOOR_MEDPLUM,
+        support::Server::Helios => TRANSPARENCY_FLOOR_HELIOS,
     };
     assert!(rate >= floor, "transparency {rate:.3} below {floor}: {summary}");
 
-    // (A recording of paging links, below, needs an upstream that gives them.)
-    if !server.pages_by_links() {
+    // (The recording below is of HAPI's answers: its `_getpages` links and its default order,
+    // which other servers do not share (Medplum's router gives no links; the Helios FHIR Server
+    // pages by cursor and lists the newest first), so only HAPI can answer it identically.)
+    if server != support::Server::Hapi {
         return;
     }
     // A recording made by others: fhiry's HAPI paging run (three pages of `Condition?_count=2`,

@@ -7,6 +7,7 @@
 mod support;
 
 use serde_json::{json, Value};
+use std::collections::BTreeSet;
 use support::client::{self, Reply};
 use support::{tenants, Fence, Options, Server, SYSTEM};
 
@@ -95,9 +96,9 @@ struct Probe {
     as_b: bool,
     /// What the upstream must serve for the probe to mean anything (skipped where it does not).
     needs: Option<Need>,
-    /// Acceptable statuses on Medplum's router where they differ (what it does not serve is
+    /// Acceptable statuses on another server where they differ (what it does not serve is
     /// refused by fhir-fence or by it; nothing else changes).
-    on_medplum: Option<Vec<u16>>,
+    elsewhere: Vec<(Server, Vec<u16>)>,
 }
 
 /// Upstream features some probes need (`Server`).
@@ -119,7 +120,7 @@ fn probe(name: &'static str, method: &'static str, path: impl Into<String>, expe
         expect: expect.to_vec(),
         as_b: false,
         needs: None,
-        on_medplum: None,
+        elsewhere: vec![],
     }
 }
 
@@ -142,13 +143,30 @@ impl Probe {
         self.as_b = true;
         self
     }
-    fn on_medplum(mut self, expect: &[u16]) -> Self {
-        self.on_medplum = Some(expect.to_vec());
+    fn on_medplum(self, expect: &[u16]) -> Self {
+        self.on(Server::Medplum, expect)
+    }
+    fn on(mut self, server: Server, expect: &[u16]) -> Self {
+        self.elsewhere.push((server, expect.to_vec()));
         self
     }
     fn needs(mut self, need: Need) -> Self {
         self.needs = Some(need);
         self
+    }
+}
+
+/// Polls an export's status URL until its manifest is ready (the Bulk Data protocol; bounded).
+async fn finished(status_url: &str, token: &str) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(240);
+    loop {
+        let r = client::get(status_url).bearer(token).send().await;
+        match r.status {
+            200 => return r.body,
+            202 => assert!(std::time::Instant::now() < deadline, "export {status_url} not finished in time"),
+            other => panic!("export {status_url} polled: {other} {}", r.body),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     }
 }
 
@@ -180,6 +198,15 @@ async fn isolation_probes() {
         .as_str()
         .unwrap()
         .to_owned();
+    // A's history of its own resource lists the version it wrote (the Helios FHIR Server records
+    // a create as `POST Patient`, with no id: the version's resource proves it A's).
+    let history = client::get(&f.url("Patient/p1/_history")).bearer(&a).send().await;
+    let versions = history.body["entry"].as_array().cloned().unwrap_or_default();
+    assert!(
+        !versions.is_empty() && versions.iter().all(|e| e["resource"]["id"] == "p1"),
+        "A's history of Patient/p1: {}",
+        history.body
+    );
     // A paging token of A's, for B to try.
     let page = client::get(&f.url("Patient?_count=1")).bearer(&a).send().await;
     let server = Server::selected();
@@ -284,6 +311,10 @@ async fn isolation_probes() {
         probe("tag smuggle", "GET", format!("/Patient?_tag={SYSTEM}%7C{tb}"), &[400]),
         probe("security smuggle", "GET", format!("/Patient?_security={SYSTEM}%7C{tb}"), &[400]),
         probe("tag not", "GET", format!("/Patient?_tag:not={SYSTEM}%7C{ta}"), &[400]),
+        // Servers trim search values (Helios: Unicode whitespace too) before matching them.
+        probe("tag smuggle behind a no-break space", "GET", format!("/Patient?_tag=%C2%A0{SYSTEM}%7C{tb}"), &[400]),
+        probe("tag not behind a space", "GET", format!("/Patient?_tag:not=%20{SYSTEM}%7C{ta}"), &[400]),
+        probe("security smuggle before a tab", "GET", format!("/Patient?_security={SYSTEM}%7C{tb}%09"), &[400]),
         probe("token not", "GET", "/Patient?_id:not=p1", &[200]),
         probe("missing", "GET", "/Patient?organization:missing=true", &[200]),
         probe("sort", "GET", "/Patient?_sort=-_lastUpdated", &[200]),
@@ -460,10 +491,7 @@ async fn isolation_probes() {
         let (token, other_markers): (&str, Vec<String>) =
             if p.as_b { (&b, vec![ALPHA.to_owned(), format!("{}-", ts[0].prefix)]) } else { (&a, forbidden.to_vec()) };
         let r = send(&f, token, p).await;
-        let expect = match (server, &p.on_medplum) {
-            (Server::Medplum, Some(there)) => there,
-            _ => &p.expect,
-        };
+        let expect = p.elsewhere.iter().find(|(s, _)| *s == server).map_or(&p.expect, |(_, there)| there);
         if !expect.contains(&r.status) {
             failures.push(format!(
                 "{}: {} {} → {} (expected {:?}): {}",
@@ -498,6 +526,52 @@ async fn isolation_probes() {
         let r = client::get(&b_job).bearer(&b).send().await;
         if r.status != 200 && r.status != 202 {
             failures.push(format!("B's export job is gone after A's probes: {} {}", r.status, r.body));
+        }
+        // Both tenants' exports run to their end on this server (manifest and file URLs in the
+        // upstream's own forms): A's files hold exactly what A's own searches find (A may name its
+        // resources like B's upstream ids: that is A's data), and B's files answer A 404.
+        let kick = client::get(&f.url("$export?_type=Patient,Observation"))
+            .bearer(&a)
+            .header("prefer", "respond-async")
+            .send()
+            .await;
+        let a_manifest = finished(kick.header("content-location").unwrap_or_default(), &a).await;
+        let b_manifest = finished(&b_job, &b).await;
+        let mut exported = BTreeSet::new();
+        for file in a_manifest["output"].as_array().into_iter().flatten() {
+            let r = client::get(file["url"].as_str().unwrap_or_default()).bearer(&a).send().await;
+            let text = String::from_utf8_lossy(&r.raw);
+            if r.status != 200 || text.contains(BRAVO) {
+                failures.push(format!("A's export file answered {}: {text}", r.status));
+            }
+            for line in text.lines() {
+                let v: Value = serde_json::from_str(line).unwrap_or_default();
+                exported.insert(format!(
+                    "{}/{}",
+                    v["resourceType"].as_str().unwrap_or("?"),
+                    v["id"].as_str().unwrap_or("?")
+                ));
+            }
+        }
+        let mut searched = BTreeSet::new();
+        for t in ["Patient", "Observation"] {
+            let r = client::get(&f.url(&format!("{t}?_count=1000&_elements=id"))).bearer(&a).send().await;
+            for e in r.body["entry"].as_array().into_iter().flatten() {
+                searched.insert(format!("{t}/{}", e["resource"]["id"].as_str().unwrap_or("?")));
+            }
+        }
+        if exported.is_empty() || exported != searched {
+            failures.push(format!("A's export holds {exported:?}, A's searches find {searched:?}"));
+        }
+        let b_files = b_manifest["output"].as_array().cloned().unwrap_or_default();
+        if b_files.is_empty() {
+            failures.push(format!("B's export holds none of B's resources: {b_manifest}"));
+        }
+        for file in b_files {
+            let r = client::get(file["url"].as_str().unwrap_or_default()).bearer(&a).send().await;
+            if r.status != 404 {
+                failures.push(format!("B's export file answered A {}: {}", r.status, String::from_utf8_lossy(&r.raw)));
+            }
         }
     }
     // The other tenant's data is untouched by everything A did.

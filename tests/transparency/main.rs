@@ -183,6 +183,7 @@ fn exceptions(server: Server) -> &'static [(&'static str, &'static str)] {
     match server {
         Server::Hapi => &[],
         Server::Medplum => &[],
+        Server::Helios => &[],
     }
 }
 

@@ -22,12 +22,19 @@ pub fn hapi_url(var: &str, default_port: u16) -> String {
     std::env::var(var).unwrap_or_else(|_| format!("http://127.0.0.1:{default_port}/fhir"))
 }
 
-/// The FHIR server a suite runs against, chosen by `FHIR_TEST_UPSTREAM` (`hapi`, the default, or
-/// `medplum`: issue 22), with what the suite may expect of it.
+/// A Helios FHIR Server base from the environment, or the harness default (`scripts/helios`
+/// serves FHIR at the root path).
+fn helios_url(var: &str, default_port: u16) -> String {
+    std::env::var(var).unwrap_or_else(|_| format!("http://127.0.0.1:{default_port}"))
+}
+
+/// The FHIR server a suite runs against, chosen by `FHIR_TEST_UPSTREAM` (`hapi`, the default,
+/// `medplum` or `helios`: issue 22), with what the suite may expect of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Server {
     Hapi,
     Medplum,
+    Helios,
 }
 
 impl Server {
@@ -35,24 +42,27 @@ impl Server {
         match std::env::var("FHIR_TEST_UPSTREAM").as_deref() {
             Err(_) | Ok("hapi") => Server::Hapi,
             Ok("medplum") => Server::Medplum,
-            Ok(other) => panic!("FHIR_TEST_UPSTREAM={other}: expected hapi or medplum"),
+            Ok("helios") => Server::Helios,
+            Ok(other) => panic!("FHIR_TEST_UPSTREAM={other}: expected hapi, medplum or helios"),
         }
     }
 
-    /// Its FHIR base (`HAPI_URL` or `MEDPLUM_URL`, as `scripts/test` exports them).
+    /// Its FHIR base (`HAPI_URL`, `MEDPLUM_URL` or `HELIOS_URL`, as `scripts/test` exports them).
     pub fn url(self) -> String {
         match self {
             Server::Hapi => hapi_url("HAPI_URL", 8090),
             Server::Medplum => hapi_url("MEDPLUM_URL", 8097),
+            Server::Helios => helios_url("HELIOS_URL", 8094),
         }
     }
 
     /// A second server of the same kind that one tenant has alone, for the transparency suite
-    /// (`HAPI_DEDICATED_URL`, `MEDPLUM_DEDICATED_URL`).
+    /// (`HAPI_DEDICATED_URL`, `MEDPLUM_DEDICATED_URL`, `HELIOS_DEDICATED_URL`).
     pub fn dedicated_url(self) -> String {
         match self {
             Server::Hapi => hapi_url("HAPI_DEDICATED_URL", 8091),
             Server::Medplum => hapi_url("MEDPLUM_DEDICATED_URL", 8099),
+            Server::Helios => helios_url("HELIOS_DEDICATED_URL", 8088),
         }
     }
 
@@ -60,28 +70,29 @@ impl Server {
     /// fhir-fence sends every create as an update); `None`: no limit a test meets.
     pub fn max_transaction_writes(self) -> Option<usize> {
         match self {
-            Server::Hapi => None,
+            Server::Hapi | Server::Helios => None,
             Server::Medplum => Some(50),
         }
     }
 
     /// A second, plain and empty server of the same kind that the conformance run records
-    /// against (`HAPI_RECORD_URL`, `MEDPLUM_RECORD_URL`).
+    /// against (`HAPI_RECORD_URL`, `MEDPLUM_RECORD_URL`, `HELIOS_RECORD_URL`).
     pub fn record_url(self) -> String {
         match self {
             Server::Hapi => hapi_url("HAPI_RECORD_URL", 8092),
             Server::Medplum => hapi_url("MEDPLUM_RECORD_URL", 8098),
+            Server::Helios => helios_url("HELIOS_RECORD_URL", 8089),
         }
     }
 
     /// Whether its searches carry paging links (Medplum's router gives none).
     pub fn pages_by_links(self) -> bool {
-        self == Server::Hapi
+        self != Server::Medplum
     }
 
     /// Whether it serves Bulk Data export (Medplum's router does not).
     pub fn exports(self) -> bool {
-        self == Server::Hapi
+        self != Server::Medplum
     }
 }
 

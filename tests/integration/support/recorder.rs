@@ -27,7 +27,9 @@ impl Recorder {
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let first = lines.next_line().await.unwrap().unwrap_or_default();
         assert!(first.contains("listening on"), "the recorder did not start: {first}");
-        Recorder { child, lines, base: format!("http://127.0.0.1:{port}/fhir") }
+        // The recorder serves the upstream's own base path (HAPI's `/fhir`, Helios's root).
+        let path = url::Url::parse(upstream).unwrap().path().trim_end_matches('/').to_owned();
+        Recorder { child, lines, base: format!("http://127.0.0.1:{port}{path}") }
     }
 
     /// Stops the recorder as Ctrl-C would (SIGTERM), checks it ended well, and returns its last
